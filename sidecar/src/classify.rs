@@ -1,0 +1,471 @@
+//! SQL text → query facts, with the real Postgres grammar (pg_query).
+//!
+//! Facts are what routing and session tracking need to know about a
+//! statement: what kind it is, and the hints its comments carry. They are
+//! computed once per distinct text and cached.
+
+use std::sync::Arc;
+
+use pg_query::protobuf::{self, DiscardMode, OnCommitAction, TransactionStmtKind, VariableSetKind, node::Node as N};
+use quick_cache::sync::Cache;
+
+use crate::settings::{Change, Setting};
+
+/// Everything shardcar knows about one SQL text.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// One entry per statement in the text, in order.
+    pub statements: Vec<Statement>,
+    pub hints: Hints,
+    /// The parser's message when it could not read the text. Such text still
+    /// routes by hints and defaults; Postgres reports the syntax error.
+    pub parse_error: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Statement {
+    pub kind: Kind,
+    /// The statement's own text within the whole.
+    pub text: String,
+}
+
+/// What a statement does, as far as routing and session state care.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Kind {
+    /// Only reads: may run on a replica outside a transaction.
+    Read,
+    /// Changes data or schema, or may: runs on a primary.
+    Write,
+    /// BEGIN / START TRANSACTION.
+    Begin,
+    /// SET TRANSACTION ...: belongs to the transaction being opened.
+    TransactionOption,
+    Savepoint(String),
+    Release(String),
+    RollbackTo(String),
+    /// COMMIT / END.
+    Commit,
+    /// ROLLBACK / ABORT.
+    Rollback,
+    /// A session-level SET/RESET, replayed on every connection the client uses.
+    Session(Change),
+    /// DISCARD ALL.
+    DiscardAll,
+    /// DEALLOCATE name, or DEALLOCATE ALL (`None`).
+    Deallocate(Option<String>),
+    /// SET/RESET shardcar.<name>: shardcar's own session variables.
+    ShardcarSet {
+        name: String,
+        value: Option<String>,
+    },
+    /// SHOW shardcar.<name>.
+    ShardcarShow(String),
+    /// Cannot work behind a transaction pooler; refused with this reason.
+    Unsupported {
+        reason: String,
+        hint: String,
+    },
+}
+
+/// Routing hints from `/* shardcar: key=value, ... */` comments.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hints {
+    pub shard: Option<String>,
+    pub role: Option<RoleHint>,
+    /// Hints that could not be understood; the statement is refused with these.
+    pub errors: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RoleHint {
+    Primary,
+    Replica,
+}
+
+impl Facts {
+    /// True when every statement only reads.
+    pub fn is_read_only(&self) -> bool {
+        self.parse_error.is_none()
+            && !self.statements.is_empty()
+            && self.statements.iter().all(|s| s.kind == Kind::Read)
+    }
+
+    /// The statement, when the text holds exactly one.
+    pub fn single(&self) -> Option<&Statement> {
+        match self.statements.as_slice() {
+            [s] => Some(s),
+            _ => None,
+        }
+    }
+}
+
+/// Parses SQL into facts; never fails (unreadable SQL yields `parse_error`).
+pub fn classify(sql: &str) -> Facts {
+    let hints = hints(sql);
+    match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
+        Ok(parsed) => Facts {
+            statements: parsed
+                .protobuf
+                .stmts
+                .iter()
+                .map(|raw| {
+                    let text = statement_text(sql, raw);
+                    let kind = raw.stmt.as_ref().and_then(|n| n.node.as_ref()).map_or(Kind::Write, |n| kind(n, &text));
+                    Statement { kind, text }
+                })
+                .collect(),
+            hints,
+            parse_error: None,
+        },
+        Err(e) => Facts { statements: Vec::new(), hints, parse_error: Some(e.to_string()) },
+    }
+}
+
+fn statement_text(sql: &str, raw: &protobuf::RawStmt) -> String {
+    let start = usize::try_from(raw.stmt_location).unwrap_or(0).min(sql.len());
+    // A length of 0 means "to the end of the string".
+    let end = match usize::try_from(raw.stmt_len) {
+        Ok(0) | Err(_) => sql.len(),
+        Ok(len) => (start + len).min(sql.len()),
+    };
+    sql.get(start..end).unwrap_or(sql).trim().to_string()
+}
+
+fn kind(node: &N, text: &str) -> Kind {
+    match node {
+        N::SelectStmt(s) if select_only_reads(s) && !calls_writing_function(node) => Kind::Read,
+        N::VariableShowStmt(s) => match s.name.strip_prefix("shardcar.") {
+            Some(name) => Kind::ShardcarShow(name.to_string()),
+            None => Kind::Read,
+        },
+        N::ExplainStmt(e) => {
+            let analyze = e.options.iter().any(|o| matches!(&o.node, Some(N::DefElem(d)) if d.defname == "analyze"));
+            match e.query.as_ref().and_then(|q| q.node.as_ref()) {
+                Some(q) if analyze => kind(q, text),
+                _ => Kind::Read,
+            }
+        }
+        N::CopyStmt(c) if !c.is_from => Kind::Read,
+        N::TransactionStmt(t) => transaction(t),
+        N::VariableSetStmt(v) => variable_set(v, text),
+        N::DiscardStmt(d) if d.target == DiscardMode::DiscardAll as i32 => Kind::DiscardAll,
+        N::DeallocateStmt(d) => Kind::Deallocate((!d.isall && !d.name.is_empty()).then(|| d.name.clone())),
+        N::PrepareStmt(_) | N::ExecuteStmt(_) => Kind::Unsupported {
+            reason: "SQL-level PREPARE/EXECUTE does not survive transaction pooling".into(),
+            hint: "use your driver's prepared statements (protocol level); shardcar keeps them across connections"
+                .into(),
+        },
+        N::ListenStmt(_) | N::UnlistenStmt(_) => Kind::Unsupported {
+            reason: "LISTEN/UNLISTEN needs a session of its own, which transaction pooling does not give".into(),
+            hint: "LISTEN on a direct connection to the shard; NOTIFY works through shardcar".into(),
+        },
+        N::CreateStmt(c) if temporary(c.relation.as_ref()) && c.oncommit != OnCommitAction::OncommitDrop as i32 => {
+            temp_table()
+        }
+        N::CreateTableAsStmt(c)
+            if c.into
+                .as_ref()
+                .is_some_and(|i| temporary(i.rel.as_ref()) && i.on_commit != OnCommitAction::OncommitDrop as i32) =>
+        {
+            temp_table()
+        }
+        N::DeclareCursorStmt(d) if d.options & CURSOR_OPT_HOLD != 0 => Kind::Unsupported {
+            reason: "a cursor WITH HOLD outlives its transaction and its connection's next user would see it".into(),
+            hint: "declare the cursor without HOLD inside a transaction".into(),
+        },
+        _ => Kind::Write,
+    }
+}
+
+/// `CURSOR_OPT_HOLD` in Postgres's parsenodes.h.
+const CURSOR_OPT_HOLD: i32 = 0x0020;
+
+fn temporary(rel: Option<&protobuf::RangeVar>) -> bool {
+    rel.is_some_and(|r| r.relpersistence == "t")
+}
+
+fn temp_table() -> Kind {
+    Kind::Unsupported {
+        reason: "a temporary table outlives its transaction and its connection's next user would see it".into(),
+        hint: "create it inside a transaction with ON COMMIT DROP".into(),
+    }
+}
+
+/// A SELECT that cannot change anything: no locking clause, no INTO, no
+/// data-modifying WITH.
+fn select_only_reads(s: &protobuf::SelectStmt) -> bool {
+    let side = |arm: &Option<Box<protobuf::SelectStmt>>| arm.as_deref().is_none_or(select_only_reads);
+    let ctes_read = s.with_clause.as_ref().is_none_or(|w| {
+        w.ctes.iter().all(|c| match &c.node {
+            Some(N::CommonTableExpr(cte)) => {
+                matches!(cte.ctequery.as_ref().and_then(|q| q.node.as_ref()), Some(N::SelectStmt(q)) if select_only_reads(q))
+            }
+            _ => true,
+        })
+    });
+    s.locking_clause.is_empty() && s.into_clause.is_none() && ctes_read && side(&s.larg) && side(&s.rarg)
+}
+
+/// Functions that write or take session-level state; a SELECT calling one
+/// must run on a primary.
+const WRITING_FUNCTIONS: &[&str] = &[
+    "nextval",
+    "setval",
+    "set_config",
+    "pg_notify",
+    "txid_current",
+    "pg_current_xact_id",
+    "lo_create",
+    "lo_import",
+    "lo_unlink",
+];
+
+fn calls_writing_function(node: &N) -> bool {
+    node.nodes().iter().any(|(n, ..)| match n {
+        pg_query::NodeRef::FuncCall(f) => f.funcname.last().is_some_and(|name| match &name.node {
+            Some(N::String(s)) => {
+                let name = s.sval.as_str();
+                WRITING_FUNCTIONS.contains(&name)
+                    || name.starts_with("pg_advisory")
+                    || name.starts_with("pg_try_advisory")
+            }
+            _ => false,
+        }),
+        _ => false,
+    })
+}
+
+fn transaction(t: &protobuf::TransactionStmt) -> Kind {
+    match TransactionStmtKind::try_from(t.kind) {
+        Ok(TransactionStmtKind::TransStmtBegin | TransactionStmtKind::TransStmtStart) => Kind::Begin,
+        Ok(TransactionStmtKind::TransStmtCommit) if !t.chain => Kind::Commit,
+        Ok(TransactionStmtKind::TransStmtRollback) if !t.chain => Kind::Rollback,
+        Ok(TransactionStmtKind::TransStmtSavepoint) => Kind::Savepoint(t.savepoint_name.clone()),
+        Ok(TransactionStmtKind::TransStmtRelease) => Kind::Release(t.savepoint_name.clone()),
+        Ok(TransactionStmtKind::TransStmtRollbackTo) => Kind::RollbackTo(t.savepoint_name.clone()),
+        _ => Kind::Write,
+    }
+}
+
+fn variable_set(v: &protobuf::VariableSetStmt, text: &str) -> Kind {
+    let set_kind = VariableSetKind::try_from(v.kind).unwrap_or(VariableSetKind::Undefined);
+    if let Some(name) = v.name.strip_prefix("shardcar.") {
+        let value = match set_kind {
+            VariableSetKind::VarSetValue => v.args.first().and_then(|a| constant_text(a.node.as_ref())),
+            _ => None,
+        };
+        return Kind::ShardcarSet { name: name.to_string(), value };
+    }
+    if v.is_local {
+        // Transaction-scoped: nothing outlives the transaction.
+        return Kind::Write;
+    }
+    let name = v.name.clone();
+    match set_kind {
+        VariableSetKind::VarSetValue | VariableSetKind::VarSetCurrent => Kind::Session(Change::Set {
+            setting: Setting { set_sql: text.to_string(), reset_sql: format!("RESET {name}") },
+            name,
+        }),
+        VariableSetKind::VarSetDefault | VariableSetKind::VarReset => Kind::Session(Change::Reset { name }),
+        VariableSetKind::VarResetAll => Kind::Session(Change::ResetAll),
+        VariableSetKind::VarSetMulti if name == "TRANSACTION" => Kind::TransactionOption,
+        VariableSetKind::VarSetMulti if name == "SESSION CHARACTERISTICS" => Kind::Session(Change::Set {
+            name: "session characteristics".into(),
+            setting: Setting {
+                set_sql: text.to_string(),
+                reset_sql: "RESET default_transaction_isolation; RESET default_transaction_read_only; \
+                            RESET default_transaction_deferrable"
+                    .into(),
+            },
+        }),
+        _ => Kind::Write,
+    }
+}
+
+fn constant_text(node: Option<&N>) -> Option<String> {
+    match node? {
+        N::AConst(c) => match c.val.as_ref()? {
+            protobuf::a_const::Val::Sval(s) => Some(s.sval.clone()),
+            protobuf::a_const::Val::Ival(i) => Some(i.ival.to_string()),
+            protobuf::a_const::Val::Fval(f) => Some(f.fval.clone()),
+            protobuf::a_const::Val::Boolval(b) => Some(b.boolval.to_string()),
+            protobuf::a_const::Val::Bsval(s) => Some(s.bsval.clone()),
+        },
+        // `SET shardcar.shard TO s1` parses the bare word as a name.
+        N::String(s) => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
+/// Hints from `/* shardcar: ... */` comments, found with the SQL scanner so
+/// that text inside string literals is never mistaken for a comment.
+fn hints(sql: &str) -> Hints {
+    let mut hints = Hints::default();
+    if !sql.as_bytes().windows(8).any(|w| w.eq_ignore_ascii_case(b"shardcar")) {
+        return hints;
+    }
+    let Ok(scan) = pg_query::scan(sql) else { return hints };
+    for token in &scan.tokens {
+        if token.token != protobuf::Token::CComment as i32 {
+            continue;
+        }
+        let Some(comment) = sql.get(token.start as usize..token.end as usize) else { continue };
+        let body = comment.trim_start_matches("/*").trim_end_matches("*/").trim();
+        let Some(rest) = body.strip_prefix("shardcar:") else { continue };
+        for pair in rest.split([',', ' ', '\t', '\n']).filter(|p| !p.is_empty()) {
+            let Some((key, value)) = pair.split_once('=') else {
+                hints.errors.push(format!("`{pair}` is not key=value"));
+                continue;
+            };
+            let value = value.trim_matches(['\'', '"']).to_string();
+            match key.trim() {
+                "shard" => set_once(&mut hints.shard, value, "shard", &mut hints.errors),
+                "role" => match value.as_str() {
+                    "primary" => hints.role = Some(RoleHint::Primary),
+                    "replica" => hints.role = Some(RoleHint::Replica),
+                    other => hints.errors.push(format!("role `{other}` is neither primary nor replica")),
+                },
+                other => hints.errors.push(format!("unknown hint `{other}` (known: shard, role)")),
+            }
+        }
+    }
+    hints
+}
+
+fn set_once(slot: &mut Option<String>, value: String, what: &str, errors: &mut Vec<String>) {
+    match slot {
+        Some(old) if *old != value => errors.push(format!("two different {what} hints: `{old}` and `{value}`")),
+        _ => *slot = Some(value),
+    }
+}
+
+/// Facts per distinct SQL text, bounded.
+pub struct FactsCache {
+    cache: Cache<String, Arc<Facts>>,
+}
+
+impl FactsCache {
+    pub fn new(capacity: usize) -> FactsCache {
+        FactsCache { cache: Cache::new(capacity) }
+    }
+
+    pub fn get(&self, sql: &str) -> Arc<Facts> {
+        if let Some(f) = self.cache.get(sql) {
+            return f;
+        }
+        let facts = Arc::new(classify(sql));
+        self.cache.insert(sql.to_string(), facts.clone());
+        facts
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(sql: &str) -> Vec<Kind> {
+        classify(sql).statements.into_iter().map(|s| s.kind).collect()
+    }
+
+    #[test]
+    fn reads_and_writes() {
+        assert_eq!(kinds("SELECT * FROM t WHERE id = 1"), [Kind::Read]);
+        assert_eq!(kinds("SELECT 1 UNION SELECT 2"), [Kind::Read]);
+        assert_eq!(kinds("SELECT * FROM t FOR UPDATE"), [Kind::Write]);
+        assert_eq!(kinds("SELECT * INTO t2 FROM t"), [Kind::Write]);
+        assert_eq!(kinds("WITH x AS (DELETE FROM t RETURNING *) SELECT * FROM x"), [Kind::Write]);
+        assert_eq!(kinds("SELECT nextval('s')"), [Kind::Write]);
+        assert_eq!(kinds("SELECT pg_advisory_lock(1)"), [Kind::Write]);
+        assert_eq!(kinds("INSERT INTO t VALUES (1)"), [Kind::Write]);
+        assert_eq!(kinds("COPY t TO STDOUT"), [Kind::Read]);
+        assert_eq!(kinds("COPY t FROM STDIN"), [Kind::Write]);
+        assert_eq!(kinds("SHOW search_path"), [Kind::Read]);
+        assert_eq!(kinds("EXPLAIN ANALYZE DELETE FROM t"), [Kind::Write]);
+    }
+
+    #[test]
+    fn transaction_control() {
+        assert_eq!(
+            kinds("BEGIN ISOLATION LEVEL SERIALIZABLE; SAVEPOINT a; RELEASE a; ROLLBACK TO SAVEPOINT a; COMMIT; ABORT"),
+            [
+                Kind::Begin,
+                Kind::Savepoint("a".into()),
+                Kind::Release("a".into()),
+                Kind::RollbackTo("a".into()),
+                Kind::Commit,
+                Kind::Rollback
+            ]
+        );
+        assert_eq!(kinds("START TRANSACTION READ ONLY"), [Kind::Begin]);
+        assert_eq!(kinds("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ"), [Kind::TransactionOption]);
+        assert_eq!(kinds("COMMIT AND CHAIN"), [Kind::Write]);
+    }
+
+    #[test]
+    fn session_settings_are_replayable_statements() {
+        let f = classify("SET search_path = app, public; SET LOCAL work_mem = '1MB'; RESET ALL");
+        assert_eq!(
+            f.statements[0].kind,
+            Kind::Session(Change::Set {
+                name: "search_path".into(),
+                setting: Setting {
+                    set_sql: "SET search_path = app, public".into(),
+                    reset_sql: "RESET search_path".into()
+                }
+            })
+        );
+        assert_eq!(f.statements[1].kind, Kind::Write);
+        assert_eq!(f.statements[2].kind, Kind::Session(Change::ResetAll));
+        assert_eq!(kinds("SET TIME ZONE DEFAULT"), [Kind::Session(Change::Reset { name: "timezone".into() })]);
+    }
+
+    #[test]
+    fn shardcar_variables() {
+        assert_eq!(
+            kinds("SET shardcar.shard = 's1'"),
+            [Kind::ShardcarSet { name: "shard".into(), value: Some("s1".into()) }]
+        );
+        assert_eq!(
+            kinds("SET shardcar.shard TO s1"),
+            [Kind::ShardcarSet { name: "shard".into(), value: Some("s1".into()) }]
+        );
+        assert_eq!(kinds("RESET shardcar.shard"), [Kind::ShardcarSet { name: "shard".into(), value: None }]);
+        assert_eq!(kinds("SHOW shardcar.shard"), [Kind::ShardcarShow("shard".into())]);
+    }
+
+    #[test]
+    fn refused_statements() {
+        for sql in [
+            "LISTEN x",
+            "PREPARE p AS SELECT 1",
+            "EXECUTE p",
+            "CREATE TEMP TABLE t (a int)",
+            "DECLARE c CURSOR WITH HOLD FOR SELECT 1",
+        ] {
+            assert!(matches!(kinds(sql)[..], [Kind::Unsupported { .. }]), "{sql}");
+        }
+        assert_eq!(kinds("CREATE TEMP TABLE t (a int) ON COMMIT DROP"), [Kind::Write]);
+        assert_eq!(kinds("DEALLOCATE ALL"), [Kind::Deallocate(None)]);
+        assert_eq!(kinds("DEALLOCATE p1"), [Kind::Deallocate(Some("p1".into()))]);
+        assert_eq!(kinds("DISCARD ALL"), [Kind::DiscardAll]);
+    }
+
+    #[test]
+    fn hints_from_comments_only() {
+        let f = classify("/* shardcar: shard=s1, role=primary */ SELECT 1");
+        assert_eq!(f.hints.shard.as_deref(), Some("s1"));
+        assert_eq!(f.hints.role, Some(RoleHint::Primary));
+        let f = classify("SELECT '/* shardcar: shard=s1 */'");
+        assert_eq!(f.hints, Hints::default());
+        let f = classify("SELECT 1 /* shardcar: shard=s1 color=red */");
+        assert_eq!(f.hints.errors.len(), 1);
+    }
+
+    #[test]
+    fn unreadable_sql_keeps_hints() {
+        let f = classify("/* shardcar: shard=s1 */ SELEKT 1");
+        assert!(f.parse_error.is_some());
+        assert_eq!(f.hints.shard.as_deref(), Some("s1"));
+        assert!(!f.is_read_only());
+    }
+}

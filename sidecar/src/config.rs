@@ -1,0 +1,416 @@
+//! The TOML configuration: its serde shape, defaults, and the semantic checks
+//! `shardcar check` reports (every problem, each with its field path).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub listen: Listen,
+    #[serde(default)]
+    pub users: Vec<User>,
+    #[serde(default)]
+    pub pool: Pool,
+    #[serde(default)]
+    pub shards: Vec<Shard>,
+    pub routing: Routing,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Listen {
+    /// Postgres protocol listener for application clients.
+    pub addr: String,
+    /// HTTP admin listener (health and readiness).
+    pub admin: String,
+    /// Clients beyond this many get `53300 too_many_connections` at startup.
+    pub max_client_connections: usize,
+    /// On SIGTERM/SIGINT: how long open transactions may take to finish.
+    pub shutdown_grace_s: u64,
+}
+
+impl Default for Listen {
+    fn default() -> Self {
+        Listen {
+            addr: "127.0.0.1:6432".into(),
+            admin: "127.0.0.1:9930".into(),
+            max_client_connections: 1000,
+            shutdown_grace_s: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    /// Cleartext, or a Postgres SCRAM verifier (`SCRAM-SHA-256$...`), or an
+    /// md5 hash (`md5` + md5(password || user)).
+    pub password: Option<String>,
+    /// How the client proves the password. Defaults to SCRAM-SHA-256.
+    pub auth: Option<AuthMethod>,
+    /// No password; only accepted from loopback clients.
+    #[serde(default)]
+    pub trust: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+pub enum AuthMethod {
+    #[serde(rename = "scram-sha-256")]
+    ScramSha256,
+    #[serde(rename = "md5")]
+    Md5,
+    #[serde(rename = "password")]
+    Cleartext,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pool {
+    /// Backend connections per shard and role (primary, each replica).
+    pub size: usize,
+    /// How long a statement waits for a free backend connection.
+    pub checkout_timeout_ms: u64,
+    /// Idle backend connections older than this are closed.
+    pub idle_timeout_s: u64,
+    /// Time allowed to open and authenticate one backend connection.
+    pub connect_timeout_ms: u64,
+    /// How often every primary and replica is probed (`SELECT 1`).
+    pub health_check_interval_ms: u64,
+    /// Prepared statements kept per backend connection before the oldest are closed.
+    pub max_prepared_per_connection: usize,
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            size: 20,
+            checkout_timeout_ms: 3000,
+            idle_timeout_s: 300,
+            connect_timeout_ms: 5000,
+            health_check_interval_ms: 2000,
+            max_prepared_per_connection: 1000,
+        }
+    }
+}
+
+impl Pool {
+    pub fn checkout_timeout(&self) -> Duration {
+        Duration::from_millis(self.checkout_timeout_ms)
+    }
+    pub fn connect_timeout(&self) -> Duration {
+        Duration::from_millis(self.connect_timeout_ms)
+    }
+    pub fn idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.idle_timeout_s)
+    }
+    pub fn health_check_interval(&self) -> Duration {
+        Duration::from_millis(self.health_check_interval_ms)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Shard {
+    pub name: String,
+    pub primary: String,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Routing {
+    /// Where statements without a routing decision go.
+    pub default_shard: String,
+    /// Plain reads outside a transaction may use a healthy replica.
+    #[serde(default = "yes")]
+    pub read_replicas: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// One thing wrong with a config, located by its field path (`shards[1].primary`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    pub path: String,
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// A config that could not be used, with every problem found.
+#[derive(Debug, thiserror::Error)]
+#[error("{}", format_problems(.0))]
+pub struct Invalid(pub Vec<Problem>);
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("\n")
+}
+
+/// Where one backend server is and how to log in to it, from a `postgres://` URL.
+#[derive(Clone)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub password: Option<String>,
+    pub dbname: String,
+    pub url: String,
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never print the password.
+        write!(f, "{}:{}/{} as {}", self.host, self.port, self.dbname, self.user)
+    }
+}
+
+impl Endpoint {
+    pub fn parse(url: &str) -> Result<Endpoint, String> {
+        let cfg = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+        let host = match cfg.get_hosts() {
+            [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
+            [] => return Err("no host in URL".into()),
+            [_] => return Err("unix-socket hosts are not supported; use a TCP host".into()),
+            _ => return Err("exactly one host per URL".into()),
+        };
+        let port = match cfg.get_ports() {
+            [] => 5432,
+            [p] => *p,
+            _ => return Err("exactly one port per URL".into()),
+        };
+        let user = cfg.get_user().ok_or("no user in URL (postgres://USER@host/db)")?.to_string();
+        let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+        let dbname = cfg.get_dbname().unwrap_or(&user).to_string();
+        Ok(Endpoint { host, port, user, password, dbname, url: url.to_string() })
+    }
+
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, Invalid> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Invalid(vec![Problem { path: path.display().to_string(), message: format!("cannot read: {e}") }])
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text. A structural error (syntax, unknown
+    /// field, wrong type) stops parsing and is reported alone; semantic
+    /// problems are all collected.
+    pub fn parse(text: &str) -> Result<Config, Invalid> {
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            Invalid(vec![Problem {
+                path: "(toml)".into(),
+                message: e.message().to_string() + &location(text, e.span()),
+            }])
+        })?;
+        let cfg: Config = serde_path_to_error::deserialize(de).map_err(|e| {
+            let path = e.path().to_string();
+            let inner = e.into_inner();
+            Invalid(vec![Problem {
+                path: if path == "." { "(root)".into() } else { path },
+                message: inner.message().to_string() + &location(text, inner.span()),
+            }])
+        })?;
+        let problems = cfg.problems();
+        if problems.is_empty() { Ok(cfg) } else { Err(Invalid(problems)) }
+    }
+
+    /// Every semantic problem: names, references, addresses, limits.
+    pub fn problems(&self) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let mut bad = |path: String, message: String| out.push(Problem { path, message });
+
+        for (field, value) in [("listen.addr", &self.listen.addr), ("listen.admin", &self.listen.admin)] {
+            if let Err(e) = value.parse::<SocketAddr>() {
+                bad(field.into(), format!("`{value}` is not an IP:port address ({e})"));
+            }
+        }
+        if self.listen.addr == self.listen.admin {
+            bad("listen.admin".into(), "must differ from listen.addr".into());
+        }
+        if self.listen.max_client_connections == 0 {
+            bad("listen.max_client_connections".into(), "must be at least 1".into());
+        }
+
+        if self.users.is_empty() {
+            bad("users".into(), "at least one [[users]] entry is needed to connect".into());
+        }
+        let mut names = HashSet::new();
+        for (i, u) in self.users.iter().enumerate() {
+            let at = format!("users[{i}]");
+            if u.name.is_empty() {
+                bad(format!("{at}.name"), "must not be empty".into());
+            } else if !names.insert(u.name.as_str()) {
+                bad(format!("{at}.name"), format!("user `{}` is defined twice", u.name));
+            }
+            match (&u.password, u.trust) {
+                (Some(_), true) => bad(at.clone(), "set either `password` or `trust = true`, not both".into()),
+                (None, false) => bad(at.clone(), "needs `password = \"...\"` or `trust = true`".into()),
+                (None, true) if u.auth.is_some() => {
+                    bad(format!("{at}.auth"), "a trust user has no password to check".into())
+                }
+                (Some(pw), false) => {
+                    if let Err(e) = crate::frontend::auth::Secret::parse(&u.name, pw, u.method()) {
+                        bad(format!("{at}.password"), e);
+                    }
+                }
+                (None, true) => {}
+            }
+        }
+
+        if self.pool.size == 0 {
+            bad("pool.size".into(), "must be at least 1".into());
+        }
+        if self.pool.checkout_timeout_ms == 0 {
+            bad("pool.checkout_timeout_ms".into(), "must be at least 1".into());
+        }
+        if self.pool.connect_timeout_ms == 0 {
+            bad("pool.connect_timeout_ms".into(), "must be at least 1".into());
+        }
+        if self.pool.health_check_interval_ms < 100 {
+            bad("pool.health_check_interval_ms".into(), "must be at least 100".into());
+        }
+        if self.pool.max_prepared_per_connection == 0 {
+            bad("pool.max_prepared_per_connection".into(), "must be at least 1".into());
+        }
+
+        if self.shards.is_empty() {
+            bad("shards".into(), "at least one [[shards]] entry is needed".into());
+        }
+        let mut shard_names = HashSet::new();
+        for (i, s) in self.shards.iter().enumerate() {
+            let at = format!("shards[{i}]");
+            if !valid_name(&s.name) {
+                bad(format!("{at}.name"), format!("`{}` must be letters, digits, `_` or `-`", s.name));
+            } else if !shard_names.insert(s.name.as_str()) {
+                bad(format!("{at}.name"), format!("shard `{}` is defined twice", s.name));
+            }
+            if let Err(e) = Endpoint::parse(&s.primary) {
+                bad(format!("{at}.primary"), e);
+            }
+            for (j, r) in s.replicas.iter().enumerate() {
+                if let Err(e) = Endpoint::parse(r) {
+                    bad(format!("{at}.replicas[{j}]"), e);
+                }
+            }
+        }
+        if !self.shards.is_empty() && !shard_names.contains(self.routing.default_shard.as_str()) {
+            bad(
+                "routing.default_shard".into(),
+                format!(
+                    "`{}` is not a shard; known: {}",
+                    self.routing.default_shard,
+                    self.shards.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            );
+        }
+        out
+    }
+
+    pub fn shard_index(&self, name: &str) -> Option<usize> {
+        self.shards.iter().position(|s| s.name == name)
+    }
+
+    pub fn user(&self, name: &str) -> Option<&User> {
+        self.users.iter().find(|u| u.name == name)
+    }
+}
+
+impl User {
+    pub fn method(&self) -> AuthMethod {
+        self.auth.unwrap_or(AuthMethod::ScramSha256)
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
+/// " (line L, column C)" for a byte span of the source text.
+fn location(text: &str, span: Option<std::ops::Range<usize>>) -> String {
+    let Some(span) = span else { return String::new() };
+    let before = &text[..span.start.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    format!(" (line {line}, column {column})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+        [[users]]
+        name = "app"
+        password = "secret"
+        [[shards]]
+        name = "s0"
+        primary = "postgres://postgres@127.0.0.1:5433/app"
+        replicas = ["postgres://postgres@127.0.0.1:5434/app"]
+        [[shards]]
+        name = "s1"
+        primary = "postgres://postgres@127.0.0.1:5435/app"
+        [routing]
+        default_shard = "s0"
+    "#;
+
+    #[test]
+    fn defaults_are_loopback_and_documented_values() {
+        let cfg = Config::parse(GOOD).unwrap();
+        assert_eq!(cfg.listen.addr, "127.0.0.1:6432");
+        assert_eq!(cfg.listen.admin, "127.0.0.1:9930");
+        assert_eq!(cfg.pool.size, 20);
+        assert!(cfg.routing.read_replicas);
+        assert_eq!(cfg.shards[0].replicas.len(), 1);
+    }
+
+    #[test]
+    fn unknown_field_is_reported_with_its_path() {
+        let text = GOOD.replace("[routing]", "[pool]\nsise = 3\n[routing]");
+        let err = Config::parse(&text).unwrap_err();
+        assert_eq!(err.0.len(), 1);
+        assert_eq!(err.0[0].path, "pool.sise");
+        assert!(err.0[0].message.contains("unknown field"), "{}", err.0[0].message);
+        assert!(err.0[0].message.contains("line"), "{}", err.0[0].message);
+    }
+
+    #[test]
+    fn every_semantic_problem_is_reported() {
+        let text = GOOD
+            .replace("default_shard = \"s0\"", "default_shard = \"s9\"")
+            .replace("127.0.0.1:5435", "[::1")
+            .replace("password = \"secret\"", "password = \"secret\"\ntrust = true");
+        let err = Config::parse(&text).unwrap_err();
+        let paths: Vec<_> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(paths, ["users[0]", "shards[1].primary", "routing.default_shard"], "{err}");
+    }
+
+    #[test]
+    fn endpoint_needs_a_user_and_a_tcp_host() {
+        assert!(Endpoint::parse("postgres://127.0.0.1:5432/app").unwrap_err().contains("no user"));
+        let e = Endpoint::parse("postgres://u:pw@db.local/app").unwrap();
+        assert_eq!((e.host.as_str(), e.port, e.dbname.as_str()), ("db.local", 5432, "app"));
+        assert!(!format!("{e:?}").contains("pw"));
+    }
+}

@@ -1,0 +1,89 @@
+//! Execute: a backend connection attached to a client session, the queue of
+//! replies it owes, and the statements the client has prepared.
+
+pub mod outbox;
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use pgwire::messages::Message;
+use pgwire::messages::extendedquery::Parse;
+
+use crate::classify::Facts;
+use crate::policy::SessionTarget;
+use crate::pool::backend::StatementText;
+use crate::pool::{Node, Pooled};
+pub use outbox::{Entry, Event, Outbox, Reply};
+
+/// A statement a client prepared, as shardcar keeps it.
+#[derive(Debug)]
+pub struct Prepared {
+    /// The name on backend connections: content-addressed (`sc_<hash>`) for
+    /// named statements so clients preparing the same text share it; empty
+    /// for the unnamed statement.
+    pub backend_name: String,
+    pub text: Arc<StatementText>,
+    pub facts: Arc<Facts>,
+    /// The Parse message that creates it under `backend_name`.
+    pub parse: Bytes,
+}
+
+impl Prepared {
+    /// `raw` is the client's own Parse, reused as is for the unnamed statement.
+    pub fn new(client_name: &str, msg: &Parse, raw: &Bytes, facts: Arc<Facts>) -> Prepared {
+        let text = Arc::new(StatementText { sql: msg.query.clone(), param_types: msg.type_oids.clone() });
+        if client_name.is_empty() {
+            return Prepared { backend_name: String::new(), text, facts, parse: raw.clone() };
+        }
+        let mut h = DefaultHasher::new();
+        text.hash(&mut h);
+        let backend_name = format!("sc_{:016x}", h.finish());
+        let mut buf = BytesMut::new();
+        let renamed = Parse::new(Some(backend_name.clone()), text.sql.clone(), text.param_types.clone());
+        if let Err(e) = renamed.encode(&mut buf) {
+            // Cannot happen for a Parse that was just decoded; keep the client's bytes.
+            tracing::error!("cannot re-encode Parse: {e}");
+            buf = BytesMut::from(&raw[..]);
+        }
+        Prepared { backend_name, text, facts, parse: buf.freeze() }
+    }
+}
+
+/// What to undo when a message fails or is skipped after an earlier error.
+#[derive(Debug)]
+pub enum Effect {
+    /// The connection does not hold this prepared statement after all.
+    Unprepare(String),
+    /// The connection's unnamed statement is gone.
+    UnnamedLost,
+    /// The client's statement (`""`: the unnamed one) never came to exist.
+    ForgetStatement(String),
+    /// A Close or DEALLOCATE that did not happen: the statement is back.
+    RestoreStatement(String, Arc<Prepared>),
+    /// A `SET shardcar.*` that did not happen.
+    RestoreTarget(SessionTarget),
+}
+
+/// A backend connection serving one client for a transaction or a batch.
+pub struct Attached {
+    pub conn: Pooled,
+    pub node: Arc<Node>,
+    pub outbox: Outbox,
+    /// Sync or Query messages sent whose ReadyForQuery has not come back.
+    pub pending_ready: usize,
+    /// Extended-protocol messages were sent since the last Sync.
+    pub unsynced: bool,
+}
+
+impl Attached {
+    pub fn new(conn: Pooled, node: Arc<Node>) -> Attached {
+        Attached { conn, node, outbox: Outbox::default(), pending_ready: 0, unsynced: false }
+    }
+
+    /// No reply is due, no transaction or batch is open: the connection can
+    /// go back to the pool.
+    pub fn is_idle(&self) -> bool {
+        self.outbox.is_empty() && self.pending_ready == 0 && !self.unsynced && self.conn.status == b'I'
+    }
+}

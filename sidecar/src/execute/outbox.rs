@@ -1,0 +1,386 @@
+//! The replies a backend owes for what was sent to it, in order.
+//!
+//! Every message sent to a backend — the client's, or one shardcar injected
+//! (a re-prepare, a deferred BEGIN) — gets an entry saying how its replies
+//! end and whether the client sees them. Replies shardcar makes itself (a
+//! ParseComplete for a statement already prepared, a CloseComplete) sit in
+//! the same queue so that the client receives everything in protocol order.
+//! After an error in the extended protocol, Postgres skips everything up to
+//! the next Sync; the queue does the same and reports what was skipped so the
+//! session can undo what it assumed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use postgres_protocol::message::backend::Message;
+
+use crate::classify::Facts;
+use crate::execute::Effect;
+use crate::frontend::wire::reply;
+use crate::sqlerror::SqlError;
+
+/// How the replies to one sent message end.
+#[derive(Debug)]
+pub enum Reply {
+    Parse,
+    Bind,
+    Close,
+    DescribeStatement,
+    DescribePortal,
+    /// Execute of a portal whose statement has these facts.
+    Execute(Option<Arc<Facts>>),
+    Sync,
+    /// A simple query; `done` counts its completed statements.
+    Query {
+        facts: Arc<Facts>,
+        done: usize,
+    },
+}
+
+#[derive(Debug)]
+pub enum EntryKind {
+    /// Replies come from the backend; `hidden` ones never reach the client
+    /// (except errors, which concern whatever follows).
+    Backend { reply: Reply, hidden: bool },
+    /// Replies shardcar makes itself, released when they reach the head.
+    Synthetic(BytesMut),
+    /// An injected failure (a Describe of a portal that cannot exist) that
+    /// aborts the backend's transaction like the client's error would have;
+    /// the backend's error is replaced by this one.
+    Abort(SqlError),
+}
+
+#[derive(Debug)]
+pub struct Entry {
+    pub kind: EntryKind,
+    /// What to undo when the message fails or is skipped after an earlier error.
+    pub undo: Vec<Effect>,
+}
+
+impl Entry {
+    pub fn backend(reply: Reply) -> Entry {
+        Entry { kind: EntryKind::Backend { reply, hidden: false }, undo: Vec::new() }
+    }
+
+    pub fn hidden(reply: Reply) -> Entry {
+        Entry { kind: EntryKind::Backend { reply, hidden: true }, undo: Vec::new() }
+    }
+
+    pub fn synthetic(frames: BytesMut) -> Entry {
+        Entry { kind: EntryKind::Synthetic(frames), undo: Vec::new() }
+    }
+
+    pub fn abort(error: SqlError) -> Entry {
+        Entry { kind: EntryKind::Abort(error), undo: Vec::new() }
+    }
+
+    pub fn undo(mut self, effects: Vec<Effect>) -> Entry {
+        self.undo = effects;
+        self
+    }
+
+    fn is_sync(&self) -> bool {
+        matches!(self.kind, EntryKind::Backend { reply: Reply::Sync, .. })
+    }
+}
+
+/// What happened while replies were relayed; the session acts on these.
+#[derive(Debug)]
+pub enum Event {
+    Undone(Effect),
+    /// A statement finished with this CommandComplete tag.
+    StatementDone {
+        facts: Arc<Facts>,
+        index: usize,
+        tag: String,
+    },
+    /// ReadyForQuery with this transaction status; `hidden` when it ends
+    /// something shardcar sent on its own.
+    Ready {
+        status: u8,
+        hidden: bool,
+    },
+    /// The backend waits for COPY data from the client.
+    CopyIn,
+    /// The backend reported an error.
+    Error {
+        fatal: bool,
+    },
+}
+
+/// The backend sent something the queue did not expect: the connection's
+/// state is unknown and it must not be reused.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected message '{}' from the server ({why})", *.tag as char)]
+pub struct Desync {
+    pub tag: u8,
+    pub why: &'static str,
+}
+
+#[derive(Debug, Default)]
+pub struct Outbox {
+    entries: VecDeque<Entry>,
+    /// The backend is discarding messages until the next Sync.
+    skipping: bool,
+}
+
+impl Outbox {
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// True while the backend ignores everything up to the next Sync.
+    pub fn skipping(&self) -> bool {
+        self.skipping
+    }
+
+    /// True when replies from the backend are still due.
+    pub fn awaits_backend(&self) -> bool {
+        self.entries.iter().any(|e| !matches!(e.kind, EntryKind::Synthetic(_)))
+    }
+
+    pub fn push(&mut self, entry: Entry, events: &mut Vec<Event>) {
+        if self.skipping && !entry.is_sync() {
+            // Postgres will skip the message this entry stands for.
+            events.extend(entry.undo.into_iter().map(Event::Undone));
+            return;
+        }
+        if entry.is_sync() {
+            self.skipping = false;
+        }
+        self.entries.push_back(entry);
+    }
+
+    /// Forgets everything outstanding (the connection is gone), reporting
+    /// what to undo.
+    pub fn abandon(&mut self, events: &mut Vec<Event>) {
+        for entry in self.entries.drain(..) {
+            events.extend(entry.undo.into_iter().map(Event::Undone));
+        }
+        self.skipping = false;
+    }
+
+    /// Writes synthetic replies that have reached the head of the queue.
+    pub fn release_synthetic(&mut self, out: &mut BytesMut) {
+        while let Some(Entry { kind: EntryKind::Synthetic(_), .. }) = self.entries.front() {
+            let Some(entry) = self.entries.pop_front() else { break };
+            if let EntryKind::Synthetic(frames) = entry.kind {
+                out.extend_from_slice(&frames);
+            }
+        }
+    }
+
+    /// Relays one backend frame: to `out` when the client should see it.
+    pub fn on_frame(&mut self, frame: &[u8], out: &mut BytesMut, events: &mut Vec<Event>) -> Result<(), Desync> {
+        self.release_synthetic(out);
+        let tag = frame[0];
+        let hidden = matches!(self.entries.front(), Some(Entry { kind: EntryKind::Backend { hidden: true, .. }, .. }));
+        match tag {
+            // Asynchronous messages: notices belong to the statement that
+            // raised them; parameter changes and notifications always matter.
+            b'N' => {
+                if !hidden {
+                    out.extend_from_slice(frame);
+                }
+                return Ok(());
+            }
+            b'S' | b'A' => {
+                out.extend_from_slice(frame);
+                return Ok(());
+            }
+            b'E' => return self.on_error(frame, out, events),
+            _ => {}
+        }
+        let Some(head) = self.entries.front_mut() else {
+            return Err(Desync { tag, why: "nothing was outstanding" });
+        };
+        let EntryKind::Backend { reply, hidden } = &mut head.kind else {
+            return Err(Desync { tag, why: "an injected failure was expected" });
+        };
+        if !*hidden {
+            out.extend_from_slice(frame);
+        }
+        let complete = match (reply, tag) {
+            (Reply::Parse, b'1') | (Reply::Bind, b'2') | (Reply::Close, b'3') => true,
+            (Reply::DescribeStatement, b't') => false,
+            (Reply::DescribeStatement | Reply::DescribePortal, b'T' | b'n') => true,
+            (Reply::Execute(_) | Reply::Query { .. }, b'D' | b'T' | b'H' | b'd' | b'c') => false,
+            (Reply::Execute(_) | Reply::Query { .. }, b'G') => {
+                events.push(Event::CopyIn);
+                false
+            }
+            (Reply::Execute(facts), b'C') => {
+                if let Some(facts) = facts {
+                    events.push(Event::StatementDone { facts: facts.clone(), index: 0, tag: command_tag(frame) });
+                }
+                true
+            }
+            (Reply::Execute(_), b'I' | b's') => true,
+            (Reply::Query { facts, done }, b'C') => {
+                events.push(Event::StatementDone { facts: facts.clone(), index: *done, tag: command_tag(frame) });
+                *done += 1;
+                false
+            }
+            (Reply::Query { .. }, b'I') => false,
+            (Reply::Query { .. } | Reply::Sync, b'Z') => {
+                events.push(Event::Ready { status: frame.get(5).copied().unwrap_or(b'I'), hidden: *hidden });
+                true
+            }
+            _ => return Err(Desync { tag, why: "not a reply to what was sent" }),
+        };
+        if complete {
+            self.entries.pop_front();
+        }
+        Ok(())
+    }
+
+    fn on_error(&mut self, frame: &[u8], out: &mut BytesMut, events: &mut Vec<Event>) -> Result<(), Desync> {
+        let fatal = is_fatal(frame);
+        events.push(Event::Error { fatal });
+        let Some(head) = self.entries.front() else {
+            // A FATAL error with nothing outstanding: the server is closing
+            // the connection (shutdown, terminate). The session sees the EOF.
+            if fatal {
+                return Ok(());
+            }
+            return Err(Desync { tag: b'E', why: "nothing was outstanding" });
+        };
+        match &head.kind {
+            EntryKind::Abort(err) => reply::error(out, err),
+            // A simple query's error, or a failed commit at Sync: the entry
+            // still ends with ReadyForQuery.
+            EntryKind::Backend { reply: Reply::Query { .. } | Reply::Sync, .. } => {
+                out.extend_from_slice(frame);
+                return Ok(());
+            }
+            _ => out.extend_from_slice(frame),
+        }
+        // An extended-protocol message failed: Postgres now skips to Sync.
+        while let Some(entry) = self.entries.front() {
+            if entry.is_sync() {
+                return Ok(());
+            }
+            if let Some(entry) = self.entries.pop_front() {
+                events.extend(entry.undo.into_iter().map(Event::Undone));
+            }
+        }
+        self.skipping = true;
+        Ok(())
+    }
+}
+
+fn parse(frame: &[u8]) -> Option<Message> {
+    Message::parse(&mut BytesMut::from(frame)).ok().flatten()
+}
+
+fn command_tag(frame: &[u8]) -> String {
+    match parse(frame) {
+        Some(Message::CommandComplete(c)) => c.tag().unwrap_or_default().to_string(),
+        _ => String::new(),
+    }
+}
+
+fn is_fatal(frame: &[u8]) -> bool {
+    use fallible_iterator::FallibleIterator;
+    let Some(Message::ErrorResponse(body)) = parse(frame) else { return false };
+    let mut fields = body.fields();
+    while let Ok(Some(f)) = fields.next() {
+        if f.type_() == b'V' || f.type_() == b'S' {
+            return matches!(f.value_bytes(), b"FATAL" | b"PANIC");
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(tag: u8, body: &[u8]) -> Vec<u8> {
+        let mut v = vec![tag];
+        v.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        v.extend_from_slice(body);
+        v
+    }
+
+    fn error() -> Vec<u8> {
+        msg(b'E', b"SERROR\0C42601\0Mboom\0\0")
+    }
+
+    #[test]
+    fn synthetic_replies_keep_protocol_order() {
+        let mut ob = Outbox::default();
+        let mut ev = Vec::new();
+        let mut out = BytesMut::new();
+        let mut parse_complete = BytesMut::new();
+        reply::parse_complete(&mut parse_complete);
+        ob.push(Entry::synthetic(parse_complete), &mut ev);
+        ob.push(Entry::backend(Reply::Bind), &mut ev);
+        ob.push(Entry::backend(Reply::Sync), &mut ev);
+        ob.on_frame(&msg(b'2', b""), &mut out, &mut ev).unwrap();
+        ob.on_frame(&msg(b'Z', b"I"), &mut out, &mut ev).unwrap();
+        assert_eq!(&out[..], [msg(b'1', b""), msg(b'2', b""), msg(b'Z', b"I")].concat());
+        assert!(ob.is_empty());
+    }
+
+    #[test]
+    fn error_skips_to_sync_and_reports_undos() {
+        let mut ob = Outbox::default();
+        let mut ev = Vec::new();
+        let mut out = BytesMut::new();
+        ob.push(Entry::backend(Reply::Parse).undo(vec![Effect::ForgetStatement("a".into())]), &mut ev);
+        ob.push(Entry::synthetic(BytesMut::from(&b"X"[..])).undo(vec![Effect::ForgetStatement("b".into())]), &mut ev);
+        ob.push(Entry::backend(Reply::Sync), &mut ev);
+        ob.on_frame(&error(), &mut out, &mut ev).unwrap();
+        ob.on_frame(&msg(b'Z', b"I"), &mut out, &mut ev).unwrap();
+        assert_eq!(&out[..], [error(), msg(b'Z', b"I")].concat());
+        let undone: Vec<_> = ev
+            .iter()
+            .filter_map(|e| match e {
+                Event::Undone(Effect::ForgetStatement(n)) => Some(n.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(undone, ["a", "b"]);
+    }
+
+    #[test]
+    fn hidden_replies_are_swallowed_but_errors_are_not() {
+        let mut ob = Outbox::default();
+        let mut ev = Vec::new();
+        let mut out = BytesMut::new();
+        ob.push(Entry::hidden(Reply::Parse), &mut ev);
+        ob.push(Entry::backend(Reply::Bind), &mut ev);
+        ob.push(Entry::backend(Reply::Sync), &mut ev);
+        ob.on_frame(&msg(b'1', b""), &mut out, &mut ev).unwrap();
+        assert!(out.is_empty());
+        ob.on_frame(&error(), &mut out, &mut ev).unwrap();
+        assert_eq!(&out[..], error());
+    }
+
+    #[test]
+    fn abort_replaces_the_backend_error_and_skipping_outlives_a_flush() {
+        let mut ob = Outbox::default();
+        let mut ev = Vec::new();
+        let mut out = BytesMut::new();
+        ob.push(Entry::abort(SqlError::new("0A000", "nope")), &mut ev);
+        ob.on_frame(&error(), &mut out, &mut ev).unwrap();
+        assert!(ob.skipping() && ob.is_empty());
+        let mut ours = BytesMut::new();
+        reply::error(&mut ours, &SqlError::new("0A000", "nope"));
+        assert_eq!(out, ours);
+        ob.push(Entry::backend(Reply::Bind).undo(vec![Effect::ForgetStatement("c".into())]), &mut ev);
+        assert!(ob.is_empty());
+        ob.push(Entry::backend(Reply::Sync), &mut ev);
+        assert!(!ob.skipping());
+    }
+
+    #[test]
+    fn unexpected_message_is_a_desync() {
+        let mut ob = Outbox::default();
+        let mut ev = Vec::new();
+        ob.push(Entry::backend(Reply::Parse), &mut ev);
+        assert!(ob.on_frame(&msg(b'2', b""), &mut BytesMut::new(), &mut ev).is_err());
+    }
+}

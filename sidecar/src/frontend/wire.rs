@@ -1,0 +1,478 @@
+//! The client side of the wire: framing, decoding with pgwire's codec, and
+//! encoding the replies shardcar writes itself.
+//!
+//! Frames are split here by their length word and handed whole to pgwire, so
+//! a message with a lying inner length can never read into the next one; the
+//! raw frame is kept so that forwarding stays byte-exact.
+
+use std::panic::{AssertUnwindSafe, catch_unwind};
+
+use bytes::{Bytes, BytesMut};
+use pgwire::messages::cancel::CancelRequest;
+use pgwire::messages::copy::CopyFail;
+use pgwire::messages::data::{DataRow, FieldDescription, NoData, ParameterDescription, RowDescription};
+use pgwire::messages::extendedquery::{
+    Bind, BindComplete, Close, CloseComplete, Describe, Execute, Parse, ParseComplete,
+};
+use pgwire::messages::response::{
+    CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
+};
+use pgwire::messages::simplequery::Query;
+use pgwire::messages::startup::{
+    Authentication, BackendKeyData, GssEncRequest, NegotiateProtocolVersion, ParameterStatus, PasswordMessageFamily,
+    SecretKey, SslRequest, Startup,
+};
+use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
+use postgres_protocol::message::backend::Header;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::sqlerror::{SqlError, code};
+
+/// Postgres's own limits (pqcomm.h): a few message types may be large.
+const LARGE_MESSAGE_LIMIT: usize = 0x3fff_ffff - 1;
+const SMALL_MESSAGE_LIMIT: usize = 10_000;
+
+/// One length-delimited frontend message: its type byte and all its bytes.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    pub tag: u8,
+    pub raw: Bytes,
+}
+
+/// A decoded frontend message, with its raw bytes where it may be forwarded.
+#[derive(Debug)]
+pub enum ClientMsg {
+    Query { raw: Bytes, sql: String },
+    Parse { raw: Bytes, msg: Parse },
+    Bind { raw: Bytes, msg: Bind },
+    Describe { raw: Bytes, msg: Describe },
+    Close { raw: Bytes, msg: Close },
+    Execute { raw: Bytes, portal: String },
+    Sync { raw: Bytes },
+    Flush { raw: Bytes },
+    CopyData { raw: Bytes },
+    CopyDone { raw: Bytes },
+    CopyFail { raw: Bytes, message: String },
+    Terminate,
+}
+
+impl ClientMsg {
+    /// Bytes this message holds in memory (for the inbox limit).
+    pub fn size(&self) -> usize {
+        match self {
+            ClientMsg::Query { raw, .. }
+            | ClientMsg::Parse { raw, .. }
+            | ClientMsg::Describe { raw, .. }
+            | ClientMsg::Close { raw, .. }
+            | ClientMsg::Execute { raw, .. }
+            | ClientMsg::Sync { raw }
+            | ClientMsg::Flush { raw }
+            | ClientMsg::CopyData { raw }
+            | ClientMsg::CopyDone { raw }
+            | ClientMsg::CopyFail { raw, .. }
+            | ClientMsg::Bind { raw, .. } => raw.len(),
+            ClientMsg::Terminate => 5,
+        }
+    }
+
+    pub fn decode(frame: Frame) -> Result<ClientMsg, SqlError> {
+        let raw = frame.raw;
+        Ok(match frame.tag {
+            b'Q' => {
+                let q: Query = decode(&raw)?;
+                // The codec decodes lossily; refuse text that was not UTF-8
+                // rather than route one text and forward another.
+                check_utf8(&q.query, &raw)?;
+                ClientMsg::Query { sql: q.query, raw }
+            }
+            b'P' => {
+                let msg: Parse = decode(&raw)?;
+                check_utf8(&msg.query, &raw)?;
+                ClientMsg::Parse { msg, raw }
+            }
+            b'B' => ClientMsg::Bind { msg: decode(&raw)?, raw },
+            b'D' => ClientMsg::Describe { msg: decode(&raw)?, raw },
+            b'C' => ClientMsg::Close { msg: decode(&raw)?, raw },
+            b'E' => {
+                let e: Execute = decode(&raw)?;
+                ClientMsg::Execute { portal: e.name.unwrap_or_default(), raw }
+            }
+            b'S' => ClientMsg::Sync { raw },
+            b'H' => ClientMsg::Flush { raw },
+            b'd' => ClientMsg::CopyData { raw },
+            b'c' => ClientMsg::CopyDone { raw },
+            b'f' => {
+                let f: CopyFail = decode(&raw)?;
+                ClientMsg::CopyFail { message: f.message, raw }
+            }
+            b'X' => ClientMsg::Terminate,
+            b'F' => {
+                return Err(SqlError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    "the FunctionCall protocol message (fast-path, e.g. lo_* functions) is not supported by shardcar",
+                )
+                .hint("call the function from SQL instead, e.g. SELECT lo_import(...)"));
+            }
+            other => {
+                return Err(SqlError::fatal(
+                    code::PROTOCOL_VIOLATION,
+                    format!("invalid frontend message type {}", printable(other)),
+                ));
+            }
+        })
+    }
+}
+
+fn printable(tag: u8) -> String {
+    if tag.is_ascii_graphic() { format!("'{}'", tag as char) } else { format!("0x{tag:02x}") }
+}
+
+fn check_utf8(decoded: &str, raw: &[u8]) -> Result<(), SqlError> {
+    const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
+    let lossy = decoded.contains('\u{FFFD}') && !raw.windows(3).any(|w| w == REPLACEMENT);
+    if lossy {
+        return Err(SqlError::new(
+            code::CHARACTER_NOT_IN_REPERTOIRE,
+            "statement text is not valid UTF-8; shardcar reads SQL as UTF-8",
+        )
+        .hint("connect with client_encoding=UTF8"));
+    }
+    Ok(())
+}
+
+fn context() -> DecodeContext {
+    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+    ctx.awaiting_frontend_ssl = false;
+    ctx.awaiting_frontend_startup = false;
+    ctx
+}
+
+/// Decodes one whole frame with pgwire. pgwire's decoders index past the end
+/// of a truncated body (a panic); that is caught and turned into a protocol
+/// error, and trailing bytes the decoder did not consume are an error too.
+fn decode<M: Message>(raw: &Bytes) -> Result<M, SqlError> {
+    let mut buf = BytesMut::from(&raw[..]);
+    let ctx = context();
+    let decoded = quietly(|| catch_unwind(AssertUnwindSafe(|| M::decode(&mut buf, &ctx))));
+    let malformed = |why: String| {
+        SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid {} message: {why}", printable(raw[0])))
+    };
+    match decoded {
+        Ok(Ok(Some(msg))) if buf.is_empty() => Ok(msg),
+        Ok(Ok(Some(_))) => Err(malformed(format!("{} bytes after its end", buf.len()))),
+        Ok(Ok(None)) => Err(malformed("truncated".into())),
+        Ok(Err(e)) => Err(malformed(e.to_string())),
+        Err(_) => Err(malformed("fields run past the message length".into())),
+    }
+}
+
+thread_local! {
+    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` with the panic hook silenced on this thread: a malformed client
+/// message is an expected event, not a bug worth a backtrace.
+fn quietly<T>(f: impl FnOnce() -> T) -> T {
+    QUIET_PANICS.with(|q| q.set(true));
+    let out = f();
+    QUIET_PANICS.with(|q| q.set(false));
+    out
+}
+
+/// Installs a panic hook that logs through `tracing` and stays silent inside
+/// [`quietly`].
+pub fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !QUIET_PANICS.with(|q| q.get()) {
+            tracing::error!("panic: {info}");
+            default(info);
+        }
+    }));
+}
+
+/// The first packet of a connection.
+#[derive(Debug)]
+pub enum StartupPacket {
+    Ssl,
+    Gss,
+    Cancel(CancelRequest),
+    Startup(Startup),
+}
+
+/// A client's TCP stream with its read buffer and pending output.
+pub struct ClientConn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    /// Bytes to write to the client at the next flush.
+    pub out: BytesMut,
+}
+
+impl ClientConn {
+    pub fn new(stream: TcpStream) -> ClientConn {
+        ClientConn { stream, rbuf: BytesMut::with_capacity(8 * 1024), out: BytesMut::with_capacity(8 * 1024) }
+    }
+
+    /// Reads the untyped first packet (startup, SSL/GSS request or cancel).
+    pub async fn read_startup(&mut self) -> Result<Option<StartupPacket>, SqlError> {
+        loop {
+            if self.rbuf.len() >= 8 {
+                let len = i32::from_be_bytes([self.rbuf[0], self.rbuf[1], self.rbuf[2], self.rbuf[3]]);
+                if !(8..=SMALL_MESSAGE_LIMIT as i32).contains(&len) {
+                    return Err(SqlError::fatal(
+                        code::PROTOCOL_VIOLATION,
+                        format!("invalid length of startup packet: {len}"),
+                    ));
+                }
+                if self.rbuf.len() >= len as usize {
+                    let mut packet = self.rbuf.split_to(len as usize);
+                    return decode_startup(&mut packet).map(Some);
+                }
+            }
+            if self.fill().await? == 0 {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// Reads one typed message; `None` at end of stream. Cancel-safe: partial
+    /// input stays in the buffer.
+    pub async fn read_frame(&mut self) -> Result<Option<Frame>, SqlError> {
+        loop {
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(Some(frame));
+            }
+            if self.fill().await? == 0 {
+                if self.rbuf.is_empty() {
+                    return Ok(None);
+                }
+                return Err(SqlError::fatal(code::PROTOCOL_VIOLATION, "connection closed in the middle of a message"));
+            }
+        }
+    }
+
+    fn buffered_frame(&mut self) -> Result<Option<Frame>, SqlError> {
+        let header = Header::parse(&self.rbuf)
+            .map_err(|e| SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid message: {e}")))?;
+        let Some(header) = header else { return Ok(None) };
+        let len = header.len() as usize;
+        let limit = match header.tag() {
+            b'B' | b'F' | b'P' | b'Q' | b'd' => LARGE_MESSAGE_LIMIT,
+            _ => SMALL_MESSAGE_LIMIT,
+        };
+        if len > limit {
+            return Err(SqlError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("invalid message length {len} for message type {}", printable(header.tag())),
+            ));
+        }
+        if self.rbuf.len() < len + 1 {
+            self.rbuf.reserve(len + 1 - self.rbuf.len());
+            return Ok(None);
+        }
+        let raw = self.rbuf.split_to(len + 1).freeze();
+        Ok(Some(Frame { tag: header.tag(), raw }))
+    }
+
+    async fn fill(&mut self) -> Result<usize, SqlError> {
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(8 * 1024);
+        }
+        self.stream.read_buf(&mut self.rbuf).await.map_err(io_error)
+    }
+
+    /// Reads a password-family message during authentication.
+    pub async fn read_password(&mut self) -> Result<Option<PasswordMessageFamily>, SqlError> {
+        let Some(frame) = self.read_frame().await? else { return Ok(None) };
+        if frame.tag != b'p' {
+            return Err(SqlError::fatal(
+                code::PROTOCOL_VIOLATION,
+                format!("expected a password message, got {}", printable(frame.tag)),
+            ));
+        }
+        decode(&frame.raw).map(Some)
+    }
+
+    pub async fn flush(&mut self) -> Result<(), SqlError> {
+        if !self.out.is_empty() {
+            self.stream.write_all(&self.out).await.map_err(io_error)?;
+            self.out.clear();
+        }
+        Ok(())
+    }
+
+    /// Writes a single raw byte (the answer to an SSL/GSS request).
+    pub async fn write_byte(&mut self, b: u8) -> Result<(), SqlError> {
+        self.stream.write_all(&[b]).await.map_err(io_error)
+    }
+
+    pub fn peer_is_loopback(&self) -> bool {
+        self.stream.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false)
+    }
+}
+
+fn io_error(e: std::io::Error) -> SqlError {
+    SqlError::fatal(code::CONNECTION_FAILURE, format!("client connection: {e}"))
+}
+
+fn decode_startup(packet: &mut BytesMut) -> Result<StartupPacket, SqlError> {
+    let invalid = |why: String| SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid startup packet: {why}"));
+    if SslRequest::is_ssl_request_packet(packet) {
+        return Ok(StartupPacket::Ssl);
+    }
+    if GssEncRequest::is_gss_enc_request_packet(packet) {
+        return Ok(StartupPacket::Gss);
+    }
+    let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
+    ctx.awaiting_frontend_ssl = false;
+    let total = packet.len();
+    let decoded = quietly(|| {
+        catch_unwind(AssertUnwindSafe(|| {
+            if CancelRequest::is_cancel_request_packet(packet) {
+                CancelRequest::decode(packet, &ctx).map(|m| m.map(StartupPacket::Cancel))
+            } else {
+                Startup::decode(packet, &ctx).map(|m| m.map(StartupPacket::Startup))
+            }
+        }))
+    });
+    match decoded {
+        Ok(Ok(Some(p))) => Ok(p),
+        Ok(Ok(None)) => Err(invalid(format!("{total} bytes is too short"))),
+        Ok(Err(e)) => Err(invalid(e.to_string())),
+        Err(_) => Err(invalid("fields run past the packet length".into())),
+    }
+}
+
+/// Encoders for the backend messages shardcar writes itself.
+pub mod reply {
+    use super::*;
+
+    fn put<M: Message>(out: &mut BytesMut, msg: M) {
+        // Only shardcar's own small messages come here; a failure would be a bug.
+        if let Err(e) = msg.encode(out) {
+            tracing::error!("cannot encode a reply: {e}");
+        }
+    }
+
+    pub fn error(out: &mut BytesMut, e: &SqlError) {
+        put(out, ErrorResponse::from(e.to_info()));
+    }
+
+    pub fn notice(out: &mut BytesMut, severity: &str, code: &str, message: &str) {
+        let mut info = pgwire::error::ErrorInfo::new(severity.into(), code.into(), message.into());
+        info.severity_nonlocalized = Some(severity.into());
+        put(out, NoticeResponse::from(info));
+    }
+
+    pub fn ready(out: &mut BytesMut, status: u8) {
+        let status = match status {
+            b'T' => TransactionStatus::Transaction,
+            b'E' => TransactionStatus::Error,
+            _ => TransactionStatus::Idle,
+        };
+        put(out, ReadyForQuery::new(status));
+    }
+
+    pub fn command_complete(out: &mut BytesMut, tag: &str) {
+        put(out, CommandComplete::new(tag.into()));
+    }
+
+    pub fn empty_query(out: &mut BytesMut) {
+        put(out, EmptyQueryResponse::new());
+    }
+
+    pub fn parse_complete(out: &mut BytesMut) {
+        put(out, ParseComplete::new());
+    }
+
+    pub fn bind_complete(out: &mut BytesMut) {
+        put(out, BindComplete::new());
+    }
+
+    pub fn close_complete(out: &mut BytesMut) {
+        put(out, CloseComplete::new());
+    }
+
+    pub fn no_data(out: &mut BytesMut) {
+        put(out, NoData::new());
+    }
+
+    pub fn parameter_description(out: &mut BytesMut) {
+        put(out, ParameterDescription::new(vec![]));
+    }
+
+    /// A one-column text row description (for `SHOW shardcar.*`).
+    pub fn text_column(out: &mut BytesMut, name: &str) {
+        const TEXT_OID: u32 = 25;
+        let field = FieldDescription::new(name.into(), 0, 0, TEXT_OID, -1, -1, 0);
+        put(out, RowDescription::new(vec![field]));
+    }
+
+    pub fn text_row(out: &mut BytesMut, value: &str) {
+        let mut data = BytesMut::with_capacity(4 + value.len());
+        data.extend_from_slice(&(value.len() as i32).to_be_bytes());
+        data.extend_from_slice(value.as_bytes());
+        put(out, DataRow::new(data, 1));
+    }
+
+    pub fn auth(out: &mut BytesMut, msg: Authentication) {
+        put(out, msg);
+    }
+
+    pub fn parameter_status(out: &mut BytesMut, name: &str, value: &str) {
+        put(out, ParameterStatus::new(name.into(), value.into()));
+    }
+
+    pub fn backend_key(out: &mut BytesMut, pid: i32, secret: i32) {
+        put(out, BackendKeyData::new(pid, SecretKey::I32(secret)));
+    }
+
+    pub fn negotiate_protocol(out: &mut BytesMut, unsupported: Vec<String>) {
+        put(out, NegotiateProtocolVersion::new(0, unsupported));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(tag: u8, body: &[u8]) -> Frame {
+        let mut raw = vec![tag];
+        raw.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
+        raw.extend_from_slice(body);
+        Frame { tag, raw: raw.into() }
+    }
+
+    #[test]
+    fn truncated_bind_is_a_protocol_error_not_a_panic() {
+        let err = ClientMsg::decode(frame(b'B', b"\0s1\0\0")).unwrap_err();
+        assert_eq!(err.code, code::PROTOCOL_VIOLATION);
+        assert!(err.fatal);
+    }
+
+    #[test]
+    fn trailing_bytes_are_rejected() {
+        let err = ClientMsg::decode(frame(b'E', b"\0\0\0\0\0junk")).unwrap_err();
+        assert!(err.message.contains("after its end"), "{}", err.message);
+    }
+
+    #[test]
+    fn query_keeps_raw_bytes() {
+        let f = frame(b'Q', b"SELECT 1\0");
+        let raw = f.raw.clone();
+        match ClientMsg::decode(f).unwrap() {
+            ClientMsg::Query { raw: r, sql } => {
+                assert_eq!(sql, "SELECT 1");
+                assert_eq!(r, raw);
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn non_utf8_query_is_refused() {
+        let err = ClientMsg::decode(frame(b'Q', b"SELECT '\xe9'\0")).unwrap_err();
+        assert_eq!(err.code, code::CHARACTER_NOT_IN_REPERTOIRE);
+    }
+}

@@ -1,0 +1,336 @@
+//! One raw protocol connection to a shard server, as the data path uses it:
+//! startup and authentication with postgres-protocol, then frames read and
+//! written as bytes so that everything reaches the client unchanged.
+
+use std::collections::{HashMap, VecDeque};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use fallible_iterator::FallibleIterator;
+use postgres_protocol::authentication::{md5_hash, sasl};
+use postgres_protocol::message::backend::{ErrorResponseBody, Header, Message};
+use postgres_protocol::message::frontend;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::config::Endpoint;
+use crate::settings::Settings;
+
+/// `application_name` of pooled connections until a client's own is applied.
+pub const APPLICATION_NAME: &str = "shardcar";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("cannot reach {addr}: {source}")]
+    Io { addr: String, source: io::Error },
+    #[error("timed out after {0:?} connecting to {1}")]
+    Timeout(Duration, String),
+    #[error("{addr} refused the login: {message}")]
+    Rejected { addr: String, message: String },
+    #[error("{addr}: {message}")]
+    Protocol { addr: String, message: String },
+}
+
+/// The text of a prepared statement: the SQL and its declared parameter types.
+#[derive(Debug, PartialEq, Eq, Hash)]
+pub struct StatementText {
+    pub sql: String,
+    pub param_types: Vec<u32>,
+}
+
+/// Statements prepared on one connection under shardcar's content-addressed
+/// names, oldest first so the set can be bounded.
+#[derive(Debug, Default)]
+pub struct PreparedSet {
+    by_name: HashMap<String, Arc<StatementText>>,
+    order: VecDeque<String>,
+}
+
+impl PreparedSet {
+    /// True when `name` is prepared here with exactly this text.
+    pub fn has(&self, name: &str, text: &StatementText) -> bool {
+        self.by_name.get(name).is_some_and(|t| **t == *text)
+    }
+
+    pub fn contains_name(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    pub fn insert(&mut self, name: String, text: Arc<StatementText>) {
+        if self.by_name.insert(name.clone(), text).is_none() {
+            self.order.push_back(name);
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) {
+        if self.by_name.remove(name).is_some() {
+            self.order.retain(|n| n != name);
+        }
+    }
+
+    /// Names to close so that one more statement fits under `max`.
+    pub fn evict_for_one_more(&mut self, max: usize) -> Vec<String> {
+        let mut out = Vec::new();
+        while self.by_name.len() + 1 > max {
+            let Some(name) = self.order.pop_front() else { break };
+            self.by_name.remove(&name);
+            out.push(name);
+        }
+        out
+    }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+        self.order.clear();
+    }
+}
+
+pub struct BackendConn {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    /// Bytes to send at the next flush.
+    pub wbuf: BytesMut,
+    /// This session's cancel key on the server.
+    pub pid: i32,
+    pub secret: i32,
+    /// `host:port`, for cancel requests and messages.
+    pub addr: String,
+    /// ParameterStatus values reported at startup.
+    pub server_params: Vec<(String, String)>,
+    /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
+    pub status: u8,
+    /// Set when the connection is in an unknown state; it is never reused.
+    pub broken: bool,
+    pub prepared: PreparedSet,
+    /// Text of the unnamed statement currently parsed on this connection.
+    pub unnamed: Option<Arc<StatementText>>,
+    /// Settings in effect here, in the same terms as a client's.
+    pub settings: Settings,
+    /// Settings from this connection's startup packet: what RESET returns to.
+    pub startup_settings: Settings,
+}
+
+impl BackendConn {
+    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<BackendConn, ConnectError> {
+        let addr = endpoint.address();
+        match tokio::time::timeout(timeout, Self::connect_inner(endpoint, addr.clone())).await {
+            Ok(r) => r,
+            Err(_) => Err(ConnectError::Timeout(timeout, addr)),
+        }
+    }
+
+    async fn connect_inner(endpoint: &Endpoint, addr: String) -> Result<BackendConn, ConnectError> {
+        let io_err = |source| ConnectError::Io { addr: addr.clone(), source };
+        let stream = TcpStream::connect(&addr).await.map_err(io_err)?;
+        stream.set_nodelay(true).map_err(io_err)?;
+        let startup = [
+            ("user", endpoint.user.as_str()),
+            ("database", endpoint.dbname.as_str()),
+            ("application_name", APPLICATION_NAME),
+            ("client_encoding", "UTF8"),
+        ];
+        let mut conn = BackendConn {
+            stream,
+            rbuf: BytesMut::with_capacity(16 * 1024),
+            wbuf: BytesMut::with_capacity(8 * 1024),
+            pid: 0,
+            secret: 0,
+            addr: addr.clone(),
+            server_params: Vec::new(),
+            status: b'I',
+            broken: false,
+            prepared: PreparedSet::default(),
+            unnamed: None,
+            settings: Settings::from_startup(startup[2..].iter().copied()),
+            startup_settings: Settings::from_startup(startup[2..].iter().copied()),
+        };
+        frontend::startup_message(startup.iter().copied(), &mut conn.wbuf).map_err(io_err)?;
+        conn.flush().await.map_err(io_err)?;
+        conn.authenticate(endpoint).await?;
+        loop {
+            match conn.read_message().await.map_err(io_err)? {
+                Message::ParameterStatus(p) => {
+                    if let (Ok(n), Ok(v)) = (p.name(), p.value()) {
+                        conn.server_params.push((n.to_string(), v.to_string()));
+                    }
+                }
+                Message::BackendKeyData(k) => {
+                    conn.pid = k.process_id();
+                    conn.secret = k.secret_key();
+                }
+                Message::ReadyForQuery(r) => {
+                    conn.status = r.status();
+                    return Ok(conn);
+                }
+                Message::NoticeResponse(_) => {}
+                Message::ErrorResponse(e) => {
+                    return Err(ConnectError::Rejected { addr, message: error_text(&e) });
+                }
+                _ => return Err(conn.protocol("unexpected message during startup")),
+            }
+        }
+    }
+
+    async fn authenticate(&mut self, endpoint: &Endpoint) -> Result<(), ConnectError> {
+        let addr = self.addr.clone();
+        let io_err = |source| ConnectError::Io { addr: addr.clone(), source };
+        let password = || {
+            endpoint.password.as_deref().ok_or_else(|| ConnectError::Rejected {
+                addr: addr.clone(),
+                message: "the server asks for a password; put it in the shard URL".into(),
+            })
+        };
+        let mut scram: Option<sasl::ScramSha256> = None;
+        loop {
+            match self.read_message().await.map_err(io_err)? {
+                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationCleartextPassword => {
+                    frontend::password_message(password()?.as_bytes(), &mut self.wbuf).map_err(io_err)?;
+                }
+                Message::AuthenticationMd5Password(body) => {
+                    let hash = md5_hash(endpoint.user.as_bytes(), password()?.as_bytes(), body.salt());
+                    frontend::password_message(hash.as_bytes(), &mut self.wbuf).map_err(io_err)?;
+                }
+                Message::AuthenticationSasl(body) => {
+                    let mechanisms: Vec<&str> = body.mechanisms().collect().map_err(io_err)?;
+                    if !mechanisms.contains(&sasl::SCRAM_SHA_256) {
+                        return Err(self.protocol(&format!("no supported SASL mechanism in {mechanisms:?}")));
+                    }
+                    let s = sasl::ScramSha256::new(password()?.as_bytes(), sasl::ChannelBinding::unsupported());
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, s.message(), &mut self.wbuf)
+                        .map_err(io_err)?;
+                    scram = Some(s);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| self.protocol("SASL continue before SASL start"))?;
+                    s.update(body.data()).map_err(io_err)?;
+                    frontend::sasl_response(s.message(), &mut self.wbuf).map_err(io_err)?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram.as_mut().ok_or_else(|| self.protocol("SASL final before SASL start"))?;
+                    s.finish(body.data()).map_err(io_err)?;
+                    continue;
+                }
+                Message::ErrorResponse(e) => {
+                    return Err(ConnectError::Rejected { addr, message: error_text(&e) });
+                }
+                _ => return Err(self.protocol("unsupported authentication request")),
+            }
+            self.flush().await.map_err(io_err)?;
+        }
+    }
+
+    fn protocol(&self, message: &str) -> ConnectError {
+        ConnectError::Protocol { addr: self.addr.clone(), message: message.into() }
+    }
+
+    /// Reads and parses one message (startup and control use only).
+    async fn read_message(&mut self) -> io::Result<Message> {
+        let mut frame = self.read_frame().await?;
+        Message::parse(&mut frame)?.ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "short message"))
+    }
+
+    /// Reads one whole message frame. Cancel-safe: partial input stays buffered.
+    pub async fn read_frame(&mut self) -> io::Result<BytesMut> {
+        loop {
+            if let Some(frame) = self.buffered_frame()? {
+                return Ok(frame);
+            }
+            if self.rbuf.capacity() - self.rbuf.len() < 4096 {
+                self.rbuf.reserve(16 * 1024);
+            }
+            if self.stream.read_buf(&mut self.rbuf).await? == 0 {
+                self.broken = true;
+                return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "server closed the connection"));
+            }
+        }
+    }
+
+    /// A frame that is already fully buffered, without waiting.
+    pub fn buffered_frame(&mut self) -> io::Result<Option<BytesMut>> {
+        let Some(header) = Header::parse(&self.rbuf)? else { return Ok(None) };
+        let total = header.len() as usize + 1;
+        if self.rbuf.len() < total {
+            self.rbuf.reserve(total - self.rbuf.len());
+            return Ok(None);
+        }
+        Ok(Some(self.rbuf.split_to(total)))
+    }
+
+    pub async fn flush(&mut self) -> io::Result<()> {
+        if !self.wbuf.is_empty() {
+            let r = self.stream.write_all(&self.wbuf).await;
+            self.wbuf.clear();
+            if r.is_err() {
+                self.broken = true;
+            }
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Runs SQL with the simple protocol and waits for ReadyForQuery; returns
+    /// the first error's text. Used for shardcar's own statements (settings,
+    /// rollback), whose replies the client never sees.
+    pub async fn run_hidden(&mut self, sql: &str) -> io::Result<Result<(), String>> {
+        frontend::query(sql, &mut self.wbuf)?;
+        self.flush().await?;
+        let mut failure = None;
+        loop {
+            match self.read_message().await? {
+                Message::ErrorResponse(e) if failure.is_none() => failure = Some(error_text(&e)),
+                Message::ReadyForQuery(r) => {
+                    self.status = r.status();
+                    return Ok(failure.map_or(Ok(()), Err));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// True when an idle connection can be handed out again: no protocol
+    /// state left over and nothing (EOF, a FATAL error) waiting on the socket.
+    pub fn is_reusable(&mut self) -> bool {
+        if self.broken || self.status != b'I' || !self.rbuf.is_empty() || !self.wbuf.is_empty() {
+            return false;
+        }
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// "SEVERITY: message (SQLSTATE)" of an ErrorResponse.
+pub fn error_text(e: &ErrorResponseBody) -> String {
+    let (mut severity, mut code, mut message) = (String::new(), String::new(), String::new());
+    let mut fields = e.fields();
+    while let Ok(Some(f)) = fields.next() {
+        let value = String::from_utf8_lossy(f.value_bytes()).into_owned();
+        match f.type_() {
+            b'S' => severity = value,
+            b'C' => code = value,
+            b'M' => message = value,
+            _ => {}
+        }
+    }
+    format!("{severity}: {message} ({code})")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prepared_set_evicts_oldest_first() {
+        let mut set = PreparedSet::default();
+        let text = |s: &str| Arc::new(StatementText { sql: s.into(), param_types: vec![] });
+        set.insert("a".into(), text("1"));
+        set.insert("b".into(), text("2"));
+        assert!(set.has("a", &text("1")));
+        assert!(!set.has("a", &text("other")));
+        assert_eq!(set.evict_for_one_more(2), vec!["a".to_string()]);
+        assert!(!set.contains_name("a"));
+        assert!(set.contains_name("b"));
+    }
+}

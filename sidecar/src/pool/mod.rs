@@ -1,0 +1,264 @@
+//! Backend connection pools: one deadpool pool per (shard, role), health
+//! state per server, and checkout with replica fallback.
+
+pub mod backend;
+pub mod health;
+
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult, TimeoutType, Timeouts};
+
+use crate::config::{self, Config, Endpoint};
+use crate::sqlerror::{SqlError, code};
+use backend::{BackendConn, ConnectError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Primary,
+    Replica,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Primary => "primary",
+            Role::Replica => "replica",
+        }
+    }
+}
+
+/// Reachability of one server, as seen by health probes and by the data path.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// 0: not known yet, 1: up, 2: down.
+    state: AtomicU8,
+    last_error: Mutex<Option<String>>,
+}
+
+impl Health {
+    /// Not known to be down: a server is tried before it is skipped.
+    pub fn is_up(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != 2
+    }
+
+    /// Reached at least once, and not failed since.
+    pub fn is_confirmed_up(&self) -> bool {
+        self.state.load(Ordering::Relaxed) == 1
+    }
+
+    pub fn mark_up(&self) {
+        if self.state.swap(1, Ordering::Relaxed) == 2 {
+            tracing::info!("reachable again");
+        }
+    }
+
+    pub fn mark_down(&self, why: String) {
+        if self.state.swap(2, Ordering::Relaxed) != 2 {
+            tracing::warn!("marked down: {why}");
+        }
+        if let Ok(mut e) = self.last_error.lock() {
+            *e = Some(why);
+        }
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.last_error.lock().ok().and_then(|e| e.clone())
+    }
+}
+
+/// Creates and recycles raw backend connections for one server.
+pub struct Manager {
+    endpoint: Endpoint,
+    connect_timeout: Duration,
+    server_params: Arc<RwLock<Vec<(String, String)>>>,
+    health: Arc<Health>,
+}
+
+impl managed::Manager for Manager {
+    type Type = BackendConn;
+    type Error = ConnectError;
+
+    async fn create(&self) -> Result<BackendConn, ConnectError> {
+        let conn = BackendConn::connect(&self.endpoint, self.connect_timeout).await?;
+        self.health.mark_up();
+        if let Ok(mut params) = self.server_params.write()
+            && params.is_empty()
+        {
+            *params = conn.server_params.clone();
+        }
+        Ok(conn)
+    }
+
+    async fn recycle(&self, conn: &mut BackendConn, _: &Metrics) -> RecycleResult<ConnectError> {
+        if conn.is_reusable() {
+            Ok(())
+        } else {
+            Err(RecycleError::message("connection closed or left in an unknown state"))
+        }
+    }
+}
+
+pub type Pooled = managed::Object<Manager>;
+
+/// One server: a shard's primary or one of its replicas.
+pub struct Node {
+    pub shard: usize,
+    pub role: Role,
+    /// "s0 primary", "s0 replica 1": used in every message about this server.
+    pub label: String,
+    pub endpoint: Endpoint,
+    pub pool: managed::Pool<Manager>,
+    pub health: Arc<Health>,
+}
+
+pub struct Shard {
+    pub name: String,
+    pub primary: Arc<Node>,
+    pub replicas: Vec<Arc<Node>>,
+    next_replica: AtomicUsize,
+}
+
+/// A checked-out connection and the server it belongs to.
+pub struct Checkout {
+    pub conn: Pooled,
+    pub node: Arc<Node>,
+}
+
+pub struct Pools {
+    pub shards: Vec<Shard>,
+    server_params: Arc<RwLock<Vec<(String, String)>>>,
+    timeouts: Timeouts,
+    pool_size: usize,
+}
+
+impl Pools {
+    pub fn new(cfg: &Config) -> Result<Pools, config::Invalid> {
+        let server_params = Arc::new(RwLock::new(Vec::new()));
+        let timeouts = Timeouts {
+            wait: Some(cfg.pool.checkout_timeout()),
+            create: Some(cfg.pool.connect_timeout()),
+            recycle: Some(Duration::from_secs(1)),
+        };
+        let node = |shard: usize, role: Role, label: String, url: &str| -> Result<Arc<Node>, config::Invalid> {
+            let endpoint = Endpoint::parse(url)
+                .map_err(|message| config::Invalid(vec![config::Problem { path: label.clone(), message }]))?;
+            let health = Arc::new(Health::default());
+            let manager = Manager {
+                endpoint: endpoint.clone(),
+                connect_timeout: cfg.pool.connect_timeout(),
+                server_params: server_params.clone(),
+                health: health.clone(),
+            };
+            let pool = managed::Pool::builder(manager)
+                .max_size(cfg.pool.size)
+                .timeouts(timeouts)
+                .runtime(deadpool::Runtime::Tokio1)
+                .build()
+                .map_err(|e| config::Invalid(vec![config::Problem { path: label.clone(), message: e.to_string() }]))?;
+            Ok(Arc::new(Node { shard, role, label, endpoint, pool, health }))
+        };
+        let mut shards = Vec::new();
+        for (i, s) in cfg.shards.iter().enumerate() {
+            let primary = node(i, Role::Primary, format!("{} primary", s.name), &s.primary)?;
+            let replicas = s
+                .replicas
+                .iter()
+                .enumerate()
+                .map(|(j, url)| node(i, Role::Replica, format!("{} replica {j}", s.name), url))
+                .collect::<Result<Vec<_>, _>>()?;
+            shards.push(Shard { name: s.name.clone(), primary, replicas, next_replica: AtomicUsize::new(0) });
+        }
+        Ok(Pools { shards, server_params, timeouts, pool_size: cfg.pool.size })
+    }
+
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.shards.iter().flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+    }
+
+    /// A connection to `shard`: a healthy replica when `read` allows one,
+    /// else (or when every replica fails) the primary.
+    pub async fn checkout(&self, shard: usize, role: Role) -> Result<Checkout, SqlError> {
+        let s = &self.shards[shard];
+        if role == Role::Replica && !s.replicas.is_empty() {
+            let start = s.next_replica.fetch_add(1, Ordering::Relaxed);
+            for k in 0..s.replicas.len() {
+                let node = &s.replicas[(start + k) % s.replicas.len()];
+                if !node.health.is_up() {
+                    continue;
+                }
+                match self.get(node).await {
+                    Ok(c) => return Ok(c),
+                    Err(e) if e.code == code::TOO_MANY_CONNECTIONS => return Err(e),
+                    Err(e) => {
+                        // Reads fall back to the primary; health probes bring the replica back.
+                        node.health.mark_down(format!("{}: {}", node.label, e.message));
+                    }
+                }
+            }
+        }
+        self.get(&s.primary).await
+    }
+
+    async fn get(&self, node: &Arc<Node>) -> Result<Checkout, SqlError> {
+        match node.pool.timeout_get(&self.timeouts).await {
+            Ok(conn) => Ok(Checkout { conn, node: node.clone() }),
+            Err(e) => Err(self.checkout_error(node, e)),
+        }
+    }
+
+    fn checkout_error(&self, node: &Node, e: PoolError<ConnectError>) -> SqlError {
+        let wait_ms = self.timeouts.wait.unwrap_or_default().as_millis();
+        match e {
+            PoolError::Timeout(TimeoutType::Wait) => SqlError::new(
+                code::TOO_MANY_CONNECTIONS,
+                format!("no free connection to {} within {wait_ms} ms (pool.size = {})", node.label, self.pool_size),
+            )
+            .hint("raise pool.size or pool.checkout_timeout_ms, or look for long transactions holding connections"),
+            PoolError::Timeout(_) => {
+                let e = SqlError::new(
+                    code::CANNOT_CONNECT,
+                    format!("timed out connecting to {} ({})", node.label, node.endpoint.address()),
+                );
+                node.health.mark_down(e.message.clone());
+                e
+            }
+            PoolError::Backend(err) => {
+                let e = SqlError::new(code::CANNOT_CONNECT, format!("cannot connect to {}: {err}", node.label));
+                node.health.mark_down(e.message.clone());
+                e
+            }
+            PoolError::Closed => SqlError::fatal(code::ADMIN_SHUTDOWN, "shardcar is shutting down"),
+            other => SqlError::new(code::INTERNAL_ERROR, format!("pool for {}: {other:?}", node.label)),
+        }
+    }
+
+    /// ParameterStatus values to show clients, from the first server reached;
+    /// connects to the default shard's primary if none was reached yet.
+    pub async fn server_params(&self, default_shard: usize) -> Result<Vec<(String, String)>, SqlError> {
+        if let Some(p) = self.cached_params() {
+            return Ok(p);
+        }
+        drop(self.get(&self.shards[default_shard].primary).await?);
+        self.cached_params()
+            .ok_or_else(|| SqlError::new(code::INTERNAL_ERROR, "server parameters unknown after connecting"))
+    }
+
+    fn cached_params(&self) -> Option<Vec<(String, String)>> {
+        self.server_params.read().ok().filter(|p| !p.is_empty()).map(|p| p.clone())
+    }
+
+    /// Closes connections idle for longer than `idle`.
+    pub fn close_idle(&self, idle: Duration) {
+        for node in self.nodes() {
+            node.pool.retain(|_, m| m.last_used() < idle);
+        }
+    }
+
+    pub fn close(&self) {
+        for node in self.nodes() {
+            node.pool.close();
+        }
+    }
+}

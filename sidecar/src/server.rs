@@ -1,0 +1,146 @@
+//! The running sidecar: listeners, background tasks, graceful shutdown.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+
+use crate::cancel;
+use crate::classify::FactsCache;
+use crate::config::Config;
+use crate::frontend::{self, auth::Secret};
+use crate::policy::Policy;
+use crate::pool::{Pools, health};
+
+/// Distinct SQL texts whose facts are kept.
+const FACTS_CACHE_ENTRIES: usize = 10_000;
+
+/// What every session shares.
+pub struct Shared {
+    pub config: Config,
+    pub pools: Arc<Pools>,
+    pub policy: Policy,
+    pub facts: FactsCache,
+    pub cancels: Arc<cancel::Registry>,
+    pub secrets: HashMap<String, Secret>,
+    pub default_shard: usize,
+    pub client_slots: Arc<Semaphore>,
+    pub shutdown: watch::Receiver<bool>,
+}
+
+/// Binds the configured listeners and serves until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let listener = TcpListener::bind(&config.listen.addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen.addr)", config.listen.addr))?;
+    let admin = TcpListener::bind(&config.listen.admin)
+        .await
+        .with_context(|| format!("cannot listen on {} (listen.admin)", config.listen.admin))?;
+    serve(config, listener, admin, shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// Serves clients on `listener` and the admin API on `admin` until `stop`
+/// completes; then stops accepting, lets open transactions finish within
+/// `listen.shutdown_grace_s`, and closes the pools.
+pub async fn serve(
+    config: Config,
+    listener: TcpListener,
+    admin: TcpListener,
+    stop: impl Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let pools = Arc::new(Pools::new(&config)?);
+    let mut secrets = HashMap::new();
+    for user in &config.users {
+        let secret = Secret::for_user(user).map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
+        secrets.insert(user.name.clone(), secret);
+    }
+    let default_shard =
+        config.shard_index(&config.routing.default_shard).context("routing.default_shard is not a shard")?;
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let shared = Arc::new(Shared {
+        policy: Policy::new(config.shards.iter().map(|s| s.name.clone()).collect(), default_shard),
+        pools: pools.clone(),
+        facts: FactsCache::new(FACTS_CACHE_ENTRIES),
+        cancels: Arc::new(cancel::Registry::default()),
+        secrets,
+        default_shard,
+        client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
+        shutdown: shutdown_rx,
+        config,
+    });
+
+    let mut background = JoinSet::new();
+    background.spawn(health::run(
+        pools.clone(),
+        shared.config.pool.health_check_interval(),
+        shared.config.pool.connect_timeout(),
+    ));
+    let idle = shared.config.pool.idle_timeout();
+    let reaper_pools = pools.clone();
+    background.spawn(async move {
+        let mut tick = tokio::time::interval(idle.min(Duration::from_secs(30)).max(Duration::from_secs(1)));
+        loop {
+            tick.tick().await;
+            reaper_pools.close_idle(idle);
+        }
+    });
+    background.spawn(crate::admin::serve(admin, shared.clone()));
+
+    tracing::info!(
+        "shardcar listening on {} (admin on {}), {} shard(s)",
+        shared.config.listen.addr,
+        shared.config.listen.admin,
+        shared.config.shards.len()
+    );
+    let mut sessions = JoinSet::new();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    sessions.spawn(frontend::serve(shared.clone(), stream));
+                }
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            Some(_) = sessions.join_next() => {}
+            _ = &mut stop => break,
+        }
+    }
+
+    drop(listener);
+    let _ = shutdown_tx.send(true);
+    let grace = Duration::from_secs(shared.config.listen.shutdown_grace_s);
+    tracing::info!("shutting down: {} session(s) get {grace:?} to finish their transactions", sessions.len());
+    let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
+    if drained.is_err() {
+        tracing::warn!("{} session(s) still open after {grace:?}; closing them", sessions.len());
+        sessions.shutdown().await;
+    }
+    background.shutdown().await;
+    pools.close();
+    Ok(())
+}
