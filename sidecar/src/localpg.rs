@@ -88,6 +88,11 @@ impl Binaries {
     }
 }
 
+/// Path of a PostgreSQL client or server program (psql, pgbench, ...).
+pub fn tool(program: &str) -> anyhow::Result<PathBuf> {
+    Ok(Binaries::find()?.dir.join(program))
+}
+
 /// A directory holding throwaway clusters; deleted when the last cluster
 /// and the workspace itself are dropped.
 #[derive(Clone)]
@@ -203,6 +208,7 @@ fn ensure_template(bin: &Binaries) -> anyhow::Result<PathBuf> {
         .current_dir("/")
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()?;
     if let Some(mut stdin) = child.stdin.take() {
         use std::io::Write;

@@ -5,6 +5,7 @@ pub mod outbox;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::Message;
@@ -19,6 +20,8 @@ pub use outbox::{Entry, Event, Outbox, Reply};
 /// A statement a client prepared, as shardcar keeps it.
 #[derive(Debug)]
 pub struct Prepared {
+    /// The client's name for it (`""`: the unnamed statement).
+    pub client_name: String,
     /// The name on backend connections: content-addressed (`sc_<hash>`) for
     /// named statements so clients preparing the same text share it; empty
     /// for the unnamed statement.
@@ -27,14 +30,26 @@ pub struct Prepared {
     pub facts: Arc<Facts>,
     /// The Parse message that creates it under `backend_name`.
     pub parse: Bytes,
+    /// A server has accepted it. A client's Parse may be answered before any
+    /// server has seen it; if the first server to see it rejects it, it is
+    /// as if the client's Parse had failed.
+    pub validated: AtomicBool,
 }
 
 impl Prepared {
     /// `raw` is the client's own Parse, reused as is for the unnamed statement.
     pub fn new(client_name: &str, msg: &Parse, raw: &Bytes, facts: Arc<Facts>) -> Prepared {
         let text = Arc::new(StatementText { sql: msg.query.clone(), param_types: msg.type_oids.clone() });
+        let prepared = |backend_name: String, parse: Bytes| Prepared {
+            client_name: client_name.to_string(),
+            backend_name,
+            text: text.clone(),
+            facts,
+            parse,
+            validated: AtomicBool::new(false),
+        };
         if client_name.is_empty() {
-            return Prepared { backend_name: String::new(), text, facts, parse: raw.clone() };
+            return prepared(String::new(), raw.clone());
         }
         let mut h = DefaultHasher::new();
         text.hash(&mut h);
@@ -46,13 +61,23 @@ impl Prepared {
             tracing::error!("cannot re-encode Parse: {e}");
             buf = BytesMut::from(&raw[..]);
         }
-        Prepared { backend_name, text, facts, parse: buf.freeze() }
+        prepared(backend_name, buf.freeze())
+    }
+
+    pub fn is_validated(&self) -> bool {
+        self.validated.load(Ordering::Relaxed)
     }
 }
 
-/// What to undo when a message fails or is skipped after an earlier error.
+/// Session state to change when a message succeeds, or to undo when it
+/// fails or is skipped after an earlier error.
 #[derive(Debug)]
 pub enum Effect {
+    /// A server accepted the statement.
+    Validated(Arc<Prepared>),
+    /// A server rejected the first Parse of a statement the client was told
+    /// was prepared: the client's statement is dropped.
+    ForgetUnvalidated(Arc<Prepared>),
     /// The connection does not hold this prepared statement after all.
     Unprepare(String),
     /// The connection's unnamed statement is gone.

@@ -54,25 +54,32 @@ pub enum EntryKind {
 #[derive(Debug)]
 pub struct Entry {
     pub kind: EntryKind,
+    /// What to apply when the message's replies complete without error.
+    pub on_success: Option<Effect>,
     /// What to undo when the message fails or is skipped after an earlier error.
     pub undo: Vec<Effect>,
 }
 
 impl Entry {
     pub fn backend(reply: Reply) -> Entry {
-        Entry { kind: EntryKind::Backend { reply, hidden: false }, undo: Vec::new() }
+        Entry { kind: EntryKind::Backend { reply, hidden: false }, on_success: None, undo: Vec::new() }
     }
 
     pub fn hidden(reply: Reply) -> Entry {
-        Entry { kind: EntryKind::Backend { reply, hidden: true }, undo: Vec::new() }
+        Entry { kind: EntryKind::Backend { reply, hidden: true }, on_success: None, undo: Vec::new() }
     }
 
     pub fn synthetic(frames: BytesMut) -> Entry {
-        Entry { kind: EntryKind::Synthetic(frames), undo: Vec::new() }
+        Entry { kind: EntryKind::Synthetic(frames), on_success: None, undo: Vec::new() }
     }
 
     pub fn abort(error: SqlError) -> Entry {
-        Entry { kind: EntryKind::Abort(error), undo: Vec::new() }
+        Entry { kind: EntryKind::Abort(error), on_success: None, undo: Vec::new() }
+    }
+
+    pub fn on_success(mut self, effect: Effect) -> Entry {
+        self.on_success = Some(effect);
+        self
     }
 
     pub fn undo(mut self, effects: Vec<Effect>) -> Entry {
@@ -88,6 +95,7 @@ impl Entry {
 /// What happened while replies were relayed; the session acts on these.
 #[derive(Debug)]
 pub enum Event {
+    Succeeded(Effect),
     Undone(Effect),
     /// A statement finished with this CommandComplete tag.
     StatementDone {
@@ -101,8 +109,12 @@ pub enum Event {
         status: u8,
         hidden: bool,
     },
-    /// The backend waits for COPY data from the client.
-    CopyIn,
+    /// The backend waits for COPY data from the client. It ignores Sync in
+    /// COPY mode: `ignored_syncs` were sent before it got there and will get
+    /// no reply.
+    CopyIn {
+        ignored_syncs: usize,
+    },
     /// The backend reported an error.
     Error {
         fatal: bool,
@@ -162,18 +174,19 @@ impl Outbox {
     }
 
     /// Writes synthetic replies that have reached the head of the queue.
-    pub fn release_synthetic(&mut self, out: &mut BytesMut) {
+    pub fn release_synthetic(&mut self, out: &mut BytesMut, events: &mut Vec<Event>) {
         while let Some(Entry { kind: EntryKind::Synthetic(_), .. }) = self.entries.front() {
             let Some(entry) = self.entries.pop_front() else { break };
             if let EntryKind::Synthetic(frames) = entry.kind {
                 out.extend_from_slice(&frames);
             }
+            events.extend(entry.on_success.map(Event::Succeeded));
         }
     }
 
     /// Relays one backend frame: to `out` when the client should see it.
     pub fn on_frame(&mut self, frame: &[u8], out: &mut BytesMut, events: &mut Vec<Event>) -> Result<(), Desync> {
-        self.release_synthetic(out);
+        self.release_synthetic(out, events);
         let tag = frame[0];
         let hidden = matches!(self.entries.front(), Some(Entry { kind: EntryKind::Backend { hidden: true, .. }, .. }));
         match tag {
@@ -207,7 +220,10 @@ impl Outbox {
             (Reply::DescribeStatement | Reply::DescribePortal, b'T' | b'n') => true,
             (Reply::Execute(_) | Reply::Query { .. }, b'D' | b'T' | b'H' | b'd' | b'c') => false,
             (Reply::Execute(_) | Reply::Query { .. }, b'G') => {
-                events.push(Event::CopyIn);
+                let before = self.entries.len();
+                let mut first = true;
+                self.entries.retain(|e| std::mem::take(&mut first) || !e.is_sync());
+                events.push(Event::CopyIn { ignored_syncs: before - self.entries.len() });
                 false
             }
             (Reply::Execute(facts), b'C') => {
@@ -229,8 +245,8 @@ impl Outbox {
             }
             _ => return Err(Desync { tag, why: "not a reply to what was sent" }),
         };
-        if complete {
-            self.entries.pop_front();
+        if complete && let Some(entry) = self.entries.pop_front() {
+            events.extend(entry.on_success.map(Event::Succeeded));
         }
         Ok(())
     }
@@ -374,6 +390,18 @@ mod tests {
         assert!(ob.is_empty());
         ob.push(Entry::backend(Reply::Sync), &mut ev);
         assert!(!ob.skipping());
+    }
+
+    #[test]
+    fn syncs_sent_before_copy_in_started_get_no_reply() {
+        let mut ob = Outbox::default();
+        let mut ev = Vec::new();
+        ob.push(Entry::backend(Reply::Execute(None)), &mut ev);
+        ob.push(Entry::backend(Reply::Sync), &mut ev);
+        ob.on_frame(&msg(b'G', b"\0\0\0"), &mut BytesMut::new(), &mut ev).unwrap();
+        assert!(matches!(ev[..], [Event::CopyIn { ignored_syncs: 1 }]));
+        ob.on_frame(&msg(b'C', b"COPY 1\0"), &mut BytesMut::new(), &mut ev).unwrap();
+        assert!(ob.is_empty());
     }
 
     #[test]

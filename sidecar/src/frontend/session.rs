@@ -9,13 +9,14 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::Message;
 use pgwire::messages::extendedquery::{Bind, Close, Describe, Parse};
 use tokio::sync::watch;
 
-use super::wire::{ClientConn, ClientMsg, reply};
+use super::wire::{ClientConn, ClientMsg, Frame, reply};
 use crate::cancel::{self, BackendKey, Registration};
 use crate::classify::{Facts, Kind, Statement};
 use crate::execute::{Attached, Effect, Entry, Event, Prepared, Reply};
@@ -90,22 +91,6 @@ pub struct Session {
     done: bool,
 }
 
-/// Whether a connection is attached for the current message.
-enum Attach {
-    Ready,
-    /// The rest of the batch has not arrived; routing must wait for it.
-    Wait,
-    /// Attaching failed and the client was told.
-    Failed,
-}
-
-/// Whether a message could be processed now.
-enum Step {
-    Done,
-    /// The message needs the rest of its batch before it can be routed.
-    Wait(ClientMsg),
-}
-
 impl Session {
     pub fn new(shared: Arc<Shared>, client: ClientConn, registration: Registration, startup: Settings) -> Session {
         let shutdown = shared.shutdown.clone();
@@ -168,11 +153,7 @@ impl Session {
             let backend = self.attached.as_mut().map(|a| &mut a.conn);
             tokio::select! {
                 frame = self.client.read_frame(), if want_client => match frame? {
-                    Some(frame) => {
-                        let msg = ClientMsg::decode(frame)?;
-                        self.inbox_bytes += msg.size();
-                        self.inbox.push_back(msg);
-                    }
+                    Some(frame) => self.receive(frame)?,
                     None => self.client_eof = true,
                 },
                 frame = async { backend.expect("guarded by want_backend").read_frame().await }, if want_backend => {
@@ -184,6 +165,20 @@ impl Session {
                 _ = self.shutdown.changed(), if !shutting_down => shutting_down = true,
             }
         }
+    }
+
+    /// Queues a client message, and every further one already read, so that
+    /// routing sees the whole batch the client wrote.
+    fn receive(&mut self, frame: Frame) -> Result<(), SqlError> {
+        let mut next = Some(frame);
+        while let Some(frame) = next {
+            let msg = ClientMsg::decode(frame)?;
+            tracing::trace!(client = self.registration.pid, "<- {}", message_name(&msg));
+            self.inbox_bytes += msg.size();
+            self.inbox.push_back(msg);
+            next = if self.inbox_bytes < INBOX_LIMIT { self.client.buffered_frame()? } else { None };
+        }
+        Ok(())
     }
 
     async fn flush(&mut self) -> Result<(), SqlError> {
@@ -201,6 +196,7 @@ impl Session {
         let Some(a) = self.attached.as_mut() else { return Ok(()) };
         let mut frame = Some(first);
         while let Some(f) = frame {
+            tracing::trace!(client = self.registration.pid, "{} -> '{}'", a.node.label, f[0] as char);
             if let Err(desync) = a.outbox.on_frame(&f, &mut self.client.out, &mut self.events) {
                 a.conn.broken = true;
                 return Err(SqlError::fatal(
@@ -217,7 +213,7 @@ impl Session {
                 .map_err(|e| SqlError::fatal(code::CONNECTION_FAILURE, format!("lost {}: {e}", a.node.label)))?;
         }
         if let Some(a) = self.attached.as_mut() {
-            a.outbox.release_synthetic(&mut self.client.out);
+            a.outbox.release_synthetic(&mut self.client.out, &mut self.events);
         }
         self.apply_events();
         self.release_if_idle();
@@ -227,7 +223,7 @@ impl Session {
     fn apply_events(&mut self) {
         for event in std::mem::take(&mut self.events) {
             match event {
-                Event::Undone(effect) => self.undo(effect),
+                Event::Succeeded(effect) | Event::Undone(effect) => self.apply(effect),
                 Event::StatementDone { facts, index, tag } => {
                     if let Some(stmt) = facts.statements.get(index) {
                         self.statement_done(stmt);
@@ -235,7 +231,12 @@ impl Session {
                     self.last_tag = tag;
                 }
                 Event::Ready { status, hidden } => self.ready(status, hidden),
-                Event::CopyIn => self.copy_in = true,
+                Event::CopyIn { ignored_syncs } => {
+                    self.copy_in = true;
+                    if let Some(a) = self.attached.as_mut() {
+                        a.pending_ready -= ignored_syncs;
+                    }
+                }
                 Event::Error { fatal } => {
                     // An error ends COPY IN on the server; what the client
                     // still sends is dropped, as Postgres does.
@@ -248,8 +249,20 @@ impl Session {
         }
     }
 
-    fn undo(&mut self, effect: Effect) {
+    fn apply(&mut self, effect: Effect) {
         match effect {
+            Effect::Validated(p) => p.validated.store(true, Ordering::Relaxed),
+            Effect::ForgetUnvalidated(p) if !p.is_validated() => {
+                let current = if p.client_name.is_empty() {
+                    &self.unnamed
+                } else {
+                    &self.statements.get(&p.client_name).cloned()
+                };
+                if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &p)) {
+                    self.apply(Effect::ForgetStatement(p.client_name.clone()));
+                }
+            }
+            Effect::ForgetUnvalidated(_) => {}
             Effect::Unprepare(name) => {
                 if let Some(a) = self.attached.as_mut() {
                     a.conn.prepared.remove(&name);
@@ -409,11 +422,7 @@ impl Session {
             }
             let Some(msg) = self.inbox.pop_front() else { return Ok(()) };
             self.inbox_bytes -= msg.size();
-            if let Step::Wait(msg) = self.handle(msg).await? {
-                self.inbox_bytes += msg.size();
-                self.inbox.push_front(msg);
-                return Ok(());
-            }
+            self.handle(msg).await?;
             if self.attached.as_ref().is_some_and(|a| a.conn.broken) {
                 self.release_if_idle();
             }
@@ -421,9 +430,9 @@ impl Session {
         Ok(())
     }
 
-    async fn handle(&mut self, msg: ClientMsg) -> Result<Step, SqlError> {
+    async fn handle(&mut self, msg: ClientMsg) -> Result<(), SqlError> {
         if self.copy_in {
-            return self.copy_message(msg).map(|()| Step::Done);
+            return self.copy_message(msg);
         }
         let backend_skipping = self.attached.as_ref().is_some_and(|a| a.outbox.skipping());
         if self.skipping || backend_skipping {
@@ -431,9 +440,9 @@ impl Session {
                 ClientMsg::Sync { .. } => self.skipping = false,
                 ClientMsg::Terminate => {
                     self.done = true;
-                    return Ok(Step::Done);
+                    return Ok(());
                 }
-                _ => return Ok(Step::Done),
+                _ => return Ok(()),
             }
         }
         match msg {
@@ -457,19 +466,19 @@ impl Session {
                     }
                 }
                 self.apply_events();
-                Ok(Step::Done)
+                Ok(())
             }
             ClientMsg::Flush { raw } => {
                 if let Some(a) = self.attached.as_mut() {
                     a.conn.wbuf.extend_from_slice(&raw);
                 }
-                Ok(Step::Done)
+                Ok(())
             }
             // Outside COPY, Postgres ignores these too.
-            ClientMsg::CopyData { .. } | ClientMsg::CopyDone { .. } | ClientMsg::CopyFail { .. } => Ok(Step::Done),
+            ClientMsg::CopyData { .. } | ClientMsg::CopyDone { .. } | ClientMsg::CopyFail { .. } => Ok(()),
             ClientMsg::Terminate => {
                 self.done = true;
-                Ok(Step::Done)
+                Ok(())
             }
         }
     }
@@ -502,7 +511,7 @@ impl Session {
     }
 
     /// Reports an error shardcar raised for the current message.
-    fn fail(&mut self, err: SqlError, extended: bool) -> Result<Step, SqlError> {
+    fn fail(&mut self, err: SqlError, extended: bool) -> Result<(), SqlError> {
         if err.fatal {
             return Err(err);
         }
@@ -536,7 +545,7 @@ impl Session {
                 }
             }
         }
-        Ok(Step::Done)
+        Ok(())
     }
 
     /// Queues replies shardcar makes itself, behind whatever the server owes.
@@ -544,14 +553,14 @@ impl Session {
         match self.attached.as_mut() {
             Some(a) => {
                 a.outbox.push(Entry::synthetic(frames).undo(undo), &mut self.events);
-                a.outbox.release_synthetic(&mut self.client.out);
+                a.outbox.release_synthetic(&mut self.client.out, &mut self.events);
                 self.apply_events();
             }
             None => self.client.out.extend_from_slice(&frames),
         }
     }
 
-    async fn query(&mut self, raw: Bytes, sql: String) -> Result<Step, SqlError> {
+    async fn query(&mut self, raw: Bytes, sql: String) -> Result<(), SqlError> {
         let facts = self.shared.facts.get(&sql);
         // A simple query destroys the unnamed statement.
         self.unnamed = None;
@@ -592,24 +601,24 @@ impl Session {
         if let Err(e) = self.attach_for(&req).await {
             return self.fail(e, false);
         }
-        let Some(a) = self.attached.as_mut() else { return Ok(Step::Done) };
+        let Some(a) = self.attached.as_mut() else { return Ok(()) };
         a.conn.wbuf.extend_from_slice(&raw);
         a.conn.unnamed = None;
         a.outbox.push(Entry::backend(Reply::Query { facts, done: 0 }), &mut self.events);
         a.pending_ready += 1;
         self.apply_events();
-        Ok(Step::Done)
+        Ok(())
     }
 
     /// ReadyForQuery after a simple query answered here.
-    fn simple_ready(&mut self) -> Result<Step, SqlError> {
+    fn simple_ready(&mut self) -> Result<(), SqlError> {
         let mut z = BytesMut::new();
         reply::ready(&mut z, self.status());
         self.emit(z, vec![]);
-        Ok(Step::Done)
+        Ok(())
     }
 
-    async fn parse(&mut self, raw: Bytes, msg: Parse) -> Result<Step, SqlError> {
+    async fn parse(&mut self, raw: Bytes, msg: Parse) -> Result<(), SqlError> {
         let name = msg.name.clone().unwrap_or_default();
         if !name.is_empty() && self.statements.contains_key(&name) {
             return self.fail(
@@ -622,12 +631,13 @@ impl Session {
         }
         let facts = self.shared.facts.get(&msg.query);
         let local = facts.single().is_some_and(|s| local_capable(&s.kind));
-        if !local {
-            match self.attach_batch(&facts, Some(&name)).await? {
-                Attach::Ready => {}
-                Attach::Wait => return Ok(Step::Wait(ClientMsg::Parse { raw, msg })),
-                Attach::Failed => return Ok(Step::Done),
-            }
+        // A batch that only prepares (libpq's PQprepare: Parse, Sync) is
+        // answered without a server when the grammar accepts the text: a
+        // client may block on it while holding other work, and needs no
+        // connection until it runs the statement.
+        let lazy = !local && self.attached.is_none() && facts.parse_error.is_none() && self.batch_only_prepares();
+        if !local && !lazy && !self.attach_batch(&facts, Some(&name)).await? {
+            return Ok(());
         }
         let prepared = Arc::new(Prepared::new(&name, &msg, &raw, facts));
         let mut undo = vec![Effect::ForgetStatement(name.clone())];
@@ -638,15 +648,15 @@ impl Session {
         } else {
             self.statements.insert(name, prepared.clone());
         }
-        if local {
-            // Sent to a server only if it ever has to run there.
+        if local || lazy {
+            // Sent to a server when it first runs there.
             let mut out = BytesMut::new();
             reply::parse_complete(&mut out);
             self.emit(out, undo);
-            return Ok(Step::Done);
+            return Ok(());
         }
         self.send_parse(&prepared, undo, false);
-        Ok(Step::Done)
+        Ok(())
     }
 
     /// Sends a Parse for `p` unless the attached connection already has it.
@@ -659,7 +669,8 @@ impl Session {
             if !hidden {
                 let mut out = BytesMut::new();
                 reply::parse_complete(&mut out);
-                a.outbox.push(Entry::synthetic(out).undo(undo), &mut self.events);
+                let entry = Entry::synthetic(out).undo(undo).on_success(Effect::Validated(p.clone()));
+                a.outbox.push(entry, &mut self.events);
             }
         } else {
             if p.backend_name.is_empty() {
@@ -683,8 +694,13 @@ impl Session {
                 undo.push(Effect::Unprepare(p.backend_name.clone()));
             }
             a.conn.wbuf.extend_from_slice(&p.parse);
-            let entry = if hidden { Entry::hidden(Reply::Parse) } else { Entry::backend(Reply::Parse) };
-            a.outbox.push(entry.undo(undo), &mut self.events);
+            let entry = if hidden {
+                undo.push(Effect::ForgetUnvalidated(p.clone()));
+                Entry::hidden(Reply::Parse)
+            } else {
+                Entry::backend(Reply::Parse)
+            };
+            a.outbox.push(entry.undo(undo).on_success(Effect::Validated(p.clone())), &mut self.events);
         }
         a.unsynced = true;
         self.apply_events();
@@ -715,7 +731,7 @@ impl Session {
         })
     }
 
-    async fn bind(&mut self, raw: Bytes, msg: Bind) -> Result<Step, SqlError> {
+    async fn bind(&mut self, raw: Bytes, msg: Bind) -> Result<(), SqlError> {
         let stmt_name = msg.statement_name.clone().unwrap_or_default();
         let portal = msg.portal_name.clone().unwrap_or_default();
         let p = match self.resolve(&stmt_name) {
@@ -728,15 +744,13 @@ impl Session {
             let mut out = BytesMut::new();
             reply::bind_complete(&mut out);
             self.emit(out, vec![]);
-            return Ok(Step::Done);
+            return Ok(());
         }
-        match self.attach_batch(&p.facts, None).await? {
-            Attach::Ready => {}
-            Attach::Wait => return Ok(Step::Wait(ClientMsg::Bind { raw, msg })),
-            Attach::Failed => return Ok(Step::Done),
+        if !self.attach_batch(&p.facts, None).await? {
+            return Ok(());
         }
         self.ensure_prepared(&p);
-        let Some(a) = self.attached.as_mut() else { return Ok(Step::Done) };
+        let Some(a) = self.attached.as_mut() else { return Ok(()) };
         if p.backend_name.is_empty() {
             a.conn.wbuf.extend_from_slice(&raw);
         } else {
@@ -750,10 +764,10 @@ impl Session {
         a.unsynced = true;
         self.portals.insert(portal, Portal { statement: p, local: false });
         self.apply_events();
-        Ok(Step::Done)
+        Ok(())
     }
 
-    async fn describe(&mut self, raw: Bytes, msg: Describe) -> Result<Step, SqlError> {
+    async fn describe(&mut self, raw: Bytes, msg: Describe) -> Result<(), SqlError> {
         let name = msg.name.clone().unwrap_or_default();
         if msg.target_type == b'S' {
             let p = match self.resolve(&name) {
@@ -765,15 +779,13 @@ impl Session {
                 reply::parameter_description(&mut out);
                 describe_local(&mut out, stmt);
                 self.emit(out, vec![]);
-                return Ok(Step::Done);
+                return Ok(());
             }
-            match self.attach_batch(&p.facts, None).await? {
-                Attach::Ready => {}
-                Attach::Wait => return Ok(Step::Wait(ClientMsg::Describe { raw, msg })),
-                Attach::Failed => return Ok(Step::Done),
+            if !self.attach_batch(&p.facts, None).await? {
+                return Ok(());
             }
             self.ensure_prepared(&p);
-            let Some(a) = self.attached.as_mut() else { return Ok(Step::Done) };
+            let Some(a) = self.attached.as_mut() else { return Ok(()) };
             let mut buf = BytesMut::new();
             encode(&mut buf, Describe::new(b'S', Some(p.backend_name.clone())));
             a.conn.wbuf.extend_from_slice(&buf);
@@ -787,31 +799,31 @@ impl Session {
                         describe_local(&mut out, stmt);
                     }
                     self.emit(out, vec![]);
-                    return Ok(Step::Done);
+                    return Ok(());
                 }
                 Some(_) if self.attached.is_some() => {}
                 _ => return self.fail(no_portal(&name), true),
             }
-            let Some(a) = self.attached.as_mut() else { return Ok(Step::Done) };
+            let Some(a) = self.attached.as_mut() else { return Ok(()) };
             a.conn.wbuf.extend_from_slice(&raw);
             a.outbox.push(Entry::backend(Reply::DescribePortal), &mut self.events);
             a.unsynced = true;
         }
         self.apply_events();
-        Ok(Step::Done)
+        Ok(())
     }
 
-    async fn execute(&mut self, raw: Bytes, portal: String) -> Result<Step, SqlError> {
+    async fn execute(&mut self, raw: Bytes, portal: String) -> Result<(), SqlError> {
         let (statement, local) = match self.portals.get(&portal) {
             Some(p) => (p.statement.clone(), p.local),
             None => return self.fail(no_portal(&portal), true),
         };
         if local {
-            let Some(stmt) = statement.facts.single() else { return Ok(Step::Done) };
+            let Some(stmt) = statement.facts.single() else { return Ok(()) };
             return match self.local(stmt, false) {
                 Ok((frames, undo)) => {
                     self.emit(frames, undo);
-                    Ok(Step::Done)
+                    Ok(())
                 }
                 Err(e) => self.fail(e, true),
             };
@@ -822,10 +834,10 @@ impl Session {
         a.outbox.push(Entry::backend(Reply::Execute(facts)), &mut self.events);
         a.unsynced = true;
         self.apply_events();
-        Ok(Step::Done)
+        Ok(())
     }
 
-    async fn close(&mut self, raw: Bytes, msg: Close) -> Result<Step, SqlError> {
+    async fn close(&mut self, raw: Bytes, msg: Close) -> Result<(), SqlError> {
         let name = msg.name.clone().unwrap_or_default();
         let mut undo = Vec::new();
         if msg.target_type == b'S' {
@@ -843,46 +855,45 @@ impl Session {
             a.outbox.push(Entry::backend(Reply::Close), &mut self.events);
             a.unsynced = true;
             self.apply_events();
-            return Ok(Step::Done);
+            return Ok(());
         } else {
             self.portals.remove(&name);
         }
         let mut out = BytesMut::new();
         reply::close_complete(&mut out);
         self.emit(out, undo);
-        Ok(Step::Done)
+        Ok(())
     }
 
     // ---- routing and attaching ----------------------------------------
 
     /// Attaches a connection for the extended-protocol batch whose current
     /// message carries `facts` (and prepares `parse_name`, if a Parse), routed
-    /// by every statement of the batch; or checks that an attached
-    /// connection's shard fits the statement.
-    async fn attach_batch(&mut self, facts: &Arc<Facts>, parse_name: Option<&str>) -> Result<Attach, SqlError> {
+    /// by every statement of the batch received so far; or checks that an
+    /// attached connection's shard fits the statement. False when that
+    /// failed and the client was told.
+    async fn attach_batch(&mut self, facts: &Arc<Facts>, parse_name: Option<&str>) -> Result<bool, SqlError> {
         let req = if self.attached.is_some() {
             let mut req = Request::new();
             req.add(facts);
             req
         } else {
-            match self.batch_request(facts, parse_name) {
-                Some(req) => req,
-                None => return Ok(Attach::Wait),
-            }
+            self.batch_request(facts, parse_name)
         };
         match self.attach_for(&req).await {
-            Ok(()) => Ok(Attach::Ready),
+            Ok(()) => Ok(true),
             Err(e) => {
                 self.fail(e, true)?;
-                Ok(Attach::Failed)
+                Ok(false)
             }
         }
     }
 
     /// The routing request of the batch whose current message carries
-    /// `current` and which continues in the inbox up to Sync; `None` while
-    /// that end is not buffered yet.
-    fn batch_request(&self, current: &Arc<Facts>, parse_name: Option<&str>) -> Option<Request> {
+    /// `current` and which continues in the inbox up to Sync. Clients write a
+    /// batch at once, so the inbox holds it; shardcar does not wait for a
+    /// Sync, because a client may wait for a reply first (COPY FROM STDIN).
+    fn batch_request(&self, current: &Arc<Facts>, parse_name: Option<&str>) -> Request {
         let mut req = Request::new();
         let mut parsed: HashMap<String, Arc<Facts>> = HashMap::new();
         let add = |req: &mut Request, facts: &Facts| {
@@ -894,7 +905,6 @@ impl Session {
         if let Some(name) = parse_name {
             parsed.insert(name.to_string(), current.clone());
         }
-        let mut complete = self.client_eof || self.inbox_bytes >= INBOX_LIMIT;
         for msg in &self.inbox {
             match msg {
                 ClientMsg::Parse { msg, .. } => {
@@ -911,14 +921,23 @@ impl Session {
                         add(&mut req, &facts);
                     }
                 }
-                ClientMsg::Sync { .. } | ClientMsg::Flush { .. } | ClientMsg::Query { .. } => {
-                    complete = true;
-                    break;
-                }
+                ClientMsg::Sync { .. } | ClientMsg::Flush { .. } | ClientMsg::Query { .. } => break,
                 _ => {}
             }
         }
-        complete.then_some(req)
+        req
+    }
+
+    /// True when the rest of the current batch holds only more Parse messages.
+    fn batch_only_prepares(&self) -> bool {
+        for msg in &self.inbox {
+            match msg {
+                ClientMsg::Parse { .. } => {}
+                ClientMsg::Sync { .. } | ClientMsg::Flush { .. } => return true,
+                _ => return false,
+            }
+        }
+        true
     }
 
     /// Refuses a statement that names a shard other than the one this

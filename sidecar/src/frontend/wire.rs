@@ -252,7 +252,8 @@ impl ClientConn {
         }
     }
 
-    fn buffered_frame(&mut self) -> Result<Option<Frame>, SqlError> {
+    /// A frame already read in full, without waiting.
+    pub fn buffered_frame(&mut self) -> Result<Option<Frame>, SqlError> {
         let header = Header::parse(&self.rbuf)
             .map_err(|e| SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid message: {e}")))?;
         let Some(header) = header else { return Ok(None) };

@@ -1,0 +1,256 @@
+//! Real parts for end-to-end tests: Postgres clusters started here (shared
+//! by the tests of this binary, or owned by one test that breaks them), the
+//! real `shardcar` binary, and real clients.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use shardcar::localpg::{self, Cluster, Workspace};
+use tokio_postgres::{Client, NoTls};
+
+/// Two shards; s0 has a streaming replica.
+pub struct Fleet {
+    pub s0: Cluster,
+    pub s0_replica: Cluster,
+    pub s1: Cluster,
+}
+
+impl Fleet {
+    /// A fleet of this test's own, stopped and removed when dropped.
+    pub fn new() -> Fleet {
+        let ws = Workspace::new().expect("workspace for local clusters");
+        let s0 = ws.primary("s0").expect("start s0");
+        let s1 = ws.primary("s1").expect("start s1");
+        let s0_replica = ws.replica(&s0, "s0-replica").expect("start s0's replica");
+        Fleet { s0, s0_replica, s1 }
+    }
+
+    /// The fleet shared by all tests in this binary; stopped at process exit.
+    pub fn shared() -> &'static Fleet {
+        static FLEET: OnceLock<&'static Fleet> = OnceLock::new();
+        FLEET.get_or_init(|| {
+            let fleet: &'static Fleet = Box::leak(Box::new(Fleet::new()));
+            *SHARED.lock().unwrap() = Some(fleet);
+            // SAFETY: registering a plain extern "C" function has no preconditions.
+            unsafe { libc::atexit(stop_shared) };
+            fleet
+        })
+    }
+
+    /// A config for this fleet that sends plain reads to s0's replica.
+    pub fn config_reading_replicas(&self, pool_size: usize) -> String {
+        self.config(pool_size).replace("read_replicas = false", "read_replicas = true")
+    }
+
+    /// A config for this fleet, every statement on a primary (so tests read
+    /// their own writes at once).
+    pub fn config(&self, pool_size: usize) -> String {
+        format!(
+            r#"
+[listen]
+addr = "127.0.0.1:{{PORT}}"
+admin = "127.0.0.1:{{ADMIN}}"
+
+[[users]]
+name = "app"
+password = "secret"
+
+[[users]]
+name = "md5user"
+password = "md5secret"
+auth = "md5"
+
+[[users]]
+name = "plain"
+password = "plainsecret"
+auth = "password"
+
+[[users]]
+name = "local"
+trust = true
+
+[pool]
+size = {pool_size}
+checkout_timeout_ms = 2000
+health_check_interval_ms = 200
+
+[[shards]]
+name = "s0"
+primary = "{}"
+replicas = ["{}"]
+
+[[shards]]
+name = "s1"
+primary = "{}"
+
+[routing]
+default_shard = "s0"
+read_replicas = false
+"#,
+            self.s0.url(),
+            self.s0_replica.url(),
+            self.s1.url()
+        )
+    }
+}
+
+static SHARED: Mutex<Option<&'static Fleet>> = Mutex::new(None);
+
+extern "C" fn stop_shared() {
+    let fleet = SHARED.lock().ok().and_then(|mut f| f.take());
+    if let Some(fleet) = fleet {
+        // The leaked fleet is dropped in place: stops the servers, removes the files.
+        let fleet = fleet as *const Fleet as *mut Fleet;
+        // SAFETY: the pointer came from Box::leak and nothing uses it after exit starts.
+        drop(unsafe { Box::from_raw(fleet) });
+    }
+}
+
+/// A running `shardcar run` process.
+pub struct Sidecar {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Sidecar {
+    /// Starts the real binary with `config` (`{PORT}`/`{ADMIN}` filled in)
+    /// and waits until it accepts connections.
+    pub fn start(config: &str) -> Sidecar {
+        let port = localpg::free_port().unwrap();
+        let admin_port = localpg::free_port().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("shardcar.toml");
+        let config = config.replace("{PORT}", &port.to_string()).replace("{ADMIN}", &admin_port.to_string());
+        std::fs::write(&path, config).unwrap();
+        let log = dir.path().join("shardcar.log");
+        let child = Command::new(env!("CARGO_BIN_EXE_shardcar"))
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("SHARDCAR_LOG", "shardcar=trace,info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn shardcar");
+        let sidecar = Sidecar { child, port, admin_port, log, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "shardcar did not start:\n{}", sidecar.log_text());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        sidecar
+    }
+
+    pub fn log_text(&self) -> String {
+        let mut s = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.read_to_string(&mut s);
+        }
+        s
+    }
+
+    /// Connection string for tokio-postgres.
+    pub fn conninfo(&self, user: &str, password: &str) -> String {
+        format!("host=127.0.0.1 port={} user={user} password={password} dbname=app", self.port)
+    }
+
+    /// A tokio-postgres client as user `app`.
+    pub async fn connect(&self) -> Client {
+        self.connect_as("app", "secret").await.expect("connect to shardcar")
+    }
+
+    pub async fn connect_as(&self, user: &str, password: &str) -> Result<Client, tokio_postgres::Error> {
+        connect(&self.conninfo(user, password)).await
+    }
+
+    /// Environment for psql/pgbench to reach the sidecar.
+    pub fn client_env(&self) -> Vec<(&'static str, String)> {
+        vec![
+            ("PGHOST", "127.0.0.1".into()),
+            ("PGPORT", self.port.to_string()),
+            ("PGUSER", "app".into()),
+            ("PGPASSWORD", "secret".into()),
+            ("PGDATABASE", "app".into()),
+        ]
+    }
+
+    /// GET on the admin listener: (status code, body).
+    pub fn admin_get(&self, path: &str) -> (u16, String) {
+        use std::io::Write;
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut resp = String::new();
+        s.read_to_string(&mut resp).unwrap();
+        let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (status, body)
+    }
+}
+
+impl Drop for Sidecar {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- shardcar log ----\n{}", self.log_text());
+        }
+    }
+}
+
+/// A tokio-postgres client for a conninfo string.
+pub async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = tokio_postgres::connect(conninfo, NoTls).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(client)
+}
+
+/// A direct client to one cluster, bypassing shardcar.
+pub async fn direct(cluster: &Cluster) -> Client {
+    connect(&format!("host=127.0.0.1 port={} user=postgres dbname=app", cluster.port)).await.expect("direct connection")
+}
+
+/// A table name unique to the calling test, so tests can share clusters.
+pub fn table(prefix: &str) -> String {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    format!("{prefix}_{}_{n}", std::process::id())
+}
+
+/// Runs a PostgreSQL client program against the sidecar; returns (success, stdout+stderr).
+pub fn run_tool(sidecar: &Sidecar, program: &str, args: &[&str], stdin: Option<&str>) -> (bool, String) {
+    use std::io::Write;
+    let mut cmd = Command::new(localpg::tool(program).unwrap());
+    cmd.args(args).envs(sidecar.client_env()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() });
+    let mut child = cmd.spawn().expect("spawn client program");
+    if let Some(input) = stdin {
+        child.stdin.take().unwrap().write_all(input.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+/// The SQLSTATE of a tokio-postgres error.
+pub fn sqlstate(e: &tokio_postgres::Error) -> String {
+    e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
+}
+
+/// Polls `check` until it is true or `timeout` passes.
+pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    false
+}
