@@ -254,3 +254,38 @@ pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
     }
     false
 }
+
+/// Logs in as the trust user with a raw socket, up to ReadyForQuery; returns
+/// the socket and what was read past it.
+pub async fn logged_in(port: u16) -> (tokio::net::TcpStream, bytes::BytesMut) {
+    use postgres_protocol::message::backend::Message;
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    let mut buf = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::startup_message([("user", "local"), ("database", "app")], &mut buf).unwrap();
+    s.write_all(&buf).await.unwrap();
+    let mut rbuf = bytes::BytesMut::new();
+    loop {
+        match next_message(&mut s, &mut rbuf).await {
+            Some(Message::ReadyForQuery(_)) => return (s, rbuf),
+            Some(_) => {}
+            None => panic!("connection closed during login"),
+        }
+    }
+}
+
+/// The next backend message on a raw socket; `None` at end of stream.
+pub async fn next_message(
+    s: &mut tokio::net::TcpStream,
+    rbuf: &mut bytes::BytesMut,
+) -> Option<postgres_protocol::message::backend::Message> {
+    use tokio::io::AsyncReadExt;
+    loop {
+        if let Some(m) = postgres_protocol::message::backend::Message::parse(rbuf).unwrap() {
+            return Some(m);
+        }
+        if s.read_buf(rbuf).await.ok()? == 0 {
+            return None;
+        }
+    }
+}

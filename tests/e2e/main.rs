@@ -4,10 +4,13 @@
 mod harness;
 
 mod auth;
+mod backend_auth;
 mod cancel;
 mod cli;
 mod copy;
 mod malformed;
+mod pool;
 mod prepared;
 mod routing;
+mod startup;
 mod transactions;

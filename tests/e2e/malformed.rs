@@ -1,40 +1,11 @@
 //! Malformed protocol input closes only the offending connection, with an
 //! error, while every other client carries on.
 
-use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
-use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::harness::{Fleet, Sidecar};
-
-/// Logs in as the trust user with a raw socket, up to ReadyForQuery.
-async fn logged_in(port: u16) -> (TcpStream, BytesMut) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let mut buf = BytesMut::new();
-    frontend::startup_message([("user", "local"), ("database", "app")], &mut buf).unwrap();
-    s.write_all(&buf).await.unwrap();
-    let mut rbuf = BytesMut::new();
-    loop {
-        match next_message(&mut s, &mut rbuf).await {
-            Some(Message::ReadyForQuery(_)) => return (s, rbuf),
-            Some(_) => {}
-            None => panic!("connection closed during login"),
-        }
-    }
-}
-
-async fn next_message(s: &mut TcpStream, rbuf: &mut BytesMut) -> Option<Message> {
-    loop {
-        if let Some(m) = Message::parse(rbuf).unwrap() {
-            return Some(m);
-        }
-        if s.read_buf(rbuf).await.ok()? == 0 {
-            return None;
-        }
-    }
-}
+use crate::harness::{Fleet, Sidecar, logged_in, next_message};
 
 /// Sends `bytes` and returns the SQLSTATE of the error that comes back,
 /// asserting the connection is closed afterwards.

@@ -1,0 +1,71 @@
+//! Pool behaviour when servers are busy, killed or down.
+
+use std::time::{Duration, Instant};
+
+use crate::harness::{Fleet, Sidecar, direct, eventually, sqlstate};
+
+#[tokio::test]
+async fn an_exhausted_pool_gives_53300_and_recovers() {
+    let fleet = Fleet::shared();
+    let config = fleet.config(1).replace("checkout_timeout_ms = 2000", "checkout_timeout_ms = 300");
+    let sc = Sidecar::start(&config);
+    let holder = sc.connect().await;
+    holder.batch_execute("BEGIN; SELECT 1").await.unwrap();
+    let waiter = sc.connect().await;
+    let started = Instant::now();
+    let err = waiter.batch_execute("SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "53300");
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(err.as_db_error().unwrap().message().contains("no free connection to s0 primary"));
+    holder.batch_execute("COMMIT").await.unwrap();
+    waiter.batch_execute("SELECT 1").await.expect("works once the connection is free");
+}
+
+#[tokio::test]
+async fn killed_server_connections_are_replaced() {
+    let fleet = Fleet::new();
+    let sc = Sidecar::start(&fleet.config(4));
+    let c = sc.connect().await;
+    let before: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    let killed: i64 = direct(&fleet.s0)
+        .await
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
+             WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
+               AND application_name <> 'shardcar-health'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(killed >= 1);
+    // Every later statement runs on a fresh connection, without an error.
+    for _ in 0..5 {
+        let pid: i32 = c.query_one("SELECT pg_backend_pid()", &[]).await.expect("no error after the kill").get(0);
+        assert_ne!(pid, before);
+    }
+}
+
+#[tokio::test]
+async fn a_shard_that_is_down_fails_only_its_statements() {
+    let mut fleet = Fleet::new();
+    let sc = Sidecar::start(&fleet.config(4));
+    let c = sc.connect().await;
+    c.batch_execute("/* shardcar: shard=s1 */ SELECT 1").await.unwrap();
+    fleet.s1.stop().unwrap();
+    let err = c.batch_execute("/* shardcar: shard=s1 */ SELECT 1").await.unwrap_err();
+    assert_eq!(sqlstate(&err), "08001", "{err:?}");
+    assert!(err.as_db_error().unwrap().message().contains("s1 primary"), "{err:?}");
+    c.batch_execute("SELECT 1").await.expect("s0 keeps serving, on the same session");
+    let (status, body) = sc.admin_get("/readyz");
+    assert!(status == 503 || body.contains("ready"), "{status} {body}");
+    fleet.s1.start().unwrap();
+    assert!(
+        eventually(Duration::from_secs(10), async || c
+            .batch_execute("/* shardcar: shard=s1 */ SELECT 1")
+            .await
+            .is_ok())
+        .await
+    );
+    assert!(eventually(Duration::from_secs(10), async || sc.admin_get("/readyz").0 == 200).await);
+}
