@@ -135,3 +135,32 @@ async fn begin_is_deferred_and_savepoints_work() {
     let n: i64 = direct(&fleet.s1).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
 }
+
+#[tokio::test]
+async fn session_reset_and_refused_statements() {
+    let fleet = Fleet::shared();
+    let sc = Sidecar::start(&fleet.config(2));
+    let c = sc.connect().await;
+    c.batch_execute("SET work_mem = '2MB'").await.unwrap();
+    let stmt = c.prepare("SELECT 1").await.unwrap();
+    c.batch_execute("DISCARD ALL").await.unwrap();
+    let work_mem: String = c.query_one("SHOW work_mem", &[]).await.unwrap().get(0);
+    assert_eq!(work_mem, "4MB", "DISCARD ALL resets the session's settings");
+    let err = c.query(&stmt, &[]).await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&err), "26000", "and drops its prepared statements");
+
+    for (sql, hint) in [
+        ("LISTEN channel", "NOTIFY works"),
+        ("PREPARE p AS SELECT 1", "driver's prepared statements"),
+        ("CREATE TEMP TABLE tmp (a int)", "ON COMMIT DROP"),
+        ("SELECT 1; SET shardcar.shard = 's1'", ""),
+    ] {
+        let err = c.batch_execute(sql).await.unwrap_err();
+        assert_eq!(crate::harness::sqlstate(&err), "0A000", "{sql}");
+        let db = err.as_db_error().unwrap();
+        assert!(db.hint().unwrap_or("").contains(hint), "{sql}: {db:?}");
+    }
+    c.batch_execute("BEGIN; CREATE TEMP TABLE tmp (a int) ON COMMIT DROP; INSERT INTO tmp VALUES (1); COMMIT")
+        .await
+        .unwrap();
+}

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Installs what shardcar's build, demo and tests need on a Debian machine.
+# Idempotent: installs only what is missing. Used by deploy/demo.sh and tests/run.sh.
+set -euo pipefail
+
+need=()
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need+=(postgresql)
+command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
+command -v pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
+command -v clang >/dev/null 2>&1 || need+=(clang)          # pg_query's bindings
+dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo=sudo
+  echo "setup: installing ${need[*]}"
+  for attempt in 1 2 3 4 5; do
+    # apt may be locked for a moment by another process; refresh lists on failure.
+    if $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"; then
+      break
+    fi
+    [ "$attempt" -eq 5 ] && { echo "setup: apt-get install failed" >&2; exit 1; }
+    $sudo apt-get update -q || true
+    sleep $((attempt * 3))
+  done
+fi
+
+for component in rustfmt clippy; do
+  rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
+done

@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# README command 2: the whole test suite — formatting, lints, unit tests, and
+# end-to-end tests against Postgres clusters they start themselves.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+deploy/setup.sh
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo test --workspace --locked
