@@ -93,6 +93,16 @@ async fn a_rolled_back_set_is_undone() {
     a.batch_execute("BEGIN; SET work_mem = '3MB'; COMMIT").await.unwrap();
     assert_eq!(show(&b).await, "4MB");
     assert_eq!(show(&a).await, "3MB");
+    // A multi-statement query is one implicit transaction: an error undoes its SET.
+    a.batch_execute("SET work_mem = '5MB'; SELECT 1/0").await.unwrap_err();
+    assert_eq!(show(&b).await, "4MB");
+    assert_eq!(show(&a).await, "3MB");
+    // Inside a transaction, ROLLBACK TO a savepoint before a failure keeps the SET at COMMIT.
+    a.batch_execute("BEGIN; SET work_mem = '6MB'; SAVEPOINT s").await.unwrap();
+    a.batch_execute("SELECT 1/0").await.unwrap_err();
+    a.batch_execute("ROLLBACK TO SAVEPOINT s; COMMIT").await.unwrap();
+    assert_eq!(show(&b).await, "4MB");
+    assert_eq!(show(&a).await, "6MB");
 }
 
 #[tokio::test]

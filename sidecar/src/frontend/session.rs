@@ -54,6 +54,16 @@ struct Deferred {
     failed: bool,
 }
 
+/// Client and connection settings before a transaction changed them.
+struct SettingsSnapshot {
+    client: Settings,
+    conn: Settings,
+    /// The transaction is an explicit block (it ends with COMMIT or ROLLBACK);
+    /// otherwise it is implicit and any error rolls it back.
+    explicit: bool,
+    failed: bool,
+}
+
 impl Deferred {
     fn is_open(&self) -> bool {
         !self.statements.is_empty() || self.failed
@@ -82,9 +92,9 @@ pub struct Session {
     /// attached: messages are dropped until Sync, as Postgres does.
     skipping: bool,
     copy_in: bool,
-    /// Settings before the first SET of the open transaction, restored if it
-    /// rolls back (client's, connection's).
-    txn_snapshot: Option<(Settings, Settings)>,
+    /// Settings before the first SET of the current transaction (explicit,
+    /// or the implicit one of a query or batch), restored if it rolls back.
+    txn_snapshot: Option<SettingsSnapshot>,
     /// A BEGIN completed in the current simple query (status not yet reported).
     block_opened: bool,
     last_tag: String,
@@ -241,6 +251,9 @@ impl Session {
                     // An error ends COPY IN on the server; what the client
                     // still sends is dropped, as Postgres does.
                     self.copy_in = false;
+                    if let Some(s) = self.txn_snapshot.as_mut() {
+                        s.failed = true;
+                    }
                     if fatal && let Some(a) = self.attached.as_mut() {
                         a.conn.broken = true;
                     }
@@ -291,9 +304,13 @@ impl Session {
             Kind::Begin => self.block_opened = true,
             Kind::Session(change) => {
                 let Some(a) = self.attached.as_mut() else { return };
-                let in_block = a.conn.status != b'I' || self.block_opened;
-                if in_block && self.txn_snapshot.is_none() {
-                    self.txn_snapshot = Some((self.settings.clone(), a.conn.settings.clone()));
+                if self.txn_snapshot.is_none() {
+                    self.txn_snapshot = Some(SettingsSnapshot {
+                        client: self.settings.clone(),
+                        conn: a.conn.settings.clone(),
+                        explicit: a.conn.status != b'I' || self.block_opened,
+                        failed: false,
+                    });
                 }
                 self.settings.apply(change, &self.startup);
                 let conn_startup = a.conn.startup_settings.clone();
@@ -310,14 +327,19 @@ impl Session {
         if !hidden {
             a.pending_ready = a.pending_ready.saturating_sub(1);
         }
-        if status == b'I' {
-            self.portals.clear();
-            if let Some((client, conn)) = self.txn_snapshot.take()
-                && self.last_tag != "COMMIT"
-            {
-                // Postgres undoes a rolled-back transaction's SETs.
-                self.settings = client;
-                a.conn.settings = conn;
+        if status != b'I' {
+            if let Some(s) = self.txn_snapshot.as_mut() {
+                s.explicit = true;
+            }
+            return;
+        }
+        self.portals.clear();
+        if let Some(s) = self.txn_snapshot.take() {
+            let committed = if s.explicit { self.last_tag == "COMMIT" } else { !s.failed };
+            if !committed {
+                // Postgres undoes the SETs of a transaction that rolls back.
+                self.settings = s.client;
+                a.conn.settings = s.conn;
             }
         }
     }
