@@ -65,7 +65,7 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
         .with_context(|| format!("port {admin_port} is taken; pass --admin-port"))?;
 
     eprintln!("starting local shards (2 primaries, 1 streaming replica)...");
-    let (s0, s0_replica, s1) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
+    let (ws, s0, s0_replica, s1) = tokio::task::spawn_blocking(|| -> anyhow::Result<_> {
         let ws = Workspace::new()?;
         let s0 = ws.primary("s0")?;
         let s1 = ws.primary("s1")?;
@@ -74,23 +74,25 @@ pub async fn run(port: u16, admin_port: u16) -> anyhow::Result<()> {
         }
         // After the schema, so the base backup carries it.
         let s0_replica = ws.replica(&s0, "s0-replica")?;
-        Ok((s0, s0_replica, s1))
+        Ok((ws, s0, s0_replica, s1))
     })
     .await??;
 
     let text = config(port, admin_port, &s0, &s0_replica, &s1);
     let cfg = Config::parse(&text)?;
-    println!("{}", banner(port, admin_port, &s0, &s0_replica, &s1, &text));
+    let config_path = ws.path().join("shardcar.toml");
+    std::fs::write(&config_path, &text)?;
+    println!("{}", banner(port, admin_port, &s0, &s0_replica, &s1, &config_path));
     let result = crate::server::serve(cfg, listener, admin, async {
         let _ = tokio::signal::ctrl_c().await;
     })
     .await;
     eprintln!("stopping shards and removing their data...");
-    tokio::task::spawn_blocking(move || drop((s0, s0_replica, s1))).await?;
+    tokio::task::spawn_blocking(move || drop((s0, s0_replica, s1, ws))).await?;
     result
 }
 
-fn banner(port: u16, admin_port: u16, s0: &Cluster, s0r: &Cluster, s1: &Cluster, config: &str) -> String {
+fn banner(port: u16, admin_port: u16, s0: &Cluster, s0r: &Cluster, s1: &Cluster, config: &std::path::Path) -> String {
     format!(
         "
 shardcar demo is running.
@@ -112,7 +114,6 @@ Ctrl-C stops shardcar and the shards, and removes their data.",
         s0.port,
         s0r.port,
         s1.port,
-        config.lines().filter(|l| !l.trim().is_empty()).count().to_string()
-            + " lines, generated (shardcar check validates such files)",
+        config.display(),
     )
 }

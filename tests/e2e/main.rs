@@ -8,6 +8,8 @@ mod backend_auth;
 mod cancel;
 mod cli;
 mod copy;
+mod demo;
+mod extended;
 mod malformed;
 mod pool;
 mod prepared;

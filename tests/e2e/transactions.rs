@@ -174,3 +174,23 @@ async fn session_reset_and_refused_statements() {
         .await
         .unwrap();
 }
+
+#[tokio::test]
+async fn a_transaction_keeps_its_server_connection() {
+    let fleet = Fleet::shared();
+    let sc = Sidecar::start(&fleet.config(3));
+    let a = sc.connect().await;
+    let others: Vec<_> = futures_util::future::join_all((0..3).map(|_| sc.connect())).await;
+    let pid =
+        async |c: &tokio_postgres::Client| -> i32 { c.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0) };
+    a.batch_execute("BEGIN").await.unwrap();
+    let first = pid(&a).await;
+    for round in 0..5 {
+        // Other clients take turns on the remaining connections meanwhile.
+        for o in &others {
+            assert_ne!(pid(o).await, first, "round {round}: a's connection is not lent out");
+        }
+        assert_eq!(pid(&a).await, first);
+    }
+    a.batch_execute("COMMIT").await.unwrap();
+}
