@@ -125,7 +125,7 @@ impl Workspace {
             bail!("cannot copy the template cluster to {}", data.display());
         }
         self.bin.give(&dir)?;
-        let mut cluster = self.cluster(name, dir, None)?;
+        let mut cluster = self.cluster(name, dir)?;
         cluster.start()?;
         Ok(cluster)
     }
@@ -155,12 +155,12 @@ impl Workspace {
                 "fast",
             ],
         )?;
-        let mut cluster = self.cluster(name, dir, Some(primary.port))?;
+        let mut cluster = self.cluster(name, dir)?;
         cluster.start()?;
         Ok(cluster)
     }
 
-    fn cluster(&self, name: &str, dir: PathBuf, replica_of: Option<u16>) -> anyhow::Result<Cluster> {
+    fn cluster(&self, name: &str, dir: PathBuf) -> anyhow::Result<Cluster> {
         let port = free_port()?;
         let data = dir.join("data");
         // Appended last, so it overrides the port a base backup copied.
@@ -172,7 +172,6 @@ impl Workspace {
         Ok(Cluster {
             name: name.to_string(),
             port,
-            replica_of,
             data,
             log: dir.join("server.log"),
             bin: self.bin.clone(),
@@ -251,8 +250,6 @@ pub fn free_port() -> anyhow::Result<u16> {
 pub struct Cluster {
     pub name: String,
     pub port: u16,
-    /// The primary's port, for a replica.
-    pub replica_of: Option<u16>,
     pub data: PathBuf,
     pub log: PathBuf,
     bin: Binaries,

@@ -50,8 +50,8 @@ pub struct PreparedSet {
 
 impl PreparedSet {
     /// True when `name` is prepared here with exactly this text.
-    pub fn has(&self, name: &str, text: &StatementText) -> bool {
-        self.by_name.get(name).is_some_and(|t| **t == *text)
+    pub fn has(&self, name: &str, text: &Arc<StatementText>) -> bool {
+        self.by_name.get(name).is_some_and(|t| Arc::ptr_eq(t, text) || **t == **text)
     }
 
     pub fn contains_name(&self, name: &str) -> bool {

@@ -153,6 +153,9 @@ impl Pools {
             };
             let pool = managed::Pool::builder(manager)
                 .max_size(cfg.pool.size)
+                // Most recently used first, as PgBouncer does: the same few
+                // server processes stay hot and the rest can idle out.
+                .queue_mode(deadpool::managed::QueueMode::Lifo)
                 .timeouts(timeouts)
                 .runtime(deadpool::Runtime::Tokio1)
                 .build()
