@@ -33,6 +33,7 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         Ok(Some((registration, settings))) => Session::new(shared, client, registration, settings).run().await,
         Ok(None) => {}
         Err(e) => {
+            tracing::debug!("client refused at startup: {e}");
             reply::error(&mut client.out, &e);
             let _ = client.flush().await;
         }

@@ -133,6 +133,7 @@ impl Session {
     /// Serves the client until it leaves; a FATAL error is written before returning.
     pub async fn run(mut self) {
         if let Err(e) = self.serve().await {
+            tracing::debug!(client = self.registration.pid, "session ended: {e}");
             // The client may be gone already; then there is no one to tell.
             reply::error(&mut self.client.out, &e);
             let _ = self.client.flush().await;
@@ -208,6 +209,7 @@ impl Session {
         while let Some(f) = frame {
             tracing::trace!(client = self.registration.pid, "{} -> '{}'", a.node.label, f[0] as char);
             if let Err(desync) = a.outbox.on_frame(&f, &mut self.client.out, &mut self.events) {
+                tracing::error!(client = self.registration.pid, "{}: {desync}", a.node.label);
                 a.conn.broken = true;
                 return Err(SqlError::fatal(
                     code::PROTOCOL_VIOLATION,
@@ -380,6 +382,7 @@ impl Session {
         self.apply_events();
         let in_txn = a.conn.status != b'I' || self.copy_in;
         let label = a.node.label.clone();
+        tracing::warn!(client = self.registration.pid, "lost the connection to {label}: {why}");
         drop(deadpool::managed::Object::take(a.conn));
         if in_txn {
             return Err(SqlError::fatal(

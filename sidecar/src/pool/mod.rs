@@ -238,14 +238,27 @@ impl Pools {
     }
 
     /// ParameterStatus values to show clients, from the first server reached;
-    /// connects to the default shard's primary if none was reached yet.
+    /// if none was reached yet, connects to a primary (the default shard's first).
     pub async fn server_params(&self, default_shard: usize) -> Result<Vec<(String, String)>, SqlError> {
         if let Some(p) = self.cached_params() {
             return Ok(p);
         }
-        drop(self.get(&self.shards[default_shard].primary).await?);
-        self.cached_params()
-            .ok_or_else(|| SqlError::new(code::INTERNAL_ERROR, "server parameters unknown after connecting"))
+        let order = std::iter::once(default_shard).chain((0..self.shards.len()).filter(|&i| i != default_shard));
+        let mut last_error = None;
+        for shard in order {
+            match self.get(&self.shards[shard].primary).await {
+                Ok(conn) => {
+                    drop(conn);
+                    break;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        match (self.cached_params(), last_error) {
+            (Some(p), _) => Ok(p),
+            (None, Some(e)) => Err(e),
+            (None, None) => Err(SqlError::new(code::INTERNAL_ERROR, "server parameters unknown after connecting")),
+        }
     }
 
     fn cached_params(&self) -> Option<Vec<(String, String)>> {
