@@ -5,5 +5,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 deploy/setup.sh
 cargo fmt --all -- --check
+(cd plugins && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The plugin SDK's own tests (Postgres-compatible hashing and friends) run natively.
+(cd plugins && cargo clippy --workspace --all-targets --locked -- -D warnings && cargo test --workspace --locked)
 cargo test --workspace --locked

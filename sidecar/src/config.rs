@@ -1,10 +1,10 @@
 //! The TOML configuration: its serde shape, defaults, and the semantic checks
 //! `shardcar check` reports (every problem, each with its field path).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -22,6 +22,20 @@ pub struct Config {
     #[serde(default)]
     pub shards: Vec<Shard>,
     pub routing: Routing,
+    /// Routing policies: a plugin and its config.
+    #[serde(default)]
+    pub policies: Vec<PolicyConfig>,
+    /// Sharded tables: their key column and policy.
+    #[serde(default)]
+    pub tables: Vec<Table>,
+    /// Directory namespaces plugins can `lookup` in.
+    #[serde(default)]
+    pub directories: Vec<Directory>,
+    #[serde(default)]
+    pub plugins: Plugins,
+    /// Where relative paths in the config are resolved from.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -124,6 +138,80 @@ pub struct Shard {
     pub primary: String,
     #[serde(default)]
     pub replicas: Vec<String>,
+    /// Free-form labels plugins see in the topology (`region = "eu"`).
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyConfig {
+    pub name: String,
+    /// A built-in plugin name, or a path to a `.wasm` component.
+    pub plugin: String,
+    /// The plugin's own config, handed to it as JSON.
+    #[serde(default)]
+    pub config: toml::Table,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Table {
+    pub name: String,
+    /// The shard key column.
+    pub key: String,
+    pub policy: String,
+    #[serde(default)]
+    pub key_type: KeyType,
+}
+
+/// How key values are made canonical before a plugin sees them, so that
+/// `42`, `'42'` and a bound 42 are one key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    /// Integers as integers, text that reads as an integer too, UUIDs lowercased.
+    #[default]
+    Auto,
+    Int,
+    Text,
+    Uuid,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Directory {
+    pub namespace: String,
+    /// The shard whose primary holds the directory table.
+    pub shard: String,
+    /// Returns the shard name for `$1` (the key, as text) in its first column.
+    pub query: String,
+    /// Entries are re-read after this long, so edits show without a restart.
+    #[serde(default = "default_directory_ttl")]
+    pub cache_ttl_ms: u64,
+}
+
+fn default_directory_ttl() -> u64 {
+    1000
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Plugins {
+    /// CPU time one plugin call may take before it is interrupted.
+    pub call_timeout_ms: u64,
+    /// Memory one plugin instance may grow to.
+    pub memory_limit_mb: u64,
+    /// Compiled plugins are kept here, keyed by content, wasmtime version and settings.
+    pub cache_dir: Option<PathBuf>,
+    /// How often plugin files are checked for a new version.
+    pub reload_interval_ms: u64,
+}
+
+impl Default for Plugins {
+    fn default() -> Self {
+        Plugins { call_timeout_ms: 10, memory_limit_mb: 64, cache_dir: None, reload_interval_ms: 1000 }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -138,6 +226,13 @@ pub struct Routing {
 
 fn yes() -> bool {
     true
+}
+
+/// Where a plugin's code comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginSource {
+    Builtin(String),
+    File(PathBuf),
 }
 
 /// One thing wrong with a config, located by its field path (`shards[1].primary`).
@@ -211,13 +306,21 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Invalid(vec![Problem { path: path.display().to_string(), message: format!("cannot read: {e}") }])
         })?;
-        Config::parse(&text)
+        let mut cfg = Config::parse_in(&text, path.parent().unwrap_or(Path::new(".")))?;
+        cfg.base_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        Ok(cfg)
+    }
+
+    /// Parses and validates config text whose relative paths are relative
+    /// to the current directory.
+    pub fn parse(text: &str) -> Result<Config, Invalid> {
+        Config::parse_in(text, Path::new("."))
     }
 
     /// Parses and validates config text. A structural error (syntax, unknown
     /// field, wrong type) stops parsing and is reported alone; semantic
     /// problems are all collected.
-    pub fn parse(text: &str) -> Result<Config, Invalid> {
+    pub fn parse_in(text: &str, base_dir: &Path) -> Result<Config, Invalid> {
         let de = toml::Deserializer::parse(text).map_err(|e| {
             Invalid(vec![Problem {
                 path: "(toml)".into(),
@@ -232,6 +335,8 @@ impl Config {
                 message: inner.message().to_string() + &location(text, inner.span()),
             }])
         })?;
+        let mut cfg = cfg;
+        cfg.base_dir = base_dir.to_path_buf();
         let problems = cfg.problems();
         if problems.is_empty() { Ok(cfg) } else { Err(Invalid(problems)) }
     }
@@ -315,6 +420,7 @@ impl Config {
                 }
             }
         }
+        self.routing_problems(&shard_names, &mut bad);
         if !self.shards.is_empty() && !shard_names.contains(self.routing.default_shard.as_str()) {
             bad(
                 "routing.default_shard".into(),
@@ -326,6 +432,74 @@ impl Config {
             );
         }
         out
+    }
+
+    fn routing_problems(&self, shard_names: &HashSet<&str>, bad: &mut impl FnMut(String, String)) {
+        let mut policies = HashSet::new();
+        for (i, p) in self.policies.iter().enumerate() {
+            let at = format!("policies[{i}]");
+            if !valid_name(&p.name) {
+                bad(format!("{at}.name"), format!("`{}` must be letters, digits, `_` or `-`", p.name));
+            } else if !policies.insert(p.name.as_str()) {
+                bad(format!("{at}.name"), format!("policy `{}` is defined twice", p.name));
+            }
+            if let Err(e) = self.plugin_source(&p.plugin) {
+                bad(format!("{at}.plugin"), e);
+            }
+        }
+        let mut tables = HashSet::new();
+        for (i, t) in self.tables.iter().enumerate() {
+            let at = format!("tables[{i}]");
+            if !tables.insert(t.name.as_str()) {
+                bad(format!("{at}.name"), format!("table `{}` is mapped twice", t.name));
+            }
+            if !policies.contains(t.policy.as_str()) {
+                bad(format!("{at}.policy"), format!("`{}` is not a policy in [[policies]]", t.policy));
+            }
+            if t.key.is_empty() {
+                bad(format!("{at}.key"), "must name the shard key column".into());
+            }
+        }
+        let mut namespaces = HashSet::new();
+        for (i, d) in self.directories.iter().enumerate() {
+            let at = format!("directories[{i}]");
+            if !namespaces.insert(d.namespace.as_str()) {
+                bad(format!("{at}.namespace"), format!("namespace `{}` is defined twice", d.namespace));
+            }
+            if !shard_names.contains(d.shard.as_str()) {
+                bad(format!("{at}.shard"), format!("`{}` is not a shard", d.shard));
+            }
+            if !d.query.contains("$1") {
+                bad(format!("{at}.query"), "must use $1 for the key".into());
+            }
+        }
+        if self.plugins.call_timeout_ms == 0 {
+            bad("plugins.call_timeout_ms".into(), "must be at least 1".into());
+        }
+        if self.plugins.memory_limit_mb == 0 {
+            bad("plugins.memory_limit_mb".into(), "must be at least 1".into());
+        }
+        if self.plugins.reload_interval_ms < 100 {
+            bad("plugins.reload_interval_ms".into(), "must be at least 100".into());
+        }
+    }
+
+    /// Where a policy's plugin comes from: a built-in name or a file.
+    pub fn plugin_source(&self, plugin: &str) -> Result<PluginSource, String> {
+        if crate::policy::builtin::bytes(plugin).is_some() {
+            return Ok(PluginSource::Builtin(plugin.to_string()));
+        }
+        if !plugin.ends_with(".wasm") {
+            return Err(format!(
+                "`{plugin}` is neither a built-in plugin ({}) nor a path to a .wasm file",
+                crate::policy::builtin::names().join(", ")
+            ));
+        }
+        let path = self.base_dir.join(plugin);
+        if !path.is_file() {
+            return Err(format!("{} does not exist", path.display()));
+        }
+        Ok(PluginSource::File(path))
     }
 
     pub fn shard_index(&self, name: &str) -> Option<usize> {

@@ -12,17 +12,18 @@ pub struct Target {
     pub role: Role,
 }
 
-/// Reads outside a transaction may go to a replica (when `read_replicas` is
-/// on, or a hint asks); inside a transaction everything stays on the primary
-/// that holds it.
-pub fn plan(decision: &Decision, in_transaction: bool, read_replicas: bool) -> Target {
+/// The decided shard, or `default_shard` when no statement cared. Reads
+/// outside a transaction may go to a replica (when `read_replicas` is on, or
+/// a hint asks); inside a transaction everything stays on the primary that
+/// holds it.
+pub fn plan(decision: &Decision, default_shard: usize, in_transaction: bool, read_replicas: bool) -> Target {
     let replica = !in_transaction
         && match decision.role {
             Some(RoleHint::Primary) => false,
             Some(RoleHint::Replica) => true,
             None => read_replicas && decision.read_only,
         };
-    Target { shard: decision.shard, role: if replica { Role::Replica } else { Role::Primary } }
+    Target { shard: decision.shard.unwrap_or(default_shard), role: if replica { Role::Replica } else { Role::Primary } }
 }
 
 #[cfg(test)]
@@ -30,16 +31,22 @@ mod tests {
     use super::*;
 
     fn decision(role: Option<RoleHint>, read_only: bool) -> Decision {
-        Decision { shard: 1, explicit: false, role, read_only }
+        Decision { shard: Some(1), role, read_only }
+    }
+
+    #[test]
+    fn no_preference_means_the_default_shard() {
+        let d = Decision { shard: None, role: None, read_only: false };
+        assert_eq!(plan(&d, 3, false, true).shard, 3);
     }
 
     #[test]
     fn replicas_only_for_reads_outside_transactions() {
-        assert_eq!(plan(&decision(None, true), false, true).role, Role::Replica);
-        assert_eq!(plan(&decision(None, true), false, false).role, Role::Primary);
-        assert_eq!(plan(&decision(None, false), false, true).role, Role::Primary);
-        assert_eq!(plan(&decision(None, true), true, true).role, Role::Primary);
-        assert_eq!(plan(&decision(Some(RoleHint::Primary), true), false, true).role, Role::Primary);
-        assert_eq!(plan(&decision(Some(RoleHint::Replica), true), false, false).role, Role::Replica);
+        assert_eq!(plan(&decision(None, true), 0, false, true).role, Role::Replica);
+        assert_eq!(plan(&decision(None, true), 0, false, false).role, Role::Primary);
+        assert_eq!(plan(&decision(None, false), 0, false, true).role, Role::Primary);
+        assert_eq!(plan(&decision(None, true), 0, true, true).role, Role::Primary);
+        assert_eq!(plan(&decision(Some(RoleHint::Primary), true), 0, false, true).role, Role::Primary);
+        assert_eq!(plan(&decision(Some(RoleHint::Replica), true), 0, false, false).role, Role::Replica);
     }
 }

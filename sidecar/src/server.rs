@@ -14,7 +14,7 @@ use crate::cancel;
 use crate::classify::FactsCache;
 use crate::config::Config;
 use crate::frontend::{self, auth::Secret};
-use crate::policy::Policy;
+use crate::policy::Router;
 use crate::pool::{Pools, health};
 
 /// Distinct SQL texts whose facts are kept.
@@ -24,11 +24,10 @@ const FACTS_CACHE_ENTRIES: usize = 10_000;
 pub struct Shared {
     pub config: Config,
     pub pools: Arc<Pools>,
-    pub policy: Policy,
+    pub router: Router,
     pub facts: FactsCache,
     pub cancels: Arc<cancel::Registry>,
     pub secrets: HashMap<String, Secret>,
-    pub default_shard: usize,
     pub client_slots: Arc<Semaphore>,
     pub shutdown: watch::Receiver<bool>,
 }
@@ -74,16 +73,14 @@ pub async fn serve(
         let secret = Secret::for_user(user).map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
         secrets.insert(user.name.clone(), secret);
     }
-    let default_shard =
-        config.shard_index(&config.routing.default_shard).context("routing.default_shard is not a shard")?;
+    let router = Router::new(&config)?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
-        policy: Policy::new(config.shards.iter().map(|s| s.name.clone()).collect(), default_shard),
+        router,
         pools: pools.clone(),
         facts: FactsCache::new(FACTS_CACHE_ENTRIES),
         cancels: Arc::new(cancel::Registry::default()),
         secrets,
-        default_shard,
         client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
         shutdown: shutdown_rx,
         config,

@@ -4,15 +4,15 @@
 pub mod outbox;
 
 use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::Message;
 use pgwire::messages::extendedquery::Parse;
 
 use crate::classify::Facts;
-use crate::policy::SessionTarget;
+use crate::policy::facts::SessionInfo;
 use crate::pool::backend::StatementText;
 use crate::pool::{Node, Pooled};
 pub use outbox::{Entry, Event, Outbox, Reply};
@@ -34,6 +34,9 @@ pub struct Prepared {
     /// server has seen it; if the first server to see it rejects it, it is
     /// as if the client's Parse had failed.
     pub validated: AtomicBool,
+    /// Parameter types from the server's ParameterDescription, for statements
+    /// whose Parse left them unspecified.
+    pub described_types: OnceLock<Vec<u32>>,
 }
 
 impl Prepared {
@@ -47,6 +50,7 @@ impl Prepared {
             facts,
             parse,
             validated: AtomicBool::new(false),
+            described_types: OnceLock::new(),
         };
         if client_name.is_empty() {
             return prepared(String::new(), raw.clone());
@@ -62,6 +66,18 @@ impl Prepared {
             buf = BytesMut::from(&raw[..]);
         }
         prepared(backend_name, buf.freeze())
+    }
+
+    /// Parameter types: declared in the Parse, else described by the server.
+    pub fn param_types(&self) -> Vec<u32> {
+        let described = self.described_types.get();
+        let count = self.text.param_types.len().max(described.map_or(0, Vec::len));
+        (0..count)
+            .map(|i| match self.text.param_types.get(i) {
+                Some(&t) if t != 0 => t,
+                _ => described.and_then(|d| d.get(i).copied()).unwrap_or(0),
+            })
+            .collect()
     }
 
     pub fn is_validated(&self) -> bool {
@@ -87,7 +103,7 @@ pub enum Effect {
     /// A Close or DEALLOCATE that did not happen: the statement is back.
     RestoreStatement(String, Arc<Prepared>),
     /// A `SET shardcar.*` that did not happen.
-    RestoreTarget(SessionTarget),
+    RestoreSession(Arc<SessionInfo>),
 }
 
 /// A backend connection serving one client for a transaction or a batch.

@@ -16,7 +16,7 @@ use bytes::BytesMut;
 use postgres_protocol::message::backend::Message;
 
 use crate::classify::Facts;
-use crate::execute::Effect;
+use crate::execute::{Effect, Prepared};
 use crate::frontend::wire::reply;
 use crate::sqlerror::SqlError;
 
@@ -26,7 +26,8 @@ pub enum Reply {
     Parse,
     Bind,
     Close,
-    DescribeStatement,
+    /// Describe of a statement: the server's parameter types are kept on it.
+    DescribeStatement(Option<Arc<Prepared>>),
     DescribePortal,
     /// Execute of a portal whose statement has these facts.
     Execute(Option<Arc<Facts>>),
@@ -216,8 +217,16 @@ impl Outbox {
         }
         let complete = match (reply, tag) {
             (Reply::Parse, b'1') | (Reply::Bind, b'2') | (Reply::Close, b'3') => true,
-            (Reply::DescribeStatement, b't') => false,
-            (Reply::DescribeStatement | Reply::DescribePortal, b'T' | b'n') => true,
+            (Reply::DescribeStatement(prepared), b't') => {
+                if let Some(p) = prepared
+                    && let Some(Message::ParameterDescription(d)) = parse(frame)
+                {
+                    use fallible_iterator::FallibleIterator;
+                    let _ = p.described_types.set(d.parameters().collect().unwrap_or_default());
+                }
+                false
+            }
+            (Reply::DescribeStatement(_) | Reply::DescribePortal, b'T' | b'n') => true,
             (Reply::Execute(_) | Reply::Query { .. }, b'D' | b'T' | b'H' | b'd' | b'c') => false,
             (Reply::Execute(_) | Reply::Query { .. }, b'G') => {
                 let before = self.entries.len();

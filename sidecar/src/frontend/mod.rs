@@ -12,6 +12,7 @@ use pgwire::messages::startup::Startup;
 use tokio::net::TcpStream;
 
 use crate::cancel::Registration;
+use crate::policy::facts::SessionInfo;
 use crate::server::Shared;
 use crate::settings::Settings;
 use crate::sqlerror::{SqlError, code};
@@ -30,7 +31,9 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         return;
     };
     match startup(&shared, &mut client).await {
-        Ok(Some((registration, settings))) => Session::new(shared, client, registration, settings).run().await,
+        Ok(Some((registration, settings, info))) => {
+            Session::new(shared, client, registration, settings, info).run().await
+        }
         Ok(None) => {}
         Err(e) => {
             tracing::debug!("client refused at startup: {e}");
@@ -43,7 +46,10 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
 
 /// Startup and authentication; `None` when the connection was a cancel
 /// request or closed early.
-async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option<(Registration, Settings)>, SqlError> {
+async fn startup(
+    shared: &Arc<Shared>,
+    client: &mut ClientConn,
+) -> Result<Option<(Registration, Settings, SessionInfo)>, SqlError> {
     let (mut ssl_refused, mut gss_refused) = (false, false);
     let startup = loop {
         match client.read_startup().await? {
@@ -69,6 +75,7 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
             Some(StartupPacket::Startup(s)) => break s,
         }
     };
+    let database = startup.parameters.get("database").cloned();
     let (user, params) = startup_parameters(client, startup)?;
     let secret = shared.secrets.get(&user).ok_or_else(|| {
         SqlError::fatal(code::INVALID_AUTHORIZATION, format!("user \"{user}\" is not in shardcar's [[users]]"))
@@ -76,7 +83,8 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
     })?;
     auth::authenticate(client, &user, secret).await?;
 
-    let server = shared.pools.server_params(shared.default_shard).await.map_err(|e| SqlError { fatal: true, ..e })?;
+    let server =
+        shared.pools.server_params(shared.router.default_shard()).await.map_err(|e| SqlError { fatal: true, ..e })?;
     for (name, value) in &server {
         let value =
             params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map_or(value.as_str(), |(_, v)| v.as_str());
@@ -87,7 +95,13 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
     reply::ready(&mut client.out, b'I');
     client.flush().await?;
     let settings = Settings::from_startup(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    Ok(Some((registration, settings)))
+    let info = SessionInfo {
+        database: database.unwrap_or_else(|| user.clone()),
+        application_name: params.get("application_name").cloned().unwrap_or_default(),
+        user,
+        vars: Default::default(),
+    };
+    Ok(Some((registration, settings, info)))
 }
 
 /// The user name and the settings a startup packet asks for.

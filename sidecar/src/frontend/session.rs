@@ -18,10 +18,12 @@ use tokio::sync::watch;
 
 use super::wire::{ClientConn, ClientMsg, Frame, reply};
 use crate::cancel::{self, BackendKey, Registration};
+use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, Statement};
 use crate::execute::{Attached, Effect, Entry, Event, Prepared, Reply};
 use crate::plan::plan;
-use crate::policy::{Request, SessionTarget};
+use crate::policy::Request;
+use crate::policy::facts::SessionInfo;
 use crate::pool::Checkout;
 use crate::server::Shared;
 use crate::settings::Settings;
@@ -78,7 +80,8 @@ pub struct Session {
     /// Settings from the startup packet: what RESET returns to.
     startup: Settings,
     settings: Settings,
-    target: SessionTarget,
+    /// Who the client is and its `shardcar.*` variables, as plugins see them.
+    info: Arc<SessionInfo>,
     statements: HashMap<String, Arc<Prepared>>,
     unnamed: Option<Arc<Prepared>>,
     portals: HashMap<String, Portal>,
@@ -102,7 +105,13 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn new(shared: Arc<Shared>, client: ClientConn, registration: Registration, startup: Settings) -> Session {
+    pub fn new(
+        shared: Arc<Shared>,
+        client: ClientConn,
+        registration: Registration,
+        startup: Settings,
+        info: SessionInfo,
+    ) -> Session {
         let shutdown = shared.shutdown.clone();
         Session {
             shared,
@@ -111,7 +120,7 @@ impl Session {
             shutdown,
             settings: startup.clone(),
             startup,
-            target: SessionTarget::default(),
+            info: Arc::new(info),
             statements: HashMap::new(),
             unnamed: None,
             portals: HashMap::new(),
@@ -296,7 +305,7 @@ impl Session {
             Effect::RestoreStatement(name, p) => {
                 self.statements.insert(name, p);
             }
-            Effect::RestoreTarget(t) => self.target = t,
+            Effect::RestoreSession(info) => self.info = info,
         }
     }
 
@@ -621,8 +630,8 @@ impl Session {
         if self.deferred.failed {
             return self.fail(aborted(), false);
         }
-        let mut req = Request::new();
-        req.add(&facts);
+        let mut req = Request::default();
+        req.add(&facts, None);
         if let Err(e) = self.attach_for(&req).await {
             return self.fail(e, false);
         }
@@ -661,7 +670,7 @@ impl Session {
         // client may block on it while holding other work, and needs no
         // connection until it runs the statement.
         let lazy = !local && self.attached.is_none() && facts.parse_error.is_none() && self.batch_only_prepares();
-        if !local && !lazy && !self.attach_batch(&facts, Some(&name)).await? {
+        if !local && !lazy && !self.attach_batch(&facts, None, Some(&name)).await? {
             return Ok(());
         }
         let prepared = Arc::new(Prepared::new(&name, &msg, &raw, facts));
@@ -771,7 +780,7 @@ impl Session {
             self.emit(out, vec![]);
             return Ok(());
         }
-        if !self.attach_batch(&p.facts, None).await? {
+        if !self.attach_batch(&p.facts, Some(bind_params(&p, &msg)), None).await? {
             return Ok(());
         }
         self.ensure_prepared(&p);
@@ -806,7 +815,7 @@ impl Session {
                 self.emit(out, vec![]);
                 return Ok(());
             }
-            if !self.attach_batch(&p.facts, None).await? {
+            if !self.attach_batch(&p.facts, None, None).await? {
                 return Ok(());
             }
             self.ensure_prepared(&p);
@@ -814,7 +823,7 @@ impl Session {
             let mut buf = BytesMut::new();
             encode(&mut buf, Describe::new(b'S', Some(p.backend_name.clone())));
             a.conn.wbuf.extend_from_slice(&buf);
-            a.outbox.push(Entry::backend(Reply::DescribeStatement), &mut self.events);
+            a.outbox.push(Entry::backend(Reply::DescribeStatement(Some(p.clone()))), &mut self.events);
             a.unsynced = true;
         } else {
             match self.portals.get(&name) {
@@ -893,17 +902,25 @@ impl Session {
     // ---- routing and attaching ----------------------------------------
 
     /// Attaches a connection for the extended-protocol batch whose current
-    /// message carries `facts` (and prepares `parse_name`, if a Parse), routed
-    /// by every statement of the batch received so far; or checks that an
-    /// attached connection's shard fits the statement. False when that
-    /// failed and the client was told.
-    async fn attach_batch(&mut self, facts: &Arc<Facts>, parse_name: Option<&str>) -> Result<bool, SqlError> {
+    /// message carries `facts` and `params` (and prepares `parse_name`, if a
+    /// Parse), routed by every statement of the batch received so far; or
+    /// checks that an attached connection's shard fits the statement. False
+    /// when that failed and the client was told.
+    async fn attach_batch(
+        &mut self,
+        facts: &Arc<Facts>,
+        params: Option<Arc<Params>>,
+        parse_name: Option<&str>,
+    ) -> Result<bool, SqlError> {
         let req = if self.attached.is_some() {
-            let mut req = Request::new();
-            req.add(facts);
+            let mut req = Request::default();
+            match params {
+                Some(params) => req.add(facts, Some(params)),
+                None => req.add_unexecuted(facts),
+            }
             req
         } else {
-            self.batch_request(facts, parse_name)
+            self.batch_request(facts, params, parse_name)
         };
         match self.attach_for(&req).await {
             Ok(()) => Ok(true),
@@ -915,35 +932,34 @@ impl Session {
     }
 
     /// The routing request of the batch whose current message carries
-    /// `current` and which continues in the inbox up to Sync. Clients write a
-    /// batch at once, so the inbox holds it; shardcar does not wait for a
-    /// Sync, because a client may wait for a reply first (COPY FROM STDIN).
-    fn batch_request(&self, current: &Arc<Facts>, parse_name: Option<&str>) -> Request {
-        let mut req = Request::new();
-        let mut parsed: HashMap<String, Arc<Facts>> = HashMap::new();
-        let add = |req: &mut Request, facts: &Facts| {
+    /// `current` (with `params` when it is a Bind) and which continues in the
+    /// inbox up to Sync. Clients write a batch at once, so the inbox holds it;
+    /// shardcar does not wait for a Sync, because a client may wait for a
+    /// reply first (COPY FROM STDIN).
+    fn batch_request(&self, current: &Arc<Facts>, params: Option<Arc<Params>>, parse_name: Option<&str>) -> Request {
+        let mut req = Request::default();
+        let mut parsed: HashMap<String, Arc<Prepared>> = HashMap::new();
+        let add = |req: &mut Request, facts: &Arc<Facts>, params: Option<Arc<Params>>| {
             if !facts.single().is_some_and(|s| local_capable(&s.kind)) {
-                req.add(facts);
+                req.add(facts, params);
             }
         };
-        add(&mut req, current);
-        if let Some(name) = parse_name {
-            parsed.insert(name.to_string(), current.clone());
+        match params {
+            Some(params) => add(&mut req, current, Some(params)),
+            None => req.add_unexecuted(current),
         }
         for msg in &self.inbox {
             match msg {
-                ClientMsg::Parse { msg, .. } => {
-                    let facts = self.shared.facts.get(&msg.query);
-                    add(&mut req, &facts);
-                    parsed.insert(msg.name.clone().unwrap_or_default(), facts);
+                ClientMsg::Parse { raw, msg } => {
+                    let name = msg.name.clone().unwrap_or_default();
+                    let p = Arc::new(Prepared::new(&name, msg, raw, self.shared.facts.get(&msg.query)));
+                    parsed.insert(name, p);
                 }
-                ClientMsg::Bind { msg: Bind { statement_name: name, .. }, .. }
-                | ClientMsg::Describe { msg: Describe { target_type: b'S', name, .. }, .. } => {
-                    let name = name.clone().unwrap_or_default();
-                    let known =
-                        parsed.get(&name).cloned().or_else(|| self.resolve(&name).ok().map(|p| p.facts.clone()));
-                    if let Some(facts) = known {
-                        add(&mut req, &facts);
+                ClientMsg::Bind { msg, .. } => {
+                    let name = msg.statement_name.clone().unwrap_or_default();
+                    let known = parsed.get(&name).cloned().or_else(|| self.resolve(&name).ok());
+                    if let Some(p) = known.filter(|_| Some(name.as_str()) != parse_name) {
+                        add(&mut req, &p.facts, Some(bind_params(&p, msg)));
                     }
                 }
                 ClientMsg::Sync { .. } | ClientMsg::Flush { .. } | ClientMsg::Query { .. } => break,
@@ -965,33 +981,35 @@ impl Session {
         true
     }
 
-    /// Refuses a statement that names a shard other than the one this
-    /// session's transaction is pinned to.
-    fn check_pinned(&self, req: &Request) -> Result<(), SqlError> {
+    /// Refuses a statement that belongs to a shard other than the one this
+    /// session's transaction (or batch) is on.
+    async fn check_pinned(&self, req: &Request) -> Result<(), SqlError> {
         let Some(a) = &self.attached else { return Ok(()) };
-        let decision = self.shared.policy.decide(req, &self.target)?;
-        if decision.explicit && decision.shard != a.node.shard {
-            return Err(SqlError::new(
+        let decision = self.shared.router.decide(req, &self.info, true).await?;
+        match decision.shard {
+            Some(shard) if shard != a.node.shard => Err(SqlError::new(
                 code::FEATURE_NOT_SUPPORTED,
                 format!(
-                    "this transaction runs on shard {} and the statement targets shard {}",
-                    self.shared.policy.shard_name(a.node.shard),
-                    self.shared.policy.shard_name(decision.shard)
+                    "this transaction runs on shard {} and the statement belongs to shard {}",
+                    self.shared.router.shard_name(a.node.shard),
+                    self.shared.router.shard_name(shard)
                 ),
             )
-            .hint("a transaction stays on one shard; commit first, then target the other shard"));
+            .hint("a transaction stays on one shard; commit first, then run it on its own")),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     /// Routes `req`, checks out a connection, and brings it to this
     /// session's state (settings, deferred BEGIN).
     async fn attach_for(&mut self, req: &Request) -> Result<(), SqlError> {
         if self.attached.is_some() {
-            return self.check_pinned(req);
+            return self.check_pinned(req).await;
         }
-        let decision = self.shared.policy.decide(req, &self.target)?;
-        let target = plan(&decision, self.deferred.is_open(), self.shared.config.routing.read_replicas);
+        let in_transaction = self.deferred.is_open();
+        let decision = self.shared.router.decide(req, &self.info, in_transaction).await?;
+        let default_shard = self.shared.router.default_shard();
+        let target = plan(&decision, default_shard, in_transaction, self.shared.config.routing.read_replicas);
         let Checkout { mut conn, node } = self.shared.pools.checkout(target.shard, target.role).await?;
         if let Some(sql) = self.settings.diff_sql(&conn.settings) {
             // Run to completion before the client's statement: it must not
@@ -1051,24 +1069,36 @@ impl Session {
         let in_failed = self.deferred.failed;
         let tag: String = match &stmt.kind {
             Kind::ShardcarSet { name, value } => {
-                check_variable(name)?;
-                if let Some(v) = value {
-                    self.shared.policy.shard_index(v)?;
+                if name == "shard"
+                    && let Some(v) = value
+                {
+                    self.shared.router.shard_index(v)?;
                 }
-                undo.push(Effect::RestoreTarget(self.target.clone()));
-                self.target.shard = value.clone();
+                undo.push(Effect::RestoreSession(self.info.clone()));
+                let vars = &mut Arc::make_mut(&mut self.info).vars;
+                match value {
+                    Some(v) => vars.insert(name.clone(), v.clone()),
+                    None => vars.remove(name),
+                };
                 if value.is_some() { "SET" } else { "RESET" }.into()
             }
             Kind::ShardcarShow(name) => {
-                check_variable(name)?;
+                let value = match (name.as_str(), self.info.vars.get(name)) {
+                    (_, Some(v)) => v.clone(),
+                    // Where statements without a target go.
+                    ("shard", None) => self.shared.router.shard_name(self.shared.router.default_shard()).to_string(),
+                    (_, None) => {
+                        return Err(SqlError::new(
+                            code::UNDEFINED_OBJECT,
+                            format!("unrecognized configuration parameter \"shardcar.{name}\""),
+                        )
+                        .hint(format!("set it first: SET shardcar.{name} = ...")));
+                    }
+                };
                 if with_row_description {
                     reply::text_column(&mut out, &format!("shardcar.{name}"));
                 }
-                let shard = match &self.target.shard {
-                    Some(s) => s.clone(),
-                    None => self.shared.policy.shard_name(self.shared.default_shard).to_string(),
-                };
-                reply::text_row(&mut out, &shard);
+                reply::text_row(&mut out, &value);
                 "SHOW".into()
             }
             Kind::Unsupported { reason, hint } => {
@@ -1096,7 +1126,7 @@ impl Session {
                 self.unnamed = None;
                 self.portals.clear();
                 self.settings = self.startup.clone();
-                self.target = SessionTarget::default();
+                Arc::make_mut(&mut self.info).vars.clear();
                 "DISCARD ALL".into()
             }
             _ if in_failed && !matches!(stmt.kind, Kind::Commit | Kind::Rollback | Kind::RollbackTo(_)) => {
@@ -1168,6 +1198,15 @@ impl Session {
     }
 }
 
+/// The parameters of a Bind, typed by the statement they bind.
+fn bind_params(p: &Prepared, bind: &Bind) -> Arc<Params> {
+    Arc::new(Params {
+        values: bind.parameters.clone(),
+        formats: bind.parameter_format_codes.clone(),
+        types: p.param_types(),
+    })
+}
+
 fn aborted() -> SqlError {
     SqlError::new(
         code::IN_FAILED_TRANSACTION,
@@ -1186,15 +1225,6 @@ fn no_portal(name: &str) -> SqlError {
 fn settings_error(label: &str, e: String) -> SqlError {
     SqlError::new(code::CONNECTION_FAILURE, format!("could not apply this session's settings on {label}: {e}"))
         .hint("a SET that worked on one server failed on another; check that shards are configured alike")
-}
-
-fn check_variable(name: &str) -> Result<(), SqlError> {
-    if name == "shard" {
-        Ok(())
-    } else {
-        Err(SqlError::new(code::UNDEFINED_OBJECT, format!("unrecognized configuration parameter \"shardcar.{name}\""))
-            .hint("shardcar's session variable is shardcar.shard"))
-    }
 }
 
 /// Statements prepared here without a server: they may run locally.

@@ -1,13 +1,22 @@
 //! SQL text → query facts, with the real Postgres grammar (pg_query).
 //!
 //! Facts are what routing and session tracking need to know about a
-//! statement: what kind it is, and the hints its comments carry. They are
-//! computed once per distinct text and cached.
+//! statement: what kind it is, its shape (tables, conditions, INSERT rows,
+//! with `$n` parameters left as references), and the hints its comments
+//! carry. They are computed once per distinct text and cached; parameters
+//! are bound per execution.
+
+pub mod comments;
+pub mod params;
+pub mod shape;
 
 use std::sync::Arc;
 
 use pg_query::protobuf::{self, DiscardMode, OnCommitAction, TransactionStmtKind, VariableSetKind, node::Node as N};
 use quick_cache::sync::Cache;
+
+pub use comments::Hints;
+pub use shape::{Operand, Shape, Value, Verb};
 
 use crate::settings::{Change, Setting};
 
@@ -27,6 +36,7 @@ pub struct Statement {
     pub kind: Kind,
     /// The statement's own text within the whole.
     pub text: String,
+    pub shape: Shape,
 }
 
 /// What a statement does, as far as routing and session state care.
@@ -67,15 +77,6 @@ pub enum Kind {
     },
 }
 
-/// Routing hints from `/* shardcar: key=value, ... */` comments.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Hints {
-    pub shard: Option<String>,
-    pub role: Option<RoleHint>,
-    /// Hints that could not be understood; the statement is refused with these.
-    pub errors: Vec<String>,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RoleHint {
     Primary,
@@ -101,7 +102,7 @@ impl Facts {
 
 /// Parses SQL into facts; never fails (unreadable SQL yields `parse_error`).
 pub fn classify(sql: &str) -> Facts {
-    let hints = hints(sql);
+    let hints = comments::hints(sql);
     match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(parsed) => Facts {
             statements: parsed
@@ -110,8 +111,10 @@ pub fn classify(sql: &str) -> Facts {
                 .iter()
                 .map(|raw| {
                     let text = statement_text(sql, raw);
-                    let kind = raw.stmt.as_ref().and_then(|n| n.node.as_ref()).map_or(Kind::Write, |n| kind(n, &text));
-                    Statement { kind, text }
+                    match raw.stmt.as_ref().and_then(|n| n.node.as_ref()) {
+                        Some(node) => Statement { kind: kind(node, &text), shape: shape::shape(node), text },
+                        None => Statement { kind: Kind::Write, shape: Shape::default(), text },
+                    }
                 })
                 .collect(),
             hints,
@@ -297,48 +300,6 @@ fn constant_text(node: Option<&N>) -> Option<String> {
     }
 }
 
-/// Hints from `/* shardcar: ... */` comments, found with the SQL scanner so
-/// that text inside string literals is never mistaken for a comment.
-fn hints(sql: &str) -> Hints {
-    let mut hints = Hints::default();
-    if !sql.as_bytes().windows(8).any(|w| w.eq_ignore_ascii_case(b"shardcar")) {
-        return hints;
-    }
-    let Ok(scan) = pg_query::scan(sql) else { return hints };
-    for token in &scan.tokens {
-        if token.token != protobuf::Token::CComment as i32 {
-            continue;
-        }
-        let Some(comment) = sql.get(token.start as usize..token.end as usize) else { continue };
-        let body = comment.trim_start_matches("/*").trim_end_matches("*/").trim();
-        let Some(rest) = body.strip_prefix("shardcar:") else { continue };
-        for pair in rest.split([',', ' ', '\t', '\n']).filter(|p| !p.is_empty()) {
-            let Some((key, value)) = pair.split_once('=') else {
-                hints.errors.push(format!("`{pair}` is not key=value"));
-                continue;
-            };
-            let value = value.trim_matches(['\'', '"']).to_string();
-            match key.trim() {
-                "shard" => set_once(&mut hints.shard, value, "shard", &mut hints.errors),
-                "role" => match value.as_str() {
-                    "primary" => hints.role = Some(RoleHint::Primary),
-                    "replica" => hints.role = Some(RoleHint::Replica),
-                    other => hints.errors.push(format!("role `{other}` is neither primary nor replica")),
-                },
-                other => hints.errors.push(format!("unknown hint `{other}` (known: shard, role)")),
-            }
-        }
-    }
-    hints
-}
-
-fn set_once(slot: &mut Option<String>, value: String, what: &str, errors: &mut Vec<String>) {
-    match slot {
-        Some(old) if *old != value => errors.push(format!("two different {what} hints: `{old}` and `{value}`")),
-        _ => *slot = Some(value),
-    }
-}
-
 /// Facts per distinct SQL text, bounded.
 pub struct FactsCache {
     cache: Cache<String, Arc<Facts>>,
@@ -448,17 +409,6 @@ mod tests {
         assert_eq!(kinds("DEALLOCATE ALL"), [Kind::Deallocate(None)]);
         assert_eq!(kinds("DEALLOCATE p1"), [Kind::Deallocate(Some("p1".into()))]);
         assert_eq!(kinds("DISCARD ALL"), [Kind::DiscardAll]);
-    }
-
-    #[test]
-    fn hints_from_comments_only() {
-        let f = classify("/* shardcar: shard=s1, role=primary */ SELECT 1");
-        assert_eq!(f.hints.shard.as_deref(), Some("s1"));
-        assert_eq!(f.hints.role, Some(RoleHint::Primary));
-        let f = classify("SELECT '/* shardcar: shard=s1 */'");
-        assert_eq!(f.hints, Hints::default());
-        let f = classify("SELECT 1 /* shardcar: shard=s1 color=red */");
-        assert_eq!(f.hints.errors.len(), 1);
     }
 
     #[test]

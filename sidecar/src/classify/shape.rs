@@ -1,0 +1,361 @@
+//! The shape of a statement that routing cares about: the tables it names,
+//! `column = value` / `column IN (...)` conditions from the top-level AND of
+//! its WHERE clause, the rows of an INSERT ... VALUES, and the columns an
+//! UPDATE sets. Values are literals or `$n` parameters bound per execution.
+
+use std::collections::HashMap;
+
+use pg_query::protobuf::{self, AExprKind, BoolExprType, a_const, node::Node as N};
+
+/// A SQL value in canonical-enough form: integers as integers, the rest as text.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Value {
+    Null,
+    Int(i64),
+    Text(String),
+}
+
+/// One side of a condition or one INSERT value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Operand {
+    Const(Value),
+    /// `$n`, zero-based.
+    Param(usize),
+    /// An expression whose value is unknown before the server evaluates it.
+    Opaque,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Predicate {
+    /// The table the column belongs to; `None` when unqualified and several
+    /// tables are in scope.
+    pub table: Option<String>,
+    pub column: String,
+    pub operands: Vec<Operand>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Insert {
+    pub table: String,
+    pub columns: Vec<String>,
+    /// One operand per column, per VALUES row; empty for INSERT ... SELECT.
+    pub rows: Vec<Vec<Operand>>,
+}
+
+/// What a statement does, for plugins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Verb {
+    Select,
+    Insert,
+    Update,
+    Delete,
+    Copy,
+    Ddl,
+    #[default]
+    Other,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Shape {
+    pub verb: Verb,
+    /// Tables named, in order of appearance, without duplicates.
+    pub tables: Vec<String>,
+    pub predicates: Vec<Predicate>,
+    pub insert: Option<Insert>,
+    /// Columns an UPDATE assigns.
+    pub updated: Vec<String>,
+}
+
+impl Shape {
+    /// The operands compared with (or inserted into) `table.column`.
+    pub fn operands_for<'a>(&'a self, table: &'a str, column: &'a str) -> impl Iterator<Item = &'a Operand> + 'a {
+        let from_where = self
+            .predicates
+            .iter()
+            .filter(move |p| p.column == column && p.table.as_deref().is_none_or(|t| t == table))
+            .flat_map(|p| p.operands.iter());
+        let from_insert = self.insert.iter().filter(move |i| i.table == table).flat_map(move |i| {
+            let at = i.columns.iter().position(|c| c == column);
+            i.rows.iter().filter_map(move |row| at.and_then(|at| row.get(at)))
+        });
+        from_where.chain(from_insert)
+    }
+}
+
+pub fn shape(node: &N) -> Shape {
+    let mut shape = Shape { verb: verb(node), tables: tables(node), ..Shape::default() };
+    match node {
+        N::SelectStmt(s) => {
+            let scope = Scope::from_from(&s.from_clause);
+            conditions(s.where_clause.as_deref(), &scope, &mut shape.predicates);
+        }
+        N::UpdateStmt(u) => {
+            let mut scope = Scope::from_from(&u.from_clause);
+            scope.add(u.relation.as_ref());
+            conditions(u.where_clause.as_deref(), &scope, &mut shape.predicates);
+            shape.updated = u
+                .target_list
+                .iter()
+                .filter_map(|t| match &t.node {
+                    Some(N::ResTarget(r)) => Some(r.name.clone()),
+                    _ => None,
+                })
+                .collect();
+        }
+        N::DeleteStmt(d) => {
+            let mut scope = Scope::from_from(&d.using_clause);
+            scope.add(d.relation.as_ref());
+            conditions(d.where_clause.as_deref(), &scope, &mut shape.predicates);
+        }
+        N::InsertStmt(i) => shape.insert = insert(i),
+        _ => {}
+    }
+    shape
+}
+
+fn verb(node: &N) -> Verb {
+    match node {
+        N::SelectStmt(_) => Verb::Select,
+        N::InsertStmt(_) => Verb::Insert,
+        N::UpdateStmt(_) => Verb::Update,
+        N::DeleteStmt(_) => Verb::Delete,
+        N::CopyStmt(_) => Verb::Copy,
+        N::CreateStmt(_)
+        | N::AlterTableStmt(_)
+        | N::DropStmt(_)
+        | N::IndexStmt(_)
+        | N::TruncateStmt(_)
+        | N::CreateTableAsStmt(_)
+        | N::ViewStmt(_)
+        | N::CreateSeqStmt(_)
+        | N::AlterSeqStmt(_)
+        | N::RenameStmt(_)
+        | N::CommentStmt(_)
+        | N::CreateSchemaStmt(_) => Verb::Ddl,
+        _ => Verb::Other,
+    }
+}
+
+/// Every table a statement names (FROM, JOIN, subqueries, DML targets).
+fn tables(node: &N) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    let mut add = |name: &str| {
+        if !out.iter().any(|t| t == name) {
+            out.push(name.to_string());
+        }
+    };
+    for (n, ..) in node.nodes() {
+        if let pg_query::NodeRef::RangeVar(r) = n {
+            add(&r.relname);
+        }
+    }
+    // The walker does not visit every statement's own target relation.
+    let target = match node {
+        N::CopyStmt(c) => c.relation.as_ref(),
+        N::TruncateStmt(_) | N::DropStmt(_) => None,
+        N::AlterTableStmt(a) => a.relation.as_ref(),
+        N::IndexStmt(i) => i.relation.as_ref(),
+        N::CreateStmt(c) => c.relation.as_ref(),
+        _ => None,
+    };
+    if let Some(r) = target {
+        add(&r.relname);
+    }
+    out
+}
+
+/// Table names by the name a query refers to them with (alias or name).
+struct Scope {
+    by_name: HashMap<String, String>,
+    tables: Vec<String>,
+}
+
+impl Scope {
+    fn from_from(from: &[protobuf::Node]) -> Scope {
+        let mut scope = Scope { by_name: HashMap::new(), tables: Vec::new() };
+        for item in from {
+            scope.add_item(item.node.as_ref());
+        }
+        scope
+    }
+
+    fn add_item(&mut self, node: Option<&N>) {
+        match node {
+            Some(N::RangeVar(r)) => self.add(Some(r)),
+            Some(N::JoinExpr(j)) => {
+                self.add_item(j.larg.as_deref().and_then(|n| n.node.as_ref()));
+                self.add_item(j.rarg.as_deref().and_then(|n| n.node.as_ref()));
+            }
+            _ => {}
+        }
+    }
+
+    fn add(&mut self, r: Option<&protobuf::RangeVar>) {
+        let Some(r) = r else { return };
+        let refname = r.alias.as_ref().map_or(r.relname.as_str(), |a| a.aliasname.as_str());
+        self.by_name.insert(refname.to_string(), r.relname.clone());
+        self.tables.push(r.relname.clone());
+    }
+
+    /// The table a column reference belongs to.
+    fn resolve(&self, qualifier: Option<&str>) -> Option<String> {
+        match qualifier {
+            Some(q) => self.by_name.get(q).cloned(),
+            None if self.tables.len() == 1 => self.tables.first().cloned(),
+            None => None,
+        }
+    }
+}
+
+/// Conditions from the top-level AND of a WHERE clause.
+fn conditions(node: Option<&protobuf::Node>, scope: &Scope, out: &mut Vec<Predicate>) {
+    let Some(node) = node.and_then(|n| n.node.as_ref()) else { return };
+    match node {
+        N::BoolExpr(b) if b.boolop == BoolExprType::AndExpr as i32 => {
+            for arg in &b.args {
+                conditions(Some(arg), scope, out);
+            }
+        }
+        N::AExpr(e) => {
+            if let Some(p) = comparison(e, scope) {
+                out.push(p);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// `col = x`, `x = col` or `col IN (x, y, ...)`.
+fn comparison(e: &protobuf::AExpr, scope: &Scope) -> Option<Predicate> {
+    let left = e.lexpr.as_deref().and_then(|n| n.node.as_ref());
+    let right = e.rexpr.as_deref().and_then(|n| n.node.as_ref());
+    let kind = AExprKind::try_from(e.kind).ok()?;
+    let is_eq = matches!(e.name.as_slice(), [op] if matches!(&op.node, Some(N::String(s)) if s.sval == "="));
+    let (column, operands) = match kind {
+        AExprKind::AexprOp if is_eq => match (column_ref(left), column_ref(right)) {
+            (Some(c), None) => (c, vec![operand(right)]),
+            (None, Some(c)) => (c, vec![operand(left)]),
+            _ => return None,
+        },
+        AExprKind::AexprIn if is_eq => {
+            let Some(N::List(list)) = right else { return None };
+            (column_ref(left)?, list.items.iter().map(|i| operand(i.node.as_ref())).collect())
+        }
+        _ => return None,
+    };
+    let (qualifier, column) = column;
+    Some(Predicate { table: scope.resolve(qualifier.as_deref()), column, operands })
+}
+
+/// `(qualifier, column)` of a column reference.
+fn column_ref(node: Option<&N>) -> Option<(Option<String>, String)> {
+    let Some(N::ColumnRef(c)) = node else { return None };
+    let names: Vec<&str> = c
+        .fields
+        .iter()
+        .filter_map(|f| match &f.node {
+            Some(N::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    match names.as_slice() {
+        [column] => Some((None, column.to_string())),
+        [.., table, column] => Some((Some(table.to_string()), column.to_string())),
+        [] => None,
+    }
+}
+
+fn operand(node: Option<&N>) -> Operand {
+    match node {
+        Some(N::AConst(c)) if c.isnull => Operand::Const(Value::Null),
+        Some(N::AConst(c)) => match &c.val {
+            Some(a_const::Val::Ival(i)) => Operand::Const(Value::Int(i.ival as i64)),
+            Some(a_const::Val::Sval(s)) => Operand::Const(Value::Text(s.sval.clone())),
+            // Integers beyond int4 arrive as "float" text.
+            Some(a_const::Val::Fval(f)) => Operand::Const(Value::Text(f.fval.clone())),
+            Some(a_const::Val::Boolval(b)) => Operand::Const(Value::Text(b.boolval.to_string())),
+            Some(a_const::Val::Bsval(s)) => Operand::Const(Value::Text(s.bsval.clone())),
+            None => Operand::Opaque,
+        },
+        Some(N::ParamRef(p)) if p.number >= 1 => Operand::Param(p.number as usize - 1),
+        // '42'::bigint, $1::text: the value inside the cast.
+        Some(N::TypeCast(t)) => operand(t.arg.as_deref().and_then(|n| n.node.as_ref())),
+        _ => Operand::Opaque,
+    }
+}
+
+fn insert(i: &protobuf::InsertStmt) -> Option<Insert> {
+    let table = i.relation.as_ref()?.relname.clone();
+    let columns = i
+        .cols
+        .iter()
+        .filter_map(|c| match &c.node {
+            Some(N::ResTarget(r)) => Some(r.name.clone()),
+            _ => None,
+        })
+        .collect();
+    let rows = match i.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
+        Some(N::SelectStmt(s)) => s
+            .values_lists
+            .iter()
+            .filter_map(|row| match &row.node {
+                Some(N::List(l)) => Some(l.items.iter().map(|v| operand(v.node.as_ref())).collect()),
+                _ => None,
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    Some(Insert { table, columns, rows })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape_of(sql: &str) -> Shape {
+        let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT).unwrap();
+        shape(parsed.protobuf.stmts[0].stmt.as_ref().unwrap().node.as_ref().unwrap())
+    }
+
+    fn values(s: &Shape, table: &str, column: &str) -> Vec<Operand> {
+        s.operands_for(table, column).cloned().collect()
+    }
+
+    #[test]
+    fn where_conjunctions_in_lists_and_params() {
+        let s = shape_of(
+            "SELECT * FROM orders o JOIN customers c ON c.id = o.customer_id WHERE o.customer_id = 42 AND c.region IN ('eu', $1) AND o.total > 5",
+        );
+        assert_eq!(s.tables, ["orders", "customers"]);
+        assert_eq!(values(&s, "orders", "customer_id"), [Operand::Const(Value::Int(42))]);
+        assert_eq!(values(&s, "customers", "region"), [Operand::Const(Value::Text("eu".into())), Operand::Param(0)]);
+        // An OR is not a conjunction: nothing can be concluded from it.
+        let s = shape_of("SELECT * FROM orders WHERE customer_id = 1 OR customer_id = 2");
+        assert!(s.predicates.is_empty());
+        let s = shape_of("SELECT * FROM orders WHERE 7 = customer_id AND customer_id = '8'::bigint");
+        assert_eq!(
+            values(&s, "orders", "customer_id"),
+            [Operand::Const(Value::Int(7)), Operand::Const(Value::Text("8".into()))]
+        );
+    }
+
+    #[test]
+    fn insert_rows_and_update_targets() {
+        let s = shape_of("INSERT INTO orders (id, customer_id, total) VALUES (1, 10, 5), (2, $1, now())");
+        assert_eq!(s.verb, Verb::Insert);
+        assert_eq!(values(&s, "orders", "customer_id"), [Operand::Const(Value::Int(10)), Operand::Param(0)]);
+        assert_eq!(s.insert.as_ref().unwrap().rows[1][2], Operand::Opaque);
+        let s = shape_of("UPDATE orders SET customer_id = 3, total = 1 WHERE id = $2");
+        assert_eq!(s.updated, ["customer_id", "total"]);
+        assert_eq!(values(&s, "orders", "id"), [Operand::Param(1)]);
+        let s = shape_of("DELETE FROM orders WHERE customer_id = 9");
+        assert_eq!(values(&s, "orders", "customer_id"), [Operand::Const(Value::Int(9))]);
+    }
+
+    #[test]
+    fn big_integers_and_nulls() {
+        let s = shape_of("SELECT 1 FROM t WHERE k = 9000000000 AND j IS NULL AND m = NULL");
+        assert_eq!(values(&s, "t", "k"), [Operand::Const(Value::Text("9000000000".into()))]);
+        assert_eq!(values(&s, "t", "m"), [Operand::Const(Value::Null)]);
+    }
+}

@@ -1,0 +1,476 @@
+//! Policy: which shard a statement belongs to.
+//!
+//! In order: explicit targeting (a `/* shardcar: shard=... */` comment or
+//! `SET shardcar.shard`) — the operator's way to reach one shard on
+//! purpose; else the routing plugin of the first sharded table the statement
+//! names (`[[tables]]` → `[[policies]]`); else no preference, which means
+//! the default shard (or the shard a transaction is already on).
+
+pub mod builtin;
+pub mod directory;
+pub mod facts;
+pub mod plugin;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
+
+use crate::classify::params::Params;
+use crate::classify::{Facts, Kind, RoleHint, Value, Verb};
+use crate::config::{Config, PluginSource};
+use crate::sqlerror::{SqlError, code};
+use directory::Directory;
+use facts::{FactsView, SessionInfo, TableRule};
+use plugin::{CallError, Plugin, Runtime, TopologySnapshot};
+
+/// The statements of one batch, with their parameters, to route together.
+#[derive(Default)]
+pub struct Request {
+    items: Vec<Item>,
+}
+
+struct Item {
+    facts: Arc<Facts>,
+    params: Option<Arc<Params>>,
+    /// Statements that only get prepared or described run anywhere; only an
+    /// explicit target in their text counts.
+    executes: bool,
+}
+
+impl Request {
+    /// A statement that runs, with its parameters (`None` for a simple query).
+    pub fn add(&mut self, facts: &Arc<Facts>, params: Option<Arc<Params>>) {
+        self.items.push(Item { facts: facts.clone(), params, executes: true });
+    }
+
+    /// A statement that is only prepared or described here.
+    pub fn add_unexecuted(&mut self, facts: &Arc<Facts>) {
+        self.items.push(Item { facts: facts.clone(), params: None, executes: false });
+    }
+}
+
+/// Where a request goes, before transaction state and replicas are considered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Decision {
+    /// `None`: no statement cares (the default shard, or the transaction's).
+    pub shard: Option<usize>,
+    pub role: Option<RoleHint>,
+    pub read_only: bool,
+}
+
+/// How one statement was routed (for explain and for merging).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementRoute {
+    pub shards: Vec<usize>,
+    pub role: Option<RoleHint>,
+    pub via: Via,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Via {
+    /// A hint or `SET shardcar.shard`.
+    Explicit,
+    /// A policy's plugin, with the keys it extracted.
+    Policy { policy: String, plugin: String, table: String, keys: Vec<Value> },
+    /// No sharded table: no preference.
+    Unsharded,
+}
+
+/// A policy and the plugin currently serving it (swapped on hot reload).
+pub struct PolicySlot {
+    pub name: String,
+    pub source: PluginSource,
+    /// The policy's `config` table, as the JSON the plugin receives.
+    pub config: String,
+    pub plugin: ArcSwap<Plugin>,
+    /// The last reload failure, if the newest file was refused.
+    pub last_error: Mutex<Option<String>>,
+}
+
+pub struct Router {
+    shard_names: Vec<String>,
+    default_shard: usize,
+    tables: HashMap<String, Arc<TableRule>>,
+    pub policies: Vec<PolicySlot>,
+    topology: ArcSwap<TopologySnapshot>,
+    topology_version: AtomicU64,
+    pub runtime: Arc<Runtime>,
+    pub directory: Arc<Directory>,
+}
+
+/// Routing failed: an error for the client, or directory entries to fetch first.
+#[derive(Debug)]
+pub enum RouteError {
+    Sql(SqlError),
+    Lookups(Vec<(String, String)>),
+}
+
+impl From<SqlError> for RouteError {
+    fn from(e: SqlError) -> Self {
+        RouteError::Sql(e)
+    }
+}
+
+impl Router {
+    /// Loads every policy's plugin; any that fails to load is an error naming it.
+    pub fn new(cfg: &Config) -> anyhow::Result<Router> {
+        let directory = Arc::new(Directory::new(cfg)?);
+        let limits = plugin::Limits {
+            call_timeout: std::time::Duration::from_millis(cfg.plugins.call_timeout_ms),
+            memory_bytes: (cfg.plugins.memory_limit_mb as usize) << 20,
+        };
+        let runtime = Runtime::new(limits, cfg.plugins.cache_dir.clone(), directory.clone())?;
+        let topology = TopologySnapshot { version: 1, topology: topology(cfg, None) };
+        let mut policies = Vec::new();
+        for (i, p) in cfg.policies.iter().enumerate() {
+            let source = cfg.plugin_source(&p.plugin).map_err(|e| anyhow::anyhow!("policies[{i}].plugin: {e}"))?;
+            let config = serde_json::to_string(&p.config)?;
+            let bytes = read(&source).map_err(|e| anyhow::anyhow!("policies[{i}].plugin: {e}"))?;
+            let plugin = Plugin::load(&runtime, &p.name, &bytes, config.clone(), &topology)
+                .map_err(|e| anyhow::anyhow!("policies[{i}] ({}): plugin {}: {e}", p.name, p.plugin))?;
+            tracing::info!("policy {} uses plugin {}", p.name, plugin.version());
+            policies.push(PolicySlot {
+                name: p.name.clone(),
+                source,
+                config,
+                plugin: ArcSwap::from_pointee(plugin),
+                last_error: Mutex::new(None),
+            });
+        }
+        let tables = cfg
+            .tables
+            .iter()
+            .filter_map(|t| {
+                let policy = cfg.policies.iter().position(|p| p.name == t.policy)?;
+                let rule = TableRule { table: t.name.clone(), key: t.key.clone(), key_type: t.key_type, policy };
+                Some((t.name.clone(), Arc::new(rule)))
+            })
+            .collect();
+        let shard_names = cfg.shards.iter().map(|s| s.name.clone()).collect();
+        let default_shard = cfg.shard_index(&cfg.routing.default_shard).unwrap_or(0);
+        Ok(Router {
+            shard_names,
+            default_shard,
+            tables,
+            policies,
+            topology: ArcSwap::from_pointee(topology),
+            topology_version: AtomicU64::new(1),
+            runtime,
+            directory,
+        })
+    }
+
+    pub fn shard_index(&self, name: &str) -> Result<usize, SqlError> {
+        self.shard_names.iter().position(|n| n == name).ok_or_else(|| {
+            SqlError::new(code::INVALID_PARAMETER_VALUE, format!("unknown shard `{name}`"))
+                .hint(format!("known shards: {}", self.shard_names.join(", ")))
+        })
+    }
+
+    pub fn shard_name(&self, index: usize) -> &str {
+        &self.shard_names[index]
+    }
+
+    pub fn default_shard(&self) -> usize {
+        self.default_shard
+    }
+
+    /// Tells plugins which primaries are healthy, when that changed.
+    pub fn set_health(&self, cfg: &Config, healthy: &[bool]) {
+        let current = self.topology.load();
+        let changed = current.topology.shards.iter().zip(healthy).any(|(s, h)| s.healthy != *h);
+        if changed {
+            let version = self.topology_version.fetch_add(1, Ordering::Relaxed) + 1;
+            self.topology.store(Arc::new(TopologySnapshot { version, topology: topology(cfg, Some(healthy)) }));
+        }
+    }
+
+    /// Routes a batch, fetching directory entries plugins need.
+    pub async fn decide(
+        &self,
+        req: &Request,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+    ) -> Result<Decision, SqlError> {
+        // Each round can only add entries; a plugin looking up ever new keys is cut short.
+        for _ in 0..4 {
+            match self.decide_now(req, session, in_transaction) {
+                Err(RouteError::Lookups(misses)) => self.directory.fetch(&misses).await?,
+                Err(RouteError::Sql(e)) => return Err(e),
+                Ok(d) => return Ok(d),
+            }
+        }
+        Err(SqlError::new(code::INTERNAL_ERROR, "a plugin kept asking for new directory entries"))
+    }
+
+    fn decide_now(
+        &self,
+        req: &Request,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+    ) -> Result<Decision, RouteError> {
+        let mut decision = Decision { shard: None, role: None, read_only: true };
+        for item in &req.items {
+            decision.read_only &= item.facts.is_read_only();
+            let routes = if item.executes {
+                self.route_facts(&item.facts, &item.params, session, in_transaction)?
+            } else {
+                self.explicit(&item.facts, session)?.into_iter().collect()
+            };
+            for route in routes {
+                let shard = match route.shards.as_slice() {
+                    [] => None,
+                    [one] => Some(*one),
+                    _ => unreachable!("route_statement refuses several shards"),
+                };
+                if let (Some(a), Some(b)) = (decision.shard, shard)
+                    && a != b
+                {
+                    return Err(SqlError::new(
+                        code::FEATURE_NOT_SUPPORTED,
+                        format!(
+                            "statements sent together go to different shards ({} and {})",
+                            self.shard_name(a),
+                            self.shard_name(b)
+                        ),
+                    )
+                    .hint("send them separately, each in its own transaction")
+                    .into());
+                }
+                decision.shard = decision.shard.or(shard);
+                decision.role = match (decision.role, route.role) {
+                    (Some(RoleHint::Primary), _) | (_, Some(RoleHint::Primary)) => Some(RoleHint::Primary),
+                    (a, b) => a.or(b),
+                };
+            }
+        }
+        Ok(decision)
+    }
+
+    /// Routes every statement of one SQL text.
+    pub fn route_facts(
+        &self,
+        facts: &Arc<Facts>,
+        params: &Option<Arc<Params>>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+    ) -> Result<Vec<StatementRoute>, RouteError> {
+        if let Some(first) = facts.hints.errors.first() {
+            return Err(SqlError::new(code::INVALID_PARAMETER_VALUE, format!("cannot route: {first}"))
+                .hint("hints look like /* shardcar: shard=s1, role=primary */")
+                .into());
+        }
+        if facts.statements.is_empty() {
+            // Unreadable SQL: routed by its hints, else anywhere; the server reports the error.
+            return Ok(vec![self.explicit(facts, session)?.unwrap_or(StatementRoute {
+                shards: vec![],
+                role: facts.hints.role,
+                via: Via::Unsharded,
+            })]);
+        }
+        (0..facts.statements.len()).map(|i| self.route_statement(facts, i, params, session, in_transaction)).collect()
+    }
+
+    fn explicit(&self, facts: &Facts, session: &SessionInfo) -> Result<Option<StatementRoute>, SqlError> {
+        let Some(name) = facts.hints.shard.as_ref().or(session.vars.get("shard")) else { return Ok(None) };
+        Ok(Some(StatementRoute { shards: vec![self.shard_index(name)?], role: facts.hints.role, via: Via::Explicit }))
+    }
+
+    fn route_statement(
+        &self,
+        facts: &Arc<Facts>,
+        index: usize,
+        params: &Option<Arc<Params>>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+    ) -> Result<StatementRoute, RouteError> {
+        if let Some(route) = self.explicit(facts, session)? {
+            return Ok(route);
+        }
+        let stmt = &facts.statements[index];
+        let rule = match &stmt.kind {
+            // Statements shardcar answers, or that concern the session, have no table to route by.
+            Kind::Read | Kind::Write => stmt.shape.tables.iter().find_map(|t| self.tables.get(t)),
+            _ => None,
+        };
+        let Some(rule) = rule else {
+            return Ok(StatementRoute { shards: vec![], role: facts.hints.role, via: Via::Unsharded });
+        };
+        if stmt.shape.updated.contains(&rule.key) {
+            return Err(SqlError::new(
+                code::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "this UPDATE changes {}.{}, the shard key, which could move the row to another shard",
+                    rule.table, rule.key
+                ),
+            )
+            .hint("delete the row and insert it again with the new key")
+            .into());
+        }
+        let view = FactsView::new(facts.clone(), index, params.clone(), rule.clone(), session.clone(), in_transaction)
+            .map_err(|e| {
+                SqlError::new(code::INVALID_PARAMETER_VALUE, format!("cannot route on {}: {e}", rule.table))
+            })?;
+        let slot = &self.policies[rule.policy];
+        let plugin = slot.plugin.load();
+        let (keys, decision) = plugin.route(view, &self.topology.load()).map_err(|e| match e {
+            CallError::Lookups(misses) => RouteError::Lookups(misses),
+            other => RouteError::Sql(plugin_error(slot, &plugin, &other)),
+        })?;
+        let shards: Vec<usize> = match decision.target {
+            plugin::Target::All => (0..self.shard_names.len()).collect(),
+            plugin::Target::Shards(list) => list.into_iter().map(|i| i as usize).collect(),
+        };
+        if let Some(bad) = shards.iter().find(|&&i| i >= self.shard_names.len()) {
+            return Err(SqlError::new(
+                code::INTERNAL_ERROR,
+                format!("policy {} ({}) chose shard #{bad}, which does not exist", slot.name, plugin.version()),
+            )
+            .into());
+        }
+        if shards.len() != 1 {
+            return Err(self.spans_shards(stmt.shape.verb, rule, &shards).into());
+        }
+        let role = facts.hints.role.or(match decision.role {
+            plugin::Role::Primary => Some(RoleHint::Primary),
+            plugin::Role::Replica => Some(RoleHint::Replica),
+            plugin::Role::Any => None,
+        });
+        let keys = keys.iter().map(plugin::sql_value).collect();
+        let via = Via::Policy { policy: slot.name.clone(), plugin: plugin.version(), table: rule.table.clone(), keys };
+        Ok(StatementRoute { shards, role, via })
+    }
+
+    /// Why a statement that would touch several shards is refused (for now).
+    fn spans_shards(&self, verb: Verb, rule: &TableRule, shards: &[usize]) -> SqlError {
+        let names = shards.iter().map(|&i| self.shard_name(i)).collect::<Vec<_>>().join(", ");
+        let target = "target one shard with /* shardcar: shard=... */";
+        let (message, hint) = match verb {
+            Verb::Copy => (
+                format!("COPY on {} would need every shard ({names}): COPY is not split by key yet", rule.table),
+                target.to_string(),
+            ),
+            Verb::Insert => (
+                format!("this INSERT into {} has rows for several shards ({names})", rule.table),
+                format!("insert rows of one shard per statement, and give {} in every row", rule.key),
+            ),
+            _ => (
+                format!(
+                    "this statement on {} would need several shards ({names}): it has no single {} = ... or IN (...) on one shard",
+                    rule.table, rule.key
+                ),
+                format!("add a condition on {}, or {target}; statements across shards are not supported yet", rule.key),
+            ),
+        };
+        SqlError::new(code::FEATURE_NOT_SUPPORTED, message).hint(hint)
+    }
+}
+
+fn plugin_error(slot: &PolicySlot, plugin: &Plugin, e: &CallError) -> SqlError {
+    let code = match e {
+        CallError::Refused(_) => code::INVALID_PARAMETER_VALUE,
+        CallError::Timeout => "57014",
+        CallError::OutOfMemory => "53200",
+        CallError::Crashed(_) | CallError::Lookups(_) => code::INTERNAL_ERROR,
+    };
+    SqlError::new(
+        code,
+        format!("routing plugin of policy {} ({}): {}", slot.name, plugin.version(), plugin::describe(e)),
+    )
+}
+
+/// The bytes of a plugin.
+pub fn read(source: &PluginSource) -> Result<Vec<u8>, String> {
+    match source {
+        PluginSource::Builtin(name) => {
+            builtin::bytes(name).map(<[u8]>::to_vec).ok_or_else(|| format!("no built-in plugin `{name}`"))
+        }
+        PluginSource::File(path) => std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())),
+    }
+}
+
+/// The topology plugins see: shards with their health and labels.
+fn topology(cfg: &Config, healthy: Option<&[bool]>) -> plugin::Topology {
+    plugin::Topology {
+        shards: cfg
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| plugin::Shard {
+                name: s.name.clone(),
+                healthy: healthy.and_then(|h| h.get(i).copied()).unwrap_or(true),
+                replicas: s.replicas.len() as u32,
+                labels: s.labels.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
+            })
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::classify::classify;
+
+    fn router(extra: &str) -> Router {
+        let text = format!(
+            r#"
+            [[users]]
+            name = "app"
+            trust = true
+            [[shards]]
+            name = "s0"
+            primary = "postgres://u@127.0.0.1:1/app"
+            [[shards]]
+            name = "s1"
+            primary = "postgres://u@127.0.0.1:2/app"
+            [routing]
+            default_shard = "s0"
+            [[policies]]
+            name = "by-customer"
+            plugin = "hash"
+            config = {{ shards = ["s0", "s1"] }}
+            [[tables]]
+            name = "orders"
+            key = "customer_id"
+            policy = "by-customer"
+            {extra}
+            "#
+        );
+        Router::new(&Config::parse(&text).unwrap()).unwrap()
+    }
+
+    fn route(r: &Router, sql: &str) -> Result<Decision, SqlError> {
+        let mut req = Request::default();
+        req.add(&Arc::new(classify(sql)), None);
+        match r.decide_now(&req, &Arc::new(SessionInfo::default()), false) {
+            Ok(d) => Ok(d),
+            Err(RouteError::Sql(e)) => Err(e),
+            Err(RouteError::Lookups(l)) => panic!("unexpected lookups {l:?}"),
+        }
+    }
+
+    #[test]
+    fn hash_plugin_places_keys_like_postgres_partitioning() {
+        let r = router("");
+        let started = std::time::Instant::now();
+        // Remainders of PARTITION BY HASH (bigint) MODULUS 2, from Postgres 15.
+        for (key, shard) in [(1, 0), (2, 0), (3, 1), (4, 1), (8, 1), (42, 0)] {
+            let d = route(&r, &format!("SELECT * FROM orders WHERE customer_id = {key}")).unwrap();
+            assert_eq!(d.shard, Some(shard), "key {key}");
+        }
+        eprintln!("5 routes in {:?}", started.elapsed());
+        assert_eq!(route(&r, "SELECT 1").unwrap().shard, None, "no sharded table: no preference");
+    }
+
+    #[test]
+    fn spanning_statements_and_key_updates_are_refused() {
+        let r = router("");
+        let e = route(&r, "SELECT * FROM orders").unwrap_err();
+        assert!(e.message.contains("several shards (s0, s1)"), "{e:?}");
+        let e = route(&r, "UPDATE orders SET customer_id = 5 WHERE customer_id = 1").unwrap_err();
+        assert!(e.message.contains("shard key"), "{e:?}");
+        assert_eq!(route(&r, "/* shardcar: shard=s1 */ SELECT * FROM orders").unwrap().shard, Some(1));
+    }
+}

@@ -1,0 +1,459 @@
+//! Running routing plugins: WebAssembly components on wasmtime.
+//!
+//! A plugin is compiled once (and cached on disk when a cache dir is set);
+//! instances are pooled and reused, never made per statement. Every call
+//! runs under an epoch deadline and a memory cap: a plugin that traps,
+//! loops or grows too much fails that one statement, and its instance is
+//! thrown away. WASI is linked with nothing granted (no files, no network,
+//! no environment), so plugins built with Rust's std work.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::directory::{Cached, Directory};
+pub use super::facts::FactsView;
+use crate::classify::{Value as SqlValue, Verb};
+
+wasmtime::component::bindgen!({
+    path: "../plugins/wit",
+    world: "policy",
+    with: { "shardcar:policy/host.facts": FactsView },
+    // A host function that fails traps the plugin (which fails one statement).
+    imports: { default: trappable },
+});
+
+use shardcar::policy::types::{Level, Predicate, StatementKind};
+pub use shardcar::policy::types::{Role, Shard, Target};
+
+/// How often the epoch advances; call deadlines are counted in these ticks.
+const TICK: Duration = Duration::from_millis(1);
+
+/// Limits for every plugin call.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub call_timeout: Duration,
+    pub memory_bytes: usize,
+}
+
+/// Why a plugin call did not produce a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallError {
+    /// The plugin returned an error for this statement.
+    Refused(String),
+    /// The plugin exceeded its CPU time.
+    Timeout,
+    /// The plugin exceeded its memory.
+    OutOfMemory,
+    /// The plugin trapped or misbehaved.
+    Crashed(String),
+    /// Directory entries the plugin needed and the cache did not have.
+    Lookups(Vec<(String, String)>),
+}
+
+/// The shared wasmtime engine and everything plugins link against.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<State>,
+    limits: Limits,
+    cache_dir: Option<PathBuf>,
+    directory: Arc<Directory>,
+    ticking: Arc<AtomicBool>,
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        self.ticking.store(false, Ordering::Relaxed);
+    }
+}
+
+impl Runtime {
+    pub fn new(limits: Limits, cache_dir: Option<PathBuf>, directory: Arc<Directory>) -> anyhow::Result<Arc<Runtime>> {
+        let mut config = Config::new();
+        config.epoch_interruption(true);
+        let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasmtime: {e}"))?;
+        let mut linker = Linker::<State>::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(|e| anyhow::anyhow!("linking WASI: {e}"))?;
+        Policy::add_to_linker::<State, HasSelf<State>>(&mut linker, |s| s)
+            .map_err(|e| anyhow::anyhow!("linking the host interface: {e}"))?;
+        let ticking = Arc::new(AtomicBool::new(true));
+        let (ticker_engine, running) = (engine.clone(), ticking.clone());
+        std::thread::Builder::new().name("shardcar-epoch".into()).spawn(move || {
+            while running.load(Ordering::Relaxed) {
+                std::thread::sleep(TICK);
+                ticker_engine.increment_epoch();
+            }
+        })?;
+        Ok(Arc::new(Runtime { engine, linker, limits, cache_dir, directory, ticking }))
+    }
+
+    /// Compiles a component, or loads it from the cache. The cache key covers
+    /// the bytes and the engine's compatibility hash (wasmtime's version and
+    /// settings).
+    fn compile(&self, bytes: &[u8]) -> Result<Component, String> {
+        let key = {
+            let mut h = Sha256::new();
+            h.update(bytes);
+            let mut settings = std::hash::DefaultHasher::new();
+            std::hash::Hash::hash(&self.engine.precompile_compatibility_hash(), &mut settings);
+            h.update(std::hash::Hasher::finish(&settings).to_le_bytes());
+            hex(&h.finalize()[..16])
+        };
+        let cached = self.cache_dir.as_ref().map(|d| d.join(format!("{key}.cwasm")));
+        if let Some(path) = &cached
+            && path.is_file()
+        {
+            // SAFETY: the file was written by `Component::serialize` of this
+            // very wasmtime version and engine settings (both in its name).
+            match unsafe { Component::deserialize_file(&self.engine, path) } {
+                Ok(c) => return Ok(c),
+                Err(e) => tracing::warn!("ignoring unusable cached plugin {}: {e}", path.display()),
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| format!("not a valid component: {e:#}"))?;
+        if let Some(path) = &cached
+            && let Ok(serialized) = component.serialize()
+        {
+            let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+            let _ = std::fs::create_dir_all(path.parent().unwrap_or(path))
+                .and_then(|()| std::fs::write(&tmp, serialized))
+                .and_then(|()| std::fs::rename(&tmp, path));
+        }
+        Ok(component)
+    }
+
+    fn store(&self, label: Arc<str>) -> Store<State> {
+        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
+        let mut wasi = WasiCtx::builder();
+        wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
+        let state = State {
+            table: ResourceTable::new(),
+            wasi: wasi.build(),
+            limits,
+            directory: self.directory.clone(),
+            misses: Vec::new(),
+            label,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store
+    }
+
+    fn deadline_ticks(&self) -> u64 {
+        (self.limits.call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The topology plugins see, with a version so instances know when to refresh.
+#[derive(Debug, Clone)]
+pub struct TopologySnapshot {
+    pub version: u64,
+    pub topology: Topology,
+}
+
+/// One loaded plugin for one policy: compiled code, its config, idle instances.
+pub struct Plugin {
+    pub policy: String,
+    pub info: PluginInfo,
+    /// The first hex digits of the component's SHA-256.
+    pub digest: String,
+    pre: PolicyPre<State>,
+    config: String,
+    runtime: Arc<Runtime>,
+    idle: Mutex<Vec<Instance>>,
+    label: Arc<str>,
+    pub calls: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+struct Instance {
+    store: Store<State>,
+    bindings: Policy,
+    topology_version: u64,
+}
+
+impl Plugin {
+    /// Compiles and instantiates a plugin and initializes one instance with
+    /// `config` (JSON): any failure is reported here, not on a statement.
+    pub fn load(
+        runtime: &Arc<Runtime>,
+        policy: &str,
+        bytes: &[u8],
+        config: String,
+        topology: &TopologySnapshot,
+    ) -> Result<Plugin, String> {
+        let component = runtime.compile(bytes)?;
+        let pre = runtime
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| format!("the component does not fit the shardcar:policy contract: {e:#}"))?;
+        let pre = PolicyPre::new(pre).map_err(|e| format!("the component does not export the policy world: {e:#}"))?;
+        let digest = {
+            let mut h = Sha256::new();
+            h.update(bytes);
+            hex(&h.finalize()[..6])
+        };
+        let label: Arc<str> = Arc::from(format!("policy {policy}"));
+        let mut plugin = Plugin {
+            policy: policy.to_string(),
+            info: PluginInfo { name: String::new(), version: String::new() },
+            digest,
+            pre,
+            config,
+            runtime: runtime.clone(),
+            idle: Mutex::new(Vec::new()),
+            label,
+            calls: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+        };
+        let mut first = plugin.instance(topology).map_err(|e| describe(&e))?;
+        first.store.set_epoch_deadline(runtime.deadline_ticks());
+        plugin.info = first.bindings.call_info(&mut first.store).map_err(|e| describe(&classify_trap(e)))?;
+        plugin.put_back(first);
+        Ok(plugin)
+    }
+
+    /// `name@version` as the plugin reports it, with its digest.
+    pub fn version(&self) -> String {
+        format!("{}@{} ({})", self.info.name, self.info.version, self.digest)
+    }
+
+    fn instance(&self, topology: &TopologySnapshot) -> Result<Instance, CallError> {
+        let mut store = self.runtime.store(self.label.clone());
+        store.set_epoch_deadline(self.runtime.deadline_ticks());
+        let bindings = self.pre.instantiate(&mut store).map_err(classify_trap)?;
+        match bindings.call_init(&mut store, &self.config).map_err(classify_trap)? {
+            Ok(()) => {}
+            Err(e) => return Err(CallError::Refused(format!("init failed: {e}"))),
+        }
+        bindings.call_set_topology(&mut store, &topology.topology).map_err(classify_trap)?;
+        Ok(Instance { store, bindings, topology_version: topology.version })
+    }
+
+    fn take(&self, topology: &TopologySnapshot) -> Result<Instance, CallError> {
+        let idle = self.idle.lock().ok().and_then(|mut i| i.pop());
+        let mut instance = match idle {
+            Some(i) => i,
+            None => self.instance(topology)?,
+        };
+        if instance.topology_version != topology.version {
+            instance.store.set_epoch_deadline(self.runtime.deadline_ticks());
+            instance.bindings.call_set_topology(&mut instance.store, &topology.topology).map_err(classify_trap)?;
+            instance.topology_version = topology.version;
+        }
+        Ok(instance)
+    }
+
+    fn put_back(&self, instance: Instance) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(instance);
+        }
+    }
+
+    /// The statement's keys and where it goes.
+    pub fn route(&self, facts: FactsView, topology: &TopologySnapshot) -> Result<(Vec<Value>, Decision), CallError> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.route_inner(facts, topology);
+        if !matches!(result, Ok(_) | Err(CallError::Lookups(_))) {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        result
+    }
+
+    fn route_inner(&self, facts: FactsView, topology: &TopologySnapshot) -> Result<(Vec<Value>, Decision), CallError> {
+        let mut instance = self.take(topology)?;
+        instance.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        let handle =
+            instance.store.data_mut().table.push(facts).map_err(|e| CallError::Crashed(format!("facts table: {e}")))?;
+        let borrowed = || Resource::<FactsView>::new_borrow(handle.rep());
+        let outcome = (|| {
+            let keys = instance.bindings.call_extract_key(&mut instance.store, borrowed())?;
+            let keys = match keys {
+                Ok(k) => k,
+                Err(e) => return Ok(Err(e)),
+            };
+            let decision = instance.bindings.call_route(&mut instance.store, borrowed(), &keys)?;
+            Ok(decision.map(|d| (keys, d)))
+        })();
+        let _ = instance.store.data_mut().table.delete(handle);
+        match outcome {
+            // A trapped instance cannot be entered again: it is dropped here.
+            Err(e) => Err(classify_trap(e)),
+            Ok(result) => {
+                let misses = std::mem::take(&mut instance.store.data_mut().misses);
+                self.put_back(instance);
+                if !misses.is_empty() {
+                    return Err(CallError::Lookups(misses));
+                }
+                result.map_err(CallError::Refused)
+            }
+        }
+    }
+}
+
+fn classify_trap(e: wasmtime::Error) -> CallError {
+    match e.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => CallError::Timeout,
+        Some(Trap::OutOfFuel) => CallError::Timeout,
+        _ if format!("{e:#}").contains("forcing trap when growing memory") => CallError::OutOfMemory,
+        _ => CallError::Crashed(format!("{e:#}")),
+    }
+}
+
+/// A one-line description of a call error.
+pub fn describe(e: &CallError) -> String {
+    match e {
+        CallError::Refused(m) => m.clone(),
+        CallError::Timeout => "exceeded its CPU time (plugins.call_timeout_ms) and was interrupted".into(),
+        CallError::OutOfMemory => "exceeded its memory (plugins.memory_limit_mb) and was stopped".into(),
+        CallError::Crashed(m) => format!("crashed: {m}"),
+        CallError::Lookups(l) => format!("needs directory entries {l:?}"),
+    }
+}
+
+/// The store data of one instance: its resources, WASI (granting nothing),
+/// limits, and the directory lookups it missed.
+pub struct State {
+    table: ResourceTable,
+    wasi: WasiCtx,
+    limits: StoreLimits,
+    directory: Arc<Directory>,
+    misses: Vec<(String, String)>,
+    label: Arc<str>,
+}
+
+impl WasiView for State {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
+    }
+}
+
+impl State {
+    fn facts(&self, r: &Resource<FactsView>) -> wasmtime::Result<&FactsView> {
+        Ok(self.table.get(r)?)
+    }
+}
+
+impl shardcar::policy::types::Host for State {}
+
+impl shardcar::policy::host::Host for State {
+    fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        let label = &self.label;
+        match level {
+            Level::Debug => tracing::debug!("plugin ({label}): {message}"),
+            Level::Info => tracing::info!("plugin ({label}): {message}"),
+            Level::Warn => tracing::warn!("plugin ({label}): {message}"),
+            Level::Error => tracing::error!("plugin ({label}): {message}"),
+        }
+        Ok(())
+    }
+
+    fn lookup(&mut self, namespace: String, key: String) -> wasmtime::Result<Option<String>> {
+        Ok(match self.directory.cached(&namespace, &key) {
+            Cached::Hit(value) => value,
+            Cached::Miss => {
+                self.misses.push((namespace, key));
+                None
+            }
+        })
+    }
+
+    fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        Ok(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
+    }
+}
+
+/// A key as shardcar's classifier writes it.
+pub fn sql_value(v: &Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Int(i) => SqlValue::Int(*i),
+        Value::Text(t) => SqlValue::Text(t.clone()),
+    }
+}
+
+fn value(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Int(i) => Value::Int(*i),
+        SqlValue::Text(t) => Value::Text(t.clone()),
+    }
+}
+
+impl shardcar::policy::host::HostFacts for State {
+    fn kind(&mut self, f: Resource<FactsView>) -> wasmtime::Result<StatementKind> {
+        Ok(match self.facts(&f)?.statement().shape.verb {
+            Verb::Select => StatementKind::Select,
+            Verb::Insert => StatementKind::Insert,
+            Verb::Update => StatementKind::Update,
+            Verb::Delete => StatementKind::Delete,
+            Verb::Copy => StatementKind::Copy,
+            Verb::Ddl => StatementKind::Ddl,
+            Verb::Other => StatementKind::Other,
+        })
+    }
+
+    fn tables(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<String>> {
+        Ok(self.facts(&f)?.statement().shape.tables.clone())
+    }
+
+    fn table(&mut self, f: Resource<FactsView>) -> wasmtime::Result<String> {
+        Ok(self.facts(&f)?.rule.table.clone())
+    }
+
+    fn key_values(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<Value>> {
+        Ok(self.facts(&f)?.key_values.iter().map(value).collect())
+    }
+
+    fn predicates(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<Predicate>> {
+        let predicates = self.facts(&f)?.predicates();
+        Ok(predicates
+            .into_iter()
+            .map(|(table, column, values)| Predicate { table, column, values: values.iter().map(value).collect() })
+            .collect())
+    }
+
+    fn rows(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<Vec<(String, Value)>>> {
+        let rows = self.facts(&f)?.rows();
+        Ok(rows.into_iter().map(|row| row.into_iter().map(|(c, v)| (c, value(&v))).collect()).collect())
+    }
+
+    fn hints(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.facts(&f)?.facts.hints.pairs.clone())
+    }
+
+    fn session(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<(String, String)>> {
+        Ok(self.facts(&f)?.session.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+    }
+
+    fn user(&mut self, f: Resource<FactsView>) -> wasmtime::Result<String> {
+        Ok(self.facts(&f)?.session.user.clone())
+    }
+
+    fn database(&mut self, f: Resource<FactsView>) -> wasmtime::Result<String> {
+        Ok(self.facts(&f)?.session.database.clone())
+    }
+
+    fn application_name(&mut self, f: Resource<FactsView>) -> wasmtime::Result<String> {
+        Ok(self.facts(&f)?.session.application_name.clone())
+    }
+
+    fn in_transaction(&mut self, f: Resource<FactsView>) -> wasmtime::Result<bool> {
+        Ok(self.facts(&f)?.in_transaction)
+    }
+
+    fn drop(&mut self, _: Resource<FactsView>) -> wasmtime::Result<()> {
+        // Handles are borrowed; `route` removes the entry itself.
+        Ok(())
+    }
+}
