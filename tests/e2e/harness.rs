@@ -40,6 +40,11 @@ impl Fleet {
         })
     }
 
+    /// A config for this fleet with `extra` TOML appended (policies, tables).
+    pub fn config_with(&self, pool_size: usize, extra: &str) -> String {
+        format!("{}\n{extra}\n", self.config(pool_size))
+    }
+
     /// A config for this fleet that sends plain reads to s0's replica.
     pub fn config_reading_replicas(&self, pool_size: usize) -> String {
         self.config(pool_size).replace("read_replicas = false", "read_replicas = true")
@@ -77,6 +82,9 @@ size = {pool_size}
 checkout_timeout_ms = 2000
 health_check_interval_ms = 200
 
+[plugins]
+cache_dir = "{cache}"
+
 [[shards]]
 name = "s0"
 primary = "{}"
@@ -92,12 +100,19 @@ read_replicas = false
 "#,
             self.s0.url(),
             self.s0_replica.url(),
-            self.s1.url()
+            self.s1.url(),
+            cache = plugin_cache().display(),
         )
     }
 }
 
 static SHARED: Mutex<Option<&'static Fleet>> = Mutex::new(None);
+
+/// Compiled plugins, shared by every sidecar the tests start (compiling is
+/// the slow part of loading a plugin in a debug build).
+pub fn plugin_cache() -> PathBuf {
+    std::env::temp_dir().join("shardcar-test-plugin-cache")
+}
 
 extern "C" fn stop_shared() {
     let fleet = SHARED.lock().ok().and_then(|mut f| f.take());

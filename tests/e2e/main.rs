@@ -11,6 +11,7 @@ mod copy;
 mod demo;
 mod extended;
 mod malformed;
+mod plugins;
 mod pool;
 mod prepared;
 mod routing;

@@ -67,15 +67,28 @@ pub struct Shape {
 }
 
 impl Shape {
-    /// The operands compared with (or inserted into) `table.column`.
-    pub fn operands_for<'a>(&'a self, table: &'a str, column: &'a str) -> impl Iterator<Item = &'a Operand> + 'a {
+    /// An INSERT into `table` that lists no columns: its values follow the
+    /// table's column order.
+    pub fn inserts_without_columns(&self, table: &str) -> bool {
+        self.insert.as_ref().is_some_and(|i| i.table == table && i.columns.is_empty())
+    }
+
+    /// The operands compared with (or inserted into) `table.column`;
+    /// `position` is the column's place in the table, for INSERTs without a
+    /// column list.
+    pub fn operands_for<'a>(
+        &'a self,
+        table: &'a str,
+        column: &'a str,
+        position: Option<usize>,
+    ) -> impl Iterator<Item = &'a Operand> + 'a {
         let from_where = self
             .predicates
             .iter()
             .filter(move |p| p.column == column && p.table.as_deref().is_none_or(|t| t == table))
             .flat_map(|p| p.operands.iter());
         let from_insert = self.insert.iter().filter(move |i| i.table == table).flat_map(move |i| {
-            let at = i.columns.iter().position(|c| c == column);
+            let at = if i.columns.is_empty() { position } else { i.columns.iter().position(|c| c == column) };
             i.rows.iter().filter_map(move |row| at.and_then(|at| row.get(at)))
         });
         from_where.chain(from_insert)
@@ -318,7 +331,7 @@ mod tests {
     }
 
     fn values(s: &Shape, table: &str, column: &str) -> Vec<Operand> {
-        s.operands_for(table, column).cloned().collect()
+        s.operands_for(table, column, None).cloned().collect()
     }
 
     #[test]
@@ -345,6 +358,10 @@ mod tests {
         assert_eq!(s.verb, Verb::Insert);
         assert_eq!(values(&s, "orders", "customer_id"), [Operand::Const(Value::Int(10)), Operand::Param(0)]);
         assert_eq!(s.insert.as_ref().unwrap().rows[1][2], Operand::Opaque);
+        let s = shape_of("INSERT INTO orders VALUES (1, 10), (2, 20)");
+        assert!(s.inserts_without_columns("orders"));
+        let by_position: Vec<_> = s.operands_for("orders", "customer_id", Some(1)).cloned().collect();
+        assert_eq!(by_position, [Operand::Const(Value::Int(10)), Operand::Const(Value::Int(20))]);
         let s = shape_of("UPDATE orders SET customer_id = 3, total = 1 WHERE id = $2");
         assert_eq!(s.updated, ["customer_id", "total"]);
         assert_eq!(values(&s, "orders", "id"), [Operand::Param(1)]);

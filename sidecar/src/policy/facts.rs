@@ -45,6 +45,7 @@ pub struct FactsView {
 impl FactsView {
     /// Binds the statement's key values; an error when one cannot be read
     /// (a binary parameter of an unknown type, a non-integer for an int key).
+    /// `key_position` places the key column for INSERTs without a column list.
     pub fn new(
         facts: Arc<Facts>,
         index: usize,
@@ -52,10 +53,12 @@ impl FactsView {
         rule: Arc<TableRule>,
         session: Arc<SessionInfo>,
         in_transaction: bool,
+        key_position: Option<usize>,
     ) -> Result<FactsView, String> {
         let mut view = FactsView { facts, index, params, rule, session, in_transaction, key_values: Vec::new() };
+        let shape = &view.statement().shape;
         let operands: Vec<Operand> =
-            view.statement().shape.operands_for(&view.rule.table, &view.rule.key).cloned().collect();
+            shape.operands_for(&view.rule.table, &view.rule.key, key_position).cloned().collect();
         if !operands.contains(&Operand::Opaque) {
             let mut values = Vec::with_capacity(operands.len());
             for op in &operands {
@@ -148,6 +151,7 @@ mod tests {
             Arc::new(rule),
             Arc::new(SessionInfo::default()),
             false,
+            None,
         )
     }
 

@@ -7,6 +7,7 @@
 //! the default shard (or the shard a transaction is already on).
 
 pub mod builtin;
+pub mod catalog;
 pub mod directory;
 pub mod facts;
 pub mod plugin;
@@ -98,6 +99,7 @@ pub struct Router {
     topology_version: AtomicU64,
     pub runtime: Arc<Runtime>,
     pub directory: Arc<Directory>,
+    catalog: catalog::Catalog,
 }
 
 /// Routing failed: an error for the client, or directory entries to fetch first.
@@ -105,6 +107,8 @@ pub struct Router {
 pub enum RouteError {
     Sql(SqlError),
     Lookups(Vec<(String, String)>),
+    /// The key column's position in this table is needed (INSERT without columns).
+    KeyPosition(Arc<TableRule>),
 }
 
 impl From<SqlError> for RouteError {
@@ -159,6 +163,7 @@ impl Router {
             topology_version: AtomicU64::new(1),
             runtime,
             directory,
+            catalog: catalog::Catalog::new(cfg),
         })
     }
 
@@ -198,6 +203,7 @@ impl Router {
         for _ in 0..4 {
             match self.decide_now(req, session, in_transaction) {
                 Err(RouteError::Lookups(misses)) => self.directory.fetch(&misses).await?,
+                Err(RouteError::KeyPosition(rule)) => self.catalog.fetch(&rule.table, &rule.key).await?,
                 Err(RouteError::Sql(e)) => return Err(e),
                 Ok(d) => return Ok(d),
             }
@@ -309,10 +315,24 @@ impl Router {
             .hint("delete the row and insert it again with the new key")
             .into());
         }
-        let view = FactsView::new(facts.clone(), index, params.clone(), rule.clone(), session.clone(), in_transaction)
-            .map_err(|e| {
-                SqlError::new(code::INVALID_PARAMETER_VALUE, format!("cannot route on {}: {e}", rule.table))
-            })?;
+        let key_position = if stmt.shape.inserts_without_columns(&rule.table) {
+            match self.catalog.position(&rule.table, &rule.key) {
+                Some(p) => Some(p),
+                None => return Err(RouteError::KeyPosition(rule.clone())),
+            }
+        } else {
+            None
+        };
+        let view = FactsView::new(
+            facts.clone(),
+            index,
+            params.clone(),
+            rule.clone(),
+            session.clone(),
+            in_transaction,
+            key_position,
+        )
+        .map_err(|e| SqlError::new(code::INVALID_PARAMETER_VALUE, format!("cannot route on {}: {e}", rule.table)))?;
         let slot = &self.policies[rule.policy];
         let plugin = slot.plugin.load();
         let (keys, decision) = plugin.route(view, &self.topology.load()).map_err(|e| match e {
@@ -447,7 +467,7 @@ mod tests {
         match r.decide_now(&req, &Arc::new(SessionInfo::default()), false) {
             Ok(d) => Ok(d),
             Err(RouteError::Sql(e)) => Err(e),
-            Err(RouteError::Lookups(l)) => panic!("unexpected lookups {l:?}"),
+            Err(other) => panic!("needs a server: {other:?}"),
         }
     }
 

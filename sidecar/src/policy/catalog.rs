@@ -1,0 +1,74 @@
+//! What routing needs to know of the schema: where a sharded table's key
+//! column sits, for INSERTs that list no columns. Read once per table from
+//! the default shard's primary (deadpool-postgres, the control plane).
+
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::sync::Mutex;
+
+use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::NoTls;
+use tokio_postgres::types::Type;
+
+use crate::config::Config;
+use crate::sqlerror::{SqlError, code};
+
+pub struct Catalog {
+    pool: Option<Pool>,
+    /// (table, column) → zero-based position among the table's live columns.
+    positions: Mutex<HashMap<(String, String), usize>>,
+}
+
+impl Catalog {
+    pub fn new(cfg: &Config) -> Catalog {
+        let pool = cfg
+            .shards
+            .iter()
+            .find(|s| s.name == cfg.routing.default_shard)
+            .and_then(|s| tokio_postgres::Config::from_str(&s.primary).ok())
+            .and_then(|mut pg| {
+                pg.application_name("shardcar-catalog").connect_timeout(cfg.pool.connect_timeout());
+                let manager =
+                    Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+                Pool::builder(manager).max_size(1).build().ok()
+            });
+        Catalog { pool, positions: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn position(&self, table: &str, column: &str) -> Option<usize> {
+        self.positions.lock().ok()?.get(&(table.to_string(), column.to_string())).copied()
+    }
+
+    /// Reads `column`'s position in `table` into the cache.
+    pub async fn fetch(&self, table: &str, column: &str) -> Result<(), SqlError> {
+        let failed = |why: String| {
+            SqlError::new(
+                code::INTERNAL_ERROR,
+                format!("cannot find column {column} of {table} to route an INSERT without a column list: {why}"),
+            )
+            .hint(format!("name the columns: INSERT INTO {table} (...) VALUES (...)"))
+        };
+        let pool = self.pool.as_ref().ok_or_else(|| failed("no default shard to ask".into()))?;
+        let client = pool.get().await.map_err(|e| failed(e.to_string()))?;
+        let row = client
+            .query_typed(
+                "SELECT count(*) FILTER (WHERE a.attnum < k.attnum), bool_or(true)
+                 FROM pg_attribute a, pg_attribute k
+                 WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped
+                   AND k.attrelid = a.attrelid AND k.attname = $2 AND NOT k.attisdropped",
+                &[(&table, Type::TEXT), (&column, Type::TEXT)],
+            )
+            .await
+            .map_err(|e| failed(e.to_string()))?
+            .into_iter()
+            .next();
+        let position = match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<bool>>(1))) {
+            Some((before, Some(true))) => before as usize,
+            _ => return Err(failed("no such table or column on the default shard".into())),
+        };
+        if let Ok(mut positions) = self.positions.lock() {
+            positions.insert((table.to_string(), column.to_string()), position);
+        }
+        Ok(())
+    }
+}
