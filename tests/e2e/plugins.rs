@@ -111,3 +111,157 @@ async fn statements_spanning_shards_are_refused_with_a_reason() {
     let n: i64 = c.query_one(&format!("/* shardcar: shard=s1 */ SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
     assert_eq!(n, 0);
 }
+
+/// Creates `t (id bigint, key <key_type>, region text, note text)` on both shards.
+async fn create(fleet: &Fleet, t: &str, key_type: &str) {
+    for shard in [&fleet.s0, &fleet.s1] {
+        direct(shard)
+            .await
+            .batch_execute(&format!("CREATE TABLE {t} (id bigint, k {key_type}, region text, note text)"))
+            .await
+            .unwrap();
+    }
+}
+
+/// Where each row is, by id: read from the shards directly.
+async fn shard_of_ids(fleet: &Fleet, t: &str) -> std::collections::BTreeMap<i64, usize> {
+    let mut out = std::collections::BTreeMap::new();
+    for (i, shard) in [&fleet.s0, &fleet.s1].into_iter().enumerate() {
+        for row in direct(shard).await.query(&format!("SELECT id FROM {t}"), &[]).await.unwrap() {
+            assert!(out.insert(row.get::<_, i64>(0), i).is_none(), "a row is on one shard only");
+        }
+    }
+    out
+}
+
+fn strategy_config(fleet: &Fleet, t: &str, plugin: &str, config: &str, extra: &str) -> String {
+    fleet.config_with(
+        4,
+        &format!(
+            "[[policies]]\nname = \"p\"\nplugin = \"{plugin}\"\nconfig = {config}\n\
+             [[tables]]\nname = \"{t}\"\nkey = \"k\"\npolicy = \"p\"\n{extra}"
+        ),
+    )
+}
+
+#[tokio::test]
+async fn range_places_keys_by_range_and_refuses_gaps() {
+    let fleet = Fleet::shared();
+    let t = table("ranged");
+    create(fleet, &t, "bigint").await;
+    let config = r#"{ ranges = [ { to = 100, shard = "s0" }, { from = 100, to = 200, shard = "s1" }, { from = 300, shard = "s0" } ] }"#;
+    let sc = Sidecar::start(&strategy_config(fleet, &t, "range", config, ""));
+    let c = sc.connect().await;
+    let insert = c.prepare(&format!("INSERT INTO {t} (id, k) VALUES ($1, $2)")).await.unwrap();
+    for (id, key) in [(1i64, 5i64), (2, 99), (3, 100), (4, 199), (5, 300), (6, 1_000_000)] {
+        if id % 2 == 0 {
+            c.execute(&insert, &[&id, &key]).await.unwrap();
+        } else {
+            c.batch_execute(&format!("INSERT INTO {t} (id, k) VALUES ({id}, {key})")).await.unwrap();
+        }
+    }
+    let want: std::collections::BTreeMap<i64, usize> = [(1, 0), (2, 0), (3, 1), (4, 1), (5, 0), (6, 0)].into();
+    assert_eq!(shard_of_ids(fleet, &t).await, want);
+    let n: i64 = c.query_one(&format!("SELECT count(*) FROM {t} WHERE k = $1"), &[&199i64]).await.unwrap().get(0);
+    assert_eq!(n, 1);
+    let err = c.batch_execute(&format!("INSERT INTO {t} (id, k) VALUES (7, 250)")).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "22023");
+    assert!(err.as_db_error().unwrap().message().contains("key 250 is in no configured range"), "{err:?}");
+}
+
+#[tokio::test]
+async fn consistent_hash_spreads_keys_and_finds_them_again() {
+    let fleet = Fleet::shared();
+    let t = table("ring");
+    create(fleet, &t, "text").await;
+    let sc = Sidecar::start(&strategy_config(fleet, &t, "consistent-hash", r#"{ shards = ["s0", "s1"] }"#, ""));
+    let c = sc.connect().await;
+    let insert = c.prepare(&format!("INSERT INTO {t} (id, k, note) VALUES ($1, $2, $3)")).await.unwrap();
+    for id in 0..40i64 {
+        c.execute(&insert, &[&id, &format!("user-{id}"), &format!("note {id}")]).await.unwrap();
+    }
+    let placed = shard_of_ids(fleet, &t).await;
+    assert_eq!(placed.len(), 40);
+    let on_s1 = placed.values().filter(|&&s| s == 1).count();
+    assert!((8..=32).contains(&on_s1), "both shards get keys: {on_s1} of 40 on s1");
+    for id in 0..40i64 {
+        let note: String =
+            c.query_one(&format!("SELECT note FROM {t} WHERE k = 'user-{id}'"), &[]).await.unwrap().get(0);
+        assert_eq!(note, format!("note {id}"));
+    }
+}
+
+#[tokio::test]
+async fn directory_follows_its_table_without_a_restart() {
+    let fleet = Fleet::shared();
+    let t = table("dir");
+    let map = table("shard_map");
+    create(fleet, &t, "bigint").await;
+    let s0 = direct(&fleet.s0).await;
+    s0.batch_execute(&format!(
+        "CREATE TABLE {map} (key bigint PRIMARY KEY, shard text); INSERT INTO {map} VALUES (1, 's1'), (2, 's0'), (3, 's0')"
+    ))
+    .await
+    .unwrap();
+    let extra = format!(
+        "[[directories]]\nnamespace = \"customers\"\nshard = \"s0\"\ncache_ttl_ms = 100\n\
+         query = \"SELECT shard FROM {map} WHERE key = $1::bigint\"\n"
+    );
+    let sc = Sidecar::start(&strategy_config(fleet, &t, "directory", r#"{ namespace = "customers" }"#, &extra));
+    let c = sc.connect().await;
+    for (id, key) in [(1i64, 1i64), (2, 2), (3, 3)] {
+        c.execute(&format!("INSERT INTO {t} (id, k) VALUES ($1, $2)"), &[&id, &key]).await.unwrap();
+    }
+    s0.batch_execute(&format!("UPDATE {map} SET shard = 's1' WHERE key = 3")).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    c.batch_execute(&format!("INSERT INTO {t} (id, k) VALUES (4, 3)")).await.unwrap();
+    let want: std::collections::BTreeMap<i64, usize> = [(1, 1), (2, 0), (3, 0), (4, 1)].into();
+    assert_eq!(shard_of_ids(fleet, &t).await, want, "the moved key follows the directory");
+    let err = c.batch_execute(&format!("INSERT INTO {t} (id, k) VALUES (5, 99)")).await.unwrap_err();
+    assert!(err.as_db_error().unwrap().message().contains("key 99 is not in directory `customers`"), "{err:?}");
+}
+
+#[tokio::test]
+async fn geo_sends_rows_to_their_region() {
+    let fleet = Fleet::shared();
+    let t = table("geo");
+    create(fleet, &t, "bigint").await;
+    let config = strategy_config(fleet, &t, "geo", r#"{ column = "region", fallback = "eu" }"#, "")
+        .replace("name = \"s0\"\n", "name = \"s0\"\nlabels = { region = \"eu\" }\n")
+        .replace("name = \"s1\"\n", "name = \"s1\"\nlabels = { region = \"us\" }\n");
+    let sc = Sidecar::start(&config);
+    let c = sc.connect().await;
+    c.batch_execute(&format!("INSERT INTO {t} (id, k, region) VALUES (1, 10, 'eu'), (2, 11, 'eu')")).await.unwrap();
+    c.execute(&format!("INSERT INTO {t} (id, k, region) VALUES ($1, $2, $3)"), &[&3i64, &12i64, &"us"]).await.unwrap();
+    c.batch_execute(&format!("INSERT INTO {t} (id, k, region) VALUES (4, 13, 'apac')")).await.unwrap();
+    // No region column in the statement: the session says where.
+    c.batch_execute("SET shardcar.region = 'us'").await.unwrap();
+    c.batch_execute(&format!("INSERT INTO {t} (id, k) VALUES (5, 14)")).await.unwrap();
+    let want: std::collections::BTreeMap<i64, usize> = [(1, 0), (2, 0), (3, 1), (4, 0), (5, 1)].into();
+    assert_eq!(shard_of_ids(fleet, &t).await, want, "apac has no shard: the fallback (eu) takes it");
+    // Reads of the session's region go to its shard: rows 3 and 5.
+    let n: i64 = c.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+    assert_eq!(n, 2);
+}
+
+#[tokio::test]
+async fn tenant_pins_named_tenants_and_hashes_the_rest() {
+    let fleet = Fleet::shared();
+    let t = table("tenant");
+    create(fleet, &t, "text").await;
+    let config = r#"{ pinned = { acme = "s1" }, shared = ["s0"] }"#;
+    let sc = Sidecar::start(&strategy_config(fleet, &t, "tenant", config, ""));
+    let c = sc.connect().await;
+    for (id, tenant) in [(1i64, "acme"), (2, "globex"), (3, "initech"), (4, "acme")] {
+        c.execute(&format!("INSERT INTO {t} (id, k) VALUES ($1, $2)"), &[&id, &tenant]).await.unwrap();
+    }
+    let want: std::collections::BTreeMap<i64, usize> = [(1, 1), (2, 0), (3, 0), (4, 1)].into();
+    assert_eq!(shard_of_ids(fleet, &t).await, want);
+    // A statement without the tenant column, told the tenant by a hint.
+    let n: i64 = c
+        .query_one(&format!("SELECT count(*) FROM {t} WHERE id > 0 /* shardcar: tenant=acme */"), &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(n, 2);
+}
