@@ -42,6 +42,7 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readiness(shared),
+        (&Method::GET, "/api/v1/plugins") => plugins(shared),
         (_, "/healthz" | "/readyz") => respond(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "use GET"})),
         (_, path) => respond(StatusCode::NOT_FOUND, json!({"error": format!("no such endpoint: {path}")})),
     }
@@ -67,6 +68,33 @@ fn readiness(shared: &Shared) -> Response<Full<Bytes>> {
     } else {
         respond(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not ready", "unreachable_primaries": waiting}))
     }
+}
+
+/// Each policy's plugin: what serves now, and why a newer file was refused.
+fn plugins(shared: &Shared) -> Response<Full<Bytes>> {
+    let list: Vec<_> = shared
+        .router
+        .policies
+        .iter()
+        .map(|slot| {
+            let plugin = slot.plugin.load();
+            let source = match &slot.source {
+                crate::config::PluginSource::Builtin(name) => format!("builtin:{name}"),
+                crate::config::PluginSource::File(path) => path.display().to_string(),
+            };
+            json!({
+                "policy": slot.name,
+                "source": source,
+                "plugin": plugin.info.name,
+                "version": plugin.info.version,
+                "digest": plugin.digest,
+                "calls": plugin.calls.load(std::sync::atomic::Ordering::Relaxed),
+                "errors": plugin.errors.load(std::sync::atomic::Ordering::Relaxed),
+                "last_error": slot.last_error.lock().ok().and_then(|e| e.clone()),
+            })
+        })
+        .collect();
+    respond(StatusCode::OK, json!({ "plugins": list }))
 }
 
 fn respond(status: StatusCode, body: serde_json::Value) -> Response<Full<Bytes>> {

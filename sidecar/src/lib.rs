@@ -11,6 +11,7 @@ pub mod demo;
 pub mod execute;
 pub mod frontend;
 pub mod localpg;
+pub mod panics;
 pub mod plan;
 pub mod policy;
 pub mod pool;

@@ -42,7 +42,7 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    shardcar::frontend::wire::install_panic_hook();
+    shardcar::panics::install_hook();
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match Config::load(&config) {

@@ -24,7 +24,7 @@ const FACTS_CACHE_ENTRIES: usize = 10_000;
 pub struct Shared {
     pub config: Config,
     pub pools: Arc<Pools>,
-    pub router: Router,
+    pub router: Arc<Router>,
     pub facts: FactsCache,
     pub cancels: Arc<cancel::Registry>,
     pub secrets: HashMap<String, Secret>,
@@ -73,7 +73,8 @@ pub async fn serve(
         let secret = Secret::for_user(user).map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
         secrets.insert(user.name.clone(), secret);
     }
-    let router = Router::new(&config)?;
+    let router = Arc::new(Router::new(&config)?);
+    crate::policy::reload::verify_all(&router).await?;
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         router,
@@ -102,6 +103,21 @@ pub async fn serve(
         }
     });
     background.spawn(crate::admin::serve(admin, shared.clone()));
+    let (topology_pools, topology_router, topology_config) =
+        (pools.clone(), shared.router.clone(), shared.config.clone());
+    background.spawn(async move {
+        // Plugins see which primaries answer their health probes.
+        let mut tick = tokio::time::interval(topology_config.pool.health_check_interval());
+        loop {
+            tick.tick().await;
+            let healthy: Vec<bool> = topology_pools.shards.iter().map(|s| s.primary.health.is_up()).collect();
+            topology_router.set_health(&topology_config, &healthy);
+        }
+    });
+    background.spawn(crate::policy::reload::run(
+        shared.router.clone(),
+        std::time::Duration::from_millis(shared.config.plugins.reload_interval_ms),
+    ));
 
     tracing::info!(
         "shardcar listening on {} (admin on {}), {} shard(s)",

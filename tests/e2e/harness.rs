@@ -304,3 +304,29 @@ pub async fn next_message(
         }
     }
 }
+
+/// A test plugin from tests/fixtures/plugins, built (once) for wasm32-wasip2.
+pub fn fixture_plugin(name: &str) -> PathBuf {
+    static BUILT: OnceLock<Result<PathBuf, String>> = OnceLock::new();
+    let dir = BUILT.get_or_init(|| {
+        let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+        let target = root.join("target/plugins");
+        let out = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
+            .arg(root.join("tests/fixtures/plugins/Cargo.toml"))
+            .arg("--target-dir")
+            .arg(&target)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !out.status.success() {
+            return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+        }
+        Ok(target.join("wasm32-wasip2/release"))
+    });
+    match dir {
+        Ok(dir) => dir.join(format!("{}.wasm", name.replace('-', "_"))),
+        Err(e) => panic!("building the fixture plugins failed:\n{e}"),
+    }
+}

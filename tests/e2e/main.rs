@@ -11,6 +11,7 @@ mod copy;
 mod demo;
 mod extended;
 mod malformed;
+mod plugin_safety;
 mod plugins;
 mod pool;
 mod prepared;

@@ -29,6 +29,7 @@ pub mod bindings {
         export_macro_name: "export_bindings",
         default_bindings_module: "::shardcar_sdk::bindings",
         runtime_path: "::shardcar_sdk::__wit_bindgen::rt",
+        additional_derives: [PartialEq, Eq],
     });
 }
 
@@ -146,6 +147,12 @@ pub mod runtime {
         SHARDS.with(|s| f(&s.borrow()))
     }
 
+    /// Panic messages go to shardcar's log (stdout and stderr do not exist
+    /// for plugins); the panic then traps and fails the statement.
+    pub fn install_panic_hook() {
+        std::panic::set_hook(Box::new(|info| log(Level::Error, &format!("plugin panicked: {info}"))));
+    }
+
     pub fn not_initialized() -> String {
         "plugin used before init".to_string()
     }
@@ -164,6 +171,7 @@ macro_rules! export_policy {
 
         impl $crate::bindings::Guest for __ShardcarPlugin {
             fn init(config: String) -> Result<(), String> {
+                $crate::runtime::install_panic_hook();
                 let policy = <$policy as $crate::Policy>::init(&config)?;
                 __SHARDCAR_POLICY.with(|p| *p.borrow_mut() = Some(policy));
                 Ok(())

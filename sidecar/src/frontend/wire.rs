@@ -5,8 +5,6 @@
 //! a message with a lying inner length can never read into the next one; the
 //! raw frame is kept so that forwarding stays byte-exact.
 
-use std::panic::{AssertUnwindSafe, catch_unwind};
-
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::CopyFail;
@@ -27,6 +25,7 @@ use postgres_protocol::message::backend::Header;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::panics::caught;
 use crate::sqlerror::{SqlError, code};
 
 /// Postgres's own limits (pqcomm.h): a few message types may be large.
@@ -154,7 +153,7 @@ fn context() -> DecodeContext {
 fn decode<M: Message>(raw: &Bytes) -> Result<M, SqlError> {
     let mut buf = BytesMut::from(&raw[..]);
     let ctx = context();
-    let decoded = quietly(|| catch_unwind(AssertUnwindSafe(|| M::decode(&mut buf, &ctx))));
+    let decoded = caught(|| M::decode(&mut buf, &ctx));
     let malformed = |why: String| {
         SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid {} message: {why}", printable(raw[0])))
     };
@@ -165,31 +164,6 @@ fn decode<M: Message>(raw: &Bytes) -> Result<M, SqlError> {
         Ok(Err(e)) => Err(malformed(e.to_string())),
         Err(_) => Err(malformed("fields run past the message length".into())),
     }
-}
-
-thread_local! {
-    static QUIET_PANICS: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-}
-
-/// Runs `f` with the panic hook silenced on this thread: a malformed client
-/// message is an expected event, not a bug worth a backtrace.
-fn quietly<T>(f: impl FnOnce() -> T) -> T {
-    QUIET_PANICS.with(|q| q.set(true));
-    let out = f();
-    QUIET_PANICS.with(|q| q.set(false));
-    out
-}
-
-/// Installs a panic hook that logs through `tracing` and stays silent inside
-/// [`quietly`].
-pub fn install_panic_hook() {
-    let default = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        if !QUIET_PANICS.with(|q| q.get()) {
-            tracing::error!("panic: {info}");
-            default(info);
-        }
-    }));
 }
 
 /// The first packet of a connection.
@@ -328,14 +302,12 @@ fn decode_startup(packet: &mut BytesMut) -> Result<StartupPacket, SqlError> {
     let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
     ctx.awaiting_frontend_ssl = false;
     let total = packet.len();
-    let decoded = quietly(|| {
-        catch_unwind(AssertUnwindSafe(|| {
-            if CancelRequest::is_cancel_request_packet(packet) {
-                CancelRequest::decode(packet, &ctx).map(|m| m.map(StartupPacket::Cancel))
-            } else {
-                Startup::decode(packet, &ctx).map(|m| m.map(StartupPacket::Startup))
-            }
-        }))
+    let decoded = caught(|| {
+        if CancelRequest::is_cancel_request_packet(packet) {
+            CancelRequest::decode(packet, &ctx).map(|m| m.map(StartupPacket::Cancel))
+        } else {
+            Startup::decode(packet, &ctx).map(|m| m.map(StartupPacket::Startup))
+        }
     });
     match decoded {
         Ok(Ok(Some(p))) => Ok(p),

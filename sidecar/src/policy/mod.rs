@@ -11,6 +11,7 @@ pub mod catalog;
 pub mod directory;
 pub mod facts;
 pub mod plugin;
+pub mod reload;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -182,6 +183,15 @@ impl Router {
         self.default_shard
     }
 
+    /// The `[[tables]]` rule for a table, if it is sharded.
+    pub fn rule(&self, table: &str) -> Option<&Arc<TableRule>> {
+        self.tables.get(table)
+    }
+
+    pub fn topology(&self) -> Arc<TopologySnapshot> {
+        self.topology.load_full()
+    }
+
     /// Tells plugins which primaries are healthy, when that changed.
     pub fn set_health(&self, cfg: &Config, healthy: &[bool]) {
         let current = self.topology.load();
@@ -192,16 +202,22 @@ impl Router {
         }
     }
 
-    /// Routes a batch, fetching directory entries plugins need.
+    /// Routes a batch, fetching what plugins need from servers first.
     pub async fn decide(
         &self,
         req: &Request,
         session: &Arc<SessionInfo>,
         in_transaction: bool,
     ) -> Result<Decision, SqlError> {
+        self.resolving(|| self.decide_now(req, session, in_transaction)).await
+    }
+
+    /// Runs `route` until it no longer needs directory entries or catalog
+    /// facts, fetching them in between.
+    pub async fn resolving<T>(&self, route: impl Fn() -> Result<T, RouteError>) -> Result<T, SqlError> {
         // Each round can only add entries; a plugin looking up ever new keys is cut short.
         for _ in 0..4 {
-            match self.decide_now(req, session, in_transaction) {
+            match route() {
                 Err(RouteError::Lookups(misses)) => self.directory.fetch(&misses).await?,
                 Err(RouteError::KeyPosition(rule)) => self.catalog.fetch(&rule.table, &rule.key).await?,
                 Err(RouteError::Sql(e)) => return Err(e),
@@ -276,7 +292,9 @@ impl Router {
                 via: Via::Unsharded,
             })]);
         }
-        (0..facts.statements.len()).map(|i| self.route_statement(facts, i, params, session, in_transaction)).collect()
+        (0..facts.statements.len())
+            .map(|i| self.route_statement(facts, i, params, session, in_transaction, None))
+            .collect()
     }
 
     fn explicit(&self, facts: &Facts, session: &SessionInfo) -> Result<Option<StatementRoute>, SqlError> {
@@ -284,13 +302,16 @@ impl Router {
         Ok(Some(StatementRoute { shards: vec![self.shard_index(name)?], role: facts.hints.role, via: Via::Explicit }))
     }
 
-    fn route_statement(
+    /// Routes one statement; `candidate` stands in for its policy's current
+    /// plugin (a new version under test).
+    pub fn route_statement(
         &self,
         facts: &Arc<Facts>,
         index: usize,
         params: &Option<Arc<Params>>,
         session: &Arc<SessionInfo>,
         in_transaction: bool,
+        candidate: Option<&Plugin>,
     ) -> Result<StatementRoute, RouteError> {
         if let Some(route) = self.explicit(facts, session)? {
             return Ok(route);
@@ -334,10 +355,17 @@ impl Router {
         )
         .map_err(|e| SqlError::new(code::INVALID_PARAMETER_VALUE, format!("cannot route on {}: {e}", rule.table)))?;
         let slot = &self.policies[rule.policy];
-        let plugin = slot.plugin.load();
+        let current;
+        let plugin: &Plugin = match candidate {
+            Some(p) => p,
+            None => {
+                current = slot.plugin.load();
+                &current
+            }
+        };
         let (keys, decision) = plugin.route(view, &self.topology.load()).map_err(|e| match e {
             CallError::Lookups(misses) => RouteError::Lookups(misses),
-            other => RouteError::Sql(plugin_error(slot, &plugin, &other)),
+            other => RouteError::Sql(plugin_error(slot, plugin, &other)),
         })?;
         let shards: Vec<usize> = match decision.target {
             plugin::Target::All => (0..self.shard_names.len()).collect(),

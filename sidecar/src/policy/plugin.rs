@@ -5,7 +5,10 @@
 //! runs under an epoch deadline and a memory cap: a plugin that traps,
 //! loops or grows too much fails that one statement, and its instance is
 //! thrown away. WASI is linked with nothing granted (no files, no network,
-//! no environment), so plugins built with Rust's std work.
+//! no environment), so plugins built with Rust's std work — except stdio:
+//! wasmtime-wasi's synchronous streams cannot run on an async runtime's
+//! thread, so a write to stdout/stderr fails the call (plugins log through
+//! the host's `log`; the SDK routes panic messages there).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -218,7 +221,7 @@ impl Plugin {
         };
         let mut first = plugin.instance(topology).map_err(|e| describe(&e))?;
         first.store.set_epoch_deadline(runtime.deadline_ticks());
-        plugin.info = first.bindings.call_info(&mut first.store).map_err(|e| describe(&classify_trap(e)))?;
+        plugin.info = guarded(|| first.bindings.call_info(&mut first.store)).map_err(|e| describe(&e))?;
         plugin.put_back(first);
         Ok(plugin)
     }
@@ -231,12 +234,12 @@ impl Plugin {
     fn instance(&self, topology: &TopologySnapshot) -> Result<Instance, CallError> {
         let mut store = self.runtime.store(self.label.clone());
         store.set_epoch_deadline(self.runtime.deadline_ticks());
-        let bindings = self.pre.instantiate(&mut store).map_err(classify_trap)?;
-        match bindings.call_init(&mut store, &self.config).map_err(classify_trap)? {
+        let bindings = guarded(|| self.pre.instantiate(&mut store))?;
+        match guarded(|| bindings.call_init(&mut store, &self.config))? {
             Ok(()) => {}
             Err(e) => return Err(CallError::Refused(format!("init failed: {e}"))),
         }
-        bindings.call_set_topology(&mut store, &topology.topology).map_err(classify_trap)?;
+        guarded(|| bindings.call_set_topology(&mut store, &topology.topology))?;
         Ok(Instance { store, bindings, topology_version: topology.version })
     }
 
@@ -248,7 +251,7 @@ impl Plugin {
         };
         if instance.topology_version != topology.version {
             instance.store.set_epoch_deadline(self.runtime.deadline_ticks());
-            instance.bindings.call_set_topology(&mut instance.store, &topology.topology).map_err(classify_trap)?;
+            guarded(|| instance.bindings.call_set_topology(&mut instance.store, &topology.topology))?;
             instance.topology_version = topology.version;
         }
         Ok(instance)
@@ -276,19 +279,18 @@ impl Plugin {
         let handle =
             instance.store.data_mut().table.push(facts).map_err(|e| CallError::Crashed(format!("facts table: {e}")))?;
         let borrowed = || Resource::<FactsView>::new_borrow(handle.rep());
-        let outcome = (|| {
-            let keys = instance.bindings.call_extract_key(&mut instance.store, borrowed())?;
-            let keys = match keys {
+        let outcome = guarded(|| {
+            let keys = match instance.bindings.call_extract_key(&mut instance.store, borrowed())? {
                 Ok(k) => k,
                 Err(e) => return Ok(Err(e)),
             };
             let decision = instance.bindings.call_route(&mut instance.store, borrowed(), &keys)?;
             Ok(decision.map(|d| (keys, d)))
-        })();
+        });
         let _ = instance.store.data_mut().table.delete(handle);
         match outcome {
             // A trapped instance cannot be entered again: it is dropped here.
-            Err(e) => Err(classify_trap(e)),
+            Err(e) => Err(e),
             Ok(result) => {
                 let misses = std::mem::take(&mut instance.store.data_mut().misses);
                 self.put_back(instance);
@@ -298,6 +300,18 @@ impl Plugin {
                 result.map_err(CallError::Refused)
             }
         }
+    }
+}
+
+/// Calls into the guest: a trap, or a panic in a host function it called
+/// (WASI stdio, see the module docs), becomes a [`CallError`].
+fn guarded<T>(call: impl FnOnce() -> wasmtime::Result<T>) -> Result<T, CallError> {
+    match crate::panics::caught(call) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify_trap(e)),
+        Err(panic) => Err(CallError::Crashed(format!(
+            "a host call failed ({panic}); plugins cannot use stdout or stderr, log with the host's log instead"
+        ))),
     }
 }
 
