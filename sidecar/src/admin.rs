@@ -29,7 +29,7 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
         tokio::spawn(async move {
             let service = service_fn(move |req| {
                 let shared = shared.clone();
-                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+                async move { Ok::<_, Infallible>(route(&shared, &req).await) }
             });
             if let Err(e) = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await {
                 tracing::debug!("admin connection: {e}");
@@ -38,11 +38,12 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+async fn route(shared: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => respond(StatusCode::OK, json!({"status": "ok"})),
         (&Method::GET, "/readyz") => readiness(shared),
         (&Method::GET, "/api/v1/plugins") => plugins(shared),
+        (&Method::GET, "/api/v1/explain") => explain(shared, req.uri().query().unwrap_or("")).await,
         (_, "/healthz" | "/readyz") => respond(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "use GET"})),
         (_, path) => respond(StatusCode::NOT_FOUND, json!({"error": format!("no such endpoint: {path}")})),
     }
@@ -67,6 +68,29 @@ fn readiness(shared: &Shared) -> Response<Full<Bytes>> {
         respond(StatusCode::OK, json!({"status": "ready"}))
     } else {
         respond(StatusCode::SERVICE_UNAVAILABLE, json!({"status": "not ready", "unreachable_primaries": waiting}))
+    }
+}
+
+/// `?sql=...&param=...&param=...`: where the statement would go, and why.
+async fn explain(shared: &Shared, query: &str) -> Response<Full<Bytes>> {
+    let mut sql = None;
+    let mut params = Vec::new();
+    for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+        match k.as_ref() {
+            "sql" => sql = Some(v.into_owned()),
+            "param" => params.push(Some(v.into_owned())),
+            _ => {}
+        }
+    }
+    let Some(sql) = sql else {
+        return respond(StatusCode::BAD_REQUEST, json!({"error": "give the statement as ?sql=..."}));
+    };
+    let facts = shared.facts.get(&sql);
+    let explanation =
+        crate::policy::explain::explain(&shared.router, facts, params, shared.config.routing.read_replicas).await;
+    match serde_json::to_value(explanation) {
+        Ok(body) => respond(StatusCode::OK, body),
+        Err(e) => respond(StatusCode::INTERNAL_SERVER_ERROR, json!({"error": e.to_string()})),
     }
 }
 

@@ -24,6 +24,20 @@ enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Show where a statement would go, and why: its facts, keys, decision
+    /// and the plugin that made it. Loads the config's plugins; runs nothing.
+    Explain {
+        #[arg(long, short)]
+        config: PathBuf,
+        /// The statement.
+        sql: String,
+        /// A value for $1, $2, ... (as text), in order.
+        #[arg(long = "param")]
+        params: Vec<String>,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Start throwaway local Postgres shards (2 primaries, 1 replica) with a
     /// sample schema, and shardcar in front of them. Ctrl-C stops and cleans up.
     Demo {
@@ -47,12 +61,25 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Check { config } => match Config::load(&config) {
             Ok(cfg) => {
+                // Plugins are loaded and initialized with their config, and
+                // their own test cases run, as `run` would.
+                let plugins = runtime().and_then(|rt| {
+                    rt.block_on(async {
+                        let router = shardcar::policy::Router::new(&cfg)?;
+                        shardcar::policy::reload::verify_all(&router).await
+                    })
+                });
+                if let Err(e) = plugins {
+                    eprintln!("{}: {e:#}", config.display());
+                    return ExitCode::FAILURE;
+                }
                 let replicas: usize = cfg.shards.iter().map(|s| s.replicas.len()).sum();
                 println!(
-                    "{}: OK ({} shard(s), {replicas} replica(s), {} user(s))",
+                    "{}: OK ({} shard(s), {replicas} replica(s), {} user(s), {} polic(ies))",
                     config.display(),
                     cfg.shards.len(),
-                    cfg.users.len()
+                    cfg.users.len(),
+                    cfg.policies.len()
                 );
                 ExitCode::SUCCESS
             }
@@ -75,10 +102,35 @@ fn main() -> ExitCode {
             };
             report(runtime().and_then(|rt| rt.block_on(shardcar::server::run(cfg))))
         }
+        Command::Explain { config, sql, params, json } => {
+            let cfg = match Config::load(&config) {
+                Ok(cfg) => cfg,
+                Err(invalid) => {
+                    for problem in &invalid.0 {
+                        eprintln!("{}: {problem}", config.display());
+                    }
+                    return ExitCode::FAILURE;
+                }
+            };
+            report(runtime().and_then(|rt| rt.block_on(explain(cfg, sql, params, json))))
+        }
         Command::Demo { port, admin_port } => {
             report(runtime().and_then(|rt| rt.block_on(shardcar::demo::run(port, admin_port))))
         }
     }
+}
+
+async fn explain(cfg: Config, sql: String, params: Vec<String>, json: bool) -> anyhow::Result<()> {
+    let router = shardcar::policy::Router::new(&cfg)?;
+    let facts = std::sync::Arc::new(shardcar::classify::classify(&sql));
+    let params = params.into_iter().map(Some).collect();
+    let explanation = shardcar::policy::explain::explain(&router, facts, params, cfg.routing.read_replicas).await;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&explanation)?);
+    } else {
+        print!("{}", explanation.render());
+    }
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

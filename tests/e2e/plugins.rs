@@ -265,3 +265,64 @@ async fn tenant_pins_named_tenants_and_hashes_the_rest() {
         .get(0);
     assert_eq!(n, 2);
 }
+
+#[tokio::test]
+async fn explain_shows_facts_keys_decision_and_plugin() {
+    let fleet = Fleet::shared();
+    let config = hash_config(fleet, "orders_explained");
+    let sc = Sidecar::start(&config);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config.replace("{PORT}", "1").replace("{ADMIN}", "2")).unwrap();
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcar"))
+            .args(["explain", "--config"])
+            .arg(&path)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, text) = run(&["SELECT * FROM orders_explained WHERE customer_id = $1 AND note = 'x'", "--param", "3"]);
+    assert!(ok, "{text}");
+    for expected in [
+        "condition:  orders_explained.customer_id = $1=3",
+        "routed by:  policy by-customer",
+        "plugin:     hash@0.1.0",
+        "keys:       3 of orders_explained",
+        "runs on:      s1 primary",
+    ] {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
+    let (ok, text) = run(&["SELECT * FROM orders_explained WHERE customer_id IN (1, 3)"]);
+    assert!(ok && text.contains("refused:") && text.contains("several shards"), "{text}");
+
+    // The admin API answers the same, as JSON.
+    let (status, body) =
+        sc.admin_get("/api/v1/explain?sql=SELECT%20*%20FROM%20orders_explained%20WHERE%20customer_id%20%3D%2042");
+    assert_eq!(status, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["statements"][0]["keys"], serde_json::json!(["42"]));
+    assert_eq!(v["statements"][0]["routed_by"], "policy by-customer");
+    assert_eq!(v["target"]["shard"], "s0");
+}
+
+#[test]
+fn check_loads_plugins_and_reports_their_config_errors() {
+    let fleet = Fleet::shared();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let bad = hash_config(fleet, "t").replace("config = { shards = [\"s0\", \"s1\"] }", "config = { shards = [] }");
+    std::fs::write(&path, bad.replace("{PORT}", "1").replace("{ADMIN}", "2")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcar"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(text.contains("policies[0] (by-customer)") && text.contains("non-empty list of shard names"), "{text}");
+}

@@ -9,6 +9,7 @@
 pub mod builtin;
 pub mod catalog;
 pub mod directory;
+pub mod explain;
 pub mod facts;
 pub mod plugin;
 pub mod reload;

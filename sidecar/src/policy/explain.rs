@@ -1,0 +1,240 @@
+//! Explain: what shardcar knows about a statement and where it would go —
+//! the facts, the keys, the decision and which plugin made it — without
+//! running it. Served by `shardcar explain` and `GET /api/v1/explain`.
+
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use super::facts::SessionInfo;
+use super::{Request, Router, StatementRoute, Via};
+use crate::classify::params::Params;
+use crate::classify::{Facts, Kind, Operand, RoleHint, Value};
+use crate::plan::plan;
+use crate::pool::Role;
+
+#[derive(Debug, Serialize)]
+pub struct Explanation {
+    pub sql: String,
+    pub params: Vec<Option<String>>,
+    /// Why the parser could not read the text, if it could not.
+    pub parse_error: Option<String>,
+    pub hints: Vec<(String, String)>,
+    pub statements: Vec<StatementExplanation>,
+    /// Where the whole text would run (outside a transaction).
+    pub target: Option<Target>,
+    /// Why it would be refused.
+    pub error: Option<Refusal>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct StatementExplanation {
+    pub text: String,
+    pub kind: String,
+    pub tables: Vec<String>,
+    /// `table.column = value` / `IN (...)` conditions, values as written or bound.
+    pub predicates: Vec<String>,
+    pub insert_rows: usize,
+    /// `explicit`, `policy <name>`, or `unsharded`.
+    pub routed_by: String,
+    pub plugin: Option<String>,
+    pub table: Option<String>,
+    pub keys: Vec<String>,
+    pub shards: Vec<String>,
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Target {
+    pub shard: String,
+    pub role: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+pub async fn explain(
+    router: &Router,
+    facts: Arc<Facts>,
+    params: Vec<Option<String>>,
+    read_replicas: bool,
+) -> Explanation {
+    let session = Arc::new(SessionInfo::default());
+    let bound = Some(Arc::new(Params {
+        values: params.iter().map(|p| p.clone().map(Into::into)).collect(),
+        ..Params::default()
+    }));
+    let routes = router.resolving(|| router.route_facts(&facts, &bound, &session, false)).await;
+    let statements = facts
+        .statements
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let route = routes.as_ref().ok().and_then(|r| r.get(i));
+            statement(router, s, &params, route)
+        })
+        .collect();
+    let mut req = Request::default();
+    req.add(&facts, bound);
+    let (target, error) = match router.decide(&req, &session, false).await {
+        Ok(decision) => {
+            let t = plan(&decision, router.default_shard(), false, read_replicas);
+            let role = match t.role {
+                Role::Primary => "primary",
+                Role::Replica => "replica",
+            };
+            (Some(Target { shard: router.shard_name(t.shard).to_string(), role: role.into() }), None)
+        }
+        Err(e) => (None, Some(Refusal { code: e.code.to_string(), message: e.message, hint: e.hint })),
+    };
+    Explanation {
+        sql: facts.statements.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("; "),
+        params,
+        parse_error: facts.parse_error.clone(),
+        hints: facts.hints.pairs.clone(),
+        statements,
+        target,
+        error,
+    }
+}
+
+fn statement(
+    router: &Router,
+    s: &crate::classify::Statement,
+    params: &[Option<String>],
+    route: Option<&StatementRoute>,
+) -> StatementExplanation {
+    let operand = |o: &Operand| match o {
+        Operand::Const(v) => value(v),
+        Operand::Param(i) => match params.get(*i) {
+            Some(Some(p)) => format!("${}={p}", i + 1),
+            _ => format!("${}", i + 1),
+        },
+        Operand::Opaque => "(expression)".into(),
+    };
+    let predicates = s
+        .shape
+        .predicates
+        .iter()
+        .map(|p| {
+            let column = match &p.table {
+                Some(t) => format!("{t}.{}", p.column),
+                None => p.column.clone(),
+            };
+            match p.operands.as_slice() {
+                [one] => format!("{column} = {}", operand(one)),
+                many => format!("{column} IN ({})", many.iter().map(operand).collect::<Vec<_>>().join(", ")),
+            }
+        })
+        .collect();
+    let mut out = StatementExplanation {
+        text: s.text.clone(),
+        kind: kind(&s.kind),
+        tables: s.shape.tables.clone(),
+        predicates,
+        insert_rows: s.shape.insert.as_ref().map_or(0, |i| i.rows.len()),
+        routed_by: String::new(),
+        plugin: None,
+        table: None,
+        keys: Vec::new(),
+        shards: Vec::new(),
+        role: None,
+    };
+    if let Some(route) = route {
+        out.shards = route.shards.iter().map(|&i| router.shard_name(i).to_string()).collect();
+        out.role = route.role.map(|r| match r {
+            RoleHint::Primary => "primary".into(),
+            RoleHint::Replica => "replica".into(),
+        });
+        out.routed_by = match &route.via {
+            Via::Explicit => "explicit".into(),
+            Via::Unsharded => "unsharded".into(),
+            Via::Policy { policy, plugin, table, keys } => {
+                out.plugin = Some(plugin.clone());
+                out.table = Some(table.clone());
+                out.keys = keys.iter().map(value).collect();
+                format!("policy {policy}")
+            }
+        };
+    }
+    out
+}
+
+fn value(v: &Value) -> String {
+    match v {
+        Value::Null => "NULL".into(),
+        Value::Int(i) => i.to_string(),
+        Value::Text(t) => format!("'{t}'"),
+    }
+}
+
+fn kind(k: &Kind) -> String {
+    match k {
+        Kind::Read => "read".into(),
+        Kind::Write => "write".into(),
+        Kind::Begin => "begin".into(),
+        Kind::TransactionOption => "set transaction".into(),
+        Kind::Savepoint(_) | Kind::Release(_) | Kind::RollbackTo(_) => "savepoint".into(),
+        Kind::Commit => "commit".into(),
+        Kind::Rollback => "rollback".into(),
+        Kind::Session(_) => "session setting".into(),
+        Kind::DiscardAll => "discard all".into(),
+        Kind::Deallocate(_) => "deallocate".into(),
+        Kind::ShardcarSet { .. } | Kind::ShardcarShow(_) => "shardcar variable".into(),
+        Kind::Unsupported { reason, .. } => format!("refused: {reason}"),
+    }
+}
+
+impl Explanation {
+    /// A readable report for the terminal.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if let Some(e) = &self.parse_error {
+            out.push_str(&format!("parse error: {e} (routed by hints or to the default shard)\n"));
+        }
+        if !self.hints.is_empty() {
+            let hints: Vec<String> = self.hints.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            out.push_str(&format!("hints: {}\n", hints.join(", ")));
+        }
+        for (i, s) in self.statements.iter().enumerate() {
+            out.push_str(&format!("statement {}: {}\n", i + 1, s.text));
+            out.push_str(&format!("  kind:       {}\n", s.kind));
+            if !s.tables.is_empty() {
+                out.push_str(&format!("  tables:     {}\n", s.tables.join(", ")));
+            }
+            for p in &s.predicates {
+                out.push_str(&format!("  condition:  {p}\n"));
+            }
+            if s.insert_rows > 0 {
+                out.push_str(&format!("  rows:       {}\n", s.insert_rows));
+            }
+            if !s.routed_by.is_empty() {
+                out.push_str(&format!("  routed by:  {}\n", s.routed_by));
+            }
+            if let Some(p) = &s.plugin {
+                out.push_str(&format!("  plugin:     {p}\n"));
+            }
+            if let Some(t) = &s.table {
+                out.push_str(&format!("  keys:       {} of {t}\n", s.keys.join(", ")));
+            }
+            if !s.shards.is_empty() {
+                out.push_str(&format!("  shards:     {}\n", s.shards.join(", ")));
+            }
+        }
+        match (&self.target, &self.error) {
+            (Some(t), _) => out.push_str(&format!("runs on:      {} {}\n", t.shard, t.role)),
+            (_, Some(e)) => {
+                out.push_str(&format!("refused:      {} ({})\n", e.message, e.code));
+                if let Some(h) = &e.hint {
+                    out.push_str(&format!("hint:         {h}\n"));
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+}
