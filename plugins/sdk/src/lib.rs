@@ -4,6 +4,11 @@
 //! `cargo build --target wasm32-wasip2 --release`. The contract is
 //! `plugins/wit/policy.wit`; this crate hides its bindings.
 //!
+//! By default shardcar extracts the keys itself (the values of the key
+//! column `[[tables]]` names). A policy that finds its keys elsewhere (other
+//! columns, hints, the session) also implements [`Extractor`] and is
+//! exported with `export_policy!(MyPolicy, extractor)`.
+//!
 //! ```ignore
 //! struct Everything;
 //! impl shardcar_sdk::Policy for Everything {
@@ -47,14 +52,13 @@ pub trait Policy: Sized + 'static {
     /// `config` is the policy's `config` table from shardcar's TOML, as JSON.
     fn init(config: &str) -> Result<Self, String>;
 
-    /// The statement's shard key values. The default takes the values of the
-    /// key column that shardcar's `[[tables]]` entry names.
-    fn extract_key(&self, facts: &Facts) -> Result<Vec<Value>, String> {
-        Ok(facts.key_values())
-    }
-
     /// Where a statement with these keys goes.
     fn route(&self, facts: &Facts, keys: &[Value], shards: &Shards) -> Result<Decision, String>;
+}
+
+/// A policy that finds a statement's keys itself, beyond the key column.
+pub trait Extractor: Policy {
+    fn extract_key(&self, facts: &Facts) -> Result<Vec<Value>, String>;
 }
 
 /// The shards as the plugin last heard of them.
@@ -158,10 +162,20 @@ pub mod runtime {
     }
 }
 
-/// Exports a [`Policy`] type as the plugin's implementation of the contract.
+/// Exports a [`Policy`] type as the plugin's implementation of the contract:
+/// `export_policy!(MyPolicy)`, or `export_policy!(MyPolicy, extractor)` for
+/// one that also implements [`Extractor`].
 #[macro_export]
 macro_rules! export_policy {
     ($policy:ty) => {
+        $crate::export_policy!(@export $policy, false, |_policy: &$policy, facts: &$crate::Facts| Ok(facts.key_values()));
+    };
+    ($policy:ty, extractor) => {
+        $crate::export_policy!(@export $policy, true, |policy: &$policy, facts: &$crate::Facts| {
+            <$policy as $crate::Extractor>::extract_key(policy, facts)
+        });
+    };
+    (@export $policy:ty, $custom:expr, $extract:expr) => {
         thread_local! {
             static __SHARDCAR_POLICY: $crate::runtime::RefCell<Option<$policy>> =
                 const { $crate::runtime::RefCell::new(None) };
@@ -178,7 +192,11 @@ macro_rules! export_policy {
             }
 
             fn info() -> $crate::PluginInfo {
-                $crate::PluginInfo { name: env!("CARGO_PKG_NAME").into(), version: env!("CARGO_PKG_VERSION").into() }
+                $crate::PluginInfo {
+                    name: env!("CARGO_PKG_NAME").into(),
+                    version: env!("CARGO_PKG_VERSION").into(),
+                    custom_extract: $custom,
+                }
             }
 
             fn set_topology(topology: $crate::Topology) {
@@ -187,7 +205,7 @@ macro_rules! export_policy {
 
             fn extract_key(facts: &$crate::Facts) -> Result<Vec<$crate::Value>, String> {
                 __SHARDCAR_POLICY.with(|p| match p.borrow().as_ref() {
-                    Some(policy) => $crate::Policy::extract_key(policy, facts),
+                    Some(policy) => ($extract)(policy, facts),
                     None => Err($crate::runtime::not_initialized()),
                 })
             }

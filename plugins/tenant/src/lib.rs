@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use shardcar_sdk::{Decision, Facts, Policy, Shards, Value, config, hint_or_session, pghash};
+use shardcar_sdk::{Decision, Extractor, Facts, Policy, Shards, Value, config, hint_or_session, pghash};
 
 #[derive(serde::Deserialize)]
 struct Tenants {
@@ -33,14 +33,6 @@ impl Policy for Tenants {
         Ok(t)
     }
 
-    fn extract_key(&self, facts: &Facts) -> Result<Vec<Value>, String> {
-        let keys = facts.key_values();
-        if !keys.is_empty() {
-            return Ok(keys);
-        }
-        Ok(hint_or_session(facts, "tenant").map(|t| vec![Value::Text(t)]).unwrap_or_default())
-    }
-
     fn route(&self, _: &Facts, keys: &[Value], shards: &Shards) -> Result<Decision, String> {
         if keys.is_empty() {
             return Ok(Decision::all());
@@ -49,7 +41,17 @@ impl Policy for Tenants {
     }
 }
 
-shardcar_sdk::export_policy!(Tenants);
+impl Extractor for Tenants {
+    fn extract_key(&self, facts: &Facts) -> Result<Vec<Value>, String> {
+        let keys = facts.key_values();
+        if !keys.is_empty() {
+            return Ok(keys);
+        }
+        Ok(hint_or_session(facts, "tenant").map(|t| vec![Value::Text(t)]).unwrap_or_default())
+    }
+}
+
+shardcar_sdk::export_policy!(Tenants, extractor);
 
 #[cfg(test)]
 mod tests {

@@ -136,6 +136,11 @@ pub struct Outbox {
     entries: VecDeque<Entry>,
     /// The backend is discarding messages until the next Sync.
     skipping: bool,
+    /// The client's session outlives this connection (no transaction is
+    /// open on it): a FATAL from the server reaches the client as an ERROR.
+    pub survive_fatal: bool,
+    /// A FATAL error was passed to the client (as FATAL or ERROR).
+    pub fatal_told: bool,
 }
 
 impl Outbox {
@@ -271,16 +276,25 @@ impl Outbox {
             }
             return Err(Desync { tag: b'E', why: "nothing was outstanding" });
         };
+        let forward = |out: &mut BytesMut| {
+            if fatal && self.survive_fatal {
+                downgrade(frame, out);
+            } else {
+                out.extend_from_slice(frame);
+            }
+        };
         match &head.kind {
             EntryKind::Abort(err) => reply::error(out, err),
             // A simple query's error, or a failed commit at Sync: the entry
             // still ends with ReadyForQuery.
             EntryKind::Backend { reply: Reply::Query { .. } | Reply::Sync, .. } => {
-                out.extend_from_slice(frame);
+                forward(out);
+                self.fatal_told |= fatal;
                 return Ok(());
             }
-            _ => out.extend_from_slice(frame),
+            _ => forward(out),
         }
+        self.fatal_told |= fatal;
         // An extended-protocol message failed: Postgres now skips to Sync.
         while let Some(entry) = self.entries.front() {
             if entry.is_sync() {
@@ -303,6 +317,31 @@ fn command_tag(frame: &[u8]) -> String {
     match parse(frame) {
         Some(Message::CommandComplete(c)) => c.tag().unwrap_or_default().to_string(),
         _ => String::new(),
+    }
+}
+
+/// The server's FATAL error as an ERROR with the same fields: the server
+/// connection ends, the client's session does not.
+fn downgrade(frame: &[u8], out: &mut BytesMut) {
+    use fallible_iterator::FallibleIterator;
+    let Some(Message::ErrorResponse(body)) = parse(frame) else {
+        out.extend_from_slice(frame);
+        return;
+    };
+    let mut fields = Vec::new();
+    let mut it = body.fields();
+    while let Ok(Some(f)) = it.next() {
+        let value = match f.type_() {
+            b'S' | b'V' => "ERROR".to_string(),
+            _ => String::from_utf8_lossy(f.value_bytes()).into_owned(),
+        };
+        fields.push((f.type_(), value));
+    }
+    if !fields.iter().any(|(t, _)| *t == b'H') {
+        fields.push((b'H', "the server ended shardcar's connection; the next statement gets a new one".into()));
+    }
+    if let Err(e) = pgwire::messages::Message::encode(&pgwire::messages::response::ErrorResponse::new(fields), out) {
+        tracing::error!("cannot encode an error: {e}");
     }
 }
 
@@ -411,6 +450,23 @@ mod tests {
         assert!(matches!(ev[..], [Event::CopyIn { ignored_syncs: 1 }]));
         ob.on_frame(&msg(b'C', b"COPY 1\0"), &mut BytesMut::new(), &mut ev).unwrap();
         assert!(ob.is_empty());
+    }
+
+    #[test]
+    fn a_fatal_error_reaches_a_surviving_session_as_an_error() {
+        let fatal = msg(b'E', b"SFATAL\0VFATAL\0C57P01\0Mterminating connection\0\0");
+        for survive in [true, false] {
+            let mut ob = Outbox { survive_fatal: survive, ..Outbox::default() };
+            let mut ev = Vec::new();
+            let mut out = BytesMut::new();
+            ob.push(Entry::backend(Reply::Query { facts: Arc::new(Facts::default()), done: 0 }), &mut ev);
+            ob.on_frame(&fatal, &mut out, &mut ev).unwrap();
+            assert!(ob.fatal_told);
+            let text = String::from_utf8_lossy(&out);
+            assert_eq!(text.contains("SERROR"), survive, "{text}");
+            assert_eq!(text.contains("new one"), survive, "{text}");
+            assert!(text.contains("C57P01"));
+        }
     }
 
     #[test]

@@ -335,6 +335,7 @@ impl Session {
         self.block_opened = false;
         let Some(a) = self.attached.as_mut() else { return };
         a.conn.status = status;
+        a.outbox.survive_fatal = status == b'I';
         if !hidden {
             a.pending_ready = a.pending_ready.saturating_sub(1);
         }
@@ -399,12 +400,14 @@ impl Session {
                 format!("lost the connection to {label} inside a transaction ({why}); the transaction was rolled back"),
             ));
         }
-        let err = SqlError::new(
-            code::CONNECTION_FAILURE,
-            format!("lost the connection to {label} ({why}); the statement may not have run"),
-        )
-        .hint("retry; shardcar opens a new connection");
-        reply::error(&mut self.client.out, &err);
+        if !a.outbox.fatal_told {
+            let err = SqlError::new(
+                code::CONNECTION_FAILURE,
+                format!("lost the connection to {label} ({why}); the statement may not have run"),
+            )
+            .hint("retry; shardcar opens a new connection");
+            reply::error(&mut self.client.out, &err);
+        }
         if a.pending_ready > 0 {
             reply::ready(&mut self.client.out, b'I');
         } else if a.unsynced {
@@ -1028,6 +1031,7 @@ impl Session {
         }
         self.set_cancel_key(Some(BackendKey { addr: conn.addr.clone(), pid: conn.pid, secret: conn.secret }));
         let mut a = Attached::new(conn, node);
+        a.outbox.survive_fatal = !in_transaction;
         if self.deferred.is_open() {
             let begin = std::mem::take(&mut self.deferred).statements.join("; ");
             postgres_protocol::message::frontend::query(&begin, &mut a.conn.wbuf)

@@ -153,11 +153,12 @@ fn statement(
         out.routed_by = match &route.via {
             Via::Explicit => "explicit".into(),
             Via::Unsharded => "unsharded".into(),
-            Via::Policy { policy, plugin, table, keys } => {
-                out.plugin = Some(plugin.clone());
-                out.table = Some(table.clone());
-                out.keys = keys.iter().map(value).collect();
-                format!("policy {policy}")
+            Via::Policy { policy, rule, keys } => {
+                let slot = &router.policies[*policy];
+                out.plugin = Some(slot.plugin.load().version());
+                out.table = Some(rule.table.clone());
+                out.keys = keys.iter().map(|k| value(&crate::policy::plugin::sql_value(k))).collect();
+                format!("policy {}", slot.name)
             }
         };
     }

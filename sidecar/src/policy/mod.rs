@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::classify::params::Params;
-use crate::classify::{Facts, Kind, RoleHint, Value, Verb};
+use crate::classify::{Facts, Kind, RoleHint, Verb};
 use crate::config::{Config, PluginSource};
 use crate::sqlerror::{SqlError, code};
 use directory::Directory;
@@ -64,19 +64,20 @@ pub struct Decision {
 }
 
 /// How one statement was routed (for explain and for merging).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StatementRoute {
     pub shards: Vec<usize>,
     pub role: Option<RoleHint>,
     pub via: Via,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Via {
     /// A hint or `SET shardcar.shard`.
     Explicit,
-    /// A policy's plugin, with the keys it extracted.
-    Policy { policy: String, plugin: String, table: String, keys: Vec<Value> },
+    /// The policy (an index into `Router::policies`) of a table's rule, with
+    /// the keys its plugin used.
+    Policy { policy: usize, rule: Arc<TableRule>, keys: Vec<plugin::Value> },
     /// No sharded table: no preference.
     Unsharded,
 }
@@ -387,8 +388,7 @@ impl Router {
             plugin::Role::Replica => Some(RoleHint::Replica),
             plugin::Role::Any => None,
         });
-        let keys = keys.iter().map(plugin::sql_value).collect();
-        let via = Via::Policy { policy: slot.name.clone(), plugin: plugin.version(), table: rule.table.clone(), keys };
+        let via = Via::Policy { policy: rule.policy, rule: rule.clone(), keys };
         Ok(StatementRoute { shards, role, via })
     }
 

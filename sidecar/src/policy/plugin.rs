@@ -209,7 +209,7 @@ impl Plugin {
         let label: Arc<str> = Arc::from(format!("policy {policy}"));
         let mut plugin = Plugin {
             policy: policy.to_string(),
-            info: PluginInfo { name: String::new(), version: String::new() },
+            info: PluginInfo { name: String::new(), version: String::new(), custom_extract: false },
             digest,
             pre,
             config,
@@ -279,10 +279,16 @@ impl Plugin {
         let handle =
             instance.store.data_mut().table.push(facts).map_err(|e| CallError::Crashed(format!("facts table: {e}")))?;
         let borrowed = || Resource::<FactsView>::new_borrow(handle.rep());
+        let custom_extract = self.info.custom_extract;
         let outcome = guarded(|| {
-            let keys = match instance.bindings.call_extract_key(&mut instance.store, borrowed())? {
-                Ok(k) => k,
-                Err(e) => return Ok(Err(e)),
+            let keys = if custom_extract {
+                match instance.bindings.call_extract_key(&mut instance.store, borrowed())? {
+                    Ok(k) => k,
+                    Err(e) => return Ok(Err(e)),
+                }
+            } else {
+                // The same values the plugin's key-values() would return.
+                instance.store.data().table.get(&borrowed())?.key_values.iter().map(value).collect()
             };
             let decision = instance.bindings.call_route(&mut instance.store, borrowed(), &keys)?;
             Ok(decision.map(|d| (keys, d)))

@@ -1,0 +1,94 @@
+//! The cost of routing one statement: parsing (facts cache miss and hit)
+//! and the plugin step (extract-key + route, reused instances) for the
+//! built-in hash plugin. `cargo bench -p shardcar --bench routing`.
+//!
+//! Besides criterion's estimates, prints the median and p99 of single calls.
+
+use std::hint::black_box;
+use std::sync::Arc;
+use std::time::Instant;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use shardcar::classify::params::Params;
+use shardcar::classify::{FactsCache, classify};
+use shardcar::config::Config;
+use shardcar::policy::Router;
+use shardcar::policy::facts::SessionInfo;
+
+const CONFIG: &str = r#"
+[[users]]
+name = "app"
+trust = true
+[[shards]]
+name = "s0"
+primary = "postgres://u@127.0.0.1:1/app"
+[[shards]]
+name = "s1"
+primary = "postgres://u@127.0.0.1:2/app"
+[routing]
+default_shard = "s0"
+[[policies]]
+name = "by-account"
+plugin = "hash"
+config = { shards = ["s0", "s1"] }
+[[tables]]
+name = "pgbench_accounts"
+key = "aid"
+policy = "by-account"
+"#;
+
+const SQL: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
+
+/// Median and p99 of `f`, one call per sample, in nanoseconds.
+fn percentiles(mut f: impl FnMut()) -> (u128, u128) {
+    for _ in 0..10_000 {
+        f();
+    }
+    let mut samples: Vec<u128> = (0..100_000)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_nanos()
+        })
+        .collect();
+    samples.sort_unstable();
+    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+}
+
+fn routing(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let _guard = rt.enter();
+    let router = Router::new(&Config::parse(CONFIG).unwrap()).unwrap();
+    let facts = Arc::new(classify(SQL));
+    let session = Arc::new(SessionInfo::default());
+    let mut aid = 0i64;
+    let mut route = || {
+        aid = (aid + 7919) % 100_000;
+        let params =
+            Some(Arc::new(Params { values: vec![Some(aid.to_string().into())], formats: vec![], types: vec![23] }));
+        black_box(router.route_statement(&facts, 0, &params, &session, false, None).unwrap());
+    };
+    let (median, p99) = percentiles(&mut route);
+    println!("plugin step (extract-key + route, hash): median {median} ns, p99 {p99} ns");
+    c.bench_function("plugin step: hash extract-key + route", |b| b.iter(&mut route));
+
+    let cache = FactsCache::new(10_000);
+    cache.get(SQL);
+    let (median, p99) = percentiles(|| {
+        black_box(cache.get(SQL));
+    });
+    println!("parse, cache hit: median {median} ns, p99 {p99} ns");
+    c.bench_function("parse: cache hit", |b| b.iter(|| black_box(cache.get(SQL))));
+
+    let mut n = 0u64;
+    let mut miss = || {
+        n += 1;
+        black_box(classify(&format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n}")));
+    };
+    let (median, p99) = percentiles(&mut miss);
+    println!("parse, cache miss (pg_query): median {median} ns, p99 {p99} ns");
+    c.bench_function("parse: cache miss", |b| b.iter(&mut miss));
+}
+
+criterion_group!(benches, routing);
+criterion_main!(benches);
