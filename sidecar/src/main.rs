@@ -74,12 +74,13 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
                 let replicas: usize = cfg.shards.iter().map(|s| s.replicas.len()).sum();
+                let policies = cfg.policies.len();
                 println!(
-                    "{}: OK ({} shard(s), {replicas} replica(s), {} user(s), {} polic(ies))",
+                    "{}: OK ({} shard(s), {replicas} replica(s), {} user(s), {policies} {})",
                     config.display(),
                     cfg.shards.len(),
                     cfg.users.len(),
-                    cfg.policies.len()
+                    if policies == 1 { "policy" } else { "policies" }
                 );
                 ExitCode::SUCCESS
             }

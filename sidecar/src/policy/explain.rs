@@ -83,9 +83,11 @@ pub async fn explain(
     let (target, error) = match router.decide(&req, &session, false).await {
         Ok(decision) => {
             let t = plan(&decision, router.default_shard(), false, read_replicas);
+            let replicas = router.topology().topology.shards.get(t.shard).map_or(0, |s| s.replicas);
             let role = match t.role {
+                Role::Replica if replicas > 0 => "replica",
+                Role::Replica => "primary (the shard has no replica)",
                 Role::Primary => "primary",
-                Role::Replica => "replica",
             };
             (Some(Target { shard: router.shard_name(t.shard).to_string(), role: role.into() }), None)
         }

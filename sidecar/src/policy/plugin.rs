@@ -32,8 +32,8 @@ wasmtime::component::bindgen!({
     imports: { default: trappable },
 });
 
-use shardcar::policy::types::{Level, Predicate, StatementKind};
-pub use shardcar::policy::types::{Role, Shard, Target};
+use self::shardcar::policy::types::{Level, Predicate, StatementKind};
+pub use self::shardcar::policy::types::{Role, Shard, Target};
 
 /// How often the epoch advances; call deadlines are counted in these ticks.
 const TICK: Duration = Duration::from_millis(1);
@@ -364,9 +364,9 @@ impl State {
     }
 }
 
-impl shardcar::policy::types::Host for State {}
+impl self::shardcar::policy::types::Host for State {}
 
-impl shardcar::policy::host::Host for State {
+impl self::shardcar::policy::host::Host for State {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
         let label = &self.label;
         match level {
@@ -410,7 +410,7 @@ fn value(v: &SqlValue) -> Value {
     }
 }
 
-impl shardcar::policy::host::HostFacts for State {
+impl self::shardcar::policy::host::HostFacts for State {
     fn kind(&mut self, f: Resource<FactsView>) -> wasmtime::Result<StatementKind> {
         Ok(match self.facts(&f)?.statement().shape.verb {
             Verb::Select => StatementKind::Select,
