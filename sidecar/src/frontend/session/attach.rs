@@ -1,0 +1,169 @@
+//! Routing a batch and attaching a server connection for it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::Session;
+use super::extended::bind_params;
+use super::local::local_capable;
+use crate::cancel::BackendKey;
+use crate::classify::Facts;
+use crate::classify::params::Params;
+use crate::execute::{Attached, Entry, Prepared, Reply};
+use crate::frontend::wire::ClientMsg;
+use crate::plan::plan;
+use crate::policy::Request;
+use crate::pool::Checkout;
+use crate::sqlerror::{SqlError, code};
+
+impl Session {
+    /// Attaches a connection for the extended-protocol batch whose current
+    /// message carries `facts` and `params` (and prepares `parse_name`, if a
+    /// Parse), routed by every statement of the batch received so far; or
+    /// checks that an attached connection's shard fits the statement. False
+    /// when that failed and the client was told.
+    pub(super) async fn attach_batch(
+        &mut self,
+        facts: &Arc<Facts>,
+        params: Option<Arc<Params>>,
+        parse_name: Option<&str>,
+    ) -> Result<bool, SqlError> {
+        let req = if self.attached.is_some() {
+            let mut req = Request::default();
+            match params {
+                Some(params) => req.add(facts, Some(params)),
+                None => req.add_unexecuted(facts),
+            }
+            req
+        } else {
+            self.batch_request(facts, params, parse_name)
+        };
+        match self.attach_for(&req).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.fail(e, true)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// The routing request of the batch whose current message carries
+    /// `current` (with `params` when it is a Bind) and which continues in the
+    /// inbox up to Sync. Clients write a batch at once, so the inbox holds it;
+    /// shardcar does not wait for a Sync, because a client may wait for a
+    /// reply first (COPY FROM STDIN).
+    pub(super) fn batch_request(
+        &self,
+        current: &Arc<Facts>,
+        params: Option<Arc<Params>>,
+        parse_name: Option<&str>,
+    ) -> Request {
+        let mut req = Request::default();
+        let mut parsed: HashMap<String, Arc<Prepared>> = HashMap::new();
+        let add = |req: &mut Request, facts: &Arc<Facts>, params: Option<Arc<Params>>| {
+            if !facts.single().is_some_and(|s| local_capable(&s.kind)) {
+                req.add(facts, params);
+            }
+        };
+        match params {
+            Some(params) => add(&mut req, current, Some(params)),
+            None => req.add_unexecuted(current),
+        }
+        for msg in &self.inbox {
+            match msg {
+                ClientMsg::Parse { raw, msg } => {
+                    let name = msg.name.clone().unwrap_or_default();
+                    let p = Arc::new(Prepared::new(&name, msg, raw, self.shared.facts.get(&msg.query)));
+                    parsed.insert(name, p);
+                }
+                ClientMsg::Bind { msg, .. } => {
+                    let name = msg.statement_name.clone().unwrap_or_default();
+                    let known = parsed.get(&name).cloned().or_else(|| self.resolve(&name).ok());
+                    if let Some(p) = known.filter(|_| Some(name.as_str()) != parse_name) {
+                        add(&mut req, &p.facts, Some(bind_params(&p, msg)));
+                    }
+                }
+                ClientMsg::Sync { .. } | ClientMsg::Flush { .. } | ClientMsg::Query { .. } => break,
+                _ => {}
+            }
+        }
+        req
+    }
+
+    /// True when the rest of the current batch holds only more Parse messages.
+    pub(super) fn batch_only_prepares(&self) -> bool {
+        for msg in &self.inbox {
+            match msg {
+                ClientMsg::Parse { .. } => {}
+                ClientMsg::Sync { .. } | ClientMsg::Flush { .. } => return true,
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Refuses a statement that belongs to a shard other than the one this
+    /// session's transaction (or batch) is on.
+    pub(super) async fn check_pinned(&self, req: &Request) -> Result<(), SqlError> {
+        let Some(a) = &self.attached else { return Ok(()) };
+        let decision = self.shared.router.decide(req, &self.info, true).await?;
+        match decision.shard {
+            Some(shard) if shard != a.node.shard => Err(SqlError::new(
+                code::FEATURE_NOT_SUPPORTED,
+                format!(
+                    "this transaction runs on shard {} and the statement belongs to shard {}",
+                    self.shared.router.shard_name(a.node.shard),
+                    self.shared.router.shard_name(shard)
+                ),
+            )
+            .hint("a transaction stays on one shard; commit first, then run it on its own")),
+            _ => Ok(()),
+        }
+    }
+
+    /// Routes `req`, checks out a connection, and brings it to this
+    /// session's state (settings, deferred BEGIN).
+    pub(super) async fn attach_for(&mut self, req: &Request) -> Result<(), SqlError> {
+        if self.attached.is_some() {
+            return self.check_pinned(req).await;
+        }
+        let in_transaction = self.deferred.is_open();
+        let decision = self.shared.router.decide(req, &self.info, in_transaction).await?;
+        let default_shard = self.shared.router.default_shard();
+        let target = plan(&decision, default_shard, in_transaction, self.shared.config.routing.read_replicas);
+        let Checkout { mut conn, node } = self.shared.pools.checkout(target.shard, target.role).await?;
+        if let Some(sql) = self.settings.diff_sql(&conn.settings) {
+            // Run to completion before the client's statement: it must not
+            // run with another client's settings if this fails.
+            match conn.run_hidden(&sql).await {
+                Ok(Ok(())) => conn.settings = self.settings.clone(),
+                Ok(Err(e)) => {
+                    conn.broken = true;
+                    return Err(settings_error(&node.label, e));
+                }
+                Err(e) => {
+                    conn.broken = true;
+                    return Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", node.label)));
+                }
+            }
+        }
+        self.set_cancel_key(Some(BackendKey { addr: conn.addr.clone(), pid: conn.pid, secret: conn.secret }));
+        let mut a = Attached::new(conn, node);
+        a.outbox.survive_fatal = !in_transaction;
+        if self.deferred.is_open() {
+            let begin = std::mem::take(&mut self.deferred).statements.join("; ");
+            postgres_protocol::message::frontend::query(&begin, &mut a.conn.wbuf)
+                .map_err(|e| SqlError::new(code::INTERNAL_ERROR, e.to_string()))?;
+            a.conn.unnamed = None;
+            let facts = self.shared.facts.get(&begin);
+            a.outbox.push(Entry::hidden(Reply::Query { facts, done: 0 }), &mut self.events);
+        }
+        self.attached = Some(a);
+        Ok(())
+    }
+}
+
+pub(super) fn settings_error(label: &str, e: String) -> SqlError {
+    SqlError::new(code::CONNECTION_FAILURE, format!("could not apply this session's settings on {label}: {e}"))
+        .hint("a SET that worked on one server failed on another; check that shards are configured alike")
+}

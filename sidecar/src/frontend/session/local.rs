@@ -1,0 +1,188 @@
+//! Statements shardcar answers itself: its own variables, transaction
+//! control before any statement needed a server, DEALLOCATE, DISCARD ALL.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::{Deferred, Session};
+use crate::classify::{Kind, Statement};
+use crate::execute::Effect;
+use crate::frontend::wire::reply;
+use crate::sqlerror::{SqlError, code};
+
+impl Session {
+    /// True when shardcar answers this statement itself in the current state.
+    pub(super) fn runs_locally(&self, kind: &Kind) -> bool {
+        match kind {
+            Kind::ShardcarSet { .. }
+            | Kind::ShardcarShow(_)
+            | Kind::Unsupported { .. }
+            | Kind::Deallocate(_)
+            | Kind::DiscardAll => true,
+            Kind::Begin
+            | Kind::Savepoint(_)
+            | Kind::Release(_)
+            | Kind::RollbackTo(_)
+            | Kind::Commit
+            | Kind::Rollback => self.attached.is_none(),
+            Kind::TransactionOption => self.attached.is_none() && self.deferred.is_open(),
+            Kind::Read | Kind::Write | Kind::Session(_) => self.attached.is_none() && self.deferred.failed,
+        }
+    }
+
+    /// Runs a statement shardcar answers itself; returns its replies and
+    /// what to undo if a later error means it never happened.
+    pub(super) fn local(
+        &mut self,
+        stmt: &Statement,
+        with_row_description: bool,
+    ) -> Result<(BytesMut, Vec<Effect>), SqlError> {
+        let mut out = BytesMut::new();
+        let mut undo = Vec::new();
+        let in_failed = self.deferred.failed;
+        let tag: String = match &stmt.kind {
+            Kind::ShardcarSet { name, value } => {
+                if name == "shard"
+                    && let Some(v) = value
+                {
+                    self.shared.router.shard_index(v)?;
+                }
+                undo.push(Effect::RestoreSession(self.info.clone()));
+                let vars = &mut Arc::make_mut(&mut self.info).vars;
+                match value {
+                    Some(v) => vars.insert(name.clone(), v.clone()),
+                    None => vars.remove(name),
+                };
+                if value.is_some() { "SET" } else { "RESET" }.into()
+            }
+            Kind::ShardcarShow(name) => {
+                let value = match (name.as_str(), self.info.vars.get(name)) {
+                    (_, Some(v)) => v.clone(),
+                    // Where statements without a target go.
+                    ("shard", None) => self.shared.router.shard_name(self.shared.router.default_shard()).to_string(),
+                    (_, None) => {
+                        return Err(SqlError::new(
+                            code::UNDEFINED_OBJECT,
+                            format!("unrecognized configuration parameter \"shardcar.{name}\""),
+                        )
+                        .hint(format!("set it first: SET shardcar.{name} = ...")));
+                    }
+                };
+                if with_row_description {
+                    reply::text_column(&mut out, &format!("shardcar.{name}"));
+                }
+                reply::text_row(&mut out, &value);
+                "SHOW".into()
+            }
+            Kind::Unsupported { reason, hint } => {
+                return Err(SqlError::new(code::FEATURE_NOT_SUPPORTED, reason.clone()).hint(hint.clone()));
+            }
+            Kind::Deallocate(Some(name)) => {
+                let old = self.statements.remove(name).ok_or_else(|| {
+                    SqlError::new(code::INVALID_STATEMENT_NAME, format!("prepared statement \"{name}\" does not exist"))
+                })?;
+                undo.push(Effect::RestoreStatement(name.clone(), old));
+                "DEALLOCATE".into()
+            }
+            Kind::Deallocate(None) => {
+                undo.extend(self.statements.drain().map(|(n, p)| Effect::RestoreStatement(n, p)));
+                "DEALLOCATE ALL".into()
+            }
+            Kind::DiscardAll => {
+                if self.status() != b'I' {
+                    return Err(SqlError::new(
+                        code::ACTIVE_TRANSACTION,
+                        "DISCARD ALL cannot run inside a transaction block",
+                    ));
+                }
+                self.statements.clear();
+                self.unnamed = None;
+                self.portals.clear();
+                self.settings = self.startup.clone();
+                Arc::make_mut(&mut self.info).vars.clear();
+                "DISCARD ALL".into()
+            }
+            _ if in_failed && !matches!(stmt.kind, Kind::Commit | Kind::Rollback | Kind::RollbackTo(_)) => {
+                return Err(aborted());
+            }
+            Kind::Begin => {
+                if self.deferred.is_open() {
+                    reply::notice(
+                        &mut out,
+                        "WARNING",
+                        code::ACTIVE_TRANSACTION,
+                        "there is already a transaction in progress",
+                    );
+                } else {
+                    self.deferred.statements.push(stmt.text.clone());
+                }
+                "BEGIN".into()
+            }
+            Kind::TransactionOption => {
+                self.deferred.statements.push(stmt.text.clone());
+                "SET".into()
+            }
+            Kind::Savepoint(name) => {
+                if !self.deferred.is_open() {
+                    return Err(no_transaction("SAVEPOINT"));
+                }
+                self.deferred.statements.push(stmt.text.clone());
+                self.deferred.savepoints.push(name.clone());
+                "SAVEPOINT".into()
+            }
+            Kind::Release(name) | Kind::RollbackTo(name) => {
+                let release = matches!(stmt.kind, Kind::Release(_));
+                if !self.deferred.is_open() {
+                    return Err(no_transaction(if release { "RELEASE SAVEPOINT" } else { "ROLLBACK TO SAVEPOINT" }));
+                }
+                let Some(pos) = self.deferred.savepoints.iter().rposition(|s| s == name) else {
+                    self.deferred.failed = true;
+                    return Err(SqlError::new(code::INVALID_SAVEPOINT, format!("savepoint \"{name}\" does not exist")));
+                };
+                // Nothing ran since the savepoint: releasing or rolling back to
+                // it only forgets the later ones (and, for RELEASE, itself).
+                let keep = if release { pos } else { pos + 1 };
+                let dropped = self.deferred.savepoints.len() - keep;
+                self.deferred.savepoints.truncate(keep);
+                let statements_keep = self.deferred.statements.len() - dropped;
+                self.deferred.statements.truncate(statements_keep);
+                if !release {
+                    self.deferred.failed = false;
+                }
+                if release { "RELEASE" } else { "ROLLBACK" }.into()
+            }
+            Kind::Commit | Kind::Rollback => {
+                let was_failed = self.deferred.failed;
+                if !self.deferred.is_open() {
+                    reply::notice(
+                        &mut out,
+                        "WARNING",
+                        code::NO_ACTIVE_TRANSACTION,
+                        "there is no transaction in progress",
+                    );
+                }
+                self.deferred = Deferred::default();
+                if matches!(stmt.kind, Kind::Commit) && !was_failed { "COMMIT" } else { "ROLLBACK" }.into()
+            }
+            Kind::Read | Kind::Write | Kind::Session(_) => return Err(aborted()),
+        };
+        reply::command_complete(&mut out, &tag);
+        Ok((out, undo))
+    }
+}
+
+pub(super) fn aborted() -> SqlError {
+    SqlError::new(
+        code::IN_FAILED_TRANSACTION,
+        "current transaction is aborted, commands ignored until end of transaction block",
+    )
+}
+
+pub(super) fn no_transaction(what: &str) -> SqlError {
+    SqlError::new(code::NO_ACTIVE_TRANSACTION, format!("{what} can only be used in transaction blocks"))
+}
+
+pub(super) fn local_capable(kind: &Kind) -> bool {
+    !matches!(kind, Kind::Read | Kind::Write | Kind::Session(_))
+}

@@ -1,0 +1,82 @@
+//! The simple query protocol: one Query message, one ReadyForQuery.
+
+use bytes::{Bytes, BytesMut};
+
+use super::Session;
+use super::local::aborted;
+use crate::classify::Kind;
+use crate::execute::{Entry, Reply};
+use crate::frontend::wire::reply;
+use crate::policy::Request;
+use crate::sqlerror::{SqlError, code};
+
+impl Session {
+    pub(super) async fn query(&mut self, raw: Bytes, sql: String) -> Result<(), SqlError> {
+        let facts = self.shared.facts.get(&sql);
+        // A simple query destroys the unnamed statement.
+        self.unnamed = None;
+        if facts.statements.is_empty() && facts.parse_error.is_none() {
+            let mut out = BytesMut::new();
+            reply::empty_query(&mut out);
+            self.emit(out, vec![]);
+            return self.simple_ready();
+        }
+        if let Some(stmt) = facts.single()
+            && self.runs_locally(&stmt.kind)
+        {
+            return match self.local(stmt, true) {
+                Ok((frames, _)) => {
+                    self.emit(frames, vec![]);
+                    self.simple_ready()
+                }
+                Err(e) => self.fail(e, false),
+            };
+        }
+        if let Some(bad) = facts.statements.iter().find(|s| must_stand_alone(&s.kind)) {
+            let err = match &bad.kind {
+                Kind::Unsupported { reason, hint } => {
+                    SqlError::new(code::FEATURE_NOT_SUPPORTED, reason.clone()).hint(hint.clone())
+                }
+                _ => SqlError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    format!("`{}` must be sent as a statement of its own", bad.text),
+                ),
+            };
+            return self.fail(err, false);
+        }
+        if self.deferred.failed {
+            return self.fail(aborted(), false);
+        }
+        let mut req = Request::default();
+        req.add(&facts, None);
+        if let Err(e) = self.attach_for(&req).await {
+            return self.fail(e, false);
+        }
+        let Some(a) = self.attached.as_mut() else { return Ok(()) };
+        a.conn.wbuf.extend_from_slice(&raw);
+        a.conn.unnamed = None;
+        a.outbox.push(Entry::backend(Reply::Query { facts, done: 0 }), &mut self.events);
+        a.pending_ready += 1;
+        self.apply_events();
+        Ok(())
+    }
+
+    /// ReadyForQuery after a simple query answered here.
+    pub(super) fn simple_ready(&mut self) -> Result<(), SqlError> {
+        let mut z = BytesMut::new();
+        reply::ready(&mut z, self.status());
+        self.emit(z, vec![]);
+        Ok(())
+    }
+}
+
+pub(super) fn must_stand_alone(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::ShardcarSet { .. }
+            | Kind::ShardcarShow(_)
+            | Kind::Unsupported { .. }
+            | Kind::Deallocate(_)
+            | Kind::DiscardAll
+    )
+}
