@@ -58,7 +58,7 @@ fn percentiles(mut f: impl FnMut()) -> (u128, u128) {
 fn routing(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = rt.enter();
-    let router = Router::new(&Config::parse(CONFIG).unwrap()).unwrap();
+    let router = Router::new(&Config::parse(CONFIG).unwrap(), &Default::default()).unwrap();
     let facts = Arc::new(classify(SQL));
     let session = Arc::new(SessionInfo::default());
     let mut aid = 0i64;
@@ -72,7 +72,7 @@ fn routing(c: &mut Criterion) {
     println!("plugin step (extract-key + route, hash): median {median} ns, p99 {p99} ns");
     c.bench_function("plugin step: hash extract-key + route", |b| b.iter(&mut route));
 
-    let cache = FactsCache::new(10_000);
+    let cache = FactsCache::new(10_000, &Default::default());
     cache.get(SQL);
     let (median, p99) = percentiles(|| {
         black_box(cache.get(SQL));

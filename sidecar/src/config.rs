@@ -33,6 +33,8 @@ pub struct Config {
     pub directories: Vec<Directory>,
     #[serde(default)]
     pub plugins: Plugins,
+    #[serde(default)]
+    pub telemetry: Telemetry,
     /// Where relative paths in the config are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -43,8 +45,11 @@ pub struct Config {
 pub struct Listen {
     /// Postgres protocol listener for application clients.
     pub addr: String,
-    /// HTTP admin listener (health and readiness).
+    /// HTTP admin listener: probes, `/metrics`, the JSON API.
     pub admin: String,
+    /// When set, `/metrics` and `/api/...` want `Authorization: Bearer <token>`
+    /// (or `?access_token=<token>`, for browsers' EventSource); the probes stay open.
+    pub admin_token: Option<String>,
     /// Clients beyond this many get `53300 too_many_connections` at startup.
     pub max_client_connections: usize,
     /// On SIGTERM/SIGINT: how long open transactions may take to finish.
@@ -56,6 +61,7 @@ impl Default for Listen {
         Listen {
             addr: "127.0.0.1:6432".into(),
             admin: "127.0.0.1:9930".into(),
+            admin_token: None,
             max_client_connections: 1000,
             shutdown_grace_s: 10,
         }
@@ -212,6 +218,73 @@ impl Default for Plugins {
     fn default() -> Self {
         Plugins { call_timeout_ms: 10, memory_limit_mb: 64, cache_dir: None, reload_interval_ms: 1000 }
     }
+}
+
+/// Hot keys, skew, and trace export.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Telemetry {
+    /// Show shard key values in hot-key reports; `false` shows a keyed hash
+    /// instead, and the values are never kept.
+    pub show_keys: bool,
+    /// Keys each table's hot-key sketch tracks at once (a power of two);
+    /// memory is bounded by it, whatever the number of distinct keys.
+    pub hot_key_capacity: usize,
+    /// Hot keys reported per table.
+    pub top_keys: usize,
+    /// Seconds of load the skew figures and windowed rates cover.
+    pub skew_window_s: u64,
+    /// A busiest/mean ratio at or above this...
+    pub hot_skew: f64,
+    /// ...for this many consecutive seconds flags the busiest shard as hot.
+    pub hot_after_s: u64,
+    /// Below this many statements per second over the window, nothing is hot.
+    pub hot_min_rate: f64,
+    pub traces: Traces,
+}
+
+impl Default for Telemetry {
+    fn default() -> Self {
+        Telemetry {
+            show_keys: true,
+            hot_key_capacity: 1024,
+            top_keys: 10,
+            skew_window_s: 60,
+            hot_skew: 1.5,
+            hot_after_s: 30,
+            hot_min_rate: 1.0,
+            traces: Traces::default(),
+        }
+    }
+}
+
+/// OTLP trace export. Every field left out falls back to the standard
+/// `OTEL_*` environment variable, then to the OpenTelemetry default.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Traces {
+    /// Default: on when an endpoint is set here or in
+    /// `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` / `OTEL_EXPORTER_OTLP_ENDPOINT`
+    /// (and neither `OTEL_SDK_DISABLED=true` nor `OTEL_TRACES_EXPORTER=none`).
+    pub enabled: Option<bool>,
+    /// `http://host:port` of the collector.
+    pub endpoint: Option<String>,
+    /// `grpc` (default) or `http/protobuf`.
+    pub protocol: Option<String>,
+    /// Default `OTEL_SERVICE_NAME`, else `shardcar`.
+    pub service_name: Option<String>,
+    /// Fraction of new traces kept; statements inside an application's trace
+    /// follow its sampling flag. Default `OTEL_TRACES_SAMPLER(_ARG)`, else all.
+    pub sample_ratio: Option<f64>,
+    /// Spans waiting for export; more are dropped and counted
+    /// (`OTEL_BSP_MAX_QUEUE_SIZE`, default 2048).
+    pub queue_size: Option<usize>,
+    /// Spans per export (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`, default 512).
+    pub batch_size: Option<usize>,
+    /// Longest wait before a partial batch is sent (`OTEL_BSP_SCHEDULE_DELAY`, default 1000).
+    pub export_interval_ms: Option<u64>,
+    /// Time one export may take (`OTEL_EXPORTER_OTLP_TIMEOUT`, default 10000).
+    pub export_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -421,6 +494,7 @@ impl Config {
             }
         }
         self.routing_problems(&shard_names, &mut bad);
+        self.telemetry_problems(&mut bad);
         if !self.shards.is_empty() && !shard_names.contains(self.routing.default_shard.as_str()) {
             bad(
                 "routing.default_shard".into(),
@@ -481,6 +555,62 @@ impl Config {
         }
         if self.plugins.reload_interval_ms < 100 {
             bad("plugins.reload_interval_ms".into(), "must be at least 100".into());
+        }
+    }
+
+    fn telemetry_problems(&self, bad: &mut impl FnMut(String, String)) {
+        let t = &self.telemetry;
+        if t.hot_key_capacity < 8 || !t.hot_key_capacity.is_power_of_two() {
+            bad("telemetry.hot_key_capacity".into(), "must be a power of two, at least 8".into());
+        }
+        if t.top_keys == 0 || t.top_keys > t.hot_key_capacity {
+            bad("telemetry.top_keys".into(), "must be between 1 and telemetry.hot_key_capacity".into());
+        }
+        if !(1..=900).contains(&t.skew_window_s) {
+            bad("telemetry.skew_window_s".into(), "must be between 1 and 900 (the 15 minutes kept)".into());
+        }
+        if t.hot_skew.is_nan() || t.hot_skew < 1.0 {
+            bad("telemetry.hot_skew".into(), "must be at least 1.0 (1.0 is perfectly even)".into());
+        }
+        if t.hot_min_rate.is_nan() || t.hot_min_rate < 0.0 {
+            bad("telemetry.hot_min_rate".into(), "must not be negative".into());
+        }
+        if self.listen.admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            bad("listen.admin_token".into(), "use at least 16 characters".into());
+        }
+        let tr = &t.traces;
+        if let Some(e) = &tr.endpoint {
+            if e.starts_with("https://") {
+                bad(
+                    "telemetry.traces.endpoint".into(),
+                    "TLS to the collector is not supported yet; use http:// (a collector beside the pod)".into(),
+                );
+            } else if !e.starts_with("http://") {
+                bad("telemetry.traces.endpoint".into(), format!("`{e}` is not an http://host:port URL"));
+            }
+        }
+        if let Some(p) = &tr.protocol
+            && p != "grpc"
+            && p != "http/protobuf"
+        {
+            bad("telemetry.traces.protocol".into(), format!("`{p}` is not `grpc` or `http/protobuf`"));
+        }
+        if let Some(r) = tr.sample_ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            bad("telemetry.traces.sample_ratio".into(), "must be between 0.0 and 1.0".into());
+        }
+        for (field, value) in [("queue_size", tr.queue_size), ("batch_size", tr.batch_size)] {
+            if value == Some(0) {
+                bad(format!("telemetry.traces.{field}"), "must be at least 1".into());
+            }
+        }
+        for (field, value) in
+            [("export_interval_ms", tr.export_interval_ms), ("export_timeout_ms", tr.export_timeout_ms)]
+        {
+            if value == Some(0) {
+                bad(format!("telemetry.traces.{field}"), "must be at least 1".into());
+            }
         }
     }
 

@@ -1,7 +1,7 @@
 //! shardcar: a per-pod sidecar that makes sharded PostgreSQL look like one
 //! database. The modules follow the path of a statement: frontend →
 //! classify → policy → plan → execute, with pools, settings and cancel
-//! beside them.
+//! beside them, and telemetry watching all of it.
 
 pub mod admin;
 pub mod cancel;
@@ -18,3 +18,4 @@ pub mod pool;
 pub mod server;
 pub mod settings;
 pub mod sqlerror;
+pub mod telemetry;

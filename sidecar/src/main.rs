@@ -65,7 +65,7 @@ fn main() -> ExitCode {
                 // their own test cases run, as `run` would.
                 let plugins = runtime().and_then(|rt| {
                     rt.block_on(async {
-                        let router = shardcar::policy::Router::new(&cfg)?;
+                        let router = shardcar::policy::Router::new(&cfg, &Default::default())?;
                         shardcar::policy::reload::verify_all(&router).await
                     })
                 });
@@ -122,14 +122,14 @@ fn main() -> ExitCode {
 }
 
 async fn explain(cfg: Config, sql: String, params: Vec<String>, json: bool) -> anyhow::Result<()> {
-    let router = shardcar::policy::Router::new(&cfg)?;
+    let router = shardcar::policy::Router::new(&cfg, &Default::default())?;
     let facts = std::sync::Arc::new(shardcar::classify::classify(&sql));
     let params = params.into_iter().map(Some).collect();
     let explanation = shardcar::policy::explain::explain(&router, facts, params, cfg.routing.read_replicas).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{}", explanation.render());
+        print!("{}", shardcar::policy::explain::render(&explanation));
     }
     Ok(())
 }

@@ -31,12 +31,12 @@ mod tests {
     use super::*;
 
     fn decision(role: Option<RoleHint>, read_only: bool) -> Decision {
-        Decision { shard: Some(1), role, read_only }
+        Decision { shard: Some(1), role, read_only, routes: vec![] }
     }
 
     #[test]
     fn no_preference_means_the_default_shard() {
-        let d = Decision { shard: None, role: None, read_only: false };
+        let d = Decision { shard: None, role: None, read_only: false, routes: vec![] };
         assert_eq!(plan(&d, 3, false, true).shard, 3);
     }
 

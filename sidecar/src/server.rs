@@ -16,6 +16,8 @@ use crate::config::Config;
 use crate::frontend::{self, auth::Secret};
 use crate::policy::Router;
 use crate::pool::{Pools, health};
+use crate::telemetry::Telemetry;
+use crate::telemetry::metrics::Metrics;
 
 /// Distinct SQL texts whose facts are kept.
 const FACTS_CACHE_ENTRIES: usize = 10_000;
@@ -25,7 +27,8 @@ pub struct Shared {
     pub config: Config,
     pub pools: Arc<Pools>,
     pub router: Arc<Router>,
-    pub facts: FactsCache,
+    pub facts: Arc<FactsCache>,
+    pub telemetry: Arc<Telemetry>,
     pub cancels: Arc<cancel::Registry>,
     pub secrets: HashMap<String, Secret>,
     pub client_slots: Arc<Semaphore>,
@@ -67,19 +70,24 @@ pub async fn serve(
     admin: TcpListener,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let pools = Arc::new(Pools::new(&config)?);
+    let metrics = Arc::new(Metrics::new());
+    let pools = Arc::new(Pools::new(&config, &metrics)?);
     let mut secrets = HashMap::new();
     for user in &config.users {
         let secret = Secret::for_user(user).map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
         secrets.insert(user.name.clone(), secret);
     }
-    let router = Arc::new(Router::new(&config)?);
+    let router = Arc::new(Router::new(&config, &metrics)?);
     crate::policy::reload::verify_all(&router).await?;
+    let facts = Arc::new(FactsCache::new(FACTS_CACHE_ENTRIES, &metrics));
+    let (telemetry, trace_flusher) = Telemetry::start(&config, metrics)?;
+    let telemetry = Arc::new(telemetry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
         router,
         pools: pools.clone(),
-        facts: FactsCache::new(FACTS_CACHE_ENTRIES),
+        facts: facts.clone(),
+        telemetry: telemetry.clone(),
         cancels: Arc::new(cancel::Registry::default()),
         secrets,
         client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
@@ -103,6 +111,7 @@ pub async fn serve(
         }
     });
     background.spawn(crate::admin::serve(admin, shared.clone()));
+    background.spawn(telemetry.clone().sample(pools.clone(), facts));
     let (topology_pools, topology_router, topology_config) =
         (pools.clone(), shared.router.clone(), shared.config.clone());
     background.spawn(async move {
@@ -154,6 +163,9 @@ pub async fn serve(
         sessions.shutdown().await;
     }
     background.shutdown().await;
+    if let Some(flusher) = trace_flusher {
+        flusher.flush_and_stop(Duration::from_secs(5)).await;
+    }
     pools.close();
     Ok(())
 }

@@ -67,6 +67,25 @@ fn shardcar_pairs(text: &str, hints: &mut Hints) {
     }
 }
 
+/// Splits a trailing sqlcommenter comment off `sql`: the text before it,
+/// and its pairs. Applications put a new `traceparent` in every statement;
+/// without the split, no statement text would ever repeat and the parse
+/// cache would miss every time. Anything unusual (two trailing comments, a
+/// shardcar comment, another format) is left whole.
+pub fn split_sqlcommenter(sql: &str) -> (&str, Option<Vec<(String, String)>>) {
+    let trimmed = sql.trim_end_matches(|c: char| c.is_whitespace() || c == ';');
+    let Some(start) = trimmed.strip_suffix("*/").and_then(|t| t.rfind("/*")) else { return (sql, None) };
+    let body = trimmed[start + 2..trimmed.len() - 2].trim();
+    let before = &sql[..start];
+    if body.contains("*/") || body.starts_with("shardcar:") || before.trim_end().ends_with("*/") {
+        return (sql, None);
+    }
+    match sqlcommenter_pairs(body) {
+        Some(pairs) => (before, Some(pairs)),
+        None => (sql, None),
+    }
+}
+
 /// `key='value',...` with URL-encoded keys and values (sqlcommenter's
 /// format); `None` when the comment is not in that format.
 fn sqlcommenter_pairs(body: &str) -> Option<Vec<(String, String)>> {
@@ -108,5 +127,26 @@ mod tests {
         // Only the trailing comment counts, and only in that format.
         assert!(hints("/*tenant='acme'*/ SELECT 1").pairs.is_empty());
         assert!(hints("SELECT 1 /* just a note */").pairs.is_empty());
+    }
+
+    #[test]
+    fn the_trailing_sqlcommenter_comment_splits_off_like_hints_reads_it() {
+        for sql in [
+            "SELECT * FROM t WHERE id = 1 /*traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'*/;",
+            "SELECT '/*x*/' /*tenant='acme',action='a%2Fb'*/",
+        ] {
+            let (before, pairs) = split_sqlcommenter(sql);
+            assert!(!before.contains("/*t") && !before.contains("/*tenant"), "{before}");
+            assert_eq!(pairs.unwrap(), hints(sql).pairs, "{sql}");
+        }
+        for whole in [
+            "SELECT 1",
+            "SELECT 1 /* just a note */",
+            "SELECT 1 /* shardcar: shard=s1 */",
+            "SELECT 1 /*a='1'*/ /*b='2'*/",
+            "SELECT 1 /* outer /*a='1'*/ */",
+        ] {
+            assert_eq!(split_sqlcommenter(whole), (whole, None), "{whole}");
+        }
     }
 }

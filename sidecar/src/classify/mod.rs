@@ -10,15 +10,17 @@ pub mod comments;
 pub mod params;
 pub mod shape;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use pg_query::protobuf::{self, DiscardMode, OnCommitAction, TransactionStmtKind, VariableSetKind, node::Node as N};
+use prometheus::IntCounter;
 use quick_cache::sync::Cache;
 
 pub use comments::Hints;
 pub use shape::{Operand, Shape, Value, Verb};
 
 use crate::settings::{Change, Setting};
+use crate::telemetry::metrics::Metrics;
 
 /// Everything shardcar knows about one SQL text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -29,6 +31,9 @@ pub struct Facts {
     /// The parser's message when it could not read the text. Such text still
     /// routes by hints and defaults; Postgres reports the syntax error.
     pub parse_error: Option<String>,
+    /// The text with literals replaced by `$n` placeholders, made when first
+    /// asked for (traces), off the data path.
+    normalized: OnceLock<Option<String>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +96,20 @@ impl Facts {
             && self.statements.iter().all(|s| s.kind == Kind::Read)
     }
 
+    /// The statements' text with literals replaced by placeholders; `None`
+    /// when the parser cannot read it (its literals cannot be told apart).
+    pub fn normalized(&self) -> Option<&str> {
+        self.normalized
+            .get_or_init(|| {
+                if self.statements.is_empty() {
+                    return None;
+                }
+                let text = self.statements.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("; ");
+                pg_query::normalize(&text).ok()
+            })
+            .as_deref()
+    }
+
     /// The statement, when the text holds exactly one.
     pub fn single(&self) -> Option<&Statement> {
         match self.statements.as_slice() {
@@ -118,9 +137,9 @@ pub fn classify(sql: &str) -> Facts {
                 })
                 .collect(),
             hints,
-            parse_error: None,
+            ..Facts::default()
         },
-        Err(e) => Facts { statements: Vec::new(), hints, parse_error: Some(e.to_string()) },
+        Err(e) => Facts { hints, parse_error: Some(e.to_string()), ..Facts::default() },
     }
 }
 
@@ -303,20 +322,56 @@ fn constant_text(node: Option<&N>) -> Option<String> {
 /// Facts per distinct SQL text, bounded.
 pub struct FactsCache {
     cache: Cache<String, Arc<Facts>>,
+    hits: IntCounter,
+    misses: IntCounter,
 }
 
 impl FactsCache {
-    pub fn new(capacity: usize) -> FactsCache {
-        FactsCache { cache: Cache::new(capacity) }
+    pub fn new(capacity: usize, metrics: &Metrics) -> FactsCache {
+        FactsCache {
+            cache: Cache::new(capacity),
+            hits: metrics.parse_cache_hits.clone(),
+            misses: metrics.parse_cache_misses.clone(),
+        }
     }
 
     pub fn get(&self, sql: &str) -> Arc<Facts> {
-        if let Some(f) = self.cache.get(sql) {
-            return f;
+        self.lookup(sql).0
+    }
+
+    /// The facts of `sql`, and whether they were cached. A trailing
+    /// sqlcommenter comment is not part of the cached text: its pairs are
+    /// added to a copy of the cached facts.
+    pub fn lookup(&self, sql: &str) -> (Arc<Facts>, bool) {
+        let (text, trailing) = comments::split_sqlcommenter(sql);
+        let (facts, hit) = match self.cache.get(text) {
+            Some(f) => {
+                self.hits.inc();
+                (f, true)
+            }
+            None => {
+                self.misses.inc();
+                let facts = Arc::new(classify(text));
+                self.cache.insert(text.to_string(), facts.clone());
+                (facts, false)
+            }
+        };
+        match trailing {
+            Some(pairs) => {
+                let mut with_pairs = Facts::clone(&facts);
+                with_pairs.hints.pairs.extend(pairs);
+                (Arc::new(with_pairs), hit)
+            }
+            None => (facts, hit),
         }
-        let facts = Arc::new(classify(sql));
-        self.cache.insert(sql.to_string(), facts.clone());
-        facts
+    }
+
+    pub fn len(&self) -> usize {
+        self.cache.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.cache.is_empty()
     }
 }
 

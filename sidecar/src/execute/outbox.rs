@@ -19,6 +19,7 @@ use crate::classify::Facts;
 use crate::execute::{Effect, Prepared};
 use crate::frontend::wire::reply;
 use crate::sqlerror::SqlError;
+use crate::telemetry::stages::{InFlight, ServerError};
 
 /// How the replies to one sent message end.
 #[derive(Debug)]
@@ -29,13 +30,15 @@ pub enum Reply {
     /// Describe of a statement: the server's parameter types are kept on it.
     DescribeStatement(Option<Arc<Prepared>>),
     DescribePortal,
-    /// Execute of a portal whose statement has these facts.
-    Execute(Option<Arc<Facts>>),
+    /// Execute of a portal, timed for telemetry (with its statement's facts).
+    Execute(Box<InFlight>),
     Sync,
-    /// A simple query; `done` counts its completed statements.
+    /// A simple query; `done` counts its completed statements. Shardcar's
+    /// own (a deferred BEGIN) are not timed.
     Query {
         facts: Arc<Facts>,
         done: usize,
+        flight: Option<Box<InFlight>>,
     },
 }
 
@@ -120,6 +123,8 @@ pub enum Event {
     Error {
         fatal: bool,
     },
+    /// A client statement's last reply arrived (or its connection was lost).
+    Finished(Box<InFlight>),
 }
 
 /// The backend sent something the queue did not expect: the connection's
@@ -171,10 +176,21 @@ impl Outbox {
     }
 
     /// Forgets everything outstanding (the connection is gone), reporting
-    /// what to undo.
+    /// what to undo; statements in flight finish with a connection error.
     pub fn abandon(&mut self, events: &mut Vec<Event>) {
         for entry in self.entries.drain(..) {
             events.extend(entry.undo.into_iter().map(Event::Undone));
+            if let EntryKind::Backend {
+                reply: Reply::Execute(mut flight) | Reply::Query { flight: Some(mut flight), .. },
+                ..
+            } = entry.kind
+            {
+                flight.error.get_or_insert(ServerError {
+                    code: crate::sqlerror::code::CONNECTION_FAILURE.into(),
+                    message: "lost the connection to the server".into(),
+                });
+                events.push(Event::Finished(flight));
+            }
         }
         self.skipping = false;
     }
@@ -240,14 +256,12 @@ impl Outbox {
                 events.push(Event::CopyIn { ignored_syncs: before - self.entries.len() });
                 false
             }
-            (Reply::Execute(facts), b'C') => {
-                if let Some(facts) = facts {
-                    events.push(Event::StatementDone { facts: facts.clone(), index: 0, tag: command_tag(frame) });
-                }
+            (Reply::Execute(flight), b'C') => {
+                events.push(Event::StatementDone { facts: flight.facts.clone(), index: 0, tag: command_tag(frame) });
                 true
             }
             (Reply::Execute(_), b'I' | b's') => true,
-            (Reply::Query { facts, done }, b'C') => {
+            (Reply::Query { facts, done, .. }, b'C') => {
                 events.push(Event::StatementDone { facts: facts.clone(), index: *done, tag: command_tag(frame) });
                 *done += 1;
                 false
@@ -261,6 +275,13 @@ impl Outbox {
         };
         if complete && let Some(entry) = self.entries.pop_front() {
             events.extend(entry.on_success.map(Event::Succeeded));
+            if let EntryKind::Backend {
+                reply: Reply::Execute(flight) | Reply::Query { flight: Some(flight), .. },
+                ..
+            } = entry.kind
+            {
+                events.push(Event::Finished(flight));
+            }
         }
         Ok(())
     }
@@ -268,7 +289,8 @@ impl Outbox {
     fn on_error(&mut self, frame: &[u8], out: &mut BytesMut, events: &mut Vec<Event>) -> Result<(), Desync> {
         let fatal = is_fatal(frame);
         events.push(Event::Error { fatal });
-        let Some(head) = self.entries.front() else {
+        let survive_fatal = self.survive_fatal;
+        let Some(head) = self.entries.front_mut() else {
             // A FATAL error with nothing outstanding: the server is closing
             // the connection (shutdown, terminate). The session sees the EOF.
             if fatal {
@@ -276,37 +298,73 @@ impl Outbox {
             }
             return Err(Desync { tag: b'E', why: "nothing was outstanding" });
         };
-        let forward = |out: &mut BytesMut| {
-            if fatal && self.survive_fatal {
-                downgrade(frame, out);
-            } else {
-                out.extend_from_slice(frame);
-            }
-        };
-        match &head.kind {
+        match &mut head.kind {
             EntryKind::Abort(err) => reply::error(out, err),
             // A simple query's error, or a failed commit at Sync: the entry
             // still ends with ReadyForQuery.
-            EntryKind::Backend { reply: Reply::Query { .. } | Reply::Sync, .. } => {
-                forward(out);
+            EntryKind::Backend { reply: Reply::Query { flight, .. }, .. } => {
+                if let Some(f) = flight {
+                    f.error.get_or_insert_with(|| server_error(frame));
+                }
+                forward(frame, fatal && survive_fatal, out);
                 self.fatal_told |= fatal;
                 return Ok(());
             }
-            _ => forward(out),
+            EntryKind::Backend { reply: Reply::Sync, .. } => {
+                forward(frame, fatal && survive_fatal, out);
+                self.fatal_told |= fatal;
+                return Ok(());
+            }
+            _ => forward(frame, fatal && survive_fatal, out),
         }
         self.fatal_told |= fatal;
         // An extended-protocol message failed: Postgres now skips to Sync.
+        // The first statement among what is skipped is the one that failed
+        // (its Parse, Bind or Execute); the rest never ran.
+        let mut error = Some(server_error(frame));
         while let Some(entry) = self.entries.front() {
             if entry.is_sync() {
                 return Ok(());
             }
             if let Some(entry) = self.entries.pop_front() {
                 events.extend(entry.undo.into_iter().map(Event::Undone));
+                if let EntryKind::Backend { reply: Reply::Execute(mut flight), .. } = entry.kind
+                    && let Some(e) = error.take()
+                {
+                    flight.error = Some(e);
+                    events.push(Event::Finished(flight));
+                }
             }
         }
         self.skipping = true;
         Ok(())
     }
+}
+
+/// Relays a server's error, as an ERROR when the session outlives a FATAL one.
+fn forward(frame: &[u8], downgrade_fatal: bool, out: &mut BytesMut) {
+    if downgrade_fatal {
+        downgrade(frame, out);
+    } else {
+        out.extend_from_slice(frame);
+    }
+}
+
+/// The SQLSTATE and message of an ErrorResponse.
+fn server_error(frame: &[u8]) -> ServerError {
+    use fallible_iterator::FallibleIterator;
+    let mut error = ServerError { code: String::new(), message: String::new() };
+    if let Some(Message::ErrorResponse(body)) = parse(frame) {
+        let mut fields = body.fields();
+        while let Ok(Some(f)) = fields.next() {
+            match f.type_() {
+                b'C' => error.code = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                b'M' => error.message = String::from_utf8_lossy(f.value_bytes()).into_owned(),
+                _ => {}
+            }
+        }
+    }
+    error
 }
 
 fn parse(frame: &[u8]) -> Option<Message> {
@@ -370,6 +428,54 @@ mod tests {
 
     fn error() -> Vec<u8> {
         msg(b'E', b"SERROR\0C42601\0Mboom\0\0")
+    }
+
+    /// A statement in flight to a server that is never contacted.
+    fn flight() -> Box<InFlight> {
+        let cfg = crate::config::Config::parse(
+            r#"
+            [[users]]
+            name = "u"
+            trust = true
+            [[shards]]
+            name = "s0"
+            primary = "postgres://u@127.0.0.1:1/db"
+            [routing]
+            default_shard = "s0"
+            "#,
+        )
+        .unwrap();
+        let pools = crate::pool::Pools::new(&cfg, &crate::telemetry::metrics::Metrics::new()).unwrap();
+        let stages = crate::telemetry::stages::Stages::new(std::time::Instant::now());
+        InFlight::new(stages, Arc::new(Facts::default()), pools.shards[0].primary.clone(), Arc::default())
+    }
+
+    fn finished(events: &[Event]) -> Vec<Option<String>> {
+        events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Finished(f) => Some(f.error.as_ref().map(|e| e.code.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_failed_bind_fails_its_statement_and_later_ones_never_ran() {
+        let mut ob = Outbox::default();
+        let mut ev = Vec::new();
+        ob.push(Entry::backend(Reply::Bind), &mut ev);
+        ob.push(Entry::backend(Reply::Execute(flight())), &mut ev);
+        ob.push(Entry::backend(Reply::Bind), &mut ev);
+        ob.push(Entry::backend(Reply::Execute(flight())), &mut ev);
+        ob.push(Entry::backend(Reply::Sync), &mut ev);
+        ob.on_frame(&error(), &mut BytesMut::new(), &mut ev).unwrap();
+        assert_eq!(finished(&ev), [Some("42601".to_string())]);
+        ev.clear();
+        ob.push(Entry::backend(Reply::Execute(flight())), &mut ev);
+        ob.on_frame(&msg(b'Z', b"I"), &mut BytesMut::new(), &mut ev).unwrap();
+        ob.on_frame(&msg(b'C', b"SELECT 1\0"), &mut BytesMut::new(), &mut ev).unwrap();
+        assert_eq!(finished(&ev), [None]);
     }
 
     #[test]
@@ -444,7 +550,7 @@ mod tests {
     fn syncs_sent_before_copy_in_started_get_no_reply() {
         let mut ob = Outbox::default();
         let mut ev = Vec::new();
-        ob.push(Entry::backend(Reply::Execute(None)), &mut ev);
+        ob.push(Entry::backend(Reply::Execute(flight())), &mut ev);
         ob.push(Entry::backend(Reply::Sync), &mut ev);
         ob.on_frame(&msg(b'G', b"\0\0\0"), &mut BytesMut::new(), &mut ev).unwrap();
         assert!(matches!(ev[..], [Event::CopyIn { ignored_syncs: 1 }]));
@@ -459,7 +565,7 @@ mod tests {
             let mut ob = Outbox { survive_fatal: survive, ..Outbox::default() };
             let mut ev = Vec::new();
             let mut out = BytesMut::new();
-            ob.push(Entry::backend(Reply::Query { facts: Arc::new(Facts::default()), done: 0 }), &mut ev);
+            ob.push(Entry::backend(Reply::Query { facts: Arc::new(Facts::default()), done: 0, flight: None }), &mut ev);
             ob.on_frame(&fatal, &mut out, &mut ev).unwrap();
             assert!(ob.fatal_told);
             let text = String::from_utf8_lossy(&out);

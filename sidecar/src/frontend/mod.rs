@@ -22,8 +22,10 @@ use wire::{ClientConn, StartupPacket, reply};
 /// Serves one client connection from its first byte to its last.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
-    let mut client = ClientConn::new(stream);
+    let metrics = &shared.telemetry.metrics;
+    let mut client = ClientConn::new(stream, metrics.client_bytes_received.clone(), metrics.client_bytes_sent.clone());
     let Ok(permit) = shared.client_slots.clone().try_acquire_owned() else {
+        metrics.clients_refused.inc();
         let e = SqlError::fatal(code::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
             .hint("raise listen.max_client_connections, or pool clients in the application");
         reply::error(&mut client.out, &e);
@@ -32,16 +34,35 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     };
     match startup(&shared, &mut client).await {
         Ok(Some((registration, settings, info))) => {
-            Session::new(shared, client, registration, settings, info).run().await
+            shared.telemetry.metrics.clients_accepted.inc();
+            let _connected = Connected::count(&shared.telemetry.metrics.clients_connected);
+            Session::new(shared, client, registration, settings, info).run().await;
         }
         Ok(None) => {}
         Err(e) => {
+            shared.telemetry.metrics.clients_refused.inc();
             tracing::debug!("client refused at startup: {e}");
             reply::error(&mut client.out, &e);
             let _ = client.flush().await;
         }
     }
     drop(permit);
+}
+
+/// Counts an open client connection until dropped, however the session ends.
+struct Connected(prometheus::IntGauge);
+
+impl Connected {
+    fn count(gauge: &prometheus::IntGauge) -> Connected {
+        gauge.inc();
+        Connected(gauge.clone())
+    }
+}
+
+impl Drop for Connected {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Startup and authentication; `None` when the connection was a cancel

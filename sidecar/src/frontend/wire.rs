@@ -22,6 +22,7 @@ use pgwire::messages::startup::{
 };
 use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 use postgres_protocol::message::backend::Header;
+use prometheus::IntCounter;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -181,11 +182,20 @@ pub struct ClientConn {
     rbuf: BytesMut,
     /// Bytes to write to the client at the next flush.
     pub out: BytesMut,
+    received: IntCounter,
+    sent: IntCounter,
 }
 
 impl ClientConn {
-    pub fn new(stream: TcpStream) -> ClientConn {
-        ClientConn { stream, rbuf: BytesMut::with_capacity(8 * 1024), out: BytesMut::with_capacity(8 * 1024) }
+    /// `received` and `sent` count the bytes that cross the connection.
+    pub fn new(stream: TcpStream, received: IntCounter, sent: IntCounter) -> ClientConn {
+        ClientConn {
+            stream,
+            rbuf: BytesMut::with_capacity(8 * 1024),
+            out: BytesMut::with_capacity(8 * 1024),
+            received,
+            sent,
+        }
     }
 
     /// Reads the untyped first packet (startup, SSL/GSS request or cancel).
@@ -254,7 +264,9 @@ impl ClientConn {
         if self.rbuf.capacity() - self.rbuf.len() < 1024 {
             self.rbuf.reserve(8 * 1024);
         }
-        self.stream.read_buf(&mut self.rbuf).await.map_err(io_error)
+        let n = self.stream.read_buf(&mut self.rbuf).await.map_err(io_error)?;
+        self.received.inc_by(n as u64);
+        Ok(n)
     }
 
     /// Reads a password-family message during authentication.
@@ -272,6 +284,7 @@ impl ClientConn {
     pub async fn flush(&mut self) -> Result<(), SqlError> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await.map_err(io_error)?;
+            self.sent.inc_by(self.out.len() as u64);
             self.out.clear();
         }
         Ok(())
@@ -279,7 +292,9 @@ impl ClientConn {
 
     /// Writes a single raw byte (the answer to an SSL/GSS request).
     pub async fn write_byte(&mut self, b: u8) -> Result<(), SqlError> {
-        self.stream.write_all(&[b]).await.map_err(io_error)
+        self.stream.write_all(&[b]).await.map_err(io_error)?;
+        self.sent.inc();
+        Ok(())
     }
 
     pub fn peer_is_loopback(&self) -> bool {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use serde::Serialize;
+use shardcar_api::{Explanation, Refusal, StatementExplanation, Target};
 
 use super::facts::SessionInfo;
 use super::{Request, Router, StatementRoute, Via};
@@ -12,50 +12,6 @@ use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, Operand, RoleHint, Value};
 use crate::plan::plan;
 use crate::pool::Role;
-
-#[derive(Debug, Serialize)]
-pub struct Explanation {
-    pub sql: String,
-    pub params: Vec<Option<String>>,
-    /// Why the parser could not read the text, if it could not.
-    pub parse_error: Option<String>,
-    pub hints: Vec<(String, String)>,
-    pub statements: Vec<StatementExplanation>,
-    /// Where the whole text would run (outside a transaction).
-    pub target: Option<Target>,
-    /// Why it would be refused.
-    pub error: Option<Refusal>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct StatementExplanation {
-    pub text: String,
-    pub kind: String,
-    pub tables: Vec<String>,
-    /// `table.column = value` / `IN (...)` conditions, values as written or bound.
-    pub predicates: Vec<String>,
-    pub insert_rows: usize,
-    /// `explicit`, `policy <name>`, or `unsharded`.
-    pub routed_by: String,
-    pub plugin: Option<String>,
-    pub table: Option<String>,
-    pub keys: Vec<String>,
-    pub shards: Vec<String>,
-    pub role: Option<String>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Target {
-    pub shard: String,
-    pub role: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Refusal {
-    pub code: String,
-    pub message: String,
-    pub hint: Option<String>,
-}
 
 pub async fn explain(
     router: &Router,
@@ -155,9 +111,9 @@ fn statement(
         out.routed_by = match &route.via {
             Via::Explicit => "explicit".into(),
             Via::Unsharded => "unsharded".into(),
-            Via::Policy { policy, rule, keys } => {
+            Via::Policy { policy, rule, keys, .. } => {
                 let slot = &router.policies[*policy];
-                out.plugin = Some(slot.plugin.load().version());
+                out.plugin = Some(slot.plugin.load().version().to_string());
                 out.table = Some(rule.table.clone());
                 out.keys = keys.iter().map(|k| value(&crate::policy::plugin::sql_value(k))).collect();
                 format!("policy {}", slot.name)
@@ -192,52 +148,50 @@ fn kind(k: &Kind) -> String {
     }
 }
 
-impl Explanation {
-    /// A readable report for the terminal.
-    pub fn render(&self) -> String {
-        let mut out = String::new();
-        if let Some(e) = &self.parse_error {
-            out.push_str(&format!("parse error: {e} (routed by hints or to the default shard)\n"));
-        }
-        if !self.hints.is_empty() {
-            let hints: Vec<String> = self.hints.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            out.push_str(&format!("hints: {}\n", hints.join(", ")));
-        }
-        for (i, s) in self.statements.iter().enumerate() {
-            out.push_str(&format!("statement {}: {}\n", i + 1, s.text));
-            out.push_str(&format!("  kind:       {}\n", s.kind));
-            if !s.tables.is_empty() {
-                out.push_str(&format!("  tables:     {}\n", s.tables.join(", ")));
-            }
-            for p in &s.predicates {
-                out.push_str(&format!("  condition:  {p}\n"));
-            }
-            if s.insert_rows > 0 {
-                out.push_str(&format!("  rows:       {}\n", s.insert_rows));
-            }
-            if !s.routed_by.is_empty() {
-                out.push_str(&format!("  routed by:  {}\n", s.routed_by));
-            }
-            if let Some(p) = &s.plugin {
-                out.push_str(&format!("  plugin:     {p}\n"));
-            }
-            if let Some(t) = &s.table {
-                out.push_str(&format!("  keys:       {} of {t}\n", s.keys.join(", ")));
-            }
-            if !s.shards.is_empty() {
-                out.push_str(&format!("  shards:     {}\n", s.shards.join(", ")));
-            }
-        }
-        match (&self.target, &self.error) {
-            (Some(t), _) => out.push_str(&format!("runs on:      {} {}\n", t.shard, t.role)),
-            (_, Some(e)) => {
-                out.push_str(&format!("refused:      {} ({})\n", e.message, e.code));
-                if let Some(h) = &e.hint {
-                    out.push_str(&format!("hint:         {h}\n"));
-                }
-            }
-            _ => {}
-        }
-        out
+/// A readable report for the terminal.
+pub fn render(e: &Explanation) -> String {
+    let mut out = String::new();
+    if let Some(err) = &e.parse_error {
+        out.push_str(&format!("parse error: {err} (routed by hints or to the default shard)\n"));
     }
+    if !e.hints.is_empty() {
+        let hints: Vec<String> = e.hints.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("hints: {}\n", hints.join(", ")));
+    }
+    for (i, s) in e.statements.iter().enumerate() {
+        out.push_str(&format!("statement {}: {}\n", i + 1, s.text));
+        out.push_str(&format!("  kind:       {}\n", s.kind));
+        if !s.tables.is_empty() {
+            out.push_str(&format!("  tables:     {}\n", s.tables.join(", ")));
+        }
+        for p in &s.predicates {
+            out.push_str(&format!("  condition:  {p}\n"));
+        }
+        if s.insert_rows > 0 {
+            out.push_str(&format!("  rows:       {}\n", s.insert_rows));
+        }
+        if !s.routed_by.is_empty() {
+            out.push_str(&format!("  routed by:  {}\n", s.routed_by));
+        }
+        if let Some(p) = &s.plugin {
+            out.push_str(&format!("  plugin:     {p}\n"));
+        }
+        if let Some(t) = &s.table {
+            out.push_str(&format!("  keys:       {} of {t}\n", s.keys.join(", ")));
+        }
+        if !s.shards.is_empty() {
+            out.push_str(&format!("  shards:     {}\n", s.shards.join(", ")));
+        }
+    }
+    match (&e.target, &e.error) {
+        (Some(t), _) => out.push_str(&format!("runs on:      {} {}\n", t.shard, t.role)),
+        (_, Some(r)) => {
+            out.push_str(&format!("refused:      {} ({})\n", r.message, r.code));
+            if let Some(h) = &r.hint {
+                out.push_str(&format!("hint:         {h}\n"));
+            }
+        }
+        _ => {}
+    }
+    out
 }

@@ -24,6 +24,7 @@ use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, RoleHint, Verb};
 use crate::config::{Config, PluginSource};
 use crate::sqlerror::{SqlError, code};
+use crate::telemetry::metrics::Metrics;
 use directory::Directory;
 use facts::{FactsView, SessionInfo, TableRule};
 use plugin::{CallError, Plugin, Runtime, TopologySnapshot};
@@ -52,15 +53,26 @@ impl Request {
     pub fn add_unexecuted(&mut self, facts: &Arc<Facts>) {
         self.items.push(Item { facts: facts.clone(), params: None, executes: false });
     }
+
+    /// Statements in the request.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
 }
 
 /// Where a request goes, before transaction state and replicas are considered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Decision {
     /// `None`: no statement cares (the default shard, or the transaction's).
     pub shard: Option<usize>,
     pub role: Option<RoleHint>,
     pub read_only: bool,
+    /// How the statements of the request's first item were routed.
+    pub routes: Vec<StatementRoute>,
 }
 
 /// How one statement was routed (for explain and for merging).
@@ -75,9 +87,9 @@ pub struct StatementRoute {
 pub enum Via {
     /// A hint or `SET shardcar.shard`.
     Explicit,
-    /// The policy (an index into `Router::policies`) of a table's rule, with
-    /// the keys its plugin used.
-    Policy { policy: usize, rule: Arc<TableRule>, keys: Vec<plugin::Value> },
+    /// The policy (an index into `Router::policies`) of a table's rule, the
+    /// plugin version that decided, and the keys it used.
+    Policy { policy: usize, plugin: Arc<str>, rule: Arc<TableRule>, keys: Vec<plugin::Value> },
     /// No sharded table: no preference.
     Unsharded,
 }
@@ -122,13 +134,13 @@ impl From<SqlError> for RouteError {
 
 impl Router {
     /// Loads every policy's plugin; any that fails to load is an error naming it.
-    pub fn new(cfg: &Config) -> anyhow::Result<Router> {
+    pub fn new(cfg: &Config, metrics: &Arc<Metrics>) -> anyhow::Result<Router> {
         let directory = Arc::new(Directory::new(cfg)?);
         let limits = plugin::Limits {
             call_timeout: std::time::Duration::from_millis(cfg.plugins.call_timeout_ms),
             memory_bytes: (cfg.plugins.memory_limit_mb as usize) << 20,
         };
-        let runtime = Runtime::new(limits, cfg.plugins.cache_dir.clone(), directory.clone())?;
+        let runtime = Runtime::new(limits, cfg.plugins.cache_dir.clone(), directory.clone(), metrics.clone())?;
         let topology = TopologySnapshot { version: 1, topology: topology(cfg, None) };
         let mut policies = Vec::new();
         for (i, p) in cfg.policies.iter().enumerate() {
@@ -235,15 +247,15 @@ impl Router {
         session: &Arc<SessionInfo>,
         in_transaction: bool,
     ) -> Result<Decision, RouteError> {
-        let mut decision = Decision { shard: None, role: None, read_only: true };
-        for item in &req.items {
+        let mut decision = Decision { shard: None, role: None, read_only: true, routes: Vec::new() };
+        for (n, item) in req.items.iter().enumerate() {
             decision.read_only &= item.facts.is_read_only();
             let routes = if item.executes {
                 self.route_facts(&item.facts, &item.params, session, in_transaction)?
             } else {
                 self.explicit(&item.facts, session)?.into_iter().collect()
             };
-            for route in routes {
+            for route in &routes {
                 let shard = match route.shards.as_slice() {
                     [] => None,
                     [one] => Some(*one),
@@ -268,6 +280,9 @@ impl Router {
                     (Some(RoleHint::Primary), _) | (_, Some(RoleHint::Primary)) => Some(RoleHint::Primary),
                     (a, b) => a.or(b),
                 };
+            }
+            if n == 0 {
+                decision.routes = routes;
             }
         }
         Ok(decision)
@@ -388,7 +403,7 @@ impl Router {
             plugin::Role::Replica => Some(RoleHint::Replica),
             plugin::Role::Any => None,
         });
-        let via = Via::Policy { policy: rule.policy, rule: rule.clone(), keys };
+        let via = Via::Policy { policy: rule.policy, plugin: plugin.version().clone(), rule: rule.clone(), keys };
         Ok(StatementRoute { shards, role, via })
     }
 
@@ -487,7 +502,7 @@ mod tests {
             {extra}
             "#
         );
-        Router::new(&Config::parse(&text).unwrap()).unwrap()
+        Router::new(&Config::parse(&text).unwrap(), &Arc::new(Metrics::new())).unwrap()
     }
 
     fn route(r: &Router, sql: &str) -> Result<Decision, SqlError> {

@@ -11,9 +11,9 @@
 //! the host's `log`; the SDK routes panic messages there).
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
@@ -23,6 +23,7 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use super::directory::{Cached, Directory};
 pub use super::facts::FactsView;
 use crate::classify::{Value as SqlValue, Verb};
+use crate::telemetry::metrics::{Metrics, PluginMetrics};
 
 wasmtime::component::bindgen!({
     path: "../plugins/wit",
@@ -67,6 +68,7 @@ pub struct Runtime {
     limits: Limits,
     cache_dir: Option<PathBuf>,
     directory: Arc<Directory>,
+    metrics: Arc<Metrics>,
     ticking: Arc<AtomicBool>,
 }
 
@@ -77,7 +79,12 @@ impl Drop for Runtime {
 }
 
 impl Runtime {
-    pub fn new(limits: Limits, cache_dir: Option<PathBuf>, directory: Arc<Directory>) -> anyhow::Result<Arc<Runtime>> {
+    pub fn new(
+        limits: Limits,
+        cache_dir: Option<PathBuf>,
+        directory: Arc<Directory>,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Arc<Runtime>> {
         let mut config = Config::new();
         config.epoch_interruption(true);
         let engine = Engine::new(&config).map_err(|e| anyhow::anyhow!("wasmtime: {e}"))?;
@@ -93,7 +100,7 @@ impl Runtime {
                 ticker_engine.increment_epoch();
             }
         })?;
-        Ok(Arc::new(Runtime { engine, linker, limits, cache_dir, directory, ticking }))
+        Ok(Arc::new(Runtime { engine, linker, limits, cache_dir, directory, metrics, ticking }))
     }
 
     /// Compiles a component, or loads it from the cache. The cache key covers
@@ -175,8 +182,9 @@ pub struct Plugin {
     runtime: Arc<Runtime>,
     idle: Mutex<Vec<Instance>>,
     label: Arc<str>,
-    pub calls: AtomicU64,
-    pub errors: AtomicU64,
+    /// `name@version (digest)`, as messages and spans name the plugin.
+    version: Arc<str>,
+    pub metrics: PluginMetrics,
 }
 
 struct Instance {
@@ -216,19 +224,22 @@ impl Plugin {
             runtime: runtime.clone(),
             idle: Mutex::new(Vec::new()),
             label,
-            calls: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
+            version: Arc::from(""),
+            metrics: PluginMetrics::detached(),
         };
         let mut first = plugin.instance(topology).map_err(|e| describe(&e))?;
         first.store.set_epoch_deadline(runtime.deadline_ticks());
-        plugin.info = guarded(|| first.bindings.call_info(&mut first.store)).map_err(|e| describe(&e))?;
+        let info = guarded(|| first.bindings.call_info(&mut first.store)).map_err(|e| describe(&e))?;
+        plugin.version = Arc::from(format!("{}@{} ({})", info.name, info.version, plugin.digest));
+        plugin.metrics = runtime.metrics.plugin(policy, &info.name, &info.version);
+        plugin.info = info;
         plugin.put_back(first);
         Ok(plugin)
     }
 
-    /// `name@version` as the plugin reports it, with its digest.
-    pub fn version(&self) -> String {
-        format!("{}@{} ({})", self.info.name, self.info.version, self.digest)
+    /// `name@version (digest)`: the plugin's own name and version, and its digest.
+    pub fn version(&self) -> &Arc<str> {
+        &self.version
     }
 
     fn instance(&self, topology: &TopologySnapshot) -> Result<Instance, CallError> {
@@ -265,10 +276,12 @@ impl Plugin {
 
     /// The statement's keys and where it goes.
     pub fn route(&self, facts: FactsView, topology: &TopologySnapshot) -> Result<(Vec<Value>, Decision), CallError> {
-        self.calls.fetch_add(1, Ordering::Relaxed);
+        let started = Instant::now();
         let result = self.route_inner(facts, topology);
+        self.metrics.duration.observe(started.elapsed().as_secs_f64());
+        self.metrics.calls.inc();
         if !matches!(result, Ok(_) | Err(CallError::Lookups(_))) {
-            self.errors.fetch_add(1, Ordering::Relaxed);
+            self.metrics.errors.inc();
         }
         result
     }

@@ -8,11 +8,13 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-use deadpool::managed::{self, Metrics, PoolError, RecycleError, RecycleResult, TimeoutType, Timeouts};
+use deadpool::managed::{self, PoolError, RecycleError, RecycleResult, TimeoutType, Timeouts};
 
 use crate::config::{self, Config, Endpoint};
 use crate::sqlerror::{SqlError, code};
+use crate::telemetry::metrics::{Metrics, NodeMetrics};
 use backend::{BackendConn, ConnectError};
+use shardcar_api::Lag;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
@@ -35,6 +37,8 @@ pub struct Health {
     /// 0: not known yet, 1: up, 2: down.
     state: AtomicU8,
     last_error: Mutex<Option<String>>,
+    /// Replicas: how far behind the primary, from the latest probe.
+    lag: Mutex<Option<Lag>>,
 }
 
 impl Health {
@@ -66,6 +70,16 @@ impl Health {
     pub fn last_error(&self) -> Option<String> {
         self.last_error.lock().ok().and_then(|e| e.clone())
     }
+
+    pub fn lag(&self) -> Option<Lag> {
+        self.lag.lock().ok().and_then(|l| *l)
+    }
+
+    pub fn set_lag(&self, lag: Option<Lag>) {
+        if let Ok(mut l) = self.lag.lock() {
+            *l = lag;
+        }
+    }
 }
 
 /// Creates and recycles raw backend connections for one server.
@@ -91,7 +105,7 @@ impl managed::Manager for Manager {
         Ok(conn)
     }
 
-    async fn recycle(&self, conn: &mut BackendConn, _: &Metrics) -> RecycleResult<ConnectError> {
+    async fn recycle(&self, conn: &mut BackendConn, _: &managed::Metrics) -> RecycleResult<ConnectError> {
         if conn.is_reusable() {
             Ok(())
         } else {
@@ -111,6 +125,13 @@ pub struct Node {
     pub endpoint: Endpoint,
     pub pool: managed::Pool<Manager>,
     pub health: Arc<Health>,
+    pub metrics: NodeMetrics,
+}
+
+impl std::fmt::Debug for Node {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.label)
+    }
 }
 
 pub struct Shard {
@@ -134,7 +155,7 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(cfg: &Config) -> Result<Pools, config::Invalid> {
+    pub fn new(cfg: &Config, metrics: &Metrics) -> Result<Pools, config::Invalid> {
         let server_params = Arc::new(RwLock::new(Vec::new()));
         let timeouts = Timeouts {
             wait: Some(cfg.pool.checkout_timeout()),
@@ -160,7 +181,8 @@ impl Pools {
                 .runtime(deadpool::Runtime::Tokio1)
                 .build()
                 .map_err(|e| config::Invalid(vec![config::Problem { path: label.clone(), message: e.to_string() }]))?;
-            Ok(Arc::new(Node { shard, role, label, endpoint, pool, health }))
+            let metrics = metrics.node(&cfg.shards[shard].name, role.as_str(), &endpoint.address());
+            Ok(Arc::new(Node { shard, role, label, endpoint, pool, health, metrics }))
         };
         let mut shards = Vec::new();
         for (i, s) in cfg.shards.iter().enumerate() {

@@ -2,6 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::Session;
 use super::extended::bind_params;
@@ -15,18 +16,21 @@ use crate::plan::plan;
 use crate::policy::Request;
 use crate::pool::Checkout;
 use crate::sqlerror::{SqlError, code};
+use crate::telemetry::stages::{Stage, Stages};
 
 impl Session {
     /// Attaches a connection for the extended-protocol batch whose current
     /// message carries `facts` and `params` (and prepares `parse_name`, if a
     /// Parse), routed by every statement of the batch received so far; or
     /// checks that an attached connection's shard fits the statement. False
-    /// when that failed and the client was told.
+    /// when that failed and the client was told. The routing and checkout
+    /// are recorded in `stages`.
     pub(super) async fn attach_batch(
         &mut self,
         facts: &Arc<Facts>,
         params: Option<Arc<Params>>,
         parse_name: Option<&str>,
+        stages: &mut Stages,
     ) -> Result<bool, SqlError> {
         let req = if self.attached.is_some() {
             let mut req = Request::default();
@@ -38,10 +42,11 @@ impl Session {
         } else {
             self.batch_request(facts, params, parse_name)
         };
-        match self.attach_for(&req).await {
+        match self.attach_for(&req, stages).await {
             Ok(()) => Ok(true),
             Err(e) => {
-                self.fail(e, true)?;
+                let stages = std::mem::replace(stages, Stages::new(stages.started));
+                self.refuse(e, true, stages, facts)?;
                 Ok(false)
             }
         }
@@ -104,9 +109,11 @@ impl Session {
 
     /// Refuses a statement that belongs to a shard other than the one this
     /// session's transaction (or batch) is on.
-    pub(super) async fn check_pinned(&self, req: &Request) -> Result<(), SqlError> {
+    async fn check_pinned(&self, req: &Request, stages: &mut Stages) -> Result<(), SqlError> {
         let Some(a) = &self.attached else { return Ok(()) };
+        let at = Instant::now();
         let decision = self.shared.router.decide(req, &self.info, true).await?;
+        stages.routed(Stage::since(at), req.len(), decision.routes);
         match decision.shard {
             Some(shard) if shard != a.node.shard => Err(SqlError::new(
                 code::FEATURE_NOT_SUPPORTED,
@@ -122,15 +129,18 @@ impl Session {
     }
 
     /// Routes `req`, checks out a connection, and brings it to this
-    /// session's state (settings, deferred BEGIN).
-    pub(super) async fn attach_for(&mut self, req: &Request) -> Result<(), SqlError> {
+    /// session's state (settings, deferred BEGIN); `stages` gets the timings.
+    pub(super) async fn attach_for(&mut self, req: &Request, stages: &mut Stages) -> Result<(), SqlError> {
         if self.attached.is_some() {
-            return self.check_pinned(req).await;
+            return self.check_pinned(req, stages).await;
         }
         let in_transaction = self.deferred.is_open();
+        let at = Instant::now();
         let decision = self.shared.router.decide(req, &self.info, in_transaction).await?;
         let default_shard = self.shared.router.default_shard();
         let target = plan(&decision, default_shard, in_transaction, self.shared.config.routing.read_replicas);
+        stages.routed(Stage::since(at), req.len(), decision.routes);
+        let at = Instant::now();
         let Checkout { mut conn, node } = self.shared.pools.checkout(target.shard, target.role).await?;
         if let Some(sql) = self.settings.diff_sql(&conn.settings) {
             // Run to completion before the client's statement: it must not
@@ -147,6 +157,9 @@ impl Session {
                 }
             }
         }
+        let checkout = Stage::since(at);
+        node.metrics.checkout_wait.observe(checkout.took.as_secs_f64());
+        stages.checkout = Some(checkout);
         self.set_cancel_key(Some(BackendKey { addr: conn.addr.clone(), pid: conn.pid, secret: conn.secret }));
         let mut a = Attached::new(conn, node);
         a.outbox.survive_fatal = !in_transaction;
@@ -156,7 +169,7 @@ impl Session {
                 .map_err(|e| SqlError::new(code::INTERNAL_ERROR, e.to_string()))?;
             a.conn.unnamed = None;
             let facts = self.shared.facts.get(&begin);
-            a.outbox.push(Entry::hidden(Reply::Query { facts, done: 0 }), &mut self.events);
+            a.outbox.push(Entry::hidden(Reply::Query { facts, done: 0, flight: None }), &mut self.events);
         }
         self.attached = Some(a);
         Ok(())

@@ -3,6 +3,7 @@
 //! server connection needs them.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::extendedquery::{Bind, Close, Describe, Parse};
@@ -14,9 +15,11 @@ use crate::classify::{Kind, Statement};
 use crate::execute::{Effect, Entry, Prepared, Reply};
 use crate::frontend::wire::reply;
 use crate::sqlerror::{SqlError, code};
+use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
 
 impl Session {
     pub(super) async fn parse(&mut self, raw: Bytes, msg: Parse) -> Result<(), SqlError> {
+        let started = Instant::now();
         let name = msg.name.clone().unwrap_or_default();
         if !name.is_empty() && self.statements.contains_key(&name) {
             return self.fail(
@@ -27,17 +30,20 @@ impl Session {
                 true,
             );
         }
-        let facts = self.shared.facts.get(&msg.query);
+        let (facts, cached) = self.shared.facts.lookup(&msg.query);
+        let mut stages = Stages::new(started);
+        stages.classify = Some(Classified::new(cached, Stage::since(started)));
         let local = facts.single().is_some_and(|s| local_capable(&s.kind));
         // A batch that only prepares (libpq's PQprepare: Parse, Sync) is
         // answered without a server when the grammar accepts the text: a
         // client may block on it while holding other work, and needs no
         // connection until it runs the statement.
         let lazy = !local && self.attached.is_none() && facts.parse_error.is_none() && self.batch_only_prepares();
-        if !local && !lazy && !self.attach_batch(&facts, None, Some(&name)).await? {
+        if !local && !lazy && !self.attach_batch(&facts, None, Some(&name), &mut stages).await? {
             return Ok(());
         }
         let prepared = Arc::new(Prepared::new(&name, &msg, &raw, facts));
+        self.parsed = Some((prepared.clone(), stages));
         let mut undo = vec![Effect::ForgetStatement(name.clone())];
         if name.is_empty() {
             if let Some(old) = self.unnamed.replace(prepared.clone()) {
@@ -129,6 +135,15 @@ impl Session {
         })
     }
 
+    /// The stages of `p` so far: from its Parse when that came just before,
+    /// else a statement prepared earlier, starting now.
+    fn stages_of(&mut self, p: &Arc<Prepared>) -> Stages {
+        match self.parsed.take() {
+            Some((parsed, stages)) if Arc::ptr_eq(&parsed, p) => stages,
+            _ => Stages::new(Instant::now()),
+        }
+    }
+
     pub(super) async fn bind(&mut self, raw: Bytes, msg: Bind) -> Result<(), SqlError> {
         let stmt_name = msg.statement_name.clone().unwrap_or_default();
         let portal = msg.portal_name.clone().unwrap_or_default();
@@ -136,15 +151,16 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.fail(e, true),
         };
+        let mut stages = self.stages_of(&p);
         let local = p.facts.single().is_some_and(|s| self.runs_locally(&s.kind));
         if local {
-            self.portals.insert(portal, Portal { statement: p, local: true });
+            self.portals.insert(portal, Portal { statement: p, local: true, stages: None });
             let mut out = BytesMut::new();
             reply::bind_complete(&mut out);
             self.emit(out, vec![]);
             return Ok(());
         }
-        if !self.attach_batch(&p.facts, Some(bind_params(&p, &msg)), None).await? {
+        if !self.attach_batch(&p.facts, Some(bind_params(&p, &msg)), None, &mut stages).await? {
             return Ok(());
         }
         self.ensure_prepared(&p);
@@ -160,7 +176,7 @@ impl Session {
         }
         a.outbox.push(Entry::backend(Reply::Bind), &mut self.events);
         a.unsynced = true;
-        self.portals.insert(portal, Portal { statement: p, local: false });
+        self.portals.insert(portal, Portal { statement: p, local: false, stages: Some(stages) });
         self.apply_events();
         Ok(())
     }
@@ -179,9 +195,12 @@ impl Session {
                 self.emit(out, vec![]);
                 return Ok(());
             }
-            if !self.attach_batch(&p.facts, None, None).await? {
+            // A Describe may attach the connection its statement then runs on.
+            let mut stages = self.stages_of(&p);
+            if !self.attach_batch(&p.facts, None, None, &mut stages).await? {
                 return Ok(());
             }
+            self.parsed = Some((p.clone(), stages));
             self.ensure_prepared(&p);
             let Some(a) = self.attached.as_mut() else { return Ok(()) };
             let mut buf = BytesMut::new();
@@ -191,7 +210,7 @@ impl Session {
             a.unsynced = true;
         } else {
             match self.portals.get(&name) {
-                Some(Portal { statement, local: true }) => {
+                Some(Portal { statement, local: true, .. }) => {
                     let mut out = BytesMut::new();
                     if let Some(stmt) = statement.facts.single() {
                         describe_local(&mut out, stmt);
@@ -212,8 +231,8 @@ impl Session {
     }
 
     pub(super) async fn execute(&mut self, raw: Bytes, portal: String) -> Result<(), SqlError> {
-        let (statement, local) = match self.portals.get(&portal) {
-            Some(p) => (p.statement.clone(), p.local),
+        let (statement, local, stages) = match self.portals.get_mut(&portal) {
+            Some(p) => (p.statement.clone(), p.local, p.stages.take()),
             None => return self.fail(no_portal(&portal), true),
         };
         if local {
@@ -228,8 +247,10 @@ impl Session {
         }
         let Some(a) = self.attached.as_mut() else { return self.fail(no_portal(&portal), true) };
         a.conn.wbuf.extend_from_slice(&raw);
-        let facts = Some(statement.facts.clone());
-        a.outbox.push(Entry::backend(Reply::Execute(facts)), &mut self.events);
+        // A portal executed again (a fetch of more rows) is timed from now.
+        let stages = stages.unwrap_or_else(|| Stages::new(Instant::now()));
+        let flight = InFlight::new(stages, statement.facts.clone(), a.node.clone(), self.info.clone());
+        a.outbox.push(Entry::backend(Reply::Execute(flight)), &mut self.events);
         a.unsynced = true;
         self.apply_events();
         Ok(())

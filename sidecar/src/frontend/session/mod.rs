@@ -28,12 +28,13 @@ mod simple;
 
 use super::wire::{ClientConn, ClientMsg, Frame, reply};
 use crate::cancel::{self, BackendKey, Registration};
-use crate::classify::{Kind, Statement};
+use crate::classify::{Facts, Kind, Statement};
 use crate::execute::{Attached, Effect, Entry, Event, Prepared, Reply};
 use crate::policy::facts::SessionInfo;
 use crate::server::Shared;
 use crate::settings::Settings;
 use crate::sqlerror::{SqlError, code};
+use crate::telemetry::stages::Stages;
 
 /// Client bytes read ahead of processing (pipelined messages, COPY data).
 const INBOX_LIMIT: usize = 256 * 1024;
@@ -47,6 +48,8 @@ const IMPOSSIBLE_PORTAL: &str = "shardcar\u{1}abort";
 struct Portal {
     statement: Arc<Prepared>,
     local: bool,
+    /// How its statement got here, for the first Execute to report.
+    stages: Option<Stages>,
 }
 
 /// Transaction statements the client sent before any statement needed a
@@ -90,6 +93,8 @@ pub struct Session {
     info: Arc<SessionInfo>,
     statements: HashMap<String, Arc<Prepared>>,
     unnamed: Option<Arc<Prepared>>,
+    /// The stages of the statement parsed last, until it is bound.
+    parsed: Option<(Arc<Prepared>, Stages)>,
     portals: HashMap<String, Portal>,
     inbox: VecDeque<ClientMsg>,
     inbox_bytes: usize,
@@ -129,6 +134,7 @@ impl Session {
             info: Arc::new(info),
             statements: HashMap::new(),
             unnamed: None,
+            parsed: None,
             portals: HashMap::new(),
             inbox: VecDeque::new(),
             inbox_bytes: 0,
@@ -264,6 +270,7 @@ impl Session {
                         a.pending_ready -= ignored_syncs;
                     }
                 }
+                Event::Finished(flight) => self.shared.telemetry.finished(flight),
                 Event::Error { fatal } => {
                     // An error ends COPY IN on the server; what the client
                     // still sends is dropped, as Postgres does.
@@ -553,8 +560,16 @@ impl Session {
         Ok(())
     }
 
+    /// Reports an error shardcar raised for a statement it did not send,
+    /// with what the statement went through.
+    fn refuse(&mut self, err: SqlError, extended: bool, stages: Stages, facts: &Arc<Facts>) -> Result<(), SqlError> {
+        self.shared.telemetry.refused(stages, facts.clone(), self.info.clone(), &err);
+        self.fail(err, extended)
+    }
+
     /// Reports an error shardcar raised for the current message.
     fn fail(&mut self, err: SqlError, extended: bool) -> Result<(), SqlError> {
+        self.shared.telemetry.metrics.rejected(err.code);
         if err.fatal {
             return Err(err);
         }

@@ -1,5 +1,7 @@
 //! The simple query protocol: one Query message, one ReadyForQuery.
 
+use std::time::Instant;
+
 use bytes::{Bytes, BytesMut};
 
 use super::Session;
@@ -9,10 +11,14 @@ use crate::execute::{Entry, Reply};
 use crate::frontend::wire::reply;
 use crate::policy::Request;
 use crate::sqlerror::{SqlError, code};
+use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
 
 impl Session {
     pub(super) async fn query(&mut self, raw: Bytes, sql: String) -> Result<(), SqlError> {
-        let facts = self.shared.facts.get(&sql);
+        let started = Instant::now();
+        let (facts, cached) = self.shared.facts.lookup(&sql);
+        let mut stages = Stages::new(started);
+        stages.classify = Some(Classified::new(cached, Stage::since(started)));
         // A simple query destroys the unnamed statement.
         self.unnamed = None;
         if facts.statements.is_empty() && facts.parse_error.is_none() {
@@ -42,20 +48,21 @@ impl Session {
                     format!("`{}` must be sent as a statement of its own", bad.text),
                 ),
             };
-            return self.fail(err, false);
+            return self.refuse(err, false, stages, &facts);
         }
         if self.deferred.failed {
             return self.fail(aborted(), false);
         }
         let mut req = Request::default();
         req.add(&facts, None);
-        if let Err(e) = self.attach_for(&req).await {
-            return self.fail(e, false);
+        if let Err(e) = self.attach_for(&req, &mut stages).await {
+            return self.refuse(e, false, stages, &facts);
         }
         let Some(a) = self.attached.as_mut() else { return Ok(()) };
         a.conn.wbuf.extend_from_slice(&raw);
         a.conn.unnamed = None;
-        a.outbox.push(Entry::backend(Reply::Query { facts, done: 0 }), &mut self.events);
+        let flight = Some(InFlight::new(stages, facts.clone(), a.node.clone(), self.info.clone()));
+        a.outbox.push(Entry::backend(Reply::Query { facts, done: 0, flight }), &mut self.events);
         a.pending_ready += 1;
         self.apply_events();
         Ok(())

@@ -1,0 +1,309 @@
+//! The JSON shapes of shardcar's admin API (`/api/v1/...`), shared by the
+//! sidecar that serves them and the dashboard that reads them, so the two
+//! cannot drift. Plain serde types only: this crate also builds for wasm.
+//!
+//! Durations are milliseconds (`_ms`), timestamps are Unix milliseconds
+//! (`_unix_ms`) or seconds (`t`), rates are per second (`_per_s`).
+
+use serde::{Deserialize, Serialize};
+
+/// Every error the API returns: a message that says what went wrong.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// `GET /api/v1/overview`: the sidecar at a glance.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Overview {
+    /// shardcar's version.
+    pub version: String,
+    pub uptime_s: u64,
+    /// Every shard's primary answered its latest health probe (as `/readyz`).
+    pub ready: bool,
+    pub shards: usize,
+    pub clients: Clients,
+    /// All statements run on shards: totals, and rates over the recent window.
+    pub load: Load,
+    /// How unevenly statements spread over shards, all tables together.
+    pub skew: Skew,
+    pub parse_cache: ParseCache,
+    pub traces: Traces,
+    pub bytes: Bytes,
+    /// Statements shardcar refused or failed itself, without a shard running them.
+    pub rejected_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Clients {
+    pub connected: u64,
+    /// Connections accepted since start.
+    pub accepted_total: u64,
+    /// Connections refused at startup (too many clients, failed login, bad startup packet).
+    pub refused_total: u64,
+}
+
+/// Statement counts and latency. Rates and quantiles cover the last
+/// `window_s` seconds; totals count since start.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Load {
+    pub statements_total: u64,
+    pub errors_total: u64,
+    pub window_s: u64,
+    pub statements_per_s: f64,
+    pub errors_per_s: f64,
+    /// Latency quantiles, from histogram buckets; `None` without statements.
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+}
+
+/// Busiest shard over the mean of all shards, over the last `window_s`
+/// seconds. 1.0 is perfectly even; the number of shards is the most it can be.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Skew {
+    pub ratio: f64,
+    pub busiest: Option<String>,
+    /// The ratio has stayed at or above `threshold` for `hot_after_s` seconds
+    /// (with at least the configured minimum load): `busiest` is hot.
+    pub hot: bool,
+    pub threshold: f64,
+    pub window_s: u64,
+    pub hot_after_s: u64,
+    /// Statements counted in the window, per shard, in shard order.
+    pub shards: Vec<ShardShare>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShardShare {
+    pub shard: String,
+    pub statements: u64,
+    /// Fraction of the window's statements, 0..1.
+    pub share: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ParseCache {
+    pub hits_total: u64,
+    pub misses_total: u64,
+    pub entries: u64,
+}
+
+/// The OTLP trace exporter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Traces {
+    pub enabled: bool,
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: Option<String>,
+    pub sampler: Option<String>,
+    pub exported_spans_total: u64,
+    /// Spans dropped because the export queue was full (collector down or slow).
+    pub dropped_spans_total: u64,
+    /// Spans lost in exports the collector did not accept.
+    pub failed_spans_total: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Bytes {
+    pub from_clients_total: u64,
+    pub to_clients_total: u64,
+}
+
+/// `GET /api/v1/shards`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shards {
+    pub shards: Vec<Shard>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Shard {
+    pub name: String,
+    /// The primary answered its latest health probe.
+    pub healthy: bool,
+    /// This shard is the hot one (overall skew).
+    pub hot: bool,
+    pub load: Load,
+    pub servers: Vec<Server>,
+    /// One point per second, oldest first (up to 15 minutes; `?series=N`
+    /// asks for the last N seconds, and the live stream carries the last one).
+    pub series: Vec<Point>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Server {
+    /// `primary` or `replica`.
+    pub role: String,
+    pub address: String,
+    pub up: bool,
+    pub last_error: Option<String>,
+    /// Replicas only, from the latest probe.
+    pub lag: Option<Lag>,
+}
+
+/// How far a replica is behind its primary.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Lag {
+    /// WAL not yet replayed.
+    pub bytes: u64,
+    /// Age of the last replayed transaction when WAL is pending, else 0.
+    pub seconds: f64,
+}
+
+/// One second of one shard's load.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Point {
+    /// Unix seconds at the end of the second.
+    pub t: u64,
+    pub statements: u64,
+    pub errors: u64,
+    pub p50_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub mean_ms: Option<f64>,
+}
+
+/// `GET /api/v1/pools`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pools {
+    pub pools: Vec<Pool>,
+}
+
+/// The backend connection pool of one server.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Pool {
+    pub shard: String,
+    pub role: String,
+    pub address: String,
+    pub max_size: u64,
+    /// Open connections.
+    pub size: u64,
+    pub idle: u64,
+    pub in_use: u64,
+    /// Sessions waiting for a connection right now.
+    pub waiting: u64,
+    pub checkouts_total: u64,
+    /// Time sessions waited for a connection (incl. bringing it to the
+    /// session's settings), over the recent window.
+    pub checkout_wait_p99_ms: Option<f64>,
+}
+
+/// `GET /api/v1/hotkeys?table=...`: the hottest shard keys of one table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HotKeys {
+    pub table: String,
+    pub key_column: String,
+    pub policy: String,
+    /// False: keys are shown as a keyed hash (`#...`), stable while the
+    /// process runs, never the value.
+    pub show_keys: bool,
+    /// Statements counted by the sketch since start.
+    pub statements_total: u64,
+    /// Counts may be over by at most this much (the sketch's error bound).
+    pub max_error: u64,
+    pub keys: Vec<HotKey>,
+    /// This table's statements per shard over the recent window.
+    pub skew: Skew,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HotKey {
+    pub key: String,
+    pub shard: String,
+    /// Estimated statements with this key; the true count lies in
+    /// `lower_bound..=upper_bound`.
+    pub count: u64,
+    pub lower_bound: u64,
+    pub upper_bound: u64,
+}
+
+/// `GET /api/v1/hotkeys` without `table`: every sharded table.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HotTables {
+    pub tables: Vec<HotKeys>,
+}
+
+/// `GET /api/v1/plugins`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plugins {
+    pub plugins: Vec<Plugin>,
+}
+
+/// The plugin serving one policy.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Plugin {
+    pub policy: String,
+    /// `builtin:<name>` or the file's path.
+    pub source: String,
+    pub plugin: String,
+    pub version: String,
+    /// First hex digits of the component's SHA-256.
+    pub digest: String,
+    /// `ok`, or `reload failed` when a newer file was refused (the old one serves).
+    pub status: String,
+    pub calls_total: u64,
+    pub errors_total: u64,
+    pub p99_us: Option<f64>,
+    pub last_error: Option<String>,
+}
+
+/// One second of the live stream (`GET /api/v1/stream`, Server-Sent Events,
+/// event `snapshot`): shards carry only their latest point.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub at_unix_ms: u64,
+    pub overview: Overview,
+    pub shards: Vec<Shard>,
+    pub pools: Vec<Pool>,
+    /// Per sharded table: its skew (keys are fetched with `hotkeys`).
+    pub tables: Vec<TableSkew>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableSkew {
+    pub table: String,
+    pub skew: Skew,
+}
+
+/// `GET /api/v1/explain?sql=...&param=...`: where a statement would go, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Explanation {
+    pub sql: String,
+    pub params: Vec<Option<String>>,
+    /// Why the parser could not read the text, if it could not.
+    pub parse_error: Option<String>,
+    pub hints: Vec<(String, String)>,
+    pub statements: Vec<StatementExplanation>,
+    /// Where the whole text would run (outside a transaction).
+    pub target: Option<Target>,
+    /// Why it would be refused.
+    pub error: Option<Refusal>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct StatementExplanation {
+    pub text: String,
+    pub kind: String,
+    pub tables: Vec<String>,
+    /// `table.column = value` / `IN (...)` conditions, values as written or bound.
+    pub predicates: Vec<String>,
+    pub insert_rows: usize,
+    /// `explicit`, `policy <name>`, or `unsharded`.
+    pub routed_by: String,
+    pub plugin: Option<String>,
+    pub table: Option<String>,
+    pub keys: Vec<String>,
+    pub shards: Vec<String>,
+    pub role: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Target {
+    pub shard: String,
+    pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    pub code: String,
+    pub message: String,
+    pub hint: Option<String>,
+}

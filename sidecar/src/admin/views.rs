@@ -1,0 +1,155 @@
+//! The admin API's answers, read from the metrics registry, the hot-spot
+//! view, the pools and the router.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use shardcar_api as api;
+
+use crate::config::PluginSource;
+use crate::pool::{Node, Role};
+use crate::server::Shared;
+use crate::telemetry::metrics::{buckets, quantile};
+
+pub fn overview(shared: &Shared) -> api::Overview {
+    let m = &shared.telemetry.metrics;
+    let view = shared.telemetry.hotspots.view();
+    let tracer = shared.telemetry.tracer.as_ref().map(|t| &t.settings);
+    api::Overview {
+        version: env!("CARGO_PKG_VERSION").into(),
+        uptime_s: shared.telemetry.started.elapsed().as_secs(),
+        ready: shared.pools.shards.iter().all(|s| s.primary.health.is_confirmed_up()),
+        shards: shared.pools.shards.len(),
+        clients: api::Clients {
+            connected: m.clients_connected.get().max(0) as u64,
+            accepted_total: m.clients_accepted.get(),
+            refused_total: m.clients_refused.get(),
+        },
+        load: view.load,
+        skew: view.skew,
+        parse_cache: api::ParseCache {
+            hits_total: m.parse_cache_hits.get(),
+            misses_total: m.parse_cache_misses.get(),
+            entries: shared.facts.len() as u64,
+        },
+        traces: api::Traces {
+            enabled: tracer.is_some(),
+            endpoint: tracer.map(|t| t.endpoint.clone()),
+            protocol: tracer.map(|t| t.protocol.to_string()),
+            sampler: tracer.map(|t| t.sampler.clone()),
+            exported_spans_total: m.spans_exported.get(),
+            dropped_spans_total: m.spans_dropped.get(),
+            failed_spans_total: m.spans_failed.get(),
+        },
+        bytes: api::Bytes {
+            from_clients_total: m.client_bytes_received.get(),
+            to_clients_total: m.client_bytes_sent.get(),
+        },
+        rejected_total: m.rejected_total(),
+    }
+}
+
+/// Every shard, with the last `series` seconds of its time series.
+pub fn shards(shared: &Shared, series: usize) -> api::Shards {
+    let view = shared.telemetry.hotspots.view();
+    let shards = shared
+        .pools
+        .shards
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let points = view.series.get(i);
+            let skip = points.map_or(0, |p| p.len().saturating_sub(series));
+            api::Shard {
+                name: s.name.clone(),
+                healthy: s.primary.health.is_confirmed_up(),
+                hot: view.skew.hot && view.skew.busiest.as_deref() == Some(s.name.as_str()),
+                load: view.shard_loads.get(i).cloned().unwrap_or_default(),
+                servers: std::iter::once(&s.primary).chain(&s.replicas).map(|n| server(n)).collect(),
+                series: points.map(|p| p.iter().skip(skip).copied().collect()).unwrap_or_default(),
+            }
+        })
+        .collect();
+    api::Shards { shards }
+}
+
+fn server(node: &Node) -> api::Server {
+    api::Server {
+        role: node.role.as_str().into(),
+        address: node.endpoint.address(),
+        up: node.health.is_confirmed_up(),
+        last_error: node.health.last_error(),
+        lag: if node.role == Role::Replica { node.health.lag() } else { None },
+    }
+}
+
+pub fn pools(shared: &Shared) -> Vec<api::Pool> {
+    let view = shared.telemetry.hotspots.view();
+    shared
+        .pools
+        .nodes()
+        .enumerate()
+        .map(|(i, n)| {
+            let status = n.pool.status();
+            api::Pool {
+                shard: shared.router.shard_name(n.shard).to_string(),
+                role: n.role.as_str().into(),
+                address: n.endpoint.address(),
+                max_size: status.max_size as u64,
+                size: status.size as u64,
+                idle: status.available as u64,
+                in_use: status.size.saturating_sub(status.available) as u64,
+                waiting: status.waiting as u64,
+                checkouts_total: n.metrics.checkout_wait.get_sample_count(),
+                checkout_wait_p99_ms: view.checkout_p99_ms.get(i).copied().flatten(),
+            }
+        })
+        .collect()
+}
+
+/// Each policy's plugin: what serves now, and why a newer file was refused.
+pub fn plugins(shared: &Shared) -> api::Plugins {
+    let plugins = shared
+        .router
+        .policies
+        .iter()
+        .map(|slot| {
+            let plugin = slot.plugin.load();
+            let last_error = slot.last_error.lock().ok().and_then(|e| e.clone());
+            api::Plugin {
+                policy: slot.name.clone(),
+                source: match &slot.source {
+                    PluginSource::Builtin(name) => format!("builtin:{name}"),
+                    PluginSource::File(path) => path.display().to_string(),
+                },
+                plugin: plugin.info.name.clone(),
+                version: plugin.info.version.clone(),
+                digest: plugin.digest.clone(),
+                status: if last_error.is_some() { "reload failed".into() } else { "ok".into() },
+                calls_total: plugin.metrics.calls.get(),
+                errors_total: plugin.metrics.errors.get(),
+                p99_us: quantile(&buckets(&plugin.metrics.duration), &[], 0.99).map(|s| s * 1e6),
+                last_error,
+            }
+        })
+        .collect();
+    api::Plugins { plugins }
+}
+
+/// One second of the live stream.
+pub fn snapshot(shared: &Shared) -> api::Snapshot {
+    let shards = shards(shared, 1);
+    let view = shared.telemetry.hotspots.view();
+    api::Snapshot {
+        at_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        overview: overview(shared),
+        shards: shards.shards,
+        pools: pools(shared),
+        tables: shared
+            .telemetry
+            .hotspots
+            .table_names()
+            .zip(view.table_skews)
+            .map(|(table, skew)| api::TableSkew { table: table.to_string(), skew })
+            .collect(),
+    }
+}

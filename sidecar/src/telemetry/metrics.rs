@@ -1,0 +1,469 @@
+//! The one metrics registry (Prometheus): `/metrics` renders it, and the
+//! JSON API, the live stream and the dashboard read the same counters and
+//! histograms back, so no figure is counted twice.
+//!
+//! The data path never looks a label set up: every server, plugin and
+//! table gets its handles once, and a statement only bumps atomics.
+
+use prometheus::core::{Collector, Metric};
+use prometheus::{
+    Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Statement latency buckets, in seconds: 100 µs to 10 s, 1-2-5 steps.
+const LATENCY: &[f64] =
+    &[0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0];
+/// Plugin call buckets, in seconds: 1 µs to 10 ms.
+const PLUGIN_LATENCY: &[f64] =
+    &[0.000001, 0.000002, 0.000005, 0.00001, 0.00002, 0.00005, 0.0001, 0.0002, 0.0005, 0.001, 0.002, 0.005, 0.01];
+
+/// What a statement did, as metrics count it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KindLabel {
+    Read,
+    Write,
+    Transaction,
+    Session,
+    Other,
+}
+
+impl KindLabel {
+    pub const ALL: [KindLabel; 5] =
+        [KindLabel::Read, KindLabel::Write, KindLabel::Transaction, KindLabel::Session, KindLabel::Other];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KindLabel::Read => "read",
+            KindLabel::Write => "write",
+            KindLabel::Transaction => "transaction",
+            KindLabel::Session => "session",
+            KindLabel::Other => "other",
+        }
+    }
+}
+
+/// Handles for one server (a shard's primary or a replica).
+pub struct NodeMetrics {
+    statements: Vec<IntCounter>,
+    errors: Vec<IntCounter>,
+    pub duration: Histogram,
+    pub checkout_wait: Histogram,
+    pub up: IntGauge,
+    pub lag_seconds: Gauge,
+    pub lag_bytes: IntGauge,
+    pub pool_idle: IntGauge,
+    pub pool_in_use: IntGauge,
+    pub pool_max: IntGauge,
+    pub pool_waiting: IntGauge,
+}
+
+impl NodeMetrics {
+    pub fn statements(&self, kind: KindLabel) -> &IntCounter {
+        &self.statements[kind as usize]
+    }
+
+    pub fn errors(&self, kind: KindLabel) -> &IntCounter {
+        &self.errors[kind as usize]
+    }
+
+    pub fn statements_total(&self) -> u64 {
+        self.statements.iter().map(IntCounter::get).sum()
+    }
+
+    pub fn errors_total(&self) -> u64 {
+        self.errors.iter().map(IntCounter::get).sum()
+    }
+}
+
+/// Handles for one plugin version serving one policy.
+#[derive(Clone)]
+pub struct PluginMetrics {
+    pub calls: IntCounter,
+    pub errors: IntCounter,
+    pub duration: Histogram,
+}
+
+impl PluginMetrics {
+    /// Handles counted nowhere, until the plugin has said who it is.
+    pub fn detached() -> PluginMetrics {
+        PluginMetrics {
+            calls: IntCounter::new("detached", "-").expect("static metric definition"),
+            errors: IntCounter::new("detached", "-").expect("static metric definition"),
+            duration: Histogram::with_opts(HistogramOpts::new("detached", "-")).expect("static metric definition"),
+        }
+    }
+}
+
+pub struct Metrics {
+    registry: Registry,
+    statements: IntCounterVec,
+    statement_errors: IntCounterVec,
+    statement_duration: HistogramVec,
+    rejected: IntCounterVec,
+    checkout_wait: HistogramVec,
+    pool_connections: IntGaugeVec,
+    pool_max: IntGaugeVec,
+    pool_waiting: IntGaugeVec,
+    server_up: IntGaugeVec,
+    replica_lag_seconds: GaugeVec,
+    replica_lag_bytes: IntGaugeVec,
+    plugin_calls: IntCounterVec,
+    plugin_errors: IntCounterVec,
+    plugin_duration: HistogramVec,
+    table_statements: IntCounterVec,
+    pub skew_ratio: GaugeVec,
+    pub hot: IntGaugeVec,
+    pub parse_cache_hits: IntCounter,
+    pub parse_cache_misses: IntCounter,
+    pub parse_cache_entries: IntGauge,
+    pub client_bytes_received: IntCounter,
+    pub client_bytes_sent: IntCounter,
+    pub clients_connected: IntGauge,
+    pub clients_accepted: IntCounter,
+    pub clients_refused: IntCounter,
+    pub spans_exported: IntCounter,
+    pub spans_dropped: IntCounter,
+    pub spans_failed: IntCounter,
+}
+
+const SERVER: &[&str] = &["shard", "role", "server"];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let r = Registry::new();
+        let labels = |extra: &[&'static str]| -> Vec<&'static str> { SERVER.iter().chain(extra).copied().collect() };
+        Metrics {
+            statements: register(
+                &r,
+                counter_vec("shardcar_statements_total", "Statements run on a server", &labels(&["kind"])),
+            ),
+            statement_errors: register(
+                &r,
+                counter_vec(
+                    "shardcar_statement_errors_total",
+                    "Statements a server answered with an error",
+                    &labels(&["kind"]),
+                ),
+            ),
+            statement_duration: register(
+                &r,
+                histogram_vec(
+                    "shardcar_statement_duration_seconds",
+                    "Time from a statement's arrival to its last reply",
+                    SERVER,
+                    LATENCY,
+                ),
+            ),
+            rejected: register(
+                &r,
+                counter_vec(
+                    "shardcar_rejected_statements_total",
+                    "Statements shardcar answered with an error itself (routing, pool, plugin)",
+                    &["sqlstate"],
+                ),
+            ),
+            checkout_wait: register(
+                &r,
+                histogram_vec(
+                    "shardcar_pool_checkout_wait_seconds",
+                    "Time to get a server connection and bring it to the session's settings",
+                    SERVER,
+                    LATENCY,
+                ),
+            ),
+            pool_connections: register(
+                &r,
+                gauge_vec("shardcar_pool_connections", "Open server connections by state", &labels(&["state"])),
+            ),
+            pool_max: register(&r, gauge_vec("shardcar_pool_max_connections", "Pool size limit", SERVER)),
+            pool_waiting: register(
+                &r,
+                gauge_vec("shardcar_pool_waiting_sessions", "Sessions waiting for a connection", SERVER),
+            ),
+            server_up: register(
+                &r,
+                gauge_vec("shardcar_server_up", "1 when the server answered its latest health probe", SERVER),
+            ),
+            replica_lag_seconds: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "shardcar_replica_lag_seconds",
+                        "Age of the last replayed transaction while WAL is pending",
+                    ),
+                    SERVER,
+                )
+                .expect("static metric definition"),
+            ),
+            replica_lag_bytes: register(
+                &r,
+                gauge_vec("shardcar_replica_lag_bytes", "WAL the replica has not replayed yet", SERVER),
+            ),
+            plugin_calls: register(
+                &r,
+                counter_vec("shardcar_plugin_calls_total", "Routing plugin calls", &["policy", "plugin", "version"]),
+            ),
+            plugin_errors: register(
+                &r,
+                counter_vec(
+                    "shardcar_plugin_errors_total",
+                    "Routing plugin calls that trapped, timed out or refused",
+                    &["policy", "plugin", "version"],
+                ),
+            ),
+            plugin_duration: register(
+                &r,
+                histogram_vec(
+                    "shardcar_plugin_call_duration_seconds",
+                    "Time in one routing plugin call",
+                    &["policy", "plugin", "version"],
+                    PLUGIN_LATENCY,
+                ),
+            ),
+            table_statements: register(
+                &r,
+                counter_vec(
+                    "shardcar_table_statements_total",
+                    "Statements routed by a sharded table's policy, by shard",
+                    &["table", "shard"],
+                ),
+            ),
+            skew_ratio: register(
+                &r,
+                GaugeVec::new(
+                    Opts::new(
+                        "shardcar_skew_ratio",
+                        "Busiest shard's statements over the mean of all shards (table=\"\": all statements)",
+                    ),
+                    &["table"],
+                )
+                .expect("static metric definition"),
+            ),
+            hot: register(
+                &r,
+                gauge_vec(
+                    "shardcar_hot_shard",
+                    "1 while the shard's share stays over telemetry.hot_skew (table=\"\": all statements)",
+                    &["table", "shard"],
+                ),
+            ),
+            parse_cache_hits: register(
+                &r,
+                IntCounter::new("shardcar_parse_cache_hits_total", "SQL texts found in the parse cache")
+                    .expect("static metric definition"),
+            ),
+            parse_cache_misses: register(
+                &r,
+                IntCounter::new("shardcar_parse_cache_misses_total", "SQL texts parsed because they were not cached")
+                    .expect("static metric definition"),
+            ),
+            parse_cache_entries: register(
+                &r,
+                IntGauge::new("shardcar_parse_cache_entries", "SQL texts in the parse cache")
+                    .expect("static metric definition"),
+            ),
+            client_bytes_received: register(
+                &r,
+                IntCounter::new("shardcar_client_received_bytes_total", "Bytes read from clients")
+                    .expect("static metric definition"),
+            ),
+            client_bytes_sent: register(
+                &r,
+                IntCounter::new("shardcar_client_sent_bytes_total", "Bytes written to clients")
+                    .expect("static metric definition"),
+            ),
+            clients_connected: register(
+                &r,
+                IntGauge::new("shardcar_client_connections", "Client connections open now")
+                    .expect("static metric definition"),
+            ),
+            clients_accepted: register(
+                &r,
+                IntCounter::new("shardcar_client_connections_total", "Client connections accepted")
+                    .expect("static metric definition"),
+            ),
+            clients_refused: register(
+                &r,
+                IntCounter::new(
+                    "shardcar_client_connections_refused_total",
+                    "Client connections refused at startup (limit, login, protocol)",
+                )
+                .expect("static metric definition"),
+            ),
+            spans_exported: register(
+                &r,
+                IntCounter::new("shardcar_otlp_exported_spans_total", "Spans the collector accepted")
+                    .expect("static metric definition"),
+            ),
+            spans_dropped: register(
+                &r,
+                IntCounter::new("shardcar_otlp_dropped_spans_total", "Spans dropped because the export queue was full")
+                    .expect("static metric definition"),
+            ),
+            spans_failed: register(
+                &r,
+                IntCounter::new("shardcar_otlp_failed_spans_total", "Spans in exports that failed")
+                    .expect("static metric definition"),
+            ),
+            registry: r,
+        }
+    }
+
+    /// Handles for one server.
+    pub fn node(&self, shard: &str, role: &str, server: &str) -> NodeMetrics {
+        let at = [shard, role, server];
+        let per_kind = |vec: &IntCounterVec| {
+            KindLabel::ALL.iter().map(|k| vec.with_label_values(&[shard, role, server, k.as_str()])).collect()
+        };
+        let state = |s: &str| self.pool_connections.with_label_values(&[shard, role, server, s]);
+        NodeMetrics {
+            statements: per_kind(&self.statements),
+            errors: per_kind(&self.statement_errors),
+            duration: self.statement_duration.with_label_values(&at),
+            checkout_wait: self.checkout_wait.with_label_values(&at),
+            up: self.server_up.with_label_values(&at),
+            lag_seconds: self.replica_lag_seconds.with_label_values(&at),
+            lag_bytes: self.replica_lag_bytes.with_label_values(&at),
+            pool_idle: state("idle"),
+            pool_in_use: state("in_use"),
+            pool_max: self.pool_max.with_label_values(&at),
+            pool_waiting: self.pool_waiting.with_label_values(&at),
+        }
+    }
+
+    /// Handles for one plugin version of one policy.
+    pub fn plugin(&self, policy: &str, plugin: &str, version: &str) -> PluginMetrics {
+        let at = [policy, plugin, version];
+        PluginMetrics {
+            calls: self.plugin_calls.with_label_values(&at),
+            errors: self.plugin_errors.with_label_values(&at),
+            duration: self.plugin_duration.with_label_values(&at),
+        }
+    }
+
+    /// Statements of `table` routed to each shard, in shard order.
+    pub fn table(&self, table: &str, shards: &[String]) -> Vec<IntCounter> {
+        shards.iter().map(|s| self.table_statements.with_label_values(&[table, s])).collect()
+    }
+
+    /// Counts a statement shardcar refused itself.
+    pub fn rejected(&self, sqlstate: &str) {
+        self.rejected.with_label_values(&[sqlstate]).inc();
+    }
+
+    pub fn rejected_total(&self) -> u64 {
+        self.rejected.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
+    }
+
+    /// The Prometheus text exposition of everything.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_else(|e| format!("# encoding failed: {e}\n"))
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// A histogram's cumulative bucket counts (upper bound, count), ending with +Inf.
+pub fn buckets(h: &Histogram) -> Vec<(f64, u64)> {
+    let m = h.metric();
+    let hist = m.get_histogram();
+    let mut out: Vec<(f64, u64)> = hist.get_bucket().iter().map(|b| (b.upper_bound(), b.cumulative_count())).collect();
+    out.push((f64::INFINITY, hist.get_sample_count()));
+    out
+}
+
+/// The `q` quantile of the observations between two bucket snapshots
+/// (`before` may be empty: since start), interpolated inside the bucket as
+/// Prometheus's `histogram_quantile` does; `None` without observations.
+pub fn quantile(now: &[(f64, u64)], before: &[(f64, u64)], q: f64) -> Option<f64> {
+    let count = |i: usize| now[i].1 - before.get(i).map_or(0, |b| b.1.min(now[i].1));
+    let total = count(now.len().checked_sub(1)?);
+    if total == 0 {
+        return None;
+    }
+    let rank = q * total as f64;
+    let mut lower = 0.0;
+    let mut below = 0u64;
+    for (i, &(upper, _)) in now.iter().enumerate() {
+        let at = count(i);
+        if at as f64 >= rank {
+            if upper.is_infinite() {
+                // Above the last bound: the best estimate is that bound.
+                return Some(lower);
+            }
+            let inside = (at - below) as f64;
+            let fraction = if inside > 0.0 { (rank - below as f64) / inside } else { 1.0 };
+            return Some(lower + (upper - lower) * fraction.clamp(0.0, 1.0));
+        }
+        lower = upper;
+        below = at;
+    }
+    Some(lower)
+}
+
+fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
+    registry.register(Box::new(c.clone())).expect("metric names are unique");
+    c
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    IntGaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> HistogramVec {
+    HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets.to_vec()), labels)
+        .expect("static metric definition")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quantiles_come_from_bucket_differences() {
+        let m = Metrics::new();
+        let node = m.node("s0", "primary", "127.0.0.1:1");
+        for _ in 0..90 {
+            node.duration.observe(0.0003);
+        }
+        let before = buckets(&node.duration);
+        for _ in 0..99 {
+            node.duration.observe(0.004);
+        }
+        node.duration.observe(0.8);
+        let now = buckets(&node.duration);
+        let p50 = quantile(&now, &before, 0.5).unwrap();
+        assert!((0.002..=0.005).contains(&p50), "{p50}");
+        let p999 = quantile(&now, &before, 0.999).unwrap();
+        assert!((0.5..=1.0).contains(&p999), "{p999}");
+        assert_eq!(quantile(&now, &now, 0.5), None);
+    }
+
+    #[test]
+    fn exposition_has_conventional_names_and_labels() {
+        let m = Metrics::new();
+        let node = m.node("s0", "replica", "127.0.0.1:5433");
+        node.statements(KindLabel::Read).inc();
+        m.rejected("0A000");
+        let text = m.render();
+        assert!(
+            text.contains(
+                r#"shardcar_statements_total{kind="read",role="replica",server="127.0.0.1:5433",shard="s0"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE shardcar_statement_duration_seconds histogram"), "{text}");
+        assert_eq!(m.rejected_total(), 1);
+    }
+}

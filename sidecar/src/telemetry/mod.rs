@@ -1,0 +1,128 @@
+//! Telemetry: what every statement did and where load concentrates.
+//!
+//! A statement is accounted for once, when its last reply arrives
+//! ([`Telemetry::finished`]) or when shardcar refuses it
+//! ([`Telemetry::refused`]): metrics, hot keys and, when sampled, spans
+//! all come from that one place.
+
+pub mod hotspots;
+pub mod metrics;
+pub mod stages;
+pub mod traces;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::classify::{Facts, FactsCache, Kind};
+use crate::config::Config;
+use crate::policy::facts::SessionInfo;
+use crate::pool::Pools;
+use crate::sqlerror::SqlError;
+use hotspots::Hotspots;
+use metrics::{KindLabel, Metrics};
+use stages::{InFlight, Stages};
+use traces::{Flusher, Names, Settings, Tracer};
+
+pub struct Telemetry {
+    pub metrics: Arc<Metrics>,
+    pub hotspots: Hotspots,
+    /// `None` when trace export is off.
+    pub tracer: Option<Tracer>,
+    pub started: Instant,
+}
+
+impl Telemetry {
+    /// Metrics and hot spots; traces when configured (needs a tokio runtime).
+    pub fn start(cfg: &Config, metrics: Arc<Metrics>) -> anyhow::Result<(Telemetry, Option<Flusher>)> {
+        let (tracer, flusher) = match Settings::resolve(&cfg.telemetry.traces) {
+            Some(settings) => {
+                let names = Names {
+                    shards: cfg.shards.iter().map(|s| s.name.clone()).collect(),
+                    policies: cfg.policies.iter().map(|p| p.name.clone()).collect(),
+                };
+                let (tracer, flusher) = Tracer::start(settings, metrics.clone(), names)?;
+                (Some(tracer), Some(flusher))
+            }
+            None => (None, None),
+        };
+        let telemetry = Telemetry { hotspots: Hotspots::new(cfg, &metrics), metrics, tracer, started: Instant::now() };
+        Ok((telemetry, flusher))
+    }
+
+    /// A statement's last reply arrived.
+    pub fn finished(&self, flight: Box<InFlight>) {
+        let ended = Instant::now();
+        let m = &flight.node.metrics;
+        let statements = &flight.facts.statements;
+        if statements.is_empty() {
+            m.statements(KindLabel::Other).inc();
+        }
+        for s in statements {
+            m.statements(kind_label(&s.kind)).inc();
+        }
+        m.duration.observe(ended.duration_since(flight.stages.started).as_secs_f64());
+        if flight.error.is_some() {
+            m.errors(statements.first().map_or(KindLabel::Other, |s| kind_label(&s.kind))).inc();
+        }
+        if let Some(p) = &flight.stages.policy {
+            self.hotspots.record(&p.routes);
+        }
+        if let Some(t) = &self.tracer {
+            t.ran(flight, ended);
+        }
+    }
+
+    /// Shardcar answered a statement with an error before any server ran it.
+    pub fn refused(&self, stages: Stages, facts: Arc<Facts>, session: Arc<SessionInfo>, error: &SqlError) {
+        self.metrics.rejected(error.code);
+        if let Some(t) = &self.tracer {
+            t.refused(stages, facts, session, error.clone());
+        }
+    }
+
+    /// Refreshes gauges read from elsewhere (pools, caches) and samples the
+    /// registry for the time series: once a second, and before `/metrics`.
+    pub fn refresh(&self, pools: &Pools, facts: &FactsCache) {
+        for node in pools.nodes() {
+            let status = node.pool.status();
+            let m = &node.metrics;
+            m.pool_max.set(status.max_size as i64);
+            m.pool_idle.set(status.available as i64);
+            m.pool_in_use.set(status.size.saturating_sub(status.available) as i64);
+            m.pool_waiting.set(status.waiting as i64);
+            m.up.set(i64::from(node.health.is_confirmed_up()));
+            let lag = node.health.lag();
+            m.lag_bytes.set(lag.map_or(0, |l| l.bytes as i64));
+            m.lag_seconds.set(lag.map_or(0.0, |l| l.seconds));
+        }
+        self.metrics.parse_cache_entries.set(facts.len() as i64);
+    }
+
+    /// Runs once a second until the task is dropped.
+    pub async fn sample(self: Arc<Self>, pools: Arc<Pools>, facts: Arc<FactsCache>) {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            self.refresh(&pools, &facts);
+            self.hotspots.tick(&pools, &self.metrics);
+        }
+    }
+}
+
+/// The metrics label of a statement kind.
+pub fn kind_label(kind: &Kind) -> KindLabel {
+    match kind {
+        Kind::Read => KindLabel::Read,
+        Kind::Write => KindLabel::Write,
+        Kind::Begin
+        | Kind::TransactionOption
+        | Kind::Savepoint(_)
+        | Kind::Release(_)
+        | Kind::RollbackTo(_)
+        | Kind::Commit
+        | Kind::Rollback => KindLabel::Transaction,
+        Kind::Session(_) | Kind::DiscardAll | Kind::Deallocate(_) => KindLabel::Session,
+        Kind::ShardcarSet { .. } | Kind::ShardcarShow(_) | Kind::Unsupported { .. } => KindLabel::Other,
+    }
+}
