@@ -137,6 +137,11 @@ impl Sidecar {
     /// Starts the real binary with `config` (`{PORT}`/`{ADMIN}` filled in)
     /// and waits until it accepts connections.
     pub fn start(config: &str) -> Sidecar {
+        Sidecar::start_with_env(config, &[])
+    }
+
+    /// Starts it with extra environment variables (`OTEL_*`).
+    pub fn start_with_env(config: &str, env: &[(&str, String)]) -> Sidecar {
         let port = localpg::free_port().unwrap();
         let admin_port = localpg::free_port().unwrap();
         let dir = tempfile::tempdir().unwrap();
@@ -148,6 +153,7 @@ impl Sidecar {
             .args(["run", "--config"])
             .arg(&path)
             .env("SHARDCAR_LOG", "shardcar=trace,info")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
@@ -196,14 +202,28 @@ impl Sidecar {
 
     /// GET on the admin listener: (status code, body).
     pub fn admin_get(&self, path: &str) -> (u16, String) {
+        let (status, _, body) = self.admin_request("GET", path, &[]);
+        (status, body)
+    }
+
+    /// A request to the admin listener: (status code, head, body).
+    pub fn admin_request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
         use std::io::Write;
         let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").unwrap();
         let mut resp = String::new();
         s.read_to_string(&mut resp).unwrap();
         let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let body = resp.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (status, body)
+        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+        (status, head.to_string(), body.to_string())
+    }
+
+    /// A JSON answer of the admin API, as its shared type (so its shape is checked).
+    pub fn admin_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        let (status, body) = self.admin_get(path);
+        assert_eq!(status, 200, "GET {path}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}\n{body}"))
     }
 }
 

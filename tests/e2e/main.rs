@@ -3,6 +3,7 @@
 
 mod harness;
 
+mod admin_api;
 mod auth;
 mod backend_auth;
 mod cancel;
@@ -10,6 +11,7 @@ mod cli;
 mod copy;
 mod demo;
 mod extended;
+mod hotspots;
 mod malformed;
 mod plugin_safety;
 mod plugins;
@@ -17,4 +19,5 @@ mod pool;
 mod prepared;
 mod routing;
 mod startup;
+mod traces;
 mod transactions;

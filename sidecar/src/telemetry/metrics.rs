@@ -50,8 +50,8 @@ pub struct NodeMetrics {
     pub duration: Histogram,
     pub checkout_wait: Histogram,
     pub up: IntGauge,
-    pub lag_seconds: Gauge,
-    pub lag_bytes: IntGauge,
+    /// Replicas only: bytes and seconds behind the primary.
+    pub lag: Option<(IntGauge, Gauge)>,
     pub pool_idle: IntGauge,
     pub pool_in_use: IntGauge,
     pub pool_max: IntGauge,
@@ -323,8 +323,9 @@ impl Metrics {
             duration: self.statement_duration.with_label_values(&at),
             checkout_wait: self.checkout_wait.with_label_values(&at),
             up: self.server_up.with_label_values(&at),
-            lag_seconds: self.replica_lag_seconds.with_label_values(&at),
-            lag_bytes: self.replica_lag_bytes.with_label_values(&at),
+            lag: (role == "replica").then(|| {
+                (self.replica_lag_bytes.with_label_values(&at), self.replica_lag_seconds.with_label_values(&at))
+            }),
             pool_idle: state("idle"),
             pool_in_use: state("in_use"),
             pool_max: self.pool_max.with_label_values(&at),

@@ -72,9 +72,9 @@ impl Telemetry {
         }
     }
 
-    /// Shardcar answered a statement with an error before any server ran it.
+    /// Shardcar answered a statement with an error before any server ran it
+    /// (counted where every such error is reported: the session's `fail`).
     pub fn refused(&self, stages: Stages, facts: Arc<Facts>, session: Arc<SessionInfo>, error: &SqlError) {
-        self.metrics.rejected(error.code);
         if let Some(t) = &self.tracer {
             t.refused(stages, facts, session, error.clone());
         }
@@ -91,9 +91,11 @@ impl Telemetry {
             m.pool_in_use.set(status.size.saturating_sub(status.available) as i64);
             m.pool_waiting.set(status.waiting as i64);
             m.up.set(i64::from(node.health.is_confirmed_up()));
-            let lag = node.health.lag();
-            m.lag_bytes.set(lag.map_or(0, |l| l.bytes as i64));
-            m.lag_seconds.set(lag.map_or(0.0, |l| l.seconds));
+            if let Some((bytes, seconds)) = &m.lag {
+                let lag = node.health.lag();
+                bytes.set(lag.map_or(0, |l| l.bytes as i64));
+                seconds.set(lag.map_or(0.0, |l| l.seconds));
+            }
         }
         self.metrics.parse_cache_entries.set(facts.len() as i64);
     }
