@@ -57,6 +57,49 @@ impl Collector {
         Collector { addr, rx, stop: Some(stop_tx), task, spans: Vec::new(), service_names: Vec::new() }
     }
 
+    /// The same receiver over OTLP/HTTP with protobuf bodies (`POST /v1/traces`).
+    async fn start_http() -> Collector {
+        use http_body_util::BodyExt;
+        use prost::Message;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (stop_tx, mut stop_rx) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            loop {
+                let stream = tokio::select! {
+                    accepted = listener.accept() => accepted.unwrap().0,
+                    _ = &mut stop_rx => return,
+                };
+                let tx = tx.clone();
+                let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                    let tx = tx.clone();
+                    async move {
+                        let protobuf = req.headers().get("content-type").is_some_and(|v| v == "application/x-protobuf");
+                        let path_ok = req.uri().path() == "/v1/traces";
+                        let body = req.into_body().collect().await?.to_bytes();
+                        let status = match ExportTraceServiceRequest::decode(body) {
+                            Ok(msg) if protobuf && path_ok => {
+                                let _ = tx.send(msg);
+                                200
+                            }
+                            _ => 400,
+                        };
+                        let mut resp = hyper::Response::new(http_body_util::Full::new(bytes::Bytes::new()));
+                        *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+                        resp.headers_mut().insert("content-type", "application/x-protobuf".parse().unwrap());
+                        Ok::<_, hyper::Error>(resp)
+                    }
+                });
+                tokio::spawn(async move {
+                    let io = hyper_util::rt::TokioIo::new(stream);
+                    let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
+                });
+            }
+        });
+        Collector { addr, rx, stop: Some(stop_tx), task, spans: Vec::new(), service_names: Vec::new() }
+    }
+
     fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
@@ -246,6 +289,31 @@ async fn statements_become_span_trees_inside_the_applications_trace() {
     assert_eq!(attrs(refused)["error.type"], "0A000");
     assert!(children.iter().all(|s| !s.name.starts_with("execute")), "a refused statement reached no server");
     assert!(collector.service_names.iter().all(|n| n == "shardcar-under-test"), "{:?}", collector.service_names);
+    collector.stop().await;
+}
+
+#[tokio::test]
+async fn spans_also_go_over_otlp_http_as_configured() {
+    let fleet = Fleet::shared();
+    let t = hashed_table(fleet, "http_traced").await;
+    let mut collector = Collector::start_http().await;
+    let traces = format!(
+        "[telemetry.traces]\nendpoint = \"{}\"\nprotocol = \"http/protobuf\"\nservice_name = \"from-config\"\nexport_interval_ms = 100\n",
+        collector.endpoint()
+    );
+    // The config wins over the environment.
+    let env = [("OTEL_SERVICE_NAME", "from-env".to_string()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string())];
+    let sc = Sidecar::start_with_env(&format!("{}\n{traces}", hashed_config(fleet, &t)), &env);
+    let c = sc.connect().await;
+    c.query(&format!("SELECT note AS m_http FROM {t} WHERE customer_id = $1"), &[&5i64]).await.unwrap();
+    let spans = collector.until(|s| tree(s, "m_http").is_some_and(|(_, c)| c.len() == 4)).await;
+    let (root, children) = tree(spans, "m_http").expect("the statement's span arrived over HTTP");
+    assert_eq!(attrs(root)["db.collection.name"], t);
+    assert_eq!(children.len(), 4);
+    assert_eq!(collector.service_names.first().map(String::as_str), Some("from-config"));
+    let overview: shardcar_api::Overview = sc.admin_json("/api/v1/overview");
+    assert_eq!(overview.traces.protocol.as_deref(), Some("http/protobuf"));
+    assert!(overview.traces.exported_spans_total >= 5, "{:?}", overview.traces);
     collector.stop().await;
 }
 
