@@ -711,6 +711,28 @@ mod tests {
     }
 
     #[test]
+    fn telemetry_settings_are_checked() {
+        let text = format!(
+            "{GOOD}\n[telemetry]\nhot_key_capacity = 100\nhot_skew = 0.5\n[telemetry.traces]\nendpoint = \"https://collector:4317\"\nprotocol = \"thrift\"\nsample_ratio = 2.0\n"
+        );
+        let err = Config::parse(&text).unwrap_err();
+        let paths: Vec<_> = err.0.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                "telemetry.hot_key_capacity",
+                "telemetry.hot_skew",
+                "telemetry.traces.endpoint",
+                "telemetry.traces.protocol",
+                "telemetry.traces.sample_ratio"
+            ],
+            "{err}"
+        );
+        let cfg = Config::parse(GOOD).unwrap();
+        assert!(cfg.telemetry.show_keys && cfg.telemetry.traces.endpoint.is_none());
+    }
+
+    #[test]
     fn endpoint_needs_a_user_and_a_tcp_host() {
         assert!(Endpoint::parse("postgres://127.0.0.1:5432/app").unwrap_err().contains("no user"));
         let e = Endpoint::parse("postgres://u:pw@db.local/app").unwrap();

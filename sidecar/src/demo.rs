@@ -109,6 +109,8 @@ shardcar demo is running.
            INSERT INTO orders (customer_id, amount) VALUES (4, 1); -- a write: s1's primary
 
   health   curl -s http://127.0.0.1:{admin_port}/readyz
+  metrics  curl -s http://127.0.0.1:{admin_port}/metrics
+  api      curl -s http://127.0.0.1:{admin_port}/api/v1/overview    (also shards, pools, hotkeys, plugins, stream)
 
 Ctrl-C stops shardcar and the shards, and removes their data.",
         s0.port,

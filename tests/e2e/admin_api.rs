@@ -8,31 +8,13 @@ use std::time::Duration;
 
 use shardcar_api as api;
 
-use crate::harness::{Fleet, Sidecar, direct, eventually, table};
+use crate::harness::{Fleet, Sidecar, direct, eventually};
 
 const TOKEN: &str = "test-token-0123456789";
 
 fn config(fleet: &Fleet, t: &str) -> String {
     fleet
-        .config_with(
-            4,
-            &format!(
-                r#"
-[telemetry]
-show_keys = false
-
-[[policies]]
-name = "by-customer"
-plugin = "hash"
-config = {{ shards = ["s0", "s1"] }}
-
-[[tables]]
-name = "{t}"
-key = "customer_id"
-policy = "by-customer"
-"#
-            ),
-        )
+        .hashed_config(t, "[telemetry]\nshow_keys = false\n")
         .replace("[listen]\n", &format!("[listen]\nadmin_token = \"{TOKEN}\"\n"))
         .replace("read_replicas = false", "read_replicas = true")
 }
@@ -71,10 +53,7 @@ fn stream(sc: &Sidecar, n: usize) -> Vec<api::Snapshot> {
 #[tokio::test]
 async fn every_endpoint_reports_real_traffic() {
     let fleet = Fleet::shared();
-    let t = table("observed");
-    for shard in [&fleet.s0, &fleet.s1] {
-        direct(shard).await.batch_execute(&format!("CREATE TABLE {t} (customer_id bigint, note text)")).await.unwrap();
-    }
+    let t = fleet.hashed_table("observed").await;
     let replica = direct(&fleet.s0_replica).await;
     let replicated = async || replica.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.is_ok();
     assert!(eventually(Duration::from_secs(10), replicated).await, "the table reached s0's replica");

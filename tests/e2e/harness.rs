@@ -45,6 +45,39 @@ impl Fleet {
         format!("{}\n{extra}\n", self.config(pool_size))
     }
 
+    /// A config whose table `t` is sharded by `customer_id` with the `hash`
+    /// plugin over s0 and s1 (policy `by-customer`), with `extra` appended.
+    pub fn hashed_config(&self, t: &str, extra: &str) -> String {
+        self.config_with(
+            4,
+            &format!(
+                r#"
+[[policies]]
+name = "by-customer"
+plugin = "hash"
+config = {{ shards = ["s0", "s1"] }}
+
+[[tables]]
+name = "{t}"
+key = "customer_id"
+policy = "by-customer"
+
+{extra}
+"#
+            ),
+        )
+    }
+
+    /// A new table `(customer_id bigint, note text)` on both shards.
+    pub async fn hashed_table(&self, prefix: &str) -> String {
+        let t = table(prefix);
+        for shard in [&self.s0, &self.s1] {
+            let create = format!("CREATE TABLE {t} (customer_id bigint, note text)");
+            direct(shard).await.batch_execute(&create).await.unwrap();
+        }
+        t
+    }
+
     /// A config for this fleet that sends plain reads to s0's replica.
     pub fn config_reading_replicas(&self, pool_size: usize) -> String {
         self.config(pool_size).replace("read_replicas = false", "read_replicas = true")

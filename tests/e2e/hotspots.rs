@@ -9,7 +9,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use shardcar_api as api;
 
-use crate::harness::{Fleet, Sidecar, direct, eventually, table};
+use crate::harness::{Fleet, Sidecar, direct, eventually};
 
 /// Ranks 0..n drawn with probability proportional to 1/(rank+1)^s.
 fn zipf(n: usize, s: f64, mut rng: StdRng) -> impl FnMut() -> usize {
@@ -28,34 +28,16 @@ fn zipf(n: usize, s: f64, mut rng: StdRng) -> impl FnMut() -> usize {
 #[tokio::test]
 async fn the_sketch_finds_the_true_top_keys_and_skew_flags_their_shard() {
     let fleet = Fleet::shared();
-    let t = table("zipf");
-    for shard in [&fleet.s0, &fleet.s1] {
-        direct(shard).await.batch_execute(&format!("CREATE TABLE {t} (customer_id bigint, note text)")).await.unwrap();
-    }
-    let config = fleet.config_with(
-        4,
-        &format!(
-            r#"
-[telemetry]
+    let t = fleet.hashed_table("zipf").await;
+    let telemetry = "[telemetry]
 hot_key_capacity = 256
 top_keys = 10
 skew_window_s = 5
 hot_skew = 1.3
 hot_after_s = 2
 hot_min_rate = 1.0
-
-[[policies]]
-name = "by-customer"
-plugin = "hash"
-config = {{ shards = ["s0", "s1"] }}
-
-[[tables]]
-name = "{t}"
-key = "customer_id"
-policy = "by-customer"
-"#
-        ),
-    );
+";
+    let config = fleet.hashed_config(&t, telemetry);
     let sc = Sidecar::start(&config);
     let c = sc.connect().await;
 

@@ -3,20 +3,6 @@
 
 use crate::harness::{Fleet, Sidecar, direct, sqlstate, table};
 
-const HASH_POLICY: &str = r#"
-[[policies]]
-name = "by-customer"
-plugin = "hash"
-config = { shards = ["s0", "s1"] }
-"#;
-
-fn hash_config(fleet: &Fleet, t: &str) -> String {
-    fleet.config_with(
-        4,
-        &format!("{HASH_POLICY}\n[[tables]]\nname = \"{t}\"\nkey = \"customer_id\"\npolicy = \"by-customer\"\n"),
-    )
-}
-
 /// Which shard holds each key, read from the shards themselves.
 async fn placement(fleet: &Fleet, t: &str) -> Vec<(i64, usize)> {
     let mut out = Vec::new();
@@ -32,11 +18,8 @@ async fn placement(fleet: &Fleet, t: &str) -> Vec<(i64, usize)> {
 #[tokio::test]
 async fn hash_routes_like_postgres_hash_partitioning() {
     let fleet = Fleet::shared();
-    let t = table("hashed");
-    for shard in [&fleet.s0, &fleet.s1] {
-        direct(shard).await.batch_execute(&format!("CREATE TABLE {t} (customer_id bigint, note text)")).await.unwrap();
-    }
-    let sc = Sidecar::start(&hash_config(fleet, &t));
+    let t = fleet.hashed_table("hashed").await;
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
     let c = sc.connect().await;
     for key in 1..=10i64 {
         c.batch_execute(&format!("INSERT INTO {t} VALUES ({key}, 'literal {key}')")).await.unwrap();
@@ -83,11 +66,8 @@ async fn hash_routes_like_postgres_hash_partitioning() {
 #[tokio::test]
 async fn statements_spanning_shards_are_refused_with_a_reason() {
     let fleet = Fleet::shared();
-    let t = table("spanned");
-    for shard in [&fleet.s0, &fleet.s1] {
-        direct(shard).await.batch_execute(&format!("CREATE TABLE {t} (customer_id bigint, note text)")).await.unwrap();
-    }
-    let sc = Sidecar::start(&hash_config(fleet, &t));
+    let t = fleet.hashed_table("spanned").await;
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
     let c = sc.connect().await;
     // Keys 1 and 2 are on s0, 3 on s1 (see the test above).
     c.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'a'); INSERT INTO {t} VALUES (2, 'b')")).await.unwrap();
@@ -269,7 +249,7 @@ async fn tenant_pins_named_tenants_and_hashes_the_rest() {
 #[tokio::test]
 async fn explain_shows_facts_keys_decision_and_plugin() {
     let fleet = Fleet::shared();
-    let config = hash_config(fleet, "orders_explained");
+    let config = fleet.hashed_config("orders_explained", "");
     let sc = Sidecar::start(&config);
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
@@ -315,7 +295,8 @@ fn check_loads_plugins_and_reports_their_config_errors() {
     let fleet = Fleet::shared();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    let bad = hash_config(fleet, "t").replace("config = { shards = [\"s0\", \"s1\"] }", "config = { shards = [] }");
+    let bad =
+        fleet.hashed_config("t", "").replace("config = { shards = [\"s0\", \"s1\"] }", "config = { shards = [] }");
     std::fs::write(&path, bad.replace("{PORT}", "1").replace("{ADMIN}", "2")).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcar"))
         .args(["check", "--config"])

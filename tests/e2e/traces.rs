@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::harness::{Fleet, Sidecar, direct, table};
+use crate::harness::{Fleet, Sidecar, eventually};
 
 /// An OTLP/gRPC trace receiver on 127.0.0.1.
 struct Collector {
@@ -168,44 +168,17 @@ const KIND_SERVER: i32 = 2;
 const KIND_CLIENT: i32 = 3;
 const STATUS_ERROR: i32 = 2;
 
-fn hashed_config(fleet: &Fleet, t: &str) -> String {
-    fleet.config_with(
-        4,
-        &format!(
-            r#"
-[[policies]]
-name = "by-customer"
-plugin = "hash"
-config = {{ shards = ["s0", "s1"] }}
-
-[[tables]]
-name = "{t}"
-key = "customer_id"
-policy = "by-customer"
-"#
-        ),
-    )
-}
-
-async fn hashed_table(fleet: &Fleet, prefix: &str) -> String {
-    let t = table(prefix);
-    for shard in [&fleet.s0, &fleet.s1] {
-        direct(shard).await.batch_execute(&format!("CREATE TABLE {t} (customer_id bigint, note text)")).await.unwrap();
-    }
-    t
-}
-
 #[tokio::test]
 async fn statements_become_span_trees_inside_the_applications_trace() {
     let fleet = Fleet::shared();
-    let t = hashed_table(fleet, "traced").await;
+    let t = fleet.hashed_table("traced").await;
     let mut collector = Collector::start().await;
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
         ("OTEL_SERVICE_NAME", "shardcar-under-test".to_string()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100".to_string()),
     ];
-    let sc = Sidecar::start_with_env(&hashed_config(fleet, &t), &env);
+    let sc = Sidecar::start_with_env(&fleet.hashed_config(&t, ""), &env);
     let c = sc.connect().await;
     let explain: shardcar_api::Explanation =
         sc.admin_json(&format!("/api/v1/explain?sql=SELECT+1+FROM+{t}+WHERE+customer_id+%3D+42"));
@@ -295,7 +268,7 @@ async fn statements_become_span_trees_inside_the_applications_trace() {
 #[tokio::test]
 async fn spans_also_go_over_otlp_http_as_configured() {
     let fleet = Fleet::shared();
-    let t = hashed_table(fleet, "http_traced").await;
+    let t = fleet.hashed_table("http_traced").await;
     let mut collector = Collector::start_http().await;
     let traces = format!(
         "[telemetry.traces]\nendpoint = \"{}\"\nprotocol = \"http/protobuf\"\nservice_name = \"from-config\"\nexport_interval_ms = 100\n",
@@ -303,7 +276,7 @@ async fn spans_also_go_over_otlp_http_as_configured() {
     );
     // The config wins over the environment.
     let env = [("OTEL_SERVICE_NAME", "from-env".to_string()), ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_string())];
-    let sc = Sidecar::start_with_env(&format!("{}\n{traces}", hashed_config(fleet, &t)), &env);
+    let sc = Sidecar::start_with_env(&fleet.hashed_config(&t, &traces), &env);
     let c = sc.connect().await;
     c.query(&format!("SELECT note AS m_http FROM {t} WHERE customer_id = $1"), &[&5i64]).await.unwrap();
     let spans = collector.until(|s| tree(s, "m_http").is_some_and(|(_, c)| c.len() == 4)).await;
@@ -311,9 +284,11 @@ async fn spans_also_go_over_otlp_http_as_configured() {
     assert_eq!(attrs(root)["db.collection.name"], t);
     assert_eq!(children.len(), 4);
     assert_eq!(collector.service_names.first().map(String::as_str), Some("from-config"));
-    let overview: shardcar_api::Overview = sc.admin_json("/api/v1/overview");
-    assert_eq!(overview.traces.protocol.as_deref(), Some("http/protobuf"));
-    assert!(overview.traces.exported_spans_total >= 5, "{:?}", overview.traces);
+    let traces = || sc.admin_json::<shardcar_api::Overview>("/api/v1/overview").traces;
+    assert_eq!(traces().protocol.as_deref(), Some("http/protobuf"));
+    // Counted once the exporter has the collector's answer.
+    let counted = eventually(Duration::from_secs(5), async || traces().exported_spans_total >= 5).await;
+    assert!(counted, "{:?}", traces());
     collector.stop().await;
 }
 
@@ -341,7 +316,7 @@ fn metric(text: &str, name: &str) -> f64 {
 #[tokio::test]
 async fn a_collector_that_is_stopped_or_hung_costs_statements_nothing() {
     let fleet = Fleet::shared();
-    let t = hashed_table(fleet, "untraced").await;
+    let t = fleet.hashed_table("untraced").await;
     let mut collector = Collector::start().await;
     let env = [
         ("OTEL_EXPORTER_OTLP_ENDPOINT", collector.endpoint()),
@@ -349,7 +324,7 @@ async fn a_collector_that_is_stopped_or_hung_costs_statements_nothing() {
         ("OTEL_BSP_MAX_QUEUE_SIZE", "200".to_string()),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".to_string()),
     ];
-    let sc = Sidecar::start_with_env(&hashed_config(fleet, &t), &env);
+    let sc = Sidecar::start_with_env(&fleet.hashed_config(&t, ""), &env);
     let c = sc.connect().await;
     let up = timed_loop(&c, &t, 300).await;
     collector.until(|s| s.len() >= 300).await;
@@ -369,7 +344,7 @@ async fn a_collector_that_is_stopped_or_hung_costs_statements_nothing() {
         ("OTEL_BSP_MAX_QUEUE_SIZE", "200".to_string()),
         ("OTEL_EXPORTER_OTLP_TIMEOUT", "500".to_string()),
     ];
-    let hung_sc = Sidecar::start_with_env(&hashed_config(fleet, &t), &hung_env);
+    let hung_sc = Sidecar::start_with_env(&fleet.hashed_config(&t, ""), &hung_env);
     let hc = hung_sc.connect().await;
     let against_hung = timed_loop(&hc, &t, 600).await;
     let text = hung_sc.admin_get("/metrics").1;
