@@ -88,8 +88,8 @@ impl PluginMetrics {
     /// Handles counted nowhere, until the plugin has said who it is.
     pub fn detached() -> PluginMetrics {
         PluginMetrics {
-            calls: IntCounter::new("detached", "-").expect("static metric definition"),
-            errors: IntCounter::new("detached", "-").expect("static metric definition"),
+            calls: counter("detached", "-"),
+            errors: counter("detached", "-"),
             duration: Histogram::with_opts(HistogramOpts::new("detached", "-")).expect("static metric definition"),
         }
     }
@@ -187,14 +187,11 @@ impl Metrics {
             ),
             replica_lag_seconds: register(
                 &r,
-                GaugeVec::new(
-                    Opts::new(
-                        "shardcar_replica_lag_seconds",
-                        "Age of the last replayed transaction while WAL is pending",
-                    ),
+                float_gauge_vec(
+                    "shardcar_replica_lag_seconds",
+                    "Age of the last replayed transaction while WAL is pending",
                     SERVER,
-                )
-                .expect("static metric definition"),
+                ),
             ),
             replica_lag_bytes: register(
                 &r,
@@ -231,14 +228,11 @@ impl Metrics {
             ),
             skew_ratio: register(
                 &r,
-                GaugeVec::new(
-                    Opts::new(
-                        "shardcar_skew_ratio",
-                        "Busiest shard's statements over the mean of all shards (table=\"\": all statements)",
-                    ),
+                float_gauge_vec(
+                    "shardcar_skew_ratio",
+                    "Busiest shard's statements over the mean of all shards (table=\"\": all statements)",
                     &["table"],
-                )
-                .expect("static metric definition"),
+                ),
             ),
             hot: register(
                 &r,
@@ -250,62 +244,33 @@ impl Metrics {
             ),
             parse_cache_hits: register(
                 &r,
-                IntCounter::new("shardcar_parse_cache_hits_total", "SQL texts found in the parse cache")
-                    .expect("static metric definition"),
+                counter("shardcar_parse_cache_hits_total", "SQL texts found in the parse cache"),
             ),
             parse_cache_misses: register(
                 &r,
-                IntCounter::new("shardcar_parse_cache_misses_total", "SQL texts parsed because they were not cached")
-                    .expect("static metric definition"),
+                counter("shardcar_parse_cache_misses_total", "SQL texts parsed because they were not cached"),
             ),
-            parse_cache_entries: register(
-                &r,
-                IntGauge::new("shardcar_parse_cache_entries", "SQL texts in the parse cache")
-                    .expect("static metric definition"),
-            ),
+            parse_cache_entries: register(&r, gauge("shardcar_parse_cache_entries", "SQL texts in the parse cache")),
             client_bytes_received: register(
                 &r,
-                IntCounter::new("shardcar_client_received_bytes_total", "Bytes read from clients")
-                    .expect("static metric definition"),
+                counter("shardcar_client_received_bytes_total", "Bytes read from clients"),
             ),
-            client_bytes_sent: register(
-                &r,
-                IntCounter::new("shardcar_client_sent_bytes_total", "Bytes written to clients")
-                    .expect("static metric definition"),
-            ),
-            clients_connected: register(
-                &r,
-                IntGauge::new("shardcar_client_connections", "Client connections open now")
-                    .expect("static metric definition"),
-            ),
-            clients_accepted: register(
-                &r,
-                IntCounter::new("shardcar_client_connections_total", "Client connections accepted")
-                    .expect("static metric definition"),
-            ),
+            client_bytes_sent: register(&r, counter("shardcar_client_sent_bytes_total", "Bytes written to clients")),
+            clients_connected: register(&r, gauge("shardcar_client_connections", "Client connections open now")),
+            clients_accepted: register(&r, counter("shardcar_client_connections_total", "Client connections accepted")),
             clients_refused: register(
                 &r,
-                IntCounter::new(
+                counter(
                     "shardcar_client_connections_refused_total",
                     "Client connections refused at startup (limit, login, protocol)",
-                )
-                .expect("static metric definition"),
+                ),
             ),
-            spans_exported: register(
-                &r,
-                IntCounter::new("shardcar_otlp_exported_spans_total", "Spans the collector accepted")
-                    .expect("static metric definition"),
-            ),
+            spans_exported: register(&r, counter("shardcar_otlp_exported_spans_total", "Spans the collector accepted")),
             spans_dropped: register(
                 &r,
-                IntCounter::new("shardcar_otlp_dropped_spans_total", "Spans dropped because the export queue was full")
-                    .expect("static metric definition"),
+                counter("shardcar_otlp_dropped_spans_total", "Spans dropped because the export queue was full"),
             ),
-            spans_failed: register(
-                &r,
-                IntCounter::new("shardcar_otlp_failed_spans_total", "Spans in exports that failed")
-                    .expect("static metric definition"),
-            ),
+            spans_failed: register(&r, counter("shardcar_otlp_failed_spans_total", "Spans in exports that failed")),
             registry: r,
         }
     }
@@ -416,6 +381,18 @@ fn register<C: Collector + Clone + 'static>(registry: &Registry, c: C) -> C {
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     IntCounterVec::new(Opts::new(name, help), labels).expect("static metric definition")
+}
+
+fn counter(name: &str, help: &str) -> IntCounter {
+    IntCounter::new(name, help).expect("static metric definition")
+}
+
+fn gauge(name: &str, help: &str) -> IntGauge {
+    IntGauge::new(name, help).expect("static metric definition")
+}
+
+fn float_gauge_vec(name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    GaugeVec::new(Opts::new(name, help), labels).expect("static metric definition")
 }
 
 fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
