@@ -9,6 +9,11 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
 command -v clang >/dev/null 2>&1 || need+=(clang)          # pg_query's bindings
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+if [ "${SHARDCAR_SETUP_BROWSER:-0}" = 1 ]; then
+  # The dashboard's browser test (tests/run.sh asks for these).
+  command -v chromium >/dev/null 2>&1 || need+=(chromium)
+  command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
+fi
 
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
@@ -28,5 +33,8 @@ fi
 for component in rustfmt clippy; do
   rustup component list --installed 2>/dev/null | grep -q "^$component" || rustup component add "$component"
 done
-# Routing plugins are WebAssembly components (built by sidecar/build.rs).
-rustup target list --installed 2>/dev/null | grep -q '^wasm32-wasip2$' || rustup target add wasm32-wasip2
+# Routing plugins are WebAssembly components and the dashboard is a
+# WebAssembly app; sidecar/build.rs builds both.
+for target in wasm32-wasip2 wasm32-unknown-unknown; do
+  rustup target list --installed 2>/dev/null | grep -q "^$target\$" || rustup target add "$target"
+done

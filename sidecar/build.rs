@@ -1,5 +1,7 @@
-//! Builds the built-in routing plugins (`plugins/`, a workspace of its own)
-//! for wasm32-wasip2 and embeds them, so the binary carries its strategies.
+//! Builds what the binary embeds from its sibling workspaces:
+//! - the built-in routing plugins (`plugins/`) for wasm32-wasip2;
+//! - the dashboard (`dashboard/`) for wasm32-unknown-unknown, turned into an
+//!   ES module by wasm-bindgen, served by the admin listener at `/`.
 
 use std::env;
 use std::path::{Path, PathBuf};
@@ -10,16 +12,20 @@ const BUILTINS: [&str; 6] = ["hash", "consistent-hash", "range", "directory", "g
 
 fn main() {
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let plugins = manifest.join("../plugins");
+    let target = env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("../target"), PathBuf::from);
+    let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo"));
+    plugins(&manifest.join("../plugins"), &target.join("plugins"), &out);
+    dashboard(&manifest.join("../dashboard"), &manifest.join("api"), &target.join("dashboard"), &out);
+}
+
+fn plugins(plugins: &Path, target: &Path, out: &Path) {
     for path in ["Cargo.toml", "Cargo.lock", "wit", "sdk/src", "sdk/Cargo.toml"] {
-        println!("cargo:rerun-if-changed={}", plugins.join(path).display());
+        rerun_if_changed(&plugins.join(path));
     }
     for name in BUILTINS {
-        println!("cargo:rerun-if-changed={}", plugins.join(name).display());
+        rerun_if_changed(&plugins.join(name));
     }
-    let target =
-        env::var_os("CARGO_TARGET_DIR").map_or_else(|| manifest.join("../target"), PathBuf::from).join("plugins");
-    build(&plugins, &target);
+    cargo_build(&plugins.join("Cargo.toml"), target, "wasm32-wasip2", &BUILTINS);
 
     let release = target.join("wasm32-wasip2/release");
     let mut code =
@@ -29,18 +35,57 @@ fn main() {
         code.push_str(&format!("    ({name:?}, include_bytes!({:?})),\n", file.display().to_string()));
     }
     code.push_str("];\n");
-    let out = PathBuf::from(env::var("OUT_DIR").expect("set by cargo")).join("builtin_plugins.rs");
-    std::fs::write(out, code).expect("write builtin_plugins.rs");
+    std::fs::write(out.join("builtin_plugins.rs"), code).expect("write builtin_plugins.rs");
 }
 
-fn build(plugins: &Path, target: &Path) {
+fn dashboard(dashboard: &Path, api: &Path, target: &Path, out: &Path) {
+    for path in ["Cargo.toml", "Cargo.lock", "src", "static"] {
+        rerun_if_changed(&dashboard.join(path));
+    }
+    rerun_if_changed(&api.join("src"));
+    cargo_build(&dashboard.join("Cargo.toml"), target, "wasm32-unknown-unknown", &["shardcar-dashboard"]);
+
+    let wasm = target.join("wasm32-unknown-unknown/release/shardcar-dashboard.wasm");
+    let assets = out.join("dashboard");
+    let mut bindgen = wasm_bindgen_cli_support::Bindgen::new();
+    bindgen.input_path(&wasm).out_name("dashboard").typescript(false);
+    bindgen.web(true).expect("wasm-bindgen web target");
+    bindgen.generate(&assets).unwrap_or_else(|e| panic!("wasm-bindgen on {}: {e:#}", wasm.display()));
+
+    // Path served, file, content type.
+    let files = [
+        ("/", dashboard.join("static/index.html"), "text/html; charset=utf-8"),
+        ("/assets/style.css", dashboard.join("static/style.css"), "text/css; charset=utf-8"),
+        ("/assets/boot.js", dashboard.join("static/boot.js"), "text/javascript; charset=utf-8"),
+        ("/assets/dashboard.js", assets.join("dashboard.js"), "text/javascript; charset=utf-8"),
+        ("/assets/dashboard_bg.wasm", assets.join("dashboard_bg.wasm"), "application/wasm"),
+    ];
+    let mut code = String::from(
+        "/// The dashboard's files: path served, content type, bytes.\n\
+         pub const DASHBOARD: &[(&str, &str, &[u8])] = &[\n",
+    );
+    for (path, file, kind) in files {
+        assert!(file.exists(), "dashboard asset {} is missing", file.display());
+        code.push_str(&format!("    ({path:?}, {kind:?}, include_bytes!({:?})),\n", file.display().to_string()));
+    }
+    code.push_str("];\n");
+    std::fs::write(out.join("dashboard_assets.rs"), code).expect("write dashboard_assets.rs");
+}
+
+fn rerun_if_changed(path: &Path) {
+    println!("cargo:rerun-if-changed={}", path.display());
+}
+
+/// `cargo build --release` of another workspace for a wasm target, in a
+/// target dir of its own (the outer build holds the lock on ours).
+fn cargo_build(manifest: &Path, target_dir: &Path, triple: &str, packages: &[&str]) {
     let cargo = env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut cmd = Command::new(cargo);
-    cmd.args(["build", "--release", "--locked", "--target", "wasm32-wasip2", "--manifest-path"])
-        .arg(plugins.join("Cargo.toml"))
+    cmd.args(["build", "--release", "--locked", "--target", triple, "--manifest-path"])
+        .arg(manifest)
         .arg("--target-dir")
-        .arg(target);
-    for name in BUILTINS {
+        .arg(target_dir);
+    for name in packages {
         cmd.args(["-p", name]);
     }
     // The outer build's flags and wrappers (clippy, host RUSTFLAGS) are not for wasm.
@@ -49,11 +94,12 @@ fn build(plugins: &Path, target: &Path) {
     {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("run cargo for the plugins");
+    let status = cmd.status().unwrap_or_else(|e| panic!("run cargo for {}: {e}", manifest.display()));
     if !status.success() {
         panic!(
-            "building the built-in plugins failed (is the wasm32-wasip2 target installed? \
-             deploy/setup.sh runs `rustup target add wasm32-wasip2`)"
+            "building {} for {triple} failed (is the target installed? \
+             deploy/setup.sh runs `rustup target add {triple}`)",
+            manifest.display()
         );
     }
 }

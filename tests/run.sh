@@ -3,10 +3,12 @@
 # end-to-end tests against Postgres clusters they start themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-deploy/setup.sh
+SHARDCAR_SETUP_BROWSER=1 deploy/setup.sh
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
+(cd dashboard && cargo fmt --all -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
+(cd dashboard && cargo clippy --locked --target wasm32-unknown-unknown --target-dir ../target/dashboard -- -D warnings)
 # The plugin SDK's own tests (Postgres-compatible hashing and friends) run natively.
 (cd plugins && cargo clippy --workspace --all-targets --locked -- -D warnings && cargo test --workspace --locked)
 cargo test --workspace --locked

@@ -38,15 +38,52 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Start throwaway local Postgres shards (2 primaries, 1 replica) with a
-    /// sample schema, and shardcar in front of them. Ctrl-C stops and cleans up.
+    /// Start throwaway local Postgres shards (3 primaries, 1 replica) with a
+    /// sample schema, routing plugins, shardcar in front, a skewed workload
+    /// and the dashboard. Ctrl-C stops and cleans up.
     Demo {
         /// Port for clients.
         #[arg(long, default_value_t = 6432)]
         port: u16,
-        /// Port for the admin HTTP listener.
+        /// Port for the admin HTTP listener and the dashboard.
         #[arg(long, default_value_t = 9930)]
         admin_port: u16,
+        /// Workload operations per second (0: no workload).
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+    },
+    /// Run a Zipf-skewed mix of reads, writes and transactions against the
+    /// demo schema through a running shardcar; print what ran and the keys
+    /// used most (exact counts).
+    BenchLoad {
+        #[arg(long, default_value = "127.0.0.1")]
+        host: String,
+        #[arg(long, default_value_t = 6432)]
+        port: u16,
+        #[arg(long, default_value = "app")]
+        user: String,
+        #[arg(long, default_value = "app", env = "PGPASSWORD")]
+        password: String,
+        #[arg(long, default_value = "app")]
+        dbname: String,
+        /// Concurrent client connections.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Operations per second over all clients (0: as fast as they go).
+        #[arg(long, default_value_t = 200.0)]
+        rate: f64,
+        /// Seconds to run (default: until Ctrl-C).
+        #[arg(long)]
+        seconds: Option<f64>,
+        /// Customers 1..=N, seeded when missing; customer N is the N-th most used.
+        #[arg(long, default_value_t = 2000)]
+        customers: u64,
+        /// Zipf exponent of customer (and tenant) popularity; 0 is uniform.
+        #[arg(long, default_value_t = 1.3)]
+        zipf: f64,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -115,8 +152,32 @@ fn main() -> ExitCode {
             };
             report(runtime().and_then(|rt| rt.block_on(explain(cfg, sql, params, json))))
         }
-        Command::Demo { port, admin_port } => {
-            report(runtime().and_then(|rt| rt.block_on(shardcar::demo::run(port, admin_port))))
+        Command::Demo { port, admin_port, rate } => {
+            let demo = shardcar::demo::Demo { port, admin_port, rate };
+            report(runtime().and_then(|rt| rt.block_on(shardcar::demo::run(demo))))
+        }
+        Command::BenchLoad { host, port, user, password, dbname, clients, rate, seconds, customers, zipf, json } => {
+            let duration = match seconds.map(std::time::Duration::try_from_secs_f64) {
+                Some(Err(_)) => {
+                    eprintln!("--seconds must be a positive number");
+                    return ExitCode::FAILURE;
+                }
+                Some(Ok(d)) => Some(d),
+                None => None,
+            };
+            let opts = shardcar::workload::Options {
+                host,
+                port,
+                user,
+                password,
+                dbname,
+                clients,
+                rate,
+                duration,
+                customers,
+                zipf,
+            };
+            report(runtime().and_then(|rt| rt.block_on(bench_load(opts, json))))
         }
     }
 }
@@ -130,6 +191,19 @@ async fn explain(cfg: Config, sql: String, params: Vec<String>, json: bool) -> a
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
         print!("{}", shardcar::policy::explain::render(&explanation));
+    }
+    Ok(())
+}
+
+async fn bench_load(opts: shardcar::workload::Options, json: bool) -> anyhow::Result<()> {
+    let stop = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let report = shardcar::workload::run(opts, stop).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report.summary());
     }
     Ok(())
 }

@@ -241,22 +241,126 @@ impl Sidecar {
 
     /// A request to the admin listener: (status code, head, body).
     pub fn admin_request(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
-        use std::io::Write;
-        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).unwrap();
-        let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
-        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").unwrap();
-        let mut resp = String::new();
-        s.read_to_string(&mut resp).unwrap();
-        let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-        let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
-        (status, head.to_string(), body.to_string())
+        http_request(self.admin_port, method, path, headers)
     }
 
     /// A JSON answer of the admin API, as its shared type (so its shape is checked).
     pub fn admin_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
-        let (status, body) = self.admin_get(path);
-        assert_eq!(status, 200, "GET {path}: {body}");
-        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}\n{body}"))
+        admin_json(self.admin_port, path)
+    }
+}
+
+/// An HTTP/1.1 request to 127.0.0.1:`port`: (status code, head, body).
+pub fn http_request(port: u16, method: &str, path: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    use std::io::Write;
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    let extra: String = headers.iter().map(|(k, v)| format!("{k}: {v}\r\n")).collect();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{extra}\r\n").unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let status = resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (status, head.to_string(), body.to_string())
+}
+
+/// A JSON answer of the admin API on `port`, as its shared type.
+pub fn admin_json<T: serde::de::DeserializeOwned>(port: u16, path: &str) -> T {
+    let (status, _, body) = http_request(port, "GET", path, &[]);
+    assert_eq!(status, 200, "GET {path}: {body}");
+    serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}\n{body}"))
+}
+
+/// A running `shardcar demo` (README command 1), as a user starts it.
+pub struct Demo {
+    child: Option<Child>,
+    pub port: u16,
+    pub admin_port: u16,
+    /// Printed by the banner.
+    pub banner: String,
+    pub config: PathBuf,
+    /// Each shard's primary port, by shard name.
+    pub primaries: Vec<(String, u16)>,
+    stderr: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Demo {
+    /// Starts the demo (`extra` arguments, e.g. `--rate 0`) and waits for its banner.
+    pub async fn start(extra: &[&str]) -> Demo {
+        use std::io::{BufRead, BufReader};
+        let port = localpg::free_port().unwrap();
+        let admin_port = localpg::free_port().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let stderr = dir.path().join("demo.err");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_shardcar"))
+            .args(["demo", "--port", &port.to_string(), "--admin-port", &admin_port.to_string()])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let banner = tokio::task::spawn_blocking(move || {
+            let mut text = String::new();
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap();
+                text.push_str(&line);
+                text.push('\n');
+                if line.starts_with("Ctrl-C") {
+                    break;
+                }
+            }
+            text
+        });
+        let banner = tokio::time::timeout(Duration::from_secs(180), banner).await.expect("the demo starts").unwrap();
+        let config: PathBuf = banner
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("config").map(|p| PathBuf::from(p.trim())))
+            .unwrap_or_else(|| panic!("the banner names the config file:\n{banner}"));
+        // "s1  primary 127.0.0.1:PORT ..." lines.
+        let primaries = banner
+            .lines()
+            .filter_map(|l| {
+                let mut words = l.split_whitespace().skip_while(|w| *w == "shards");
+                let shard = words.next()?;
+                (words.next()? == "primary").then_some(())?;
+                let port = words.next()?.rsplit(':').next()?.parse().ok()?;
+                Some((shard.to_string(), port))
+            })
+            .collect();
+        Demo { child: Some(child), port, admin_port, banner, config, primaries, stderr, _dir: dir }
+    }
+
+    pub fn conninfo(&self) -> String {
+        format!("host=127.0.0.1 port={} user=app password=app dbname=app", self.port)
+    }
+
+    /// A direct client to one shard's primary.
+    pub async fn shard(&self, name: &str) -> Client {
+        let port = self.primaries.iter().find(|(n, _)| n == name).map(|(_, p)| *p).expect("a demo shard");
+        connect(&format!("host=127.0.0.1 port={port} user=postgres dbname=app")).await.expect("direct connection")
+    }
+
+    /// Ctrl-C, as a user stops it: (exited cleanly, what it printed on stderr).
+    pub async fn interrupt(mut self) -> (bool, String) {
+        let mut child = self.child.take().expect("running");
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+        let status = tokio::task::spawn_blocking(move || child.wait().unwrap()).await.unwrap();
+        (status.success(), std::fs::read_to_string(&self.stderr).unwrap_or_default())
+    }
+}
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            // SAFETY: as in `interrupt`; SIGINT lets it remove its clusters.
+            unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+            let _ = child.wait();
+            if std::thread::panicking() {
+                eprintln!("---- demo stderr ----\n{}", std::fs::read_to_string(&self.stderr).unwrap_or_default());
+            }
+        }
     }
 }
 

@@ -9,6 +9,7 @@ mod backend_auth;
 mod cancel;
 mod cli;
 mod copy;
+mod dashboard;
 mod demo;
 mod extended;
 mod hotspots;

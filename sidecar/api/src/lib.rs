@@ -51,6 +51,11 @@ pub struct Load {
     pub errors_total: u64,
     pub window_s: u64,
     pub statements_per_s: f64,
+    /// Of `statements_per_s`: reads (SELECT without locking clauses) and
+    /// writes (INSERT/UPDATE/DELETE/MERGE, locking SELECTs); the rest are
+    /// transaction control, SET and other utility statements.
+    pub reads_per_s: f64,
+    pub writes_per_s: f64,
     pub errors_per_s: f64,
     /// Latency quantiles, from histogram buckets; `None` without statements.
     pub p50_ms: Option<f64>,
@@ -242,6 +247,8 @@ pub struct Plugin {
     pub calls_total: u64,
     pub errors_total: u64,
     pub p99_us: Option<f64>,
+    /// When the serving version was loaded (start or last hot reload).
+    pub loaded_unix_ms: u64,
     pub last_error: Option<String>,
 }
 

@@ -2,9 +2,11 @@
 //! JSON API under `/api/v1/` (types in the `shardcar-api` crate), with a
 //! Server-Sent Events stream of snapshots.
 //!
-//! `/healthz` and `/readyz` are always open (orchestrators probe them);
-//! with `listen.admin_token` set, everything else wants the token.
+//! `/healthz`, `/readyz` and the dashboard's files are always open
+//! (orchestrators probe the first two; the page holds no data); with
+//! `listen.admin_token` set, everything else wants the token.
 
+mod dashboard;
 mod stream;
 mod views;
 
@@ -56,6 +58,11 @@ pub async fn serve(listener: TcpListener, shared: Arc<Shared>) {
 async fn route(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let query = req.uri().query().unwrap_or("");
+    if req.method() == Method::GET
+        && let Some(page) = dashboard::asset(path)
+    {
+        return page;
+    }
     let open = matches!(path, "/healthz" | "/readyz");
     if !open && let Some(denied) = check_token(shared, req) {
         return denied;

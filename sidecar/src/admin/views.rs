@@ -128,6 +128,7 @@ pub fn plugins(shared: &Shared) -> api::Plugins {
                 calls_total: plugin.metrics.calls.get(),
                 errors_total: plugin.metrics.errors.get(),
                 p99_us: quantile(&buckets(&plugin.metrics.duration), &[], 0.99).map(|s| s * 1e6),
+                loaded_unix_ms: unix_ms(plugin.loaded_at),
                 last_error,
             }
         })
@@ -140,7 +141,7 @@ pub fn snapshot(shared: &Shared) -> api::Snapshot {
     let shards = shards(shared, 1);
     let view = shared.telemetry.hotspots.view();
     api::Snapshot {
-        at_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        at_unix_ms: unix_ms(SystemTime::now()),
         overview: overview(shared),
         shards: shards.shards,
         pools: pools(shared),
@@ -152,4 +153,8 @@ pub fn snapshot(shared: &Shared) -> api::Snapshot {
             .map(|(table, skew)| api::TableSkew { table: table.to_string(), skew })
             .collect(),
     }
+}
+
+fn unix_ms(at: SystemTime) -> u64 {
+    at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }

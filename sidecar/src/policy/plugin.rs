@@ -177,6 +177,8 @@ pub struct Plugin {
     pub info: PluginInfo,
     /// The first hex digits of the component's SHA-256.
     pub digest: String,
+    /// When this version started serving.
+    pub loaded_at: SystemTime,
     pre: PolicyPre<State>,
     config: String,
     runtime: Arc<Runtime>,
@@ -219,6 +221,7 @@ impl Plugin {
             policy: policy.to_string(),
             info: PluginInfo { name: String::new(), version: String::new(), custom_extract: false },
             digest,
+            loaded_at: SystemTime::now(),
             pre,
             config,
             runtime: runtime.clone(),

@@ -69,6 +69,8 @@ struct Sample {
 struct NodeSample {
     shard: usize,
     statements: u64,
+    reads: u64,
+    writes: u64,
     errors: u64,
     duration: Vec<(f64, u64)>,
     duration_sum: f64,
@@ -265,13 +267,18 @@ impl Hotspots {
             t,
             nodes: pools
                 .nodes()
-                .map(|n| NodeSample {
-                    shard: n.shard,
-                    statements: n.metrics.statements_total(),
-                    errors: n.metrics.errors_total(),
-                    duration: buckets(&n.metrics.duration),
-                    duration_sum: n.metrics.duration.get_sample_sum(),
-                    checkout: buckets(&n.metrics.checkout_wait),
+                .map(|n| {
+                    let (reads, writes) = n.metrics.reads_writes();
+                    NodeSample {
+                        shard: n.shard,
+                        statements: n.metrics.statements_total(),
+                        reads,
+                        writes,
+                        errors: n.metrics.errors_total(),
+                        duration: buckets(&n.metrics.duration),
+                        duration_sum: n.metrics.duration.get_sample_sum(),
+                        checkout: buckets(&n.metrics.checkout_wait),
+                    }
                 })
                 .collect(),
             tables: self.tables.iter().map(|t| t.per_shard.iter().map(IntCounter::get).collect()).collect(),
@@ -424,12 +431,15 @@ fn load(newest: &Sample, oldest: &Sample, seconds: u64, pick: impl Fn(&NodeSampl
     let statements = sum(newest, |n| n.statements);
     let errors = sum(newest, |n| n.errors);
     let (now, before) = (merged(newest, &pick), merged(oldest, &pick));
+    let rate = |f: fn(&NodeSample) -> u64| sum(newest, f).saturating_sub(sum(oldest, f)) as f64 / seconds as f64;
     api::Load {
         statements_total: statements,
         errors_total: errors,
         window_s: seconds,
-        statements_per_s: statements.saturating_sub(sum(oldest, |n| n.statements)) as f64 / seconds as f64,
-        errors_per_s: errors.saturating_sub(sum(oldest, |n| n.errors)) as f64 / seconds as f64,
+        statements_per_s: rate(|n| n.statements),
+        reads_per_s: rate(|n| n.reads),
+        writes_per_s: rate(|n| n.writes),
+        errors_per_s: rate(|n| n.errors),
         p50_ms: quantile(&now, &before, 0.5).map(ms),
         p99_ms: quantile(&now, &before, 0.99).map(ms),
     }

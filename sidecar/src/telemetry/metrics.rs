@@ -71,6 +71,11 @@ impl NodeMetrics {
         self.statements.iter().map(IntCounter::get).sum()
     }
 
+    /// Reads and writes (the other kinds are neither).
+    pub fn reads_writes(&self) -> (u64, u64) {
+        (self.statements(KindLabel::Read).get(), self.statements(KindLabel::Write).get())
+    }
+
     pub fn errors_total(&self) -> u64 {
         self.errors.iter().map(IntCounter::get).sum()
     }

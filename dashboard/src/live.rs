@@ -1,0 +1,155 @@
+//! The dashboard's state: the newest snapshot from the live stream, each
+//! shard's 15-minute series (fetched once, then extended second by second),
+//! hot keys and plugins (polled: the stream does not carry them), and
+//! whether the sidecar is reachable.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gloo_net::eventsource::futures::EventSource;
+use leptos::prelude::*;
+use leptos::task::spawn_local;
+use shardcar_api::{HotTables, Plugins, Point, Shard, Shards, Snapshot};
+
+/// As much history as the sidecar keeps.
+pub const SERIES_SECONDS: usize = 900;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Status {
+    Connecting,
+    Live,
+    /// The stream broke; the browser retries by itself.
+    Lost(String),
+}
+
+#[derive(Clone, Copy)]
+pub struct Live {
+    pub status: RwSignal<Status>,
+    pub snapshot: RwSignal<Option<Snapshot>>,
+    /// Per shard, in the snapshot's shard order.
+    pub series: RwSignal<Vec<VecDeque<Point>>>,
+    pub hot: RwSignal<Result<Option<HotTables>, String>>,
+    pub plugins: RwSignal<Result<Option<Plugins>, String>>,
+}
+
+impl Live {
+    pub fn start() -> Live {
+        let live = Live {
+            status: RwSignal::new(Status::Connecting),
+            snapshot: RwSignal::new(None),
+            series: RwSignal::new(Vec::new()),
+            hot: RwSignal::new(Ok(None)),
+            plugins: RwSignal::new(Ok(None)),
+        };
+        spawn_local(live.stream());
+        live.poll_hot_keys();
+        live.poll_plugins();
+        set_interval(move || live.poll_hot_keys(), Duration::from_secs(2));
+        set_interval(move || live.poll_plugins(), Duration::from_secs(5));
+        live
+    }
+
+    /// One shard of the newest snapshot.
+    pub fn shard(&self, name: &str) -> Option<Shard> {
+        self.snapshot.with(|s| s.as_ref()?.shards.iter().find(|x| x.name == name).cloned())
+    }
+
+    pub fn shard_names(&self) -> Vec<String> {
+        self.snapshot
+            .with(|s| s.as_ref().map(|s| s.shards.iter().map(|x| x.name.clone()).collect()).unwrap_or_default())
+    }
+
+    async fn stream(self) {
+        let mut source = match EventSource::new(&crate::api::url("stream", &[])) {
+            Ok(s) => s,
+            Err(e) => return self.status.set(Status::Lost(format!("cannot open the live stream: {e}"))),
+        };
+        let mut snapshots = match source.subscribe("snapshot") {
+            Ok(s) => s,
+            Err(e) => return self.status.set(Status::Lost(format!("cannot open the live stream: {e}"))),
+        };
+        let mut need_history = true;
+        while let Some(event) = snapshots.next().await {
+            match event {
+                Ok((_, message)) => {
+                    let Some(text) = message.data().as_string() else { continue };
+                    let snapshot: Snapshot = match serde_json::from_str(&text) {
+                        Ok(s) => s,
+                        Err(e) => {
+                            self.status
+                                .set(Status::Lost(format!("the sidecar sent a snapshot this page cannot read: {e}")));
+                            continue;
+                        }
+                    };
+                    if need_history {
+                        // After (re)connecting, fetch what was missed.
+                        need_history = false;
+                        spawn_local(self.fetch_history());
+                    }
+                    self.extend_series(&snapshot);
+                    self.snapshot.set(Some(snapshot));
+                    self.status.set(Status::Live);
+                }
+                Err(_) => {
+                    need_history = true;
+                    self.status.set(Status::Lost("the live stream from the sidecar broke; retrying".into()));
+                }
+            }
+        }
+        drop(source);
+    }
+
+    async fn fetch_history(self) {
+        let series = SERIES_SECONDS.to_string();
+        if let Ok(shards) = crate::api::get::<Shards>("shards", &[("series", &series)]).await {
+            self.series.update(|all| {
+                *all = shards.shards.into_iter().map(|s| s.series.into()).collect();
+            });
+        }
+    }
+
+    /// Appends each shard's newest point (the stream carries only that).
+    fn extend_series(&self, snapshot: &Snapshot) {
+        self.series.update(|all| {
+            all.resize_with(snapshot.shards.len(), VecDeque::new);
+            for (series, shard) in all.iter_mut().zip(&snapshot.shards) {
+                for point in &shard.series {
+                    if series.back().is_none_or(|last| last.t < point.t) {
+                        series.push_back(*point);
+                    }
+                }
+                while series.len() > SERIES_SECONDS {
+                    series.pop_front();
+                }
+            }
+        });
+    }
+
+    fn poll_hot_keys(self) {
+        spawn_local(async move {
+            let result = crate::api::get::<HotTables>("hotkeys", &[("limit", "10")]).await;
+            keep_last_good(self.hot, result);
+        });
+    }
+
+    fn poll_plugins(self) {
+        spawn_local(async move {
+            let result = crate::api::get::<Plugins>("plugins", &[]).await;
+            keep_last_good(self.plugins, result);
+        });
+    }
+}
+
+/// A failed poll replaces nothing already shown (the status banner says the
+/// sidecar is unreachable); it shows only when there is nothing yet.
+fn keep_last_good<T: Send + Sync + 'static>(signal: RwSignal<Result<Option<T>, String>>, result: Result<T, String>) {
+    match result {
+        Ok(value) => signal.set(Ok(Some(value))),
+        Err(e) => {
+            if !signal.with_untracked(|s| matches!(s, Ok(Some(_)))) {
+                signal.set(Err(e));
+            }
+        }
+    }
+}

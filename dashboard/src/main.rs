@@ -1,0 +1,32 @@
+//! shardcar's operator dashboard: a client-side Leptos app that reads only
+//! the admin API (`shardcar-api` types) and its live stream.
+
+mod api;
+mod format;
+mod live;
+mod views;
+
+use leptos::prelude::*;
+
+use crate::live::Live;
+
+fn main() {
+    console_error_panic_hook::set_once();
+    leptos::mount::mount_to_body(App);
+}
+
+#[component]
+fn App() -> impl IntoView {
+    let live = Live::start();
+    view! {
+        <views::header::Header live />
+        <main>
+            <views::header::Banner live />
+            <views::shards::Shards live />
+            <views::hotspots::Hotspots live />
+            <views::pools::Pools live />
+            <views::plugins::Plugins live />
+            <views::explain::Explain live />
+        </main>
+    }
+}

@@ -1,0 +1,52 @@
+//! Backend connection pools, one row per shard server.
+
+use leptos::prelude::*;
+use shardcar_api::Pool;
+
+use super::{Empty, Panel};
+use crate::format;
+use crate::live::Live;
+
+#[component]
+pub fn Pools(live: Live) -> impl IntoView {
+    let pools = move || live.snapshot.with(|s| s.as_ref().map(|s| s.pools.clone()));
+    view! {
+        <Panel id="pools" title="Pools">
+            {move || match pools() {
+                None => view! { <Empty text="Waiting for the first snapshot…" /> }.into_any(),
+                Some(pools) => view! {
+                    <table class="pools">
+                        <colgroup><col class="c-shard" /><col class="c-role" /><col /><col class="c-bar" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /></colgroup>
+                        <thead>
+                            <tr>
+                                <th>"shard"</th><th>"role"</th><th>"server"</th><th>"in use / idle of max"</th>
+                                <th class="num">"in use"</th><th class="num">"idle"</th><th class="num">"waiting"</th><th class="num">"max"</th>
+                                <th class="num">"checkouts"</th><th class="num">"wait p99"</th>
+                            </tr>
+                        </thead>
+                        <tbody>{pools.iter().map(row).collect_view()}</tbody>
+                    </table>
+                }
+                .into_any(),
+            }}
+        </Panel>
+    }
+}
+
+fn row(p: &Pool) -> impl IntoView + use<> {
+    let of_max = |n: u64| format!("{:.1}%", n as f64 / p.max_size.max(1) as f64 * 100.0);
+    view! {
+        <tr class:waiting={p.waiting > 0}>
+            <td>{p.shard.clone()}</td>
+            <td class="role">{p.role.clone()}</td>
+            <td class="mono">{p.address.clone()}</td>
+            <td><div class="poolbar"><span class="in-use" style:width=of_max(p.in_use)></span><span class="idle" style:width=of_max(p.idle)></span></div></td>
+            <td class="num">{p.in_use}</td>
+            <td class="num">{p.idle}</td>
+            <td class="num waiting-count">{p.waiting}</td>
+            <td class="num">{p.max_size}</td>
+            <td class="num">{format::count(p.checkouts_total)}</td>
+            <td class="num">{format::ms(p.checkout_wait_p99_ms)}</td>
+        </tr>
+    }
+}

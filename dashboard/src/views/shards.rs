@@ -1,0 +1,179 @@
+//! One card per shard: load, latency, errors, health, replica lag and a
+//! 15-minute sparkline; the hot shard stands out.
+
+use std::collections::VecDeque;
+
+use leptos::prelude::*;
+use shardcar_api::{Point, Shard};
+
+use super::{Empty, Panel};
+use crate::format;
+use crate::live::{Live, SERIES_SECONDS};
+
+#[component]
+pub fn Shards(live: Live) -> impl IntoView {
+    let note = Signal::derive(move || {
+        live.snapshot.with(|s| {
+            s.as_ref().map_or_else(String::new, |s| {
+                let skew = &s.overview.skew;
+                format!(
+                    "rates over the last {}s · skew {:.2}× (hot at {:.2}× for {}s)",
+                    skew.window_s, skew.ratio, skew.threshold, skew.hot_after_s
+                )
+            })
+        })
+    });
+    view! {
+        <Panel id="shards" title="Shards" note>
+            {move || {
+                let names = live.shard_names();
+                if names.is_empty() {
+                    return view! { <Empty text="Waiting for the first snapshot…" /> }.into_any();
+                }
+                view! {
+                    <div class="cards">
+                        <For each=move || live.shard_names() key=|name| name.clone() let:name>
+                            <Card live name />
+                        </For>
+                    </div>
+                }
+                .into_any()
+            }}
+        </Panel>
+    }
+}
+
+#[component]
+fn Card(live: Live, name: String) -> impl IntoView {
+    let shard = {
+        let name = name.clone();
+        Memo::new(move |_| live.shard(&name))
+    };
+    let index = {
+        let name = name.clone();
+        Memo::new(move |_| live.shard_names().iter().position(|n| *n == name))
+    };
+    let field = move |f: fn(&Shard) -> String| move || shard.with(|s| s.as_ref().map_or_else(|| "–".into(), f));
+    let hot = move || shard.with(|s| s.as_ref().is_some_and(|s| s.hot));
+    let healthy = move || shard.with(|s| s.as_ref().is_some_and(|s| s.healthy));
+    let hot_label = move || {
+        live.snapshot
+            .with(|s| s.as_ref().map_or_else(String::new, |s| format!("HOT · {:.1}× mean", s.overview.skew.ratio)))
+    };
+    let series = move || {
+        let i = index.get();
+        live.series.with(|all| i.and_then(|i| all.get(i).cloned()).unwrap_or_default())
+    };
+    view! {
+        <article class="card shard-card" class:hot=hot data-shard=name.clone()>
+            <header>
+                <span class="health" class:down=move || !healthy() title=move || if healthy() { "primary answers" } else { "primary does not answer" }></span>
+                <h3>{name.clone()}</h3>
+                <Show when=hot>
+                    <span class="badge hot-badge">{hot_label}</span>
+                </Show>
+                <Show when=move || !healthy()>
+                    <span class="badge down-badge">"DOWN"</span>
+                </Show>
+            </header>
+            <div class="figures">
+                <div class="big">
+                    <span class="value rate">{field(|s| format::rate(s.load.statements_per_s))}</span>
+                    <span class="unit">"stmt/s"</span>
+                </div>
+                <dl>
+                    <div><dt>"reads"</dt><dd>{field(|s| format::rate(s.load.reads_per_s))}</dd></div>
+                    <div><dt>"writes"</dt><dd>{field(|s| format::rate(s.load.writes_per_s))}</dd></div>
+                    <div><dt>"p50"</dt><dd>{field(|s| format::ms(s.load.p50_ms))}</dd></div>
+                    <div><dt>"p99"</dt><dd>{field(|s| format::ms(s.load.p99_ms))}</dd></div>
+                    <div><dt>"errors"</dt><dd class="errors">{field(error_rate)}</dd></div>
+                </dl>
+            </div>
+            <ReadWriteBar shard />
+            <Sparkline series />
+            <ul class="servers">
+                {move || shard.with(|s| s.as_ref().map(|s| s.servers.iter().map(server_line).collect_view()))}
+            </ul>
+        </article>
+    }
+}
+
+fn error_rate(s: &Shard) -> String {
+    if s.load.statements_per_s > 0.0 {
+        format::percent(s.load.errors_per_s / s.load.statements_per_s)
+    } else {
+        format::rate(s.load.errors_per_s)
+    }
+}
+
+fn server_line(server: &shardcar_api::Server) -> impl IntoView + use<> {
+    let lag = match server.lag {
+        Some(lag) if server.up => format!("lag {} · {:.1}s", format::bytes(lag.bytes), lag.seconds),
+        _ => String::new(),
+    };
+    let title = server.last_error.clone().unwrap_or_default();
+    view! {
+        <li class:down=!server.up title=title>
+            <span class="role">{server.role.clone()}</span>
+            <span class="address">{server.address.clone()}</span>
+            <span class="lag">{if server.up { lag } else { "down".into() }}</span>
+        </li>
+    }
+}
+
+/// Reads and writes as shares of the shard's statements.
+#[component]
+fn ReadWriteBar(shard: Memo<Option<Shard>>) -> impl IntoView {
+    let share = move |f: fn(&Shard) -> f64| {
+        move || {
+            shard.with(|s| {
+                let s = s.as_ref().filter(|s| s.load.statements_per_s > 0.0);
+                format!("{:.1}%", s.map_or(0.0, |s| f(s) / s.load.statements_per_s * 100.0))
+            })
+        }
+    };
+    view! {
+        <div class="rwbar" title="reads / writes / other statements">
+            <span class="reads" style:width=share(|s| s.load.reads_per_s)></span>
+            <span class="writes" style:width=share(|s| s.load.writes_per_s)></span>
+        </div>
+    }
+}
+
+const SPARK_W: f64 = 300.0;
+const SPARK_H: f64 = 44.0;
+
+/// Statements per second over the last 15 minutes, right-aligned to now.
+#[component]
+fn Sparkline(series: impl Fn() -> VecDeque<Point> + Send + Sync + Copy + 'static) -> impl IntoView {
+    let peak = move || series().iter().map(|p| p.statements).max().unwrap_or(0);
+    move || {
+        let points = series();
+        let max = peak();
+        if max == 0 {
+            return view! { <div class="sparkline idle">"no statements in the last 15 min"</div> }.into_any();
+        }
+        view! {
+            <div class="sparkline">
+                <svg viewBox=format!("0 0 {SPARK_W} {SPARK_H}") preserveAspectRatio="none">
+                    <path class="area" d=area_path(&points, max) />
+                </svg>
+                <span class="peak">{format!("peak {}/s", format::count(max))}</span>
+            </div>
+        }
+        .into_any()
+    }
+}
+
+fn area_path(points: &VecDeque<Point>, max: u64) -> String {
+    let step = SPARK_W / (SERIES_SECONDS - 1) as f64;
+    let start = SERIES_SECONDS.saturating_sub(points.len());
+    let x = |i: usize| (start + i) as f64 * step;
+    let y = |v: u64| SPARK_H - v as f64 / max as f64 * (SPARK_H - 2.0);
+    let mut d = format!("M{:.1},{SPARK_H}", x(0));
+    for (i, p) in points.iter().enumerate() {
+        d.push_str(&format!(" L{:.1},{:.1}", x(i), y(p.statements)));
+    }
+    d.push_str(&format!(" L{:.1},{SPARK_H} Z", x(points.len().saturating_sub(1))));
+    d
+}

@@ -1,0 +1,207 @@
+//! The dashboard in a real browser (headless Chromium from Debian, driven
+//! over WebDriver by chromedriver) against the demo with a skewed workload.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use serde_json::json;
+
+use crate::harness::{Demo, admin_json};
+
+/// chromedriver on a free port, killed on drop.
+struct Driver {
+    child: Child,
+    port: u16,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = shardcar::localpg::free_port().unwrap();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian package chromium-driver; deploy/setup.sh installs it)");
+        Driver { child, port }
+    }
+
+    /// A browser session at 1280×800 that keeps the console log.
+    async fn browser(&self) -> Client {
+        let caps = json!({
+            "goog:chromeOptions": {
+                "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                         "--disable-dev-shm-usage", "--window-size=1280,800"],
+            },
+            "goog:loggingPrefs": { "browser": "ALL" },
+        });
+        let caps: fantoccini::wd::Capabilities = caps.as_object().unwrap().clone();
+        let url = format!("http://127.0.0.1:{}", self.port);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+            match ClientBuilder::new(connector).capabilities(caps.clone()).connect(&url).await {
+                Ok(c) => return c,
+                // chromedriver takes a moment to listen.
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("cannot start a browser session: {e}"),
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// chromedriver's console log of the page (`goog:loggingPrefs`).
+#[derive(Debug)]
+struct BrowserLog;
+
+impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
+    fn endpoint(&self, base: &url::Url, session: Option<&str>) -> Result<url::Url, url::ParseError> {
+        base.join(&format!("session/{}/se/log", session.unwrap_or_default()))
+    }
+
+    fn method_and_body(&self, _: &url::Url) -> (http::Method, Option<String>) {
+        (http::Method::POST, Some(json!({"type": "browser"}).to_string()))
+    }
+}
+
+async fn text(c: &Client, css: &str) -> Option<String> {
+    c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
+/// Polls `check` (a page query) until it gives `Some`, or panics saying `what`.
+async fn wait_for<T>(c: &Client, timeout: Duration, what: &str, mut check: impl AsyncFnMut(&Client) -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check(c).await {
+            return v;
+        }
+        if Instant::now() > deadline {
+            let page = c.source().await.unwrap_or_default();
+            panic!("timed out waiting for {what}; page:\n{page}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test]
+async fn dashboard_shows_live_shards_hot_keys_and_explains() {
+    let demo = Demo::start(&["--rate", "0"]).await;
+    // The workload as its own process, for its exact report of the keys it used.
+    let load = Command::new(env!("CARGO_BIN_EXE_shardcar"))
+        .args(["bench-load", "--port", &demo.port.to_string(), "--rate", "400", "--seconds", "40", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let driver = Driver::start();
+    let c = driver.browser().await;
+    c.goto(&format!("http://127.0.0.1:{}/", demo.admin_port)).await.unwrap();
+    // A 1280×800 viewport (the window size includes the browser's own bars).
+    let bars = c.execute("return window.outerHeight - window.innerHeight", vec![]).await.unwrap();
+    c.set_window_size(1280, 800 + bars.as_u64().unwrap_or(0) as u32).await.unwrap();
+
+    // Every shard is listed.
+    let shards: BTreeSet<String> = wait_for(&c, Duration::from_secs(30), "three shard cards", async |c| {
+        let cards = c.find_all(Locator::Css(".shard-card")).await.ok()?;
+        let mut names = BTreeSet::new();
+        for card in cards {
+            names.insert(card.attr("data-shard").await.ok()??);
+        }
+        (names.len() == 3).then_some(names)
+    })
+    .await;
+    assert_eq!(shards, ["s0", "s1", "s2"].map(String::from).into());
+
+    // The numbers change between two snapshots.
+    let first = wait_for(&c, Duration::from_secs(30), "statements counted", async |c| {
+        text(c, "#total-statements").await.filter(|t| t != "–" && t != "0")
+    })
+    .await;
+    let second = wait_for(&c, Duration::from_secs(10), "the count to move", async |c| {
+        text(c, "#total-statements").await.filter(|t| *t != first)
+    })
+    .await;
+    assert_ne!(first, second);
+
+    // The hot shard is marked, and it is the one the sidecar flags.
+    let hot = wait_for(&c, Duration::from_secs(60), "a hot shard card", async |c| {
+        c.find(Locator::Css(".shard-card.hot")).await.ok()?.attr("data-shard").await.ok()?
+    })
+    .await;
+    let flagged: shardcar_api::Shards = admin_json(demo.admin_port, "/api/v1/shards?series=1");
+    let flagged: Vec<_> = flagged.shards.iter().filter(|s| s.hot).map(|s| s.name.clone()).collect();
+    assert_eq!(flagged, [hot]);
+    let badge = text(&c, ".shard-card.hot .hot-badge").await.unwrap_or_default();
+    assert!(badge.starts_with("HOT"), "{badge}");
+
+    // The workload's most used customer is the first hot key shown.
+    let out = tokio::task::spawn_blocking(move || load.wait_with_output().unwrap()).await.unwrap();
+    assert!(out.status.success(), "bench-load: {}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["errors"], 0, "{report}");
+    let top = report["top_keys"].as_array().unwrap().iter().find(|t| t["table"] == "customers").unwrap()["keys"][0][0]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let shown = wait_for(&c, Duration::from_secs(10), "the customers table's hot keys", async |c| {
+        text(c, ".table-keys[data-table=customers] tbody tr:first-child .key").await
+    })
+    .await;
+    assert_eq!(shown, top, "workload report: {report}");
+
+    // What an operator sees at a glance, saved for people to look at.
+    c.execute("window.scrollTo(0, 0)", vec![]).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    screenshot(&c, "dashboard.png").await;
+
+    // The explain box routes a statement to the shard that holds the row.
+    let sql = format!("SELECT * FROM customers WHERE id = {top}");
+    // Scroll it to the middle first: the sticky top bar would cover it at the edge.
+    c.execute("document.getElementById('explain').scrollIntoView({block: 'center', behavior: 'instant'})", vec![])
+        .await
+        .unwrap();
+    let input = c.find(Locator::Css("#explain-sql")).await.unwrap();
+    input.send_keys(&sql).await.unwrap();
+    c.find(Locator::Css("#explain-go")).await.unwrap().click().await.unwrap();
+    let routed = wait_for(&c, Duration::from_secs(10), "an explain answer", async |c| {
+        text(c, "#explain-target .shard-name").await
+    })
+    .await;
+    let holder = demo.shard(&routed).await;
+    let id: i64 = top.parse().unwrap();
+    let rows = holder.query("SELECT 1 FROM customers WHERE id = $1", &[&id]).await.unwrap();
+    assert_eq!(rows.len(), 1, "customer {id} lives on {routed}");
+
+    c.execute("document.getElementById('explain').scrollIntoView({block: 'end', behavior: 'instant'})", vec![])
+        .await
+        .unwrap();
+    screenshot(&c, "dashboard-explain.png").await;
+
+    // No console errors all along.
+    let log = c.issue_cmd(BrowserLog).await.unwrap();
+    let errors: Vec<_> =
+        log.as_array().unwrap().iter().filter(|e| e["level"] == "SEVERE" || e["level"] == "ERROR").collect();
+    assert!(errors.is_empty(), "console errors: {errors:#?}");
+    c.close().await.unwrap();
+}
+
+/// Saves what the browser shows under `target/screenshots/`.
+async fn screenshot(c: &Client, name: &str) {
+    let png = c.screenshot().await.unwrap();
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join(name), png).unwrap();
+}
