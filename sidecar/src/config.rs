@@ -373,6 +373,33 @@ impl Endpoint {
     }
 }
 
+/// `${NAME}` → the variable's value; `$$` → `$`; a lone `$` stays.
+fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find('$') {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let end = after.find('}').ok_or("`${` without a closing `}`")?;
+            let name = &after[..end];
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+                return Err(format!("`${{{name}}}` is not an environment variable name"));
+            }
+            out.push_str(&lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
 impl Config {
     /// Reads, parses and validates a config file.
     pub fn load(path: &Path) -> Result<Config, Invalid> {
@@ -410,8 +437,36 @@ impl Config {
         })?;
         let mut cfg = cfg;
         cfg.base_dir = base_dir.to_path_buf();
-        let problems = cfg.problems();
+        let mut problems = cfg.expand_env(|name| std::env::var(name).ok());
+        problems.extend(cfg.problems());
         if problems.is_empty() { Ok(cfg) } else { Err(Invalid(problems)) }
+    }
+
+    /// Replaces `${NAME}` with the environment variable NAME in the fields
+    /// that carry secrets (`users[].password`, `shards[].primary`,
+    /// `shards[].replicas[]`, `listen.admin_token`), so the file itself can
+    /// live in a ConfigMap and the secrets in a Secret. `$$` is a literal `$`.
+    fn expand_env(&mut self, lookup: impl Fn(&str) -> Option<String>) -> Vec<Problem> {
+        let mut problems = Vec::new();
+        let mut expand = |path: String, value: &mut String| match expand_vars(value, &lookup) {
+            Ok(v) => *value = v,
+            Err(message) => problems.push(Problem { path, message }),
+        };
+        if let Some(token) = self.listen.admin_token.as_mut() {
+            expand("listen.admin_token".into(), token);
+        }
+        for (i, u) in self.users.iter_mut().enumerate() {
+            if let Some(p) = u.password.as_mut() {
+                expand(format!("users[{i}].password"), p);
+            }
+        }
+        for (i, s) in self.shards.iter_mut().enumerate() {
+            expand(format!("shards[{i}].primary"), &mut s.primary);
+            for (j, r) in s.replicas.iter_mut().enumerate() {
+                expand(format!("shards[{i}].replicas[{j}]"), r);
+            }
+        }
+        problems
     }
 
     /// Every semantic problem: names, references, addresses, limits.
@@ -738,5 +793,29 @@ mod tests {
         let e = Endpoint::parse("postgres://u:pw@db.local/app").unwrap();
         assert_eq!((e.host.as_str(), e.port, e.dbname.as_str()), ("db.local", 5432, "app"));
         assert!(!format!("{e:?}").contains("pw"));
+    }
+
+    #[test]
+    fn secrets_come_from_the_environment() {
+        let env = |name: &str| match name {
+            "APP_PASSWORD" => Some("s3cret".to_string()),
+            "S0_PASSWORD" => Some("pw".to_string()),
+            _ => None,
+        };
+        assert_eq!(expand_vars("a$b$$c", env).unwrap(), "a$b$c");
+        let text = GOOD
+            .replace("password = \"secret\"", "password = \"${APP_PASSWORD}\"")
+            .replace("postgres://postgres@", "postgres://postgres:${S0_PASSWORD}@");
+        let mut cfg: Config = toml::from_str(&text).unwrap();
+        assert!(cfg.expand_env(env).is_empty());
+        assert_eq!(cfg.users[0].password.as_deref(), Some("s3cret"));
+        assert!(cfg.shards[0].primary.contains("postgres:pw@"), "{}", cfg.shards[0].primary);
+
+        let mut cfg: Config = toml::from_str(&text.replace("${S0_PASSWORD}", "${MISSING}")).unwrap();
+        let problems = cfg.expand_env(env);
+        assert_eq!(problems[0].path, "shards[0].primary");
+        assert_eq!(problems[0].message, "environment variable MISSING is not set");
+        let mut cfg: Config = toml::from_str(&text.replace("${S0_PASSWORD}", "${S0")).unwrap();
+        assert!(cfg.expand_env(env)[0].message.contains("closing"));
     }
 }

@@ -11,6 +11,7 @@ mod cli;
 mod copy;
 mod dashboard;
 mod demo;
+mod deploy;
 mod extended;
 mod hotspots;
 mod malformed;
