@@ -31,7 +31,13 @@ pub struct Live {
     pub series: RwSignal<Vec<VecDeque<Point>>>,
     pub hot: RwSignal<Result<Option<HotTables>, String>>,
     pub plugins: RwSignal<Result<Option<Plugins>, String>>,
+    /// When the newest snapshot arrived (`Date.now()`, ms).
+    last_seen: StoredValue<f64>,
 }
+
+/// Snapshots come every second; this long without one means the sidecar is
+/// gone (the browser's EventSource retries quietly, without an error event).
+const STALE_MS: f64 = 3500.0;
 
 impl Live {
     pub fn start() -> Live {
@@ -41,8 +47,10 @@ impl Live {
             series: RwSignal::new(Vec::new()),
             hot: RwSignal::new(Ok(None)),
             plugins: RwSignal::new(Ok(None)),
+            last_seen: StoredValue::new(js_sys::Date::now()),
         };
         spawn_local(live.stream());
+        set_interval(move || live.check_stale(), Duration::from_secs(1));
         live.poll_hot_keys();
         live.poll_plugins();
         set_interval(move || live.poll_hot_keys(), Duration::from_secs(2));
@@ -69,7 +77,6 @@ impl Live {
             Ok(s) => s,
             Err(e) => return self.status.set(Status::Lost(format!("cannot open the live stream: {e}"))),
         };
-        let mut need_history = true;
         while let Some(event) = snapshots.next().await {
             match event {
                 Ok((_, message)) => {
@@ -82,22 +89,34 @@ impl Live {
                             continue;
                         }
                     };
-                    if need_history {
+                    if self.status.get_untracked() != Status::Live {
                         // After (re)connecting, fetch what was missed.
-                        need_history = false;
                         spawn_local(self.fetch_history());
                     }
+                    self.last_seen.set_value(js_sys::Date::now());
                     self.extend_series(&snapshot);
                     self.snapshot.set(Some(snapshot));
                     self.status.set(Status::Live);
                 }
-                Err(_) => {
-                    need_history = true;
-                    self.status.set(Status::Lost("the live stream from the sidecar broke; retrying".into()));
-                }
+                Err(_) => self.status.set(Status::Lost("the live stream from the sidecar broke; retrying".into())),
             }
         }
         drop(source);
+    }
+
+    fn check_stale(self) {
+        let silent = js_sys::Date::now() - self.last_seen.get_value();
+        if silent <= STALE_MS {
+            return;
+        }
+        let seconds = (silent / 1000.0).round();
+        match self.status.get_untracked() {
+            Status::Live => self.status.set(Status::Lost(format!("no snapshot for {seconds}s; retrying"))),
+            Status::Connecting => {
+                self.status.set(Status::Lost(format!("no answer from its admin API for {seconds}s; retrying")))
+            }
+            Status::Lost(_) => {}
+        }
     }
 
     async fn fetch_history(self) {

@@ -99,13 +99,6 @@ async fn wait_for<T>(c: &Client, timeout: Duration, what: &str, mut check: impl 
 #[tokio::test]
 async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     let demo = Demo::start(&["--rate", "0"]).await;
-    // The workload as its own process, for its exact report of the keys it used.
-    let load = Command::new(env!("CARGO_BIN_EXE_shardcar"))
-        .args(["bench-load", "--port", &demo.port.to_string(), "--rate", "400", "--seconds", "40", "--json"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
     let driver = Driver::start();
     let c = driver.browser().await;
     c.goto(&format!("http://127.0.0.1:{}/", demo.admin_port)).await.unwrap();
@@ -124,6 +117,23 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     })
     .await;
     assert_eq!(shards, ["s0", "s1", "s2"].map(String::from).into());
+
+    // Before any traffic, sections say so rather than draw nothing.
+    let idle = wait_for(&c, Duration::from_secs(10), "the no-traffic states", async |c| {
+        let sparklines = c.find_all(Locator::Css(".sparkline.idle")).await.ok()?.len();
+        let keys = text(c, ".table-keys[data-table=customers] .empty").await?;
+        (sparklines == 3).then_some(keys)
+    })
+    .await;
+    assert_eq!(idle, "No statements with a shard key yet.");
+
+    // The workload as its own process, for its exact report of the keys it used.
+    let load = Command::new(env!("CARGO_BIN_EXE_shardcar"))
+        .args(["bench-load", "--port", &demo.port.to_string(), "--rate", "400", "--seconds", "40", "--json"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
 
     // The numbers change between two snapshots.
     let first = wait_for(&c, Duration::from_secs(30), "statements counted", async |c| {
@@ -195,6 +205,17 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     let errors: Vec<_> =
         log.as_array().unwrap().iter().filter(|e| e["level"] == "SEVERE" || e["level"] == "ERROR").collect();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+    // The sidecar goes away: the page says so and keeps the last figures.
+    let (clean, stderr) = demo.interrupt().await;
+    assert!(clean, "{stderr}");
+    let banner = wait_for(&c, Duration::from_secs(20), "the unreachable banner", async |c| {
+        text(c, "#banner").await.filter(|t| t.starts_with("Sidecar unreachable"))
+    })
+    .await;
+    assert!(banner.contains("Figures below are from"), "{banner}");
+    assert_eq!(text(&c, ".live").await.as_deref(), Some("offline"));
+    assert_eq!(c.find_all(Locator::Css(".shard-card")).await.unwrap().len(), 3);
     c.close().await.unwrap();
 }
 
