@@ -84,3 +84,54 @@ COMMIT;
     assert!(ok, "{out}");
     assert_eq!(out.trim(), "1\tone\n2\ttwo\n3\tthree");
 }
+
+/// A client that writes its whole COPY (more than shardcar forwards at
+/// once) and CopyDone in one go, then waits: every row must still reach the
+/// server. (Once, shardcar stopped forwarding at its flush threshold and
+/// waited for the client, which was waiting for it.)
+#[tokio::test]
+async fn a_copy_written_in_one_go_is_forwarded_whole() {
+    use postgres_protocol::message::backend::Message;
+    use postgres_protocol::message::frontend;
+    use tokio::io::AsyncWriteExt;
+    let fleet = Fleet::shared();
+    let sc = Sidecar::start(&fleet.config(2));
+    let t = table("onego");
+    direct(&fleet.s0).await.batch_execute(&format!("CREATE TABLE {t} (id int, name text)")).await.unwrap();
+    let (mut s, mut rbuf) = crate::harness::logged_in(sc.port).await;
+    let mut out = bytes::BytesMut::new();
+    frontend::query(&format!("/* shardcar: shard=s0 */ COPY {t} FROM STDIN"), &mut out).unwrap();
+    s.write_all(&out).await.unwrap();
+    loop {
+        match crate::harness::next_message(&mut s, &mut rbuf).await {
+            Some(Message::CopyInResponse(_)) => break,
+            Some(_) => {}
+            None => panic!("closed before COPY started"),
+        }
+    }
+    // Rows in CopyData messages of about 64 KiB, as tokio-postgres sends them.
+    const ROWS: usize = 100_000;
+    let mut out = bytes::BytesMut::new();
+    let mut chunk = String::new();
+    for i in 0..ROWS {
+        chunk.push_str(&format!("{i}\tname {i}\n"));
+        if chunk.len() > 64 * 1024 || i == ROWS - 1 {
+            frontend::CopyData::new(Bytes::from(std::mem::take(&mut chunk))).unwrap().write(&mut out);
+        }
+    }
+    frontend::copy_done(&mut out);
+    assert!(out.len() > 256 * 1024, "more than shardcar reads ahead and forwards at once");
+    s.write_all(&out).await.unwrap();
+    let done = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+        loop {
+            match crate::harness::next_message(&mut s, &mut rbuf).await {
+                Some(Message::CommandComplete(c)) => return c.tag().unwrap().to_string(),
+                Some(Message::ErrorResponse(_)) | None => panic!("the COPY failed"),
+                Some(_) => {}
+            }
+        }
+    })
+    .await
+    .expect("the COPY completes (shardcar forwards all it read)");
+    assert_eq!(done, format!("COPY {ROWS}"));
+}

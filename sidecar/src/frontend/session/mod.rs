@@ -170,6 +170,12 @@ impl Session {
             if self.done || (self.client_eof && self.inbox.is_empty() && self.attached.is_none()) {
                 return Ok(());
             }
+            if self.copy_in && !self.inbox.is_empty() {
+                // process() paused COPY data at the flush threshold; it is
+                // flushed now. The client may have sent all of it already and
+                // be waiting: go on without waiting for it.
+                continue;
+            }
             if shutting_down && self.attached.is_none() && !self.deferred.is_open() {
                 return Err(SqlError::fatal(
                     code::ADMIN_SHUTDOWN,
