@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap};
+use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::directory::{Cached, Directory};
@@ -149,15 +149,42 @@ impl Runtime {
             directory: self.directory.clone(),
             misses: Vec::new(),
             label,
+            cpu_mark: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        // The deadline is in wall-clock ticks, but the limit is CPU time: a
+        // call whose thread was not running (a busy or throttled machine)
+        // gets another period; one that used half a budget of CPU in it is
+        // interrupted. A call that ends in time never gets here.
+        let (budget, ticks) = (self.limits.call_timeout, self.deadline_ticks());
+        store.epoch_deadline_callback(move |mut ctx| {
+            let now = thread_cpu_time();
+            Ok(match ctx.data_mut().cpu_mark.replace(now) {
+                Some(mark) if now.saturating_sub(mark) >= budget / 2 => UpdateDeadline::Interrupt,
+                _ => UpdateDeadline::Continue(ticks),
+            })
+        });
         store
     }
 
     fn deadline_ticks(&self) -> u64 {
         (self.limits.call_timeout.as_micros() / TICK.as_micros()).max(1) as u64 + 1
     }
+
+    /// Starts a call's CPU-time limit.
+    fn arm(&self, store: &mut Store<State>) {
+        store.data_mut().cpu_mark = None;
+        store.set_epoch_deadline(self.deadline_ticks());
+    }
+}
+
+/// CPU time this thread has used.
+fn thread_cpu_time() -> Duration {
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -231,7 +258,7 @@ impl Plugin {
             metrics: PluginMetrics::detached(),
         };
         let mut first = plugin.instance(topology).map_err(|e| describe(&e))?;
-        first.store.set_epoch_deadline(runtime.deadline_ticks());
+        runtime.arm(&mut first.store);
         let info = guarded(|| first.bindings.call_info(&mut first.store)).map_err(|e| describe(&e))?;
         plugin.version = Arc::from(format!("{}@{} ({})", info.name, info.version, plugin.digest));
         plugin.metrics = runtime.metrics.plugin(policy, &info.name, &info.version);
@@ -247,7 +274,7 @@ impl Plugin {
 
     fn instance(&self, topology: &TopologySnapshot) -> Result<Instance, CallError> {
         let mut store = self.runtime.store(self.label.clone());
-        store.set_epoch_deadline(self.runtime.deadline_ticks());
+        self.runtime.arm(&mut store);
         let bindings = guarded(|| self.pre.instantiate(&mut store))?;
         match guarded(|| bindings.call_init(&mut store, &self.config))? {
             Ok(()) => {}
@@ -264,7 +291,7 @@ impl Plugin {
             None => self.instance(topology)?,
         };
         if instance.topology_version != topology.version {
-            instance.store.set_epoch_deadline(self.runtime.deadline_ticks());
+            self.runtime.arm(&mut instance.store);
             guarded(|| instance.bindings.call_set_topology(&mut instance.store, &topology.topology))?;
             instance.topology_version = topology.version;
         }
@@ -291,7 +318,7 @@ impl Plugin {
 
     fn route_inner(&self, facts: FactsView, topology: &TopologySnapshot) -> Result<(Vec<Value>, Decision), CallError> {
         let mut instance = self.take(topology)?;
-        instance.store.set_epoch_deadline(self.runtime.deadline_ticks());
+        self.runtime.arm(&mut instance.store);
         let handle =
             instance.store.data_mut().table.push(facts).map_err(|e| CallError::Crashed(format!("facts table: {e}")))?;
         let borrowed = || Resource::<FactsView>::new_borrow(handle.rep());
@@ -366,6 +393,8 @@ pub struct State {
     directory: Arc<Directory>,
     misses: Vec<(String, String)>,
     label: Arc<str>,
+    /// This thread's CPU time when the call's deadline last passed.
+    cpu_mark: Option<Duration>,
 }
 
 impl WasiView for State {
