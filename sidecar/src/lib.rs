@@ -15,6 +15,7 @@ pub mod panics;
 pub mod plan;
 pub mod policy;
 pub mod pool;
+pub mod scatter;
 pub mod server;
 pub mod settings;
 pub mod sqlerror;

@@ -23,6 +23,7 @@ pub mod code {
     pub const ADMIN_SHUTDOWN: &str = "57P01";
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     pub const INTERNAL_ERROR: &str = "XX000";
+    pub const WARNING: &str = "01000";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

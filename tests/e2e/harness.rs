@@ -200,6 +200,10 @@ impl Sidecar {
         sidecar
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
@@ -425,6 +429,33 @@ pub async fn eventually(timeout: Duration, mut check: impl AsyncFnMut() -> bool)
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     false
+}
+
+/// Reads a simple query's answer up to ReadyForQuery, keeping nothing:
+/// (DataRows, bytes read).
+pub async fn count_rows(socket: &mut tokio::net::TcpStream) -> (u64, u64) {
+    use postgres_protocol::message::backend::Header;
+    use tokio::io::AsyncReadExt;
+    let mut buf = bytes::BytesMut::with_capacity(1 << 16);
+    let (mut rows, mut bytes) = (0, 0);
+    loop {
+        while let Ok(Some(header)) = Header::parse(&buf) {
+            let len = header.len() as usize + 1;
+            if buf.len() < len {
+                break;
+            }
+            match header.tag() {
+                b'D' => rows += 1,
+                b'E' => panic!("the query failed: {:?}", String::from_utf8_lossy(&buf[..len])),
+                b'Z' => return (rows, bytes + len as u64),
+                _ => {}
+            }
+            bytes += len as u64;
+            let _ = buf.split_to(len);
+        }
+        let n = socket.read_buf(&mut buf).await.expect("read from shardcar");
+        assert!(n > 0, "shardcar closed the connection");
+    }
 }
 
 /// Logs in as the trust user with a raw socket, up to ReadyForQuery; returns

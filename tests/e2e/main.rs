@@ -20,6 +20,7 @@ mod plugins;
 mod pool;
 mod prepared;
 mod routing;
+mod scatter;
 mod startup;
 mod traces;
 mod transactions;

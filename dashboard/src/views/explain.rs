@@ -73,9 +73,19 @@ fn Decision(x: Explanation) -> impl IntoView {
             </div>
         }
         .into_any(),
-        (None, None) => {
-            view! { <div class="explain-target"><span class="label">"no single target"</span></div> }.into_any()
-        }
+        (None, None) => match &x.fan_out {
+            Some(f) => view! {
+                <div class="explain-target" id="explain-target">
+                    <span class="label">"runs on"</span>
+                    <span class="shard-name">{f.shards.join(", ")}</span>
+                    <span class="role">{format!("merged: {}", f.merge)}</span>
+                </div>
+            }
+            .into_any(),
+            None => {
+                view! { <div class="explain-target"><span class="label">"no single target"</span></div> }.into_any()
+            }
+        },
     };
     let hints = (!x.hints.is_empty()).then(|| {
         let text = x.hints.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");

@@ -281,6 +281,8 @@ pub struct Explanation {
     pub statements: Vec<StatementExplanation>,
     /// Where the whole text would run (outside a transaction).
     pub target: Option<Target>,
+    /// Or the shards it would run on, merged (a simple query outside a transaction).
+    pub fan_out: Option<FanOutPlan>,
     /// Why it would be refused.
     pub error: Option<Refusal>,
 }
@@ -306,6 +308,13 @@ pub struct StatementExplanation {
 pub struct Target {
     pub shard: String,
     pub role: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FanOutPlan {
+    pub shards: Vec<String>,
+    /// How the shards' answers become one, in words.
+    pub merge: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use shardcar_api::{Explanation, Refusal, StatementExplanation, Target};
+use shardcar_api::{Explanation, FanOutPlan, Refusal, StatementExplanation, Target};
 
 use super::facts::SessionInfo;
 use super::{Request, Router, StatementRoute, Via};
@@ -12,6 +12,7 @@ use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, Operand, RoleHint, Value};
 use crate::plan::plan;
 use crate::pool::Role;
+use crate::scatter::plan::FanOut;
 
 pub async fn explain(
     router: &Router,
@@ -34,21 +35,37 @@ pub async fn explain(
             statement(router, s, &params, route)
         })
         .collect();
+    let fan_out = match router.fan_out(&facts, &session).await {
+        Ok(Some(shards)) => Some((shards, FanOut::of(&facts.statements[0].text))),
+        _ => None,
+    };
     let mut req = Request::default();
     req.add(&facts, bound);
-    let (target, error) = match router.decide(&req, &session, false).await {
-        Ok(decision) => {
-            let t = plan(&decision, router.default_shard(), false, read_replicas);
-            let replicas = router.topology().topology.shards.get(t.shard).map_or(0, |s| s.replicas);
-            let role = match t.role {
-                Role::Replica if replicas > 0 => "replica",
-                Role::Replica => "primary (the shard has no replica)",
-                Role::Primary => "primary",
-            };
-            (Some(Target { shard: router.shard_name(t.shard).to_string(), role: role.into() }), None)
+    let (target, error) = match &fan_out {
+        Some((_, Err(e))) => {
+            (None, Some(Refusal { code: e.code.to_string(), message: e.message.clone(), hint: e.hint.clone() }))
         }
-        Err(e) => (None, Some(Refusal { code: e.code.to_string(), message: e.message, hint: e.hint })),
+        Some(_) => (None, None),
+        None => match router.decide(&req, &session, false).await {
+            Ok(decision) => {
+                let t = plan(&decision, router.default_shard(), false, read_replicas);
+                let replicas = router.topology().topology.shards.get(t.shard).map_or(0, |s| s.replicas);
+                let role = match t.role {
+                    Role::Replica if replicas > 0 => "replica",
+                    Role::Replica => "primary (the shard has no replica)",
+                    Role::Primary => "primary",
+                };
+                (Some(Target { shard: router.shard_name(t.shard).to_string(), role: role.into() }), None)
+            }
+            Err(e) => (None, Some(Refusal { code: e.code.to_string(), message: e.message, hint: e.hint })),
+        },
     };
+    let fan_out = fan_out.and_then(|(shards, plan)| {
+        Some(FanOutPlan {
+            shards: shards.iter().map(|&s| router.shard_name(s).to_string()).collect(),
+            merge: plan.ok()?.describe(),
+        })
+    });
     Explanation {
         sql: facts.statements.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("; "),
         params,
@@ -56,6 +73,7 @@ pub async fn explain(
         hints: facts.hints.pairs.clone(),
         statements,
         target,
+        fan_out,
         error,
     }
 }
@@ -185,6 +203,11 @@ pub fn render(e: &Explanation) -> String {
     }
     match (&e.target, &e.error) {
         (Some(t), _) => out.push_str(&format!("runs on:      {} {}\n", t.shard, t.role)),
+        (None, None) if e.fan_out.is_some() => {
+            let f = e.fan_out.as_ref().expect("checked");
+            out.push_str(&format!("runs on:      {} (as a simple query outside a transaction)\n", f.shards.join(", ")));
+            out.push_str(&format!("merged:       {}\n", f.merge));
+        }
         (_, Some(r)) => {
             out.push_str(&format!("refused:      {} ({})\n", r.message, r.code));
             if let Some(h) = &r.hint {

@@ -353,6 +353,49 @@ impl Router {
             .hint("delete the row and insert it again with the new key")
             .into());
         }
+        let route = self.policy_route(facts, index, params, session, in_transaction, candidate, rule)?;
+        if route.shards.len() != 1 {
+            return Err(self.spans_shards(stmt.shape.verb, rule, &route.shards).into());
+        }
+        Ok(route)
+    }
+
+    /// The shards a single statement outside a transaction must run on, when
+    /// that is more than one: DDL runs on every shard; a SELECT on a sharded
+    /// table where its policy says so. `None`: routing as usual.
+    pub async fn fan_out(
+        &self,
+        facts: &Arc<Facts>,
+        session: &Arc<SessionInfo>,
+    ) -> Result<Option<Vec<usize>>, SqlError> {
+        let [stmt] = facts.statements.as_slice() else { return Ok(None) };
+        if self.explicit(facts, session)?.is_some() || !facts.hints.errors.is_empty() {
+            return Ok(None);
+        }
+        if stmt.shape.verb == Verb::Ddl {
+            return Ok(Some((0..self.shard_names.len()).collect()));
+        }
+        if stmt.kind != Kind::Read || stmt.shape.verb != Verb::Select {
+            return Ok(None);
+        }
+        let Some(rule) = stmt.shape.tables.iter().find_map(|t| self.tables.get(t)) else { return Ok(None) };
+        let route = self.resolving(|| self.policy_route(facts, 0, &None, session, false, None, rule)).await?;
+        Ok((route.shards.len() > 1).then_some(route.shards))
+    }
+
+    /// What a table's policy says about one statement: one shard or several.
+    #[allow(clippy::too_many_arguments)]
+    fn policy_route(
+        &self,
+        facts: &Arc<Facts>,
+        index: usize,
+        params: &Option<Arc<Params>>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+        candidate: Option<&Plugin>,
+        rule: &Arc<TableRule>,
+    ) -> Result<StatementRoute, RouteError> {
+        let stmt = &facts.statements[index];
         let key_position = if stmt.shape.inserts_without_columns(&rule.table) {
             match self.catalog.position(&rule.table, &rule.key) {
                 Some(p) => Some(p),
@@ -394,9 +437,6 @@ impl Router {
                 format!("policy {} ({}) chose shard #{bad}, which does not exist", slot.name, plugin.version()),
             )
             .into());
-        }
-        if shards.len() != 1 {
-            return Err(self.spans_shards(stmt.shape.verb, rule, &shards).into());
         }
         let role = facts.hints.role.or(match decision.role {
             plugin::Role::Primary => Some(RoleHint::Primary),

@@ -11,6 +11,7 @@ use std::time::Duration;
 use deadpool::managed::{self, PoolError, RecycleError, RecycleResult, TimeoutType, Timeouts};
 
 use crate::config::{self, Config, Endpoint};
+use crate::settings::Settings;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::metrics::{Metrics, NodeMetrics};
 use backend::{BackendConn, ConnectError};
@@ -145,6 +146,33 @@ pub struct Shard {
 pub struct Checkout {
     pub conn: Pooled,
     pub node: Arc<Node>,
+}
+
+impl Checkout {
+    /// Brings the connection to a client's settings, to completion before
+    /// the client's statement: it must not run with another client's
+    /// settings if this fails.
+    pub async fn adopt(&mut self, settings: &Settings) -> Result<(), SqlError> {
+        let Some(sql) = settings.diff_sql(&self.conn.settings) else { return Ok(()) };
+        match self.conn.run_hidden(&sql).await {
+            Ok(Ok(())) => {
+                self.conn.settings = settings.clone();
+                Ok(())
+            }
+            Ok(Err(e)) => {
+                self.conn.broken = true;
+                Err(SqlError::new(
+                    code::CONNECTION_FAILURE,
+                    format!("could not apply this session's settings on {}: {e}", self.node.label),
+                )
+                .hint("a SET that worked on one server failed on another; check that shards are configured alike"))
+            }
+            Err(e) => {
+                self.conn.broken = true;
+                Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", self.node.label)))
+            }
+        }
+    }
 }
 
 pub struct Pools {

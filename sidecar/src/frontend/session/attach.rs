@@ -141,22 +141,9 @@ impl Session {
         let target = plan(&decision, default_shard, in_transaction, self.shared.config.routing.read_replicas);
         stages.routed(Stage::since(at), req.len(), decision.routes);
         let at = Instant::now();
-        let Checkout { mut conn, node } = self.shared.pools.checkout(target.shard, target.role).await?;
-        if let Some(sql) = self.settings.diff_sql(&conn.settings) {
-            // Run to completion before the client's statement: it must not
-            // run with another client's settings if this fails.
-            match conn.run_hidden(&sql).await {
-                Ok(Ok(())) => conn.settings = self.settings.clone(),
-                Ok(Err(e)) => {
-                    conn.broken = true;
-                    return Err(settings_error(&node.label, e));
-                }
-                Err(e) => {
-                    conn.broken = true;
-                    return Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", node.label)));
-                }
-            }
-        }
+        let mut checkout = self.shared.pools.checkout(target.shard, target.role).await?;
+        checkout.adopt(&self.settings).await?;
+        let Checkout { conn, node } = checkout;
         let checkout = Stage::since(at);
         node.metrics.checkout_wait.observe(checkout.took.as_secs_f64());
         stages.checkout = Some(checkout);
@@ -174,9 +161,4 @@ impl Session {
         self.attached = Some(a);
         Ok(())
     }
-}
-
-pub(super) fn settings_error(label: &str, e: String) -> SqlError {
-    SqlError::new(code::CONNECTION_FAILURE, format!("could not apply this session's settings on {label}: {e}"))
-        .hint("a SET that worked on one server failed on another; check that shards are configured alike")
 }

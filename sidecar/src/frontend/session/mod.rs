@@ -625,7 +625,7 @@ impl Session {
     }
 }
 
-pub(super) fn encode<M: Message>(buf: &mut BytesMut, msg: M) {
+pub(crate) fn encode<M: Message>(buf: &mut BytesMut, msg: M) {
     if let Err(e) = msg.encode(buf) {
         tracing::error!("cannot encode a message: {e}");
     }

@@ -6,11 +6,18 @@ use bytes::{Bytes, BytesMut};
 
 use super::Session;
 use super::local::aborted;
-use crate::classify::Kind;
+use std::sync::Arc;
+
+use crate::classify::shape::Verb;
+use crate::classify::{Facts, Kind, RoleHint};
 use crate::execute::{Entry, Reply};
 use crate::frontend::wire::reply;
 use crate::policy::Request;
+use crate::pool::Role;
+use crate::scatter::plan::FanOut;
+use crate::scatter::{self, Targets};
 use crate::sqlerror::{SqlError, code};
+use crate::telemetry::metrics::KindLabel;
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
 
 impl Session {
@@ -53,9 +60,18 @@ impl Session {
         if self.deferred.failed {
             return self.fail(aborted(), false);
         }
+        // Outside a transaction, DDL runs on every shard, and a statement
+        // its policy sends to several shards runs on them all, merged.
+        let outside = !self.deferred.is_open() && self.attached.is_none();
+        if outside && facts.single().is_some_and(|s| s.shape.verb == Verb::Ddl) {
+            return self.fan_out(&sql, &facts, stages, None).await;
+        }
         let mut req = Request::default();
         req.add(&facts, None);
         if let Err(e) = self.attach_for(&req, &mut stages).await {
+            if outside && e.code == code::FEATURE_NOT_SUPPORTED {
+                return self.fan_out(&sql, &facts, stages, Some(e)).await;
+            }
             return self.refuse(e, false, stages, &facts);
         }
         let Some(a) = self.attached.as_mut() else { return Ok(()) };
@@ -66,6 +82,44 @@ impl Session {
         a.pending_ready += 1;
         self.apply_events();
         Ok(())
+    }
+
+    /// Runs a statement on every shard it needs; `refusal` is the error to
+    /// give when it turns out to need only one (or cannot be fanned out).
+    async fn fan_out(
+        &mut self,
+        sql: &str,
+        facts: &Arc<Facts>,
+        stages: Stages,
+        refusal: Option<SqlError>,
+    ) -> Result<(), SqlError> {
+        let shards = match self.shared.router.fan_out(facts, &self.info).await {
+            Ok(Some(shards)) => shards,
+            Ok(None) => {
+                let e = refusal.unwrap_or_else(|| SqlError::new(code::INTERNAL_ERROR, "nothing to fan out"));
+                return self.refuse(e, false, stages, facts);
+            }
+            Err(e) => return self.refuse(e, false, stages, facts),
+        };
+        let plan = match FanOut::of(sql) {
+            Ok(plan) => plan,
+            Err(e) => return self.refuse(e, false, stages, facts),
+        };
+        let read = facts.is_read_only();
+        let replica = match facts.hints.role {
+            Some(RoleHint::Primary) => false,
+            Some(RoleHint::Replica) => true,
+            None => read && self.shared.config.routing.read_replicas,
+        };
+        let targets = Targets {
+            shards,
+            role: if replica { Role::Replica } else { Role::Primary },
+            kind: if read { KindLabel::Read } else { KindLabel::Write },
+        };
+        match scatter::run(&self.shared.pools, &self.settings, &mut self.client, sql, &plan, &targets).await {
+            Ok(()) => self.simple_ready(),
+            Err(e) => self.fail(e, false),
+        }
     }
 
     /// ReadyForQuery after a simple query answered here.

@@ -1,0 +1,608 @@
+//! Statements across shards, outside a transaction, sent as a simple query:
+//! one connection per target shard, the (rewritten) statement sent to all
+//! of them at once, and the answers merged as they arrive.
+//!
+//! Rows stream: shardcar holds one row per shard at a time and writes to
+//! the client as it goes, so memory does not grow with the result; a shard
+//! whose rows are not wanted yet waits behind TCP flow control.
+
+pub mod compare;
+pub mod plan;
+
+use std::cmp::Ordering;
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+use fallible_iterator::FallibleIterator;
+use pgwire::messages::data::{DataRow, FieldDescription, RowDescription};
+use postgres_protocol::message::backend::Message;
+use postgres_protocol::message::frontend;
+
+use self::compare::Order;
+use self::plan::{Column, Combine, FanOut, SortKey};
+use crate::frontend::wire::{ClientConn, reply};
+use crate::pool::{Checkout, Pools, Role};
+use crate::settings::Settings;
+use crate::sqlerror::{SqlError, code};
+use crate::telemetry::metrics::KindLabel;
+
+/// Where a fanned-out statement runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Targets {
+    pub shards: Vec<usize>,
+    pub role: Role,
+    pub kind: KindLabel,
+}
+
+/// Client bytes buffered before shardcar waits for the client to take them.
+const CLIENT_CHUNK: usize = 64 * 1024;
+
+/// One shard's connection for this statement.
+struct Leg {
+    checkout: Checkout,
+    /// Its ReadyForQuery arrived: nothing more will come.
+    done: bool,
+}
+
+impl Leg {
+    async fn frame(&mut self) -> Result<BytesMut, SqlError> {
+        match self.checkout.conn.read_frame().await {
+            Ok(f) => {
+                if f.first() == Some(&b'Z') {
+                    self.done = true;
+                }
+                Ok(f)
+            }
+            Err(e) => {
+                self.checkout.conn.broken = true;
+                self.done = true;
+                Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", self.checkout.node.label)))
+            }
+        }
+    }
+
+    /// Reads and drops what is left of the answer.
+    async fn drain(&mut self) {
+        while !self.done {
+            if self.frame().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn label(&self) -> &str {
+        &self.checkout.node.label
+    }
+}
+
+/// Runs `plan` for `sql` on `targets` and writes the answer (without
+/// ReadyForQuery) to the client. A shard's error goes to the client as the
+/// shard sent it; an error of shardcar's own is returned.
+pub async fn run(
+    pools: &Pools,
+    settings: &Settings,
+    client: &mut ClientConn,
+    sql: &str,
+    plan: &FanOut,
+    targets: &Targets,
+) -> Result<(), SqlError> {
+    let started = Instant::now();
+    let mut legs = Vec::with_capacity(targets.shards.len());
+    for &shard in &targets.shards {
+        let mut checkout = pools.checkout(shard, targets.role).await?;
+        checkout.adopt(settings).await?;
+        legs.push(Leg { checkout, done: false });
+    }
+    let text_in_c = match plan {
+        FanOut::Rows { order, .. } if !order.is_empty() => collation_is_c(&mut legs[0]).await?,
+        _ => true,
+    };
+    let shard_sql = match plan {
+        FanOut::Everywhere => sql,
+        FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => sql.as_str(),
+    };
+    for leg in &mut legs {
+        frontend::query(shard_sql, &mut leg.checkout.conn.wbuf).map_err(internal)?;
+        if let Err(e) = leg.checkout.conn.flush().await {
+            leg.checkout.conn.broken = true;
+            return Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", leg.label())));
+        }
+    }
+    let result = match plan {
+        FanOut::Everywhere => everywhere(&mut legs, client).await,
+        FanOut::Rows { order, limit, offset, junk, .. } => {
+            let window = Window { offset: *offset, limit: *limit };
+            rows(&mut legs, client, order, window, *junk, text_in_c).await
+        }
+        FanOut::Aggregate { combine, names, limit, offset, .. } => {
+            aggregate(&mut legs, client, combine, names, Window { offset: *offset, limit: *limit }).await
+        }
+    };
+    for leg in &mut legs {
+        leg.drain().await;
+        let m = &leg.checkout.node.metrics;
+        m.statements(targets.kind).inc();
+        m.duration.observe(started.elapsed().as_secs_f64());
+        if result.is_err() {
+            m.errors(targets.kind).inc();
+        }
+    }
+    result
+}
+
+fn internal(e: impl std::fmt::Display) -> SqlError {
+    SqlError::new(code::INTERNAL_ERROR, e.to_string())
+}
+
+/// The shards' collation, asked once: byte order is text order only under C.
+async fn collation_is_c(leg: &mut Leg) -> Result<bool, SqlError> {
+    static IS_C: OnceLock<bool> = OnceLock::new();
+    if let Some(c) = IS_C.get() {
+        return Ok(*c);
+    }
+    frontend::query("SHOW lc_collate", &mut leg.checkout.conn.wbuf).map_err(internal)?;
+    leg.checkout.conn.flush().await.map_err(|e| SqlError::new(code::CONNECTION_FAILURE, e.to_string()))?;
+    let mut value = None;
+    loop {
+        let frame = leg.frame().await?;
+        if frame[0] == b'D' {
+            value = columns(&frame).first().cloned().flatten().map(|v| v.to_vec());
+        }
+        if frame[0] == b'Z' {
+            break;
+        }
+    }
+    leg.done = false;
+    let c = matches!(value.as_deref(), Some(b"C" | b"POSIX"));
+    Ok(*IS_C.get_or_init(|| c))
+}
+
+/// OFFSET and LIMIT over the merged rows.
+#[derive(Clone, Copy)]
+struct Window {
+    offset: u64,
+    limit: Option<u64>,
+}
+
+impl Window {
+    /// Whether the `n`-th merged row (zero-based) is sent; `None` once the
+    /// limit is reached.
+    fn take(&self, n: u64) -> Option<bool> {
+        match self.limit {
+            Some(l) if n >= self.offset + l => None,
+            _ => Some(n >= self.offset),
+        }
+    }
+}
+
+/// DDL and other statements run on every shard: the first shard's answer
+/// when all succeed; else a warning saying where it ran and failed, then
+/// the first failing shard's error as it sent it.
+async fn everywhere(legs: &mut [Leg], client: &mut ClientConn) -> Result<(), SqlError> {
+    let mut answer = BytesMut::new();
+    let mut first_error = None;
+    let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+    for (i, leg) in legs.iter_mut().enumerate() {
+        let mut error = None;
+        while !leg.done {
+            let frame = leg.frame().await?;
+            match frame[0] {
+                b'E' => error = Some(frame),
+                b'Z' => {}
+                _ if i == 0 => answer.extend_from_slice(&frame),
+                _ => {}
+            }
+        }
+        match error {
+            Some(e) => {
+                failed.push(leg.label().to_string());
+                first_error.get_or_insert(e);
+            }
+            None => succeeded.push(leg.label().to_string()),
+        }
+    }
+    let Some(error) = first_error else {
+        client.out.extend_from_slice(&answer);
+        return Ok(());
+    };
+    let ran = if succeeded.is_empty() { "no shard".to_string() } else { succeeded.join(", ") };
+    let message = format!(
+        "the statement runs on every shard, without a transaction across them: it succeeded on {ran} \
+         and failed on {}; the error of {} follows",
+        failed.join(", "),
+        failed[0]
+    );
+    reply::notice(&mut client.out, "WARNING", code::WARNING, &message);
+    client.out.extend_from_slice(&error);
+    Ok(())
+}
+
+/// The columns of a DataRow frame (type, length, count, then per column a
+/// length and the bytes; -1 is NULL).
+fn columns(frame: &[u8]) -> Vec<Option<&[u8]>> {
+    let mut out = Vec::new();
+    let Some(count) = frame.get(5..7) else { return out };
+    let count = i16::from_be_bytes([count[0], count[1]]).max(0) as usize;
+    let mut pos = 7;
+    for _ in 0..count {
+        let Some(len) = frame.get(pos..pos + 4) else { break };
+        let len = i32::from_be_bytes([len[0], len[1], len[2], len[3]]);
+        pos += 4;
+        if len < 0 {
+            out.push(None);
+        } else {
+            let end = pos + len as usize;
+            out.push(frame.get(pos..end));
+            pos = end;
+        }
+    }
+    out
+}
+
+/// A DataRow frame with only its first `visible` columns.
+fn without_junk(frame: &[u8], visible: usize) -> BytesMut {
+    let cols = columns(frame);
+    let mut data = BytesMut::new();
+    for col in cols.iter().take(visible) {
+        match col {
+            Some(v) => {
+                data.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                data.extend_from_slice(v);
+            }
+            None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+        }
+    }
+    let mut out = BytesMut::new();
+    crate::frontend::session::encode(&mut out, DataRow::new(data, visible as i16));
+    out
+}
+
+/// The fields of a RowDescription frame.
+fn fields(frame: &[u8]) -> Result<Vec<FieldDescription>, SqlError> {
+    let mut buf = BytesMut::from(frame);
+    let Ok(Some(Message::RowDescription(body))) = Message::parse(&mut buf) else {
+        return Err(internal("a shard sent a malformed RowDescription"));
+    };
+    body.fields()
+        .map(|f| {
+            Ok(FieldDescription::new(
+                f.name().to_string(),
+                f.table_oid() as i32,
+                f.column_id(),
+                f.type_oid(),
+                f.type_size(),
+                f.type_modifier(),
+                f.format(),
+            ))
+        })
+        .collect()
+        .map_err(internal)
+}
+
+/// The first message of each shard's answer: its RowDescription, or the
+/// shard's error (sent to the client; `None` returned).
+async fn descriptions(legs: &mut [Leg], client: &mut ClientConn) -> Result<Option<Vec<Bytes>>, SqlError> {
+    let mut out = Vec::with_capacity(legs.len());
+    for leg in legs.iter_mut() {
+        loop {
+            let frame = leg.frame().await?;
+            match frame[0] {
+                b'T' => {
+                    out.push(frame.freeze());
+                    break;
+                }
+                b'E' => {
+                    client.out.extend_from_slice(&frame);
+                    return Ok(None);
+                }
+                b'N' => client.out.extend_from_slice(&frame),
+                b'C' | b'I' => {
+                    return Err(internal(format!("{} answered a SELECT without rows", leg.label())));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(Some(out))
+}
+
+/// The next row of a shard; `None` at its end (or its error, which goes to
+/// the client: `Err(None)`).
+async fn next_row(leg: &mut Leg, client: &mut ClientConn) -> Result<Option<BytesMut>, Option<SqlError>> {
+    loop {
+        if leg.done {
+            return Ok(None);
+        }
+        let frame = leg.frame().await.map_err(Some)?;
+        match frame[0] {
+            b'D' => return Ok(Some(frame)),
+            b'E' => {
+                client.out.extend_from_slice(&frame);
+                return Err(None);
+            }
+            b'N' => client.out.extend_from_slice(&frame),
+            _ => {}
+        }
+    }
+}
+
+async fn rows(
+    legs: &mut [Leg],
+    client: &mut ClientConn,
+    order: &[SortKey],
+    window: Window,
+    junk: usize,
+    text_in_c: bool,
+) -> Result<(), SqlError> {
+    let Some(descriptions) = descriptions(legs, client).await? else { return Ok(()) };
+    let all = fields(&descriptions[0])?;
+    for (d, leg) in descriptions.iter().zip(legs.iter()).skip(1) {
+        let other = fields(d)?;
+        let same = other.len() == all.len() && other.iter().zip(&all).all(|(a, b)| a.type_id == b.type_id);
+        if !same {
+            return Err(SqlError::new(
+                code::FEATURE_NOT_SUPPORTED,
+                format!("{} answers with other columns than {}", leg.label(), legs[0].label()),
+            )
+            .hint("the table differs between shards; make its definition the same on every shard"));
+        }
+    }
+    let visible = all.len().saturating_sub(junk);
+    let mut keys = Vec::with_capacity(order.len());
+    for key in order {
+        let at = match &key.column {
+            Column::At(i) => *i,
+            Column::Named(name) => all.iter().position(|f| f.name == *name).ok_or_else(|| {
+                SqlError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    format!("cannot merge shards' rows: ORDER BY {name} is not a column of the result"),
+                )
+            })?,
+        };
+        let field = all.get(at).ok_or_else(|| internal("ORDER BY past the result's columns"))?;
+        let how = Order::of(field.type_id, text_in_c).map_err(|why| {
+            SqlError::new(code::FEATURE_NOT_SUPPORTED, format!("cannot merge shards' rows by {}: {why}", field.name))
+                .hint("target one shard with /* shardcar: shard=... */, or order by another column")
+        })?;
+        keys.push((at, how, key));
+    }
+    if junk == 0 {
+        client.out.extend_from_slice(&descriptions[0]);
+    } else {
+        let shown = RowDescription::new(all.into_iter().take(visible).collect());
+        crate::frontend::session::encode(&mut client.out, shown);
+    }
+
+    let mut sent = 0u64;
+    let mut merged = 0u64;
+    let mut heads: Vec<Option<BytesMut>> = Vec::with_capacity(legs.len());
+    for leg in legs.iter_mut() {
+        match next_row(leg, client).await {
+            Ok(row) => heads.push(row),
+            Err(None) => return Ok(()),
+            Err(Some(e)) => return Err(e),
+        }
+    }
+    loop {
+        // Without ORDER BY any row will do: take them shard by shard.
+        let pick = if keys.is_empty() {
+            heads.iter().position(Option::is_some)
+        } else {
+            let mut best: Option<usize> = None;
+            for (i, head) in heads.iter().enumerate() {
+                let Some(row) = head else { continue };
+                best = match best {
+                    Some(b) if compare(&keys, heads[b].as_deref().unwrap_or_default(), row) != Ordering::Greater => {
+                        Some(b)
+                    }
+                    _ => Some(i),
+                };
+            }
+            best
+        };
+        let Some(i) = pick else { break };
+        let Some(row) = heads[i].take() else { break };
+        match window.take(merged) {
+            None => break,
+            Some(true) => {
+                if junk == 0 {
+                    client.out.extend_from_slice(&row);
+                } else {
+                    client.out.extend_from_slice(&without_junk(&row, visible));
+                }
+                sent += 1;
+            }
+            Some(false) => {}
+        }
+        merged += 1;
+        if client.out.len() >= CLIENT_CHUNK {
+            client.flush().await?;
+        }
+        match next_row(&mut legs[i], client).await {
+            Ok(row) => heads[i] = row,
+            Err(None) => return Ok(()),
+            Err(Some(e)) => return Err(e),
+        }
+    }
+    reply::command_complete(&mut client.out, &format!("SELECT {sent}"));
+    Ok(())
+}
+
+/// Orders two DataRow frames by the sort keys.
+fn compare(keys: &[(usize, Order, &SortKey)], a: &[u8], b: &[u8]) -> Ordering {
+    let (ca, cb) = (columns(a), columns(b));
+    for (at, how, key) in keys {
+        let (x, y) = (ca.get(*at).copied().flatten(), cb.get(*at).copied().flatten());
+        let o = match (x, y) {
+            (None, None) => Ordering::Equal,
+            (None, Some(_)) => {
+                if key.nulls_first {
+                    Ordering::Less
+                } else {
+                    Ordering::Greater
+                }
+            }
+            (Some(_), None) => {
+                if key.nulls_first {
+                    Ordering::Greater
+                } else {
+                    Ordering::Less
+                }
+            }
+            (Some(x), Some(y)) => {
+                let o = how.compare(x, y);
+                if key.descending { o.reverse() } else { o }
+            }
+        };
+        if o != Ordering::Equal {
+            return o;
+        }
+    }
+    Ordering::Equal
+}
+
+/// One row of partial aggregates per shard, combined by Postgres itself on
+/// the first shard's connection (an extended-protocol query over the
+/// partials as typed parameters), so results have Postgres's types,
+/// rounding and scale.
+async fn aggregate(
+    legs: &mut [Leg],
+    client: &mut ClientConn,
+    combine: &[Combine],
+    names: &[String],
+    window: Window,
+) -> Result<(), SqlError> {
+    let Some(descriptions) = descriptions(legs, client).await? else { return Ok(()) };
+    let types: Vec<u32> = fields(&descriptions[0])?.iter().map(|f| f.type_id).collect();
+    let mut partials: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(legs.len());
+    for leg in legs.iter_mut() {
+        match next_row(leg, client).await {
+            Ok(Some(row)) => partials.push(columns(&row).into_iter().map(|c| c.map(<[u8]>::to_vec)).collect()),
+            Ok(None) => return Err(internal(format!("{} sent no aggregate row", leg.label()))),
+            Err(None) => return Ok(()),
+            Err(Some(e)) => return Err(e),
+        }
+        leg.drain().await;
+    }
+    let sql = combine_sql(combine, names, &types, partials.len());
+    let params: Vec<Option<Vec<u8>>> = partials.into_iter().flatten().collect();
+    let param_types: Vec<u32> =
+        std::iter::repeat_n(types.iter().copied(), params.len() / types.len().max(1)).flatten().collect();
+
+    let leg = &mut legs[0];
+    leg.done = false;
+    let conn = &mut leg.checkout.conn;
+    frontend::parse("", &sql, param_types, &mut conn.wbuf).map_err(internal)?;
+    frontend::bind(
+        "",
+        "",
+        Some(0),
+        params.iter(),
+        |p, buf| match p {
+            Some(v) => {
+                buf.extend_from_slice(v);
+                Ok(postgres_protocol::IsNull::No)
+            }
+            None => Ok(postgres_protocol::IsNull::Yes),
+        },
+        Some(0),
+        &mut conn.wbuf,
+    )
+    .map_err(|_| internal("cannot encode the partial aggregates"))?;
+    frontend::describe(b'P', "", &mut conn.wbuf).map_err(internal)?;
+    frontend::execute("", 0, &mut conn.wbuf).map_err(internal)?;
+    frontend::sync(&mut conn.wbuf);
+    if let Err(e) = conn.flush().await {
+        conn.broken = true;
+        return Err(SqlError::new(code::CONNECTION_FAILURE, e.to_string()));
+    }
+    let mut sent = 0;
+    while !leg.done {
+        let frame = leg.frame().await?;
+        match frame[0] {
+            b'T' | b'E' | b'N' => client.out.extend_from_slice(&frame),
+            b'D' if window.take(0) == Some(true) => {
+                client.out.extend_from_slice(&frame);
+                sent += 1;
+            }
+            b'C' => reply::command_complete(&mut client.out, &format!("SELECT {sent}")),
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// `SELECT sum(c0)::int8 AS "count", ... FROM (VALUES ($1, $2), ...) AS p(c0, c1)`.
+fn combine_sql(combine: &[Combine], names: &[String], types: &[u32], shards: usize) -> String {
+    const INT8: u32 = 20;
+    let width = types.len();
+    let mut exprs = Vec::with_capacity(combine.len());
+    let mut col = 0;
+    for (c, name) in combine.iter().zip(names) {
+        let int8 = types.get(col) == Some(&INT8);
+        let expr = match c {
+            Combine::Count => format!("sum(c{col})::int8"),
+            Combine::Sum if int8 => format!("sum(c{col})::int8"),
+            Combine::Sum => format!("sum(c{col})"),
+            Combine::Min => format!("min(c{col})"),
+            Combine::Max => format!("max(c{col})"),
+            Combine::Avg if int8 => format!("sum(c{col})::numeric / nullif(sum(c{}), 0)", col + 1),
+            Combine::Avg => format!("sum(c{col}) / nullif(sum(c{}), 0)", col + 1),
+        };
+        col += if *c == Combine::Avg { 2 } else { 1 };
+        exprs.push(format!("{expr} AS \"{}\"", name.replace('"', "\"\"")));
+    }
+    let rows: Vec<String> = (0..shards)
+        .map(|s| {
+            let params: Vec<String> = (0..width).map(|c| format!("${}", s * width + c + 1)).collect();
+            format!("({})", params.join(", "))
+        })
+        .collect();
+    let cols: Vec<String> = (0..width).map(|c| format!("c{c}")).collect();
+    format!("SELECT {} FROM (VALUES {}) AS p({})", exprs.join(", "), rows.join(", "), cols.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partials_are_combined_by_postgres_with_the_original_names() {
+        let sql = combine_sql(
+            &[Combine::Count, Combine::Avg, Combine::Max],
+            &["count".into(), "mean \"x\"".into(), "max".into()],
+            &[20, 1700, 20, 23],
+            2,
+        );
+        assert_eq!(
+            sql,
+            "SELECT sum(c0)::int8 AS \"count\", sum(c1) / nullif(sum(c2), 0) AS \"mean \"\"x\"\"\", max(c3) AS \"max\" \
+             FROM (VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)) AS p(c0, c1, c2, c3)"
+        );
+    }
+
+    #[test]
+    fn data_rows_lose_their_junk_columns() {
+        let mut row = BytesMut::new();
+        let mut data = BytesMut::new();
+        for v in [Some(&b"1"[..]), None, Some(b"xyz")] {
+            match v {
+                Some(v) => {
+                    data.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    data.extend_from_slice(v);
+                }
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        crate::frontend::session::encode(&mut row, DataRow::new(data, 3));
+        assert_eq!(columns(&row), [Some(&b"1"[..]), None, Some(b"xyz")]);
+        assert_eq!(columns(&without_junk(&row, 2)), [Some(&b"1"[..]), None]);
+    }
+
+    #[test]
+    fn the_window_skips_the_offset_and_stops_at_the_limit() {
+        let w = Window { offset: 2, limit: Some(1) };
+        assert_eq!((0..4).map(|n| w.take(n)).collect::<Vec<_>>(), [Some(false), Some(false), Some(true), None]);
+    }
+}

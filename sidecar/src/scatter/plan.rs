@@ -1,0 +1,549 @@
+//! How a statement that runs on several shards is split and merged: the
+//! SQL each shard runs (rewritten from the parse tree) and what shardcar
+//! does with the shards' answers. Shapes whose merge would not be exactly
+//! what one Postgres would answer are refused here, with the reason.
+
+use pg_query::protobuf::{self, a_const, node::Node as N};
+
+use crate::sqlerror::{SqlError, code};
+
+/// One ORDER BY item, resolved against the shards' result columns.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SortKey {
+    pub column: Column,
+    pub descending: bool,
+    pub nulls_first: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Column {
+    /// Zero-based position in the shards' rows.
+    At(usize),
+    /// An output column's name, found in the shards' RowDescription (for
+    /// `SELECT *`, whose columns are known only then).
+    Named(String),
+}
+
+/// How one output column of an aggregate query is combined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    Count,
+    Sum,
+    Min,
+    Max,
+    /// Spread over two partial columns: the sum, then the count.
+    Avg,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum FanOut {
+    /// The same statement on every shard (DDL); the first shard's answer.
+    Everywhere,
+    /// Rows from every shard, merged in `order` (concatenated without one),
+    /// then `offset` and `limit` applied. Each shard runs `sql`, which asks
+    /// for `limit + offset` rows and has `junk` extra columns at the end
+    /// (sort keys that are not output columns), stripped before the client.
+    Rows { sql: String, order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize },
+    /// One row of partial aggregates per shard, combined (by Postgres, on
+    /// one shard, so types and rounding are Postgres's own) into one row
+    /// named `names`; `offset`/`limit` apply to that one row.
+    Aggregate { sql: String, combine: Vec<Combine>, names: Vec<String>, limit: Option<u64>, offset: u64 },
+}
+
+/// Prefix of the sort-key columns shardcar adds.
+const JUNK: &str = "shardcar_sort_";
+
+impl FanOut {
+    /// The plan for a SELECT (or another statement, run everywhere) whose
+    /// rows live on several shards.
+    pub fn of(sql: &str) -> Result<FanOut, SqlError> {
+        let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
+            .map_err(|e| refuse(format!("the statement cannot be parsed: {e}")))?;
+        let mut tree = parsed.protobuf;
+        let [raw] = tree.stmts.as_mut_slice() else { return Err(refuse("send one statement at a time".into())) };
+        let Some(N::SelectStmt(select)) = raw.stmt.as_mut().and_then(|s| s.node.as_mut()) else {
+            return Ok(FanOut::Everywhere);
+        };
+        let plan = plan_select(select)?;
+        let sql = pg_query::deparse(&tree, pg_query::DeparseOptions::default()).map_err(|e| {
+            SqlError::new(code::INTERNAL_ERROR, format!("cannot rewrite the statement for the shards: {e}"))
+        })?;
+        Ok(match plan {
+            Planned::Rows { order, limit, offset, junk } => FanOut::Rows { sql, order, limit, offset, junk },
+            Planned::Aggregate { combine, names, limit, offset } => {
+                FanOut::Aggregate { sql, combine, names, limit, offset }
+            }
+        })
+    }
+}
+
+impl FanOut {
+    /// How the shards' answers become one, in words (for explain).
+    pub fn describe(&self) -> String {
+        let window = |limit: &Option<u64>, offset: u64| {
+            let mut w = String::new();
+            if offset > 0 {
+                w.push_str(&format!(", then OFFSET {offset}"));
+            }
+            if let Some(l) = limit {
+                w.push_str(&format!(", then LIMIT {l}"));
+            }
+            w
+        };
+        match self {
+            FanOut::Everywhere => "the same statement on every shard; the first shard's answer".into(),
+            FanOut::Rows { order, limit, offset, .. } => {
+                let how = if order.is_empty() { "rows concatenated" } else { "rows merged in ORDER BY order" };
+                let pushed = match limit {
+                    Some(l) => format!(" (each shard sends at most {})", l + offset),
+                    None => String::new(),
+                };
+                format!("{how}{pushed}{}", window(limit, *offset))
+            }
+            FanOut::Aggregate { combine, limit, offset, .. } => {
+                let names: Vec<&str> = combine
+                    .iter()
+                    .map(|c| match c {
+                        Combine::Count => "count: sum of counts",
+                        Combine::Sum => "sum: sum of sums",
+                        Combine::Min => "min: least",
+                        Combine::Max => "max: greatest",
+                        Combine::Avg => "avg: sum of sums / sum of counts",
+                    })
+                    .collect();
+                format!(
+                    "one row of partial aggregates per shard, combined ({}){}",
+                    names.join("; "),
+                    window(limit, *offset)
+                )
+            }
+        }
+    }
+}
+
+enum Planned {
+    Rows { order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize },
+    Aggregate { combine: Vec<Combine>, names: Vec<String>, limit: Option<u64>, offset: u64 },
+}
+
+fn refuse(why: String) -> SqlError {
+    SqlError::new(code::FEATURE_NOT_SUPPORTED, format!("cannot run this statement across shards: {why}"))
+        .hint("target one shard with /* shardcar: shard=... */, or add a condition on the shard key")
+}
+
+/// Checks the shape, rewrites `select` in place for the shards, and says
+/// how to merge.
+fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
+    if select.op != protobuf::SetOperation::SetopNone as i32 {
+        return Err(refuse("UNION, INTERSECT and EXCEPT are not merged across shards yet".into()));
+    }
+    if select.with_clause.is_some() {
+        return Err(refuse("WITH queries are not merged across shards yet".into()));
+    }
+    if select.into_clause.is_some() {
+        return Err(refuse("SELECT INTO creates a table: use CREATE TABLE, which runs on every shard".into()));
+    }
+    if !select.locking_clause.is_empty() {
+        return Err(refuse("FOR UPDATE/SHARE locks rows on several shards without a transaction across them".into()));
+    }
+    if !select.distinct_clause.is_empty() {
+        return Err(refuse("DISTINCT is not merged across shards yet".into()));
+    }
+    if !select.group_clause.is_empty() || select.having_clause.is_some() {
+        return Err(refuse("GROUP BY and HAVING are not merged across shards yet".into()));
+    }
+    if !select.window_clause.is_empty() {
+        return Err(refuse("window functions see only one shard's rows".into()));
+    }
+    match select.from_clause.as_slice() {
+        [one] if matches!(one.node, Some(N::RangeVar(_))) => {}
+        _ => {
+            return Err(refuse(
+                "it joins tables or reads a subquery, which is only correct when the rows it combines are on one shard"
+                    .into(),
+            ));
+        }
+    }
+    for node in select.target_list.iter().chain(select.where_clause.as_deref()).chain(&select.sort_clause) {
+        if let Some(why) = unmergeable(node) {
+            return Err(refuse(why));
+        }
+    }
+    let (limit, offset) = limits(select)?;
+
+    let aggregates: Vec<Option<Combine>> = select.target_list.iter().map(aggregate_of).collect::<Result<_, _>>()?;
+    if aggregates.iter().any(Option::is_some) {
+        let combine: Vec<Combine> = aggregates.iter().map(|a| a.ok_or(())).collect::<Result<_, _>>().map_err(|()| {
+            refuse("it mixes aggregates with plain columns, which needs GROUP BY (not merged across shards yet)".into())
+        })?;
+        let names = select.target_list.iter().zip(&combine).map(|(t, c)| output_name(t, *c)).collect();
+        split_averages(select, &combine);
+        // One row per shard: ordering, limits and offsets apply to the combined row.
+        select.sort_clause.clear();
+        select.limit_count = None;
+        select.limit_offset = None;
+        return Ok(Planned::Aggregate { combine, names, limit, offset });
+    }
+
+    let order = sort_keys(select)?;
+    // Junk columns sit after the visible ones, found by name in the shards' RowDescription.
+    let junk = order.iter().filter(|k| matches!(&k.column, Column::Named(n) if n.starts_with(JUNK))).count();
+    select.limit_offset = None;
+    if let Some(limit) = limit {
+        select.limit_count = Some(Box::new(int_const(limit.saturating_add(offset))));
+    }
+    Ok(Planned::Rows { order, limit, offset, junk })
+}
+
+/// What makes a node unmergeable, if anything in it does.
+fn unmergeable(node: &protobuf::Node) -> Option<String> {
+    for n in walk(node) {
+        match n {
+            pg_query::NodeRef::SubLink(_) => return Some("subqueries run on each shard alone".into()),
+            pg_query::NodeRef::FuncCall(f) if f.over.is_some() => {
+                return Some("window functions see only one shard's rows".into());
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// A node and everything below it.
+fn walk(node: &protobuf::Node) -> Vec<pg_query::NodeRef<'_>> {
+    node.node.as_ref().map(|n| n.nodes().into_iter().map(|(n, ..)| n).collect()).unwrap_or_default()
+}
+
+/// Constant LIMIT and OFFSET.
+fn limits(select: &protobuf::SelectStmt) -> Result<(Option<u64>, u64), SqlError> {
+    if select.limit_option == protobuf::LimitOption::WithTies as i32 {
+        return Err(refuse("FETCH ... WITH TIES is not merged across shards".into()));
+    }
+    let value = |node: &Option<Box<protobuf::Node>>, what: &str| -> Result<Option<u64>, SqlError> {
+        match node.as_deref().and_then(|n| n.node.as_ref()) {
+            None => Ok(None),
+            Some(N::AConst(c)) if c.isnull => Ok(None),
+            Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. })) if i.ival >= 0 => {
+                Ok(Some(i.ival as u64))
+            }
+            _ => Err(refuse(format!("{what} must be a non-negative number to merge shards' rows"))),
+        }
+    };
+    Ok((value(&select.limit_count, "LIMIT")?, value(&select.limit_offset, "OFFSET")?.unwrap_or(0)))
+}
+
+fn int_const(n: u64) -> protobuf::Node {
+    protobuf::Node {
+        node: Some(N::AConst(protobuf::AConst {
+            isnull: false,
+            location: -1,
+            val: Some(a_const::Val::Ival(protobuf::Integer { ival: n.min(i32::MAX as u64) as i32 })),
+        })),
+    }
+}
+
+/// An aggregate call that can be combined, for a target; `None` for a
+/// plain expression; an error for an aggregate that cannot be combined.
+fn aggregate_of(target: &protobuf::Node) -> Result<Option<Combine>, SqlError> {
+    let Some(N::ResTarget(t)) = &target.node else { return Ok(None) };
+    let Some(val) = t.val.as_deref() else { return Ok(None) };
+    if let Some(N::FuncCall(f)) = &val.node
+        && let Some(name) = function_name(f)
+    {
+        let combine = match name.as_str() {
+            "count" => Some(Combine::Count),
+            "sum" => Some(Combine::Sum),
+            "min" => Some(Combine::Min),
+            "max" => Some(Combine::Max),
+            "avg" => Some(Combine::Avg),
+            _ => None,
+        };
+        if let Some(c) = combine {
+            if f.agg_distinct {
+                return Err(refuse(format!("{name}(DISTINCT ...) counts values that may repeat on several shards")));
+            }
+            if f.agg_filter.is_some() || !f.agg_order.is_empty() || f.agg_within_group {
+                return Err(refuse(format!("{name}(...) with FILTER or ORDER BY is not merged across shards yet")));
+            }
+            if f.args.iter().any(contains_aggregate) {
+                return Err(refuse("nested aggregates are not merged across shards".into()));
+            }
+            return Ok(Some(c));
+        }
+    }
+    if contains_aggregate(val) {
+        return Err(refuse(
+            "only count, sum, min, max and avg, each a whole output column, are merged across shards \
+             (not inside expressions, and not percentile_*, string_agg, array_agg and the like)"
+                .into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// Aggregate functions by name: the ones Postgres ships that a SELECT list
+/// may hold. A user-defined aggregate is not recognised and would be run per
+/// shard and concatenated: name it in the hint of the README.
+fn contains_aggregate(node: &protobuf::Node) -> bool {
+    const AGGREGATES: &[&str] = &[
+        "count",
+        "sum",
+        "min",
+        "max",
+        "avg",
+        "array_agg",
+        "string_agg",
+        "json_agg",
+        "jsonb_agg",
+        "json_object_agg",
+        "jsonb_object_agg",
+        "bool_and",
+        "bool_or",
+        "every",
+        "bit_and",
+        "bit_or",
+        "bit_xor",
+        "stddev",
+        "stddev_pop",
+        "stddev_samp",
+        "variance",
+        "var_pop",
+        "var_samp",
+        "corr",
+        "covar_pop",
+        "covar_samp",
+        "regr_avgx",
+        "regr_avgy",
+        "regr_count",
+        "regr_intercept",
+        "regr_r2",
+        "regr_slope",
+        "regr_sxx",
+        "regr_sxy",
+        "regr_syy",
+        "percentile_cont",
+        "percentile_disc",
+        "mode",
+        "rank",
+        "dense_rank",
+        "percent_rank",
+        "cume_dist",
+        "xmlagg",
+        "range_agg",
+        "range_intersect_agg",
+        "any_value",
+    ];
+    walk(node).iter().any(|n| match n {
+        pg_query::NodeRef::FuncCall(f) => function_name(f).is_some_and(|n| AGGREGATES.contains(&n.as_str())),
+        _ => false,
+    })
+}
+
+fn function_name(f: &protobuf::FuncCall) -> Option<String> {
+    match f.funcname.last().and_then(|n| n.node.as_ref()) {
+        Some(N::String(s)) => Some(s.sval.to_lowercase()),
+        _ => None,
+    }
+}
+
+/// The name Postgres gives an output column: its alias, else the function's.
+fn output_name(target: &protobuf::Node, combine: Combine) -> String {
+    if let Some(N::ResTarget(t)) = &target.node
+        && !t.name.is_empty()
+    {
+        return t.name.clone();
+    }
+    match combine {
+        Combine::Count => "count",
+        Combine::Sum => "sum",
+        Combine::Min => "min",
+        Combine::Max => "max",
+        Combine::Avg => "avg",
+    }
+    .into()
+}
+
+/// `avg(x)` → `sum(x), count(x)`: shards send both, shardcar divides.
+fn split_averages(select: &mut protobuf::SelectStmt, combine: &[Combine]) {
+    let mut out = Vec::with_capacity(select.target_list.len() + 1);
+    for (target, c) in std::mem::take(&mut select.target_list).into_iter().zip(combine) {
+        if *c != Combine::Avg {
+            out.push(target);
+            continue;
+        }
+        let renamed = |name: &str| {
+            let mut t = target.clone();
+            if let Some(N::ResTarget(r)) = &mut t.node {
+                r.name = String::new();
+                if let Some(N::FuncCall(f)) = r.val.as_deref_mut().and_then(|v| v.node.as_mut()) {
+                    f.funcname =
+                        vec![protobuf::Node { node: Some(N::String(protobuf::String { sval: name.to_string() })) }];
+                }
+            }
+            t
+        };
+        out.push(renamed("sum"));
+        out.push(renamed("count"));
+    }
+    select.target_list = out;
+}
+
+/// ORDER BY items as sort keys; expressions that are not output columns
+/// become extra (junk) output columns of the shards' query.
+fn sort_keys(select: &mut protobuf::SelectStmt) -> Result<Vec<SortKey>, SqlError> {
+    let visible = select.target_list.len();
+    let star = select.target_list.iter().any(|t| {
+        matches!(&t.node, Some(N::ResTarget(r)) if matches!(r.val.as_deref().and_then(|v| v.node.as_ref()), Some(N::ColumnRef(c)) if c.fields.iter().any(|f| matches!(f.node, Some(N::AStar(_))))))
+    });
+    let names: Vec<Option<String>> = select.target_list.iter().map(target_name).collect();
+    let mut keys = Vec::new();
+    let mut junk = Vec::new();
+    for item in &select.sort_clause {
+        let Some(N::SortBy(sort)) = &item.node else { continue };
+        if !sort.use_op.is_empty() {
+            return Err(refuse("ORDER BY ... USING is not merged across shards".into()));
+        }
+        let descending = sort.sortby_dir == protobuf::SortByDir::SortbyDesc as i32;
+        let nulls_first = match protobuf::SortByNulls::try_from(sort.sortby_nulls) {
+            Ok(protobuf::SortByNulls::SortbyNullsFirst) => true,
+            Ok(protobuf::SortByNulls::SortbyNullsLast) => false,
+            _ => descending,
+        };
+        let expr = sort.node.as_deref().and_then(|n| n.node.as_ref());
+        let column = match expr {
+            Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. })) => {
+                let k = i.ival;
+                if k < 1 || (k as usize > visible && !star) {
+                    return Err(refuse(format!("ORDER BY position {k} is not in the select list")));
+                }
+                if star {
+                    return Err(refuse(
+                        "ORDER BY a position with SELECT * is not merged across shards; name the column".into(),
+                    ));
+                }
+                Column::At(k as usize - 1)
+            }
+            Some(N::ColumnRef(c)) if column_name(c).is_some() => {
+                let name = column_name(c).unwrap_or_default();
+                match names.iter().position(|n| n.as_deref() == Some(name.as_str())) {
+                    Some(i) => Column::At(i),
+                    None if star => Column::Named(name),
+                    None => junk_column(&mut junk, sort.node.as_deref().cloned()),
+                }
+            }
+            _ => junk_column(&mut junk, sort.node.as_deref().cloned()),
+        };
+        keys.push(SortKey { column, descending, nulls_first });
+    }
+    select.target_list.extend(junk);
+    Ok(keys)
+}
+
+/// Adds a sort expression as an output column the client will not see.
+fn junk_column(junk: &mut Vec<protobuf::Node>, expr: Option<protobuf::Node>) -> Column {
+    let name = format!("{JUNK}{}", junk.len());
+    junk.push(protobuf::Node {
+        node: Some(N::ResTarget(Box::new(protobuf::ResTarget {
+            name: name.clone(),
+            indirection: vec![],
+            val: expr.map(Box::new),
+            location: -1,
+        }))),
+    });
+    Column::Named(name)
+}
+
+/// The output name of a target: its alias, or the column it reads.
+fn target_name(target: &protobuf::Node) -> Option<String> {
+    let Some(N::ResTarget(t)) = &target.node else { return None };
+    if !t.name.is_empty() {
+        return Some(t.name.clone());
+    }
+    match t.val.as_deref().and_then(|v| v.node.as_ref()) {
+        Some(N::ColumnRef(c)) => column_name(c),
+        _ => None,
+    }
+}
+
+/// The last name of a column reference (`t.col` → `col`); `None` for `*`.
+fn column_name(c: &protobuf::ColumnRef) -> Option<String> {
+    match c.fields.last().and_then(|f| f.node.as_ref()) {
+        Some(N::String(s)) => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rows(sql: &str) -> (String, Vec<SortKey>, Option<u64>, u64, usize) {
+        match FanOut::of(sql).unwrap() {
+            FanOut::Rows { sql, order, limit, offset, junk } => (sql, order, limit, offset, junk),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn refused(sql: &str) -> String {
+        FanOut::of(sql).unwrap_err().message
+    }
+
+    #[test]
+    fn limits_are_pushed_down_as_limit_plus_offset() {
+        let (sql, order, limit, offset, junk) = rows("SELECT id, name FROM t ORDER BY name DESC, 1 LIMIT 10 OFFSET 5");
+        assert_eq!(sql, "SELECT id, name FROM t ORDER BY name DESC, 1 LIMIT 15");
+        assert_eq!(
+            order,
+            [
+                SortKey { column: Column::At(1), descending: true, nulls_first: true },
+                SortKey { column: Column::At(0), descending: false, nulls_first: false },
+            ]
+        );
+        assert_eq!((limit, offset, junk), (Some(10), 5, 0));
+    }
+
+    #[test]
+    fn sort_keys_outside_the_select_list_become_junk_columns() {
+        let (sql, order, _, _, junk) = rows("SELECT name FROM t ORDER BY id + 1 NULLS FIRST");
+        assert_eq!(sql, "SELECT name, id + 1 AS shardcar_sort_0 FROM t ORDER BY id + 1 NULLS FIRST");
+        assert_eq!(order[0].column, Column::Named("shardcar_sort_0".into()));
+        assert!(order[0].nulls_first);
+        assert_eq!(junk, 1);
+        // With *, a plain column is found by name in the shards' columns.
+        let (_, order, _, _, junk) = rows("SELECT * FROM t ORDER BY created_at");
+        assert_eq!((order[0].column.clone(), junk), (Column::Named("created_at".into()), 0));
+    }
+
+    #[test]
+    fn averages_are_split_into_sums_and_counts() {
+        let FanOut::Aggregate { sql, combine, names, limit, offset } =
+            FanOut::of("SELECT count(*), avg(amount) AS mean, max(id) FROM orders WHERE x > 1 LIMIT 1").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(sql, "SELECT count(*), sum(amount), count(amount), max(id) FROM orders WHERE x > 1");
+        assert_eq!(combine, [Combine::Count, Combine::Avg, Combine::Max]);
+        assert_eq!(names, ["count", "mean", "max"]);
+        assert_eq!((limit, offset), (Some(1), 0));
+    }
+
+    #[test]
+    fn shapes_that_cannot_be_merged_are_refused_with_the_reason() {
+        assert!(refused("SELECT count(DISTINCT c) FROM t").contains("count(DISTINCT"));
+        assert!(refused("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM t").contains("percentile"));
+        assert!(refused("SELECT x, rank() OVER (ORDER BY x) FROM t").contains("window"));
+        assert!(refused("SELECT * FROM a JOIN b USING (id)").contains("joins"));
+        assert!(refused("SELECT * FROM t WHERE id IN (SELECT id FROM u)").contains("subqueries"));
+        assert!(refused("SELECT sum(x) + 1 FROM t").contains("inside expressions"));
+        assert!(refused("SELECT c, count(*) FROM t GROUP BY c").contains("GROUP BY"));
+        assert!(refused("SELECT * FROM t LIMIT $1").contains("LIMIT"));
+        let e = FanOut::of("SELECT DISTINCT c FROM t").unwrap_err();
+        assert_eq!(e.code, code::FEATURE_NOT_SUPPORTED);
+        assert!(e.hint.unwrap().contains("shard="));
+    }
+
+    #[test]
+    fn other_statements_run_everywhere() {
+        assert_eq!(FanOut::of("CREATE INDEX ON t (c)").unwrap(), FanOut::Everywhere);
+    }
+}

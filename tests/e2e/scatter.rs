@@ -1,0 +1,264 @@
+//! Statements across shards (simple protocol, outside a transaction): the
+//! same answers as one plain Postgres holding all the rows, DDL on every
+//! shard, clear refusals, and rows that stream without the sidecar's memory
+//! growing with the result.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+use shardcar::localpg::Workspace;
+use tokio_postgres::{Client, SimpleQueryMessage};
+
+use crate::harness::{Fleet, Sidecar, direct, sqlstate, table};
+
+type Rows = Vec<Vec<Option<String>>>;
+
+async fn rows(c: &Client, sql: &str) -> Result<Rows, tokio_postgres::Error> {
+    Ok(c.simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
+            _ => None,
+        })
+        .collect())
+}
+
+/// A random statement of a shape shardcar merges, and whether its order is
+/// total (so the order itself must match, not only the multiset).
+fn query(rng: &mut StdRng, t: &str) -> (String, bool) {
+    let conditions = [
+        String::new(),
+        format!(" WHERE grp = {}", rng.random_range(0..8)),
+        format!(" WHERE amount > {}.{:02}", rng.random_range(0..900), rng.random_range(0..100)),
+        " WHERE name LIKE 'a%'".to_string(),
+        " WHERE flag".to_string(),
+        " WHERE created >= '2024-03-01'".to_string(),
+        format!(" WHERE customer_id IN ({}, {})", rng.random_range(1..400), rng.random_range(1..400)),
+    ];
+    let cond = &conditions[rng.random_range(0..conditions.len())];
+    if rng.random_bool(0.35) {
+        let aggregates = [
+            "count(*)",
+            "count(amount)",
+            "sum(grp)",
+            "sum(customer_id)",
+            "sum(amount)",
+            "avg(grp)",
+            "avg(amount)",
+            "avg(customer_id)",
+            "min(name)",
+            "max(name)",
+            "min(amount)",
+            "max(created)",
+            "min(customer_id)",
+        ];
+        let n = rng.random_range(1..4);
+        let list: Vec<&str> = (0..n).map(|_| aggregates[rng.random_range(0..aggregates.len())]).collect();
+        return (format!("SELECT {} FROM {t}{cond}", list.join(", ")), true);
+    }
+    let columns = ["*", "customer_id, name", "name, amount, grp", "customer_id, created, flag", "grp"];
+    let cols = columns[rng.random_range(0..columns.len())];
+    let orders = [
+        ("", false),
+        (" ORDER BY customer_id", true),
+        (" ORDER BY customer_id DESC", true),
+        (" ORDER BY grp, customer_id", true),
+        (" ORDER BY amount DESC NULLS LAST, customer_id", true),
+        (" ORDER BY name, customer_id DESC", true),
+        (" ORDER BY created, customer_id", true),
+        (" ORDER BY amount NULLS FIRST, customer_id", true),
+        (" ORDER BY grp", false),
+    ];
+    let (order, total) = orders[rng.random_range(0..orders.len())];
+    // A limit needs a total order, or each side may pick other rows.
+    let limit = if total && rng.random_bool(0.5) {
+        match rng.random_range(0..3) {
+            0 => format!(" LIMIT {}", rng.random_range(0..30)),
+            1 => format!(" LIMIT {} OFFSET {}", rng.random_range(1..30), rng.random_range(0..50)),
+            _ => format!(" OFFSET {}", rng.random_range(0..500)),
+        }
+    } else {
+        String::new()
+    };
+    (format!("SELECT {cols} FROM {t}{cond}{order}{limit}"), total)
+}
+
+#[tokio::test]
+async fn fanned_out_reads_answer_like_one_postgres() {
+    let fleet = Fleet::shared();
+    let t = table("diff");
+    let sidecar = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sidecar.connect().await;
+    let ws = Workspace::new().unwrap();
+    let reference = ws.primary("reference").unwrap();
+    let one = direct(&reference).await;
+
+    // DDL through shardcar runs on every shard.
+    let ddl = format!(
+        "CREATE TABLE {t} (customer_id bigint PRIMARY KEY, grp int, amount numeric(10,2), name text, created date, flag bool)"
+    );
+    c.batch_execute(&ddl).await.unwrap();
+    one.batch_execute(&ddl).await.unwrap();
+    for shard in [&fleet.s0, &fleet.s1] {
+        let n: i64 = direct(shard)
+            .await
+            .query_one("SELECT count(*) FROM pg_tables WHERE tablename = $1", &[&t])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 1, "the table exists on every shard");
+    }
+
+    // The same rows on both sides, through shardcar routed by key.
+    let mut rng = StdRng::seed_from_u64(20261121);
+    for id in 1..=400i64 {
+        let grp = rng.random_range(0..8);
+        let amount = if rng.random_bool(0.1) {
+            "NULL".into()
+        } else {
+            format!("{}.{:02}", rng.random_range(0..1000), rng.random_range(0..100))
+        };
+        let name = if rng.random_bool(0.05) {
+            "NULL".into()
+        } else {
+            format!("'{}{}'", ["a", "b", "c", "A", "z"][rng.random_range(0..5)], rng.random_range(0..50))
+        };
+        let created = format!("'2024-{:02}-{:02}'", rng.random_range(1..13), rng.random_range(1..29));
+        let flag = rng.random_bool(0.5);
+        let insert = format!("INSERT INTO {t} VALUES ({id}, {grp}, {amount}, {name}, {created}, {flag})");
+        c.batch_execute(&insert).await.unwrap();
+        one.batch_execute(&insert).await.unwrap();
+    }
+    let count = format!("SELECT count(*) FROM {t}");
+    let on = async |shard| -> i64 { direct(shard).await.query_one(&count, &[]).await.unwrap().get(0) };
+    let (n0, n1) = (on(&fleet.s0).await, on(&fleet.s1).await);
+    assert!(n0 > 100 && n1 > 100 && n0 + n1 == 400, "rows spread over both shards: {n0} + {n1}");
+
+    let mut compared = 0;
+    for _ in 0..300 {
+        let (sql, total) = query(&mut rng, &t);
+        let mut got = rows(&c, &sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+        let mut want = rows(&one, &sql).await.unwrap();
+        if !total {
+            got.sort();
+            want.sort();
+        }
+        assert_eq!(got, want, "{sql}");
+        compared += 1;
+    }
+    assert_eq!(compared, 300);
+    // The session is fine for ordinary statements afterwards.
+    assert_eq!(rows(&c, &format!("SELECT name FROM {t} WHERE customer_id = 7")).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn shapes_that_cannot_be_merged_are_refused_and_the_session_carries_on() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("refuse").await;
+    let sidecar = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sidecar.connect().await;
+    for (sql, why) in [
+        (format!("SELECT count(DISTINCT note) FROM {t}"), "count(DISTINCT"),
+        (format!("SELECT note, count(*) FROM {t} GROUP BY note"), "GROUP BY"),
+        (format!("SELECT customer_id, rank() OVER (ORDER BY customer_id) FROM {t}"), "window"),
+        (format!("SELECT * FROM {t} a JOIN {t} b USING (customer_id)"), "joins"),
+        (format!("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY customer_id) FROM {t}"), "percentile"),
+    ] {
+        let e = c.simple_query(&sql).await.unwrap_err();
+        assert_eq!(sqlstate(&e), "0A000", "{sql}");
+        let db = e.as_db_error().unwrap();
+        assert!(db.message().contains(why), "{sql}: {}", db.message());
+        assert!(db.hint().unwrap_or_default().contains("shard="), "{sql}");
+    }
+    // Inside a transaction a statement across shards is still refused.
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c.simple_query(&format!("SELECT * FROM {t}")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    assert_eq!(rows(&c, &format!("SELECT count(*) FROM {t}")).await.unwrap(), [[Some("0".to_string())]]);
+}
+
+#[tokio::test]
+async fn ddl_that_fails_on_one_shard_says_where_it_ran() {
+    let fleet = Fleet::shared();
+    let t = table("ddl");
+    let sidecar = Sidecar::start(&fleet.config(2));
+    direct(&fleet.s1).await.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
+    let c = sidecar.connect().await;
+    let e = c.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "42P07", "the shard's own error: {e}");
+    // It did run on s0; IF NOT EXISTS completes it everywhere.
+    c.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {t} (id int)")).await.unwrap();
+    c.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
+    for shard in [&fleet.s0, &fleet.s1] {
+        let n: i64 = direct(shard)
+            .await
+            .query_one("SELECT count(*) FROM pg_tables WHERE tablename = $1", &[&t])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 0);
+    }
+}
+
+/// VmRSS of a process, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_large_fanned_out_result_streams_in_flat_memory() {
+    const PER_SHARD: i64 = 1_000_000;
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("big").await;
+    for shard in [&fleet.s0, &fleet.s1] {
+        direct(shard)
+            .await
+            .batch_execute(&format!(
+                "INSERT INTO {t} SELECT g, repeat('x', 100) FROM generate_series(1, {PER_SHARD}) g"
+            ))
+            .await
+            .unwrap();
+    }
+    let sidecar = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let pid = sidecar.pid();
+    // A client that reads rows as they come and keeps none.
+    let (mut socket, _) = crate::harness::logged_in(sidecar.port).await;
+    let before = rss_kib(pid);
+    let mut query = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query(&format!("SELECT * FROM {t} ORDER BY customer_id"), &mut query)
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut socket, &query).await.unwrap();
+    // Sampled while the client reads (the test's runtime runs the sampler between reads).
+    let peak = Arc::new(AtomicU64::new(before));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let (rows, bytes) = crate::harness::count_rows(&mut socket).await;
+    sampler.abort();
+    let peak = peak.load(Ordering::Relaxed).max(rss_kib(pid));
+    assert_eq!(rows, 2 * PER_SHARD as u64);
+    let growth_mib = peak.saturating_sub(before) / 1024;
+    println!(
+        "fan-out of {rows} rows ({} MiB on the wire): sidecar RSS {} MiB before, {} MiB after (+{growth_mib} MiB)",
+        bytes >> 20,
+        before / 1024,
+        peak / 1024
+    );
+    assert!(growth_mib < 64, "memory grew with the result: +{growth_mib} MiB for {} MiB of rows", bytes >> 20);
+}
