@@ -295,6 +295,10 @@ pub struct Routing {
     /// Plain reads outside a transaction may use a healthy replica.
     #[serde(default = "yes")]
     pub read_replicas: bool,
+    /// UPDATE/DELETE without a shard key run on every shard their policy
+    /// names (counts summed); off: they are refused.
+    #[serde(default)]
+    pub allow_broadcast_writes: bool,
 }
 
 fn yes() -> bool {

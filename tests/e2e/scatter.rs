@@ -262,3 +262,51 @@ async fn a_large_fanned_out_result_streams_in_flat_memory() {
     );
     assert!(growth_mib < 64, "memory grew with the result: +{growth_mib} MiB for {} MiB of rows", bytes >> 20);
 }
+
+#[tokio::test]
+async fn updates_and_deletes_without_a_key_run_on_every_shard_when_allowed() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("bcast").await;
+    let refusing = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = refusing.connect().await;
+    for id in 1..=10 {
+        c.batch_execute(&format!("INSERT INTO {t} VALUES ({id}, 'x')")).await.unwrap();
+    }
+    let e = c.batch_execute(&format!("UPDATE {t} SET note = 'y'")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    assert!(e.as_db_error().unwrap().hint().unwrap_or_default().contains("allow_broadcast_writes"), "{e}");
+
+    let config = fleet
+        .hashed_config(&t, "")
+        .replace("read_replicas = false", "read_replicas = false\nallow_broadcast_writes = true");
+    let allowing = Sidecar::start(&config);
+    let c = allowing.connect().await;
+    let answer = c
+        .simple_query(&format!("UPDATE {t} SET note = 'y' WHERE customer_id > 3 RETURNING customer_id"))
+        .await
+        .unwrap();
+    let mut returned: Vec<i64> = answer
+        .iter()
+        .filter_map(|m| match m {
+            SimpleQueryMessage::Row(r) => r.get(0).and_then(|v| v.parse().ok()),
+            _ => None,
+        })
+        .collect();
+    returned.sort();
+    assert_eq!(returned, (4..=10).collect::<Vec<i64>>(), "RETURNING rows of both shards");
+    assert!(answer.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(7))), "counts summed: {answer:?}");
+    let deleted = c.execute(&format!("/* plain */ DELETE FROM {t} WHERE note = 'y'"), &[]).await;
+    // The extended protocol does not fan out yet: refused, nothing deleted.
+    assert_eq!(sqlstate(&deleted.unwrap_err()), "0A000");
+    let answer = c.simple_query(&format!("DELETE FROM {t} WHERE note = 'y'")).await.unwrap();
+    assert!(answer.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(7))), "{answer:?}");
+    let mut left = 0;
+    for shard in [&fleet.s0, &fleet.s1] {
+        let n: i64 = direct(shard).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+        left += n;
+    }
+    assert_eq!(left, 3);
+    // Changing the shard key stays refused.
+    let e = c.batch_execute(&format!("UPDATE {t} SET customer_id = customer_id + 100")).await.unwrap_err();
+    assert!(e.as_db_error().unwrap().message().contains("shard key"), "{e}");
+}

@@ -108,6 +108,7 @@ pub struct PolicySlot {
 pub struct Router {
     shard_names: Vec<String>,
     default_shard: usize,
+    allow_broadcast_writes: bool,
     tables: HashMap<String, Arc<TableRule>>,
     pub policies: Vec<PolicySlot>,
     topology: ArcSwap<TopologySnapshot>,
@@ -172,6 +173,7 @@ impl Router {
         Ok(Router {
             shard_names,
             default_shard,
+            allow_broadcast_writes: cfg.routing.allow_broadcast_writes,
             tables,
             policies,
             topology: ArcSwap::from_pointee(topology),
@@ -342,17 +344,7 @@ impl Router {
         let Some(rule) = rule else {
             return Ok(StatementRoute { shards: vec![], role: facts.hints.role, via: Via::Unsharded });
         };
-        if stmt.shape.updated.contains(&rule.key) {
-            return Err(SqlError::new(
-                code::FEATURE_NOT_SUPPORTED,
-                format!(
-                    "this UPDATE changes {}.{}, the shard key, which could move the row to another shard",
-                    rule.table, rule.key
-                ),
-            )
-            .hint("delete the row and insert it again with the new key")
-            .into());
-        }
+        check_key_unchanged(stmt, rule)?;
         let route = self.policy_route(facts, index, params, session, in_transaction, candidate, rule)?;
         if route.shards.len() != 1 {
             return Err(self.spans_shards(stmt.shape.verb, rule, &route.shards).into());
@@ -361,7 +353,8 @@ impl Router {
     }
 
     /// The shards a single statement outside a transaction must run on, when
-    /// that is more than one: DDL runs on every shard; a SELECT on a sharded
+    /// that is more than one: DDL runs on every shard; a SELECT (and, with
+    /// `routing.allow_broadcast_writes`, an UPDATE or DELETE) on a sharded
     /// table where its policy says so. `None`: routing as usual.
     pub async fn fan_out(
         &self,
@@ -375,10 +368,12 @@ impl Router {
         if stmt.shape.verb == Verb::Ddl {
             return Ok(Some((0..self.shard_names.len()).collect()));
         }
-        if stmt.kind != Kind::Read || stmt.shape.verb != Verb::Select {
+        let broadcast = matches!(stmt.shape.verb, Verb::Update | Verb::Delete) && self.allow_broadcast_writes;
+        if !(stmt.kind == Kind::Read && stmt.shape.verb == Verb::Select) && !broadcast {
             return Ok(None);
         }
         let Some(rule) = stmt.shape.tables.iter().find_map(|t| self.tables.get(t)) else { return Ok(None) };
+        check_key_unchanged(stmt, rule)?;
         let route = self.resolving(|| self.policy_route(facts, 0, &None, session, false, None, rule)).await?;
         Ok((route.shards.len() > 1).then_some(route.shards))
     }
@@ -460,6 +455,16 @@ impl Router {
                 format!("this INSERT into {} has rows for several shards ({names})", rule.table),
                 format!("insert rows of one shard per statement, and give {} in every row", rule.key),
             ),
+            Verb::Update | Verb::Delete => (
+                format!(
+                    "this statement on {} would change rows on several shards ({names}): it has no single {} = ... or IN (...) on one shard",
+                    rule.table, rule.key
+                ),
+                format!(
+                    "add a condition on {}, or {target}; routing.allow_broadcast_writes = true runs it on every shard (outside a transaction)",
+                    rule.key
+                ),
+            ),
             _ => (
                 format!(
                     "this statement on {} would need several shards ({names}): it has no single {} = ... or IN (...) on one shard",
@@ -470,6 +475,21 @@ impl Router {
         };
         SqlError::new(code::FEATURE_NOT_SUPPORTED, message).hint(hint)
     }
+}
+
+/// An UPDATE may not change the shard key: the row could belong elsewhere.
+fn check_key_unchanged(stmt: &crate::classify::Statement, rule: &TableRule) -> Result<(), SqlError> {
+    if !stmt.shape.updated.contains(&rule.key) {
+        return Ok(());
+    }
+    Err(SqlError::new(
+        code::FEATURE_NOT_SUPPORTED,
+        format!(
+            "this UPDATE changes {}.{}, the shard key, which could move the row to another shard",
+            rule.table, rule.key
+        ),
+    )
+    .hint("delete the row and insert it again with the new key"))
 }
 
 fn plugin_error(slot: &PolicySlot, plugin: &Plugin, e: &CallError) -> SqlError {

@@ -99,7 +99,7 @@ pub async fn run(
         _ => true,
     };
     let shard_sql = match plan {
-        FanOut::Everywhere => sql,
+        FanOut::Everywhere | FanOut::Broadcast => sql,
         FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => sql.as_str(),
     };
     for leg in &mut legs {
@@ -110,7 +110,8 @@ pub async fn run(
         }
     }
     let result = match plan {
-        FanOut::Everywhere => everywhere(&mut legs, client).await,
+        FanOut::Everywhere => everywhere(&mut legs, client, false).await,
+        FanOut::Broadcast => everywhere(&mut legs, client, true).await,
         FanOut::Rows { order, limit, offset, junk, .. } => {
             let window = Window { offset: *offset, limit: *limit };
             rows(&mut legs, client, order, window, *junk, text_in_c).await
@@ -176,13 +177,16 @@ impl Window {
     }
 }
 
-/// DDL and other statements run on every shard: the first shard's answer
-/// when all succeed; else a warning saying where it ran and failed, then
-/// the first failing shard's error as it sent it.
-async fn everywhere(legs: &mut [Leg], client: &mut ClientConn) -> Result<(), SqlError> {
+/// The same statement on every target shard. DDL: the first shard's
+/// answer. `broadcast` (UPDATE/DELETE): every shard's RETURNING rows, as
+/// they come, and one CommandComplete with the counts summed. When a shard
+/// fails: a warning saying where it ran and failed, then the first failing
+/// shard's error as it sent it.
+async fn everywhere(legs: &mut [Leg], client: &mut ClientConn, broadcast: bool) -> Result<(), SqlError> {
     let mut answer = BytesMut::new();
     let mut first_error = None;
     let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
+    let (mut described, mut tag, mut count) = (false, String::new(), 0u64);
     for (i, leg) in legs.iter_mut().enumerate() {
         let mut error = None;
         while !leg.done {
@@ -190,7 +194,23 @@ async fn everywhere(legs: &mut [Leg], client: &mut ClientConn) -> Result<(), Sql
             match frame[0] {
                 b'E' => error = Some(frame),
                 b'Z' => {}
-                _ if i == 0 => answer.extend_from_slice(&frame),
+                b'T' if broadcast && !described => {
+                    client.out.extend_from_slice(&frame);
+                    described = true;
+                }
+                b'D' if broadcast => {
+                    client.out.extend_from_slice(&frame);
+                    if client.out.len() >= CLIENT_CHUNK {
+                        client.flush().await?;
+                    }
+                }
+                b'C' if broadcast => {
+                    let text = String::from_utf8_lossy(&frame[5..frame.len() - 1]).into_owned();
+                    let (verb, n) = text.rsplit_once(' ').unwrap_or((text.as_str(), "0"));
+                    tag = verb.to_string();
+                    count += n.parse::<u64>().unwrap_or(0);
+                }
+                _ if i == 0 && !broadcast => answer.extend_from_slice(&frame),
                 _ => {}
             }
         }
@@ -203,7 +223,11 @@ async fn everywhere(legs: &mut [Leg], client: &mut ClientConn) -> Result<(), Sql
         }
     }
     let Some(error) = first_error else {
-        client.out.extend_from_slice(&answer);
+        if broadcast {
+            reply::command_complete(&mut client.out, &format!("{tag} {count}"));
+        } else {
+            client.out.extend_from_slice(&answer);
+        }
         return Ok(());
     };
     let ran = if succeeded.is_empty() { "no shard".to_string() } else { succeeded.join(", ") };

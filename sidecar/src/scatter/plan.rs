@@ -39,6 +39,9 @@ pub enum Combine {
 pub enum FanOut {
     /// The same statement on every shard (DDL); the first shard's answer.
     Everywhere,
+    /// The same UPDATE or DELETE on every target shard: RETURNING rows
+    /// concatenated, counts summed.
+    Broadcast,
     /// Rows from every shard, merged in `order` (concatenated without one),
     /// then `offset` and `limit` applied. Each shard runs `sql`, which asks
     /// for `limit + offset` rows and has `junk` extra columns at the end
@@ -61,8 +64,10 @@ impl FanOut {
             .map_err(|e| refuse(format!("the statement cannot be parsed: {e}")))?;
         let mut tree = parsed.protobuf;
         let [raw] = tree.stmts.as_mut_slice() else { return Err(refuse("send one statement at a time".into())) };
-        let Some(N::SelectStmt(select)) = raw.stmt.as_mut().and_then(|s| s.node.as_mut()) else {
-            return Ok(FanOut::Everywhere);
+        let select = match raw.stmt.as_mut().and_then(|s| s.node.as_mut()) {
+            Some(N::SelectStmt(select)) => select,
+            Some(N::UpdateStmt(_) | N::DeleteStmt(_)) => return Ok(FanOut::Broadcast),
+            _ => return Ok(FanOut::Everywhere),
         };
         let plan = plan_select(select)?;
         let sql = pg_query::deparse(&tree, pg_query::DeparseOptions::default()).map_err(|e| {
@@ -92,6 +97,7 @@ impl FanOut {
         };
         match self {
             FanOut::Everywhere => "the same statement on every shard; the first shard's answer".into(),
+            FanOut::Broadcast => "the same statement on every shard; returned rows concatenated, counts summed".into(),
             FanOut::Rows { order, limit, offset, .. } => {
                 let how = if order.is_empty() { "rows concatenated" } else { "rows merged in ORDER BY order" };
                 let pushed = match limit {
@@ -545,5 +551,6 @@ mod tests {
     #[test]
     fn other_statements_run_everywhere() {
         assert_eq!(FanOut::of("CREATE INDEX ON t (c)").unwrap(), FanOut::Everywhere);
+        assert_eq!(FanOut::of("DELETE FROM t WHERE x > 1").unwrap(), FanOut::Broadcast);
     }
 }
