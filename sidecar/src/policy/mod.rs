@@ -368,8 +368,9 @@ impl Router {
         if stmt.shape.verb == Verb::Ddl {
             return Ok(Some((0..self.shard_names.len()).collect()));
         }
+        let read = stmt.kind == Kind::Read && stmt.shape.verb == Verb::Select;
         let broadcast = matches!(stmt.shape.verb, Verb::Update | Verb::Delete) && self.allow_broadcast_writes;
-        if !(stmt.kind == Kind::Read && stmt.shape.verb == Verb::Select) && !broadcast {
+        if !read && !broadcast {
             return Ok(None);
         }
         let Some(rule) = stmt.shape.tables.iter().find_map(|t| self.tables.get(t)) else { return Ok(None) };
