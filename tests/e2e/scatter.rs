@@ -310,3 +310,37 @@ async fn updates_and_deletes_without_a_key_run_on_every_shard_when_allowed() {
     let e = c.batch_execute(&format!("UPDATE {t} SET customer_id = customer_id + 100")).await.unwrap_err();
     assert!(e.as_db_error().unwrap().message().contains("shard key"), "{e}");
 }
+
+#[tokio::test]
+async fn a_multi_row_insert_is_split_by_shard() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("split").await;
+    let sidecar = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sidecar.connect().await;
+    let answer = c
+        .simple_query(&format!(
+            "INSERT INTO {t} (customer_id, note) VALUES (1, 'a'), (3, 'b'), (2, 'c'), (4, 'd') RETURNING customer_id"
+        ))
+        .await
+        .unwrap();
+    let returned = answer.iter().filter(|m| matches!(m, SimpleQueryMessage::Row(_))).count();
+    assert_eq!(returned, 4);
+    assert!(answer.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(4))), "{answer:?}");
+    // Without a column list the key's position comes from the catalog.
+    c.batch_execute(&format!("INSERT INTO {t} VALUES (5, 'e'), (6, 'f'), (7, 'g')")).await.unwrap();
+    // Each row is where routing by its key finds it, and only there.
+    for id in 1..=7i64 {
+        let rows = c.query(&format!("SELECT note FROM {t} WHERE customer_id = $1"), &[&id]).await.unwrap();
+        assert_eq!(rows.len(), 1, "customer {id}");
+    }
+    let mut total = 0;
+    for shard in [&fleet.s0, &fleet.s1] {
+        let n: i64 = direct(shard).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+        assert!(n > 0, "both shards got rows");
+        total += n;
+    }
+    assert_eq!(total, 7);
+    // INSERT ... SELECT cannot be split: refused.
+    let e = c.batch_execute(&format!("INSERT INTO {t} SELECT customer_id + 100, note FROM {t}")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+}

@@ -352,6 +352,40 @@ impl Router {
         Ok(route)
     }
 
+    /// The shard of each row of a multi-row INSERT ... VALUES into a sharded
+    /// table, when its rows belong to several shards: `(shard, row indexes)`.
+    /// `None`: not such a statement (routing as usual refuses or runs it).
+    pub async fn split_insert(
+        &self,
+        facts: &Arc<Facts>,
+        session: &Arc<SessionInfo>,
+    ) -> Result<Option<Vec<(usize, Vec<usize>)>>, SqlError> {
+        let [stmt] = facts.statements.as_slice() else { return Ok(None) };
+        if stmt.shape.verb != Verb::Insert || self.explicit(facts, session)?.is_some() {
+            return Ok(None);
+        }
+        let Some(rule) = stmt.shape.tables.iter().find_map(|t| self.tables.get(t)) else { return Ok(None) };
+        let Some(insert) = stmt.shape.insert.as_ref().filter(|i| i.rows.len() > 1) else { return Ok(None) };
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        for (i, row) in insert.rows.iter().enumerate() {
+            // The row alone, routed as an INSERT of one row.
+            let mut one = (**facts).clone();
+            if let Some(ins) = one.statements[0].shape.insert.as_mut() {
+                ins.rows = vec![row.clone()];
+            }
+            let one = Arc::new(one);
+            let route = self.resolving(|| self.policy_route(&one, 0, &None, session, false, None, rule)).await?;
+            let [shard] = route.shards.as_slice() else {
+                return Err(self.spans_shards(Verb::Insert, rule, &route.shards));
+            };
+            match groups.iter_mut().find(|(s, _)| s == shard) {
+                Some((_, rows)) => rows.push(i),
+                None => groups.push((*shard, vec![i])),
+            }
+        }
+        Ok((groups.len() > 1).then_some(groups))
+    }
+
     /// The shards a single statement outside a transaction must run on, when
     /// that is more than one: DDL runs on every shard; a SELECT (and, with
     /// `routing.allow_broadcast_writes`, an UPDATE or DELETE) on a sharded

@@ -98,11 +98,12 @@ pub async fn run(
         FanOut::Rows { order, .. } if !order.is_empty() => collation_is_c(&mut legs[0]).await?,
         _ => true,
     };
-    let shard_sql = match plan {
-        FanOut::Everywhere | FanOut::Broadcast => sql,
-        FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => sql.as_str(),
-    };
-    for leg in &mut legs {
+    for (i, leg) in legs.iter_mut().enumerate() {
+        let shard_sql = match plan {
+            FanOut::Everywhere | FanOut::Broadcast => sql,
+            FanOut::Split(parts) => parts.get(i).ok_or_else(|| internal("an INSERT part per shard"))?.as_str(),
+            FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => sql.as_str(),
+        };
         frontend::query(shard_sql, &mut leg.checkout.conn.wbuf).map_err(internal)?;
         if let Err(e) = leg.checkout.conn.flush().await {
             leg.checkout.conn.broken = true;
@@ -111,7 +112,7 @@ pub async fn run(
     }
     let result = match plan {
         FanOut::Everywhere => everywhere(&mut legs, client, false).await,
-        FanOut::Broadcast => everywhere(&mut legs, client, true).await,
+        FanOut::Broadcast | FanOut::Split(_) => everywhere(&mut legs, client, true).await,
         FanOut::Rows { order, limit, offset, junk, .. } => {
             let window = Window { offset: *offset, limit: *limit };
             rows(&mut legs, client, order, window, *junk, text_in_c).await

@@ -42,6 +42,9 @@ pub enum FanOut {
     /// The same UPDATE or DELETE on every target shard: RETURNING rows
     /// concatenated, counts summed.
     Broadcast,
+    /// A multi-row INSERT split by shard: one INSERT per target shard with
+    /// that shard's rows (in `Targets` order); answered as `Broadcast`.
+    Split(Vec<String>),
     /// Rows from every shard, merged in `order` (concatenated without one),
     /// then `offset` and `limit` applied. Each shard runs `sql`, which asks
     /// for `limit + offset` rows and has `junk` extra columns at the end
@@ -98,6 +101,9 @@ impl FanOut {
         match self {
             FanOut::Everywhere => "the same statement on every shard; the first shard's answer".into(),
             FanOut::Broadcast => "the same statement on every shard; returned rows concatenated, counts summed".into(),
+            FanOut::Split(parts) => {
+                format!("the rows split into {} INSERTs, one per shard; counts summed", parts.len())
+            }
             FanOut::Rows { order, limit, offset, .. } => {
                 let how = if order.is_empty() { "rows concatenated" } else { "rows merged in ORDER BY order" };
                 let pushed = match limit {
@@ -124,6 +130,35 @@ impl FanOut {
                 )
             }
         }
+    }
+}
+
+impl FanOut {
+    /// One INSERT per group of VALUES rows (`rows`: indexes, per shard).
+    pub fn split_insert(sql: &str, groups: &[Vec<usize>]) -> Result<FanOut, SqlError> {
+        let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
+            .map_err(|e| refuse(format!("the statement cannot be parsed: {e}")))?;
+        let tree = parsed.protobuf;
+        let values = |t: &protobuf::ParseResult| -> Option<Vec<protobuf::Node>> {
+            let Some(N::InsertStmt(insert)) = t.stmts.first()?.stmt.as_ref()?.node.as_ref() else { return None };
+            let Some(N::SelectStmt(select)) = insert.select_stmt.as_deref()?.node.as_ref() else { return None };
+            Some(select.values_lists.clone())
+        };
+        let rows = values(&tree).ok_or_else(|| refuse("only INSERT ... VALUES is split by shard".into()))?;
+        let mut parts = Vec::with_capacity(groups.len());
+        for group in groups {
+            let mut part = tree.clone();
+            if let Some(N::InsertStmt(insert)) = part.stmts[0].stmt.as_mut().and_then(|s| s.node.as_mut())
+                && let Some(N::SelectStmt(select)) = insert.select_stmt.as_deref_mut().and_then(|s| s.node.as_mut())
+            {
+                select.values_lists = group.iter().filter_map(|&i| rows.get(i).cloned()).collect();
+            }
+            parts.push(
+                pg_query::deparse(&part, pg_query::DeparseOptions::default())
+                    .map_err(|e| SqlError::new(code::INTERNAL_ERROR, format!("cannot split the INSERT: {e}")))?,
+            );
+        }
+        Ok(FanOut::Split(parts))
     }
 }
 
@@ -552,5 +587,16 @@ mod tests {
     fn other_statements_run_everywhere() {
         assert_eq!(FanOut::of("CREATE INDEX ON t (c)").unwrap(), FanOut::Everywhere);
         assert_eq!(FanOut::of("DELETE FROM t WHERE x > 1").unwrap(), FanOut::Broadcast);
+        let split = FanOut::split_insert(
+            "INSERT INTO t (k, v) VALUES (1, 'a'), (2, 'b'), (3, DEFAULT) RETURNING k",
+            &[vec![0, 2], vec![1]],
+        );
+        assert_eq!(
+            split.unwrap(),
+            FanOut::Split(vec![
+                "INSERT INTO t (k, v) VALUES (1, 'a'), (3, DEFAULT) RETURNING k".into(),
+                "INSERT INTO t (k, v) VALUES (2, 'b') RETURNING k".into(),
+            ])
+        );
     }
 }

@@ -93,15 +93,23 @@ impl Session {
         stages: Stages,
         refusal: Option<SqlError>,
     ) -> Result<(), SqlError> {
-        let shards = match self.shared.router.fan_out(facts, &self.info).await {
-            Ok(Some(shards)) => shards,
-            Ok(None) => {
-                let e = refusal.unwrap_or_else(|| SqlError::new(code::INTERNAL_ERROR, "nothing to fan out"));
-                return self.refuse(e, false, stages, facts);
+        let router = &self.shared.router;
+        let (shards, plan) = match router.split_insert(facts, &self.info).await {
+            Ok(Some(groups)) => {
+                let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
+                (shards, FanOut::split_insert(sql, &rows))
             }
+            Ok(None) => match router.fan_out(facts, &self.info).await {
+                Ok(Some(shards)) => (shards, FanOut::of(sql)),
+                Ok(None) => {
+                    let e = refusal.unwrap_or_else(|| SqlError::new(code::INTERNAL_ERROR, "nothing to fan out"));
+                    return self.refuse(e, false, stages, facts);
+                }
+                Err(e) => return self.refuse(e, false, stages, facts),
+            },
             Err(e) => return self.refuse(e, false, stages, facts),
         };
-        let plan = match FanOut::of(sql) {
+        let plan = match plan {
             Ok(plan) => plan,
             Err(e) => return self.refuse(e, false, stages, facts),
         };
