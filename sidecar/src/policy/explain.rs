@@ -35,9 +35,16 @@ pub async fn explain(
             statement(router, s, &params, route)
         })
         .collect();
-    let fan_out = match router.fan_out(&facts, &session).await {
-        Ok(Some(shards)) => Some((shards, FanOut::of(&facts.statements[0].text))),
-        _ => None,
+    let text = facts.statements.first().map_or("", |s| s.text.as_str());
+    let fan_out = match router.split_insert(&facts, &session).await {
+        Ok(Some(groups)) => {
+            let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
+            Some((shards, FanOut::split_insert(text, &rows)))
+        }
+        _ => match router.fan_out(&facts, &session).await {
+            Ok(Some(shards)) => Some((shards, FanOut::of(text))),
+            _ => None,
+        },
     };
     let mut req = Request::default();
     req.add(&facts, bound);
