@@ -60,6 +60,19 @@ fn query(rng: &mut StdRng, t: &str) -> (String, bool) {
         let list: Vec<&str> = (0..n).map(|_| aggregates[rng.random_range(0..aggregates.len())]).collect();
         return (format!("SELECT {} FROM {t}{cond}", list.join(", ")), true);
     }
+    if rng.random_bool(0.15) {
+        let (cols, order) =
+            [("grp", "grp"), ("name, flag", "name, flag"), ("flag, grp", "grp DESC, flag"), ("created", "created")]
+                [rng.random_range(0..4)];
+        return match rng.random_range(0..3) {
+            0 => (format!("SELECT DISTINCT {cols} FROM {t}{cond}"), false),
+            1 => (format!("SELECT DISTINCT {cols} FROM {t}{cond} ORDER BY {order}"), true),
+            _ => (
+                format!("SELECT DISTINCT {cols} FROM {t}{cond} ORDER BY {order} LIMIT {}", rng.random_range(1..6)),
+                true,
+            ),
+        };
+    }
     let columns = ["*", "customer_id, name", "name, amount, grp", "customer_id, created, flag", "grp"];
     let cols = columns[rng.random_range(0..columns.len())];
     let orders = [

@@ -113,9 +113,10 @@ pub async fn run(
     let result = match plan {
         FanOut::Everywhere => everywhere(&mut legs, client, false).await,
         FanOut::Broadcast | FanOut::Split(_) => everywhere(&mut legs, client, true).await,
-        FanOut::Rows { order, limit, offset, junk, .. } => {
-            let window = Window { offset: *offset, limit: *limit };
-            rows(&mut legs, client, order, window, *junk, text_in_c).await
+        FanOut::Rows { order, limit, offset, junk, distinct, .. } => {
+            let merge =
+                Merge { order, window: Window { offset: *offset, limit: *limit }, junk: *junk, distinct: *distinct };
+            rows(&mut legs, client, &merge, text_in_c).await
         }
         FanOut::Aggregate { combine, names, limit, offset, .. } => {
             aggregate(&mut legs, client, combine, names, Window { offset: *offset, limit: *limit }).await
@@ -352,14 +353,16 @@ async fn next_row(leg: &mut Leg, client: &mut ClientConn) -> Result<Option<Bytes
     }
 }
 
-async fn rows(
-    legs: &mut [Leg],
-    client: &mut ClientConn,
-    order: &[SortKey],
+/// How shards' rows become the client's.
+struct Merge<'a> {
+    order: &'a [SortKey],
     window: Window,
     junk: usize,
-    text_in_c: bool,
-) -> Result<(), SqlError> {
+    distinct: bool,
+}
+
+async fn rows(legs: &mut [Leg], client: &mut ClientConn, merge: &Merge<'_>, text_in_c: bool) -> Result<(), SqlError> {
+    let Merge { order, window, junk, distinct } = *merge;
     let Some(descriptions) = descriptions(legs, client).await? else { return Ok(()) };
     let all = fields(&descriptions[0])?;
     for (d, leg) in descriptions.iter().zip(legs.iter()).skip(1) {
@@ -401,6 +404,7 @@ async fn rows(
 
     let mut sent = 0u64;
     let mut merged = 0u64;
+    let mut last: Option<BytesMut> = None;
     let mut heads: Vec<Option<BytesMut>> = Vec::with_capacity(legs.len());
     for leg in legs.iter_mut() {
         match next_row(leg, client).await {
@@ -428,21 +432,28 @@ async fn rows(
         };
         let Some(i) = pick else { break };
         let Some(row) = heads[i].take() else { break };
-        match window.take(merged) {
-            None => break,
-            Some(true) => {
-                if junk == 0 {
-                    client.out.extend_from_slice(&row);
-                } else {
-                    client.out.extend_from_slice(&without_junk(&row, visible));
+        // DISTINCT: a row equal to the last one merged is dropped.
+        let duplicate = distinct && last.as_ref().is_some_and(|l| compare(&keys, l, &row) == Ordering::Equal);
+        if !duplicate {
+            match window.take(merged) {
+                None => break,
+                Some(true) => {
+                    if junk == 0 {
+                        client.out.extend_from_slice(&row);
+                    } else {
+                        client.out.extend_from_slice(&without_junk(&row, visible));
+                    }
+                    sent += 1;
                 }
-                sent += 1;
+                Some(false) => {}
             }
-            Some(false) => {}
-        }
-        merged += 1;
-        if client.out.len() >= CLIENT_CHUNK {
-            client.flush().await?;
+            merged += 1;
+            if distinct {
+                last = Some(row);
+            }
+            if client.out.len() >= CLIENT_CHUNK {
+                client.flush().await?;
+            }
         }
         match next_row(&mut legs[i], client).await {
             Ok(row) => heads[i] = row,

@@ -49,7 +49,9 @@ pub enum FanOut {
     /// then `offset` and `limit` applied. Each shard runs `sql`, which asks
     /// for `limit + offset` rows and has `junk` extra columns at the end
     /// (sort keys that are not output columns), stripped before the client.
-    Rows { sql: String, order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize },
+    /// With `distinct`, `order` covers every output column and equal
+    /// neighbours after the merge are sent once.
+    Rows { sql: String, order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool },
     /// One row of partial aggregates per shard, combined (by Postgres, on
     /// one shard, so types and rounding are Postgres's own) into one row
     /// named `names`; `offset`/`limit` apply to that one row.
@@ -77,7 +79,9 @@ impl FanOut {
             SqlError::new(code::INTERNAL_ERROR, format!("cannot rewrite the statement for the shards: {e}"))
         })?;
         Ok(match plan {
-            Planned::Rows { order, limit, offset, junk } => FanOut::Rows { sql, order, limit, offset, junk },
+            Planned::Rows { order, limit, offset, junk, distinct } => {
+                FanOut::Rows { sql, order, limit, offset, junk, distinct }
+            }
             Planned::Aggregate { combine, names, limit, offset } => {
                 FanOut::Aggregate { sql, combine, names, limit, offset }
             }
@@ -163,7 +167,7 @@ impl FanOut {
 }
 
 enum Planned {
-    Rows { order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize },
+    Rows { order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool },
     Aggregate { combine: Vec<Combine>, names: Vec<String>, limit: Option<u64>, offset: u64 },
 }
 
@@ -187,9 +191,12 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
     if !select.locking_clause.is_empty() {
         return Err(refuse("FOR UPDATE/SHARE locks rows on several shards without a transaction across them".into()));
     }
-    if !select.distinct_clause.is_empty() {
-        return Err(refuse("DISTINCT is not merged across shards yet".into()));
-    }
+    // Plain DISTINCT is a list holding one empty node; DISTINCT ON lists expressions.
+    let distinct = match select.distinct_clause.as_slice() {
+        [] => false,
+        [only] if only.node.is_none() => true,
+        _ => return Err(refuse("DISTINCT ON is not merged across shards yet".into())),
+    };
     if !select.group_clause.is_empty() || select.having_clause.is_some() {
         return Err(refuse("GROUP BY and HAVING are not merged across shards yet".into()));
     }
@@ -213,6 +220,9 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
     let (limit, offset) = limits(select)?;
 
     let aggregates: Vec<Option<Combine>> = select.target_list.iter().map(aggregate_of).collect::<Result<_, _>>()?;
+    if distinct && aggregates.iter().any(Option::is_some) {
+        return Err(refuse("DISTINCT over aggregates is not merged across shards".into()));
+    }
     if aggregates.iter().any(Option::is_some) {
         let combine: Vec<Combine> = aggregates.iter().map(|a| a.ok_or(())).collect::<Result<_, _>>().map_err(|()| {
             refuse("it mixes aggregates with plain columns, which needs GROUP BY (not merged across shards yet)".into())
@@ -226,14 +236,49 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
         return Ok(Planned::Aggregate { combine, names, limit, offset });
     }
 
-    let order = sort_keys(select)?;
+    let mut order = sort_keys(select)?;
+    if distinct {
+        distinct_order(select, &mut order)?;
+    }
     // Junk columns sit after the visible ones, found by name in the shards' RowDescription.
     let junk = order.iter().filter(|k| matches!(&k.column, Column::Named(n) if n.starts_with(JUNK))).count();
     select.limit_offset = None;
     if let Some(limit) = limit {
         select.limit_count = Some(Box::new(int_const(limit.saturating_add(offset))));
     }
-    Ok(Planned::Rows { order, limit, offset, junk })
+    Ok(Planned::Rows { order, limit, offset, junk, distinct })
+}
+
+/// SELECT DISTINCT: shards sort by the client's ORDER BY and then by every
+/// other output column, so equal rows meet in the merge.
+fn distinct_order(select: &mut protobuf::SelectStmt, order: &mut Vec<SortKey>) -> Result<(), SqlError> {
+    if select.target_list.iter().any(is_star) {
+        return Err(refuse("SELECT DISTINCT * is not merged across shards; name the columns".into()));
+    }
+    if order.iter().any(|k| !matches!(k.column, Column::At(_))) {
+        return Err(refuse("with DISTINCT, ORDER BY must name output columns".into()));
+    }
+    for i in 0..select.target_list.len() {
+        if order.iter().any(|k| k.column == Column::At(i)) {
+            continue;
+        }
+        order.push(SortKey { column: Column::At(i), descending: false, nulls_first: false });
+        select.sort_clause.push(protobuf::Node {
+            node: Some(N::SortBy(Box::new(protobuf::SortBy {
+                node: Some(Box::new(int_const(i as u64 + 1))),
+                sortby_dir: protobuf::SortByDir::SortbyDefault as i32,
+                sortby_nulls: protobuf::SortByNulls::SortbyNullsDefault as i32,
+                use_op: vec![],
+                location: -1,
+            }))),
+        });
+    }
+    Ok(())
+}
+
+/// `*` or `t.*` in a select list.
+fn is_star(target: &protobuf::Node) -> bool {
+    matches!(&target.node, Some(N::ResTarget(r)) if matches!(r.val.as_deref().and_then(|v| v.node.as_ref()), Some(N::ColumnRef(c)) if c.fields.iter().any(|f| matches!(f.node, Some(N::AStar(_))))))
 }
 
 /// What makes a node unmergeable, if anything in it does.
@@ -433,9 +478,7 @@ fn split_averages(select: &mut protobuf::SelectStmt, combine: &[Combine]) {
 /// become extra (junk) output columns of the shards' query.
 fn sort_keys(select: &mut protobuf::SelectStmt) -> Result<Vec<SortKey>, SqlError> {
     let visible = select.target_list.len();
-    let star = select.target_list.iter().any(|t| {
-        matches!(&t.node, Some(N::ResTarget(r)) if matches!(r.val.as_deref().and_then(|v| v.node.as_ref()), Some(N::ColumnRef(c)) if c.fields.iter().any(|f| matches!(f.node, Some(N::AStar(_))))))
-    });
+    let star = select.target_list.iter().any(is_star);
     let names: Vec<Option<String>> = select.target_list.iter().map(target_name).collect();
     let mut keys = Vec::new();
     let mut junk = Vec::new();
@@ -520,7 +563,7 @@ mod tests {
 
     fn rows(sql: &str) -> (String, Vec<SortKey>, Option<u64>, u64, usize) {
         match FanOut::of(sql).unwrap() {
-            FanOut::Rows { sql, order, limit, offset, junk } => (sql, order, limit, offset, junk),
+            FanOut::Rows { sql, order, limit, offset, junk, .. } => (sql, order, limit, offset, junk),
             other => panic!("{other:?}"),
         }
     }
@@ -556,6 +599,15 @@ mod tests {
     }
 
     #[test]
+    fn distinct_sorts_by_every_output_column() {
+        let (sql, order, limit, _, _) = rows("SELECT DISTINCT b, a FROM t ORDER BY a DESC LIMIT 3");
+        assert_eq!(sql, "SELECT DISTINCT b, a FROM t ORDER BY a DESC, 1 LIMIT 3");
+        assert_eq!(order.iter().map(|k| k.column.clone()).collect::<Vec<_>>(), [Column::At(1), Column::At(0)]);
+        assert_eq!(limit, Some(3));
+        assert!(refused("SELECT DISTINCT * FROM t").contains("name the columns"));
+    }
+
+    #[test]
     fn averages_are_split_into_sums_and_counts() {
         let FanOut::Aggregate { sql, combine, names, limit, offset } =
             FanOut::of("SELECT count(*), avg(amount) AS mean, max(id) FROM orders WHERE x > 1 LIMIT 1").unwrap()
@@ -578,7 +630,7 @@ mod tests {
         assert!(refused("SELECT sum(x) + 1 FROM t").contains("inside expressions"));
         assert!(refused("SELECT c, count(*) FROM t GROUP BY c").contains("GROUP BY"));
         assert!(refused("SELECT * FROM t LIMIT $1").contains("LIMIT"));
-        let e = FanOut::of("SELECT DISTINCT c FROM t").unwrap_err();
+        let e = FanOut::of("SELECT DISTINCT ON (c) c FROM t").unwrap_err();
         assert_eq!(e.code, code::FEATURE_NOT_SUPPORTED);
         assert!(e.hint.unwrap().contains("shard="));
     }
