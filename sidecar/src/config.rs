@@ -299,6 +299,10 @@ pub struct Routing {
     /// names (counts summed); off: they are refused.
     #[serde(default)]
     pub allow_broadcast_writes: bool,
+    /// Tables with the same rows on every shard: reads run on any one shard
+    /// (the default shard, or the transaction's), writes on every shard.
+    #[serde(default)]
+    pub reference_tables: Vec<String>,
 }
 
 fn yes() -> bool {
@@ -591,6 +595,11 @@ impl Config {
             }
             if t.key.is_empty() {
                 bad(format!("{at}.key"), "must name the shard key column".into());
+            }
+        }
+        for (i, name) in self.routing.reference_tables.iter().enumerate() {
+            if tables.contains(name.as_str()) {
+                bad(format!("routing.reference_tables[{i}]"), format!("`{name}` is also sharded in [[tables]]"));
             }
         }
         let mut namespaces = HashSet::new();

@@ -53,8 +53,9 @@ name = "s2"
 primary = "{s2}"
 
 [routing]
-default_shard = "s0"       # unsharded tables (currencies) live here
+default_shard = "s0"
 read_replicas = true
+reference_tables = ["currencies"]   # the same rows on every shard
 
 # Customers and their orders are co-located: both hashed by customer id.
 [[policies]]
@@ -191,7 +192,8 @@ shardcar demo is running.
   try       SELECT * FROM customers WHERE id = 7;                       -- hashed by id (plugin hash)
             SELECT * FROM orders WHERE customer_id = 7;                 -- same shard as customer 7
             INSERT INTO tenant_events (tenant, kind) VALUES ('acme', 'x'); -- acme is pinned to s2 (plugin tenant)
-            SELECT * FROM currencies;                                   -- unsharded: s0 (its replica for plain reads)
+            SELECT * FROM currencies;                                   -- reference table: read on one shard
+            INSERT INTO currencies VALUES ('CHF', 'Franc');             -- ... written on every shard
             /* shardcar: shard=s1 */ SELECT count(*) FROM orders;       -- explicit target
 
   explain   curl -s 'http://127.0.0.1:{admin}/api/v1/explain?sql=SELECT+1+FROM+orders+WHERE+customer_id=7'

@@ -357,3 +357,41 @@ async fn a_multi_row_insert_is_split_by_shard() {
     let e = c.batch_execute(&format!("INSERT INTO {t} SELECT customer_id + 100, note FROM {t}")).await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
 }
+
+#[tokio::test]
+async fn reference_tables_are_written_everywhere_and_read_anywhere() {
+    let fleet = Fleet::shared();
+    let r = table("ref");
+    let config = fleet
+        .config(2)
+        .replace("read_replicas = false", &format!("read_replicas = false\nreference_tables = [\"{r}\"]"));
+    let sidecar = Sidecar::start(&config);
+    let c = sidecar.connect().await;
+    c.batch_execute(&format!("CREATE TABLE {r} (code text PRIMARY KEY, name text)")).await.unwrap();
+    let answer = c.simple_query(&format!("INSERT INTO {r} VALUES ('EUR', 'Euro'), ('USD', 'Dollar')")).await.unwrap();
+    assert!(
+        answer.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(2))),
+        "one shard's count: {answer:?}"
+    );
+    c.batch_execute(&format!("UPDATE {r} SET name = 'Euro €' WHERE code = 'EUR'")).await.unwrap();
+    for shard in [&fleet.s0, &fleet.s1] {
+        let got = rows(&direct(shard).await, &format!("SELECT code, name FROM {r} ORDER BY code")).await.unwrap();
+        assert_eq!(
+            got,
+            [[Some("EUR".to_string()), Some("Euro €".to_string())], [Some("USD".into()), Some("Dollar".into())]]
+        );
+    }
+    assert_eq!(rows(&c, &format!("SELECT count(*) FROM {r}")).await.unwrap(), [[Some("2".to_string())]]);
+    // Writes that could reach only one shard are refused: in a transaction, or extended protocol.
+    c.batch_execute("BEGIN").await.unwrap();
+    let e = c.batch_execute(&format!("INSERT INTO {r} VALUES ('JPY', 'Yen')")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    assert!(e.as_db_error().unwrap().message().contains("reference table"), "{e}");
+    c.batch_execute("ROLLBACK").await.unwrap();
+    let e = c.execute(&format!("DELETE FROM {r} WHERE code = $1"), &[&"USD"]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000");
+    for shard in [&fleet.s0, &fleet.s1] {
+        let n: i64 = direct(shard).await.query_one(&format!("SELECT count(*) FROM {r}"), &[]).await.unwrap().get(0);
+        assert_eq!(n, 2, "nothing written by the refused statements");
+    }
+}

@@ -36,15 +36,19 @@ pub async fn explain(
         })
         .collect();
     let text = facts.statements.first().map_or("", |s| s.text.as_str());
-    let fan_out = match router.split_insert(&facts, &session).await {
-        Ok(Some(groups)) => {
-            let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
-            Some((shards, FanOut::split_insert(text, &rows)))
+    let fan_out = if router.runs_everywhere(&facts, &session) {
+        Some(((0..router.shard_count()).collect(), Ok(FanOut::Everywhere)))
+    } else {
+        match router.split_insert(&facts, &session).await {
+            Ok(Some(groups)) => {
+                let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
+                Some((shards, FanOut::split_insert(text, &rows)))
+            }
+            _ => match router.fan_out(&facts, &session).await {
+                Ok(Some(shards)) => Some((shards, FanOut::of(text))),
+                _ => None,
+            },
         }
-        _ => match router.fan_out(&facts, &session).await {
-            Ok(Some(shards)) => Some((shards, FanOut::of(text))),
-            _ => None,
-        },
     };
     let mut req = Request::default();
     req.add(&facts, bound);

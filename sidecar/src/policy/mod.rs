@@ -109,6 +109,7 @@ pub struct Router {
     shard_names: Vec<String>,
     default_shard: usize,
     allow_broadcast_writes: bool,
+    reference_tables: std::collections::HashSet<String>,
     tables: HashMap<String, Arc<TableRule>>,
     pub policies: Vec<PolicySlot>,
     topology: ArcSwap<TopologySnapshot>,
@@ -174,6 +175,7 @@ impl Router {
             shard_names,
             default_shard,
             allow_broadcast_writes: cfg.routing.allow_broadcast_writes,
+            reference_tables: cfg.routing.reference_tables.iter().cloned().collect(),
             tables,
             policies,
             topology: ArcSwap::from_pointee(topology),
@@ -189,6 +191,10 @@ impl Router {
             SqlError::new(code::INVALID_PARAMETER_VALUE, format!("unknown shard `{name}`"))
                 .hint(format!("known shards: {}", self.shard_names.join(", ")))
         })
+    }
+
+    pub fn shard_count(&self) -> usize {
+        self.shard_names.len()
     }
 
     pub fn shard_name(&self, index: usize) -> &str {
@@ -336,6 +342,16 @@ impl Router {
             return Ok(route);
         }
         let stmt = &facts.statements[index];
+        if self.reference_write(stmt) {
+            let table =
+                stmt.shape.tables.iter().find(|t| self.reference_tables.contains(*t)).cloned().unwrap_or_default();
+            return Err(SqlError::new(
+                code::FEATURE_NOT_SUPPORTED,
+                format!("{table} is a reference table: writes to it go to every shard, which needs a statement of its own outside a transaction"),
+            )
+            .hint("send it as a simple query outside a transaction (COPY into a reference table is not supported yet)")
+            .into());
+        }
         let rule = match &stmt.kind {
             // Statements shardcar answers, or that concern the session, have no table to route by.
             Kind::Read | Kind::Write => stmt.shape.tables.iter().find_map(|t| self.tables.get(t)),
@@ -350,6 +366,21 @@ impl Router {
             return Err(self.spans_shards(stmt.shape.verb, rule, &route.shards).into());
         }
         Ok(route)
+    }
+
+    /// A single statement that runs on every shard, the same everywhere:
+    /// DDL, and writes to reference tables (not COPY), without an explicit target.
+    pub fn runs_everywhere(&self, facts: &Facts, session: &SessionInfo) -> bool {
+        let Some(stmt) = facts.single() else { return false };
+        let explicit = facts.hints.shard.is_some() || session.vars.contains_key("shard");
+        !explicit && stmt.shape.verb != Verb::Copy && (stmt.shape.verb == Verb::Ddl || self.reference_write(stmt))
+    }
+
+    fn reference_write(&self, stmt: &crate::classify::Statement) -> bool {
+        let t = &stmt.shape.tables;
+        matches!(stmt.shape.verb, Verb::Insert | Verb::Update | Verb::Delete | Verb::Copy)
+            && t.iter().any(|t| self.reference_tables.contains(t))
+            && !t.iter().any(|t| self.tables.contains_key(t))
     }
 
     /// The shard of each row of a multi-row INSERT ... VALUES into a sharded

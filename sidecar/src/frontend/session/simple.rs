@@ -8,7 +8,6 @@ use super::Session;
 use super::local::aborted;
 use std::sync::Arc;
 
-use crate::classify::shape::Verb;
 use crate::classify::{Facts, Kind, RoleHint};
 use crate::execute::{Entry, Reply};
 use crate::frontend::wire::reply;
@@ -63,8 +62,8 @@ impl Session {
         // Outside a transaction, DDL runs on every shard, and a statement
         // its policy sends to several shards runs on them all, merged.
         let outside = !self.deferred.is_open() && self.attached.is_none();
-        if outside && facts.single().is_some_and(|s| s.shape.verb == Verb::Ddl) {
-            return self.fan_out(&sql, &facts, stages, None).await;
+        if outside && self.shared.router.runs_everywhere(&facts, &self.info) {
+            return self.everywhere(&sql).await;
         }
         let mut req = Request::default();
         req.add(&facts, None);
@@ -82,6 +81,21 @@ impl Session {
         a.pending_ready += 1;
         self.apply_events();
         Ok(())
+    }
+
+    /// DDL and writes to reference tables: the same statement on every shard.
+    async fn everywhere(&mut self, sql: &str) -> Result<(), SqlError> {
+        let targets = Targets {
+            shards: (0..self.shared.pools.shards.len()).collect(),
+            role: Role::Primary,
+            kind: KindLabel::Write,
+        };
+        match scatter::run(&self.shared.pools, &self.settings, &mut self.client, sql, &FanOut::Everywhere, &targets)
+            .await
+        {
+            Ok(()) => self.simple_ready(),
+            Err(e) => self.fail(e, false),
+        }
     }
 
     /// Runs a statement on every shard it needs; `refusal` is the error to
