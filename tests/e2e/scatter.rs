@@ -395,3 +395,63 @@ async fn reference_tables_are_written_everywhere_and_read_anywhere() {
         assert_eq!(n, 2, "nothing written by the refused statements");
     }
 }
+
+#[tokio::test]
+async fn a_shard_that_is_down_fails_the_fanned_out_statement_only() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("down").await;
+    // A third shard nobody listens on, in the policy.
+    let config = fleet
+        .hashed_config(&t, "")
+        .replace("config = { shards = [\"s0\", \"s1\"] }", "config = { shards = [\"s0\", \"s1\", \"s2\"] }")
+        .replace(
+            "[routing]",
+            "[[shards]]\nname = \"s2\"\nprimary = \"postgres://postgres@127.0.0.1:1/app\"\n\n[routing]",
+        );
+    let sidecar = Sidecar::start(&config);
+    let c = sidecar.connect().await;
+    let e = c.simple_query(&format!("SELECT count(*) FROM {t}")).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "08001", "{e}");
+    assert!(e.as_db_error().unwrap().message().contains("s2"), "names the shard: {e}");
+    // Statements for the live shards carry on, on the same session.
+    c.batch_execute(&format!("/* shardcar: shard=s0 */ INSERT INTO {t} VALUES (1, 'a')")).await.unwrap();
+    assert_eq!(rows(&c, &format!("/* shardcar: shard=s0 */ SELECT note FROM {t}")).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn a_client_that_leaves_mid_stream_stops_the_shards_queries() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("leave").await;
+    for shard in [&fleet.s0, &fleet.s1] {
+        direct(shard)
+            .await
+            .batch_execute(&format!("INSERT INTO {t} SELECT g, repeat('y', 200) FROM generate_series(1, 300000) g"))
+            .await
+            .unwrap();
+    }
+    let sidecar = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let (mut socket, _) = crate::harness::logged_in(sidecar.port).await;
+    let mut query = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query(&format!("SELECT * FROM {t} ORDER BY customer_id"), &mut query)
+        .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut socket, &query).await.unwrap();
+    let mut some = [0u8; 4096];
+    tokio::io::AsyncReadExt::read(&mut socket, &mut some).await.unwrap();
+    drop(socket);
+    let active = format!(
+        "SELECT count(*) FROM pg_stat_activity \
+         WHERE state = 'active' AND pid <> pg_backend_pid() AND query LIKE '%FROM {t} ORDER BY%'"
+    );
+    for shard in [&fleet.s0, &fleet.s1] {
+        let d = direct(shard).await;
+        let stopped = crate::harness::eventually(Duration::from_secs(20), async || {
+            d.query_one(&active, &[]).await.map(|r| r.get::<_, i64>(0) == 0).unwrap_or(false)
+        })
+        .await;
+        assert!(stopped, "{} still runs the abandoned query", shard.name);
+    }
+    let c = sidecar.connect().await;
+    // The sidecar and its pools carry on: the next fan-out reads both shards.
+    let n = rows(&c, &format!("SELECT count(*) FROM {t} WHERE customer_id <= 5")).await.unwrap();
+    assert_eq!(n, [[Some("10".to_string())]]);
+}

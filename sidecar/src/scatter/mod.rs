@@ -122,13 +122,21 @@ pub async fn run(
             aggregate(&mut legs, client, combine, names, Window { offset: *offset, limit: *limit }).await
         }
     };
-    for leg in &mut legs {
-        leg.drain().await;
+    for mut leg in legs {
+        if result.is_ok() {
+            // What a LIMIT left unread: bounded by LIMIT + OFFSET rows per shard.
+            leg.drain().await;
+        }
         let m = &leg.checkout.node.metrics;
         m.statements(targets.kind).inc();
         m.duration.observe(started.elapsed().as_secs_f64());
         if result.is_err() {
             m.errors(targets.kind).inc();
+        }
+        if !leg.done || leg.checkout.conn.broken {
+            // The client is gone or shardcar gave up mid-answer: close the
+            // connection (its server stops) rather than read on or reuse it.
+            drop(deadpool::managed::Object::take(leg.checkout.conn));
         }
     }
     result
