@@ -96,8 +96,8 @@ fn main() -> ExitCode {
     shardcar::panics::install_hook();
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { config } => match Config::load(&config) {
-            Ok(cfg) => {
+        Command::Check { config } => match load(&config) {
+            Some(cfg) => {
                 // Plugins are loaded and initialized with their config, and
                 // their own test cases run, as `run` would.
                 let plugins = runtime().and_then(|rt| {
@@ -121,35 +121,14 @@ fn main() -> ExitCode {
                 );
                 ExitCode::SUCCESS
             }
-            Err(invalid) => {
-                for problem in &invalid.0 {
-                    eprintln!("{}: {problem}", config.display());
-                }
-                ExitCode::FAILURE
-            }
+            None => ExitCode::FAILURE,
         },
         Command::Run { config } => {
-            let cfg = match Config::load(&config) {
-                Ok(cfg) => cfg,
-                Err(invalid) => {
-                    for problem in &invalid.0 {
-                        eprintln!("{}: {problem}", config.display());
-                    }
-                    return ExitCode::FAILURE;
-                }
-            };
+            let Some(cfg) = load(&config) else { return ExitCode::FAILURE };
             report(runtime().and_then(|rt| rt.block_on(shardcar::server::run(cfg))))
         }
         Command::Explain { config, sql, params, json } => {
-            let cfg = match Config::load(&config) {
-                Ok(cfg) => cfg,
-                Err(invalid) => {
-                    for problem in &invalid.0 {
-                        eprintln!("{}: {problem}", config.display());
-                    }
-                    return ExitCode::FAILURE;
-                }
-            };
+            let Some(cfg) = load(&config) else { return ExitCode::FAILURE };
             report(runtime().and_then(|rt| rt.block_on(explain(cfg, sql, params, json))))
         }
         Command::Demo { port, admin_port, rate } => {
@@ -206,6 +185,19 @@ async fn bench_load(opts: shardcar::workload::Options, json: bool) -> anyhow::Re
         print!("{}", report.summary());
     }
     Ok(())
+}
+
+/// The config at `path`, or every problem with it printed.
+fn load(path: &std::path::Path) -> Option<Config> {
+    match Config::load(path) {
+        Ok(cfg) => Some(cfg),
+        Err(invalid) => {
+            for problem in &invalid.0 {
+                eprintln!("{}: {problem}", path.display());
+            }
+            None
+        }
+    }
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

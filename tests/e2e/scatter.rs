@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
-use shardcar::localpg::Workspace;
+use shardcar::localpg::{Cluster, Workspace};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
 use crate::harness::{Fleet, Sidecar, direct, sqlstate, table};
@@ -25,6 +25,11 @@ async fn rows(c: &Client, sql: &str) -> Result<Rows, tokio_postgres::Error> {
             _ => None,
         })
         .collect())
+}
+
+/// A count answered by one shard directly.
+async fn count_on(shard: &Cluster, sql: &str) -> i64 {
+    direct(shard).await.query_one(sql, &[]).await.unwrap().get(0)
 }
 
 /// A random statement of a shape shardcar merges, and whether its order is
@@ -117,12 +122,7 @@ async fn fanned_out_reads_answer_like_one_postgres() {
     c.batch_execute(&ddl).await.unwrap();
     one.batch_execute(&ddl).await.unwrap();
     for shard in [&fleet.s0, &fleet.s1] {
-        let n: i64 = direct(shard)
-            .await
-            .query_one("SELECT count(*) FROM pg_tables WHERE tablename = $1", &[&t])
-            .await
-            .unwrap()
-            .get(0);
+        let n = count_on(shard, &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{t}'")).await;
         assert_eq!(n, 1, "the table exists on every shard");
     }
 
@@ -147,8 +147,7 @@ async fn fanned_out_reads_answer_like_one_postgres() {
         one.batch_execute(&insert).await.unwrap();
     }
     let count = format!("SELECT count(*) FROM {t}");
-    let on = async |shard| -> i64 { direct(shard).await.query_one(&count, &[]).await.unwrap().get(0) };
-    let (n0, n1) = (on(&fleet.s0).await, on(&fleet.s1).await);
+    let (n0, n1) = (count_on(&fleet.s0, &count).await, count_on(&fleet.s1, &count).await);
     assert!(n0 > 100 && n1 > 100 && n0 + n1 == 400, "rows spread over both shards: {n0} + {n1}");
 
     let mut compared = 0;
@@ -208,12 +207,7 @@ async fn ddl_that_fails_on_one_shard_says_where_it_ran() {
     c.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {t} (id int)")).await.unwrap();
     c.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
     for shard in [&fleet.s0, &fleet.s1] {
-        let n: i64 = direct(shard)
-            .await
-            .query_one("SELECT count(*) FROM pg_tables WHERE tablename = $1", &[&t])
-            .await
-            .unwrap()
-            .get(0);
+        let n = count_on(shard, &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{t}'")).await;
         assert_eq!(n, 0);
     }
 }
@@ -315,7 +309,7 @@ async fn updates_and_deletes_without_a_key_run_on_every_shard_when_allowed() {
     assert!(answer.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(7))), "{answer:?}");
     let mut left = 0;
     for shard in [&fleet.s0, &fleet.s1] {
-        let n: i64 = direct(shard).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+        let n = count_on(shard, &format!("SELECT count(*) FROM {t}")).await;
         left += n;
     }
     assert_eq!(left, 3);
@@ -348,7 +342,7 @@ async fn a_multi_row_insert_is_split_by_shard() {
     }
     let mut total = 0;
     for shard in [&fleet.s0, &fleet.s1] {
-        let n: i64 = direct(shard).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+        let n = count_on(shard, &format!("SELECT count(*) FROM {t}")).await;
         assert!(n > 0, "both shards got rows");
         total += n;
     }
@@ -391,7 +385,7 @@ async fn reference_tables_are_written_everywhere_and_read_anywhere() {
     let e = c.execute(&format!("DELETE FROM {r} WHERE code = $1"), &[&"USD"]).await.unwrap_err();
     assert_eq!(sqlstate(&e), "0A000");
     for shard in [&fleet.s0, &fleet.s1] {
-        let n: i64 = direct(shard).await.query_one(&format!("SELECT count(*) FROM {r}"), &[]).await.unwrap().get(0);
+        let n = count_on(shard, &format!("SELECT count(*) FROM {r}")).await;
         assert_eq!(n, 2, "nothing written by the refused statements");
     }
 }
