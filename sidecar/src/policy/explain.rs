@@ -12,7 +12,6 @@ use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, Operand, RoleHint, Value};
 use crate::plan::plan;
 use crate::pool::Role;
-use crate::scatter::plan::FanOut;
 
 pub async fn explain(
     router: &Router,
@@ -35,28 +34,14 @@ pub async fn explain(
             statement(router, s, &params, route)
         })
         .collect();
-    let text = facts.statements.first().map_or("", |s| s.text.as_str());
-    let fan_out = if router.runs_everywhere(&facts, &session) {
-        Some(((0..router.shard_count()).collect(), Ok(FanOut::Everywhere)))
-    } else {
-        match router.split_insert(&facts, &session).await {
-            Ok(Some(groups)) => {
-                let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
-                Some((shards, FanOut::split_insert(text, &rows)))
-            }
-            _ => match router.fan_out(&facts, &session).await {
-                Ok(Some(shards)) => Some((shards, FanOut::of(text))),
-                _ => None,
-            },
-        }
-    };
+    let fan_out = crate::scatter::plan_for(router, &facts, &bound, &session).await.transpose();
     let mut req = Request::default();
     req.add(&facts, bound);
     let (target, error) = match &fan_out {
-        Some((_, Err(e))) => {
+        Some(Err(e)) => {
             (None, Some(Refusal { code: e.code.to_string(), message: e.message.clone(), hint: e.hint.clone() }))
         }
-        Some(_) => (None, None),
+        Some(Ok(_)) => (None, None),
         None => match router.decide(&req, &session, false).await {
             Ok(decision) => {
                 let t = plan(&decision, router.default_shard(), false, read_replicas);
@@ -71,11 +56,9 @@ pub async fn explain(
             Err(e) => (None, Some(Refusal { code: e.code.to_string(), message: e.message, hint: e.hint })),
         },
     };
-    let fan_out = fan_out.and_then(|(shards, plan)| {
-        Some(FanOutPlan {
-            shards: shards.iter().map(|&s| router.shard_name(s).to_string()).collect(),
-            merge: plan.ok()?.describe(),
-        })
+    let fan_out = fan_out.and_then(Result::ok).map(|(shards, plan)| FanOutPlan {
+        shards: shards.iter().map(|&s| router.shard_name(s).to_string()).collect(),
+        merge: plan.describe(),
     });
     Explanation {
         sql: facts.statements.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("; "),

@@ -389,6 +389,7 @@ impl Router {
     pub async fn split_insert(
         &self,
         facts: &Arc<Facts>,
+        params: &Option<Arc<Params>>,
         session: &Arc<SessionInfo>,
     ) -> Result<Option<Vec<(usize, Vec<usize>)>>, SqlError> {
         let [stmt] = facts.statements.as_slice() else { return Ok(None) };
@@ -405,7 +406,7 @@ impl Router {
                 ins.rows = vec![row.clone()];
             }
             let one = Arc::new(one);
-            let route = self.resolving(|| self.policy_route(&one, 0, &None, session, false, None, rule)).await?;
+            let route = self.resolving(|| self.policy_route(&one, 0, params, session, false, None, rule)).await?;
             let [shard] = route.shards.as_slice() else {
                 return Err(self.spans_shards(Verb::Insert, rule, &route.shards));
             };
@@ -424,6 +425,7 @@ impl Router {
     pub async fn fan_out(
         &self,
         facts: &Arc<Facts>,
+        params: &Option<Arc<Params>>,
         session: &Arc<SessionInfo>,
     ) -> Result<Option<Vec<usize>>, SqlError> {
         let [stmt] = facts.statements.as_slice() else { return Ok(None) };
@@ -440,7 +442,7 @@ impl Router {
         }
         let Some(rule) = stmt.shape.tables.iter().find_map(|t| self.tables.get(t)) else { return Ok(None) };
         check_key_unchanged(stmt, rule)?;
-        let route = self.resolving(|| self.policy_route(facts, 0, &None, session, false, None, rule)).await?;
+        let route = self.resolving(|| self.policy_route(facts, 0, params, session, false, None, rule)).await?;
         Ok((route.shards.len() > 1).then_some(route.shards))
     }
 

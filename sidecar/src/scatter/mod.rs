@@ -10,7 +10,7 @@ pub mod compare;
 pub mod plan;
 
 use std::cmp::Ordering;
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
@@ -21,7 +21,11 @@ use postgres_protocol::message::frontend;
 
 use self::compare::Order;
 use self::plan::{Column, Combine, FanOut, SortKey};
+use crate::classify::Facts;
+use crate::classify::params::Params;
 use crate::frontend::wire::{ClientConn, reply};
+use crate::policy::Router;
+use crate::policy::facts::SessionInfo;
 use crate::pool::{Checkout, Pools, Role};
 use crate::settings::Settings;
 use crate::sqlerror::{SqlError, code};
@@ -33,6 +37,29 @@ pub struct Targets {
     pub shards: Vec<usize>,
     pub role: Role,
     pub kind: KindLabel,
+}
+
+/// Where a single statement runs when it needs more than one shard, and how
+/// its answers merge: `None` when it needs one shard (or is refused by
+/// routing as usual). One place for the session and for explain.
+pub async fn plan_for(
+    router: &Router,
+    facts: &Arc<Facts>,
+    params: &Option<Arc<Params>>,
+    session: &Arc<SessionInfo>,
+) -> Result<Option<(Vec<usize>, FanOut)>, SqlError> {
+    let Some(text) = facts.single().map(|s| s.text.as_str()) else { return Ok(None) };
+    if router.runs_everywhere(facts, session) {
+        return Ok(Some(((0..router.shard_count()).collect(), FanOut::Everywhere)));
+    }
+    if let Some(groups) = router.split_insert(facts, params, session).await? {
+        let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
+        return Ok(Some((shards, FanOut::split_insert(text, &rows)?)));
+    }
+    match router.fan_out(facts, params, session).await? {
+        Some(shards) => Ok(Some((shards, FanOut::of(text)?))),
+        None => Ok(None),
+    }
 }
 
 /// Client bytes buffered before shardcar waits for the client to take them.

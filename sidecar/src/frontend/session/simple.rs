@@ -1,19 +1,18 @@
 //! The simple query protocol: one Query message, one ReadyForQuery.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 
 use super::Session;
 use super::local::aborted;
-use std::sync::Arc;
 
 use crate::classify::{Facts, Kind, RoleHint};
 use crate::execute::{Entry, Reply};
 use crate::frontend::wire::reply;
 use crate::policy::Request;
 use crate::pool::Role;
-use crate::scatter::plan::FanOut;
 use crate::scatter::{self, Targets};
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::metrics::KindLabel;
@@ -63,13 +62,14 @@ impl Session {
         // its policy sends to several shards runs on them all, merged.
         let outside = !self.deferred.is_open() && self.attached.is_none();
         if outside && self.shared.router.runs_everywhere(&facts, &self.info) {
-            return self.everywhere(&sql).await;
+            let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
+            return self.fan_out(&sql, &facts, stages, never).await;
         }
         let mut req = Request::default();
         req.add(&facts, None);
         if let Err(e) = self.attach_for(&req, &mut stages).await {
             if outside && e.code == code::FEATURE_NOT_SUPPORTED {
-                return self.fan_out(&sql, &facts, stages, Some(e)).await;
+                return self.fan_out(&sql, &facts, stages, e).await;
             }
             return self.refuse(e, false, stages, &facts);
         }
@@ -83,48 +83,18 @@ impl Session {
         Ok(())
     }
 
-    /// DDL and writes to reference tables: the same statement on every shard.
-    async fn everywhere(&mut self, sql: &str) -> Result<(), SqlError> {
-        let targets = Targets {
-            shards: (0..self.shared.pools.shards.len()).collect(),
-            role: Role::Primary,
-            kind: KindLabel::Write,
-        };
-        match scatter::run(&self.shared.pools, &self.settings, &mut self.client, sql, &FanOut::Everywhere, &targets)
-            .await
-        {
-            Ok(()) => self.simple_ready(),
-            Err(e) => self.fail(e, false),
-        }
-    }
-
-    /// Runs a statement on every shard it needs; `refusal` is the error to
-    /// give when it turns out to need only one (or cannot be fanned out).
+    /// Runs a statement on the shards it needs, merged; `refusal` is the
+    /// error to give when it needs only one after all (routing refused it).
     async fn fan_out(
         &mut self,
         sql: &str,
         facts: &Arc<Facts>,
         stages: Stages,
-        refusal: Option<SqlError>,
+        refusal: SqlError,
     ) -> Result<(), SqlError> {
-        let router = &self.shared.router;
-        let (shards, plan) = match router.split_insert(facts, &self.info).await {
-            Ok(Some(groups)) => {
-                let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
-                (shards, FanOut::split_insert(sql, &rows))
-            }
-            Ok(None) => match router.fan_out(facts, &self.info).await {
-                Ok(Some(shards)) => (shards, FanOut::of(sql)),
-                Ok(None) => {
-                    let e = refusal.unwrap_or_else(|| SqlError::new(code::INTERNAL_ERROR, "nothing to fan out"));
-                    return self.refuse(e, false, stages, facts);
-                }
-                Err(e) => return self.refuse(e, false, stages, facts),
-            },
-            Err(e) => return self.refuse(e, false, stages, facts),
-        };
-        let plan = match plan {
-            Ok(plan) => plan,
+        let (shards, plan) = match scatter::plan_for(&self.shared.router, facts, &None, &self.info).await {
+            Ok(Some(planned)) => planned,
+            Ok(None) => return self.refuse(refusal, false, stages, facts),
             Err(e) => return self.refuse(e, false, stages, facts),
         };
         let read = facts.is_read_only();
