@@ -125,17 +125,13 @@ pub async fn run(
         FanOut::Rows { order, .. } if !order.is_empty() => collation_is_c(&mut legs[0]).await?,
         _ => true,
     };
-    for (i, leg) in legs.iter_mut().enumerate() {
-        let shard_sql = match plan {
-            FanOut::Everywhere | FanOut::Broadcast => sql,
-            FanOut::Split(parts) => parts.get(i).ok_or_else(|| internal("an INSERT part per shard"))?.as_str(),
-            FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => sql.as_str(),
-        };
-        frontend::query(shard_sql, &mut leg.checkout.conn.wbuf).map_err(internal)?;
-        if let Err(e) = leg.checkout.conn.flush().await {
+    if let Err(e) = send(&mut legs, sql, plan).await {
+        // Some shards may be running it: their answers must not reach the
+        // next user of these connections.
+        for leg in &mut legs {
             leg.checkout.conn.broken = true;
-            return Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", leg.label())));
         }
+        return Err(e);
     }
     let result = match plan {
         FanOut::Everywhere => everywhere(&mut legs, client, false).await,
@@ -167,6 +163,22 @@ pub async fn run(
         }
     }
     result
+}
+
+/// Sends each leg its statement.
+async fn send(legs: &mut [Leg], sql: &str, plan: &FanOut) -> Result<(), SqlError> {
+    for (i, leg) in legs.iter_mut().enumerate() {
+        let shard_sql = match plan {
+            FanOut::Everywhere | FanOut::Broadcast => sql,
+            FanOut::Split(parts) => parts.get(i).ok_or_else(|| internal("an INSERT part per shard"))?.as_str(),
+            FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => sql.as_str(),
+        };
+        frontend::query(shard_sql, &mut leg.checkout.conn.wbuf).map_err(internal)?;
+        if let Err(e) = leg.checkout.conn.flush().await {
+            return Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", leg.label())));
+        }
+    }
+    Ok(())
 }
 
 fn internal(e: impl std::fmt::Display) -> SqlError {
