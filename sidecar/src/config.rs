@@ -303,6 +303,20 @@ pub struct Routing {
     /// (the default shard, or the transaction's), writes on every shard.
     #[serde(default)]
     pub reference_tables: Vec<String>,
+    /// A transaction may touch several shards: it commits with PREPARE
+    /// TRANSACTION / COMMIT PREPARED on each, the decision logged durably in
+    /// between. Off: a transaction stays on one shard (others are refused).
+    /// The shards need `max_prepared_transactions` > 0.
+    #[serde(default)]
+    pub two_phase_commit: bool,
+    /// The commit decision log (relative to the config file): whoever holds
+    /// it finishes the transactions it prepared. One per shardcar instance.
+    #[serde(default = "default_decision_log")]
+    pub decision_log: PathBuf,
+}
+
+fn default_decision_log() -> PathBuf {
+    PathBuf::from("shardcar-decisions.log")
 }
 
 fn yes() -> bool {
@@ -698,6 +712,11 @@ impl Config {
             return Err(format!("{} does not exist", path.display()));
         }
         Ok(PluginSource::File(path))
+    }
+
+    /// Where the two-phase commit decisions are logged.
+    pub fn decision_log(&self) -> PathBuf {
+        self.base_dir.join(&self.routing.decision_log)
     }
 
     pub fn shard_index(&self, name: &str) -> Option<usize> {

@@ -20,4 +20,5 @@ pub mod server;
 pub mod settings;
 pub mod sqlerror;
 pub mod telemetry;
+pub mod twophase;
 pub mod workload;

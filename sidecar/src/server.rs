@@ -18,6 +18,7 @@ use crate::policy::Router;
 use crate::pool::{Pools, health};
 use crate::telemetry::Telemetry;
 use crate::telemetry::metrics::Metrics;
+use crate::twophase::Coordinator;
 
 /// Distinct SQL texts whose facts are kept.
 const FACTS_CACHE_ENTRIES: usize = 10_000;
@@ -32,6 +33,8 @@ pub struct Shared {
     pub cancels: Arc<cancel::Registry>,
     pub secrets: HashMap<String, Secret>,
     pub client_slots: Arc<Semaphore>,
+    /// Commits transactions across shards (`routing.two_phase_commit`).
+    pub coordinator: Option<Arc<Coordinator>>,
     pub shutdown: watch::Receiver<bool>,
 }
 
@@ -80,6 +83,10 @@ pub async fn serve(
     let router = Arc::new(Router::new(&config, &metrics)?);
     crate::policy::reload::verify_all(&router).await?;
     let facts = Arc::new(FactsCache::new(FACTS_CACHE_ENTRIES, &metrics));
+    let coordinator = match config.routing.two_phase_commit {
+        true => Some(Arc::new(Coordinator::open(&config.decision_log())?)),
+        false => None,
+    };
     let (telemetry, trace_flusher) = Telemetry::start(&config, metrics)?;
     let telemetry = Arc::new(telemetry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -91,6 +98,7 @@ pub async fn serve(
         cancels: Arc::new(cancel::Registry::default()),
         secrets,
         client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
+        coordinator: coordinator.clone(),
         shutdown: shutdown_rx,
         config,
     });
@@ -110,6 +118,9 @@ pub async fn serve(
             reaper_pools.close_idle(idle);
         }
     });
+    if let Some(c) = coordinator {
+        background.spawn(c.run_recovery(pools.clone(), shared.telemetry.metrics.clone()));
+    }
     background.spawn(crate::admin::serve(admin, shared.clone()));
     background.spawn(telemetry.clone().sample(pools.clone(), facts));
     let (topology_pools, topology_router, topology_config) =

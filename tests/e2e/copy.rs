@@ -135,3 +135,76 @@ async fn a_copy_written_in_one_go_is_forwarded_whole() {
     .expect("the COPY completes (shardcar forwards all it read)");
     assert_eq!(done, format!("COPY {ROWS}"));
 }
+
+/// Runs `COPY` through psql with `data` on stdin (the simple protocol, as
+/// psql and pgbench send it); returns psql's success and output (errors
+/// with their SQLSTATE).
+fn psql_copy(sc: &Sidecar, copy: &str, data: &str) -> (bool, String) {
+    let args = ["-v", "ON_ERROR_STOP=1", "-v", "VERBOSITY=verbose", "-c", copy];
+    run_tool(sc, "psql", &args, Some(&format!("{data}\\.\n")))
+}
+
+#[tokio::test]
+async fn copy_without_a_shard_splits_its_rows_by_key() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("copysplit").await;
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sc.connect().await;
+    const ROWS: i64 = 20_000;
+    let data: String = (1..=ROWS).map(|i| format!("{i}\tnote {i} with a\\ttab\n")).collect();
+    let (ok, out) = psql_copy(&sc, &format!("\\copy {t} from stdin"), &data);
+    assert!(ok, "{out}");
+    assert!(out.contains(&format!("COPY {ROWS}")), "one total for all shards: {out}");
+    let on = async |shard: &shardcar::localpg::Cluster| -> i64 {
+        direct(shard).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0)
+    };
+    let (s0, s1) = (on(&fleet.s0).await, on(&fleet.s1).await);
+    assert!(s0 > 0 && s1 > 0 && s0 + s1 == ROWS, "{s0} + {s1}");
+    // Each row is where a query for its key is routed.
+    for id in (1..=ROWS).step_by(997) {
+        let sql = format!("SELECT note FROM {t} WHERE customer_id = {id}");
+        let note: String = c.query_one(&sql, &[]).await.unwrap().get(0);
+        assert_eq!(note, format!("note {id} with a\ttab"), "row {id} arrives unchanged");
+    }
+    // A column list naming the key elsewhere.
+    let (ok, out) = psql_copy(&sc, &format!("\\copy {t} (note, customer_id) from stdin"), "a\t100001\nb\t100002\n");
+    assert!(ok, "{out}");
+    assert_eq!(on(&fleet.s0).await + on(&fleet.s1).await, ROWS + 2);
+}
+
+#[tokio::test]
+async fn a_split_copy_is_all_or_nothing() {
+    let fleet = Fleet::shared();
+    let t = table("copysplitbad");
+    for shard in [&fleet.s0, &fleet.s1] {
+        let create = format!("CREATE TABLE {t} (customer_id bigint, amount int)");
+        direct(shard).await.batch_execute(&create).await.unwrap();
+    }
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let counts = async || {
+        let mut n = 0i64;
+        for shard in [&fleet.s0, &fleet.s1] {
+            n += direct(shard)
+                .await
+                .query_one(&format!("SELECT count(*) FROM {t}"), &[])
+                .await
+                .unwrap()
+                .get::<_, i64>(0);
+        }
+        n
+    };
+    // A bad value near the end: the other shard has taken its rows already.
+    let mut data: String = (1..=5_000).map(|i| format!("{i}\t{i}\n")).collect();
+    data.push_str("5001\tnot a number\n5002\t1\n");
+    let (ok, out) = psql_copy(&sc, &format!("\\copy {t} from stdin"), &data);
+    assert!(!ok && out.contains("22P02"), "the shard's own error: {out}");
+    assert_eq!(counts().await, 0, "no shard keeps rows of a failed COPY");
+    // A row without the key field is shardcar's own clear error; CSV is refused.
+    let (ok, out) = psql_copy(&sc, &format!("\\copy {t} (amount, customer_id) from stdin"), "1\t1\n2\n");
+    assert!(!ok && out.contains("22P04") && out.contains("field 2"), "{out}");
+    let (ok, out) = psql_copy(&sc, &format!("\\copy {t} from stdin (format csv)"), "1,1\n");
+    assert!(!ok && out.contains("0A000") && out.contains("text format"), "{out}");
+    let (ok, out) = psql_copy(&sc, &format!("\\copy {t} from stdin"), "1\t1\n2\t2\n3\t3\n");
+    assert!(ok && out.contains("COPY 3"), "{out}");
+    assert_eq!(counts().await, 3);
+}

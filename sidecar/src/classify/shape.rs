@@ -42,6 +42,18 @@ pub struct Insert {
     pub rows: Vec<Vec<Operand>>,
 }
 
+/// A `COPY table [(columns)] FROM STDIN`, as far as splitting its rows needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopyIn {
+    pub table: String,
+    /// Empty: every column, in the table's order.
+    pub columns: Vec<String>,
+    /// `text`, `csv` or `binary`.
+    pub format: String,
+    pub delimiter: Option<String>,
+    pub header: bool,
+}
+
 /// What a statement does, for plugins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Verb {
@@ -64,6 +76,7 @@ pub struct Shape {
     pub insert: Option<Insert>,
     /// Columns an UPDATE assigns.
     pub updated: Vec<String>,
+    pub copy_in: Option<CopyIn>,
 }
 
 impl Shape {
@@ -121,9 +134,41 @@ pub fn shape(node: &N) -> Shape {
             conditions(d.where_clause.as_deref(), &scope, &mut shape.predicates);
         }
         N::InsertStmt(i) => shape.insert = insert(i),
+        N::CopyStmt(c) if c.is_from && !c.is_program && c.filename.is_empty() => {
+            shape.copy_in = c.relation.as_ref().map(|r| copy_in(r, c));
+        }
         _ => {}
     }
     shape
+}
+
+fn copy_in(relation: &protobuf::RangeVar, c: &protobuf::CopyStmt) -> CopyIn {
+    let columns = c
+        .attlist
+        .iter()
+        .filter_map(|n| match &n.node {
+            Some(N::String(s)) => Some(s.sval.clone()),
+            _ => None,
+        })
+        .collect();
+    let mut copy =
+        CopyIn { table: relation.relname.clone(), columns, format: "text".into(), delimiter: None, header: false };
+    for option in &c.options {
+        let Some(N::DefElem(d)) = &option.node else { continue };
+        let arg = match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+            Some(N::String(s)) => Some(s.sval.clone()),
+            Some(N::Boolean(b)) => Some(b.boolval.to_string()),
+            Some(N::Integer(i)) => Some(i.ival.to_string()),
+            _ => None,
+        };
+        match d.defname.as_str() {
+            "format" => copy.format = arg.unwrap_or_default().to_lowercase(),
+            "delimiter" => copy.delimiter = arg,
+            "header" => copy.header = !matches!(arg.as_deref(), Some("false" | "off" | "0")),
+            _ => {}
+        }
+    }
+    copy
 }
 
 fn verb(node: &N) -> Verb {
@@ -144,7 +189,14 @@ fn verb(node: &N) -> Verb {
         | N::AlterSeqStmt(_)
         | N::RenameStmt(_)
         | N::CommentStmt(_)
-        | N::CreateSchemaStmt(_) => Verb::Ddl,
+        | N::CreateSchemaStmt(_)
+        | N::CreateEnumStmt(_)
+        | N::CreateFunctionStmt(_)
+        | N::CreateTrigStmt(_)
+        | N::CreateExtensionStmt(_)
+        | N::GrantStmt(_)
+        // Maintenance: each shard vacuums and analyzes its own rows.
+        | N::VacuumStmt(_) => Verb::Ddl,
         _ => Verb::Other,
     }
 }

@@ -21,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 
 use crate::classify::params::Params;
+use crate::classify::shape::{CopyIn, Insert, Operand, Value};
 use crate::classify::{Facts, Kind, RoleHint, Verb};
 use crate::config::{Config, PluginSource};
 use crate::sqlerror::{SqlError, code};
@@ -418,6 +419,50 @@ impl Router {
         Ok((groups.len() > 1).then_some(groups))
     }
 
+    /// Where the shard key sits among the fields of a COPY's rows.
+    pub async fn copy_key_field(&self, copy: &CopyIn, rule: &Arc<TableRule>) -> Result<usize, SqlError> {
+        if !copy.columns.is_empty() {
+            return copy.columns.iter().position(|c| *c == rule.key).ok_or_else(|| {
+                SqlError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    format!(
+                        "this COPY into {} leaves out {}, its shard key: its rows cannot be placed",
+                        rule.table, rule.key
+                    ),
+                )
+                .hint(format!("list {} among the COPY's columns", rule.key))
+            });
+        }
+        self.resolving(|| {
+            self.catalog.position(&rule.table, &rule.key).ok_or_else(|| RouteError::KeyPosition(rule.clone()))
+        })
+        .await
+    }
+
+    /// The shard of one row of the COPY in `facts` whose key field holds
+    /// `key` (as COPY's text has it; `None`: NULL), routed like an INSERT of
+    /// that row.
+    pub async fn copy_row_shard(
+        &self,
+        facts: &Arc<Facts>,
+        rule: &Arc<TableRule>,
+        key: Option<String>,
+        session: &Arc<SessionInfo>,
+    ) -> Result<usize, SqlError> {
+        let mut one = (**facts).clone();
+        one.statements[0].shape.insert = Some(Insert {
+            table: rule.table.clone(),
+            columns: vec![rule.key.clone()],
+            rows: vec![vec![Operand::Const(key.map_or(Value::Null, Value::Text))]],
+        });
+        let one = Arc::new(one);
+        let route = self.resolving(|| self.policy_route(&one, 0, &None, session, false, None, rule)).await?;
+        match route.shards.as_slice() {
+            [shard] => Ok(*shard),
+            shards => Err(self.spans_shards(Verb::Copy, rule, shards)),
+        }
+    }
+
     /// The shards a single statement outside a transaction must run on, when
     /// that is more than one: DDL runs on every shard; a SELECT (and, with
     /// `routing.allow_broadcast_writes`, an UPDATE or DELETE) on a sharded
@@ -516,8 +561,11 @@ impl Router {
         let target = "target one shard with /* shardcar: shard=... */";
         let (message, hint) = match verb {
             Verb::Copy => (
-                format!("COPY on {} would need every shard ({names}): COPY is not split by key yet", rule.table),
-                target.to_string(),
+                format!("this COPY into {} needs several shards ({names})", rule.table),
+                format!(
+                    "outside a transaction shardcar splits COPY FROM STDIN rows by {}; inside one that needs routing.two_phase_commit = true; or {target}",
+                    rule.key
+                ),
             ),
             Verb::Insert => (
                 format!("this INSERT into {} has rows for several shards ({names})", rule.table),

@@ -275,15 +275,37 @@ impl BackendConn {
     /// the first error's text. Used for shardcar's own statements (settings,
     /// rollback), whose replies the client never sees.
     pub async fn run_hidden(&mut self, sql: &str) -> io::Result<Result<(), String>> {
+        let answer = self.run_control(sql).await?;
+        Ok(match answer.error {
+            None => Ok(()),
+            Some(frame) => Err(frame_error_text(frame)),
+        })
+    }
+
+    /// Runs shardcar's own SQL (simple protocol) to ReadyForQuery: its rows
+    /// as text and its first error as the server sent it.
+    pub async fn run_control(&mut self, sql: &str) -> io::Result<Answer> {
         frontend::query(sql, &mut self.wbuf)?;
         self.flush().await?;
-        let mut failure = None;
+        let mut answer = Answer::default();
         loop {
-            match self.read_message().await? {
-                Message::ErrorResponse(e) if failure.is_none() => failure = Some(error_text(&e)),
-                Message::ReadyForQuery(r) => {
-                    self.status = r.status();
-                    return Ok(failure.map_or(Ok(()), Err));
+            let frame = self.read_frame().await?;
+            match frame[0] {
+                b'E' if answer.error.is_none() => answer.error = Some(frame),
+                b'D' => {
+                    let mut frame = frame;
+                    if let Some(Message::DataRow(row)) = Message::parse(&mut frame)? {
+                        let buf = row.buffer();
+                        let values = row
+                            .ranges()
+                            .map(|r| Ok(r.map(|r| String::from_utf8_lossy(&buf[r]).into_owned())))
+                            .collect()?;
+                        answer.rows.push(values);
+                    }
+                }
+                b'Z' => {
+                    self.status = frame.get(5).copied().unwrap_or(b'I');
+                    return Ok(answer);
                 }
                 _ => {}
             }
@@ -298,6 +320,22 @@ impl BackendConn {
         }
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
+}
+
+/// What shardcar's own statement returned.
+#[derive(Debug, Default)]
+pub struct Answer {
+    pub rows: Vec<Vec<Option<String>>>,
+    /// The first ErrorResponse, as the server sent it.
+    pub error: Option<BytesMut>,
+}
+
+/// "SEVERITY: message (SQLSTATE)" of a raw ErrorResponse frame.
+pub fn frame_error_text(mut frame: BytesMut) -> String {
+    match Message::parse(&mut frame) {
+        Ok(Some(Message::ErrorResponse(e))) => error_text(&e),
+        _ => "an unreadable error".to_string(),
     }
 }
 

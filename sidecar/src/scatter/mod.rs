@@ -7,6 +7,7 @@
 //! whose rows are not wanted yet waits behind TCP flow control.
 
 pub mod compare;
+pub mod copy;
 pub mod plan;
 
 use std::cmp::Ordering;
@@ -66,18 +67,50 @@ pub async fn plan_for(
 const CLIENT_CHUNK: usize = 64 * 1024;
 
 /// One shard's connection for this statement.
-struct Leg {
+pub struct Leg {
     checkout: Checkout,
     /// Its ReadyForQuery arrived: nothing more will come.
     done: bool,
 }
 
 impl Leg {
-    async fn frame(&mut self) -> Result<BytesMut, SqlError> {
+    pub fn new(checkout: Checkout) -> Leg {
+        Leg { checkout, done: false }
+    }
+
+    pub fn into_checkout(self) -> Checkout {
+        self.checkout
+    }
+
+    pub fn conn(&mut self) -> &mut crate::pool::Pooled {
+        &mut self.checkout.conn
+    }
+
+    pub fn node(&self) -> &Arc<crate::pool::Node> {
+        &self.checkout.node
+    }
+
+    /// Its ReadyForQuery arrived.
+    pub fn is_done(&self) -> bool {
+        self.done
+    }
+
+    /// As a participant in a commit across shards.
+    pub fn participant(&mut self) -> crate::twophase::Participant<'_> {
+        crate::twophase::Participant { conn: &mut self.checkout.conn, label: &self.checkout.node.label }
+    }
+
+    /// The connection answered in full and can serve another statement.
+    pub fn is_clean(&self) -> bool {
+        self.done && !self.checkout.conn.broken
+    }
+
+    pub async fn frame(&mut self) -> Result<BytesMut, SqlError> {
         match self.checkout.conn.read_frame().await {
             Ok(f) => {
                 if f.first() == Some(&b'Z') {
                     self.done = true;
+                    self.checkout.conn.status = f.get(5).copied().unwrap_or(b'I');
                 }
                 Ok(f)
             }
@@ -90,7 +123,7 @@ impl Leg {
     }
 
     /// Reads and drops what is left of the answer.
-    async fn drain(&mut self) {
+    pub async fn drain(&mut self) {
         while !self.done {
             if self.frame().await.is_err() {
                 return;
@@ -98,14 +131,15 @@ impl Leg {
         }
     }
 
-    fn label(&self) -> &str {
+    pub fn label(&self) -> &str {
         &self.checkout.node.label
     }
 }
 
-/// Runs `plan` for `sql` on `targets` and writes the answer (without
-/// ReadyForQuery) to the client. A shard's error goes to the client as the
-/// shard sent it; an error of shardcar's own is returned.
+/// Runs `plan` for `sql` on `targets`, each on a connection of its own
+/// outside a transaction, and writes the answer (without ReadyForQuery) to
+/// the client. A shard's error goes to the client as the shard sent it; an
+/// error of shardcar's own is returned.
 pub async fn run(
     pools: &Pools,
     settings: &Settings,
@@ -114,52 +148,70 @@ pub async fn run(
     plan: &FanOut,
     targets: &Targets,
 ) -> Result<(), SqlError> {
-    let started = Instant::now();
     let mut legs = Vec::with_capacity(targets.shards.len());
     for &shard in &targets.shards {
         let mut checkout = pools.checkout(shard, targets.role).await?;
         checkout.adopt(settings).await?;
-        legs.push(Leg { checkout, done: false });
+        legs.push(Leg::new(checkout));
     }
+    let result = execute(&mut legs, client, sql, plan, targets.kind, false).await;
+    for leg in legs {
+        if !leg.is_clean() {
+            // The client is gone or shardcar gave up mid-answer: close the
+            // connection (its server stops) rather than read on or reuse it.
+            drop(deadpool::managed::Object::take(leg.checkout.conn));
+        }
+    }
+    result
+}
+
+/// Runs `plan` for `sql` on the given connections (one per shard, in the
+/// order of the plan's shards) and writes the merged answer to the client.
+/// `in_transaction`: the legs are participants of one transaction, so a
+/// failure fails it as a whole (no warning about partial effects).
+pub async fn execute(
+    legs: &mut [Leg],
+    client: &mut ClientConn,
+    sql: &str,
+    plan: &FanOut,
+    kind: KindLabel,
+    in_transaction: bool,
+) -> Result<(), SqlError> {
+    let started = Instant::now();
     let text_in_c = match plan {
         FanOut::Rows { order, .. } if !order.is_empty() => collation_is_c(&mut legs[0]).await?,
         _ => true,
     };
-    if let Err(e) = send(&mut legs, sql, plan).await {
+    if let Err(e) = send(legs, sql, plan).await {
         // Some shards may be running it: their answers must not reach the
         // next user of these connections.
-        for leg in &mut legs {
+        for leg in legs.iter_mut() {
             leg.checkout.conn.broken = true;
         }
         return Err(e);
     }
     let result = match plan {
-        FanOut::Everywhere => everywhere(&mut legs, client, false).await,
-        FanOut::Broadcast | FanOut::Split(_) => everywhere(&mut legs, client, true).await,
+        FanOut::Everywhere => everywhere(legs, client, false, in_transaction).await,
+        FanOut::Broadcast | FanOut::Split(_) => everywhere(legs, client, true, in_transaction).await,
         FanOut::Rows { order, limit, offset, junk, distinct, .. } => {
             let merge =
                 Merge { order, window: Window { offset: *offset, limit: *limit }, junk: *junk, distinct: *distinct };
-            rows(&mut legs, client, &merge, text_in_c).await
+            rows(legs, client, &merge, text_in_c).await
         }
         FanOut::Aggregate { combine, names, limit, offset, .. } => {
-            aggregate(&mut legs, client, combine, names, Window { offset: *offset, limit: *limit }).await
+            aggregate(legs, client, combine, names, Window { offset: *offset, limit: *limit }).await
         }
     };
-    for mut leg in legs {
+    for leg in legs.iter_mut() {
         if result.is_ok() {
             // What a LIMIT left unread: bounded by LIMIT + OFFSET rows per shard.
             leg.drain().await;
         }
         let m = &leg.checkout.node.metrics;
-        m.statements(targets.kind).inc();
+        m.statements(kind).inc();
         m.duration.observe(started.elapsed().as_secs_f64());
         if result.is_err() {
-            m.errors(targets.kind).inc();
-        }
-        if !leg.done || leg.checkout.conn.broken {
-            // The client is gone or shardcar gave up mid-answer: close the
-            // connection (its server stops) rather than read on or reuse it.
-            drop(deadpool::managed::Object::take(leg.checkout.conn));
+            m.errors(kind).inc();
         }
     }
     result
@@ -231,7 +283,12 @@ impl Window {
 /// they come, and one CommandComplete with the counts summed. When a shard
 /// fails: a warning saying where it ran and failed, then the first failing
 /// shard's error as it sent it.
-async fn everywhere(legs: &mut [Leg], client: &mut ClientConn, broadcast: bool) -> Result<(), SqlError> {
+async fn everywhere(
+    legs: &mut [Leg],
+    client: &mut ClientConn,
+    broadcast: bool,
+    in_transaction: bool,
+) -> Result<(), SqlError> {
     let mut answer = BytesMut::new();
     let mut first_error = None;
     let (mut succeeded, mut failed) = (Vec::new(), Vec::new());
@@ -279,6 +336,11 @@ async fn everywhere(legs: &mut [Leg], client: &mut ClientConn, broadcast: bool) 
         }
         return Ok(());
     };
+    if in_transaction {
+        // The transaction fails as a whole: nothing needs explaining.
+        client.out.extend_from_slice(&error);
+        return Ok(());
+    }
     let ran = if succeeded.is_empty() { "no shard".to_string() } else { succeeded.join(", ") };
     let message = format!(
         "the statement runs on every shard, without a transaction across them: it succeeded on {ran} \

@@ -117,6 +117,7 @@ pub struct Metrics {
     plugin_errors: IntCounterVec,
     plugin_duration: HistogramVec,
     table_statements: IntCounterVec,
+    distributed: IntCounterVec,
     pub skew_ratio: GaugeVec,
     pub hot: IntGaugeVec,
     pub parse_cache_hits: IntCounter,
@@ -231,6 +232,14 @@ impl Metrics {
                     &["table", "shard"],
                 ),
             ),
+            distributed: register(
+                &r,
+                counter_vec(
+                    "shardcar_distributed_transactions_total",
+                    "Transactions across shards by how they ended (committed, rolled_back, failed, recovered_commit, recovered_rollback)",
+                    &["outcome"],
+                ),
+            ),
             skew_ratio: register(
                 &r,
                 float_gauge_vec(
@@ -319,6 +328,10 @@ impl Metrics {
     }
 
     /// Counts a statement shardcar refused itself.
+    pub fn distributed(&self, outcome: &str) {
+        self.distributed.with_label_values(&[outcome]).inc();
+    }
+
     pub fn rejected(&self, sqlstate: &str) {
         self.rejected.with_label_values(&[sqlstate]).inc();
     }

@@ -107,32 +107,24 @@ impl Session {
         true
     }
 
-    /// Refuses a statement that belongs to a shard other than the one this
+    /// The shard a statement belongs to when that is not the one this
     /// session's transaction (or batch) is on.
-    async fn check_pinned(&self, req: &Request, stages: &mut Stages) -> Result<(), SqlError> {
-        let Some(a) = &self.attached else { return Ok(()) };
+    async fn elsewhere(&self, req: &Request, stages: &mut Stages) -> Result<Option<usize>, SqlError> {
+        let Some(a) = &self.attached else { return Ok(None) };
         let at = Instant::now();
         let decision = self.shared.router.decide(req, &self.info, true).await?;
         stages.routed(Stage::since(at), req.len(), decision.routes);
-        match decision.shard {
-            Some(shard) if shard != a.node.shard => Err(SqlError::new(
-                code::FEATURE_NOT_SUPPORTED,
-                format!(
-                    "this transaction runs on shard {} and the statement belongs to shard {}",
-                    self.shared.router.shard_name(a.node.shard),
-                    self.shared.router.shard_name(shard)
-                ),
-            )
-            .hint("a transaction stays on one shard; commit first, then run it on its own")),
-            _ => Ok(()),
-        }
+        Ok(decision.shard.filter(|&shard| shard != a.node.shard))
     }
 
     /// Routes `req`, checks out a connection, and brings it to this
     /// session's state (settings, deferred BEGIN); `stages` gets the timings.
     pub(super) async fn attach_for(&mut self, req: &Request, stages: &mut Stages) -> Result<(), SqlError> {
         if self.attached.is_some() {
-            return self.check_pinned(req, stages).await;
+            return match self.elsewhere(req, stages).await? {
+                Some(shard) => self.switch_to(shard).await,
+                None => Ok(()),
+            };
         }
         let in_transaction = self.deferred.is_open();
         let at = Instant::now();
@@ -151,7 +143,11 @@ impl Session {
         let mut a = Attached::new(conn, node);
         a.outbox.survive_fatal = !in_transaction;
         if self.deferred.is_open() {
-            let begin = std::mem::take(&mut self.deferred).statements.join("; ");
+            let deferred = std::mem::take(&mut self.deferred);
+            let begin = deferred.statements.join("; ");
+            // Shards that join later open the transaction the same way.
+            self.txn_savepoint = !deferred.savepoints.is_empty();
+            self.txn_begin = Some(begin.clone());
             postgres_protocol::message::frontend::query(&begin, &mut a.conn.wbuf)
                 .map_err(|e| SqlError::new(code::INTERNAL_ERROR, e.to_string()))?;
             a.conn.unnamed = None;

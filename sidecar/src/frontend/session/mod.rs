@@ -21,7 +21,9 @@ use pgwire::messages::Message;
 use pgwire::messages::extendedquery::Describe;
 use tokio::sync::watch;
 
+mod across;
 mod attach;
+mod copy_split;
 mod extended;
 mod local;
 mod simple;
@@ -100,6 +102,14 @@ pub struct Session {
     inbox_bytes: usize,
     client_eof: bool,
     attached: Option<Attached>,
+    /// The other shards' connections of a transaction across shards, idle
+    /// in it while `attached` serves the statement at hand.
+    others: Vec<Attached>,
+    /// The statements that opened the transaction (BEGIN ...), for shards
+    /// that join it later.
+    txn_begin: Option<String>,
+    /// A SAVEPOINT ran in the transaction: it stays on its shard.
+    txn_savepoint: bool,
     events: Vec<Event>,
     deferred: Deferred,
     /// Shardcar raised an error in the extended protocol with no server
@@ -140,6 +150,9 @@ impl Session {
             inbox_bytes: 0,
             client_eof: false,
             attached: None,
+            others: Vec::new(),
+            txn_begin: None,
+            txn_savepoint: false,
             events: Vec::new(),
             deferred: Deferred::default(),
             skipping: false,
@@ -332,6 +345,7 @@ impl Session {
     fn statement_done(&mut self, stmt: &Statement) {
         match &stmt.kind {
             Kind::Begin => self.block_opened = true,
+            Kind::Savepoint(_) => self.txn_savepoint = true,
             Kind::Session(change) => {
                 let Some(a) = self.attached.as_mut() else { return };
                 if self.txn_snapshot.is_none() {
@@ -365,6 +379,12 @@ impl Session {
             return;
         }
         self.portals.clear();
+        self.txn_begin = None;
+        self.txn_savepoint = false;
+        // The transaction ended on this shard (a ROLLBACK, or an error that
+        // ended it): it ends on the others too.
+        self.abandon_transaction();
+        let Some(a) = self.attached.as_mut() else { return };
         if let Some(s) = self.txn_snapshot.take() {
             let committed = if s.explicit { self.last_tag == "COMMIT" } else { !s.failed };
             if !committed {
@@ -395,6 +415,9 @@ impl Session {
 
     /// The transaction status the client should see.
     fn status(&self) -> u8 {
+        if self.others.iter().any(|o| o.conn.status == b'E') {
+            return b'E';
+        }
         match &self.attached {
             Some(a) if a.conn.status != b'I' => a.conn.status,
             _ if self.deferred.failed => b'E',
@@ -409,7 +432,8 @@ impl Session {
         self.set_cancel_key(None);
         a.outbox.abandon(&mut self.events);
         self.apply_events();
-        let in_txn = a.conn.status != b'I' || self.copy_in;
+        let in_txn = a.conn.status != b'I' || self.copy_in || !self.others.is_empty();
+        self.abandon_transaction();
         let label = a.node.label.clone();
         tracing::warn!(client = self.registration.pid, "lost the connection to {label}: {why}");
         drop(deadpool::managed::Object::take(a.conn));
@@ -438,6 +462,7 @@ impl Session {
     /// Returns the attached connection to a clean state, or drops it, when
     /// the client goes away.
     fn finish(&mut self) {
+        self.abandon_transaction();
         let Some(a) = self.attached.take() else { return };
         self.set_cancel_key(None);
         let busy = a.outbox.awaits_backend() || self.copy_in;
@@ -455,13 +480,7 @@ impl Session {
         }
         if conn.status != b'I' {
             // Idle in a transaction: roll it back, then the connection is clean.
-            tokio::spawn(async move {
-                let rollback =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), conn.run_hidden("ROLLBACK")).await;
-                if !matches!(rollback, Ok(Ok(Ok(())))) || conn.status != b'I' {
-                    drop(deadpool::managed::Object::take(conn));
-                }
-            });
+            across::roll_back_in_background(conn);
         }
     }
 

@@ -32,6 +32,21 @@ impl Session {
             self.emit(out, vec![]);
             return self.simple_ready();
         }
+        if self.is_across() {
+            match facts.single().map(|s| &s.kind) {
+                Some(Kind::Commit) => return self.end_across(true).await,
+                Some(Kind::Rollback) => return self.end_across(false).await,
+                _ => {}
+            }
+            if let Some(bad) = facts.statements.iter().find(|s| !matches!(s.kind, Kind::Read | Kind::Write)) {
+                let err = SqlError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    format!("`{}` cannot run in a transaction across shards", bad.text),
+                )
+                .hint("send COMMIT or ROLLBACK as a statement of its own; savepoints and SET need a transaction on one shard");
+                return self.refuse(err, false, stages, &facts);
+            }
+        }
         if let Some(stmt) = facts.single()
             && self.runs_locally(&stmt.kind)
         {
@@ -65,11 +80,24 @@ impl Session {
             let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
             return self.fan_out(&sql, &facts, stages, never).await;
         }
+        // Inside a transaction that may span shards, the same, on the transaction's connections.
+        let within = self.shared.coordinator.is_some() && self.in_block();
+        if within && self.shared.router.runs_everywhere(&facts, &self.info) {
+            let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
+            return self.fan_out_within(&sql, &facts, stages, never).await;
+        }
         let mut req = Request::default();
         req.add(&facts, None);
         if let Err(e) = self.attach_for(&req, &mut stages).await {
+            let copy_in = facts.single().is_some_and(|s| s.shape.copy_in.is_some());
+            if copy_in && (outside || within) && e.code == code::FEATURE_NOT_SUPPORTED {
+                return self.copy_split(&sql, &facts, stages, e).await;
+            }
             if outside && e.code == code::FEATURE_NOT_SUPPORTED {
                 return self.fan_out(&sql, &facts, stages, e).await;
+            }
+            if within && e.code == code::FEATURE_NOT_SUPPORTED {
+                return self.fan_out_within(&sql, &facts, stages, e).await;
             }
             return self.refuse(e, false, stages, &facts);
         }

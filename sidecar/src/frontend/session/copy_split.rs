@@ -1,0 +1,383 @@
+//! `COPY table FROM STDIN` into a sharded table with no shard named: every
+//! row goes to the shard its key routes to.
+//!
+//! A COPY is opened on every shard, each in a transaction: the transaction
+//! across shards the client has open (with two-phase commit), or one of
+//! shardcar's own that commits only when every shard took its rows
+//! (two-phase when configured, else one shard after the other). The
+//! client's data is cut into rows (text format) and passed on byte for byte.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+use futures_util::future::join_all;
+use postgres_protocol::message::frontend;
+
+use super::Session;
+use crate::classify::Facts;
+use crate::frontend::wire::{ClientMsg, reply};
+use crate::policy::facts::TableRule;
+use crate::pool::{Pooled, Role};
+use crate::scatter::Leg;
+use crate::scatter::copy::{Row, RowSplitter};
+use crate::sqlerror::{SqlError, code};
+use crate::telemetry::metrics::KindLabel;
+use crate::telemetry::stages::Stages;
+use crate::twophase::{Outcome, Participant};
+
+/// Bytes queued for one shard before they are sent.
+const SHARD_FLUSH_AT: usize = 64 * 1024;
+
+/// Why a split COPY did not complete.
+enum Failure {
+    /// A shard's error, to pass on as it is.
+    Shard(BytesMut),
+    /// Shardcar's own (bad row, routing).
+    Own(SqlError),
+    /// The client left or broke the protocol: nothing more to tell it.
+    Client(SqlError),
+}
+
+impl Session {
+    /// Runs a COPY FROM STDIN whose rows belong to several shards;
+    /// `refusal` is the error to give when it is not such a COPY.
+    pub(super) async fn copy_split(
+        &mut self,
+        sql: &str,
+        facts: &Arc<Facts>,
+        stages: Stages,
+        refusal: SqlError,
+    ) -> Result<(), SqlError> {
+        let router = self.shared.router.clone();
+        let copy = facts.single().and_then(|s| s.shape.copy_in.clone());
+        let Some((copy, rule)) = copy.and_then(|c| router.rule(&c.table).cloned().map(|r| (c, r))) else {
+            return self.refuse(refusal, false, stages, facts);
+        };
+        let unsplittable = |why: String| {
+            SqlError::new(
+                code::FEATURE_NOT_SUPPORTED,
+                format!("this COPY into {} needs every shard, and {why}", rule.table),
+            )
+            .hint("use the default text format without HEADER, or target one shard with /* shardcar: shard=... */")
+        };
+        let delimiter = match copy.delimiter.as_deref().map(str::as_bytes) {
+            None => b'\t',
+            Some([d]) => *d,
+            Some(_) => return self.refuse(unsplittable("its delimiter is not one byte".into()), false, stages, facts),
+        };
+        if copy.format != "text" || copy.header {
+            let why = format!("shardcar splits rows of the text format without HEADER only (this is {})", copy.format);
+            return self.refuse(unsplittable(why), false, stages, facts);
+        }
+        let key_field = match router.copy_key_field(&copy, &rule).await {
+            Ok(k) => k,
+            Err(e) => return self.refuse(e, false, stages, facts),
+        };
+        let shards: Vec<usize> = (0..router.shard_count()).collect();
+        let within = self.in_block();
+        if within && let Some(e) = self.widening_refused(self.attached.as_ref().map(|a| a.node.shard), "every shard") {
+            return self.refuse(e, false, stages, facts);
+        }
+        let mut legs = match if within { self.gather(&shards).await } else { self.own_transactions(&shards).await } {
+            Ok(legs) => legs,
+            Err(e) => return self.fail(e, false),
+        };
+        let splitter = RowSplitter::new(delimiter, key_field);
+        let result = self.copy_rows(&mut legs, sql, facts, &rule, splitter).await;
+        for leg in &legs {
+            let m = &leg.node().metrics;
+            m.statements(KindLabel::Write).inc();
+            if result.is_err() {
+                m.errors(KindLabel::Write).inc();
+            }
+        }
+        let mut out = BytesMut::new();
+        if within {
+            let (rows, failure) = match result {
+                Ok(n) => (Some(n), None),
+                Err(f) => (None, Some(f)),
+            };
+            self.give_back(legs)?;
+            match failure {
+                None => {}
+                Some(Failure::Client(e)) => return Err(e),
+                Some(f) => self.report(f, &mut out),
+            }
+            if let Some(rows) = rows {
+                reply::command_complete(&mut out, &format!("COPY {rows}"));
+            }
+        } else {
+            match result {
+                Ok(rows) => match self.commit_own(&mut legs).await {
+                    Ok(()) => reply::command_complete(&mut out, &format!("COPY {rows}")),
+                    Err(f) => self.report(f, &mut out),
+                },
+                Err(Failure::Client(e)) => {
+                    release(legs, true);
+                    return Err(e);
+                }
+                Err(f) => {
+                    join_all(legs.iter_mut().map(|l| l.conn().run_hidden("ROLLBACK"))).await;
+                    self.report(f, &mut out);
+                }
+            }
+            release(legs, false);
+        }
+        self.client.out.extend_from_slice(&out);
+        let status = self.status();
+        reply::ready(&mut self.client.out, status);
+        Ok(())
+    }
+
+    fn report(&self, failure: Failure, out: &mut BytesMut) {
+        match failure {
+            Failure::Shard(frame) => out.extend_from_slice(&frame),
+            Failure::Own(e) | Failure::Client(e) => {
+                self.shared.telemetry.metrics.rejected(e.code);
+                reply::error(out, &e);
+            }
+        }
+    }
+
+    /// A connection to each shard's primary, each in a transaction of its own.
+    async fn own_transactions(&mut self, shards: &[usize]) -> Result<Vec<Leg>, SqlError> {
+        let mut legs = Vec::with_capacity(shards.len());
+        for &shard in shards {
+            let mut checkout = self.shared.pools.checkout(shard, Role::Primary).await?;
+            checkout.adopt(&self.settings).await?;
+            let mut leg = Leg::new(checkout);
+            if !matches!(leg.conn().run_hidden("BEGIN").await, Ok(Ok(()))) {
+                leg.conn().broken = true;
+                let label = leg.label().to_string();
+                release(legs, true);
+                return Err(SqlError::new(code::CONNECTION_FAILURE, format!("cannot open a transaction on {label}")));
+            }
+            legs.push(leg);
+        }
+        Ok(legs)
+    }
+
+    /// Commits shardcar's own transactions of a split COPY.
+    async fn commit_own(&self, legs: &mut [Leg]) -> Result<(), Failure> {
+        if let Some(coordinator) = &self.shared.coordinator {
+            let mut parts: Vec<Participant<'_>> = legs.iter_mut().map(Leg::participant).collect();
+            return match coordinator.commit(&mut parts).await {
+                Ok(Outcome::Committed { .. }) => Ok(()),
+                Ok(Outcome::RolledBack { error }) => Err(Failure::Shard(error)),
+                Err(e) => Err(Failure::Own(e)),
+            };
+        }
+        let mut committed = Vec::new();
+        for leg in legs.iter_mut() {
+            match leg.conn().run_control("COMMIT").await {
+                Ok(answer) if answer.error.is_none() => committed.push(leg.label().to_string()),
+                Ok(answer) if committed.is_empty() => return Err(Failure::Shard(answer.error.unwrap_or_default())),
+                other => {
+                    let why = match other {
+                        Ok(a) => crate::pool::backend::frame_error_text(a.error.unwrap_or_default()),
+                        Err(e) => e.to_string(),
+                    };
+                    return Err(Failure::Own(SqlError::new(
+                        code::CONNECTION_FAILURE,
+                        format!(
+                            "the COPY committed on {} but not on {} ({why}); without routing.two_phase_commit its shards commit one by one",
+                            committed.join(", "),
+                            leg.label()
+                        ),
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens the COPY on every leg, streams the client's rows to their
+    /// shards and ends it; the rows copied.
+    async fn copy_rows(
+        &mut self,
+        legs: &mut [Leg],
+        sql: &str,
+        facts: &Arc<Facts>,
+        rule: &Arc<TableRule>,
+        mut splitter: RowSplitter,
+    ) -> Result<u64, Failure> {
+        let lost = |e: SqlError| Failure::Client(e);
+        let mut copy_in_response = None;
+        for leg in legs.iter_mut() {
+            let conn = leg.conn();
+            frontend::query(sql, &mut conn.wbuf).map_err(|e| Failure::Own(internal(e)))?;
+            conn.flush().await.map_err(|e| Failure::Own(internal(e)))?;
+        }
+        for i in 0..legs.len() {
+            loop {
+                let frame = legs[i].frame().await.map_err(Failure::Own)?;
+                match frame[0] {
+                    b'G' => {
+                        copy_in_response.get_or_insert(frame);
+                        break;
+                    }
+                    b'E' => {
+                        legs[i].drain().await;
+                        abort(legs, "another shard refused the COPY").await;
+                        return Err(Failure::Shard(frame));
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.client.out.extend_from_slice(&copy_in_response.unwrap_or_default());
+        self.client.flush().await.map_err(lost)?;
+
+        let info = self.info.clone();
+        let mut chunks: Vec<Vec<u8>> = vec![Vec::new(); legs.len()];
+        let mut rows: Vec<(Vec<u8>, Option<String>)> = Vec::new();
+        loop {
+            let (last, parsed) = match self.next_message().await.map_err(lost)? {
+                Some(ClientMsg::CopyData { raw }) => (false, splitter.push(&raw[5..], collect(&mut rows))),
+                Some(ClientMsg::CopyDone { .. }) => (true, splitter.finish(collect(&mut rows))),
+                Some(ClientMsg::CopyFail { raw, .. }) => {
+                    // Every shard fails its COPY with the client's message.
+                    for leg in legs.iter_mut() {
+                        leg.conn().wbuf.extend_from_slice(&raw);
+                    }
+                    return Err(finish(legs).await.err().unwrap_or_else(|| Failure::Own(internal("COPY failed"))));
+                }
+                Some(ClientMsg::Flush { .. } | ClientMsg::Sync { .. }) => continue,
+                Some(other) => {
+                    abort(legs, "the client broke off the COPY").await;
+                    return Err(Failure::Client(SqlError::fatal(
+                        code::PROTOCOL_VIOLATION,
+                        format!("unexpected message during COPY FROM STDIN: {}", super::message_name(&other)),
+                    )));
+                }
+                None => {
+                    for leg in legs.iter_mut() {
+                        leg.conn().broken = true;
+                    }
+                    return Err(Failure::Client(SqlError::fatal(
+                        code::CONNECTION_FAILURE,
+                        "the client left during COPY",
+                    )));
+                }
+            };
+            if let Err(why) = parsed {
+                let e = bad_data(&why);
+                abort(legs, &e.message).await;
+                return Err(Failure::Own(e));
+            }
+            for (bytes, key) in rows.drain(..) {
+                match self.shared.router.copy_row_shard(facts, rule, key, &info).await {
+                    Ok(shard) => chunks[shard].extend_from_slice(&bytes),
+                    Err(e) => {
+                        abort(legs, &e.message).await;
+                        return Err(Failure::Own(e));
+                    }
+                }
+            }
+            for (leg, chunk) in legs.iter_mut().zip(chunks.iter_mut()) {
+                let conn = leg.conn();
+                if !chunk.is_empty() {
+                    conn.wbuf.extend_from_slice(b"d");
+                    conn.wbuf.extend_from_slice(&(chunk.len() as u32 + 4).to_be_bytes());
+                    conn.wbuf.extend_from_slice(chunk);
+                    chunk.clear();
+                }
+                if conn.wbuf.len() >= SHARD_FLUSH_AT || last {
+                    conn.flush().await.map_err(|e| Failure::Own(internal(e)))?;
+                }
+            }
+            if last {
+                break;
+            }
+        }
+        for leg in legs.iter_mut() {
+            frontend::copy_done(&mut leg.conn().wbuf);
+        }
+        finish(legs).await
+    }
+
+    /// The client's next message: read ahead already, or from the socket.
+    async fn next_message(&mut self) -> Result<Option<ClientMsg>, SqlError> {
+        if let Some(msg) = self.inbox.pop_front() {
+            self.inbox_bytes -= msg.size();
+            return Ok(Some(msg));
+        }
+        if self.client_eof {
+            return Ok(None);
+        }
+        match self.client.read_frame().await? {
+            Some(frame) => Ok(Some(ClientMsg::decode(frame)?)),
+            None => {
+                self.client_eof = true;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Sends what is queued (CopyDone or CopyFail) and reads every leg's answer
+/// to its ReadyForQuery: the rows copied, or the first shard error.
+async fn finish(legs: &mut [Leg]) -> Result<u64, Failure> {
+    let mut rows = 0;
+    let mut error = None;
+    for leg in legs.iter_mut() {
+        if let Err(e) = leg.conn().flush().await {
+            error.get_or_insert(Failure::Own(internal(e)));
+            continue;
+        }
+        while !leg.is_done() {
+            match leg.frame().await {
+                Ok(frame) if frame[0] == b'C' => {
+                    let tag = String::from_utf8_lossy(&frame[5..frame.len() - 1]).into_owned();
+                    rows += tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                }
+                Ok(frame) if frame[0] == b'E' => {
+                    error.get_or_insert(Failure::Shard(frame));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    error.get_or_insert(Failure::Own(e));
+                }
+            }
+        }
+    }
+    match error {
+        Some(e) => Err(e),
+        None => Ok(rows),
+    }
+}
+
+/// Ends the COPY on every leg still in it, so nothing is copied.
+async fn abort(legs: &mut [Leg], why: &str) {
+    for leg in legs.iter_mut().filter(|l| !l.is_done()) {
+        let _ = frontend::copy_fail(why, &mut leg.conn().wbuf);
+    }
+    let _ = finish(legs).await;
+}
+
+/// Returns connections to the pool, closing those not clean (or all, `close`).
+fn release(legs: Vec<Leg>, close: bool) {
+    for leg in legs {
+        let clean = leg.is_clean();
+        let conn = leg.into_checkout().conn;
+        if close || !clean || conn.status != b'I' {
+            drop(Pooled::take(conn));
+        }
+    }
+}
+
+/// Keeps each row handed over (its bytes and key).
+fn collect(rows: &mut Vec<(Vec<u8>, Option<String>)>) -> impl FnMut(Row<'_>) -> Result<(), String> + '_ {
+    |r: Row<'_>| {
+        rows.push((r.bytes.to_vec(), r.key));
+        Ok(())
+    }
+}
+
+fn bad_data(why: &str) -> SqlError {
+    SqlError::new("22P04", format!("cannot place a COPY row on a shard: {why}"))
+}
+
+fn internal(e: impl std::fmt::Display) -> SqlError {
+    SqlError::new(code::INTERNAL_ERROR, e.to_string())
+}
