@@ -24,6 +24,7 @@ pub mod code {
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const WARNING: &str = "01000";
+    pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -198,9 +198,7 @@ pub async fn execute(
                 Merge { order, window: Window { offset: *offset, limit: *limit }, junk: *junk, distinct: *distinct };
             rows(legs, client, &merge, text_in_c).await
         }
-        FanOut::Aggregate { combine, names, limit, offset, .. } => {
-            aggregate(legs, client, combine, names, Window { offset: *offset, limit: *limit }).await
-        }
+        FanOut::Aggregate { combine, names, tail, .. } => aggregate(legs, client, combine, names, tail).await,
     };
     for leg in legs.iter_mut() {
         if result.is_ok() {
@@ -616,24 +614,48 @@ async fn aggregate(
     client: &mut ClientConn,
     combine: &[Combine],
     names: &[String],
-    window: Window,
+    tail: &str,
 ) -> Result<(), SqlError> {
     let Some(descriptions) = descriptions(legs, client).await? else { return Ok(()) };
-    let types: Vec<u32> = fields(&descriptions[0])?.iter().map(|f| f.type_id).collect();
-    let mut partials: Vec<Vec<Option<Vec<u8>>>> = Vec::with_capacity(legs.len());
+    let described = fields(&descriptions[0])?;
+    let types: Vec<u32> = described.iter().map(|f| f.type_id).collect();
+    let width = types.len().max(1);
+    // Every shard's partial rows (one per group): as many as there are groups, not rows.
+    let mut params: Vec<Option<Vec<u8>>> = Vec::new();
     for leg in legs.iter_mut() {
-        match next_row(leg, client).await {
-            Ok(Some(row)) => partials.push(columns(&row).into_iter().map(|c| c.map(<[u8]>::to_vec)).collect()),
-            Ok(None) => return Err(internal(format!("{} sent no aggregate row", leg.label()))),
-            Err(None) => return Ok(()),
-            Err(Some(e)) => return Err(e),
+        loop {
+            match next_row(leg, client).await {
+                Ok(Some(row)) => params.extend(columns(&row).into_iter().map(|c| c.map(<[u8]>::to_vec))),
+                Ok(None) => break,
+                Err(None) => return Ok(()),
+                Err(Some(e)) => return Err(e),
+            }
+            if params.len() > MAX_PARAMS {
+                return Err(SqlError::new(
+                    code::PROGRAM_LIMIT_EXCEEDED,
+                    format!("too many groups to merge across shards (more than {} partial rows)", MAX_PARAMS / width),
+                )
+                .hint("narrow the query with a condition, or target one shard with /* shardcar: shard=... */"));
+            }
         }
         leg.drain().await;
     }
-    let sql = combine_sql(combine, names, &types, partials.len());
-    let params: Vec<Option<Vec<u8>>> = partials.into_iter().flatten().collect();
-    let param_types: Vec<u32> =
-        std::iter::repeat_n(types.iter().copied(), params.len() / types.len().max(1)).flatten().collect();
+    let rows = params.len() / width;
+    let mut names = names.to_vec();
+    let mut col = 0;
+    for (c, name) in combine.iter().zip(names.iter_mut()) {
+        if *c == Combine::Group {
+            *name = described.get(col).map(|f| f.name.clone()).unwrap_or_default();
+        }
+        col += if *c == Combine::Avg { 2 } else { 1 };
+    }
+    let empty = rows == 0;
+    if empty {
+        // VALUES needs a row: one of NULLs, filtered out.
+        params = vec![None; width];
+    }
+    let sql = combine_sql(combine, &names, &types, rows.max(1), empty, tail);
+    let param_types: Vec<u32> = std::iter::repeat_n(types.iter().copied(), rows.max(1)).flatten().collect();
 
     let leg = &mut legs[0];
     leg.done = false;
@@ -667,9 +689,12 @@ async fn aggregate(
         let frame = leg.frame().await?;
         match frame[0] {
             b'T' | b'E' | b'N' => client.out.extend_from_slice(&frame),
-            b'D' if window.take(0) == Some(true) => {
+            b'D' => {
                 client.out.extend_from_slice(&frame);
                 sent += 1;
+                if client.out.len() >= CLIENT_CHUNK {
+                    client.flush().await?;
+                }
             }
             b'C' => reply::command_complete(&mut client.out, &format!("SELECT {sent}")),
             _ => {}
@@ -678,8 +703,11 @@ async fn aggregate(
     Ok(())
 }
 
+/// Parameters one Bind can carry (the protocol counts them in 16 bits).
+const MAX_PARAMS: usize = 65_535;
+
 /// `SELECT sum(c0)::int8 AS "count", ... FROM (VALUES ($1, $2), ...) AS p(c0, c1)`.
-fn combine_sql(combine: &[Combine], names: &[String], types: &[u32], shards: usize) -> String {
+fn combine_sql(combine: &[Combine], names: &[String], types: &[u32], rows: usize, empty: bool, tail: &str) -> String {
     const INT8: u32 = 20;
     let width = types.len();
     let mut exprs = Vec::with_capacity(combine.len());
@@ -687,6 +715,7 @@ fn combine_sql(combine: &[Combine], names: &[String], types: &[u32], shards: usi
     for (c, name) in combine.iter().zip(names) {
         let int8 = types.get(col) == Some(&INT8);
         let expr = match c {
+            Combine::Group => format!("c{col}"),
             Combine::Count => format!("sum(c{col})::int8"),
             Combine::Sum if int8 => format!("sum(c{col})::int8"),
             Combine::Sum => format!("sum(c{col})"),
@@ -698,14 +727,15 @@ fn combine_sql(combine: &[Combine], names: &[String], types: &[u32], shards: usi
         col += if *c == Combine::Avg { 2 } else { 1 };
         exprs.push(format!("{expr} AS \"{}\"", name.replace('"', "\"\"")));
     }
-    let rows: Vec<String> = (0..shards)
+    let rows: Vec<String> = (0..rows)
         .map(|s| {
             let params: Vec<String> = (0..width).map(|c| format!("${}", s * width + c + 1)).collect();
             format!("({})", params.join(", "))
         })
         .collect();
     let cols: Vec<String> = (0..width).map(|c| format!("c{c}")).collect();
-    format!("SELECT {} FROM (VALUES {}) AS p({})", exprs.join(", "), rows.join(", "), cols.join(", "))
+    let filter = if empty { " WHERE false" } else { "" };
+    format!("SELECT {} FROM (VALUES {}) AS p({}){filter}{tail}", exprs.join(", "), rows.join(", "), cols.join(", "))
 }
 
 #[cfg(test)]
@@ -719,11 +749,13 @@ mod tests {
             &["count".into(), "mean \"x\"".into(), "max".into()],
             &[20, 1700, 20, 23],
             2,
+            false,
+            " LIMIT 1",
         );
         assert_eq!(
             sql,
             "SELECT sum(c0)::int8 AS \"count\", sum(c1) / nullif(sum(c2), 0) AS \"mean \"\"x\"\"\", max(c3) AS \"max\" \
-             FROM (VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)) AS p(c0, c1, c2, c3)"
+             FROM (VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)) AS p(c0, c1, c2, c3) LIMIT 1"
         );
     }
 

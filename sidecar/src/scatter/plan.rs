@@ -27,6 +27,8 @@ pub enum Column {
 /// How one output column of an aggregate query is combined.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Combine {
+    /// A GROUP BY column: the same on every shard's row of a group.
+    Group,
     Count,
     Sum,
     Min,
@@ -52,10 +54,13 @@ pub enum FanOut {
     /// With `distinct`, `order` covers every output column and equal
     /// neighbours after the merge are sent once.
     Rows { sql: String, order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool },
-    /// One row of partial aggregates per shard, combined (by Postgres, on
-    /// one shard, so types and rounding are Postgres's own) into one row
-    /// named `names`; `offset`/`limit` apply to that one row.
-    Aggregate { sql: String, combine: Vec<Combine>, names: Vec<String>, limit: Option<u64>, offset: u64 },
+    /// Rows of partial aggregates from every shard (one, or one per group),
+    /// combined by Postgres on one shard (so types, rounding and order are
+    /// Postgres's own) into the client's columns named `names` (empty: the
+    /// shards' own name for a GROUP BY column). Shard rows end with the
+    /// GROUP BY keys that are not output columns. `tail` is the combining
+    /// query's GROUP BY / ORDER BY / LIMIT / OFFSET over those columns.
+    Aggregate { sql: String, combine: Vec<Combine>, names: Vec<String>, tail: String },
 }
 
 /// Prefix of the sort-key columns shardcar adds.
@@ -82,9 +87,7 @@ impl FanOut {
             Planned::Rows { order, limit, offset, junk, distinct } => {
                 FanOut::Rows { sql, order, limit, offset, junk, distinct }
             }
-            Planned::Aggregate { combine, names, limit, offset } => {
-                FanOut::Aggregate { sql, combine, names, limit, offset }
-            }
+            Planned::Aggregate { combine, names, tail } => FanOut::Aggregate { sql, combine, names, tail },
         })
     }
 }
@@ -116,10 +119,13 @@ impl FanOut {
                 };
                 format!("{how}{pushed}{}", window(limit, *offset))
             }
-            FanOut::Aggregate { combine, limit, offset, .. } => {
+            FanOut::Aggregate { combine, tail, .. } => {
+                let grouped = combine.contains(&Combine::Group) || tail.contains("GROUP BY");
                 let names: Vec<&str> = combine
                     .iter()
+                    .filter(|c| **c != Combine::Group)
                     .map(|c| match c {
+                        Combine::Group => "",
                         Combine::Count => "count: sum of counts",
                         Combine::Sum => "sum: sum of sums",
                         Combine::Min => "min: least",
@@ -127,11 +133,13 @@ impl FanOut {
                         Combine::Avg => "avg: sum of sums / sum of counts",
                     })
                     .collect();
-                format!(
-                    "one row of partial aggregates per shard, combined ({}){}",
-                    names.join("; "),
-                    window(limit, *offset)
-                )
+                let rows = if grouped {
+                    "one row of partial aggregates per group and shard"
+                } else {
+                    "one row of partial aggregates per shard"
+                };
+                let tail = if tail.is_empty() { String::new() } else { format!(", then{tail}") };
+                format!("{rows}, combined ({}){tail}", names.join("; "))
             }
         }
     }
@@ -168,7 +176,7 @@ impl FanOut {
 
 enum Planned {
     Rows { order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool },
-    Aggregate { combine: Vec<Combine>, names: Vec<String>, limit: Option<u64>, offset: u64 },
+    Aggregate { combine: Vec<Combine>, names: Vec<String>, tail: String },
 }
 
 fn refuse(why: String) -> SqlError {
@@ -197,8 +205,13 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
         [only] if only.node.is_none() => true,
         _ => return Err(refuse("DISTINCT ON is not merged across shards yet".into())),
     };
-    if !select.group_clause.is_empty() || select.having_clause.is_some() {
-        return Err(refuse("GROUP BY and HAVING are not merged across shards yet".into()));
+    if select.having_clause.is_some() {
+        return Err(refuse("HAVING is not merged across shards yet".into()));
+    }
+    if select.group_clause.iter().any(|g| {
+        !matches!(g.node, Some(N::ColumnRef(_) | N::AConst(_) | N::FuncCall(_) | N::TypeCast(_) | N::AExpr(_)))
+    }) {
+        return Err(refuse("GROUPING SETS, ROLLUP and CUBE are not merged across shards".into()));
     }
     if !select.window_clause.is_empty() {
         return Err(refuse("window functions see only one shard's rows".into()));
@@ -223,17 +236,8 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
     if distinct && aggregates.iter().any(Option::is_some) {
         return Err(refuse("DISTINCT over aggregates is not merged across shards".into()));
     }
-    if aggregates.iter().any(Option::is_some) {
-        let combine: Vec<Combine> = aggregates.iter().map(|a| a.ok_or(())).collect::<Result<_, _>>().map_err(|()| {
-            refuse("it mixes aggregates with plain columns, which needs GROUP BY (not merged across shards yet)".into())
-        })?;
-        let names = select.target_list.iter().zip(&combine).map(|(t, c)| output_name(t, *c)).collect();
-        split_averages(select, &combine);
-        // One row per shard: ordering, limits and offsets apply to the combined row.
-        select.sort_clause.clear();
-        select.limit_count = None;
-        select.limit_offset = None;
-        return Ok(Planned::Aggregate { combine, names, limit, offset });
+    if aggregates.iter().any(Option::is_some) || !select.group_clause.is_empty() {
+        return plan_aggregate(select, &aggregates, limit, offset);
     }
 
     let mut order = sort_keys(select)?;
@@ -247,6 +251,153 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
         select.limit_count = Some(Box::new(int_const(limit.saturating_add(offset))));
     }
     Ok(Planned::Rows { order, limit, offset, junk, distinct })
+}
+
+/// Aggregates, with or without GROUP BY: shards send partial rows (no
+/// ORDER BY or LIMIT: every group is needed), which Postgres combines.
+fn plan_aggregate(
+    select: &mut protobuf::SelectStmt,
+    aggregates: &[Option<Combine>],
+    limit: Option<u64>,
+    offset: u64,
+) -> Result<Planned, SqlError> {
+    if select.target_list.iter().any(is_star) {
+        return Err(refuse("SELECT * with GROUP BY is not merged across shards; name the columns".into()));
+    }
+    let targets: Vec<(Option<String>, protobuf::Node)> = select
+        .target_list
+        .iter()
+        .map(|t| match &t.node {
+            Some(N::ResTarget(r)) => (target_name(t), r.val.as_deref().cloned().unwrap_or_default()),
+            _ => (None, protobuf::Node::default()),
+        })
+        .collect();
+    // The target a GROUP BY or ORDER BY item stands for: by position, by
+    // output name, or the same expression.
+    let target_of = |item: &protobuf::Node| -> Option<usize> {
+        match &item.node {
+            Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. })) => {
+                usize::try_from(i.ival).ok().filter(|&k| k >= 1 && k <= targets.len()).map(|k| k - 1)
+            }
+            Some(N::ColumnRef(c)) if c.fields.len() == 1 => {
+                let name = column_name(c);
+                targets.iter().position(|(n, _)| n.is_some() && *n == name)
+            }
+            _ => targets.iter().position(|(_, e)| same_expr(e, item)),
+        }
+    };
+    let mut group_targets = vec![false; targets.len()];
+    let mut hidden = Vec::new();
+    for item in &mut select.group_clause {
+        match target_of(item) {
+            Some(i) => {
+                group_targets[i] = true;
+                // Positions shift when averages are split: name the expression instead.
+                *item = targets[i].1.clone();
+            }
+            None => hidden.push(item.clone()),
+        }
+    }
+    let mut combine = Vec::with_capacity(targets.len());
+    for (i, a) in aggregates.iter().enumerate() {
+        combine.push(match a {
+            Some(c) => *c,
+            None if group_targets[i] => Combine::Group,
+            None if select.group_clause.is_empty() => {
+                return Err(refuse("it mixes aggregates with plain columns without GROUP BY".into()));
+            }
+            None => return Err(refuse("an output column that is neither aggregated nor in GROUP BY".into())),
+        });
+    }
+    let names = select
+        .target_list
+        .iter()
+        .zip(&combine)
+        .map(|(t, c)| if *c == Combine::Group { String::new() } else { output_name(t, *c) })
+        .collect();
+
+    // The combining query's clauses, over its output columns by position.
+    let mut tail = String::new();
+    let partial_width: usize = combine.iter().map(|c| if *c == Combine::Avg { 2 } else { 1 }).sum();
+    if !select.group_clause.is_empty() {
+        let mut keys: Vec<String> = Vec::new();
+        let mut col = 0;
+        for c in &combine {
+            if *c == Combine::Group {
+                keys.push(format!("c{col}"));
+            }
+            col += if *c == Combine::Avg { 2 } else { 1 };
+        }
+        keys.extend((0..hidden.len()).map(|h| format!("c{}", partial_width + h)));
+        tail.push_str(&format!(" GROUP BY {}", keys.join(", ")));
+    }
+    let mut order = Vec::new();
+    for item in &select.sort_clause {
+        let Some(N::SortBy(sort)) = &item.node else { continue };
+        if !sort.use_op.is_empty() {
+            return Err(refuse("ORDER BY ... USING is not merged across shards".into()));
+        }
+        let expr = sort.node.as_deref();
+        let key = match expr.and_then(target_of) {
+            Some(position) => (position + 1).to_string(),
+            // A GROUP BY key that is not an output column: the combining query has it too.
+            None => match expr.and_then(|e| hidden.iter().position(|h| same_expr(h, e))) {
+                Some(h) => format!("c{}", partial_width + h),
+                None => {
+                    return Err(refuse(
+                        "with aggregates, ORDER BY must name output columns or GROUP BY keys to merge shards".into(),
+                    ));
+                }
+            },
+        };
+        let dir = if sort.sortby_dir == protobuf::SortByDir::SortbyDesc as i32 { " DESC" } else { "" };
+        let nulls = match protobuf::SortByNulls::try_from(sort.sortby_nulls) {
+            Ok(protobuf::SortByNulls::SortbyNullsFirst) => " NULLS FIRST",
+            Ok(protobuf::SortByNulls::SortbyNullsLast) => " NULLS LAST",
+            _ => "",
+        };
+        order.push(format!("{key}{dir}{nulls}"));
+    }
+    if !order.is_empty() {
+        tail.push_str(&format!(" ORDER BY {}", order.join(", ")));
+    }
+    if let Some(l) = limit {
+        tail.push_str(&format!(" LIMIT {l}"));
+    }
+    if offset > 0 {
+        tail.push_str(&format!(" OFFSET {offset}"));
+    }
+
+    split_averages(select, &combine);
+    for h in &hidden {
+        select.target_list.push(protobuf::Node {
+            node: Some(N::ResTarget(Box::new(protobuf::ResTarget {
+                val: Some(Box::new(h.clone())),
+                location: -1,
+                ..Default::default()
+            }))),
+        });
+    }
+    select.sort_clause.clear();
+    select.limit_count = None;
+    select.limit_offset = None;
+    Ok(Planned::Aggregate { combine, names, tail })
+}
+
+/// Two expressions are the same, wherever they were written.
+fn same_expr(a: &protobuf::Node, b: &protobuf::Node) -> bool {
+    fn without_locations(n: &protobuf::Node) -> String {
+        let text = format!("{n:?}");
+        let mut out = String::with_capacity(text.len());
+        let mut rest = text.as_str();
+        while let Some(at) = rest.find("location: ") {
+            out.push_str(&rest[..at]);
+            rest = rest[at + "location: ".len()..].trim_start_matches(|c: char| c == '-' || c.is_ascii_digit());
+        }
+        out.push_str(rest);
+        out
+    }
+    without_locations(a) == without_locations(b)
 }
 
 /// SELECT DISTINCT: shards sort by the client's ORDER BY and then by every
@@ -440,6 +591,7 @@ fn output_name(target: &protobuf::Node, combine: Combine) -> String {
         return t.name.clone();
     }
     match combine {
+        Combine::Group => "?column?",
         Combine::Count => "count",
         Combine::Sum => "sum",
         Combine::Min => "min",
@@ -609,7 +761,7 @@ mod tests {
 
     #[test]
     fn averages_are_split_into_sums_and_counts() {
-        let FanOut::Aggregate { sql, combine, names, limit, offset } =
+        let FanOut::Aggregate { sql, combine, names, tail } =
             FanOut::of("SELECT count(*), avg(amount) AS mean, max(id) FROM orders WHERE x > 1 LIMIT 1").unwrap()
         else {
             panic!()
@@ -617,7 +769,28 @@ mod tests {
         assert_eq!(sql, "SELECT count(*), sum(amount), count(amount), max(id) FROM orders WHERE x > 1");
         assert_eq!(combine, [Combine::Count, Combine::Avg, Combine::Max]);
         assert_eq!(names, ["count", "mean", "max"]);
-        assert_eq!((limit, offset), (Some(1), 0));
+        assert_eq!(tail, " LIMIT 1");
+    }
+
+    #[test]
+    fn groups_are_combined_by_their_keys_and_ordered_by_output_columns() {
+        let FanOut::Aggregate { sql, combine, names, tail } = FanOut::of(
+            "SELECT region, avg(amount), count(*) AS n FROM orders GROUP BY 1, day ORDER BY n DESC, region LIMIT 5 OFFSET 2",
+        )
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            sql, "SELECT region, sum(amount), count(amount), count(*) AS n, day FROM orders GROUP BY region, day",
+            "positions become expressions (averages shift them); hidden keys go last"
+        );
+        assert_eq!(combine, [Combine::Group, Combine::Avg, Combine::Count]);
+        assert_eq!(names, ["", "avg", "n"]);
+        assert_eq!(tail, " GROUP BY c0, c4 ORDER BY 3 DESC, 1 LIMIT 5 OFFSET 2");
+        assert!(refused("SELECT c, count(*) FROM t GROUP BY c HAVING count(*) > 1").contains("HAVING"));
+        assert!(refused("SELECT c, d, count(*) FROM t GROUP BY c").contains("neither aggregated nor in GROUP BY"));
+        assert!(refused("SELECT c, count(*) FROM t GROUP BY c ORDER BY lower(c)").contains("ORDER BY must name"));
+        assert!(refused("SELECT c, count(*) FROM t GROUP BY ROLLUP (c)").contains("ROLLUP"));
     }
 
     #[test]
@@ -628,7 +801,6 @@ mod tests {
         assert!(refused("SELECT * FROM a JOIN b USING (id)").contains("joins"));
         assert!(refused("SELECT * FROM t WHERE id IN (SELECT id FROM u)").contains("subqueries"));
         assert!(refused("SELECT sum(x) + 1 FROM t").contains("inside expressions"));
-        assert!(refused("SELECT c, count(*) FROM t GROUP BY c").contains("GROUP BY"));
         assert!(refused("SELECT * FROM t LIMIT $1").contains("LIMIT"));
         let e = FanOut::of("SELECT DISTINCT ON (c) c FROM t").unwrap_err();
         assert_eq!(e.code, code::FEATURE_NOT_SUPPORTED);
