@@ -330,11 +330,9 @@ async fn updates_and_deletes_without_a_key_run_on_every_shard_when_allowed() {
     returned.sort();
     assert_eq!(returned, (4..=10).collect::<Vec<i64>>(), "RETURNING rows of both shards");
     assert!(answer.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(7))), "counts summed: {answer:?}");
-    let deleted = c.execute(&format!("/* plain */ DELETE FROM {t} WHERE note = 'y'"), &[]).await;
-    // The extended protocol does not fan out yet: refused, nothing deleted.
-    assert_eq!(sqlstate(&deleted.unwrap_err()), "0A000");
-    let answer = c.simple_query(&format!("DELETE FROM {t} WHERE note = 'y'")).await.unwrap();
-    assert!(answer.iter().any(|m| matches!(m, SimpleQueryMessage::CommandComplete(7))), "{answer:?}");
+    // With the extended protocol too, bound parameters and all.
+    let deleted = c.execute(&format!("DELETE FROM {t} WHERE note = $1"), &[&"y"]).await.unwrap();
+    assert_eq!(deleted, 7, "counts summed");
     let mut left = 0;
     for shard in [&fleet.s0, &fleet.s1] {
         let n = count_on(shard, &format!("SELECT count(*) FROM {t}")).await;
@@ -410,8 +408,8 @@ async fn reference_tables_are_written_everywhere_and_read_anywhere() {
     assert_eq!(sqlstate(&e), "0A000");
     assert!(e.as_db_error().unwrap().message().contains("reference table"), "{e}");
     c.batch_execute("ROLLBACK").await.unwrap();
-    let e = c.execute(&format!("DELETE FROM {r} WHERE code = $1"), &[&"USD"]).await.unwrap_err();
-    assert_eq!(sqlstate(&e), "0A000");
+    // With the extended protocol it runs everywhere too.
+    assert_eq!(c.execute(&format!("DELETE FROM {r} WHERE code = $1"), &[&"XXX"]).await.unwrap(), 0);
     for shard in [&fleet.s0, &fleet.s1] {
         let n = count_on(shard, &format!("SELECT count(*) FROM {r}")).await;
         assert_eq!(n, 2, "nothing written by the refused statements");
@@ -476,4 +474,73 @@ async fn a_client_that_leaves_mid_stream_stops_the_shards_queries() {
     // The sidecar and its pools carry on: the next fan-out reads both shards.
     let n = rows(&c, &format!("SELECT count(*) FROM {t} WHERE customer_id <= 5")).await.unwrap();
     assert_eq!(n, [[Some("10".to_string())]]);
+}
+
+#[tokio::test]
+async fn the_extended_protocol_fans_out_too() {
+    let fleet = Fleet::shared();
+    let t = table("extfan");
+    let sidecar = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sidecar.connect().await;
+    // DDL prepared and executed with the extended protocol runs on every shard.
+    c.execute(&format!("CREATE TABLE {t} (customer_id bigint, note text, score float8)"), &[]).await.unwrap();
+    c.execute(&format!("CREATE INDEX {t}_note ON {t} (note)"), &[]).await.unwrap();
+    for shard in [&fleet.s0, &fleet.s1] {
+        let sql = format!("SELECT count(*) FROM pg_indexes WHERE indexname = '{t}_note'");
+        assert_eq!(count_on(shard, &sql).await, 1, "the index exists on every shard");
+    }
+    for id in 1..=60i64 {
+        let insert = format!("INSERT INTO {t} VALUES ($1, $2, $3)");
+        c.execute(&insert, &[&id, &format!("n{}", id % 7), &((id % 10) as f64 - 4.5)]).await.unwrap();
+    }
+    let (n0, n1) = (
+        count_on(&fleet.s0, &format!("SELECT count(*) FROM {t}")).await,
+        count_on(&fleet.s1, &format!("SELECT count(*) FROM {t}")).await,
+    );
+    assert!(n0 > 0 && n1 > 0, "{n0} + {n1}");
+
+    // Bound parameters, binary results (tokio-postgres asks for binary),
+    // merged in order: ints, floats, and the same statement run twice.
+    let ids = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, i64>(0)).collect::<Vec<_>>();
+    let q = format!("SELECT customer_id, score FROM {t} WHERE customer_id > $1 ORDER BY customer_id DESC LIMIT 5");
+    let stmt = c.prepare(&q).await.unwrap();
+    assert_eq!(ids(c.query(&stmt, &[&10i64]).await.unwrap()), [60, 59, 58, 57, 56]);
+    assert_eq!(ids(c.query(&stmt, &[&0i64]).await.unwrap()), [60, 59, 58, 57, 56]);
+    let by_score = c
+        .query(
+            &format!("SELECT score, customer_id FROM {t} WHERE customer_id <= $1 ORDER BY score, customer_id"),
+            &[&20i64],
+        )
+        .await
+        .unwrap();
+    let scores: Vec<f64> = by_score.iter().map(|r| r.get(0)).collect();
+    assert_eq!(scores.len(), 20);
+    assert!(scores.windows(2).all(|w| w[0] <= w[1]), "{scores:?}");
+
+    // Aggregates and GROUP BY, combined by Postgres in the client's formats.
+    let row = c
+        .query_one(&format!("SELECT count(*), max(customer_id) FROM {t} WHERE customer_id > $1"), &[&50i64])
+        .await
+        .unwrap();
+    assert_eq!((row.get::<_, i64>(0), row.get::<_, i64>(1)), (10, 60));
+    let groups = c
+        .query(
+            &format!("SELECT note, count(*) AS n FROM {t} WHERE customer_id >= $1 GROUP BY note ORDER BY note"),
+            &[&1i64],
+        )
+        .await
+        .unwrap();
+    let groups: Vec<(String, i64)> = groups.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(groups.len(), 7);
+    assert_eq!(groups.iter().map(|g| g.1).sum::<i64>(), 60);
+    assert_eq!(groups[0], ("n0".to_string(), 8));
+
+    // A broadcast statement's count, and a shape that cannot be merged.
+    let err =
+        c.query(&format!("SELECT count(DISTINCT note) FROM {t} WHERE customer_id > $1"), &[&0i64]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000");
+    // The connection is in step afterwards.
+    let one: i64 =
+        c.query_one(&format!("SELECT customer_id FROM {t} WHERE customer_id = $1"), &[&7i64]).await.unwrap().get(0);
+    assert_eq!(one, 7);
 }

@@ -1,6 +1,6 @@
-//! Ordering values in Postgres's text output format, as Postgres orders
-//! them, for the types a k-way merge can compare exactly; other types are
-//! refused before any row is sent.
+//! Ordering values in Postgres's text or binary output format, as Postgres
+//! orders them, for the types a k-way merge can compare exactly; other
+//! types are refused before any row is sent.
 
 use std::cmp::Ordering;
 
@@ -14,11 +14,32 @@ pub enum Order {
     Bytes,
     /// ISO dates and timestamps (DateStyle ISO), with `-infinity`/`infinity`.
     DateTime,
+    /// Binary big-endian signed integers: int2/4/8, and dates and
+    /// timestamps (days or microseconds; infinities are the extremes).
+    BinarySigned,
+    /// Binary float4/float8.
+    BinaryFloat,
 }
 
 impl Order {
-    /// The comparison for a type OID; `text_in_c`: the database collation is C.
-    pub fn of(type_oid: u32, text_in_c: bool) -> Result<Order, String> {
+    /// The comparison for a type OID; `text_in_c`: the database collation
+    /// is C; `binary`: values come in binary format.
+    pub fn of(type_oid: u32, text_in_c: bool, binary: bool) -> Result<Order, String> {
+        if binary {
+            return Ok(match type_oid {
+                20 | 21 | 23 | 1082 | 1114 | 1184 => Order::BinarySigned,
+                700 | 701 => Order::BinaryFloat,
+                // oid (unsigned, fixed width), bool, uuid: byte order is value order.
+                26 | 16 | 2950 => Order::Bytes,
+                25 | 1043 | 19 if text_in_c => Order::Bytes,
+                1700 => return Err("ordering numeric values in binary format across shards is not supported".into()),
+                _ => {
+                    return Order::of(type_oid, text_in_c, false).and(Err(format!(
+                        "ordering by a column of type oid {type_oid} in binary format across shards is not supported"
+                    )));
+                }
+            });
+        }
         Ok(match type_oid {
             20 | 21 | 23 | 26 => Order::Integer,
             700 | 701 => Order::Float,
@@ -43,8 +64,29 @@ impl Order {
             Order::Float => float_key(a).total_cmp(&float_key(b)),
             Order::Numeric => numeric(a, b),
             Order::DateTime => datetime_rank(a).cmp(&datetime_rank(b)).then_with(|| a.cmp(b)),
+            Order::BinarySigned => signed(a).cmp(&signed(b)),
+            Order::BinaryFloat => binary_float(a).total_cmp(&binary_float(b)),
         }
     }
+}
+
+fn signed(v: &[u8]) -> i64 {
+    match v.len() {
+        2 => i16::from_be_bytes([v[0], v[1]]).into(),
+        4 => i32::from_be_bytes([v[0], v[1], v[2], v[3]]).into(),
+        8 => i64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
+        _ => 0,
+    }
+}
+
+/// Postgres sorts every NaN above all other values.
+fn binary_float(v: &[u8]) -> f64 {
+    let f = match v.len() {
+        4 => f32::from_be_bytes([v[0], v[1], v[2], v[3]]).into(),
+        8 => f64::from_be_bytes([v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7]]),
+        _ => 0.0,
+    };
+    if f.is_nan() { f64::NAN.copysign(1.0) } else { f }
 }
 
 fn parse<T: std::str::FromStr + Default>(v: &[u8]) -> T {
@@ -151,8 +193,14 @@ mod tests {
         assert_eq!(d("-infinity", "0001-01-01"), Ordering::Less);
         assert_eq!(d("infinity", "9999-12-31 23:59:59"), Ordering::Greater);
         assert_eq!(d("2024-01-02 10:00:00", "2024-01-10 09:00:00"), Ordering::Less);
-        assert!(Order::of(25, false).is_err());
-        assert_eq!(Order::of(25, true), Ok(Order::Bytes));
-        assert!(Order::of(3802, true).unwrap_err().contains("3802"));
+        assert!(Order::of(25, false, false).is_err());
+        assert_eq!(Order::of(25, true, false), Ok(Order::Bytes));
+        assert!(Order::of(3802, true, false).unwrap_err().contains("3802"));
+        assert!(Order::of(1700, true, true).unwrap_err().contains("binary"));
+        let b = Order::of(23, true, true).unwrap();
+        assert_eq!(b.compare(&(-5i32).to_be_bytes(), &3i32.to_be_bytes()), Ordering::Less);
+        let f = Order::of(701, true, true).unwrap();
+        assert_eq!(f.compare(&f64::NAN.to_be_bytes(), &f64::INFINITY.to_be_bytes()), Ordering::Greater);
+        assert_eq!(f.compare(&(-1.5f64).to_be_bytes(), &0.25f64.to_be_bytes()), Ordering::Less);
     }
 }

@@ -32,6 +32,18 @@ use crate::settings::Settings;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::metrics::KindLabel;
 
+/// A statement the client sent with the extended protocol, bound: shards
+/// get it the same way (Parse, Bind, Describe, Execute, Sync).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    pub params: Vec<Option<Bytes>>,
+    pub param_formats: Vec<i16>,
+    pub param_types: Vec<u32>,
+    pub result_formats: Vec<i16>,
+    /// The client described the portal: it is owed a RowDescription or NoData.
+    pub describe: bool,
+}
+
 /// Where a fanned-out statement runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Targets {
@@ -105,8 +117,16 @@ impl Leg {
         self.done && !self.checkout.conn.broken
     }
 
+    /// The next message of the shard's answer (ParseComplete and
+    /// BindComplete of a bound statement are not part of it).
     pub async fn frame(&mut self) -> Result<BytesMut, SqlError> {
-        match self.checkout.conn.read_frame().await {
+        let read = loop {
+            match self.checkout.conn.read_frame().await {
+                Ok(f) if matches!(f.first(), Some(b'1' | b'2')) => {}
+                other => break other,
+            }
+        };
+        match read {
             Ok(f) => {
                 if f.first() == Some(&b'Z') {
                     self.done = true;
@@ -145,6 +165,7 @@ pub async fn run(
     settings: &Settings,
     client: &mut ClientConn,
     sql: &str,
+    bound: Option<&Bound>,
     plan: &FanOut,
     targets: &Targets,
 ) -> Result<(), SqlError> {
@@ -154,7 +175,7 @@ pub async fn run(
         checkout.adopt(settings).await?;
         legs.push(Leg::new(checkout));
     }
-    let result = execute(&mut legs, client, sql, plan, targets.kind, false).await;
+    let result = execute(&mut legs, client, sql, bound, plan, targets.kind, false).await;
     for leg in legs {
         if !leg.is_clean() {
             // The client is gone or shardcar gave up mid-answer: close the
@@ -173,16 +194,26 @@ pub async fn execute(
     legs: &mut [Leg],
     client: &mut ClientConn,
     sql: &str,
+    bound: Option<&Bound>,
     plan: &FanOut,
     kind: KindLabel,
     in_transaction: bool,
 ) -> Result<(), SqlError> {
     let started = Instant::now();
+    // Merging compares values as text; a combined aggregate is converted by Postgres.
+    if matches!(plan, FanOut::Split(_)) && bound.is_some_and(|b| !b.params.is_empty()) {
+        return Err(SqlError::new(
+            code::FEATURE_NOT_SUPPORTED,
+            "a multi-row INSERT with parameters is not split across shards: its rows' parameters would have to be split too",
+        )
+        .hint("insert the rows of one shard per statement (or one row per statement), or send the values as literals"));
+    }
+    let describe = bound.is_none_or(|b| b.describe);
     let text_in_c = match plan {
         FanOut::Rows { order, .. } if !order.is_empty() => collation_is_c(&mut legs[0]).await?,
         _ => true,
     };
-    if let Err(e) = send(legs, sql, plan).await {
+    if let Err(e) = send(legs, sql, bound, plan).await {
         // Some shards may be running it: their answers must not reach the
         // next user of these connections.
         for leg in legs.iter_mut() {
@@ -191,14 +222,17 @@ pub async fn execute(
         return Err(e);
     }
     let result = match plan {
-        FanOut::Everywhere => everywhere(legs, client, false, in_transaction).await,
-        FanOut::Broadcast | FanOut::Split(_) => everywhere(legs, client, true, in_transaction).await,
+        FanOut::Everywhere => everywhere(legs, client, false, describe, in_transaction).await,
+        FanOut::Broadcast | FanOut::Split(_) => everywhere(legs, client, true, describe, in_transaction).await,
         FanOut::Rows { order, limit, offset, junk, distinct, .. } => {
             let merge =
                 Merge { order, window: Window { offset: *offset, limit: *limit }, junk: *junk, distinct: *distinct };
-            rows(legs, client, &merge, text_in_c).await
+            rows(legs, client, &merge, describe, text_in_c).await
         }
-        FanOut::Aggregate { combine, names, tail, .. } => aggregate(legs, client, combine, names, tail).await,
+        FanOut::Aggregate { combine, names, tail, .. } => {
+            let formats = bound.map(|b| b.result_formats.clone()).unwrap_or_default();
+            aggregate(legs, client, combine, names, tail, describe, &formats).await
+        }
     };
     for leg in legs.iter_mut() {
         if result.is_ok() {
@@ -216,14 +250,48 @@ pub async fn execute(
 }
 
 /// Sends each leg its statement.
-async fn send(legs: &mut [Leg], sql: &str, plan: &FanOut) -> Result<(), SqlError> {
+async fn send(legs: &mut [Leg], sql: &str, bound: Option<&Bound>, plan: &FanOut) -> Result<(), SqlError> {
     for (i, leg) in legs.iter_mut().enumerate() {
         let shard_sql = match plan {
             FanOut::Everywhere | FanOut::Broadcast => sql,
             FanOut::Split(parts) => parts.get(i).ok_or_else(|| internal("an INSERT part per shard"))?.as_str(),
             FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => sql.as_str(),
         };
-        frontend::query(shard_sql, &mut leg.checkout.conn.wbuf).map_err(internal)?;
+        let buf = &mut leg.checkout.conn.wbuf;
+        match bound {
+            None => frontend::query(shard_sql, buf).map_err(internal)?,
+            Some(b) => {
+                let results: Vec<i16> = match plan {
+                    // Partial aggregates come back as text; Postgres converts the combined row.
+                    FanOut::Aggregate { .. } => vec![0],
+                    // Hidden sort columns (text) follow the client's columns.
+                    FanOut::Rows { junk, .. } if b.result_formats.len() > 1 => {
+                        b.result_formats.iter().copied().chain(std::iter::repeat_n(0, *junk)).collect()
+                    }
+                    _ => b.result_formats.clone(),
+                };
+                frontend::parse("", shard_sql, b.param_types.iter().copied(), buf).map_err(internal)?;
+                frontend::bind(
+                    "",
+                    "",
+                    b.param_formats.iter().copied(),
+                    b.params.iter(),
+                    |p, buf| match p {
+                        Some(v) => {
+                            buf.extend_from_slice(v);
+                            Ok(postgres_protocol::IsNull::No)
+                        }
+                        None => Ok(postgres_protocol::IsNull::Yes),
+                    },
+                    results,
+                    buf,
+                )
+                .map_err(|_| internal("cannot encode the statement's parameters"))?;
+                frontend::describe(b'P', "", buf).map_err(internal)?;
+                frontend::execute("", 0, buf).map_err(internal)?;
+                frontend::sync(buf);
+            }
+        }
         if let Err(e) = leg.checkout.conn.flush().await {
             return Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", leg.label())));
         }
@@ -285,6 +353,7 @@ async fn everywhere(
     legs: &mut [Leg],
     client: &mut ClientConn,
     broadcast: bool,
+    describe: bool,
     in_transaction: bool,
 ) -> Result<(), SqlError> {
     let mut answer = BytesMut::new();
@@ -298,7 +367,8 @@ async fn everywhere(
             match frame[0] {
                 b'E' => error = Some(frame),
                 b'Z' => {}
-                b'T' if broadcast && !described => {
+                b'T' | b'n' if !describe => {}
+                b'T' | b'n' if broadcast && !described => {
                     client.out.extend_from_slice(&frame);
                     described = true;
                 }
@@ -468,7 +538,13 @@ struct Merge<'a> {
     distinct: bool,
 }
 
-async fn rows(legs: &mut [Leg], client: &mut ClientConn, merge: &Merge<'_>, text_in_c: bool) -> Result<(), SqlError> {
+async fn rows(
+    legs: &mut [Leg],
+    client: &mut ClientConn,
+    merge: &Merge<'_>,
+    describe: bool,
+    text_in_c: bool,
+) -> Result<(), SqlError> {
     let Merge { order, window, junk, distinct } = *merge;
     let Some(descriptions) = descriptions(legs, client).await? else { return Ok(()) };
     let all = fields(&descriptions[0])?;
@@ -496,13 +572,14 @@ async fn rows(legs: &mut [Leg], client: &mut ClientConn, merge: &Merge<'_>, text
             })?,
         };
         let field = all.get(at).ok_or_else(|| internal("ORDER BY past the result's columns"))?;
-        let how = Order::of(field.type_id, text_in_c).map_err(|why| {
+        let how = Order::of(field.type_id, text_in_c, field.format_code == 1).map_err(|why| {
             SqlError::new(code::FEATURE_NOT_SUPPORTED, format!("cannot merge shards' rows by {}: {why}", field.name))
                 .hint("target one shard with /* shardcar: shard=... */, or order by another column")
         })?;
         keys.push((at, how, key));
     }
-    if junk == 0 {
+    if !describe {
+    } else if junk == 0 {
         client.out.extend_from_slice(&descriptions[0]);
     } else {
         let shown = RowDescription::new(all.into_iter().take(visible).collect());
@@ -615,6 +692,8 @@ async fn aggregate(
     combine: &[Combine],
     names: &[String],
     tail: &str,
+    describe: bool,
+    result_formats: &[i16],
 ) -> Result<(), SqlError> {
     let Some(descriptions) = descriptions(legs, client).await? else { return Ok(()) };
     let described = fields(&descriptions[0])?;
@@ -673,7 +752,7 @@ async fn aggregate(
             }
             None => Ok(postgres_protocol::IsNull::Yes),
         },
-        Some(0),
+        result_formats.iter().copied(),
         &mut conn.wbuf,
     )
     .map_err(|_| internal("cannot encode the partial aggregates"))?;
@@ -688,6 +767,7 @@ async fn aggregate(
     while !leg.done {
         let frame = leg.frame().await?;
         match frame[0] {
+            b'T' if !describe => {}
             b'T' | b'E' | b'N' => client.out.extend_from_slice(&frame),
             b'D' => {
                 client.out.extend_from_slice(&frame);

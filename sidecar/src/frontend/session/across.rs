@@ -21,10 +21,11 @@ use super::Session;
 use super::local::aborted;
 use crate::cancel::BackendKey;
 use crate::classify::Facts;
+use crate::classify::params::Params;
 use crate::execute::Attached;
 use crate::frontend::wire::reply;
 use crate::pool::{Checkout, Pooled, Role};
-use crate::scatter::{self, Leg};
+use crate::scatter::{self, Bound, Leg};
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::metrics::KindLabel;
 use crate::telemetry::stages::Stages;
@@ -142,8 +143,10 @@ impl Session {
         facts: &Arc<Facts>,
         stages: Stages,
         refusal: SqlError,
+        bound: Option<(Bound, Arc<Params>)>,
     ) -> Result<(), SqlError> {
-        let (shards, plan) = match scatter::plan_for(&self.shared.router, facts, &None, &self.info).await {
+        let params = bound.as_ref().map(|(_, p)| p.clone());
+        let (shards, plan) = match scatter::plan_for(&self.shared.router, facts, &params, &self.info).await {
             Ok(Some(planned)) => planned,
             Ok(None) => return self.refuse(refusal, false, stages, facts),
             Err(e) => return self.refuse(e, false, stages, facts),
@@ -157,7 +160,8 @@ impl Session {
             Err(e) => return self.fail(e, false),
         };
         let kind = if facts.is_read_only() { KindLabel::Read } else { KindLabel::Write };
-        let result = scatter::execute(&mut legs, &mut self.client, sql, &plan, kind, true).await;
+        let bound = bound.map(|(b, _)| b);
+        let result = scatter::execute(&mut legs, &mut self.client, sql, bound.as_ref(), &plan, kind, true).await;
         self.give_back(legs)?;
         match result {
             Ok(()) => self.simple_ready(),

@@ -32,6 +32,23 @@ impl Session {
         parse_name: Option<&str>,
         stages: &mut Stages,
     ) -> Result<bool, SqlError> {
+        match self.try_attach_batch(facts, params, parse_name, stages).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                self.refuse_batch(e, stages, facts)?;
+                Ok(false)
+            }
+        }
+    }
+
+    /// `attach_batch`, leaving a routing refusal to the caller.
+    pub(super) async fn try_attach_batch(
+        &mut self,
+        facts: &Arc<Facts>,
+        params: Option<Arc<Params>>,
+        parse_name: Option<&str>,
+        stages: &mut Stages,
+    ) -> Result<(), SqlError> {
         let req = if self.attached.is_some() {
             let mut req = Request::default();
             match params {
@@ -42,14 +59,18 @@ impl Session {
         } else {
             self.batch_request(facts, params, parse_name)
         };
-        match self.attach_for(&req, stages).await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                let stages = std::mem::replace(stages, Stages::new(stages.started));
-                self.refuse(e, true, stages, facts)?;
-                Ok(false)
-            }
-        }
+        self.attach_for(&req, stages).await
+    }
+
+    /// Reports an extended-protocol statement refused by routing.
+    pub(super) fn refuse_batch(
+        &mut self,
+        e: SqlError,
+        stages: &mut Stages,
+        facts: &Arc<Facts>,
+    ) -> Result<(), SqlError> {
+        let stages = std::mem::replace(stages, Stages::new(stages.started));
+        self.refuse(e, true, stages, facts)
     }
 
     /// The routing request of the batch whose current message carries

@@ -39,10 +39,22 @@ impl Session {
         // client may block on it while holding other work, and needs no
         // connection until it runs the statement.
         let lazy = !local && self.attached.is_none() && facts.parse_error.is_none() && self.batch_only_prepares();
-        if !local && !lazy && !self.attach_batch(&facts, None, Some(&name), &mut stages).await? {
-            return Ok(());
+        let prepared = Arc::new(Prepared::new(&name, &msg, &raw, facts.clone()));
+        if !local && !lazy {
+            if self.fans_out_everywhere(&facts) {
+                let taken = std::mem::replace(&mut stages, Stages::new(started));
+                if self.fan_out_batch(Some(prepared.clone()), None, taken, everywhere()).await? {
+                    return Ok(());
+                }
+            }
+            if let Err(e) = self.try_attach_batch(&facts, None, Some(&name), &mut stages).await {
+                let taken = std::mem::replace(&mut stages, Stages::new(started));
+                if !self.fan_out_batch(Some(prepared), None, taken, e.clone()).await? {
+                    self.refuse_batch(e, &mut stages, &facts)?;
+                }
+                return Ok(());
+            }
         }
-        let prepared = Arc::new(Prepared::new(&name, &msg, &raw, facts));
         self.parsed = Some((prepared.clone(), stages));
         let mut undo = vec![Effect::ForgetStatement(name.clone())];
         if name.is_empty() {
@@ -160,7 +172,16 @@ impl Session {
             self.emit(out, vec![]);
             return Ok(());
         }
-        if !self.attach_batch(&p.facts, Some(bind_params(&p, &msg)), None, &mut stages).await? {
+        let started = stages.started;
+        // A statement for every shard, or one routing refused because it needs several.
+        let routed = match self.fans_out_everywhere(&p.facts) {
+            true => Err(everywhere()),
+            false => self.try_attach_batch(&p.facts, Some(bind_params(&p, &msg)), None, &mut stages).await,
+        };
+        if let Err(e) = routed {
+            if !self.fan_out_batch(None, Some((p.clone(), msg)), stages, e.clone()).await? {
+                self.refuse_batch(e, &mut Stages::new(started), &p.facts)?;
+            }
             return Ok(());
         }
         self.ensure_prepared(&p);
@@ -291,6 +312,15 @@ pub(super) fn bind_params(p: &Prepared, bind: &Bind) -> Arc<Params> {
         formats: bind.parameter_format_codes.clone(),
         types: p.param_types(),
     })
+}
+
+/// Why a statement for every shard (DDL) was not run on them all.
+fn everywhere() -> SqlError {
+    SqlError::new(
+        code::FEATURE_NOT_SUPPORTED,
+        "this statement runs on every shard, which shardcar does for a batch of one statement (Bind, Execute, Sync)",
+    )
+    .hint("send it as a simple query, or with a Sync of its own")
 }
 
 pub(super) fn no_portal(name: &str) -> SqlError {

@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 mod across;
 mod attach;
+mod bound_fan_out;
 mod copy_split;
 mod extended;
 mod local;

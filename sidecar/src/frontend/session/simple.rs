@@ -8,12 +8,13 @@ use bytes::{Bytes, BytesMut};
 use super::Session;
 use super::local::aborted;
 
+use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, RoleHint};
 use crate::execute::{Entry, Reply};
 use crate::frontend::wire::reply;
 use crate::policy::Request;
 use crate::pool::Role;
-use crate::scatter::{self, Targets};
+use crate::scatter::{self, Bound, Targets};
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::metrics::KindLabel;
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
@@ -78,13 +79,13 @@ impl Session {
         let outside = !self.deferred.is_open() && self.attached.is_none();
         if outside && self.shared.router.runs_everywhere(&facts, &self.info) {
             let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
-            return self.fan_out(&sql, &facts, stages, never).await;
+            return self.fan_out(&sql, &facts, stages, never, None).await;
         }
         // Inside a transaction that may span shards, the same, on the transaction's connections.
         let within = self.shared.coordinator.is_some() && self.in_block();
         if within && self.shared.router.runs_everywhere(&facts, &self.info) {
             let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
-            return self.fan_out_within(&sql, &facts, stages, never).await;
+            return self.fan_out_within(&sql, &facts, stages, never, None).await;
         }
         let mut req = Request::default();
         req.add(&facts, None);
@@ -94,10 +95,10 @@ impl Session {
                 return self.copy_split(&sql, &facts, stages, e).await;
             }
             if outside && e.code == code::FEATURE_NOT_SUPPORTED {
-                return self.fan_out(&sql, &facts, stages, e).await;
+                return self.fan_out(&sql, &facts, stages, e, None).await;
             }
             if within && e.code == code::FEATURE_NOT_SUPPORTED {
-                return self.fan_out_within(&sql, &facts, stages, e).await;
+                return self.fan_out_within(&sql, &facts, stages, e, None).await;
             }
             return self.refuse(e, false, stages, &facts);
         }
@@ -113,14 +114,17 @@ impl Session {
 
     /// Runs a statement on the shards it needs, merged; `refusal` is the
     /// error to give when it needs only one after all (routing refused it).
-    async fn fan_out(
+    /// `bound`: it came with the extended protocol, with these parameters.
+    pub(super) async fn fan_out(
         &mut self,
         sql: &str,
         facts: &Arc<Facts>,
         stages: Stages,
         refusal: SqlError,
+        bound: Option<(Bound, Arc<Params>)>,
     ) -> Result<(), SqlError> {
-        let (shards, plan) = match scatter::plan_for(&self.shared.router, facts, &None, &self.info).await {
+        let params = bound.as_ref().map(|(_, p)| p.clone());
+        let (shards, plan) = match scatter::plan_for(&self.shared.router, facts, &params, &self.info).await {
             Ok(Some(planned)) => planned,
             Ok(None) => return self.refuse(refusal, false, stages, facts),
             Err(e) => return self.refuse(e, false, stages, facts),
@@ -136,7 +140,10 @@ impl Session {
             role: if replica { Role::Replica } else { Role::Primary },
             kind: if read { KindLabel::Read } else { KindLabel::Write },
         };
-        match scatter::run(&self.shared.pools, &self.settings, &mut self.client, sql, &plan, &targets).await {
+        let bound = bound.map(|(b, _)| b);
+        let run =
+            scatter::run(&self.shared.pools, &self.settings, &mut self.client, sql, bound.as_ref(), &plan, &targets);
+        match run.await {
             Ok(()) => self.simple_ready(),
             Err(e) => self.fail(e, false),
         }
