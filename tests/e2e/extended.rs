@@ -175,3 +175,47 @@ async fn flush_portals_describe_close_and_errors() {
     raw.send().await;
     assert_eq!(collapse(raw.ready().await), "2 D D C:SELECT 2 Z:I");
 }
+
+/// Parse, Bind, Execute and Sync written at once (psycopg, node-postgres,
+/// libpq's PQexecParams) go to the shard of the bound key, in a
+/// transaction too.
+#[tokio::test]
+async fn a_batch_is_routed_by_its_bound_key() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("batchkey").await;
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let (s, rbuf) = logged_in(sc.port).await;
+    let mut raw = Raw { s, rbuf, out: BytesMut::new() };
+    let insert = format!("INSERT INTO {t} VALUES ($1::int4, 'batch')");
+    for (begin, key) in [(false, 3), (false, 1), (true, 3), (true, 1)] {
+        if begin {
+            frontend::query("BEGIN", &mut raw.out).unwrap();
+        }
+        frontend::parse("", &insert, [23u32], &mut raw.out).unwrap();
+        raw.bind("", "", Some(key));
+        frontend::execute("", 0, &mut raw.out).unwrap();
+        frontend::sync(&mut raw.out);
+        if begin {
+            frontend::query("COMMIT", &mut raw.out).unwrap();
+        }
+        raw.send().await;
+        if begin {
+            raw.ready().await;
+        }
+        let status = if begin { "T" } else { "I" };
+        assert_eq!(collapse(raw.ready().await), format!("1 2 C:INSERT 0 1 Z:{status}"), "key {key}");
+        if begin {
+            assert_eq!(collapse(raw.ready().await), "C:COMMIT Z:I");
+        }
+    }
+    // Keys 1 (s0) and 3 (s1), as in the plugin tests, twice each.
+    for (shard, key) in [(&fleet.s0, 1), (&fleet.s1, 3)] {
+        let n: i64 = crate::harness::direct(shard)
+            .await
+            .query_one(&format!("SELECT count(*) FROM {t} WHERE customer_id = {key}"), &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(n, 2, "key {key}");
+    }
+}

@@ -72,6 +72,15 @@ async fn pgbench_init_and_tpcb_across_two_shards() {
     assert!(reported(&out, "number of transactions actually processed:") > 0.0, "{out}");
     assert_eq!(reported(&out, "number of failed transactions:"), 0.0, "{out}");
 
+    // The same with the extended protocol and prepared statements: BEGIN,
+    // statements on both shards and END all come as Parse/Bind/Execute.
+    for mode in ["extended", "prepared"] {
+        let (ok, out) = run_tool(&sc, "pgbench", &["-c", "4", "-T", "4", "-n", "-M", mode], None);
+        assert!(ok, "pgbench -M {mode}:\n{out}");
+        assert_eq!(reported(&out, "number of failed transactions:"), 0.0, "{mode}: {out}");
+        assert!(reported(&out, "number of transactions actually processed:") > 0.0, "{mode}: {out}");
+    }
+
     let c = sc.connect().await;
     let history = number(&c, "SELECT sum(delta) FROM pgbench_history").await;
     let transactions = number(&c, "SELECT count(*) FROM pgbench_history").await;

@@ -20,7 +20,7 @@ use crate::telemetry::stages::{Stage, Stages};
 
 impl Session {
     /// Attaches a connection for the extended-protocol batch whose current
-    /// message carries `facts` and `params` (and prepares `parse_name`, if a
+    /// message carries `facts` and `params` (and prepares `parse`, if a
     /// Parse), routed by every statement of the batch received so far; or
     /// checks that an attached connection's shard fits the statement. False
     /// when that failed and the client was told. The routing and checkout
@@ -29,10 +29,10 @@ impl Session {
         &mut self,
         facts: &Arc<Facts>,
         params: Option<Arc<Params>>,
-        parse_name: Option<&str>,
+        parse: Option<&Arc<Prepared>>,
         stages: &mut Stages,
     ) -> Result<bool, SqlError> {
-        match self.try_attach_batch(facts, params, parse_name, stages).await {
+        match self.try_attach_batch(facts, params, parse, stages).await {
             Ok(()) => Ok(true),
             Err(e) => {
                 self.refuse_batch(e, stages, facts)?;
@@ -46,10 +46,13 @@ impl Session {
         &mut self,
         facts: &Arc<Facts>,
         params: Option<Arc<Params>>,
-        parse_name: Option<&str>,
+        parse: Option<&Arc<Prepared>>,
         stages: &mut Stages,
     ) -> Result<(), SqlError> {
-        let req = if self.attached.is_some() {
+        // A batch that starts on an attached connection is routed as a
+        // whole, so a transaction can move to its shard before anything is sent.
+        let mid_batch = self.attached.as_ref().is_some_and(|a| a.unsynced || a.pending_ready > 0);
+        let req = if mid_batch {
             let mut req = Request::default();
             match params {
                 Some(params) => req.add(facts, Some(params)),
@@ -57,7 +60,7 @@ impl Session {
             }
             req
         } else {
-            self.batch_request(facts, params, parse_name)
+            self.batch_request(facts, params, parse)
         };
         self.attach_for(&req, stages).await
     }
@@ -82,7 +85,7 @@ impl Session {
         &self,
         current: &Arc<Facts>,
         params: Option<Arc<Params>>,
-        parse_name: Option<&str>,
+        parse: Option<&Arc<Prepared>>,
     ) -> Request {
         let mut req = Request::default();
         let mut parsed: HashMap<String, Arc<Prepared>> = HashMap::new();
@@ -104,8 +107,13 @@ impl Session {
                 }
                 ClientMsg::Bind { msg, .. } => {
                     let name = msg.statement_name.clone().unwrap_or_default();
-                    let known = parsed.get(&name).cloned().or_else(|| self.resolve(&name).ok());
-                    if let Some(p) = known.filter(|_| Some(name.as_str()) != parse_name) {
+                    // The statement being parsed now, one parsed later in the batch, or one prepared before.
+                    let known = parsed
+                        .get(&name)
+                        .cloned()
+                        .or_else(|| parse.filter(|p| p.client_name == name).cloned())
+                        .or_else(|| self.resolve(&name).ok());
+                    if let Some(p) = known {
                         add(&mut req, &p.facts, Some(bind_params(&p, msg)));
                     }
                 }

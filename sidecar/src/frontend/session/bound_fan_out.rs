@@ -13,6 +13,7 @@ use pgwire::messages::extendedquery::Bind;
 
 use super::Session;
 use super::extended::bind_params;
+use crate::classify::Kind;
 use crate::execute::{Effect, Prepared};
 use crate::frontend::wire::{ClientMsg, reply};
 use crate::scatter::Bound;
@@ -72,6 +73,39 @@ impl Session {
             self.fan_out(&sql, &facts, stages, refusal, Some((bound, params))).await?;
         }
         Ok(true)
+    }
+
+    /// COMMIT or ROLLBACK of a transaction across shards sent with the
+    /// extended protocol (Bind, Execute, Sync); other transaction control
+    /// is refused there, as with a simple query.
+    pub(super) async fn end_across_batch(&mut self, p: Arc<Prepared>, bind: Bind, kind: Kind) -> Result<(), SqlError> {
+        let commit = match kind {
+            Kind::Commit => true,
+            Kind::Rollback => false,
+            _ => {
+                let err = SqlError::new(
+                    code::FEATURE_NOT_SUPPORTED,
+                    format!("`{}` cannot run in a transaction across shards", p.text.sql),
+                )
+                .hint("savepoints and SET need a transaction on one shard");
+                return self.fail(err, true);
+            }
+        };
+        let Some((_, _, describe)) = self.one_statement_batch(None, Some((p, bind))) else {
+            let err = SqlError::new(
+                code::FEATURE_NOT_SUPPORTED,
+                "in a transaction across shards, COMMIT and ROLLBACK must be a batch of their own (Bind, Execute, Sync)",
+            )
+            .hint("send COMMIT as a simple query, or follow its Execute with Sync");
+            return self.fail(err, true);
+        };
+        let mut out = BytesMut::new();
+        reply::bind_complete(&mut out);
+        if describe {
+            reply::no_data(&mut out);
+        }
+        self.emit(out, vec![]);
+        self.end_across(commit).await
     }
 
     /// Takes the rest of a one-statement batch from the inbox: the

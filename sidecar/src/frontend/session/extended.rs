@@ -47,7 +47,7 @@ impl Session {
                     return Ok(());
                 }
             }
-            if let Err(e) = self.try_attach_batch(&facts, None, Some(&name), &mut stages).await {
+            if let Err(e) = self.try_attach_batch(&facts, None, Some(&prepared), &mut stages).await {
                 let taken = std::mem::replace(&mut stages, Stages::new(started));
                 if !self.fan_out_batch(Some(prepared), None, taken, e.clone()).await? {
                     self.refuse_batch(e, &mut stages, &facts)?;
@@ -164,6 +164,12 @@ impl Session {
             Err(e) => return self.fail(e, true),
         };
         let mut stages = self.stages_of(&p);
+        if self.is_across()
+            && let Some(kind) = p.facts.single().map(|s| s.kind.clone())
+            && !matches!(kind, Kind::Read | Kind::Write)
+        {
+            return self.end_across_batch(p, msg, kind).await;
+        }
         let local = p.facts.single().is_some_and(|s| self.runs_locally(&s.kind));
         if local {
             self.portals.insert(portal, Portal { statement: p, local: true, stages: None });
