@@ -44,6 +44,25 @@ pub struct Bound {
     pub describe: bool,
 }
 
+impl Bound {
+    /// The parameters `picked` (0-based, in that order), with their types and formats.
+    fn pick(&self, picked: &[usize]) -> Bound {
+        // One format code applies to every parameter; none means text.
+        let format = |i: usize| match self.param_formats.as_slice() {
+            [] => 0,
+            [one] => *one,
+            all => all.get(i).copied().unwrap_or(0),
+        };
+        Bound {
+            params: picked.iter().map(|&i| self.params.get(i).cloned().flatten()).collect(),
+            param_formats: picked.iter().map(|&i| format(i)).collect(),
+            param_types: picked.iter().map(|&i| self.param_types.get(i).copied().unwrap_or(0)).collect(),
+            result_formats: self.result_formats.clone(),
+            describe: self.describe,
+        }
+    }
+}
+
 /// Where a fanned-out statement runs.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Targets {
@@ -201,13 +220,6 @@ pub async fn execute(
 ) -> Result<(), SqlError> {
     let started = Instant::now();
     // Merging compares values as text; a combined aggregate is converted by Postgres.
-    if matches!(plan, FanOut::Split(_)) && bound.is_some_and(|b| !b.params.is_empty()) {
-        return Err(SqlError::new(
-            code::FEATURE_NOT_SUPPORTED,
-            "a multi-row INSERT with parameters is not split across shards: its rows' parameters would have to be split too",
-        )
-        .hint("insert the rows of one shard per statement (or one row per statement), or send the values as literals"));
-    }
     let describe = bound.is_none_or(|b| b.describe);
     let text_in_c = match plan {
         FanOut::Rows { order, .. } if !order.is_empty() => collation_is_c(&mut legs[0]).await?,
@@ -252,10 +264,14 @@ pub async fn execute(
 /// Sends each leg its statement.
 async fn send(legs: &mut [Leg], sql: &str, bound: Option<&Bound>, plan: &FanOut) -> Result<(), SqlError> {
     for (i, leg) in legs.iter_mut().enumerate() {
-        let shard_sql = match plan {
-            FanOut::Everywhere | FanOut::Broadcast => sql,
-            FanOut::Split(parts) => parts.get(i).ok_or_else(|| internal("an INSERT part per shard"))?.as_str(),
-            FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => sql.as_str(),
+        // A split INSERT's part binds only its rows' parameters.
+        let (shard_sql, picked) = match plan {
+            FanOut::Everywhere | FanOut::Broadcast => (sql, None),
+            FanOut::Split(parts) => {
+                let part = parts.get(i).ok_or_else(|| internal("an INSERT part per shard"))?;
+                (part.sql.as_str(), Some(&part.params))
+            }
+            FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => (sql.as_str(), None),
         };
         let buf = &mut leg.checkout.conn.wbuf;
         match bound {
@@ -269,6 +285,10 @@ async fn send(legs: &mut [Leg], sql: &str, bound: Option<&Bound>, plan: &FanOut)
                         b.result_formats.iter().copied().chain(std::iter::repeat_n(0, *junk)).collect()
                     }
                     _ => b.result_formats.clone(),
+                };
+                let b = match picked {
+                    Some(params) => &b.pick(params),
+                    None => b,
                 };
                 frontend::parse("", shard_sql, b.param_types.iter().copied(), buf).map_err(internal)?;
                 frontend::bind(

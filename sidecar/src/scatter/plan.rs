@@ -37,6 +37,15 @@ pub enum Combine {
     Avg,
 }
 
+/// One shard's INSERT of a split multi-row INSERT.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InsertPart {
+    pub sql: String,
+    /// The statement's parameters (0-based) this part uses, in the order of
+    /// its own `$1`, `$2`, ...
+    pub params: Vec<usize>,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub enum FanOut {
     /// The same statement on every shard (DDL); the first shard's answer.
@@ -46,7 +55,7 @@ pub enum FanOut {
     Broadcast,
     /// A multi-row INSERT split by shard: one INSERT per target shard with
     /// that shard's rows (in `Targets` order); answered as `Broadcast`.
-    Split(Vec<String>),
+    Split(Vec<InsertPart>),
     /// Rows from every shard, merged in `order` (concatenated without one),
     /// then `offset` and `limit` applied. Each shard runs `sql`, which asks
     /// for `limit + offset` rows and has `junk` extra columns at the end
@@ -165,13 +174,50 @@ impl FanOut {
             {
                 select.values_lists = group.iter().filter_map(|&i| rows.get(i).cloned()).collect();
             }
-            parts.push(
-                pg_query::deparse(&part, pg_query::DeparseOptions::default())
-                    .map_err(|e| SqlError::new(code::INTERNAL_ERROR, format!("cannot split the INSERT: {e}")))?,
-            );
+            let sql = pg_query::deparse(&part, pg_query::DeparseOptions::default())
+                .map_err(|e| SqlError::new(code::INTERNAL_ERROR, format!("cannot split the INSERT: {e}")))?;
+            let (sql, params) = renumber_params(&sql);
+            parts.push(InsertPart { sql, params });
         }
         Ok(FanOut::Split(parts))
     }
+}
+
+/// Numbers the `$n` parameters of a part's SQL (as deparsed: literals in
+/// single quotes, identifiers in double quotes) 1, 2, ... in order of
+/// appearance, since a server refuses parameters a statement does not use
+/// when their type is left to it; returns the new SQL and the original
+/// (0-based) parameter of each new number.
+fn renumber_params(sql: &str) -> (String, Vec<usize>) {
+    let mut order: Vec<usize> = Vec::new();
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.char_indices().peekable();
+    let mut quote: Option<char> = None;
+    while let Some((i, c)) = chars.next() {
+        match (quote, c) {
+            (Some(q), c) if c == q => quote = None,
+            (None, '\'' | '"') => quote = Some(c),
+            (None, '$') if chars.peek().is_some_and(|(_, d)| d.is_ascii_digit()) => {
+                let digits: String = sql[i + 1..].chars().take_while(char::is_ascii_digit).collect();
+                for _ in 0..digits.len() {
+                    chars.next();
+                }
+                let old = digits.parse::<usize>().unwrap_or(1).max(1) - 1;
+                let new = match order.iter().position(|&n| n == old) {
+                    Some(k) => k + 1,
+                    None => {
+                        order.push(old);
+                        order.len()
+                    }
+                };
+                out.push_str(&format!("${new}"));
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    (out, order)
 }
 
 enum Planned {
@@ -815,11 +861,31 @@ mod tests {
             "INSERT INTO t (k, v) VALUES (1, 'a'), (2, 'b'), (3, DEFAULT) RETURNING k",
             &[vec![0, 2], vec![1]],
         );
+        let part = |sql: &str, params: &[usize]| InsertPart { sql: sql.into(), params: params.to_vec() };
         assert_eq!(
             split.unwrap(),
             FanOut::Split(vec![
-                "INSERT INTO t (k, v) VALUES (1, 'a'), (3, DEFAULT) RETURNING k".into(),
-                "INSERT INTO t (k, v) VALUES (2, 'b') RETURNING k".into(),
+                part("INSERT INTO t (k, v) VALUES (1, 'a'), (3, DEFAULT) RETURNING k", &[]),
+                part("INSERT INTO t (k, v) VALUES (2, 'b') RETURNING k", &[]),
+            ])
+        );
+        assert_eq!(
+            renumber_params("SELECT '$3', \"$2\", $12, $3"),
+            ("SELECT '$3', \"$2\", $1, $2".into(), vec![11, 2])
+        );
+        // Each part numbers the parameters it keeps from $1.
+        let split = FanOut::split_insert(
+            "INSERT INTO t (k, v) VALUES ($1, $2), ($3, $4), ($5, $2) ON CONFLICT (k) DO UPDATE SET v = $6",
+            &[vec![1], vec![0, 2]],
+        );
+        assert_eq!(
+            split.unwrap(),
+            FanOut::Split(vec![
+                part("INSERT INTO t (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = $3", &[2, 3, 5]),
+                part(
+                    "INSERT INTO t (k, v) VALUES ($1, $2), ($3, $2) ON CONFLICT (k) DO UPDATE SET v = $4",
+                    &[0, 1, 4, 5]
+                ),
             ])
         );
     }
