@@ -9,6 +9,14 @@ command -v psql >/dev/null 2>&1 || need+=(postgresql-client)
 command -v pgbench >/dev/null 2>&1 || need+=(postgresql-contrib)
 command -v clang >/dev/null 2>&1 || need+=(clang)          # pg_query's bindings
 dpkg -s libclang-dev >/dev/null 2>&1 || need+=(libclang-dev)
+if [ "${SHARDCAR_SETUP_COMPAT:-0}" = 1 ]; then
+  # The driver compatibility suite (tests/compat): Python drivers in a
+  # virtualenv, node-postgres from npm.
+  python3 -m venv --help >/dev/null 2>&1 || need+=(python3-venv)
+  command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
+  command -v node >/dev/null 2>&1 || need+=(nodejs)
+  command -v npm >/dev/null 2>&1 || need+=(npm)
+fi
 if [ "${SHARDCAR_SETUP_BROWSER:-0}" = 1 ]; then
   # The dashboard's browser test (tests/run.sh asks for these).
   command -v chromium >/dev/null 2>&1 || need+=(chromium)

@@ -24,6 +24,10 @@ pub mod code {
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const WARNING: &str = "01000";
+    /// Not an SQLSTATE and never sent: the message must be handled again
+    /// once the attached connection's batch is synced (a transaction moving
+    /// to another shard mid-pipeline).
+    pub const AFTER_SYNC: &str = "after-sync";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 

@@ -8,6 +8,7 @@ mod auth;
 mod backend_auth;
 mod cancel;
 mod cli;
+mod compat;
 mod copy;
 mod dashboard;
 mod demo;

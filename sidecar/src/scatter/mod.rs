@@ -241,9 +241,10 @@ pub async fn execute(
                 Merge { order, window: Window { offset: *offset, limit: *limit }, junk: *junk, distinct: *distinct };
             rows(legs, client, &merge, describe, text_in_c).await
         }
-        FanOut::Aggregate { combine, names, tail, .. } => {
+        FanOut::Aggregate { combine, names, casts, tail, .. } => {
             let formats = bound.map(|b| b.result_formats.clone()).unwrap_or_default();
-            aggregate(legs, client, combine, names, tail, describe, &formats).await
+            let shape = Combined { combine, names, casts, tail };
+            aggregate(legs, client, &shape, describe, &formats).await
         }
     };
     for leg in legs.iter_mut() {
@@ -706,15 +707,22 @@ fn compare(keys: &[(usize, Order, &SortKey)], a: &[u8], b: &[u8]) -> Ordering {
 /// the first shard's connection (an extended-protocol query over the
 /// partials as typed parameters), so results have Postgres's types,
 /// rounding and scale.
+/// How partial aggregates become the client's row(s).
+struct Combined<'a> {
+    combine: &'a [Combine],
+    names: &'a [String],
+    casts: &'a [Option<String>],
+    tail: &'a str,
+}
+
 async fn aggregate(
     legs: &mut [Leg],
     client: &mut ClientConn,
-    combine: &[Combine],
-    names: &[String],
-    tail: &str,
+    shape: &Combined<'_>,
     describe: bool,
     result_formats: &[i16],
 ) -> Result<(), SqlError> {
+    let Combined { combine, names, casts, tail } = *shape;
     let Some(descriptions) = descriptions(legs, client).await? else { return Ok(()) };
     let described = fields(&descriptions[0])?;
     let types: Vec<u32> = described.iter().map(|f| f.type_id).collect();
@@ -753,7 +761,7 @@ async fn aggregate(
         // VALUES needs a row: one of NULLs, filtered out.
         params = vec![None; width];
     }
-    let sql = combine_sql(combine, &names, &types, rows.max(1), empty, tail);
+    let sql = combine_sql(&Combined { combine, names: &names, casts, tail }, &types, rows.max(1), empty);
     let param_types: Vec<u32> = std::iter::repeat_n(types.iter().copied(), rows.max(1)).flatten().collect();
 
     let leg = &mut legs[0];
@@ -807,7 +815,8 @@ async fn aggregate(
 const MAX_PARAMS: usize = 65_535;
 
 /// `SELECT sum(c0)::int8 AS "count", ... FROM (VALUES ($1, $2), ...) AS p(c0, c1)`.
-fn combine_sql(combine: &[Combine], names: &[String], types: &[u32], rows: usize, empty: bool, tail: &str) -> String {
+fn combine_sql(shape: &Combined<'_>, types: &[u32], rows: usize, empty: bool) -> String {
+    let Combined { combine, names, casts, tail } = *shape;
     const INT8: u32 = 20;
     let width = types.len();
     let mut exprs = Vec::with_capacity(combine.len());
@@ -825,6 +834,10 @@ fn combine_sql(combine: &[Combine], names: &[String], types: &[u32], rows: usize
             Combine::Avg => format!("sum(c{col}) / nullif(sum(c{}), 0)", col + 1),
         };
         col += if *c == Combine::Avg { 2 } else { 1 };
+        let expr = match casts.get(exprs.len()).cloned().flatten() {
+            Some(t) => format!("({expr})::{t}"),
+            None => expr,
+        };
         exprs.push(format!("{expr} AS \"{}\"", name.replace('"', "\"\"")));
     }
     let rows: Vec<String> = (0..rows)
@@ -844,17 +857,17 @@ mod tests {
 
     #[test]
     fn partials_are_combined_by_postgres_with_the_original_names() {
-        let sql = combine_sql(
-            &[Combine::Count, Combine::Avg, Combine::Max],
-            &["count".into(), "mean \"x\"".into(), "max".into()],
-            &[20, 1700, 20, 23],
-            2,
-            false,
-            " LIMIT 1",
-        );
+        let names = ["count".to_string(), "mean \"x\"".into(), "max".into()];
+        let shape = Combined {
+            combine: &[Combine::Count, Combine::Avg, Combine::Max],
+            names: &names,
+            casts: &[None, None, Some("\"int4\"".into())],
+            tail: " LIMIT 1",
+        };
+        let sql = combine_sql(&shape, &[20, 1700, 20, 23], 2, false);
         assert_eq!(
             sql,
-            "SELECT sum(c0)::int8 AS \"count\", sum(c1) / nullif(sum(c2), 0) AS \"mean \"\"x\"\"\", max(c3) AS \"max\" \
+            "SELECT sum(c0)::int8 AS \"count\", sum(c1) / nullif(sum(c2), 0) AS \"mean \"\"x\"\"\", (max(c3))::\"int4\" AS \"max\" \
              FROM (VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)) AS p(c0, c1, c2, c3) LIMIT 1"
         );
     }

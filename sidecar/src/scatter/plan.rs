@@ -69,7 +69,9 @@ pub enum FanOut {
     /// shards' own name for a GROUP BY column). Shard rows end with the
     /// GROUP BY keys that are not output columns. `tail` is the combining
     /// query's GROUP BY / ORDER BY / LIMIT / OFFSET over those columns.
-    Aggregate { sql: String, combine: Vec<Combine>, names: Vec<String>, tail: String },
+    /// `casts`: a type an aggregate output column is cast to (`count(*)::int`),
+    /// applied after combining.
+    Aggregate { sql: String, combine: Vec<Combine>, names: Vec<String>, casts: Vec<Option<String>>, tail: String },
 }
 
 /// Prefix of the sort-key columns shardcar adds.
@@ -96,7 +98,9 @@ impl FanOut {
             Planned::Rows { order, limit, offset, junk, distinct } => {
                 FanOut::Rows { sql, order, limit, offset, junk, distinct }
             }
-            Planned::Aggregate { combine, names, tail } => FanOut::Aggregate { sql, combine, names, tail },
+            Planned::Aggregate { combine, names, casts, tail } => {
+                FanOut::Aggregate { sql, combine, names, casts, tail }
+            }
         })
     }
 }
@@ -222,7 +226,7 @@ fn renumber_params(sql: &str) -> (String, Vec<usize>) {
 
 enum Planned {
     Rows { order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool },
-    Aggregate { combine: Vec<Combine>, names: Vec<String>, tail: String },
+    Aggregate { combine: Vec<Combine>, names: Vec<String>, casts: Vec<Option<String>>, tail: String },
 }
 
 fn refuse(why: String) -> SqlError {
@@ -278,12 +282,13 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
     }
     let (limit, offset) = limits(select)?;
 
+    let casts = strip_aggregate_casts(select);
     let aggregates: Vec<Option<Combine>> = select.target_list.iter().map(aggregate_of).collect::<Result<_, _>>()?;
     if distinct && aggregates.iter().any(Option::is_some) {
         return Err(refuse("DISTINCT over aggregates is not merged across shards".into()));
     }
     if aggregates.iter().any(Option::is_some) || !select.group_clause.is_empty() {
-        return plan_aggregate(select, &aggregates, limit, offset);
+        return plan_aggregate(select, &aggregates, casts, limit, offset);
     }
 
     let mut order = sort_keys(select)?;
@@ -304,6 +309,7 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
 fn plan_aggregate(
     select: &mut protobuf::SelectStmt,
     aggregates: &[Option<Combine>],
+    casts: Vec<Option<String>>,
     limit: Option<u64>,
     offset: u64,
 ) -> Result<Planned, SqlError> {
@@ -427,7 +433,58 @@ fn plan_aggregate(
     select.sort_clause.clear();
     select.limit_count = None;
     select.limit_offset = None;
-    Ok(Planned::Aggregate { combine, names, tail })
+    Ok(Planned::Aggregate { combine, names, casts, tail })
+}
+
+/// `agg(...)::type` in the select list: shards return the plain aggregate
+/// (named as Postgres names the cast one), and the cast applies to the
+/// combined value. Returns each target's cast type, if any.
+fn strip_aggregate_casts(select: &mut protobuf::SelectStmt) -> Vec<Option<String>> {
+    select
+        .target_list
+        .iter_mut()
+        .map(|target| {
+            let Some(N::ResTarget(t)) = &mut target.node else { return None };
+            let Some(N::TypeCast(cast)) = t.val.as_deref().and_then(|v| v.node.as_ref()) else { return None };
+            let inner = cast.arg.as_deref()?.clone();
+            let Some(N::FuncCall(f)) = &inner.node else { return None };
+            let name = function_name(f).filter(|n| ["count", "sum", "min", "max", "avg"].contains(&n.as_str()))?;
+            let type_text = type_name_text(cast.type_name.as_ref()?)?;
+            if t.name.is_empty() {
+                t.name = name;
+            }
+            t.val = Some(Box::new(inner));
+            Some(type_text)
+        })
+        .collect()
+}
+
+/// A type name as SQL: `pg_catalog.int4`, `numeric(10,2)`, `text[]`.
+fn type_name_text(t: &protobuf::TypeName) -> Option<String> {
+    let names: Vec<String> = t
+        .names
+        .iter()
+        .map(|n| match &n.node {
+            Some(N::String(s)) => Some(format!("\"{}\"", s.sval.replace('"', "\"\""))),
+            _ => None,
+        })
+        .collect::<Option<_>>()?;
+    let mut text = names.join(".");
+    if !t.typmods.is_empty() {
+        let mods: Vec<String> = t
+            .typmods
+            .iter()
+            .map(|m| match &m.node {
+                Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. })) => Some(i.ival.to_string()),
+                _ => None,
+            })
+            .collect::<Option<_>>()?;
+        text.push_str(&format!("({})", mods.join(", ")));
+    }
+    for _ in &t.array_bounds {
+        text.push_str("[]");
+    }
+    Some(text)
 }
 
 /// Two expressions are the same, wherever they were written.
@@ -807,7 +864,7 @@ mod tests {
 
     #[test]
     fn averages_are_split_into_sums_and_counts() {
-        let FanOut::Aggregate { sql, combine, names, tail } =
+        let FanOut::Aggregate { sql, combine, names, tail, .. } =
             FanOut::of("SELECT count(*), avg(amount) AS mean, max(id) FROM orders WHERE x > 1 LIMIT 1").unwrap()
         else {
             panic!()
@@ -820,7 +877,7 @@ mod tests {
 
     #[test]
     fn groups_are_combined_by_their_keys_and_ordered_by_output_columns() {
-        let FanOut::Aggregate { sql, combine, names, tail } = FanOut::of(
+        let FanOut::Aggregate { sql, combine, names, tail, .. } = FanOut::of(
             "SELECT region, avg(amount), count(*) AS n FROM orders GROUP BY 1, day ORDER BY n DESC, region LIMIT 5 OFFSET 2",
         )
         .unwrap() else {
@@ -833,6 +890,16 @@ mod tests {
         assert_eq!(combine, [Combine::Group, Combine::Avg, Combine::Count]);
         assert_eq!(names, ["", "avg", "n"]);
         assert_eq!(tail, " GROUP BY c0, c4 ORDER BY 3 DESC, 1 LIMIT 5 OFFSET 2");
+        let FanOut::Aggregate { sql, casts, .. } =
+            FanOut::of("SELECT count(*)::int, sum(x)::numeric(10, 2) AS s, max(y) FROM t").unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(sql, "SELECT count(*) AS count, sum(x) AS s, max(y) FROM t", "casts apply after combining");
+        assert_eq!(
+            casts,
+            [Some("\"pg_catalog\".\"int4\"".to_string()), Some("\"pg_catalog\".\"numeric\"(10, 2)".into()), None]
+        );
         assert!(refused("SELECT c, count(*) FROM t GROUP BY c HAVING count(*) > 1").contains("HAVING"));
         assert!(refused("SELECT c, d, count(*) FROM t GROUP BY c").contains("neither aggregated nor in GROUP BY"));
         assert!(refused("SELECT c, count(*) FROM t GROUP BY c ORDER BY lower(c)").contains("ORDER BY must name"));

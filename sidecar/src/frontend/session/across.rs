@@ -22,7 +22,7 @@ use super::local::aborted;
 use crate::cancel::BackendKey;
 use crate::classify::Facts;
 use crate::classify::params::Params;
-use crate::execute::Attached;
+use crate::execute::{Attached, Entry, Reply};
 use crate::frontend::wire::reply;
 use crate::pool::{Checkout, Pooled, Role};
 use crate::scatter::{self, Bound, Leg};
@@ -71,11 +71,14 @@ impl Session {
             );
         }
         match &self.attached {
+            // Pipelined statements: the ones sent so far finish first (then
+            // the transaction's state is known).
+            Some(a) if a.unsynced => Some(SqlError::new(code::AFTER_SYNC, "")),
             Some(a) if a.conn.status != b'T' => pinned(
                 "only an explicit transaction block (BEGIN) can span shards",
                 "wrap the statements in BEGIN ... COMMIT",
             ),
-            Some(a) if a.pending_ready > 0 || a.unsynced || !a.outbox.is_empty() => pinned(
+            Some(a) if a.pending_ready > 0 || !a.outbox.is_empty() => pinned(
                 "statements sent together (before Sync) stay on one shard",
                 "send a Sync before the statement for the other shard",
             ),
@@ -88,8 +91,13 @@ impl Session {
     pub(super) async fn switch_to(&mut self, shard: usize) -> Result<(), SqlError> {
         let now = self.attached.as_ref().map(|a| a.node.shard);
         let wanted = format!("shard {}", self.shared.router.shard_name(shard));
-        if let Some(e) = self.widening_refused(now, &wanted) {
-            return Err(e);
+        match self.widening_refused(now, &wanted) {
+            Some(e) if e.code == code::AFTER_SYNC => {
+                self.sync_hidden();
+                return Err(e);
+            }
+            Some(e) => return Err(e),
+            None => {}
         }
         let joined = match self.others.iter().position(|o| o.node.shard == shard) {
             Some(i) => self.others.swap_remove(i),
@@ -100,6 +108,16 @@ impl Session {
         }
         self.point_cancel_at_current();
         Ok(())
+    }
+
+    /// Ends the batch sent so far on the attached connection with a Sync of
+    /// shardcar's own, so its replies complete before another shard's.
+    fn sync_hidden(&mut self) {
+        let Some(a) = self.attached.as_mut() else { return };
+        postgres_protocol::message::frontend::sync(&mut a.conn.wbuf);
+        a.outbox.push(Entry::hidden(Reply::Sync), &mut self.events);
+        a.unsynced = false;
+        self.apply_events();
     }
 
     fn point_cancel_at_current(&self) {

@@ -22,27 +22,10 @@ impl Session {
     /// Attaches a connection for the extended-protocol batch whose current
     /// message carries `facts` and `params` (and prepares `parse`, if a
     /// Parse), routed by every statement of the batch received so far; or
-    /// checks that an attached connection's shard fits the statement. False
-    /// when that failed and the client was told. The routing and checkout
-    /// are recorded in `stages`.
+    /// checks that an attached connection's shard fits the statement (and
+    /// moves a transaction across shards to it). A routing refusal is left
+    /// to the caller; the routing and checkout are recorded in `stages`.
     pub(super) async fn attach_batch(
-        &mut self,
-        facts: &Arc<Facts>,
-        params: Option<Arc<Params>>,
-        parse: Option<&Arc<Prepared>>,
-        stages: &mut Stages,
-    ) -> Result<bool, SqlError> {
-        match self.try_attach_batch(facts, params, parse, stages).await {
-            Ok(()) => Ok(true),
-            Err(e) => {
-                self.refuse_batch(e, stages, facts)?;
-                Ok(false)
-            }
-        }
-    }
-
-    /// `attach_batch`, leaving a routing refusal to the caller.
-    pub(super) async fn try_attach_batch(
         &mut self,
         facts: &Arc<Facts>,
         params: Option<Arc<Params>>,
@@ -52,11 +35,15 @@ impl Session {
         // A batch that starts on an attached connection is routed as a
         // whole, so a transaction can move to its shard before anything is sent.
         let mid_batch = self.attached.as_ref().is_some_and(|a| a.unsynced || a.pending_ready > 0);
-        let req = if mid_batch {
+        // In a transaction that may span shards, each statement of a batch
+        // goes to its own shard (the ones before it are synced first).
+        let per_statement = mid_batch || (self.shared.coordinator.is_some() && self.in_block());
+        let req = if per_statement {
             let mut req = Request::default();
-            match params {
-                Some(params) => req.add(facts, Some(params)),
-                None => req.add_unexecuted(facts),
+            let own_bind = parse.and_then(|p| self.own_bind(p));
+            match (params, own_bind) {
+                (Some(params), _) | (None, Some(params)) => req.add(facts, Some(params)),
+                (None, None) => req.add_unexecuted(facts),
             }
             req
         } else {
@@ -122,6 +109,16 @@ impl Session {
             }
         }
         req
+    }
+
+    /// The parameters of the Bind that follows the Parse of `p` in the inbox.
+    fn own_bind(&self, p: &Arc<Prepared>) -> Option<Arc<Params>> {
+        match self.inbox.front() {
+            Some(ClientMsg::Bind { msg, .. }) if msg.statement_name.as_deref().unwrap_or_default() == p.client_name => {
+                Some(bind_params(p, msg))
+            }
+            _ => None,
+        }
     }
 
     /// True when the rest of the current batch holds only more Parse messages.

@@ -13,7 +13,7 @@ use super::{Portal, Session, encode};
 use crate::classify::params::Params;
 use crate::classify::{Kind, Statement};
 use crate::execute::{Effect, Entry, Prepared, Reply};
-use crate::frontend::wire::reply;
+use crate::frontend::wire::{ClientMsg, reply};
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
 
@@ -47,7 +47,11 @@ impl Session {
                     return Ok(());
                 }
             }
-            if let Err(e) = self.try_attach_batch(&facts, None, Some(&prepared), &mut stages).await {
+            if let Err(e) = self.attach_batch(&facts, None, Some(&prepared), &mut stages).await {
+                if e.code == code::AFTER_SYNC {
+                    self.requeue(ClientMsg::Parse { raw, msg });
+                    return Ok(());
+                }
                 let taken = std::mem::replace(&mut stages, Stages::new(started));
                 if !self.fan_out_batch(Some(prepared), None, taken, e.clone()).await? {
                     self.refuse_batch(e, &mut stages, &facts)?;
@@ -182,9 +186,13 @@ impl Session {
         // A statement for every shard, or one routing refused because it needs several.
         let routed = match self.fans_out_everywhere(&p.facts) {
             true => Err(everywhere()),
-            false => self.try_attach_batch(&p.facts, Some(bind_params(&p, &msg)), None, &mut stages).await,
+            false => self.attach_batch(&p.facts, Some(bind_params(&p, &msg)), None, &mut stages).await,
         };
         if let Err(e) = routed {
+            if e.code == code::AFTER_SYNC {
+                self.requeue(ClientMsg::Bind { raw, msg });
+                return Ok(());
+            }
             if !self.fan_out_batch(None, Some((p.clone(), msg)), stages, e.clone()).await? {
                 self.refuse_batch(e, &mut Stages::new(started), &p.facts)?;
             }
@@ -224,8 +232,12 @@ impl Session {
             }
             // A Describe may attach the connection its statement then runs on.
             let mut stages = self.stages_of(&p);
-            if !self.attach_batch(&p.facts, None, None, &mut stages).await? {
-                return Ok(());
+            if let Err(e) = self.attach_batch(&p.facts, None, None, &mut stages).await {
+                if e.code == code::AFTER_SYNC {
+                    self.requeue(ClientMsg::Describe { raw, msg });
+                    return Ok(());
+                }
+                return self.refuse_batch(e, &mut stages, &p.facts);
             }
             self.parsed = Some((p.clone(), stages));
             self.ensure_prepared(&p);

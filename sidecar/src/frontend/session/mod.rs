@@ -221,6 +221,12 @@ impl Session {
 
     /// Queues a client message, and every further one already read, so that
     /// routing sees the whole batch the client wrote.
+    /// Puts a message back to be handled again first (see `code::AFTER_SYNC`).
+    fn requeue(&mut self, msg: ClientMsg) {
+        self.inbox_bytes += msg.size();
+        self.inbox.push_front(msg);
+    }
+
     fn receive(&mut self, frame: Frame) -> Result<(), SqlError> {
         let mut next = Some(frame);
         while let Some(frame) = next {
@@ -489,8 +495,10 @@ impl Session {
 
     async fn process(&mut self) -> Result<(), SqlError> {
         while !self.done {
-            if !self.copy_in && self.attached.as_ref().is_some_and(|a| a.pending_ready > 0) {
-                // The next message may route elsewhere: wait for the server to finish this batch.
+            // The next message may route elsewhere: wait for the server to
+            // finish this batch (ended by the client's Sync or shardcar's own).
+            let batch_owed = |a: &Attached| a.pending_ready > 0 || (!a.unsynced && !a.outbox.is_empty());
+            if !self.copy_in && self.attached.as_ref().is_some_and(batch_owed) {
                 return Ok(());
             }
             if self.copy_in && self.attached.as_ref().is_some_and(|a| a.conn.wbuf.len() >= BACKEND_FLUSH_AT) {

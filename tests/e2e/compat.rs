@@ -1,0 +1,127 @@
+//! Real drivers and ORMs, unchanged, against shardcar in front of two
+//! shards: psycopg 3 (client-side binding, and server-side prepared
+//! statements), the SQLAlchemy 2 ORM, and node-postgres. Each script
+//! connects, runs DDL, inserts routed by key, reads by key, transactions on
+//! one shard and across both, prepared and parameterised queries, errors
+//! that must surface cleanly, and COPY where the driver has it
+//! (tests/compat/). Here: shardcar started with no driver-specific setting,
+//! the script run, and the rows checked on the shards themselves.
+//!
+//! The drivers come from PyPI and npm: tests/run.sh installs psycopg and
+//! SQLAlchemy in a virtualenv under target/compat (or `SHARDCAR_COMPAT_DIR`)
+//! and node-postgres in tests/compat/node/node_modules.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use crate::harness::{Fleet, Sidecar, direct, table};
+
+fn compat_dir() -> PathBuf {
+    match std::env::var_os("SHARDCAR_COMPAT_DIR") {
+        Some(dir) => PathBuf::from(dir),
+        None => PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/compat"),
+    }
+}
+
+fn sources() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/compat")
+}
+
+/// `tables` sharded by customer_id over s0 and s1, transactions across
+/// shards on; nothing else.
+fn config(fleet: &Fleet, tables: &[String], log: &std::path::Path) -> String {
+    let mut extra = String::from(
+        r#"
+[[policies]]
+name = "by-customer"
+plugin = "hash"
+config = { shards = ["s0", "s1"] }
+"#,
+    );
+    for t in tables {
+        extra.push_str(&format!("\n[[tables]]\nname = \"{t}\"\nkey = \"customer_id\"\npolicy = \"by-customer\"\n"));
+    }
+    fleet.config_with(8, &extra).replace(
+        "read_replicas = false",
+        &format!("read_replicas = false\ntwo_phase_commit = true\ndecision_log = \"{}\"", log.display()),
+    )
+}
+
+/// Runs `program args` against a fresh shardcar; returns the sidecar and
+/// the prefix its tables got, after checking the script passed.
+fn run(program: PathBuf, args: &[&str], tables: &[&str]) -> (Sidecar, String, tempfile::TempDir) {
+    let fleet = Fleet::shared();
+    let prefix = table("compat");
+    let names: Vec<String> = tables.iter().map(|t| format!("{prefix}_{t}")).collect();
+    let dir = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(&config(fleet, &names, &dir.path().join("decisions.log")));
+    let dsn = format!("postgresql://app:secret@127.0.0.1:{}/app", sc.port);
+    let out = Command::new(&program)
+        .args(args)
+        .env("SHARDCAR_DSN", dsn)
+        .env("COMPAT_PREFIX", &prefix)
+        .output()
+        .expect("run the compatibility script");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    eprintln!("{text}");
+    assert!(out.status.success() && text.contains("all passed"), "{} {args:?} failed:\n{text}", program.display());
+    (sc, prefix, dir)
+}
+
+/// Rows of `t` on s0 and s1, read directly.
+async fn per_shard(t: &str) -> (i64, i64) {
+    let fleet = Fleet::shared();
+    let count = format!("SELECT count(*) FROM {t}");
+    let n0: i64 = direct(&fleet.s0).await.query_one(&count, &[]).await.unwrap().get(0);
+    let n1: i64 = direct(&fleet.s1).await.query_one(&count, &[]).await.unwrap().get(0);
+    (n0, n1)
+}
+
+/// The script's table holds `rows` rows, spread over both shards, and each
+/// key is where shardcar routes a query for it.
+async fn placed(sc: &Sidecar, t: &str, rows: i64) {
+    let (n0, n1) = per_shard(t).await;
+    assert!(n0 > 0 && n1 > 0 && n0 + n1 == rows, "{t}: {n0} + {n1} rows, want {rows} on both shards");
+    let c = sc.connect().await;
+    for key in [1i64, 2, 3, 17, 30] {
+        let sql = format!("SELECT count(*) FROM {t} WHERE customer_id = $1");
+        let n: i64 = c.query_one(&sql, &[&key]).await.unwrap().get(0);
+        assert_eq!(n, 1, "{t}: customer {key} is on the shard its key routes to");
+    }
+}
+
+fn python() -> PathBuf {
+    let python = compat_dir().join("venv/bin/python");
+    assert!(python.exists(), "{} is missing: tests/run.sh installs psycopg and SQLAlchemy there", python.display());
+    python
+}
+
+#[tokio::test]
+async fn psycopg_with_client_side_binding() {
+    let script = sources().join("python/compat.py");
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "simple"], &["simple"]);
+    placed(&sc, &format!("{prefix}_simple"), 100).await;
+}
+
+#[tokio::test]
+async fn psycopg_with_prepared_statements() {
+    let script = sources().join("python/compat.py");
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "prepared"], &["prepared"]);
+    placed(&sc, &format!("{prefix}_prepared"), 100).await;
+}
+
+#[tokio::test]
+async fn sqlalchemy_orm_session() {
+    let script = sources().join("python/compat.py");
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "orm"], &["orm"]);
+    placed(&sc, &format!("{prefix}_orm"), 30).await;
+}
+
+#[tokio::test]
+async fn node_postgres() {
+    let script = sources().join("node/compat.js");
+    let installed = sources().join("node/node_modules/pg");
+    assert!(installed.exists(), "{} is missing: tests/run.sh installs node-postgres there", installed.display());
+    let (sc, prefix, _dir) = run(PathBuf::from("node"), &[script.to_str().unwrap()], &["node"]);
+    placed(&sc, &format!("{prefix}_node"), 40).await;
+}
