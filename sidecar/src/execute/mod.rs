@@ -115,11 +115,15 @@ pub struct Attached {
     pub pending_ready: usize,
     /// Extended-protocol messages were sent since the last Sync.
     pub unsynced: bool,
+    /// Shardcar ended the client's batch with a Sync of its own (to move the
+    /// transaction to another shard): until the replies are in, the client's
+    /// next message waits.
+    pub resyncing: bool,
 }
 
 impl Attached {
     pub fn new(conn: Pooled, node: Arc<Node>) -> Attached {
-        Attached { conn, node, outbox: Outbox::default(), pending_ready: 0, unsynced: false }
+        Attached { conn, node, outbox: Outbox::default(), pending_ready: 0, unsynced: false, resyncing: false }
     }
 
     /// No reply is due, no transaction or batch is open: the connection can

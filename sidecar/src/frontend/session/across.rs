@@ -117,6 +117,7 @@ impl Session {
         postgres_protocol::message::frontend::sync(&mut a.conn.wbuf);
         a.outbox.push(Entry::hidden(Reply::Sync), &mut self.events);
         a.unsynced = false;
+        a.resyncing = true;
         self.apply_events();
     }
 

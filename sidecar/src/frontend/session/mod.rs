@@ -219,14 +219,14 @@ impl Session {
         }
     }
 
-    /// Queues a client message, and every further one already read, so that
-    /// routing sees the whole batch the client wrote.
     /// Puts a message back to be handled again first (see `code::AFTER_SYNC`).
     fn requeue(&mut self, msg: ClientMsg) {
         self.inbox_bytes += msg.size();
         self.inbox.push_front(msg);
     }
 
+    /// Queues a client message, and every further one already read, so that
+    /// routing sees the whole batch the client wrote.
     fn receive(&mut self, frame: Frame) -> Result<(), SqlError> {
         let mut next = Some(frame);
         while let Some(frame) = next {
@@ -497,7 +497,10 @@ impl Session {
         while !self.done {
             // The next message may route elsewhere: wait for the server to
             // finish this batch (ended by the client's Sync or shardcar's own).
-            let batch_owed = |a: &Attached| a.pending_ready > 0 || (!a.unsynced && !a.outbox.is_empty());
+            if let Some(a) = self.attached.as_mut() {
+                a.resyncing &= !a.outbox.is_empty();
+            }
+            let batch_owed = |a: &Attached| a.pending_ready > 0 || a.resyncing;
             if !self.copy_in && self.attached.as_ref().is_some_and(batch_owed) {
                 return Ok(());
             }
