@@ -1,0 +1,131 @@
+//! One pgbench run and what it reports: tps, average latency, and p99 from
+//! its per-transaction log.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{Context, bail};
+use serde::Serialize;
+use shardcar::localpg;
+
+use crate::targets::Target;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum Script {
+    /// `-S`: one SELECT by primary key per transaction.
+    SelectOnly,
+    /// The built-in TPC-B-like script.
+    TpcB,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Workload {
+    pub script: Script,
+    /// `-M simple|extended|prepared`
+    pub mode: &'static str,
+    pub clients: usize,
+}
+
+impl Workload {
+    pub fn label(&self) -> String {
+        let script = match self.script {
+            Script::SelectOnly => "select-only",
+            Script::TpcB => "tpc-b",
+        };
+        format!("{script} {} c{}", self.mode, self.clients)
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Run {
+    pub tps: f64,
+    pub latency_avg_ms: f64,
+    pub latency_p99_ms: f64,
+    pub transactions: u64,
+    pub failed: u64,
+    /// CPU seconds the target's process used during the run (poolers only).
+    pub cpu_seconds: Option<f64>,
+}
+
+pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::Result<Run> {
+    let prefix = logs.join(format!("{}-{}", target.name.replace(' ', "_"), w.label().replace(' ', "_")));
+    let mut cmd = Command::new(localpg::tool("pgbench")?);
+    cmd.args(["-n", "-h", "127.0.0.1", "-U", &target.user, "-M", w.mode]);
+    cmd.args(["-p", &target.port.to_string(), "-T", &seconds.to_string()]);
+    cmd.args(["-c", &w.clients.to_string(), "-j", &w.clients.min(2).to_string()]);
+    cmd.args(["--log", "--sampling-rate", "0.1"]).arg(format!("--log-prefix={}", prefix.display()));
+    if w.script == Script::SelectOnly {
+        cmd.arg("-S");
+    }
+    cmd.arg(localpg::DATABASE);
+    if let Some(pw) = &target.password {
+        cmd.env("PGPASSWORD", pw);
+    }
+    let cpu_before = target.pid().and_then(cpu_seconds);
+    let out = cmd.output().context("run pgbench")?;
+    let cpu_after = target.pid().and_then(cpu_seconds);
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if !out.status.success() {
+        let why = text.lines().find(|l| l.contains("error")).unwrap_or("pgbench failed");
+        bail!("{why}");
+    }
+    let value = |label: &str| -> anyhow::Result<f64> {
+        let line = text.lines().find(|l| l.starts_with(label)).with_context(|| format!("no `{label}` in:\n{text}"))?;
+        let rest = line[label.len()..].trim_start_matches([' ', '=', ':']);
+        rest.split_whitespace().next().and_then(|v| v.parse().ok()).with_context(|| format!("cannot read {line}"))
+    };
+    let p99 = p99_from_logs(logs, &prefix)?;
+    Ok(Run {
+        tps: value("tps")?,
+        latency_avg_ms: value("latency average")?,
+        latency_p99_ms: p99,
+        transactions: value("number of transactions actually processed")? as u64,
+        failed: value("number of failed transactions").unwrap_or(0.0) as u64,
+        cpu_seconds: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+    })
+}
+
+/// The 99th percentile of transaction latency in pgbench's logs (µs in the
+/// third column), in ms; the log files are removed afterwards.
+fn p99_from_logs(dir: &Path, prefix: &Path) -> anyhow::Result<f64> {
+    let stem = prefix.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
+    let mut latencies = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+        if !name.starts_with(&format!("{stem}.")) {
+            continue;
+        }
+        for line in std::fs::read_to_string(&path)?.lines() {
+            if let Some(us) = line.split_whitespace().nth(2).and_then(|v| v.parse::<u64>().ok()) {
+                latencies.push(us);
+            }
+        }
+        std::fs::remove_file(&path)?;
+    }
+    if latencies.is_empty() {
+        return Ok(f64::NAN);
+    }
+    latencies.sort_unstable();
+    let at = ((latencies.len() as f64) * 0.99).ceil() as usize;
+    Ok(latencies[at.clamp(1, latencies.len()) - 1] as f64 / 1000.0)
+}
+
+/// User + system CPU time of a process so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some(ticks / hz)
+}
+
+/// Resident memory of a process, in MiB.
+pub fn rss_mib(pid: u32) -> Option<f64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: f64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
