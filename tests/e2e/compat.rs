@@ -14,7 +14,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::{Fleet, Sidecar, direct, table};
+use crate::harness::{Fleet, Sidecar, direct, hashed_tables, table, two_phase};
 
 fn compat_dir() -> PathBuf {
     match std::env::var_os("SHARDCAR_COMPAT_DIR") {
@@ -30,21 +30,8 @@ fn sources() -> PathBuf {
 /// `tables` sharded by customer_id over s0 and s1, transactions across
 /// shards on; nothing else.
 fn config(fleet: &Fleet, tables: &[String], log: &std::path::Path) -> String {
-    let mut extra = String::from(
-        r#"
-[[policies]]
-name = "by-customer"
-plugin = "hash"
-config = { shards = ["s0", "s1"] }
-"#,
-    );
-    for t in tables {
-        extra.push_str(&format!("\n[[tables]]\nname = \"{t}\"\nkey = \"customer_id\"\npolicy = \"by-customer\"\n"));
-    }
-    fleet.config_with(8, &extra).replace(
-        "read_replicas = false",
-        &format!("read_replicas = false\ntwo_phase_commit = true\ndecision_log = \"{}\"", log.display()),
-    )
+    let tables: Vec<(&str, &str)> = tables.iter().map(|t| (t.as_str(), "customer_id")).collect();
+    two_phase(&fleet.config_with(8, &hashed_tables(&tables)), log)
 }
 
 /// Runs `program args` against a fresh shardcar; returns the sidecar and

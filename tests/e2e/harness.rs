@@ -48,24 +48,7 @@ impl Fleet {
     /// A config whose table `t` is sharded by `customer_id` with the `hash`
     /// plugin over s0 and s1 (policy `by-customer`), with `extra` appended.
     pub fn hashed_config(&self, t: &str, extra: &str) -> String {
-        self.config_with(
-            4,
-            &format!(
-                r#"
-[[policies]]
-name = "by-customer"
-plugin = "hash"
-config = {{ shards = ["s0", "s1"] }}
-
-[[tables]]
-name = "{t}"
-key = "customer_id"
-policy = "by-customer"
-
-{extra}
-"#
-            ),
-        )
+        self.config_with(4, &format!("{}\n{extra}\n", hashed_tables(&[(t, "customer_id")])))
     }
 
     /// A new table `(customer_id bigint, note text)` on both shards.
@@ -137,6 +120,24 @@ read_replicas = false
             cache = plugin_cache().display(),
         )
     }
+}
+
+/// TOML for policy `by-customer` (the `hash` plugin over s0 and s1) and
+/// `tables` (name, key column) routed by it.
+pub fn hashed_tables(tables: &[(&str, &str)]) -> String {
+    let mut toml = String::from(
+        "[[policies]]\nname = \"by-customer\"\nplugin = \"hash\"\nconfig = { shards = [\"s0\", \"s1\"] }\n",
+    );
+    for (t, key) in tables {
+        toml.push_str(&format!("\n[[tables]]\nname = \"{t}\"\nkey = \"{key}\"\npolicy = \"by-customer\"\n"));
+    }
+    toml
+}
+
+/// `config` with transactions across shards on, decisions logged at `log`.
+pub fn two_phase(config: &str, log: &std::path::Path) -> String {
+    let on = format!("read_replicas = false\ntwo_phase_commit = true\ndecision_log = \"{}\"", log.display());
+    config.replace("read_replicas = false", &on)
 }
 
 static SHARED: Mutex<Option<&'static Fleet>> = Mutex::new(None);

@@ -5,30 +5,17 @@
 
 use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{Fleet, Sidecar, direct, run_tool};
+use crate::harness::{Fleet, Sidecar, direct, hashed_tables, run_tool, two_phase};
 
 /// pgbench's tables, each sharded by its own id with the hash plugin.
 fn config(fleet: &Fleet, log: &std::path::Path) -> String {
-    let mut extra = String::from(
-        r#"
-[[policies]]
-name = "hashed"
-plugin = "hash"
-config = { shards = ["s0", "s1"] }
-"#,
-    );
-    for (table, key) in [
+    let tables = [
         ("pgbench_accounts", "aid"),
         ("pgbench_branches", "bid"),
         ("pgbench_tellers", "tid"),
         ("pgbench_history", "aid"),
-    ] {
-        extra.push_str(&format!("\n[[tables]]\nname = \"{table}\"\nkey = \"{key}\"\npolicy = \"hashed\"\n"));
-    }
-    fleet.config_with(16, &extra).replace(
-        "read_replicas = false",
-        &format!("read_replicas = false\ntwo_phase_commit = true\ndecision_log = \"{}\"", log.display()),
-    )
+    ];
+    two_phase(&fleet.config_with(16, &hashed_tables(&tables)), log)
 }
 
 /// One number from a simple query through shardcar (a fanned-out aggregate).

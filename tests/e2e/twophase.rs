@@ -7,15 +7,12 @@ use std::time::Duration;
 
 use tokio_postgres::Client;
 
-use crate::harness::{Fleet, Sidecar, direct, eventually, sqlstate};
+use crate::harness::{Fleet, Sidecar, direct, eventually, sqlstate, two_phase};
 
 /// `t` sharded by customer_id over s0 and s1, transactions across shards
 /// allowed, decisions logged at `log`.
 fn config(fleet: &Fleet, t: &str, log: &Path) -> String {
-    fleet.hashed_config(t, "").replace(
-        "read_replicas = false",
-        &format!("read_replicas = false\ntwo_phase_commit = true\ndecision_log = \"{}\"", log.display()),
-    )
+    two_phase(&fleet.hashed_config(t, ""), log)
 }
 
 /// A count with the simple protocol (fanned out when it goes through shardcar).

@@ -164,10 +164,8 @@ impl Session {
         refusal: SqlError,
         bound: Option<(Bound, Arc<Params>)>,
     ) -> Result<(), SqlError> {
-        let params = bound.as_ref().map(|(_, p)| p.clone());
-        let (shards, plan) = match scatter::plan_for(&self.shared.router, facts, &params, &self.info).await {
-            Ok(Some(planned)) => planned,
-            Ok(None) => return self.refuse(refusal, false, stages, facts),
+        let (shards, plan) = match self.fan_out_plan(facts, &bound, refusal).await {
+            Ok(planned) => planned,
             Err(e) => return self.refuse(e, false, stages, facts),
         };
         let now = self.attached.as_ref().map(|a| a.node.shard);

@@ -123,10 +123,8 @@ impl Session {
         refusal: SqlError,
         bound: Option<(Bound, Arc<Params>)>,
     ) -> Result<(), SqlError> {
-        let params = bound.as_ref().map(|(_, p)| p.clone());
-        let (shards, plan) = match scatter::plan_for(&self.shared.router, facts, &params, &self.info).await {
-            Ok(Some(planned)) => planned,
-            Ok(None) => return self.refuse(refusal, false, stages, facts),
+        let (shards, plan) = match self.fan_out_plan(facts, &bound, refusal).await {
+            Ok(planned) => planned,
             Err(e) => return self.refuse(e, false, stages, facts),
         };
         let read = facts.is_read_only();
@@ -146,6 +144,23 @@ impl Session {
         match run.await {
             Ok(()) => self.simple_ready(),
             Err(e) => self.fail(e, false),
+        }
+    }
+
+    /// Where a statement that needs several shards runs and how its answers
+    /// merge; else the error to refuse it with (`refusal` when routing
+    /// finds it needs one shard after all).
+    pub(super) async fn fan_out_plan(
+        &self,
+        facts: &Arc<Facts>,
+        bound: &Option<(Bound, Arc<Params>)>,
+        refusal: SqlError,
+    ) -> Result<(Vec<usize>, scatter::plan::FanOut), SqlError> {
+        let params = bound.as_ref().map(|(_, p)| p.clone());
+        match scatter::plan_for(&self.shared.router, facts, &params, &self.info).await {
+            Ok(Some(planned)) => Ok(planned),
+            Ok(None) => Err(refusal),
+            Err(e) => Err(e),
         }
     }
 
