@@ -131,6 +131,16 @@ impl Leg {
         crate::twophase::Participant { conn: &mut self.checkout.conn, label: &self.checkout.node.label }
     }
 
+    /// Gives the connection back to the pool, or closes it (so its server
+    /// stops what it runs) when it did not answer in full, is left in a
+    /// transaction, or `close` says so.
+    pub fn release(self, close: bool) {
+        let clean = self.is_clean() && self.checkout.conn.status == b'I';
+        if close || !clean {
+            drop(deadpool::managed::Object::take(self.checkout.conn));
+        }
+    }
+
     /// The connection answered in full and can serve another statement.
     pub fn is_clean(&self) -> bool {
         self.done && !self.checkout.conn.broken
@@ -196,11 +206,9 @@ pub async fn run(
     }
     let result = execute(&mut legs, client, sql, bound, plan, targets.kind, false).await;
     for leg in legs {
-        if !leg.is_clean() {
-            // The client is gone or shardcar gave up mid-answer: close the
-            // connection (its server stops) rather than read on or reuse it.
-            drop(deadpool::managed::Object::take(leg.checkout.conn));
-        }
+        // The client may be gone or shardcar gave up mid-answer: then the
+        // connection is closed rather than read on or reused.
+        leg.release(false);
     }
     result
 }
@@ -320,7 +328,8 @@ async fn send(legs: &mut [Leg], sql: &str, bound: Option<&Bound>, plan: &FanOut)
     Ok(())
 }
 
-fn internal(e: impl std::fmt::Display) -> SqlError {
+/// shardcar's own failure, with its reason.
+pub(crate) fn internal(e: impl std::fmt::Display) -> SqlError {
     SqlError::new(code::INTERNAL_ERROR, e.to_string())
 }
 

@@ -159,7 +159,7 @@ impl Session {
     }
 
     /// Keeps a statement the client just prepared; what undoes that.
-    fn remember(&mut self, p: &Arc<Prepared>) -> Vec<Effect> {
+    pub(super) fn remember(&mut self, p: &Arc<Prepared>) -> Vec<Effect> {
         let name = p.client_name.clone();
         if name.is_empty() {
             match self.unnamed.replace(p.clone()) {

@@ -17,9 +17,9 @@ use super::Session;
 use crate::classify::Facts;
 use crate::frontend::wire::{ClientMsg, reply};
 use crate::policy::facts::TableRule;
-use crate::pool::{Pooled, Role};
-use crate::scatter::Leg;
+use crate::pool::Role;
 use crate::scatter::copy::{Row, RowSplitter};
+use crate::scatter::{Leg, internal};
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::metrics::KindLabel;
 use crate::telemetry::stages::Stages;
@@ -355,14 +355,10 @@ async fn abort(legs: &mut [Leg], why: &str) {
     let _ = finish(legs).await;
 }
 
-/// Returns connections to the pool, closing those not clean (or all, `close`).
+/// Returns connections to the pool (see `Leg::release`).
 fn release(legs: Vec<Leg>, close: bool) {
     for leg in legs {
-        let clean = leg.is_clean();
-        let conn = leg.into_checkout().conn;
-        if close || !clean || conn.status != b'I' {
-            drop(Pooled::take(conn));
-        }
+        leg.release(close);
     }
 }
 
@@ -376,8 +372,4 @@ fn collect(rows: &mut Vec<(Vec<u8>, Option<String>)>) -> impl FnMut(Row<'_>) -> 
 
 fn bad_data(why: &str) -> SqlError {
     SqlError::new("22P04", format!("cannot place a COPY row on a shard: {why}"))
-}
-
-fn internal(e: impl std::fmt::Display) -> SqlError {
-    SqlError::new(code::INTERNAL_ERROR, e.to_string())
 }

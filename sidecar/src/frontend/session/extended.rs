@@ -60,14 +60,7 @@ impl Session {
             }
         }
         self.parsed = Some((prepared.clone(), stages));
-        let mut undo = vec![Effect::ForgetStatement(name.clone())];
-        if name.is_empty() {
-            if let Some(old) = self.unnamed.replace(prepared.clone()) {
-                undo = vec![Effect::RestoreStatement(String::new(), old)];
-            }
-        } else {
-            self.statements.insert(name, prepared.clone());
-        }
+        let undo = self.remember(&prepared);
         if local || lazy {
             // Sent to a server when it first runs there.
             let mut out = BytesMut::new();

@@ -77,13 +77,14 @@ impl Session {
         // Outside a transaction, DDL runs on every shard, and a statement
         // its policy sends to several shards runs on them all, merged.
         let outside = !self.deferred.is_open() && self.attached.is_none();
-        if outside && self.shared.router.runs_everywhere(&facts, &self.info) {
+        let everywhere = self.shared.router.runs_everywhere(&facts, &self.info);
+        if outside && everywhere {
             let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
             return self.fan_out(&sql, &facts, stages, never, None).await;
         }
         // Inside a transaction that may span shards, the same, on the transaction's connections.
         let within = self.shared.coordinator.is_some() && self.in_block();
-        if within && self.shared.router.runs_everywhere(&facts, &self.info) {
+        if within && everywhere {
             let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
             return self.fan_out_within(&sql, &facts, stages, never, None).await;
         }
