@@ -214,3 +214,33 @@ async fn killed_after_the_decision_recovery_commits() {
     let (s0, s1) = crash_at("2pc-after-decision").await;
     assert!(s0 > 0 && s1 > 0 && s0 + s1 == 10, "the logged decision commits every shard: {s0} + {s1}");
 }
+
+#[tokio::test]
+async fn reference_tables_are_written_on_every_shard_inside_the_transaction() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("tpcref").await;
+    let r = crate::harness::table("tpcrefdata");
+    for shard in [&fleet.s0, &fleet.s1] {
+        direct(shard).await.batch_execute(&format!("CREATE TABLE {r} (code text PRIMARY KEY)")).await.unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("decisions.log");
+    let cfg = config(fleet, &t, &log)
+        .replace("read_replicas = false", &format!("read_replicas = false\nreference_tables = [\"{r}\"]"));
+    let sc = Sidecar::start(&cfg);
+    let c = sc.connect().await;
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'a')")).await.unwrap();
+    c.batch_execute(&format!("INSERT INTO {r} VALUES ('EUR')")).await.unwrap();
+    c.execute(&format!("INSERT INTO {r} VALUES ($1)"), &[&"USD"]).await.unwrap();
+    c.batch_execute("ROLLBACK").await.unwrap();
+    c.batch_execute("BEGIN").await.unwrap();
+    c.batch_execute(&format!("INSERT INTO {r} VALUES ('EUR')")).await.unwrap();
+    c.execute(&format!("INSERT INTO {r} VALUES ($1)"), &[&"USD"]).await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    for shard in [&fleet.s0, &fleet.s1] {
+        let n = count(&direct(shard).await, &r).await;
+        assert_eq!(n, 2, "both rows on every shard, once (the rolled-back ones nowhere)");
+    }
+    assert_eq!(prepared(fleet, &log).await, 0);
+}
