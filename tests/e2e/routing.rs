@@ -160,3 +160,52 @@ async fn several_statements_in_one_query_string() {
     let n: i64 = direct(&fleet.s1).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
     assert_eq!(n, 2, "a multi-statement string is one implicit transaction");
 }
+
+/// Simple queries that differ only in their literals share one parse (the
+/// template with literals lifted out) and still each reach their key's shard.
+#[tokio::test]
+async fn simple_queries_share_a_parse_and_route_by_their_literals() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("lifted").await;
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sc.connect().await;
+    let misses = || -> f64 {
+        let (_, body) = sc.admin_get("/metrics");
+        let line = body.lines().find(|l| l.starts_with("shardcar_parse_cache_misses_total ")).expect("the counter");
+        line.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    c.batch_execute(&format!("INSERT INTO {t} VALUES (0, 'warm')")).await.unwrap();
+    c.batch_execute(&format!("SELECT note FROM {t} WHERE customer_id = 0")).await.unwrap();
+    let before = misses();
+    for id in 1..=40i64 {
+        c.batch_execute(&format!("INSERT INTO {t} VALUES ({id}, 'n''{id}')")).await.unwrap();
+        let rows = c.simple_query(&format!("SELECT note FROM {t} WHERE customer_id = {id}")).await.unwrap();
+        let notes: Vec<String> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(notes, [format!("n'{id}")], "key {id} reads back the row it wrote");
+    }
+    assert_eq!(misses(), before, "80 statements, no new parse");
+    // Each row is on one shard, the one the extended protocol routes its key to.
+    for id in 0..=40i64 {
+        let via_bind: Vec<String> = c
+            .query(&format!("SELECT note FROM {t} WHERE customer_id = $1"), &[&id])
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        assert_eq!(via_bind.len(), 1, "key {id}");
+    }
+    let mut total = 0;
+    for shard in [&fleet.s0, &fleet.s1] {
+        let n: i64 = direct(shard).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
+        assert!(n > 0, "both shards hold rows");
+        total += n;
+    }
+    assert_eq!(total, 41);
+}

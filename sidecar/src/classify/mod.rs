@@ -7,6 +7,7 @@
 //! are bound per execution.
 
 pub mod comments;
+pub mod lexer;
 pub mod params;
 pub mod shape;
 
@@ -18,6 +19,8 @@ use quick_cache::sync::Cache;
 
 pub use comments::Hints;
 pub use shape::{Operand, Shape, Value, Verb};
+
+use params::Params;
 
 use crate::settings::{Change, Setting};
 use crate::telemetry::metrics::Metrics;
@@ -364,6 +367,26 @@ impl FactsCache {
             }
             None => (facts, hit),
         }
+    }
+
+    /// The facts a simple query routes by, shared with every query that
+    /// differs from it only in literal values: those of its text with the
+    /// literals lifted out as `$n`, and the literals as text parameters.
+    /// `None` when the text cannot be lifted, has no literals, or its
+    /// template is not one plain read or write (such text is classified as
+    /// written: for DDL, COPY and the rest the literals matter).
+    pub fn lookup_lifted(&self, sql: &str) -> Option<(Arc<Facts>, Arc<Params>)> {
+        let (template, values) = lexer::lift_literals(sql)?;
+        if values.is_empty() {
+            return None;
+        }
+        let (facts, _) = self.lookup(&template);
+        let plain = facts.parse_error.is_none()
+            && facts.single().is_some_and(|s| {
+                matches!(s.kind, Kind::Read | Kind::Write) && !matches!(s.shape.verb, Verb::Ddl | Verb::Copy)
+            });
+        let values = values.into_iter().map(|v| Some(bytes::Bytes::from(v))).collect();
+        plain.then(|| (facts, Arc::new(Params { values, ..Params::default() })))
     }
 
     pub fn len(&self) -> usize {

@@ -187,4 +187,53 @@ mod tests {
         let v = view("SELECT * FROM orders WHERE region = 'eu' AND customer_id = 1", None, KeyType::Auto).unwrap();
         assert_eq!(v.predicates()[0], ("orders".into(), "region".into(), vec![Value::Text("eu".into())]));
     }
+
+    /// A simple query routed by its template (literals lifted out as
+    /// parameters) gives plugins exactly what the text as written gives.
+    #[test]
+    fn templates_give_plugins_what_the_text_gives() {
+        let cache = crate::classify::FactsCache::new(100, &crate::telemetry::metrics::Metrics::new());
+        let rule = Arc::new(TableRule {
+            table: "orders".into(),
+            key: "customer_id".into(),
+            key_type: KeyType::Auto,
+            policy: 0,
+        });
+        let seen = |facts: Arc<Facts>, params: Option<Arc<Params>>| {
+            let v = FactsView::new(facts, 0, params, rule.clone(), Arc::new(SessionInfo::default()), false, None);
+            v.map(|v| {
+                (v.key_values.clone(), v.predicates(), v.rows(), v.facts.hints.clone(), v.statement().kind.clone())
+            })
+        };
+        let mut lifted = 0;
+        for sql in [
+            "SELECT * FROM orders WHERE customer_id = 42",
+            "SELECT * FROM orders WHERE customer_id = -42 AND region = 'e''u'",
+            "SELECT * FROM orders WHERE 42 = customer_id",
+            "SELECT * FROM orders WHERE region = 'x' AND -5 = customer_id",
+            "SELECT * FROM orders WHERE customer_id IN (1, -2, +3, '4', 99999999999)",
+            "SELECT * FROM orders WHERE customer_id = '7'::bigint LIMIT 10 OFFSET 2",
+            "SELECT * FROM orders WHERE customer_id = 1.0",
+            "SELECT * FROM orders WHERE customer_id = 3 - 1",
+            "SELECT * FROM orders WHERE customer_id = abs(-2)",
+            "SELECT * FROM orders WHERE customer_id = 2 ORDER BY 1",
+            "UPDATE orders SET total = total + 5 WHERE customer_id = 8",
+            "UPDATE orders SET total = total - -5 WHERE customer_id = 8",
+            "DELETE FROM orders WHERE customer_id = 9 AND note = 'a -- b /* c'",
+            "INSERT INTO orders (id, customer_id, note) VALUES (1, 2, 'x'), (3, -4, now())",
+            "INSERT INTO orders VALUES (1, 2)",
+            "/* shardcar: shard=s1 */ SELECT * FROM orders WHERE customer_id = 5",
+            "SELECT * FROM orders WHERE customer_id = 5 /*traceparent='00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01'*/",
+            "SELECT * FROM orders WHERE created > DATE '2024-01-01' AND customer_id = 1",
+            "SELECT * FROM orders WHERE note = E'it\\'s' AND customer_id = 1",
+            "SELECT nextval('orders_id_seq')",
+        ] {
+            let written = seen(cache.get(sql), None);
+            if let Some((facts, params)) = cache.lookup_lifted(sql) {
+                lifted += 1;
+                assert_eq!(seen(facts, Some(params)), written, "{sql}");
+            }
+        }
+        assert!(lifted >= 15, "only {lifted} lifted");
+    }
 }

@@ -5,6 +5,7 @@
 
 use pg_query::protobuf::{self, a_const, node::Node as N};
 
+use crate::classify::lexer::renumber_params;
 use crate::sqlerror::{SqlError, code};
 
 /// One ORDER BY item, resolved against the shards' result columns.
@@ -180,48 +181,13 @@ impl FanOut {
             }
             let sql = pg_query::deparse(&part, pg_query::DeparseOptions::default())
                 .map_err(|e| SqlError::new(code::INTERNAL_ERROR, format!("cannot split the INSERT: {e}")))?;
+            // A server refuses parameters a statement does not use when their
+            // type is left to it: each part numbers the ones it keeps from $1.
             let (sql, params) = renumber_params(&sql);
             parts.push(InsertPart { sql, params });
         }
         Ok(FanOut::Split(parts))
     }
-}
-
-/// Numbers the `$n` parameters of a part's SQL (as deparsed: literals in
-/// single quotes, identifiers in double quotes) 1, 2, ... in order of
-/// appearance, since a server refuses parameters a statement does not use
-/// when their type is left to it; returns the new SQL and the original
-/// (0-based) parameter of each new number.
-fn renumber_params(sql: &str) -> (String, Vec<usize>) {
-    let mut order: Vec<usize> = Vec::new();
-    let mut out = String::with_capacity(sql.len());
-    let mut chars = sql.char_indices().peekable();
-    let mut quote: Option<char> = None;
-    while let Some((i, c)) = chars.next() {
-        match (quote, c) {
-            (Some(q), c) if c == q => quote = None,
-            (None, '\'' | '"') => quote = Some(c),
-            (None, '$') if chars.peek().is_some_and(|(_, d)| d.is_ascii_digit()) => {
-                let digits: String = sql[i + 1..].chars().take_while(char::is_ascii_digit).collect();
-                for _ in 0..digits.len() {
-                    chars.next();
-                }
-                let old = digits.parse::<usize>().unwrap_or(1).max(1) - 1;
-                let new = match order.iter().position(|&n| n == old) {
-                    Some(k) => k + 1,
-                    None => {
-                        order.push(old);
-                        order.len()
-                    }
-                };
-                out.push_str(&format!("${new}"));
-                continue;
-            }
-            _ => {}
-        }
-        out.push(c);
-    }
-    (out, order)
 }
 
 enum Planned {

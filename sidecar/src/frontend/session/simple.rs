@@ -22,7 +22,20 @@ use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
 impl Session {
     pub(super) async fn query(&mut self, raw: Bytes, sql: String) -> Result<(), SqlError> {
         let started = Instant::now();
-        let (facts, cached) = self.shared.facts.lookup(&sql);
+        // Routed by the facts of its template when it has one (see
+        // `lookup_lifted`); the paths that rewrite or split the statement
+        // take the facts of the text as written (`as_written`).
+        let (facts, literals, cached) = match self.shared.facts.lookup_lifted(&sql) {
+            Some((facts, literals)) => (facts, Some(literals), true),
+            None => {
+                let (facts, cached) = self.shared.facts.lookup(&sql);
+                (facts, None, cached)
+            }
+        };
+        let as_written = |s: &Self| match literals {
+            Some(_) => s.shared.facts.get(&sql),
+            None => facts.clone(),
+        };
         let mut stages = Stages::new(started);
         stages.classify = Some(Classified::new(cached, Stage::since(started)));
         // A simple query destroys the unnamed statement.
@@ -80,26 +93,26 @@ impl Session {
         let everywhere = self.shared.router.runs_everywhere(&facts, &self.info);
         if outside && everywhere {
             let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
-            return self.fan_out(&sql, &facts, stages, never, None).await;
+            return self.fan_out(&sql, &as_written(self), stages, never, None).await;
         }
         // Inside a transaction that may span shards, the same, on the transaction's connections.
         let within = self.shared.coordinator.is_some() && self.in_block();
         if within && everywhere {
             let never = SqlError::new(code::INTERNAL_ERROR, "a statement for every shard found none");
-            return self.fan_out_within(&sql, &facts, stages, never, None).await;
+            return self.fan_out_within(&sql, &as_written(self), stages, never, None).await;
         }
         let mut req = Request::default();
-        req.add(&facts, None);
+        req.add(&facts, literals.clone());
         if let Err(e) = self.attach_for(&req, &mut stages).await {
             let copy_in = facts.single().is_some_and(|s| s.shape.copy_in.is_some());
             if copy_in && (outside || within) && e.code == code::FEATURE_NOT_SUPPORTED {
                 return self.copy_split(&sql, &facts, stages, e).await;
             }
             if outside && e.code == code::FEATURE_NOT_SUPPORTED {
-                return self.fan_out(&sql, &facts, stages, e, None).await;
+                return self.fan_out(&sql, &as_written(self), stages, e, None).await;
             }
             if within && e.code == code::FEATURE_NOT_SUPPORTED {
-                return self.fan_out_within(&sql, &facts, stages, e, None).await;
+                return self.fan_out_within(&sql, &as_written(self), stages, e, None).await;
             }
             return self.refuse(e, false, stages, &facts);
         }
