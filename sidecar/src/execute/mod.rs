@@ -119,11 +119,23 @@ pub struct Attached {
     /// transaction to another shard): until the replies are in, the client's
     /// next message waits.
     pub resyncing: bool,
+    /// Messages at the head of the client's inbox that were routed with the
+    /// batch this connection was attached (or confirmed) for: they fit it
+    /// without routing again.
+    pub routed_ahead: usize,
 }
 
 impl Attached {
     pub fn new(conn: Pooled, node: Arc<Node>) -> Attached {
-        Attached { conn, node, outbox: Outbox::default(), pending_ready: 0, unsynced: false, resyncing: false }
+        Attached {
+            conn,
+            node,
+            outbox: Outbox::default(),
+            pending_ready: 0,
+            unsynced: false,
+            resyncing: false,
+            routed_ahead: 0,
+        }
     }
 
     /// No reply is due, no transaction or batch is open: the connection can

@@ -32,24 +32,30 @@ impl Session {
         parse: Option<&Arc<Prepared>>,
         stages: &mut Stages,
     ) -> Result<(), SqlError> {
+        if self.routed_with_batch && self.attached.is_some() {
+            return Ok(());
+        }
         // A batch that starts on an attached connection is routed as a
         // whole, so a transaction can move to its shard before anything is sent.
         let mid_batch = self.attached.as_ref().is_some_and(|a| a.unsynced || a.pending_ready > 0);
         // In a transaction that may span shards, each statement of a batch
         // goes to its own shard (the ones before it are synced first).
         let per_statement = mid_batch || (self.shared.coordinator.is_some() && self.in_block());
-        let req = if per_statement {
+        if per_statement {
             let mut req = Request::default();
             let own_bind = parse.and_then(|p| self.own_bind(p));
             match (params, own_bind) {
                 (Some(params), _) | (None, Some(params)) => req.add(facts, Some(params)),
                 (None, None) => req.add_unexecuted(facts),
             }
-            req
-        } else {
-            self.batch_request(facts, params, parse)
-        };
-        self.attach_for(&req, stages).await
+            return self.attach_for(&req, stages).await;
+        }
+        let (req, ahead) = self.batch_request(facts, params, parse);
+        self.attach_for(&req, stages).await?;
+        if let Some(a) = self.attached.as_mut() {
+            a.routed_ahead = ahead;
+        }
+        Ok(())
     }
 
     /// Reports an extended-protocol statement refused by routing.
@@ -67,13 +73,14 @@ impl Session {
     /// `current` (with `params` when it is a Bind) and which continues in the
     /// inbox up to Sync. Clients write a batch at once, so the inbox holds it;
     /// shardcar does not wait for a Sync, because a client may wait for a
-    /// reply first (COPY FROM STDIN).
+    /// reply first (COPY FROM STDIN). Also how many inbox messages the
+    /// request covers.
     pub(super) fn batch_request(
         &self,
         current: &Arc<Facts>,
         params: Option<Arc<Params>>,
         parse: Option<&Arc<Prepared>>,
-    ) -> Request {
+    ) -> (Request, usize) {
         let mut req = Request::default();
         let mut parsed: HashMap<String, Arc<Prepared>> = HashMap::new();
         let add = |req: &mut Request, facts: &Arc<Facts>, params: Option<Arc<Params>>| {
@@ -85,6 +92,7 @@ impl Session {
             Some(params) => add(&mut req, current, Some(params)),
             None => req.add_unexecuted(current),
         }
+        let mut covered = 0;
         for msg in &self.inbox {
             match msg {
                 ClientMsg::Parse { raw, msg } => {
@@ -107,8 +115,9 @@ impl Session {
                 ClientMsg::Sync { .. } | ClientMsg::Flush { .. } | ClientMsg::Query { .. } => break,
                 _ => {}
             }
+            covered += 1;
         }
-        req
+        (req, covered)
     }
 
     /// The parameters of the Bind that follows the Parse of `p` in the inbox.

@@ -122,6 +122,8 @@ pub struct Session {
     txn_snapshot: Option<SettingsSnapshot>,
     /// A BEGIN completed in the current simple query (status not yet reported).
     block_opened: bool,
+    /// The message at hand was routed with its batch (`Attached::routed_ahead`).
+    routed_with_batch: bool,
     last_tag: String,
     done: bool,
 }
@@ -160,6 +162,7 @@ impl Session {
             copy_in: false,
             txn_snapshot: None,
             block_opened: false,
+            routed_with_batch: false,
             last_tag: String::new(),
             done: false,
         }
@@ -509,6 +512,11 @@ impl Session {
             }
             let Some(msg) = self.inbox.pop_front() else { return Ok(()) };
             self.inbox_bytes -= msg.size();
+            self.routed_with_batch = self.attached.as_mut().is_some_and(|a| {
+                let covered = a.routed_ahead > 0;
+                a.routed_ahead = a.routed_ahead.saturating_sub(1);
+                covered
+            });
             self.handle(msg).await?;
             if self.attached.as_ref().is_some_and(|a| a.conn.broken) {
                 self.release_if_idle();
