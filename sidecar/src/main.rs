@@ -125,7 +125,7 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => {
             let Some(cfg) = load(&config) else { return ExitCode::FAILURE };
-            report(runtime().and_then(|rt| rt.block_on(shardcar::server::run(cfg))))
+            report(runtime_with(cfg.listen.threads).and_then(|rt| rt.block_on(shardcar::server::run(cfg))))
         }
         Command::Explain { config, sql, params, json } => {
             let Some(cfg) = load(&config) else { return ExitCode::FAILURE };
@@ -202,6 +202,15 @@ fn load(path: &std::path::Path) -> Option<Config> {
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}
+
+/// The runtime serving clients: `listen.threads` workers (0: one per CPU).
+fn runtime_with(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if threads > 0 {
+        builder.worker_threads(threads);
+    }
+    Ok(builder.enable_all().build()?)
 }
 
 fn report(result: anyhow::Result<()>) -> ExitCode {

@@ -1,5 +1,5 @@
 //! `shardcar-bench`: pgbench against Postgres directly, PgBouncer, shardcar
-//! (one shard: pass-through; two shards with the hash plugin) and PgCat
+//! (one shard and two, pgbench tables routed by the hash plugin) and PgCat
 //! (when `PGCAT_BIN` names its binary), in one run on one machine: targets
 //! interleaved within each round, medians over rounds, ratios, a JSON file
 //! and a PNG chart under `--out`. Also the RSS of shardcar holding 1,000
@@ -43,6 +43,10 @@ struct Args {
     /// Idle client connections to hold open while measuring shardcar's RSS.
     #[arg(long, default_value_t = 1000)]
     idle_clients: usize,
+    /// shardcar's `listen.threads`: one, like PgBouncer, since Postgres and
+    /// pgbench share the same few cores (0: one per CPU).
+    #[arg(long, default_value_t = 1)]
+    shardcar_threads: usize,
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
 }
@@ -84,8 +88,9 @@ fn main() -> anyhow::Result<()> {
 
     let bin = targets::shardcar_binary()?;
     let mut all: Vec<Target> = vec![targets::direct(&shards[0]), targets::pgbouncer(&dir, &shards[0], args.pool)?];
-    all.push(targets::shardcar(&bin, &dir, "shardcar 1 shard", &[&shards[0]], args.pool, false)?);
-    all.push(targets::shardcar(&bin, &dir, "shardcar 2 shards hash", &[&shards[0], &shards[1]], args.pool, true)?);
+    let threads = args.shardcar_threads;
+    all.push(targets::shardcar(&bin, &dir, "shardcar 1 shard", &[&shards[0]], args.pool, threads)?);
+    all.push(targets::shardcar(&bin, &dir, "shardcar 2 shards hash", &[&shards[0], &shards[1]], args.pool, threads)?);
     match std::env::var_os("PGCAT_BIN") {
         Some(pgcat) => all.push(targets::pgcat(&PathBuf::from(pgcat), &dir, &shards[0], args.pool)?),
         None => println!("PGCAT_BIN is not set: PgCat is skipped (it is not installable from the registries here)"),

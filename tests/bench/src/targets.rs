@@ -100,20 +100,21 @@ pub fn pgbouncer(dir: &Path, cluster: &Cluster, pool: usize) -> anyhow::Result<T
     Ok(target)
 }
 
-/// shardcar in front of `shards`; with `sharded`, pgbench's tables are
-/// routed by the hash plugin (accounts by aid, and so on).
+/// shardcar with `threads` worker threads in front of `shards`, pgbench's
+/// tables routed by the hash plugin (accounts by aid, and so on): with one
+/// shard every statement still goes through parsing and the plugin.
 pub fn shardcar(
     bin: &Path,
     dir: &Path,
     name: &str,
     shards: &[&Cluster],
     pool: usize,
-    sharded: bool,
+    threads: usize,
 ) -> anyhow::Result<Target> {
     let port = localpg::free_port()?;
     let admin = localpg::free_port()?;
     let mut config = format!(
-        "[listen]\naddr = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nmax_client_connections = 2000\n\n\
+        "[listen]\naddr = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nmax_client_connections = 2000\nthreads = {threads}\n\n\
          [[users]]\nname = \"app\"\npassword = \"bench\"\n\n[pool]\nsize = {pool}\n\n"
     );
     let names: Vec<String> = (0..shards.len()).map(|i| format!("s{i}")).collect();
@@ -121,14 +122,11 @@ pub fn shardcar(
         config.push_str(&format!("[[shards]]\nname = \"{name}\"\nprimary = \"{}\"\n\n", shard.url()));
     }
     config.push_str("[routing]\ndefault_shard = \"s0\"\nread_replicas = false\n\n");
-    if sharded {
-        let list = names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
-        config.push_str(&format!(
-            "[[policies]]\nname = \"hashed\"\nplugin = \"hash\"\nconfig = {{ shards = [{list}] }}\n\n"
-        ));
-        for (table, key) in [("pgbench_accounts", "aid"), ("pgbench_branches", "bid"), ("pgbench_tellers", "tid")] {
-            config.push_str(&format!("[[tables]]\nname = \"{table}\"\nkey = \"{key}\"\npolicy = \"hashed\"\n\n"));
-        }
+    let list = names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
+    config
+        .push_str(&format!("[[policies]]\nname = \"hashed\"\nplugin = \"hash\"\nconfig = {{ shards = [{list}] }}\n\n"));
+    for (table, key) in [("pgbench_accounts", "aid"), ("pgbench_branches", "bid"), ("pgbench_tellers", "tid")] {
+        config.push_str(&format!("[[tables]]\nname = \"{table}\"\nkey = \"{key}\"\npolicy = \"hashed\"\n\n"));
     }
     let path = dir.join(format!("{}.toml", name.replace(' ', "-")));
     std::fs::write(&path, config)?;
