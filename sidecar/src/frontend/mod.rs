@@ -32,7 +32,8 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         let _ = client.flush().await;
         return;
     };
-    match startup(&shared, &mut client).await {
+    // Boxed, so that the session's task does not keep authentication's room.
+    match Box::pin(startup(&shared, &mut client)).await {
         Ok(Some((registration, settings, info))) => {
             shared.telemetry.metrics.clients_accepted.inc();
             let _connected = Connected::count(&shared.telemetry.metrics.clients_connected);

@@ -23,7 +23,7 @@ use pgwire::messages::startup::{
 use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 use postgres_protocol::message::backend::Header;
 use prometheus::IntCounter;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use crate::panics::caught;
@@ -189,13 +189,7 @@ pub struct ClientConn {
 impl ClientConn {
     /// `received` and `sent` count the bytes that cross the connection.
     pub fn new(stream: TcpStream, received: IntCounter, sent: IntCounter) -> ClientConn {
-        ClientConn {
-            stream,
-            rbuf: BytesMut::with_capacity(8 * 1024),
-            out: BytesMut::with_capacity(8 * 1024),
-            received,
-            sent,
-        }
+        ClientConn { stream, rbuf: BytesMut::new(), out: BytesMut::new(), received, sent }
     }
 
     /// Reads the untyped first packet (startup, SSL/GSS request or cancel).
@@ -261,12 +255,28 @@ impl ClientConn {
     }
 
     async fn fill(&mut self) -> Result<usize, SqlError> {
-        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-            self.rbuf.reserve(8 * 1024);
+        if self.rbuf.is_empty() && self.out.is_empty() {
+            // A client waiting between statements holds no buffers: a
+            // thousand idle clients cost a thousand small tasks, not 16 MiB.
+            self.rbuf = BytesMut::new();
+            self.out = BytesMut::new();
+            self.stream.readable().await.map_err(io_error)?;
         }
-        let n = self.stream.read_buf(&mut self.rbuf).await.map_err(io_error)?;
-        self.received.inc_by(n as u64);
-        Ok(n)
+        loop {
+            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+                self.rbuf.reserve(8 * 1024);
+            }
+            match self.stream.try_read_buf(&mut self.rbuf) {
+                Ok(n) => {
+                    self.received.inc_by(n as u64);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    self.stream.readable().await.map_err(io_error)?;
+                }
+                Err(e) => return Err(io_error(e)),
+            }
+        }
     }
 
     /// Reads a password-family message during authentication.

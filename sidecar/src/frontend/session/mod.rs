@@ -182,7 +182,9 @@ impl Session {
     async fn serve(&mut self) -> Result<(), SqlError> {
         let mut shutting_down = *self.shutdown.borrow();
         loop {
-            self.process().await?;
+            // Boxed: a statement's future is a few KiB, which an idle
+            // session would otherwise carry while it waits for the client.
+            Box::pin(self.process()).await?;
             self.flush().await?;
             if self.done || (self.client_eof && self.inbox.is_empty() && self.attached.is_none()) {
                 return Ok(());
