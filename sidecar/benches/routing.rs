@@ -1,5 +1,5 @@
-//! The cost of routing one statement: parsing (facts cache miss and hit)
-//! and the plugin step (extract-key + route, reused instances) for the
+//! The cost of routing one statement: parsing (facts cache miss and hit,
+//! and a simple query's template hit) and the plugin step (extract-key + route, reused instances) for the
 //! built-in hash plugin. `cargo bench -p shardcar --bench routing`.
 //!
 //! Besides criterion's estimates, prints the median and p99 of single calls.
@@ -88,6 +88,16 @@ fn routing(c: &mut Criterion) {
     let (median, p99) = percentiles(&mut miss);
     println!("parse, cache miss (pg_query): median {median} ns, p99 {p99} ns");
     c.bench_function("parse: cache miss", |b| b.iter(&mut miss));
+
+    // A simple query with a new literal: lexed, its template found in the cache.
+    let mut n = 0u64;
+    let mut lifted = || {
+        n += 1;
+        black_box(cache.lookup_lifted(&format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n}")));
+    };
+    let (median, p99) = percentiles(&mut lifted);
+    println!("parse, new literal (template hit): median {median} ns, p99 {p99} ns");
+    c.bench_function("parse: new literal", |b| b.iter(&mut lifted));
 }
 
 criterion_group!(benches, routing);
