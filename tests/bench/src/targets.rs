@@ -31,6 +31,11 @@ impl Target {
 
 impl Drop for Target {
     fn drop(&mut self) {
+        // Killing `runuser` would leave PgBouncer running: stop the server itself first.
+        if let Some(pid) = self.pid().and_then(|p| i32::try_from(p).ok()) {
+            // SAFETY: kill has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
