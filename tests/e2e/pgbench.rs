@@ -3,9 +3,7 @@
 //! transactions touch both shards — commits with two-phase commit, with no
 //! failed transaction and balances that add up afterwards.
 
-use tokio_postgres::SimpleQueryMessage;
-
-use crate::harness::{Fleet, Sidecar, direct, hashed_tables, run_tool, two_phase};
+use crate::harness::{Fleet, Sidecar, direct, first_column, hashed_tables, run_tool, two_phase};
 
 /// pgbench's tables, each sharded by its own id with the hash plugin.
 fn config(fleet: &Fleet, log: &std::path::Path) -> String {
@@ -21,10 +19,7 @@ fn config(fleet: &Fleet, log: &std::path::Path) -> String {
 /// One number from a simple query through shardcar (a fanned-out aggregate).
 async fn number(c: &tokio_postgres::Client, sql: &str) -> i64 {
     let messages = c.simple_query(sql).await.unwrap();
-    let value = messages.iter().find_map(|m| match m {
-        SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-        _ => None,
-    });
+    let value = first_column(&messages).into_iter().next();
     value.and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("{sql}: {messages:?}"))
 }
 

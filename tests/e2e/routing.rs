@@ -2,7 +2,7 @@
 
 use std::time::Duration;
 
-use crate::harness::{Fleet, Sidecar, direct, eventually, sqlstate, table};
+use crate::harness::{Fleet, Sidecar, direct, eventually, first_column, metric, sqlstate, table};
 
 #[tokio::test]
 async fn targeted_statements_reach_their_shard() {
@@ -143,11 +143,7 @@ async fn several_statements_in_one_query_string() {
         ))
         .await
         .unwrap();
-    let count = msgs.iter().find_map(|m| match m {
-        tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-        _ => None,
-    });
-    assert_eq!(count.as_deref(), Some("2"));
+    assert_eq!(first_column(&msgs), ["2"]);
     let n: i64 = direct(&fleet.s1).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0);
     assert_eq!(n, 2);
     // An error mid-string stops the rest and leaves the session usable.
@@ -169,25 +165,14 @@ async fn simple_queries_share_a_parse_and_route_by_their_literals() {
     let t = fleet.hashed_table("lifted").await;
     let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
     let c = sc.connect().await;
-    let misses = || -> f64 {
-        let (_, body) = sc.admin_get("/metrics");
-        let line = body.lines().find(|l| l.starts_with("shardcar_parse_cache_misses_total ")).expect("the counter");
-        line.rsplit(' ').next().unwrap().parse().unwrap()
-    };
+    let misses = || metric(&sc.admin_get("/metrics").1, "shardcar_parse_cache_misses_total");
     c.batch_execute(&format!("INSERT INTO {t} VALUES (0, 'warm')")).await.unwrap();
     c.batch_execute(&format!("SELECT note FROM {t} WHERE customer_id = 0")).await.unwrap();
     let before = misses();
     for id in 1..=40i64 {
         c.batch_execute(&format!("INSERT INTO {t} VALUES ({id}, 'n''{id}')")).await.unwrap();
         let rows = c.simple_query(&format!("SELECT note FROM {t} WHERE customer_id = {id}")).await.unwrap();
-        let notes: Vec<String> = rows
-            .iter()
-            .filter_map(|m| match m {
-                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(notes, [format!("n'{id}")], "key {id} reads back the row it wrote");
+        assert_eq!(first_column(&rows), [format!("n'{id}")], "key {id} reads back the row it wrote");
     }
     assert_eq!(misses(), before, "80 statements, no new parse");
     // Each row is on one shard, the one the extended protocol routes its key to.

@@ -14,7 +14,7 @@ use opentelemetry_proto::tonic::common::v1::any_value::Value;
 use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::harness::{Fleet, Sidecar, eventually};
+use crate::harness::{Fleet, Sidecar, eventually, metric};
 
 /// An OTLP/gRPC trace receiver on 127.0.0.1.
 struct Collector {
@@ -304,13 +304,6 @@ async fn timed_loop(c: &tokio_postgres::Client, t: &str, n: usize) -> Vec<Durati
     }
     times.sort();
     times
-}
-
-fn metric(text: &str, name: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

@@ -163,6 +163,10 @@ fn number(b: &[u8], at: usize) -> (Token, usize) {
 /// Postgres's grammar folds it; after a word (a keyword or a column name,
 /// which the lexer cannot tell apart) the number stays as written.
 pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
+    // BEGIN, COMMIT and the like: no literal to lift, no template to build.
+    if !sql.bytes().any(|b| b.is_ascii_digit() || b == b'\'') {
+        return None;
+    }
     let mut template = String::with_capacity(sql.len());
     let mut values = Vec::new();
     // The last two tokens that are not space or comments, and where the last began in `template`.
@@ -309,6 +313,7 @@ mod tests {
             "SELECT 'unterminated",
             "SELECT /* unterminated",
             "SELECT $1",
+            "COMMIT",
         ] {
             assert_eq!(lift(sql), None, "{sql}");
         }
