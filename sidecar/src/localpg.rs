@@ -22,6 +22,10 @@ unix_socket_directories = ''
 fsync = off
 synchronous_commit = off
 full_page_writes = off
+# Throwaway clusters: checkpoint often rather than keep up to 1 GB of WAL
+# each (a test run holds several clusters on a disk it shares with the build).
+min_wal_size = 32MB
+max_wal_size = 64MB
 max_connections = 200
 max_prepared_transactions = 20
 logging_collector = off
