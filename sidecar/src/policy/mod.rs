@@ -13,6 +13,7 @@ pub mod explain;
 pub mod facts;
 pub mod plugin;
 pub mod reload;
+mod ticker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
