@@ -415,7 +415,6 @@ pub fn run_tool(sidecar: &Sidecar, program: &str, args: &[&str], stdin: Option<&
     (out.status.success(), text)
 }
 
-/// The SQLSTATE of a tokio-postgres error.
 /// The value of an unlabelled metric in a `/metrics` text (0 when absent).
 pub fn metric(text: &str, name: &str) -> f64 {
     text.lines()
@@ -435,6 +434,7 @@ pub fn first_column(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<Stri
         .collect()
 }
 
+/// The SQLSTATE of a tokio-postgres error.
 pub fn sqlstate(e: &tokio_postgres::Error) -> String {
     e.code().map(|c| c.code().to_string()).unwrap_or_else(|| format!("no SQLSTATE: {e}"))
 }
