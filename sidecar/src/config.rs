@@ -10,6 +10,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::secret::AuthMethod;
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
@@ -85,16 +87,6 @@ pub struct User {
     /// No password; only accepted from loopback clients.
     #[serde(default)]
     pub trust: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-pub enum AuthMethod {
-    #[serde(rename = "scram-sha-256")]
-    ScramSha256,
-    #[serde(rename = "md5")]
-    Md5,
-    #[serde(rename = "password")]
-    Cleartext,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -531,7 +523,7 @@ impl Config {
                     bad(format!("{at}.auth"), "a trust user has no password to check".into())
                 }
                 (Some(pw), false) => {
-                    if let Err(e) = crate::frontend::auth::Secret::parse(&u.name, pw, u.method()) {
+                    if let Err(e) = crate::secret::Secret::parse(&u.name, pw, u.method()) {
                         bad(format!("{at}.password"), e);
                     }
                 }
@@ -703,13 +695,13 @@ impl Config {
 
     /// Where a policy's plugin comes from: a built-in name or a file.
     pub fn plugin_source(&self, plugin: &str) -> Result<PluginSource, String> {
-        if crate::policy::builtin::bytes(plugin).is_some() {
+        if crate::builtin::bytes(plugin).is_some() {
             return Ok(PluginSource::Builtin(plugin.to_string()));
         }
         if !plugin.ends_with(".wasm") {
             return Err(format!(
                 "`{plugin}` is neither a built-in plugin ({}) nor a path to a .wasm file",
-                crate::policy::builtin::names().join(", ")
+                crate::builtin::names().join(", ")
             ));
         }
         let path = self.base_dir.join(plugin);
@@ -736,6 +728,14 @@ impl Config {
 impl User {
     pub fn method(&self) -> AuthMethod {
         self.auth.unwrap_or(AuthMethod::ScramSha256)
+    }
+
+    /// What this user's password is checked against (`Trust` without one).
+    pub fn secret(&self) -> Result<crate::secret::Secret, String> {
+        match &self.password {
+            Some(pw) => crate::secret::Secret::parse(&self.name, pw, self.method()),
+            None => Ok(crate::secret::Secret::Trust),
+        }
     }
 }
 

@@ -4,6 +4,7 @@
 //! beside them, and telemetry watching all of it.
 
 pub mod admin;
+pub mod builtin;
 pub mod cancel;
 pub mod classify;
 pub mod config;
@@ -11,14 +12,18 @@ pub mod demo;
 pub mod execute;
 pub mod frontend;
 pub mod localpg;
+pub mod metrics;
 pub mod panics;
-pub mod plan;
 pub mod policy;
 pub mod pool;
+pub mod route;
 pub mod scatter;
+pub mod secret;
 pub mod server;
 pub mod settings;
+pub mod shared;
 pub mod sqlerror;
 pub mod telemetry;
 pub mod twophase;
+pub mod wire;
 pub mod workload;

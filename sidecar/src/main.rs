@@ -165,11 +165,11 @@ async fn explain(cfg: Config, sql: String, params: Vec<String>, json: bool) -> a
     let router = shardcar::policy::Router::new(&cfg, &Default::default())?;
     let facts = std::sync::Arc::new(shardcar::classify::classify(&sql));
     let params = params.into_iter().map(Some).collect();
-    let explanation = shardcar::policy::explain::explain(&router, facts, params, cfg.routing.read_replicas).await;
+    let explanation = shardcar::route::explain::explain(&router, facts, params, cfg.routing.read_replicas).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {
-        print!("{}", shardcar::policy::explain::render(&explanation));
+        print!("{}", shardcar::route::explain::render(&explanation));
     }
     Ok(())
 }

@@ -13,30 +13,16 @@ use tokio::task::JoinSet;
 use crate::cancel;
 use crate::classify::FactsCache;
 use crate::config::Config;
-use crate::frontend::{self, auth::Secret};
+use crate::frontend;
+use crate::metrics::Metrics;
 use crate::policy::Router;
 use crate::pool::{Pools, health};
+use crate::shared::Shared;
 use crate::telemetry::Telemetry;
-use crate::telemetry::metrics::Metrics;
 use crate::twophase::Coordinator;
 
 /// Distinct SQL texts whose facts are kept.
 const FACTS_CACHE_ENTRIES: usize = 10_000;
-
-/// What every session shares.
-pub struct Shared {
-    pub config: Config,
-    pub pools: Arc<Pools>,
-    pub router: Arc<Router>,
-    pub facts: Arc<FactsCache>,
-    pub telemetry: Arc<Telemetry>,
-    pub cancels: Arc<cancel::Registry>,
-    pub secrets: HashMap<String, Secret>,
-    pub client_slots: Arc<Semaphore>,
-    /// Commits transactions across shards (`routing.two_phase_commit`).
-    pub coordinator: Option<Arc<Coordinator>>,
-    pub shutdown: watch::Receiver<bool>,
-}
 
 /// Binds the configured listeners and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -77,7 +63,7 @@ pub async fn serve(
     let pools = Arc::new(Pools::new(&config, &metrics)?);
     let mut secrets = HashMap::new();
     for user in &config.users {
-        let secret = Secret::for_user(user).map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
+        let secret = user.secret().map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
         secrets.insert(user.name.clone(), secret);
     }
     let router = Arc::new(Router::new(&config, &metrics)?);

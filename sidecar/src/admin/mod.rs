@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use shardcar_api::ApiError;
 use tokio::net::TcpListener;
 
-use crate::server::Shared;
+use crate::shared::Shared;
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -185,7 +185,7 @@ async fn explain(shared: &Shared, query: &str) -> Response<Body> {
     };
     let facts = shared.facts.get(&sql);
     let explanation =
-        crate::policy::explain::explain(&shared.router, facts, params, shared.config.routing.read_replicas).await;
+        crate::route::explain::explain(&shared.router, facts, params, shared.config.routing.read_replicas).await;
     json(StatusCode::OK, &explanation)
 }
 

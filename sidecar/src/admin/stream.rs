@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use super::{Body, views};
-use crate::server::Shared;
+use crate::shared::Shared;
 
 pub fn snapshots(shared: Arc<Shared>) -> Response<Body> {
     let ticks = shared.telemetry.hotspots.ticks.subscribe();

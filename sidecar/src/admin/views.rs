@@ -6,9 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use shardcar_api as api;
 
 use crate::config::PluginSource;
+use crate::metrics::{buckets, quantile};
 use crate::pool::{Node, Role};
-use crate::server::Shared;
-use crate::telemetry::metrics::{buckets, quantile};
+use crate::shared::Shared;
 
 pub fn overview(shared: &Shared) -> api::Overview {
     let m = &shared.telemetry.metrics;

@@ -22,8 +22,8 @@ pub use shape::{Operand, Shape, Value, Verb};
 
 use params::Params;
 
+use crate::metrics::Metrics;
 use crate::settings::{Change, Setting};
-use crate::telemetry::metrics::Metrics;
 
 /// Everything shardcar knows about one SQL text.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

@@ -17,9 +17,9 @@ use postgres_protocol::message::backend::Message;
 
 use crate::classify::Facts;
 use crate::execute::{Effect, Prepared};
-use crate::frontend::wire::reply;
 use crate::sqlerror::SqlError;
 use crate::telemetry::stages::{InFlight, ServerError};
+use crate::wire::reply;
 
 /// How the replies to one sent message end.
 #[derive(Debug)]
@@ -445,7 +445,7 @@ mod tests {
             "#,
         )
         .unwrap();
-        let pools = crate::pool::Pools::new(&cfg, &crate::telemetry::metrics::Metrics::new()).unwrap();
+        let pools = crate::pool::Pools::new(&cfg, &crate::metrics::Metrics::new()).unwrap();
         let stages = crate::telemetry::stages::Stages::new(std::time::Instant::now());
         InFlight::new(stages, Arc::new(Facts::default()), pools.shards[0].primary.clone(), Arc::default())
     }

@@ -3,7 +3,6 @@
 
 pub mod auth;
 pub mod session;
-pub mod wire;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -13,11 +12,11 @@ use tokio::net::TcpStream;
 
 use crate::cancel::Registration;
 use crate::policy::facts::SessionInfo;
-use crate::server::Shared;
 use crate::settings::Settings;
+use crate::shared::Shared;
 use crate::sqlerror::{SqlError, code};
+use crate::wire::{ClientConn, StartupPacket, reply};
 use session::Session;
-use wire::{ClientConn, StartupPacket, reply};
 
 /// Serves one client connection from its first byte to its last.
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {

@@ -6,10 +6,8 @@
 //! names (`[[tables]]` → `[[policies]]`); else no preference, which means
 //! the default shard (or the shard a transaction is already on).
 
-pub mod builtin;
 pub mod catalog;
 pub mod directory;
-pub mod explain;
 pub mod facts;
 pub mod plugin;
 pub mod reload;
@@ -25,8 +23,8 @@ use crate::classify::params::Params;
 use crate::classify::shape::{CopyIn, Insert, Operand, Value};
 use crate::classify::{Facts, Kind, RoleHint, Verb};
 use crate::config::{Config, PluginSource};
+use crate::metrics::Metrics;
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::metrics::Metrics;
 use directory::Directory;
 use facts::{FactsView, SessionInfo, TableRule};
 use plugin::{CallError, Plugin, Runtime, TopologySnapshot};
@@ -626,7 +624,7 @@ fn plugin_error(slot: &PolicySlot, plugin: &Plugin, e: &CallError) -> SqlError {
 pub fn read(source: &PluginSource) -> Result<Vec<u8>, String> {
     match source {
         PluginSource::Builtin(name) => {
-            builtin::bytes(name).map(<[u8]>::to_vec).ok_or_else(|| format!("no built-in plugin `{name}`"))
+            crate::builtin::bytes(name).map(<[u8]>::to_vec).ok_or_else(|| format!("no built-in plugin `{name}`"))
         }
         PluginSource::File(path) => std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())),
     }

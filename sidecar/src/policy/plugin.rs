@@ -23,7 +23,7 @@ use super::directory::{Cached, Directory};
 pub use super::facts::FactsView;
 use super::ticker::{Ticker, Ticking};
 use crate::classify::{Value as SqlValue, Verb};
-use crate::telemetry::metrics::{Metrics, PluginMetrics};
+use crate::metrics::{Metrics, PluginMetrics};
 
 wasmtime::component::bindgen!({
     path: "../plugins/wit",

@@ -11,9 +11,9 @@ use std::time::Duration;
 use deadpool::managed::{self, PoolError, RecycleError, RecycleResult, TimeoutType, Timeouts};
 
 use crate::config::{self, Config, Endpoint};
+use crate::metrics::{Metrics, NodeMetrics};
 use crate::settings::Settings;
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::metrics::{Metrics, NodeMetrics};
 use backend::{BackendConn, ConnectError};
 use shardcar_api::Lag;
 

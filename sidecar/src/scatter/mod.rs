@@ -8,7 +8,6 @@
 
 pub mod compare;
 pub mod copy;
-pub mod plan;
 
 use std::cmp::Ordering;
 use std::sync::{Arc, OnceLock};
@@ -21,16 +20,12 @@ use postgres_protocol::message::backend::Message;
 use postgres_protocol::message::frontend;
 
 use self::compare::Order;
-use self::plan::{Column, Combine, FanOut, SortKey};
-use crate::classify::Facts;
-use crate::classify::params::Params;
-use crate::frontend::wire::{ClientConn, reply};
-use crate::policy::Router;
-use crate::policy::facts::SessionInfo;
+use crate::metrics::KindLabel;
 use crate::pool::{Checkout, Pools, Role};
+use crate::route::merge::{Column, Combine, FanOut, SortKey};
 use crate::settings::Settings;
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::metrics::KindLabel;
+use crate::wire::{ClientConn, reply};
 
 /// A statement the client sent with the extended protocol, bound: shards
 /// get it the same way (Parse, Bind, Describe, Execute, Sync).
@@ -69,29 +64,6 @@ pub struct Targets {
     pub shards: Vec<usize>,
     pub role: Role,
     pub kind: KindLabel,
-}
-
-/// Where a single statement runs when it needs more than one shard, and how
-/// its answers merge: `None` when it needs one shard (or is refused by
-/// routing as usual). One place for the session and for explain.
-pub async fn plan_for(
-    router: &Router,
-    facts: &Arc<Facts>,
-    params: &Option<Arc<Params>>,
-    session: &Arc<SessionInfo>,
-) -> Result<Option<(Vec<usize>, FanOut)>, SqlError> {
-    let Some(text) = facts.single().map(|s| s.text.as_str()) else { return Ok(None) };
-    if router.runs_everywhere(facts, session) {
-        return Ok(Some(((0..router.shard_count()).collect(), FanOut::Everywhere)));
-    }
-    if let Some(groups) = router.split_insert(facts, params, session).await? {
-        let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
-        return Ok(Some((shards, FanOut::split_insert(text, &rows)?)));
-    }
-    match router.fan_out(facts, params, session).await? {
-        Some(shards) => Ok(Some((shards, FanOut::of(text)?))),
-        None => Ok(None),
-    }
 }
 
 /// Client bytes buffered before shardcar waits for the client to take them.
@@ -487,7 +459,7 @@ fn without_junk(frame: &[u8], visible: usize) -> BytesMut {
         }
     }
     let mut out = BytesMut::new();
-    crate::frontend::session::encode(&mut out, DataRow::new(data, visible as i16));
+    crate::wire::encode(&mut out, DataRow::new(data, visible as i16));
     out
 }
 
@@ -613,7 +585,7 @@ async fn rows(
         client.out.extend_from_slice(&descriptions[0]);
     } else {
         let shown = RowDescription::new(all.into_iter().take(visible).collect());
-        crate::frontend::session::encode(&mut client.out, shown);
+        crate::wire::encode(&mut client.out, shown);
     }
 
     let mut sent = 0u64;
@@ -894,7 +866,7 @@ mod tests {
                 None => data.extend_from_slice(&(-1i32).to_be_bytes()),
             }
         }
-        crate::frontend::session::encode(&mut row, DataRow::new(data, 3));
+        crate::wire::encode(&mut row, DataRow::new(data, 3));
         assert_eq!(columns(&row), [Some(&b"1"[..]), None, Some(b"xyz")]);
         assert_eq!(columns(&without_junk(&row, 2)), [Some(&b"1"[..]), None]);
     }

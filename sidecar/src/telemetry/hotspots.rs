@@ -22,8 +22,8 @@ use prometheus::IntCounter;
 use shardcar_api as api;
 use tokio::sync::watch;
 
-use super::metrics::{Metrics, buckets, quantile};
 use crate::config::Config;
+use crate::metrics::{Metrics, buckets, quantile};
 use crate::policy::plugin::Value;
 use crate::policy::{StatementRoute, Via};
 use crate::pool::Pools;

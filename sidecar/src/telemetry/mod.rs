@@ -6,7 +6,6 @@
 //! all come from that one place.
 
 pub mod hotspots;
-pub mod metrics;
 pub mod stages;
 pub mod traces;
 
@@ -15,11 +14,11 @@ use std::time::Instant;
 
 use crate::classify::{Facts, FactsCache, Kind};
 use crate::config::Config;
+use crate::metrics::{KindLabel, Metrics};
 use crate::policy::facts::SessionInfo;
 use crate::pool::Pools;
 use crate::sqlerror::SqlError;
 use hotspots::Hotspots;
-use metrics::{KindLabel, Metrics};
 use stages::{InFlight, Stages};
 use traces::{Flusher, Names, Settings, Tracer};
 

@@ -25,10 +25,10 @@ use opentelemetry_sdk::trace::{
 };
 use tokio::sync::{mpsc, oneshot};
 
-use super::metrics::Metrics;
 use super::stages::{Classified, InFlight, Stage, Stages};
 use crate::classify::{Facts, Verb};
 use crate::config;
+use crate::metrics::Metrics;
 use crate::policy::Via;
 use crate::policy::facts::SessionInfo;
 use crate::sqlerror::SqlError;

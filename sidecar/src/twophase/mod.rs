@@ -22,10 +22,10 @@ use bytes::BytesMut;
 use futures_util::future::join_all;
 
 pub use self::log::DecisionLog;
+use crate::metrics::Metrics;
 use crate::pool::backend::{Answer, BackendConn};
 use crate::pool::{Pools, Role};
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::metrics::Metrics;
 
 /// How often prepared transactions left behind are looked for.
 const RECOVERY_INTERVAL: Duration = Duration::from_secs(10);

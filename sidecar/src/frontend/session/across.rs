@@ -23,13 +23,13 @@ use crate::cancel::BackendKey;
 use crate::classify::Facts;
 use crate::classify::params::Params;
 use crate::execute::{Attached, Entry, Reply};
-use crate::frontend::wire::reply;
+use crate::metrics::KindLabel;
 use crate::pool::{Checkout, Pooled, Role};
 use crate::scatter::{self, Bound, Leg};
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::metrics::KindLabel;
 use crate::telemetry::stages::Stages;
 use crate::twophase::{Outcome, Participant};
+use crate::wire::reply;
 
 impl Session {
     /// A transaction block is open (or about to be, deferred).

@@ -11,12 +11,12 @@ use crate::cancel::BackendKey;
 use crate::classify::Facts;
 use crate::classify::params::Params;
 use crate::execute::{Attached, Entry, Prepared, Reply};
-use crate::frontend::wire::ClientMsg;
-use crate::plan::plan;
 use crate::policy::Request;
 use crate::pool::Checkout;
+use crate::route::plan;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Stage, Stages};
+use crate::wire::ClientMsg;
 
 impl Session {
     /// Attaches a connection for the extended-protocol batch whose current

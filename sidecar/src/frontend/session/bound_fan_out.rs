@@ -15,10 +15,10 @@ use super::Session;
 use super::extended::bind_params;
 use crate::classify::Kind;
 use crate::execute::{Effect, Prepared};
-use crate::frontend::wire::{ClientMsg, reply};
 use crate::scatter::Bound;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::Stages;
+use crate::wire::{ClientMsg, reply};
 
 impl Session {
     /// A statement that runs on every shard (DDL), here.

@@ -15,15 +15,15 @@ use postgres_protocol::message::frontend;
 
 use super::Session;
 use crate::classify::Facts;
-use crate::frontend::wire::{ClientMsg, reply};
+use crate::metrics::KindLabel;
 use crate::policy::facts::TableRule;
 use crate::pool::Role;
 use crate::scatter::copy::{Row, RowSplitter};
 use crate::scatter::{Leg, internal};
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::metrics::KindLabel;
 use crate::telemetry::stages::Stages;
 use crate::twophase::{Outcome, Participant};
+use crate::wire::{ClientMsg, reply};
 
 /// Bytes queued for one shard before they are sent.
 const SHARD_FLUSH_AT: usize = 64 * 1024;

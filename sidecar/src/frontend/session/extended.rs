@@ -9,13 +9,14 @@ use bytes::{Bytes, BytesMut};
 use pgwire::messages::extendedquery::{Bind, Close, Describe, Parse};
 
 use super::local::local_capable;
-use super::{Portal, Session, encode};
+use super::{Portal, Session};
 use crate::classify::params::Params;
 use crate::classify::{Kind, Statement};
 use crate::execute::{Effect, Entry, Prepared, Reply};
-use crate::frontend::wire::{ClientMsg, reply};
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
+use crate::wire::encode;
+use crate::wire::{ClientMsg, reply};
 
 impl Session {
     pub(super) async fn parse(&mut self, raw: Bytes, msg: Parse) -> Result<(), SqlError> {

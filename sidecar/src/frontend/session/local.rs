@@ -8,8 +8,8 @@ use bytes::BytesMut;
 use super::{Deferred, Session};
 use crate::classify::{Kind, Statement};
 use crate::execute::Effect;
-use crate::frontend::wire::reply;
 use crate::sqlerror::{SqlError, code};
+use crate::wire::reply;
 
 impl Session {
     /// True when shardcar answers this statement itself in the current state.

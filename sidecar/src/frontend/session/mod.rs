@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use pgwire::messages::Message;
 use pgwire::messages::extendedquery::Describe;
 use tokio::sync::watch;
 
@@ -29,15 +28,15 @@ mod extended;
 mod local;
 mod simple;
 
-use super::wire::{ClientConn, ClientMsg, Frame, reply};
 use crate::cancel::{self, BackendKey, Registration};
 use crate::classify::{Facts, Kind, Statement};
 use crate::execute::{Attached, Effect, Entry, Event, Prepared, Reply};
 use crate::policy::facts::SessionInfo;
-use crate::server::Shared;
 use crate::settings::Settings;
+use crate::shared::Shared;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::Stages;
+use crate::wire::{ClientConn, ClientMsg, Frame, encode, reply};
 
 /// Client bytes read ahead of processing (pipelined messages, COPY data).
 const INBOX_LIMIT: usize = 256 * 1024;
@@ -663,12 +662,6 @@ impl Session {
             }
             None => self.client.out.extend_from_slice(&frames),
         }
-    }
-}
-
-pub(crate) fn encode<M: Message>(buf: &mut BytesMut, msg: M) {
-    if let Err(e) = msg.encode(buf) {
-        tracing::error!("cannot encode a message: {e}");
     }
 }
 

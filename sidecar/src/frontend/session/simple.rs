@@ -11,13 +11,13 @@ use super::local::aborted;
 use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, RoleHint};
 use crate::execute::{Entry, Reply};
-use crate::frontend::wire::reply;
+use crate::metrics::KindLabel;
 use crate::policy::Request;
 use crate::pool::Role;
 use crate::scatter::{self, Bound, Targets};
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::metrics::KindLabel;
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
+use crate::wire::reply;
 
 impl Session {
     pub(super) async fn query(&mut self, raw: Bytes, sql: String) -> Result<(), SqlError> {
@@ -169,9 +169,9 @@ impl Session {
         facts: &Arc<Facts>,
         bound: &Option<(Bound, Arc<Params>)>,
         refusal: SqlError,
-    ) -> Result<(Vec<usize>, scatter::plan::FanOut), SqlError> {
+    ) -> Result<(Vec<usize>, crate::route::merge::FanOut), SqlError> {
         let params = bound.as_ref().map(|(_, p)| p.clone());
-        match scatter::plan_for(&self.shared.router, facts, &params, &self.info).await {
+        match crate::route::plan_for(&self.shared.router, facts, &params, &self.info).await {
             Ok(Some(planned)) => Ok(planned),
             Ok(None) => Err(refusal),
             Err(e) => Err(e),

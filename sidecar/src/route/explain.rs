@@ -6,12 +6,12 @@ use std::sync::Arc;
 
 use shardcar_api::{Explanation, FanOutPlan, Refusal, StatementExplanation, Target};
 
-use super::facts::SessionInfo;
-use super::{Request, Router, StatementRoute, Via};
 use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, Operand, RoleHint, Value};
-use crate::plan::plan;
+use crate::policy::facts::SessionInfo;
+use crate::policy::{Request, Router, StatementRoute, Via};
 use crate::pool::Role;
+use crate::route::plan;
 
 pub async fn explain(
     router: &Router,
@@ -34,7 +34,7 @@ pub async fn explain(
             statement(router, s, &params, route)
         })
         .collect();
-    let fan_out = crate::scatter::plan_for(router, &facts, &bound, &session).await.transpose();
+    let fan_out = crate::route::plan_for(router, &facts, &bound, &session).await.transpose();
     let mut req = Request::default();
     req.add(&facts, bound);
     let (target, error) = match &fan_out {

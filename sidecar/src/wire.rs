@@ -431,6 +431,13 @@ pub mod reply {
     }
 }
 
+/// Encodes a message shardcar writes itself (its fields were checked when built).
+pub fn encode<M: Message>(buf: &mut BytesMut, msg: M) {
+    if let Err(e) = msg.encode(buf) {
+        tracing::error!("cannot encode a message: {e}");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,17 @@
-//! Plan: a routing decision plus the session's transaction state → the
-//! server role that runs it.
+//! Route: where a statement runs — one shard and role, or several shards
+//! with the plan that merges their answers.
+
+pub mod explain;
+pub mod merge;
+
+use std::sync::Arc;
+
+use crate::classify::Facts;
+use crate::classify::params::Params;
+use crate::policy::Router;
+use crate::policy::facts::SessionInfo;
+use crate::sqlerror::SqlError;
+use merge::FanOut;
 
 use crate::classify::RoleHint;
 use crate::policy::Decision;
@@ -24,6 +36,29 @@ pub fn plan(decision: &Decision, default_shard: usize, in_transaction: bool, rea
             None => read_replicas && decision.read_only,
         };
     Target { shard: decision.shard.unwrap_or(default_shard), role: if replica { Role::Replica } else { Role::Primary } }
+}
+
+/// Where a single statement runs when it needs more than one shard, and how
+/// its answers merge: `None` when it needs one shard (or is refused by
+/// routing as usual). One place for the session and for explain.
+pub async fn plan_for(
+    router: &Router,
+    facts: &Arc<Facts>,
+    params: &Option<Arc<Params>>,
+    session: &Arc<SessionInfo>,
+) -> Result<Option<(Vec<usize>, FanOut)>, SqlError> {
+    let Some(text) = facts.single().map(|s| s.text.as_str()) else { return Ok(None) };
+    if router.runs_everywhere(facts, session) {
+        return Ok(Some(((0..router.shard_count()).collect(), FanOut::Everywhere)));
+    }
+    if let Some(groups) = router.split_insert(facts, params, session).await? {
+        let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
+        return Ok(Some((shards, FanOut::split_insert(text, &rows)?)));
+    }
+    match router.fan_out(facts, params, session).await? {
+        Some(shards) => Ok(Some((shards, FanOut::of(text)?))),
+        None => Ok(None),
+    }
 }
 
 #[cfg(test)]
