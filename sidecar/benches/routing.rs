@@ -58,7 +58,11 @@ fn percentiles(mut f: impl FnMut()) -> (u128, u128) {
 fn routing(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let _guard = rt.enter();
-    let router = Router::new(&Config::parse(CONFIG).unwrap(), &Default::default()).unwrap();
+    let cfg = Config::parse(CONFIG).unwrap();
+    let metrics = Arc::new(shardcar::metrics::Metrics::new());
+    let topology = Arc::new(shardcar::topology::Topology::new(&cfg));
+    let pools = shardcar::pool::Pools::new(&cfg, topology, &metrics).unwrap();
+    let router = Router::new(&cfg, &pools, &metrics).unwrap();
     let facts = Arc::new(classify(SQL));
     let session = Arc::new(SessionInfo::default());
     let mut aid = 0i64;

@@ -1,6 +1,6 @@
 //! shardcar: a per-pod sidecar that makes sharded PostgreSQL look like one
 //! database. The modules follow the path of a statement: frontend →
-//! classify → policy → plan → execute, with pools, settings and cancel
+//! classify → route (policy) → session → scatter, with pools, settings and cancel
 //! beside them, and telemetry watching all of it.
 
 pub mod admin;
@@ -9,7 +9,6 @@ pub mod cancel;
 pub mod classify;
 pub mod config;
 pub mod demo;
-pub mod execute;
 pub mod frontend;
 pub mod localpg;
 pub mod metrics;
@@ -24,6 +23,7 @@ pub mod settings;
 pub mod shared;
 pub mod sqlerror;
 pub mod telemetry;
+pub mod topology;
 pub mod twophase;
 pub mod wire;
 pub mod workload;

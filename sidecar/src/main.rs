@@ -102,7 +102,7 @@ fn main() -> ExitCode {
                 // their own test cases run, as `run` would.
                 let plugins = runtime().and_then(|rt| {
                     rt.block_on(async {
-                        let router = shardcar::policy::Router::new(&cfg, &Default::default())?;
+                        let router = router(&cfg)?;
                         shardcar::policy::reload::verify_all(&router).await
                     })
                 });
@@ -161,11 +161,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// The router as the sidecar builds it, for commands that route without
+/// serving (its pools connect only when routing needs a directory or catalog).
+fn router(cfg: &Config) -> anyhow::Result<shardcar::policy::Router> {
+    let metrics = std::sync::Arc::new(shardcar::metrics::Metrics::new());
+    let topology = std::sync::Arc::new(shardcar::topology::Topology::new(cfg));
+    let pools = shardcar::pool::Pools::new(cfg, topology, &metrics)?;
+    shardcar::policy::Router::new(cfg, &pools, &metrics)
+}
+
 async fn explain(cfg: Config, sql: String, params: Vec<String>, json: bool) -> anyhow::Result<()> {
-    let router = shardcar::policy::Router::new(&cfg, &Default::default())?;
+    let planner = shardcar::route::Planner::new(std::sync::Arc::new(router(&cfg)?));
     let facts = std::sync::Arc::new(shardcar::classify::classify(&sql));
     let params = params.into_iter().map(Some).collect();
-    let explanation = shardcar::route::explain::explain(&router, facts, params, cfg.routing.read_replicas).await;
+    let explanation = shardcar::route::explain::explain(&planner, facts, params, cfg.routing.read_replicas).await;
     if json {
         println!("{}", serde_json::to_string_pretty(&explanation)?);
     } else {

@@ -17,8 +17,10 @@ use crate::frontend;
 use crate::metrics::Metrics;
 use crate::policy::Router;
 use crate::pool::{Pools, health};
+use crate::route::Planner;
 use crate::shared::Shared;
 use crate::telemetry::Telemetry;
+use crate::topology::Topology;
 use crate::twophase::Coordinator;
 
 /// Distinct SQL texts whose facts are kept.
@@ -60,13 +62,14 @@ pub async fn serve(
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let metrics = Arc::new(Metrics::new());
-    let pools = Arc::new(Pools::new(&config, &metrics)?);
+    let topology = Arc::new(Topology::new(&config));
+    let pools = Arc::new(Pools::new(&config, topology, &metrics)?);
     let mut secrets = HashMap::new();
     for user in &config.users {
         let secret = user.secret().map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
         secrets.insert(user.name.clone(), secret);
     }
-    let router = Arc::new(Router::new(&config, &metrics)?);
+    let router = Arc::new(Router::new(&config, &pools, &metrics)?);
     crate::policy::reload::verify_all(&router).await?;
     let facts = Arc::new(FactsCache::new(FACTS_CACHE_ENTRIES, &metrics));
     let coordinator = match config.routing.two_phase_commit {
@@ -77,6 +80,7 @@ pub async fn serve(
     let telemetry = Arc::new(telemetry);
     let (shutdown_tx, shutdown_rx) = watch::channel(false);
     let shared = Arc::new(Shared {
+        planner: Planner::new(router.clone()),
         router,
         pools: pools.clone(),
         facts: facts.clone(),

@@ -11,6 +11,7 @@ use crate::classify::FactsCache;
 use crate::config::Config;
 use crate::policy::Router;
 use crate::pool::Pools;
+use crate::route::Planner;
 use crate::secret::Secret;
 use crate::telemetry::Telemetry;
 use crate::twophase::Coordinator;
@@ -20,6 +21,8 @@ pub struct Shared {
     pub config: Config,
     pub pools: Arc<Pools>,
     pub router: Arc<Router>,
+    /// Routes statements (with `router`), keeping merge plans.
+    pub planner: Planner,
     pub facts: Arc<FactsCache>,
     pub telemetry: Arc<Telemetry>,
     pub cancels: Arc<cancel::Registry>,

@@ -24,10 +24,9 @@ pub mod code {
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const WARNING: &str = "01000";
-    /// Not an SQLSTATE and never sent: the message must be handled again
-    /// once the attached connection's batch is synced (a transaction moving
-    /// to another shard mid-pipeline).
-    pub const AFTER_SYNC: &str = "after-sync";
+    pub const INVALID_CURSOR_NAME: &str = "34000";
+    pub const QUERY_CANCELED: &str = "57014";
+    pub const OUT_OF_MEMORY: &str = "53200";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
 }
 

@@ -10,7 +10,7 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::CopyFail;
 use pgwire::messages::data::{DataRow, FieldDescription, NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
-    Bind, BindComplete, Close, CloseComplete, Describe, Execute, Parse, ParseComplete,
+    Bind, BindComplete, Close, CloseComplete, Describe, Execute, Parse, ParseComplete, PortalSuspended,
 };
 use pgwire::messages::response::{
     CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
@@ -48,7 +48,7 @@ pub enum ClientMsg {
     Bind { raw: Bytes, msg: Bind },
     Describe { raw: Bytes, msg: Describe },
     Close { raw: Bytes, msg: Close },
-    Execute { raw: Bytes, portal: String },
+    Execute { raw: Bytes, portal: String, max_rows: usize },
     Sync { raw: Bytes },
     Flush { raw: Bytes },
     CopyData { raw: Bytes },
@@ -76,6 +76,24 @@ impl ClientMsg {
         }
     }
 
+    /// The message's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        match self {
+            ClientMsg::Query { .. } => "Query",
+            ClientMsg::Parse { .. } => "Parse",
+            ClientMsg::Bind { .. } => "Bind",
+            ClientMsg::Describe { .. } => "Describe",
+            ClientMsg::Close { .. } => "Close",
+            ClientMsg::Execute { .. } => "Execute",
+            ClientMsg::Sync { .. } => "Sync",
+            ClientMsg::Flush { .. } => "Flush",
+            ClientMsg::CopyData { .. } => "CopyData",
+            ClientMsg::CopyDone { .. } => "CopyDone",
+            ClientMsg::CopyFail { .. } => "CopyFail",
+            ClientMsg::Terminate => "Terminate",
+        }
+    }
+
     pub fn decode(frame: Frame) -> Result<ClientMsg, SqlError> {
         let raw = frame.raw;
         Ok(match frame.tag {
@@ -96,7 +114,11 @@ impl ClientMsg {
             b'C' => ClientMsg::Close { msg: decode(&raw)?, raw },
             b'E' => {
                 let e: Execute = decode(&raw)?;
-                ClientMsg::Execute { portal: e.name.unwrap_or_default(), raw }
+                ClientMsg::Execute {
+                    portal: e.name.unwrap_or_default(),
+                    max_rows: usize::try_from(e.max_rows).unwrap_or(0),
+                    raw,
+                }
             }
             b'S' => ClientMsg::Sync { raw },
             b'H' => ClientMsg::Flush { raw },
@@ -390,6 +412,10 @@ pub mod reply {
 
     pub fn close_complete(out: &mut BytesMut) {
         put(out, CloseComplete::new());
+    }
+
+    pub fn portal_suspended(out: &mut BytesMut) {
+        put(out, PortalSuspended::new());
     }
 
     pub fn no_data(out: &mut BytesMut) {

@@ -32,7 +32,7 @@ async fn killed_server_connections_are_replaced() {
         .query_one(
             "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity
              WHERE backend_type = 'client backend' AND pid <> pg_backend_pid()
-               AND application_name <> 'shardcar-health'",
+               AND application_name <> 'shardcar-control'",
             &[],
         )
         .await

@@ -59,7 +59,15 @@ async fn pgbench_prepared_with_more_clients_than_connections() {
     let fleet = Fleet::shared();
     // pgbench's tables are global: run this on s1 so other tests on s0 are not disturbed.
     let config = fleet.config(2).replace("default_shard = \"s0\"", "default_shard = \"s1\"");
+    // pgbench -i truncates its tables inside a transaction: TRUNCATE runs on
+    // every shard, which in a transaction needs two-phase commit...
     let sc = Sidecar::start(&config);
+    let (ok, out) = run_tool(&sc, "pgbench", &["-i", "-s", "1", "-q"], None);
+    assert!(!ok && out.contains("two_phase_commit"), "refused, saying how:\n{out}");
+    drop(sc);
+    // ...and with it, the whole load works.
+    let log = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(&crate::harness::two_phase(&config, &log.path().join("decisions.log")));
     let (ok, out) = run_tool(&sc, "pgbench", &["-i", "-s", "1", "-q"], None);
     assert!(ok, "pgbench -i through shardcar failed:\n{out}");
     let (ok, out) = run_tool(&sc, "pgbench", &["-M", "prepared", "-c", "8", "-j", "2", "-T", "5"], None);

@@ -11,10 +11,11 @@ async fn an_abandoned_transaction_leaves_no_lock_behind() {
     let sc = Sidecar::start(&fleet.config(2));
     let t = table("locked");
     let setup = sc.connect().await;
-    setup
-        .batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v int); INSERT INTO {t} VALUES (1, 0)"))
-        .await
-        .unwrap();
+    // DDL runs on every shard, so it cannot share a query string with an INSERT.
+    let mixed = format!("CREATE TABLE {t} (id int PRIMARY KEY, v int); INSERT INTO {t} VALUES (1, 0)");
+    assert_eq!(crate::harness::sqlstate(&setup.batch_execute(&mixed).await.unwrap_err()), "0A000");
+    setup.batch_execute(&format!("CREATE TABLE {t} (id int PRIMARY KEY, v int)")).await.unwrap();
+    setup.batch_execute(&format!("INSERT INTO {t} VALUES (1, 0)")).await.unwrap();
 
     let quitter = sc.connect().await;
     quitter.batch_execute(&format!("BEGIN; UPDATE {t} SET v = 99 WHERE id = 1")).await.unwrap();
@@ -34,7 +35,7 @@ async fn an_abandoned_transaction_leaves_no_lock_behind() {
     let clean = eventually(Duration::from_secs(5), async || {
         let n: i64 = s0
             .query_one(
-                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' AND application_name <> 'shardcar-health'",
+                "SELECT count(*) FROM pg_stat_activity WHERE state LIKE 'idle in transaction%' AND application_name <> 'shardcar-control'",
                 &[],
             )
             .await

@@ -120,7 +120,7 @@ fn readiness(shared: &Shared) -> Response<Body> {
         .filter(|s| !s.primary.health.is_confirmed_up())
         .map(|s| {
             serde_json::json!({
-                "shard": s.name,
+                "shard": shared.pools.topology.name(s.id),
                 "primary": s.primary.endpoint.address(),
                 "error": s.primary.health.last_error(),
             })
@@ -185,7 +185,7 @@ async fn explain(shared: &Shared, query: &str) -> Response<Body> {
     };
     let facts = shared.facts.get(&sql);
     let explanation =
-        crate::route::explain::explain(&shared.router, facts, params, shared.config.routing.read_replicas).await;
+        crate::route::explain::explain(&shared.planner, facts, params, shared.config.routing.read_replicas).await;
     json(StatusCode::OK, &explanation)
 }
 

@@ -59,10 +59,11 @@ pub fn shards(shared: &Shared, series: usize) -> api::Shards {
         .map(|(i, s)| {
             let points = view.series.get(i);
             let skip = points.map_or(0, |p| p.len().saturating_sub(series));
+            let name = shared.pools.topology.name(s.id);
             api::Shard {
-                name: s.name.clone(),
+                name: name.to_string(),
                 healthy: s.primary.health.is_confirmed_up(),
-                hot: view.skew.hot && view.skew.busiest.as_deref() == Some(s.name.as_str()),
+                hot: view.skew.hot && view.skew.busiest.as_deref() == Some(name),
                 load: view.shard_loads.get(i).cloned().unwrap_or_default(),
                 servers: std::iter::once(&s.primary).chain(&s.replicas).map(|n| server(n)).collect(),
                 series: points.map(|p| p.iter().skip(skip).copied().collect()).unwrap_or_default(),
@@ -91,7 +92,7 @@ pub fn pools(shared: &Shared) -> Vec<api::Pool> {
         .map(|(i, n)| {
             let status = n.pool.status();
             api::Pool {
-                shard: shared.router.shard_name(n.shard).to_string(),
+                shard: shared.pools.topology.name(n.shard).to_string(),
                 role: n.role.as_str().into(),
                 address: n.endpoint.address(),
                 max_size: status.max_size as u64,

@@ -178,6 +178,14 @@ fn verb(node: &N) -> Verb {
         N::UpdateStmt(_) => Verb::Update,
         N::DeleteStmt(_) => Verb::Delete,
         N::CopyStmt(_) => Verb::Copy,
+        // A temporary table lives on the session's own connection, not in
+        // the schema every shard shares.
+        N::CreateStmt(c) if c.relation.as_ref().is_some_and(|r| r.relpersistence == "t") => Verb::Other,
+        N::CreateTableAsStmt(c)
+            if c.into.as_ref().and_then(|i| i.rel.as_ref()).is_some_and(|r| r.relpersistence == "t") =>
+        {
+            Verb::Other
+        }
         N::CreateStmt(_)
         | N::AlterTableStmt(_)
         | N::DropStmt(_)

@@ -104,8 +104,7 @@ async fn startup(
     })?;
     auth::authenticate(client, &user, secret).await?;
 
-    let server =
-        shared.pools.server_params(shared.router.default_shard()).await.map_err(|e| SqlError { fatal: true, ..e })?;
+    let server = shared.pools.server_params().await.map_err(|e| SqlError { fatal: true, ..e })?;
     for (name, value) in &server {
         let value =
             params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map_or(value.as_str(), |(_, v)| v.as_str());

@@ -3,35 +3,22 @@
 //! the default shard's primary (deadpool-postgres, the control plane).
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Mutex;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 
-use crate::config::Config;
 use crate::sqlerror::{SqlError, code};
 
 pub struct Catalog {
-    pool: Option<Pool>,
+    /// The default shard primary's control-plane pool.
+    pool: Pool,
     /// (table, column) → zero-based position among the table's live columns.
     positions: Mutex<HashMap<(String, String), usize>>,
 }
 
 impl Catalog {
-    pub fn new(cfg: &Config) -> Catalog {
-        let pool = cfg
-            .shards
-            .iter()
-            .find(|s| s.name == cfg.routing.default_shard)
-            .and_then(|s| tokio_postgres::Config::from_str(&s.primary).ok())
-            .and_then(|mut pg| {
-                pg.application_name("shardcar-catalog").connect_timeout(cfg.pool.connect_timeout());
-                let manager =
-                    Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-                Pool::builder(manager).max_size(1).build().ok()
-            });
+    pub fn new(pool: Pool) -> Catalog {
         Catalog { pool, positions: Mutex::new(HashMap::new()) }
     }
 
@@ -48,8 +35,7 @@ impl Catalog {
             )
             .hint(format!("name the columns: INSERT INTO {table} (...) VALUES (...)"))
         };
-        let pool = self.pool.as_ref().ok_or_else(|| failed("no default shard to ask".into()))?;
-        let client = pool.get().await.map_err(|e| failed(e.to_string()))?;
+        let client = self.pool.get().await.map_err(|e| failed(e.to_string()))?;
         let row = client
             .query_typed(
                 "SELECT count(*) FILTER (WHERE a.attnum < k.attnum), bool_or(true)

@@ -6,15 +6,14 @@
 //! recorded as a miss, fetched asynchronously, and the call is made again.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
+use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 
 use crate::config::{self, Config};
+use crate::pool::Pools;
 use crate::sqlerror::{SqlError, code};
 
 /// Beyond this many cached entries, expired ones are dropped before adding more.
@@ -41,20 +40,15 @@ pub struct Directory {
 }
 
 impl Directory {
-    pub fn new(cfg: &Config) -> Result<Directory, config::Invalid> {
+    /// Each `[[directories]]` source reads through its shard primary's control-plane pool.
+    pub fn new(cfg: &Config, pools: &Pools) -> Result<Directory, config::Invalid> {
         let mut sources = HashMap::new();
         for (i, d) in cfg.directories.iter().enumerate() {
             let invalid =
                 |message: String| config::Invalid(vec![config::Problem { path: format!("directories[{i}]"), message }]);
-            let shard = cfg
-                .shards
-                .iter()
-                .find(|s| s.name == d.shard)
-                .ok_or_else(|| invalid(format!("`{}` is not a shard", d.shard)))?;
-            let mut pg = tokio_postgres::Config::from_str(&shard.primary).map_err(|e| invalid(e.to_string()))?;
-            pg.application_name("shardcar-directory").connect_timeout(cfg.pool.connect_timeout());
-            let manager = Manager::from_config(pg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-            let pool = Pool::builder(manager).max_size(4).build().map_err(|e| invalid(e.to_string()))?;
+            let shard =
+                pools.topology.find(&d.shard).ok_or_else(|| invalid(format!("`{}` is not a shard", d.shard)))?;
+            let pool = pools.shard(shard).primary.control.clone();
             let source = Source { pool, query: d.query.clone(), ttl: Duration::from_millis(d.cache_ttl_ms) };
             sources.insert(d.namespace.clone(), source);
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::classify::params::Params;
 use crate::classify::{Facts, Operand, Statement, Value};
 use crate::config::KeyType;
+use crate::topology::PolicyId;
 
 /// Who is asking, for plugins that route by user or session variables.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -24,7 +25,7 @@ pub struct TableRule {
     pub table: String,
     pub key: String,
     pub key_type: KeyType,
-    pub policy: usize,
+    pub policy: PolicyId,
 }
 
 /// One statement routed by one table's policy.
@@ -143,7 +144,12 @@ mod tests {
     use crate::classify::classify;
 
     fn view(sql: &str, params: Option<Params>, key_type: KeyType) -> Result<FactsView, String> {
-        let rule = TableRule { table: "orders".into(), key: "customer_id".into(), key_type, policy: 0 };
+        let rule = TableRule {
+            table: "orders".into(),
+            key: "customer_id".into(),
+            key_type,
+            policy: crate::topology::PolicyId::at(0),
+        };
         FactsView::new(
             Arc::new(classify(sql)),
             0,
@@ -197,7 +203,7 @@ mod tests {
             table: "orders".into(),
             key: "customer_id".into(),
             key_type: KeyType::Auto,
-            policy: 0,
+            policy: crate::topology::PolicyId::at(0),
         });
         let seen = |facts: Arc<Facts>, params: Option<Arc<Params>>| {
             let v = FactsView::new(facts, 0, params, rule.clone(), Arc::new(SessionInfo::default()), false, None);

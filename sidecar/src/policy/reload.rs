@@ -66,18 +66,20 @@ pub async fn verify(router: &Router, slot: usize, plugin: &Plugin, path: &Path) 
         let facts = Arc::new(classify(&case.sql));
         let table = facts.statements.first().and_then(|s| s.shape.tables.iter().find(|t| router.rule(t).is_some()));
         match table.and_then(|t| router.rule(t)) {
-            Some(rule) if rule.policy == slot => {}
+            Some(rule) if rule.policy.index() == slot => {}
             _ => return Err(format!("{at}: names no table routed by this policy")),
         }
         let params = Some(Arc::new(Params {
             values: case.params.iter().map(|p| p.clone().map(Into::into)).collect(),
             ..Params::default()
         }));
-        let routed =
-            router.resolving(|| router.route_statement(&facts, 0, &params, &session, false, Some(plugin))).await;
+        let routed = router
+            .resolving(|| router.route_statement(&facts, 0, &params, &session, false, Some(plugin)))
+            .await
+            .map_err(crate::sqlerror::SqlError::from);
         match (routed, &case.shard, &case.error) {
             (Ok(route), Some(want), None) => {
-                let got: Vec<&str> = route.shards.iter().map(|&s| router.shard_name(s)).collect();
+                let got: Vec<&str> = route.shards.iter().map(|&s| router.topology().name(s)).collect();
                 if got != [want.as_str()] {
                     return Err(format!("{at}: went to {got:?}, expected {want}"));
                 }
@@ -85,7 +87,10 @@ pub async fn verify(router: &Router, slot: usize, plugin: &Plugin, path: &Path) 
             (Err(e), None, Some(want)) if e.message.contains(want.as_str()) => {}
             (Err(e), None, Some(want)) => return Err(format!("{at}: failed with `{}`, expected `{want}`", e.message)),
             (Ok(route), None, Some(want)) => {
-                return Err(format!("{at}: went to shards {:?}, expected an error `{want}`", route.shards));
+                return Err(format!(
+                    "{at}: went to shards {:?}, expected an error `{want}`",
+                    router.topology().names(&route.shards)
+                ));
             }
             (Err(e), Some(want), None) => return Err(format!("{at}: failed with `{}`, expected {want}", e.message)),
             _ => return Err(format!("{at}: give exactly one of `shard` and `error`")),
@@ -157,7 +162,7 @@ pub async fn run(router: Arc<Router>, interval: Duration) {
 async fn reload(router: &Arc<Router>, index: usize, slot: &PolicySlot, path: &Path) -> Result<Option<String>, String> {
     let bytes = read(&slot.source)?;
     let runtime = router.runtime.clone();
-    let (policy, config, topology) = (slot.name.clone(), slot.config.clone(), router.topology());
+    let (policy, config, topology) = (slot.name.clone(), slot.config.clone(), router.plugin_topology());
     let candidate = tokio::task::spawn_blocking(move || Plugin::load(&runtime, &policy, &bytes, config, &topology))
         .await
         .map_err(|e| format!("loading was interrupted: {e}"))??;

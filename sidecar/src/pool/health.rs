@@ -4,13 +4,12 @@
 //! primaries, and each replica's lag behind its primary is known.
 
 use std::collections::HashMap;
-use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+use deadpool_postgres::Pool;
 use shardcar_api::Lag;
-use tokio_postgres::{NoTls, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
 use super::{Node, Pools, Role};
 
@@ -21,15 +20,6 @@ const PRIMARY_PROBE: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE
 const REPLICA_PROBE: &str = "SELECT pg_last_wal_replay_lsn()::text, \
      (CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
       ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END)::float8::text";
-
-/// A control-plane pool of one connection for one server.
-fn probe_pool(node: &Node, connect_timeout: Duration) -> Option<Pool> {
-    let mut cfg = tokio_postgres::Config::from_str(&node.endpoint.url).ok()?;
-    cfg.connect_timeout(connect_timeout);
-    cfg.application_name("shardcar-health");
-    let manager = Manager::from_config(cfg, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
-    Pool::builder(manager).max_size(1).build().ok()
-}
 
 /// The WAL position a server reported, and (replicas) its replay delay.
 struct Position {
@@ -64,8 +54,7 @@ fn parse_lsn(text: &str) -> Option<u64> {
 
 /// Probes every server each `interval` until the task is dropped.
 pub async fn run(pools: Arc<Pools>, interval: Duration, connect_timeout: Duration) {
-    let probes: Vec<(Arc<Node>, Pool)> =
-        pools.nodes().filter_map(|n| probe_pool(n, connect_timeout).map(|p| (n.clone(), p))).collect();
+    let probes: Vec<(Arc<Node>, Pool)> = pools.nodes().map(|n| (n.clone(), n.control.clone())).collect();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {

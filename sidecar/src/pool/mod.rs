@@ -1,19 +1,25 @@
 //! Backend connection pools: one deadpool pool per (shard, role), health
-//! state per server, and checkout with replica fallback.
+//! state per server, and checkout with replica fallback. Every server also
+//! has one small control-plane pool (deadpool-postgres) that health probes,
+//! the catalog and directory lookups share.
 
 pub mod backend;
+mod conn;
 pub mod health;
 
+pub use conn::ShardConn;
+
+use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
 use deadpool::managed::{self, PoolError, RecycleError, RecycleResult, TimeoutType, Timeouts};
 
 use crate::config::{self, Config, Endpoint};
 use crate::metrics::{Metrics, NodeMetrics};
-use crate::settings::Settings;
 use crate::sqlerror::{SqlError, code};
+use crate::topology::{ShardId, Topology};
 use backend::{BackendConn, ConnectError};
 use shardcar_api::Lag;
 
@@ -119,12 +125,14 @@ pub type Pooled = managed::Object<Manager>;
 
 /// One server: a shard's primary or one of its replicas.
 pub struct Node {
-    pub shard: usize,
+    pub shard: ShardId,
     pub role: Role,
     /// "s0 primary", "s0 replica 1": used in every message about this server.
     pub label: String,
     pub endpoint: Endpoint,
     pub pool: managed::Pool<Manager>,
+    /// shardcar's own queries to this server (probes, catalog, directory).
+    pub control: deadpool_postgres::Pool,
     pub health: Arc<Health>,
     pub metrics: NodeMetrics,
 }
@@ -136,46 +144,27 @@ impl std::fmt::Debug for Node {
 }
 
 pub struct Shard {
-    pub name: String,
+    pub id: ShardId,
     pub primary: Arc<Node>,
     pub replicas: Vec<Arc<Node>>,
     next_replica: AtomicUsize,
+    /// The shard's text order is byte order (`lc_collate` is C), asked once.
+    text_in_c: OnceLock<bool>,
 }
 
-/// A checked-out connection and the server it belongs to.
-pub struct Checkout {
-    pub conn: Pooled,
-    pub node: Arc<Node>,
-}
+impl Shard {
+    /// Whether text sorts by its bytes on this shard, once known.
+    pub fn text_in_c(&self) -> Option<bool> {
+        self.text_in_c.get().copied()
+    }
 
-impl Checkout {
-    /// Brings the connection to a client's settings, to completion before
-    /// the client's statement: it must not run with another client's
-    /// settings if this fails.
-    pub async fn adopt(&mut self, settings: &Settings) -> Result<(), SqlError> {
-        let Some(sql) = settings.diff_sql(&self.conn.settings) else { return Ok(()) };
-        match self.conn.run_hidden(&sql).await {
-            Ok(Ok(())) => {
-                self.conn.settings = settings.clone();
-                Ok(())
-            }
-            Ok(Err(e)) => {
-                self.conn.broken = true;
-                Err(SqlError::new(
-                    code::CONNECTION_FAILURE,
-                    format!("could not apply this session's settings on {}: {e}", self.node.label),
-                )
-                .hint("a SET that worked on one server failed on another; check that shards are configured alike"))
-            }
-            Err(e) => {
-                self.conn.broken = true;
-                Err(SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {e}", self.node.label)))
-            }
-        }
+    pub fn set_text_in_c(&self, c: bool) {
+        let _ = self.text_in_c.set(c);
     }
 }
 
 pub struct Pools {
+    pub topology: Arc<Topology>,
     pub shards: Vec<Shard>,
     server_params: Arc<RwLock<Vec<(String, String)>>>,
     timeouts: Timeouts,
@@ -183,16 +172,17 @@ pub struct Pools {
 }
 
 impl Pools {
-    pub fn new(cfg: &Config, metrics: &Metrics) -> Result<Pools, config::Invalid> {
+    pub fn new(cfg: &Config, topology: Arc<Topology>, metrics: &Metrics) -> Result<Pools, config::Invalid> {
         let server_params = Arc::new(RwLock::new(Vec::new()));
         let timeouts = Timeouts {
             wait: Some(cfg.pool.checkout_timeout()),
             create: Some(cfg.pool.connect_timeout()),
             recycle: Some(Duration::from_secs(1)),
         };
-        let node = |shard: usize, role: Role, label: String, url: &str| -> Result<Arc<Node>, config::Invalid> {
-            let endpoint = Endpoint::parse(url)
-                .map_err(|message| config::Invalid(vec![config::Problem { path: label.clone(), message }]))?;
+        let node = |shard: ShardId, role: Role, label: String, url: &str| -> Result<Arc<Node>, config::Invalid> {
+            let invalid = |message: String| config::Invalid(vec![config::Problem { path: label.clone(), message }]);
+            let endpoint = Endpoint::parse(url).map_err(invalid)?;
+            let control = control_pool(&endpoint, cfg.pool.connect_timeout()).map_err(invalid)?;
             let health = Arc::new(Health::default());
             let manager = Manager {
                 endpoint: endpoint.clone(),
@@ -208,22 +198,27 @@ impl Pools {
                 .timeouts(timeouts)
                 .runtime(deadpool::Runtime::Tokio1)
                 .build()
-                .map_err(|e| config::Invalid(vec![config::Problem { path: label.clone(), message: e.to_string() }]))?;
-            let metrics = metrics.node(&cfg.shards[shard].name, role.as_str(), &endpoint.address());
-            Ok(Arc::new(Node { shard, role, label, endpoint, pool, health, metrics }))
+                .map_err(|e| invalid(e.to_string()))?;
+            let metrics = metrics.node(topology.name(shard), role.as_str(), &endpoint.address());
+            Ok(Arc::new(Node { shard, role, label, endpoint, pool, control, health, metrics }))
         };
         let mut shards = Vec::new();
-        for (i, s) in cfg.shards.iter().enumerate() {
-            let primary = node(i, Role::Primary, format!("{} primary", s.name), &s.primary)?;
+        for (id, s) in topology.ids().zip(&cfg.shards) {
+            let primary = node(id, Role::Primary, format!("{} primary", s.name), &s.primary)?;
             let replicas = s
                 .replicas
                 .iter()
                 .enumerate()
-                .map(|(j, url)| node(i, Role::Replica, format!("{} replica {j}", s.name), url))
+                .map(|(j, url)| node(id, Role::Replica, format!("{} replica {j}", s.name), url))
                 .collect::<Result<Vec<_>, _>>()?;
-            shards.push(Shard { name: s.name.clone(), primary, replicas, next_replica: AtomicUsize::new(0) });
+            let next_replica = AtomicUsize::new(0);
+            shards.push(Shard { id, primary, replicas, next_replica, text_in_c: OnceLock::new() });
         }
-        Ok(Pools { shards, server_params, timeouts, pool_size: cfg.pool.size })
+        Ok(Pools { topology, shards, server_params, timeouts, pool_size: cfg.pool.size })
+    }
+
+    pub fn shard(&self, id: ShardId) -> &Shard {
+        &self.shards[id.index()]
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
@@ -232,8 +227,8 @@ impl Pools {
 
     /// A connection to `shard`: a healthy replica when `read` allows one,
     /// else (or when every replica fails) the primary.
-    pub async fn checkout(&self, shard: usize, role: Role) -> Result<Checkout, SqlError> {
-        let s = &self.shards[shard];
+    pub async fn checkout(&self, shard: ShardId, role: Role) -> Result<ShardConn, SqlError> {
+        let s = self.shard(shard);
         if role == Role::Replica && !s.replicas.is_empty() {
             let start = s.next_replica.fetch_add(1, Ordering::Relaxed);
             for k in 0..s.replicas.len() {
@@ -254,9 +249,9 @@ impl Pools {
         self.get(&s.primary).await
     }
 
-    async fn get(&self, node: &Arc<Node>) -> Result<Checkout, SqlError> {
+    async fn get(&self, node: &Arc<Node>) -> Result<ShardConn, SqlError> {
         match node.pool.timeout_get(&self.timeouts).await {
-            Ok(conn) => Ok(Checkout { conn, node: node.clone() }),
+            Ok(conn) => Ok(ShardConn { conn, node: node.clone() }),
             Err(e) => Err(self.checkout_error(node, e)),
         }
     }
@@ -289,14 +284,15 @@ impl Pools {
 
     /// ParameterStatus values to show clients, from the first server reached;
     /// if none was reached yet, connects to a primary (the default shard's first).
-    pub async fn server_params(&self, default_shard: usize) -> Result<Vec<(String, String)>, SqlError> {
+    pub async fn server_params(&self) -> Result<Vec<(String, String)>, SqlError> {
         if let Some(p) = self.cached_params() {
             return Ok(p);
         }
-        let order = std::iter::once(default_shard).chain((0..self.shards.len()).filter(|&i| i != default_shard));
+        let first = self.topology.default_shard();
+        let order = std::iter::once(first).chain(self.topology.ids().filter(|&i| i != first));
         let mut last_error = None;
         for shard in order {
-            match self.get(&self.shards[shard].primary).await {
+            match self.get(&self.shard(shard).primary).await {
                 Ok(conn) => {
                     drop(conn);
                     break;
@@ -327,4 +323,16 @@ impl Pools {
             node.pool.close();
         }
     }
+}
+
+/// A control-plane pool for one server: a few connections for shardcar's
+/// own queries, named so that they can be told apart in `pg_stat_activity`.
+fn control_pool(endpoint: &Endpoint, connect_timeout: Duration) -> Result<deadpool_postgres::Pool, String> {
+    use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
+    let mut cfg = tokio_postgres::Config::from_str(&endpoint.url).map_err(|e| e.to_string())?;
+    cfg.connect_timeout(connect_timeout);
+    cfg.application_name("shardcar-control");
+    let manager =
+        Manager::from_config(cfg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    Pool::builder(manager).max_size(4).build().map_err(|e| e.to_string())
 }

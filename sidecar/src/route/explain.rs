@@ -4,62 +4,73 @@
 
 use std::sync::Arc;
 
-use shardcar_api::{Explanation, FanOutPlan, Refusal, StatementExplanation, Target};
+use shardcar_api::{Explanation, FanOutPlan, Refusal, StatementExplanation, Target as ApiTarget};
 
+use super::{Planner, Target};
 use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, Operand, RoleHint, Value};
 use crate::policy::facts::SessionInfo;
-use crate::policy::{Request, Router, StatementRoute, Via};
+use crate::policy::{Router, StatementRoute, Via};
 use crate::pool::Role;
-use crate::route::plan;
+use crate::sqlerror::SqlError;
 
 pub async fn explain(
-    router: &Router,
+    planner: &Planner,
     facts: Arc<Facts>,
     params: Vec<Option<String>>,
     read_replicas: bool,
 ) -> Explanation {
+    let router = &planner.router;
+    let topology = router.topology();
     let session = Arc::new(SessionInfo::default());
-    let bound = Some(Arc::new(Params {
-        values: params.iter().map(|p| p.clone().map(Into::into)).collect(),
-        ..Params::default()
-    }));
-    let routes = router.resolving(|| router.route_facts(&facts, &bound, &session, false)).await;
+    let bound =
+        Arc::new(Params { values: params.iter().map(|p| p.clone().map(Into::into)).collect(), ..Params::default() });
+    let routed = planner.route(&facts, Some(&bound), &session, false, None).await;
     let statements = facts
         .statements
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            let route = routes.as_ref().ok().and_then(|r| r.get(i));
+            let route = routed.as_ref().ok().and_then(|r| r.statements.get(i));
             statement(router, s, &params, route)
         })
         .collect();
-    let fan_out = crate::route::plan_for(router, &facts, &bound, &session).await.transpose();
-    let mut req = Request::default();
-    req.add(&facts, bound);
-    let (target, error) = match &fan_out {
-        Some(Err(e)) => {
-            (None, Some(Refusal { code: e.code.to_string(), message: e.message.clone(), hint: e.hint.clone() }))
-        }
-        Some(Ok(_)) => (None, None),
-        None => match router.decide(&req, &session, false).await {
-            Ok(decision) => {
-                let t = plan(&decision, router.default_shard(), false, read_replicas);
-                let replicas = router.topology().topology.shards.get(t.shard).map_or(0, |s| s.replicas);
-                let role = match t.role {
+    let (mut target, mut fan_out, mut error) = (None, None, None);
+    match routed {
+        Ok(route) => match &route.target {
+            Target::Anywhere | Target::One(_) => {
+                let shard = match route.target {
+                    Target::One(s) => s,
+                    _ => topology.default_shard(),
+                };
+                let replicas = router.plugin_topology().topology.shards.get(shard.index()).map_or(0, |s| s.replicas);
+                let role = match super::role(&route, false, read_replicas) {
                     Role::Replica if replicas > 0 => "replica",
                     Role::Replica => "primary (the shard has no replica)",
                     Role::Primary => "primary",
                 };
-                (Some(Target { shard: router.shard_name(t.shard).to_string(), role: role.into() }), None)
+                target = Some(ApiTarget { shard: topology.name(shard).to_string(), role: role.into() });
             }
-            Err(e) => (None, Some(Refusal { code: e.code.to_string(), message: e.message, hint: e.hint })),
+            Target::Many { shards, plan } => {
+                let shards = shards.iter().map(|&s| topology.name(s).to_string()).collect();
+                fan_out = Some(FanOutPlan { shards, merge: plan.describe() });
+            }
+            Target::CopySplit(split) => {
+                fan_out = Some(FanOutPlan {
+                    shards: topology.all_names(),
+                    merge: format!(
+                        "each row placed by its {} (field {}) on its shard; COPY n summed",
+                        split.rule.key,
+                        split.key_field + 1
+                    ),
+                });
+            }
         },
-    };
-    let fan_out = fan_out.and_then(Result::ok).map(|(shards, plan)| FanOutPlan {
-        shards: shards.iter().map(|&s| router.shard_name(s).to_string()).collect(),
-        merge: plan.describe(),
-    });
+        Err(e) => {
+            let e = SqlError::from(e);
+            error = Some(Refusal { code: e.code.to_string(), message: e.message, hint: e.hint });
+        }
+    }
     Explanation {
         sql: facts.statements.iter().map(|s| s.text.as_str()).collect::<Vec<_>>().join("; "),
         params,
@@ -115,7 +126,7 @@ fn statement(
         role: None,
     };
     if let Some(route) = route {
-        out.shards = route.shards.iter().map(|&i| router.shard_name(i).to_string()).collect();
+        out.shards = route.shards.iter().map(|&i| router.topology().name(i).to_string()).collect();
         out.role = route.role.map(|r| match r {
             RoleHint::Primary => "primary".into(),
             RoleHint::Replica => "replica".into(),
@@ -124,7 +135,7 @@ fn statement(
             Via::Explicit => "explicit".into(),
             Via::Unsharded => "unsharded".into(),
             Via::Policy { policy, rule, keys, .. } => {
-                let slot = &router.policies[*policy];
+                let slot = router.policy(*policy);
                 out.plugin = Some(slot.plugin.load().version().to_string());
                 out.table = Some(rule.table.clone());
                 out.keys = keys.iter().map(|k| value(&crate::policy::plugin::sql_value(k))).collect();
@@ -199,7 +210,7 @@ pub fn render(e: &Explanation) -> String {
         (Some(t), _) => out.push_str(&format!("runs on:      {} {}\n", t.shard, t.role)),
         (None, None) if e.fan_out.is_some() => {
             let f = e.fan_out.as_ref().expect("checked");
-            out.push_str(&format!("runs on:      {} (as a simple query outside a transaction)\n", f.shards.join(", ")));
+            out.push_str(&format!("runs on:      {}\n", f.shards.join(", ")));
             out.push_str(&format!("merged:       {}\n", f.merge));
         }
         (_, Some(r)) => {

@@ -6,7 +6,7 @@
 use pg_query::protobuf::{self, a_const, node::Node as N};
 
 use crate::classify::lexer::renumber_params;
-use crate::sqlerror::{SqlError, code};
+use crate::policy::Refusal;
 
 /// One ORDER BY item, resolved against the shards' result columns.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,7 +81,7 @@ const JUNK: &str = "shardcar_sort_";
 impl FanOut {
     /// The plan for a SELECT (or another statement, run everywhere) whose
     /// rows live on several shards.
-    pub fn of(sql: &str) -> Result<FanOut, SqlError> {
+    pub fn of(sql: &str) -> Result<FanOut, Refusal> {
         let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
             .map_err(|e| refuse(format!("the statement cannot be parsed: {e}")))?;
         let mut tree = parsed.protobuf;
@@ -92,9 +92,8 @@ impl FanOut {
             _ => return Ok(FanOut::Everywhere),
         };
         let plan = plan_select(select)?;
-        let sql = pg_query::deparse(&tree, pg_query::DeparseOptions::default()).map_err(|e| {
-            SqlError::new(code::INTERNAL_ERROR, format!("cannot rewrite the statement for the shards: {e}"))
-        })?;
+        let sql = pg_query::deparse(&tree, pg_query::DeparseOptions::default())
+            .map_err(|e| Refusal::NotMergeable(format!("the statement cannot be rewritten for the shards: {e}")))?;
         Ok(match plan {
             Planned::Rows { order, limit, offset, junk, distinct } => {
                 FanOut::Rows { sql, order, limit, offset, junk, distinct }
@@ -107,6 +106,11 @@ impl FanOut {
 }
 
 impl FanOut {
+    /// The shards only read (the merges of a SELECT).
+    pub fn is_read(&self) -> bool {
+        matches!(self, FanOut::Rows { .. } | FanOut::Aggregate { .. })
+    }
+
     /// How the shards' answers become one, in words (for explain).
     pub fn describe(&self) -> String {
         let window = |limit: &Option<u64>, offset: u64| {
@@ -161,7 +165,7 @@ impl FanOut {
 
 impl FanOut {
     /// One INSERT per group of VALUES rows (`rows`: indexes, per shard).
-    pub fn split_insert(sql: &str, groups: &[Vec<usize>]) -> Result<FanOut, SqlError> {
+    pub fn split_insert(sql: &str, groups: &[Vec<usize>]) -> Result<FanOut, Refusal> {
         let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
             .map_err(|e| refuse(format!("the statement cannot be parsed: {e}")))?;
         let tree = parsed.protobuf;
@@ -180,7 +184,7 @@ impl FanOut {
                 select.values_lists = group.iter().filter_map(|&i| rows.get(i).cloned()).collect();
             }
             let sql = pg_query::deparse(&part, pg_query::DeparseOptions::default())
-                .map_err(|e| SqlError::new(code::INTERNAL_ERROR, format!("cannot split the INSERT: {e}")))?;
+                .map_err(|e| refuse(format!("the INSERT cannot be split: {e}")))?;
             // A server refuses parameters a statement does not use when their
             // type is left to it: each part numbers the ones it keeps from $1.
             let (sql, params) = renumber_params(&sql);
@@ -195,14 +199,13 @@ enum Planned {
     Aggregate { combine: Vec<Combine>, names: Vec<String>, casts: Vec<Option<String>>, tail: String },
 }
 
-fn refuse(why: String) -> SqlError {
-    SqlError::new(code::FEATURE_NOT_SUPPORTED, format!("cannot run this statement across shards: {why}"))
-        .hint("target one shard with /* shardcar: shard=... */, or add a condition on the shard key")
+fn refuse(why: String) -> Refusal {
+    Refusal::NotMergeable(why)
 }
 
 /// Checks the shape, rewrites `select` in place for the shards, and says
 /// how to merge.
-fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, SqlError> {
+fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
     if select.op != protobuf::SetOperation::SetopNone as i32 {
         return Err(refuse("UNION, INTERSECT and EXCEPT are not merged across shards yet".into()));
     }
@@ -278,7 +281,7 @@ fn plan_aggregate(
     casts: Vec<Option<String>>,
     limit: Option<u64>,
     offset: u64,
-) -> Result<Planned, SqlError> {
+) -> Result<Planned, Refusal> {
     if select.target_list.iter().any(is_star) {
         return Err(refuse("SELECT * with GROUP BY is not merged across shards; name the columns".into()));
     }
@@ -471,7 +474,7 @@ fn same_expr(a: &protobuf::Node, b: &protobuf::Node) -> bool {
 
 /// SELECT DISTINCT: shards sort by the client's ORDER BY and then by every
 /// other output column, so equal rows meet in the merge.
-fn distinct_order(select: &mut protobuf::SelectStmt, order: &mut Vec<SortKey>) -> Result<(), SqlError> {
+fn distinct_order(select: &mut protobuf::SelectStmt, order: &mut Vec<SortKey>) -> Result<(), Refusal> {
     if select.target_list.iter().any(is_star) {
         return Err(refuse("SELECT DISTINCT * is not merged across shards; name the columns".into()));
     }
@@ -521,11 +524,11 @@ fn walk(node: &protobuf::Node) -> Vec<pg_query::NodeRef<'_>> {
 }
 
 /// Constant LIMIT and OFFSET.
-fn limits(select: &protobuf::SelectStmt) -> Result<(Option<u64>, u64), SqlError> {
+fn limits(select: &protobuf::SelectStmt) -> Result<(Option<u64>, u64), Refusal> {
     if select.limit_option == protobuf::LimitOption::WithTies as i32 {
         return Err(refuse("FETCH ... WITH TIES is not merged across shards".into()));
     }
-    let value = |node: &Option<Box<protobuf::Node>>, what: &str| -> Result<Option<u64>, SqlError> {
+    let value = |node: &Option<Box<protobuf::Node>>, what: &str| -> Result<Option<u64>, Refusal> {
         match node.as_deref().and_then(|n| n.node.as_ref()) {
             None => Ok(None),
             Some(N::AConst(c)) if c.isnull => Ok(None),
@@ -550,7 +553,7 @@ fn int_const(n: u64) -> protobuf::Node {
 
 /// An aggregate call that can be combined, for a target; `None` for a
 /// plain expression; an error for an aggregate that cannot be combined.
-fn aggregate_of(target: &protobuf::Node) -> Result<Option<Combine>, SqlError> {
+fn aggregate_of(target: &protobuf::Node) -> Result<Option<Combine>, Refusal> {
     let Some(N::ResTarget(t)) = &target.node else { return Ok(None) };
     let Some(val) = t.val.as_deref() else { return Ok(None) };
     if let Some(N::FuncCall(f)) = &val.node
@@ -697,7 +700,7 @@ fn split_averages(select: &mut protobuf::SelectStmt, combine: &[Combine]) {
 
 /// ORDER BY items as sort keys; expressions that are not output columns
 /// become extra (junk) output columns of the shards' query.
-fn sort_keys(select: &mut protobuf::SelectStmt) -> Result<Vec<SortKey>, SqlError> {
+fn sort_keys(select: &mut protobuf::SelectStmt) -> Result<Vec<SortKey>, Refusal> {
     let visible = select.target_list.len();
     let star = select.target_list.iter().any(is_star);
     let names: Vec<Option<String>> = select.target_list.iter().map(target_name).collect();
@@ -790,7 +793,7 @@ mod tests {
     }
 
     fn refused(sql: &str) -> String {
-        FanOut::of(sql).unwrap_err().message
+        crate::sqlerror::SqlError::from(FanOut::of(sql).unwrap_err()).message
     }
 
     #[test]
@@ -881,8 +884,8 @@ mod tests {
         assert!(refused("SELECT * FROM t WHERE id IN (SELECT id FROM u)").contains("subqueries"));
         assert!(refused("SELECT sum(x) + 1 FROM t").contains("inside expressions"));
         assert!(refused("SELECT * FROM t LIMIT $1").contains("LIMIT"));
-        let e = FanOut::of("SELECT DISTINCT ON (c) c FROM t").unwrap_err();
-        assert_eq!(e.code, code::FEATURE_NOT_SUPPORTED);
+        let e = crate::sqlerror::SqlError::from(FanOut::of("SELECT DISTINCT ON (c) c FROM t").unwrap_err());
+        assert_eq!(e.code, crate::sqlerror::code::FEATURE_NOT_SUPPORTED);
         assert!(e.hint.unwrap().contains("shard="));
     }
 

@@ -1,87 +1,305 @@
-//! Route: where a statement runs — one shard and role, or several shards
-//! with the plan that merges their answers.
+//! Route: where one statement runs, decided once from the facts its text
+//! was classified into, its bound parameters and the session — one shard,
+//! no preference, or several shards with the plan that merges their
+//! answers (or places a COPY's rows). The session, explain, the dashboard
+//! and telemetry all read this one value.
 
 pub mod explain;
 pub mod merge;
 
 use std::sync::Arc;
 
-use crate::classify::Facts;
+use quick_cache::sync::Cache;
+
 use crate::classify::params::Params;
-use crate::policy::Router;
-use crate::policy::facts::SessionInfo;
-use crate::sqlerror::SqlError;
+use crate::classify::{Facts, Kind, RoleHint, Statement, Verb};
+use crate::policy::facts::{SessionInfo, TableRule};
+use crate::policy::{Refusal, ResolveError, Router, StatementRoute, check_key_unchanged};
+use crate::topology::ShardId;
 use merge::FanOut;
 
-use crate::classify::RoleHint;
-use crate::policy::Decision;
-use crate::pool::Role;
+/// Distinct statement texts whose merge plans are kept.
+const PLANS: usize = 1_000;
 
-/// The shard and role a batch runs on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Target {
-    pub shard: usize,
-    pub role: Role,
+#[derive(Debug, Clone)]
+pub struct Route {
+    pub target: Target,
+    /// A server role a hint or the policy asked for.
+    pub role: Option<RoleHint>,
+    /// Every statement only reads (a replica may serve it outside a transaction).
+    pub read_only: bool,
+    /// How each statement of the text was routed.
+    pub statements: Vec<StatementRoute>,
 }
 
-/// The decided shard, or `default_shard` when no statement cared. Reads
-/// outside a transaction may go to a replica (when `read_replicas` is on, or
-/// a hint asks); inside a transaction everything stays on the primary that
-/// holds it.
-pub fn plan(decision: &Decision, default_shard: usize, in_transaction: bool, read_replicas: bool) -> Target {
+#[derive(Debug, Clone)]
+pub enum Target {
+    /// No statement cares: the shard the session is on, else the default shard.
+    Anywhere,
+    One(ShardId),
+    /// Every shard listed runs its part; `plan` says what and how answers merge.
+    Many {
+        shards: Vec<ShardId>,
+        plan: Arc<FanOut>,
+    },
+    /// `COPY ... FROM STDIN` whose rows are placed on shards one by one.
+    CopySplit(Arc<CopySplit>),
+}
+
+/// How to cut a COPY's data into rows and find each row's key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CopySplit {
+    pub rule: Arc<TableRule>,
+    pub delimiter: u8,
+    /// Zero-based field of the shard key in each row.
+    pub key_field: usize,
+}
+
+impl Route {
+    /// The shards it names, if any (for messages and explain).
+    pub fn shards(&self) -> Vec<ShardId> {
+        match &self.target {
+            Target::Anywhere | Target::CopySplit(_) => vec![],
+            Target::One(s) => vec![*s],
+            Target::Many { shards, .. } => shards.clone(),
+        }
+    }
+}
+
+/// Decides routes, keeping merge plans per statement text so that a
+/// statement that fans out is parsed for it once, not per execution.
+pub struct Planner {
+    pub router: Arc<Router>,
+    plans: Cache<String, Result<Arc<FanOut>, Refusal>>,
+}
+
+impl Planner {
+    pub fn new(router: Arc<Router>) -> Planner {
+        Planner { router, plans: Cache::new(PLANS) }
+    }
+
+    /// Where the statements of `facts` run, with `params` bound. One plugin
+    /// call per statement, one per row when a multi-row INSERT is split.
+    /// `written`: the text as the client wrote it, when `facts` are a simple
+    /// query's template with its literals lifted into `params` — a plan
+    /// across shards rewrites the written text, literals and all.
+    pub async fn route(
+        &self,
+        facts: &Arc<Facts>,
+        params: Option<&Arc<Params>>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+        written: Option<&str>,
+    ) -> Result<Route, ResolveError> {
+        let router = &self.router;
+        let topology = router.topology();
+        let read_only = facts.is_read_only();
+        let params = params.cloned();
+        let explicit = router.explicit(facts, session).map_err(ResolveError::Refused)?;
+        let route = |target: Target, statements: Vec<StatementRoute>| {
+            let role = facts.hints.role.or_else(|| {
+                statements.iter().filter_map(|s| s.role).reduce(|a, b| match (a, b) {
+                    (RoleHint::Primary, _) | (_, RoleHint::Primary) => RoleHint::Primary,
+                    _ => RoleHint::Replica,
+                })
+            });
+            Route { target, role, read_only, statements }
+        };
+        let explicit_route = |shard: ShardId| StatementRoute {
+            shards: vec![shard],
+            role: facts.hints.role,
+            via: crate::policy::Via::Explicit,
+        };
+        if let Some(shard) = explicit {
+            let each = facts.statements.iter().map(|_| explicit_route(shard)).collect();
+            return Ok(route(Target::One(shard), each));
+        }
+        let all: Vec<ShardId> = topology.ids().collect();
+        let everywhere =
+            |statements| route(Target::Many { shards: all.clone(), plan: Arc::new(FanOut::Everywhere) }, statements);
+        match facts.statements.as_slice() {
+            // Unreadable SQL: anywhere; the server reports the error.
+            [] => Ok(route(Target::Anywhere, vec![])),
+            [stmt] => self.single(facts, stmt, &params, session, in_transaction, written).await.map(|r| match r {
+                Single::Target(target, statements) => route(target, statements),
+                Single::Everywhere => everywhere(vec![]),
+            }),
+            many => {
+                // DDL belongs on every shard; so does the whole string when
+                // it is all DDL, and nothing else may ride along.
+                if many.iter().any(|s| s.shape.verb == Verb::Ddl) {
+                    return match many.iter().all(|s| s.shape.verb == Verb::Ddl) {
+                        true => Ok(everywhere(vec![])),
+                        false => Err(ResolveError::Refused(Refusal::DdlWithOthers)),
+                    };
+                }
+                let mut shard: Option<ShardId> = None;
+                let mut statements = Vec::with_capacity(many.len());
+                for (i, stmt) in many.iter().enumerate() {
+                    if router.is_reference_write(stmt) {
+                        return Err(ResolveError::Refused(Refusal::Alone(stmt.text.clone())));
+                    }
+                    let r = router
+                        .resolving(|| router.route_statement(facts, i, &params, session, in_transaction, None))
+                        .await?;
+                    match r.shards.as_slice() {
+                        [] => {}
+                        [one] => match shard {
+                            Some(s) if s != *one => {
+                                return Err(ResolveError::Refused(Refusal::Together {
+                                    first: topology.name(s).to_string(),
+                                    second: topology.name(*one).to_string(),
+                                }));
+                            }
+                            _ => shard = Some(*one),
+                        },
+                        several => return Err(ResolveError::Refused(spans(router, stmt, several))),
+                    }
+                    statements.push(r);
+                }
+                let target = shard.map_or(Target::Anywhere, Target::One);
+                Ok(route(target, statements))
+            }
+        }
+    }
+
+    /// One statement without an explicit target.
+    async fn single(
+        &self,
+        facts: &Arc<Facts>,
+        stmt: &Statement,
+        params: &Option<Arc<Params>>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+        written: Option<&str>,
+    ) -> Result<Single, ResolveError> {
+        let text = written.unwrap_or(&stmt.text);
+        let router = &self.router;
+        if stmt.shape.verb == Verb::Ddl || (stmt.shape.verb != Verb::Copy && router.is_reference_write(stmt)) {
+            return Ok(Single::Everywhere);
+        }
+        let Some(rule) = router.rule_of(stmt) else { return Ok(Single::Target(Target::Anywhere, vec![])) };
+        check_key_unchanged(stmt, rule).map_err(ResolveError::Refused)?;
+        if let Some(copy) = &stmt.shape.copy_in {
+            return self.copy_split(copy, rule).await;
+        }
+        if let Some(insert) = stmt.shape.insert.as_ref().filter(|i| i.rows.len() > 1) {
+            // Each row routed on its own: one plugin call per row.
+            let mut groups: Vec<(ShardId, Vec<usize>)> = Vec::new();
+            for (i, row) in insert.rows.iter().enumerate() {
+                let shard = router
+                    .row_shard(facts, rule, insert.columns.clone(), row.clone(), params, session, in_transaction)
+                    .await?;
+                match groups.iter_mut().find(|(s, _)| *s == shard) {
+                    Some((_, rows)) => rows.push(i),
+                    None => groups.push((shard, vec![i])),
+                }
+            }
+            let statements = vec![StatementRoute {
+                shards: groups.iter().map(|(s, _)| *s).collect(),
+                role: None,
+                via: crate::policy::Via::Unsharded,
+            }];
+            if let [(shard, _)] = groups.as_slice() {
+                return Ok(Single::Target(Target::One(*shard), statements));
+            }
+            let (shards, rows): (Vec<ShardId>, Vec<Vec<usize>>) = groups.into_iter().unzip();
+            let plan = FanOut::split_insert(text, &rows).map_err(ResolveError::Refused)?;
+            return Ok(Single::Target(Target::Many { shards, plan: Arc::new(plan) }, statements));
+        }
+        let r = router.resolving(|| router.policy_route(facts, 0, params, session, in_transaction, None, rule)).await?;
+        let target = match r.shards.as_slice() {
+            [one] => Target::One(*one),
+            [] => return Err(ResolveError::Refused(spans(router, stmt, &[]))),
+            several => {
+                let spread = match stmt.shape.verb {
+                    Verb::Select => true,
+                    Verb::Update | Verb::Delete => router.allow_broadcast_writes(),
+                    _ => false,
+                };
+                if !spread {
+                    return Err(ResolveError::Refused(spans(router, stmt, several)));
+                }
+                let plan = self.plan(text).map_err(ResolveError::Refused)?;
+                Target::Many { shards: several.to_vec(), plan }
+            }
+        };
+        Ok(Single::Target(target, vec![r]))
+    }
+
+    /// The merge plan of a statement that runs on several shards, kept per text.
+    fn plan(&self, text: &str) -> Result<Arc<FanOut>, Refusal> {
+        if let Some(plan) = self.plans.get(text) {
+            return plan;
+        }
+        let plan = FanOut::of(text).map(Arc::new);
+        self.plans.insert(text.to_string(), plan.clone());
+        plan
+    }
+
+    /// A COPY FROM STDIN into a sharded table: its rows are cut and placed.
+    async fn copy_split(
+        &self,
+        copy: &crate::classify::shape::CopyIn,
+        rule: &Arc<TableRule>,
+    ) -> Result<Single, ResolveError> {
+        let refuse = |why: String| ResolveError::Refused(Refusal::CopySplit { table: rule.table.clone(), why });
+        let delimiter = match copy.delimiter.as_deref().map(str::as_bytes) {
+            None => b'\t',
+            Some([d]) => *d,
+            Some(_) => return Err(refuse("its delimiter is not one byte".into())),
+        };
+        if copy.format != "text" || copy.header {
+            return Err(refuse(format!(
+                "shardcar splits rows of the text format without HEADER only (this is {})",
+                copy.format
+            )));
+        }
+        let key_field = self.router.copy_key_field(copy, rule).await?;
+        let split = CopySplit { rule: rule.clone(), delimiter, key_field };
+        Ok(Single::Target(Target::CopySplit(Arc::new(split)), vec![]))
+    }
+}
+
+/// What one statement needs.
+enum Single {
+    Target(Target, Vec<StatementRoute>),
+    /// The same statement on every shard (DDL, reference-table writes).
+    Everywhere,
+}
+
+/// A statement whose rows live on several shards and that cannot run there.
+fn spans(router: &Router, stmt: &Statement, shards: &[ShardId]) -> Refusal {
+    let rule = router.rule_of(stmt);
+    Refusal::Spans {
+        verb: stmt.shape.verb,
+        table: rule.map(|r| r.table.clone()).unwrap_or_default(),
+        key: rule.map(|r| r.key.clone()).unwrap_or_default(),
+        shards: router.topology().names(shards),
+    }
+}
+
+/// Statements shardcar answers itself, whatever their route.
+pub fn is_local(kind: &Kind) -> bool {
+    matches!(
+        kind,
+        Kind::ShardcarSet { .. }
+            | Kind::ShardcarShow(_)
+            | Kind::Unsupported { .. }
+            | Kind::Deallocate(_)
+            | Kind::DiscardAll
+    )
+}
+
+/// The server role that runs a route: a replica for plain reads outside a
+/// transaction (when `read_replicas` is on, or a hint or the policy asks),
+/// else the primary.
+pub fn role(route: &Route, in_transaction: bool, read_replicas: bool) -> crate::pool::Role {
     let replica = !in_transaction
-        && match decision.role {
+        && match route.role {
             Some(RoleHint::Primary) => false,
             Some(RoleHint::Replica) => true,
-            None => read_replicas && decision.read_only,
+            None => read_replicas && route.read_only,
         };
-    Target { shard: decision.shard.unwrap_or(default_shard), role: if replica { Role::Replica } else { Role::Primary } }
-}
-
-/// Where a single statement runs when it needs more than one shard, and how
-/// its answers merge: `None` when it needs one shard (or is refused by
-/// routing as usual). One place for the session and for explain.
-pub async fn plan_for(
-    router: &Router,
-    facts: &Arc<Facts>,
-    params: &Option<Arc<Params>>,
-    session: &Arc<SessionInfo>,
-) -> Result<Option<(Vec<usize>, FanOut)>, SqlError> {
-    let Some(text) = facts.single().map(|s| s.text.as_str()) else { return Ok(None) };
-    if router.runs_everywhere(facts, session) {
-        return Ok(Some(((0..router.shard_count()).collect(), FanOut::Everywhere)));
-    }
-    if let Some(groups) = router.split_insert(facts, params, session).await? {
-        let (shards, rows): (Vec<usize>, Vec<Vec<usize>>) = groups.into_iter().unzip();
-        return Ok(Some((shards, FanOut::split_insert(text, &rows)?)));
-    }
-    match router.fan_out(facts, params, session).await? {
-        Some(shards) => Ok(Some((shards, FanOut::of(text)?))),
-        None => Ok(None),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn decision(role: Option<RoleHint>, read_only: bool) -> Decision {
-        Decision { shard: Some(1), role, read_only, routes: vec![] }
-    }
-
-    #[test]
-    fn no_preference_means_the_default_shard() {
-        let d = Decision { shard: None, role: None, read_only: false, routes: vec![] };
-        assert_eq!(plan(&d, 3, false, true).shard, 3);
-    }
-
-    #[test]
-    fn replicas_only_for_reads_outside_transactions() {
-        assert_eq!(plan(&decision(None, true), 0, false, true).role, Role::Replica);
-        assert_eq!(plan(&decision(None, true), 0, false, false).role, Role::Primary);
-        assert_eq!(plan(&decision(None, false), 0, false, true).role, Role::Primary);
-        assert_eq!(plan(&decision(None, true), 0, true, true).role, Role::Primary);
-        assert_eq!(plan(&decision(Some(RoleHint::Primary), true), 0, false, true).role, Role::Primary);
-        assert_eq!(plan(&decision(Some(RoleHint::Replica), true), 0, false, false).role, Role::Replica);
-    }
+    if replica { crate::pool::Role::Replica } else { crate::pool::Role::Primary }
 }

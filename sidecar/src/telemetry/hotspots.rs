@@ -190,12 +190,12 @@ impl Hotspots {
         for route in routes {
             let (Via::Policy { rule, keys, .. }, [shard]) = (&route.via, route.shards.as_slice()) else { continue };
             let Some(table) = self.by_name.get(&rule.table).map(|&i| &self.tables[i]) else { continue };
-            if let Some(c) = table.per_shard.get(*shard) {
+            if let Some(c) = table.per_shard.get(shard.index()) {
                 c.inc();
             }
             let Ok(mut sketch) = table.sketch.lock() else { continue };
             for key in keys {
-                sketch.update(Item { key: self.key(key), shard: *shard as u32 });
+                sketch.update(Item { key: self.key(key), shard: shard.index() as u32 });
             }
         }
     }
@@ -270,7 +270,7 @@ impl Hotspots {
                 .map(|n| {
                     let (reads, writes) = n.metrics.reads_writes();
                     NodeSample {
-                        shard: n.shard,
+                        shard: n.shard.index(),
                         statements: n.metrics.statements_total(),
                         reads,
                         writes,

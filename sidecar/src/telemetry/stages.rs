@@ -40,12 +40,10 @@ impl Classified {
     }
 }
 
-/// The routing decision made for the statement (possibly for its whole batch).
+/// The routing decision made for the statement.
 #[derive(Debug)]
 pub struct Routed {
     pub stage: Stage,
-    /// Statements decided together (a pipelined batch is routed at once).
-    pub batch: usize,
     /// How each statement of this one's text was routed.
     pub routes: Vec<StatementRoute>,
 }
@@ -69,16 +67,15 @@ impl Stages {
 
     /// Records a routing decision; a later one (made with the statement's
     /// parameters) replaces what an earlier one knew, and their times add up.
-    pub fn routed(&mut self, stage: Stage, batch: usize, routes: Vec<StatementRoute>) {
+    pub fn routed(&mut self, stage: Stage, routes: Vec<StatementRoute>) {
         match &mut self.policy {
             Some(p) => {
                 p.stage.took += stage.took;
-                p.batch = p.batch.max(batch);
                 if !routes.is_empty() {
                     p.routes = routes;
                 }
             }
-            None => self.policy = Some(Routed { stage, batch, routes }),
+            None => self.policy = Some(Routed { stage, routes }),
         }
     }
 }

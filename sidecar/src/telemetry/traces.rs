@@ -420,8 +420,7 @@ impl Exporting {
             b.child(root, "classify".into(), SpanKind::Internal, stage.at, stage.at + stage.took, attrs);
         }
         if let Some(p) = &stages.policy {
-            let mut attrs = self.route_attributes(stages);
-            attrs.push(KeyValue::new("shardcar.batch_statements", p.batch as i64));
+            let attrs = self.route_attributes(stages);
             b.child(root, "policy".into(), SpanKind::Internal, p.stage.at, end(p.stage), attrs);
         }
         if let Some(c) = stages.checkout {
@@ -436,7 +435,7 @@ impl Exporting {
         match route.map(|r| &r.via) {
             Some(Via::Policy { policy, plugin, .. }) => vec![
                 KeyValue::new("shardcar.route", "policy"),
-                KeyValue::new("shardcar.policy", self.names.policies.get(*policy).cloned().unwrap_or_default()),
+                KeyValue::new("shardcar.policy", self.names.policies.get(policy.index()).cloned().unwrap_or_default()),
                 KeyValue::new("shardcar.plugin_version", plugin.to_string()),
             ],
             Some(Via::Explicit) => vec![KeyValue::new("shardcar.route", "explicit")],
@@ -444,8 +443,8 @@ impl Exporting {
         }
     }
 
-    fn shard(&self, index: usize) -> String {
-        self.names.shards.get(index).cloned().unwrap_or_default()
+    fn shard(&self, shard: crate::topology::ShardId) -> String {
+        self.names.shards.get(shard.index()).cloned().unwrap_or_default()
     }
 }
 

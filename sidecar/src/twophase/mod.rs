@@ -201,12 +201,12 @@ impl Coordinator {
                         metrics.distributed(outcome);
                         tracing::info!(
                             "{}: {} {gid} left by an interrupted commit",
-                            shard.name,
+                            pools.topology.name(shard.id),
                             if commit { "committed" } else { "rolled back" }
                         );
                     }
                     other => {
-                        tracing::warn!("{}: cannot resolve {gid}: {other:?}", shard.name);
+                        tracing::warn!("{}: cannot resolve {gid}: {other:?}", pools.topology.name(shard.id));
                         still_prepared.insert(gid);
                     }
                 }

@@ -14,14 +14,15 @@ use futures_util::future::join_all;
 use postgres_protocol::message::frontend;
 
 use super::Session;
+use super::state::Txn;
 use crate::classify::Facts;
+use crate::classify::shape::{Operand, Value};
 use crate::metrics::KindLabel;
-use crate::policy::facts::TableRule;
-use crate::pool::Role;
+use crate::pool::{Role, ShardConn};
+use crate::route::CopySplit;
 use crate::scatter::copy::{Row, RowSplitter};
 use crate::scatter::{Leg, internal};
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::stages::Stages;
 use crate::twophase::{Outcome, Participant};
 use crate::wire::{ClientMsg, reply};
 
@@ -39,53 +40,29 @@ enum Failure {
 }
 
 impl Session {
-    /// Runs a COPY FROM STDIN whose rows belong to several shards;
-    /// `refusal` is the error to give when it is not such a COPY.
+    /// Runs a COPY FROM STDIN whose rows belong to several shards.
     pub(super) async fn copy_split(
         &mut self,
         sql: &str,
         facts: &Arc<Facts>,
-        stages: Stages,
-        refusal: SqlError,
+        split: Arc<CopySplit>,
     ) -> Result<(), SqlError> {
-        let router = self.shared.router.clone();
-        let copy = facts.single().and_then(|s| s.shape.copy_in.clone());
-        let Some((copy, rule)) = copy.and_then(|c| router.rule(&c.table).cloned().map(|r| (c, r))) else {
-            return self.refuse(refusal, false, stages, facts);
-        };
-        let unsplittable = |why: String| {
-            SqlError::new(
-                code::FEATURE_NOT_SUPPORTED,
-                format!("this COPY into {} needs every shard, and {why}", rule.table),
-            )
-            .hint("use the default text format without HEADER, or target one shard with /* shardcar: shard=... */")
-        };
-        let delimiter = match copy.delimiter.as_deref().map(str::as_bytes) {
-            None => b'\t',
-            Some([d]) => *d,
-            Some(_) => return self.refuse(unsplittable("its delimiter is not one byte".into()), false, stages, facts),
-        };
-        if copy.format != "text" || copy.header {
-            let why = format!("shardcar splits rows of the text format without HEADER only (this is {})", copy.format);
-            return self.refuse(unsplittable(why), false, stages, facts);
-        }
-        let key_field = match router.copy_key_field(&copy, &rule).await {
-            Ok(k) => k,
-            Err(e) => return self.refuse(e, false, stages, facts),
-        };
-        let shards: Vec<usize> = (0..router.shard_count()).collect();
-        let within = self.in_block();
-        if within && let Some(e) = self.widening_refused(self.attached.as_ref().map(|a| a.node.shard), "every shard") {
-            return self.refuse(e, false, stages, facts);
-        }
-        let mut legs = match if within { self.gather(&shards).await } else { self.own_transactions(&shards).await } {
-            Ok(legs) => legs,
+        self.settle().await?;
+        let shards: Vec<_> = self.shared.pools.topology.ids().collect();
+        let within = !matches!(self.txn, Txn::Idle);
+        let conns = match self.legs(&shards, Role::Primary).await {
+            Ok(conns) => conns,
             Err(e) => return self.fail(e, false),
         };
-        let splitter = RowSplitter::new(delimiter, key_field);
-        let result = self.copy_rows(&mut legs, sql, facts, &rule, splitter).await;
-        for leg in &legs {
-            let m = &leg.node().metrics;
+        let mut legs: Vec<Leg> = conns.into_iter().map(Leg::new).collect();
+        if !within && let Err(e) = begin_own(&mut legs).await {
+            release(legs, true);
+            return self.fail(e, false);
+        }
+        let splitter = RowSplitter::new(split.delimiter, split.key_field);
+        let result = self.copy_rows(&mut legs, sql, facts, &split, splitter, within).await;
+        for leg in legs.iter_mut() {
+            let m = &leg.conn().node.metrics;
             m.statements(KindLabel::Write).inc();
             if result.is_err() {
                 m.errors(KindLabel::Write).inc();
@@ -97,11 +74,16 @@ impl Session {
                 Ok(n) => (Some(n), None),
                 Err(f) => (None, Some(f)),
             };
-            self.give_back(legs)?;
+            self.give_back(legs.into_iter().map(Leg::into_conn).collect())?;
             match failure {
                 None => {}
                 Some(Failure::Client(e)) => return Err(e),
-                Some(f) => self.report(f, &mut out),
+                Some(f) => {
+                    if let Txn::Block(b) = &mut self.txn {
+                        b.failed = true;
+                    }
+                    self.report(f, &mut out);
+                }
             }
             if let Some(rows) = rows {
                 reply::command_complete(&mut out, &format!("COPY {rows}"));
@@ -117,15 +99,14 @@ impl Session {
                     return Err(e);
                 }
                 Err(f) => {
-                    join_all(legs.iter_mut().map(|l| l.conn().run_hidden("ROLLBACK"))).await;
+                    join_all(legs.iter_mut().map(|l| l.conn().conn.run_hidden("ROLLBACK"))).await;
                     self.report(f, &mut out);
                 }
             }
             release(legs, false);
         }
         self.client.out.extend_from_slice(&out);
-        let status = self.status();
-        reply::ready(&mut self.client.out, status);
+        self.emit_ready();
         Ok(())
     }
 
@@ -139,28 +120,12 @@ impl Session {
         }
     }
 
-    /// A connection to each shard's primary, each in a transaction of its own.
-    async fn own_transactions(&mut self, shards: &[usize]) -> Result<Vec<Leg>, SqlError> {
-        let mut legs = Vec::with_capacity(shards.len());
-        for &shard in shards {
-            let mut checkout = self.shared.pools.checkout(shard, Role::Primary).await?;
-            checkout.adopt(&self.settings).await?;
-            let mut leg = Leg::new(checkout);
-            if !matches!(leg.conn().run_hidden("BEGIN").await, Ok(Ok(()))) {
-                leg.conn().broken = true;
-                let label = leg.label().to_string();
-                release(legs, true);
-                return Err(SqlError::new(code::CONNECTION_FAILURE, format!("cannot open a transaction on {label}")));
-            }
-            legs.push(leg);
-        }
-        Ok(legs)
-    }
-
     /// Commits shardcar's own transactions of a split COPY.
     async fn commit_own(&self, legs: &mut [Leg]) -> Result<(), Failure> {
         if let Some(coordinator) = &self.shared.coordinator {
-            let mut parts: Vec<Participant<'_>> = legs.iter_mut().map(Leg::participant).collect();
+            let mut conns: Vec<&mut ShardConn> = legs.iter_mut().map(Leg::conn).collect();
+            let mut parts: Vec<Participant<'_>> =
+                conns.iter_mut().map(|c| Participant { conn: &mut c.conn, label: &c.node.label }).collect();
             return match coordinator.commit(&mut parts).await {
                 Ok(Outcome::Committed { .. }) => Ok(()),
                 Ok(Outcome::RolledBack { error }) => Err(Failure::Shard(error)),
@@ -169,7 +134,7 @@ impl Session {
         }
         let mut committed = Vec::new();
         for leg in legs.iter_mut() {
-            match leg.conn().run_control("COMMIT").await {
+            match leg.conn().conn.run_control("COMMIT").await {
                 Ok(answer) if answer.error.is_none() => committed.push(leg.label().to_string()),
                 Ok(answer) if committed.is_empty() => return Err(Failure::Shard(answer.error.unwrap_or_default())),
                 other => {
@@ -198,13 +163,14 @@ impl Session {
         legs: &mut [Leg],
         sql: &str,
         facts: &Arc<Facts>,
-        rule: &Arc<TableRule>,
+        split: &CopySplit,
         mut splitter: RowSplitter,
+        in_transaction: bool,
     ) -> Result<u64, Failure> {
         let lost = |e: SqlError| Failure::Client(e);
         let mut copy_in_response = None;
         for leg in legs.iter_mut() {
-            let conn = leg.conn();
+            let conn = &mut leg.conn().conn;
             frontend::query(sql, &mut conn.wbuf).map_err(|e| Failure::Own(internal(e)))?;
             conn.flush().await.map_err(|e| Failure::Own(internal(e)))?;
         }
@@ -238,7 +204,7 @@ impl Session {
                 Some(ClientMsg::CopyFail { raw, .. }) => {
                     // Every shard fails its COPY with the client's message.
                     for leg in legs.iter_mut() {
-                        leg.conn().wbuf.extend_from_slice(&raw);
+                        leg.conn().conn.wbuf.extend_from_slice(&raw);
                     }
                     return Err(finish(legs).await.err().unwrap_or_else(|| Failure::Own(internal("COPY failed"))));
                 }
@@ -247,12 +213,12 @@ impl Session {
                     abort(legs, "the client broke off the COPY").await;
                     return Err(Failure::Client(SqlError::fatal(
                         code::PROTOCOL_VIOLATION,
-                        format!("unexpected message during COPY FROM STDIN: {}", super::message_name(&other)),
+                        format!("unexpected message during COPY FROM STDIN: {}", other.name()),
                     )));
                 }
                 None => {
                     for leg in legs.iter_mut() {
-                        leg.conn().broken = true;
+                        leg.conn().conn.broken = true;
                     }
                     return Err(Failure::Client(SqlError::fatal(
                         code::CONNECTION_FAILURE,
@@ -266,16 +232,21 @@ impl Session {
                 return Err(Failure::Own(e));
             }
             for (bytes, key) in rows.drain(..) {
-                match self.shared.router.copy_row_shard(facts, rule, key, &info).await {
-                    Ok(shard) => chunks[shard].extend_from_slice(&bytes),
+                let router = &self.shared.router;
+                let columns = vec![split.rule.key.clone()];
+                let value = vec![Operand::Const(key.map_or(Value::Null, Value::Text))];
+                let placed = router.row_shard(facts, &split.rule, columns, value, &None, &info, in_transaction).await;
+                match placed {
+                    Ok(shard) => chunks[shard.index()].extend_from_slice(&bytes),
                     Err(e) => {
+                        let e = SqlError::from(e);
                         abort(legs, &e.message).await;
                         return Err(Failure::Own(e));
                     }
                 }
             }
             for (leg, chunk) in legs.iter_mut().zip(chunks.iter_mut()) {
-                let conn = leg.conn();
+                let conn = &mut leg.conn().conn;
                 if !chunk.is_empty() {
                     conn.wbuf.extend_from_slice(b"d");
                     conn.wbuf.extend_from_slice(&(chunk.len() as u32 + 4).to_be_bytes());
@@ -291,7 +262,7 @@ impl Session {
             }
         }
         for leg in legs.iter_mut() {
-            frontend::copy_done(&mut leg.conn().wbuf);
+            frontend::copy_done(&mut leg.conn().conn.wbuf);
         }
         finish(legs).await
     }
@@ -321,7 +292,7 @@ async fn finish(legs: &mut [Leg]) -> Result<u64, Failure> {
     let mut rows = 0;
     let mut error = None;
     for leg in legs.iter_mut() {
-        if let Err(e) = leg.conn().flush().await {
+        if let Err(e) = leg.conn().conn.flush().await {
             error.get_or_insert(Failure::Own(internal(e)));
             continue;
         }
@@ -350,15 +321,30 @@ async fn finish(legs: &mut [Leg]) -> Result<u64, Failure> {
 /// Ends the COPY on every leg still in it, so nothing is copied.
 async fn abort(legs: &mut [Leg], why: &str) {
     for leg in legs.iter_mut().filter(|l| !l.is_done()) {
-        let _ = frontend::copy_fail(why, &mut leg.conn().wbuf);
+        let _ = frontend::copy_fail(why, &mut leg.conn().conn.wbuf);
     }
     let _ = finish(legs).await;
 }
 
-/// Returns connections to the pool (see `Leg::release`).
+/// Opens a transaction of shardcar's own on every leg.
+async fn begin_own(legs: &mut [Leg]) -> Result<(), SqlError> {
+    for leg in legs.iter_mut() {
+        if !matches!(leg.conn().conn.run_hidden("BEGIN").await, Ok(Ok(()))) {
+            leg.conn().conn.broken = true;
+            return Err(SqlError::new(
+                code::CONNECTION_FAILURE,
+                format!("cannot open a transaction on {}", leg.label()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Returns connections to the pool, or closes them.
 fn release(legs: Vec<Leg>, close: bool) {
     for leg in legs {
-        leg.release(close);
+        let conn = leg.into_conn();
+        if close { conn.close() } else { conn.release() }
     }
 }
 

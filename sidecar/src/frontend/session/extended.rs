@@ -1,6 +1,12 @@
 //! The extended query protocol: Parse, Bind, Describe, Execute, Close,
-//! with prepared statements kept per client and prepared on whichever
+//! Sync, with prepared statements kept per client and prepared on whichever
 //! server connection needs them.
+//!
+//! A Parse is held back until the next message shows where its statement
+//! runs (its Bind routes it with the parameters; a Describe needs some
+//! server). Any legal order of messages works: a Describe before Bind with
+//! a Flush (asyncpg), a row limit on Execute (pgjdbc), portals executed in
+//! pieces, pipelines of many statements before one Sync.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -8,128 +14,159 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::extendedquery::{Bind, Close, Describe, Parse};
 
+use super::dispatch::Action;
+use super::fan_out::{Ran, ScatterPortal};
 use super::local::local_capable;
-use super::{Portal, Session};
+use super::outbox::{Entry, Reply};
+use super::prepared::{Effect, Prepared};
+use super::state::{Mode, Txn};
+use super::{Parsed, Portal, PortalKind, Session};
 use crate::classify::params::Params;
 use crate::classify::{Kind, Statement};
-use crate::execute::{Effect, Entry, Prepared, Reply};
+use crate::policy::Refusal;
+use crate::pool::Role;
+use crate::route::Target;
+use crate::scatter::Bound;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
-use crate::wire::encode;
-use crate::wire::{ClientMsg, reply};
+use crate::topology::ShardId;
+use crate::wire::{encode, reply};
 
 impl Session {
     pub(super) async fn parse(&mut self, raw: Bytes, msg: Parse) -> Result<(), SqlError> {
         let started = Instant::now();
         let name = msg.name.clone().unwrap_or_default();
         if !name.is_empty() && self.statements.contains_key(&name) {
-            return self.fail(
-                SqlError::new(
-                    code::DUPLICATE_PREPARED_STATEMENT,
-                    format!("prepared statement \"{name}\" already exists"),
-                ),
-                true,
+            let e = SqlError::new(
+                code::DUPLICATE_PREPARED_STATEMENT,
+                format!("prepared statement \"{name}\" already exists"),
             );
+            return self.fail(e, true);
         }
         let (facts, cached) = self.shared.facts.lookup(&msg.query);
         let mut stages = Stages::new(started);
         stages.classify = Some(Classified::new(cached, Stage::since(started)));
-        let local = facts.single().is_some_and(|s| local_capable(&s.kind));
-        // A batch that only prepares (libpq's PQprepare: Parse, Sync) is
-        // answered without a server when the grammar accepts the text: a
-        // client may block on it while holding other work, and needs no
-        // connection until it runs the statement.
-        let lazy = !local && self.attached.is_none() && facts.parse_error.is_none() && self.batch_only_prepares();
         let prepared = Arc::new(Prepared::new(&name, &msg, &raw, facts.clone()));
-        if !local && !lazy {
-            if self.fans_out_everywhere(&facts) {
-                let taken = std::mem::replace(&mut stages, Stages::new(started));
-                if self.fan_out_batch(Some(prepared.clone()), None, taken, everywhere()).await? {
-                    return Ok(());
-                }
-            }
-            if let Err(e) = self.attach_batch(&facts, None, Some(&prepared), &mut stages).await {
-                if e.code == code::AFTER_SYNC {
-                    self.requeue(ClientMsg::Parse { raw, msg });
-                    return Ok(());
-                }
-                let taken = std::mem::replace(&mut stages, Stages::new(started));
-                if !self.fan_out_batch(Some(prepared), None, taken, e.clone()).await? {
-                    self.refuse_batch(e, &mut stages, &facts)?;
-                }
-                return Ok(());
-            }
-        }
-        self.parsed = Some((prepared.clone(), stages));
         let undo = self.remember(&prepared);
-        if local || lazy {
-            // Sent to a server when it first runs there.
+        if facts.single().is_some_and(|s| local_capable(&s.kind)) {
+            // Answered here, or sent to a server when it first runs there.
+            let mut out = BytesMut::new();
+            reply::parse_complete(&mut out);
+            self.emit(out, undo);
+            self.parsed = Some(Parsed { statement: prepared, stages, pending: false, undo: vec![] });
+            return Ok(());
+        }
+        self.parsed = Some(Parsed { statement: prepared, stages, pending: true, undo });
+        Ok(())
+    }
+
+    /// Answers the Parse held back when the next message does not use its
+    /// statement.
+    pub(super) async fn send_pending_parse(&mut self) -> Result<(), SqlError> {
+        let Some(parsed) = self.parsed.as_mut().filter(|p| p.pending) else { return Ok(()) };
+        parsed.pending = false;
+        let p = parsed.statement.clone();
+        let undo = std::mem::take(&mut parsed.undo);
+        self.parse_anywhere(&p, undo).await
+    }
+
+    /// Answers a client's Parse without a particular server: ParseComplete
+    /// now when the grammar accepts the text (the first server to see it
+    /// confirms it), else on the server the session is on (or the default
+    /// shard's), which reports its error exactly.
+    async fn parse_anywhere(&mut self, p: &Arc<Prepared>, undo: Vec<Effect>) -> Result<(), SqlError> {
+        if p.facts.parse_error.is_none() {
             let mut out = BytesMut::new();
             reply::parse_complete(&mut out);
             self.emit(out, undo);
             return Ok(());
         }
-        self.send_parse(&prepared, undo, false);
+        let shard = self.anywhere();
+        if let Err(e) = self.attach(shard, Role::Primary).await {
+            for effect in undo {
+                self.apply(effect);
+            }
+            return self.fail(e, true);
+        }
+        self.send_parse(shard, p, undo, false);
         Ok(())
     }
 
-    /// Sends a Parse for `p` unless the attached connection already has it.
+    /// The statement's stages so far and, when its Parse is still held
+    /// back, what undoes that Parse.
+    fn take_parsed(&mut self, p: &Arc<Prepared>) -> (Stages, Option<Vec<Effect>>) {
+        match self.parsed.take() {
+            Some(parsed) if Arc::ptr_eq(&parsed.statement, p) => (parsed.stages, parsed.pending.then_some(parsed.undo)),
+            other => {
+                self.parsed = other;
+                (Stages::new(Instant::now()), None)
+            }
+        }
+    }
+
+    /// Sends a Parse for `p` to `shard`'s server unless it holds it already.
     /// `hidden`: shardcar's own re-prepare, whose reply the client never sees.
-    pub(super) fn send_parse(&mut self, p: &Arc<Prepared>, mut undo: Vec<Effect>, hidden: bool) {
+    fn send_parse(&mut self, shard: ShardId, p: &Arc<Prepared>, mut undo: Vec<Effect>, hidden: bool) {
         let max = self.shared.config.pool.max_prepared_per_connection;
-        let Some(a) = self.attached.as_mut() else { return };
-        let already = if p.backend_name.is_empty() { false } else { a.conn.prepared.has(&p.backend_name, &p.text) };
+        let Some(held) = self.conns.get_mut(shard) else { return };
+        let conn = &mut held.conn.conn;
+        held.unsynced = true;
+        held.unflushed = true;
+        let already = !p.backend_name.is_empty() && conn.prepared.has(&p.backend_name, &p.text);
         if already {
             if !hidden {
                 let mut out = BytesMut::new();
                 reply::parse_complete(&mut out);
                 let entry = Entry::synthetic(out).undo(undo).on_success(Effect::Validated(p.clone()));
-                a.outbox.push(entry, &mut self.events);
+                self.outbox.push(entry, &mut self.events);
             }
-        } else {
-            if p.backend_name.is_empty() {
-                a.conn.unnamed = Some(p.text.clone());
-                undo.push(Effect::UnnamedLost);
-            } else {
-                for old in a.conn.prepared.evict_for_one_more(max) {
-                    let mut close = BytesMut::new();
-                    encode(&mut close, Close::new(b'S', Some(old)));
-                    a.conn.wbuf.extend_from_slice(&close);
-                    a.outbox.push(Entry::hidden(Reply::Close), &mut self.events);
-                }
-                if a.conn.prepared.contains_name(&p.backend_name) {
-                    // Same name, other text: a hash collision; replace it.
-                    let mut close = BytesMut::new();
-                    encode(&mut close, Close::new(b'S', Some(p.backend_name.clone())));
-                    a.conn.wbuf.extend_from_slice(&close);
-                    a.outbox.push(Entry::hidden(Reply::Close), &mut self.events);
-                }
-                a.conn.prepared.insert(p.backend_name.clone(), p.text.clone());
-                undo.push(Effect::Unprepare(p.backend_name.clone()));
-            }
-            a.conn.wbuf.extend_from_slice(&p.parse);
-            let entry = if hidden {
-                undo.push(Effect::ForgetUnvalidated(p.clone()));
-                Entry::hidden(Reply::Parse)
-            } else {
-                Entry::backend(Reply::Parse)
-            };
-            a.outbox.push(entry.undo(undo).on_success(Effect::Validated(p.clone())), &mut self.events);
+            self.apply_events();
+            return;
         }
-        a.unsynced = true;
+        if p.backend_name.is_empty() {
+            conn.unnamed = Some(p.text.clone());
+            undo.push(Effect::UnnamedLost(shard));
+        } else {
+            let mut stale = conn.prepared.evict_for_one_more(max);
+            if conn.prepared.contains_name(&p.backend_name) {
+                // Same name, other text: a hash collision; replace it.
+                stale.push(p.backend_name.clone());
+            }
+            for old in stale {
+                let mut close = BytesMut::new();
+                encode(&mut close, Close::new(b'S', Some(old)));
+                conn.wbuf.extend_from_slice(&close);
+                self.outbox.push(Entry::hidden(shard, Reply::Close), &mut self.events);
+            }
+            conn.prepared.insert(p.backend_name.clone(), p.text.clone());
+            undo.push(Effect::Unprepare(shard, p.backend_name.clone()));
+        }
+        conn.wbuf.extend_from_slice(&p.parse);
+        let entry = if hidden {
+            undo.push(Effect::ForgetUnvalidated(p.clone()));
+            Entry::hidden(shard, Reply::Parse)
+        } else {
+            Entry::backend(shard, Reply::Parse)
+        };
+        self.outbox.push(entry.undo(undo).on_success(Effect::Validated(p.clone())), &mut self.events);
         self.apply_events();
     }
 
-    /// Makes sure the attached connection holds `p` before it is used.
-    pub(super) fn ensure_prepared(&mut self, p: &Arc<Prepared>) {
-        let Some(a) = self.attached.as_ref() else { return };
+    /// Makes sure `shard`'s server holds `p` before it is used there; the
+    /// client's Parse, if still held back, goes there now.
+    fn prepare_on(&mut self, shard: ShardId, p: &Arc<Prepared>, pending: Option<Vec<Effect>>) {
+        if let Some(undo) = pending {
+            return self.send_parse(shard, p, undo, false);
+        }
+        let Some(held) = self.conns.get(shard) else { return };
+        let conn = &held.conn.conn;
         let present = if p.backend_name.is_empty() {
-            a.conn.unnamed.as_ref().is_some_and(|t| Arc::ptr_eq(t, &p.text) || **t == *p.text)
+            conn.unnamed.as_ref().is_some_and(|t| Arc::ptr_eq(t, &p.text) || **t == *p.text)
         } else {
-            a.conn.prepared.has(&p.backend_name, &p.text)
+            conn.prepared.has(&p.backend_name, &p.text)
         };
         if !present {
-            self.send_parse(p, vec![], true);
+            self.send_parse(shard, p, vec![], true);
         }
     }
 
@@ -145,12 +182,17 @@ impl Session {
         })
     }
 
-    /// The stages of `p` so far: from its Parse when that came just before,
-    /// else a statement prepared earlier, starting now.
-    fn stages_of(&mut self, p: &Arc<Prepared>) -> Stages {
-        match self.parsed.take() {
-            Some((parsed, stages)) if Arc::ptr_eq(&parsed, p) => stages,
-            _ => Stages::new(Instant::now()),
+    /// Keeps a statement the client just prepared; what undoes that.
+    fn remember(&mut self, p: &Arc<Prepared>) -> Vec<Effect> {
+        let name = p.client_name.clone();
+        if name.is_empty() {
+            match self.unnamed.replace(p.clone()) {
+                Some(old) => vec![Effect::RestoreStatement(String::new(), old)],
+                None => vec![Effect::ForgetStatement(name)],
+            }
+        } else {
+            self.statements.insert(name.clone(), p.clone());
+            vec![Effect::ForgetStatement(name)]
         }
     }
 
@@ -161,132 +203,306 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.fail(e, true),
         };
-        let mut stages = self.stages_of(&p);
-        if self.is_across()
-            && let Some(kind) = p.facts.single().map(|s| s.kind.clone())
-            && !matches!(kind, Kind::Read | Kind::Write)
-        {
-            return self.end_across_batch(p, msg, kind).await;
+        let (mut stages, pending) = self.take_parsed(&p);
+        if let Some(old) = self.portals.remove(&portal) {
+            self.drop_portal(old).await?;
         }
-        let local = p.facts.single().is_some_and(|s| self.runs_locally(&s.kind));
-        if local {
-            self.portals.insert(portal, Portal { statement: p, local: true, stages: None });
-            let mut out = BytesMut::new();
-            reply::bind_complete(&mut out);
-            self.emit(out, vec![]);
-            return Ok(());
-        }
-        let started = stages.started;
-        // A statement for every shard, or one routing refused because it needs several.
-        let routed = match self.fans_out_everywhere(&p.facts) {
-            true => Err(everywhere()),
-            false => self.attach_batch(&p.facts, Some(bind_params(&p, &msg)), None, &mut stages).await,
+        let params = bind_params(&p, &msg);
+        let action = match self.plan(&p.facts, Some(&params), &mut stages, None).await {
+            Ok(a) => a,
+            Err(e) => {
+                if let Some(undo) = pending {
+                    self.parse_anywhere(&p, undo).await?;
+                }
+                return self.refuse(e, true, stages, &p.facts);
+            }
         };
-        if let Err(e) = routed {
-            if e.code == code::AFTER_SYNC {
-                self.requeue(ClientMsg::Bind { raw, msg });
+        let kind = match action {
+            Action::Forward { shard, role } => {
+                if let Err(e) = self.attach(shard, role).await {
+                    if let Some(undo) = pending {
+                        self.parse_anywhere(&p, undo).await?;
+                    }
+                    return self.refuse(e, true, stages, &p.facts);
+                }
+                stages.checkout = self.checkout_stage.take();
+                self.prepare_on(shard, &p, pending);
+                let held = self.conns.get_mut(shard).expect("attached");
+                if p.backend_name.is_empty() {
+                    held.conn.conn.wbuf.extend_from_slice(&raw);
+                } else {
+                    let mut renamed = msg;
+                    renamed.statement_name = Some(p.backend_name.clone());
+                    let mut buf = BytesMut::new();
+                    encode(&mut buf, renamed);
+                    held.conn.conn.wbuf.extend_from_slice(&buf);
+                }
+                held.unsynced = true;
+                held.unflushed = true;
+                self.outbox.push(Entry::backend(shard, Reply::Bind), &mut self.events);
+                self.apply_events();
+                self.portals.insert(portal, Portal { statement: p, kind: PortalKind::On(shard), stages: Some(stages) });
                 return Ok(());
             }
-            if !self.fan_out_batch(None, Some((p.clone(), msg)), stages, e.clone()).await? {
-                self.refuse_batch(e, &mut Stages::new(started), &p.facts)?;
+            Action::CopySplit(split) => {
+                if let Some(undo) = pending {
+                    self.parse_anywhere(&p, undo).await?;
+                }
+                let refusal = Refusal::CopySplit {
+                    table: split.rule.table.clone(),
+                    why: "shardcar splits a COPY sent as a simple query only".into(),
+                };
+                return self.refuse(refusal.into(), true, stages, &p.facts);
             }
-            return Ok(());
+            Action::Local => PortalKind::Local,
+            Action::EndBlock(commit) => PortalKind::EndBlock(commit),
+            Action::Scatter { route, role } => {
+                let Target::Many { shards, plan } = route.target else { return Ok(()) };
+                let bound = Bound {
+                    params: msg.parameters.clone(),
+                    param_formats: msg.parameter_format_codes.clone(),
+                    param_types: p.param_types(),
+                    result_formats: msg.result_column_format_codes.clone(),
+                };
+                PortalKind::Scatter(Box::new(ScatterPortal {
+                    sql: p.text.sql.clone(),
+                    bound: Some(bound),
+                    shards,
+                    plan,
+                    role,
+                    running: None,
+                    described: false,
+                }))
+            }
+        };
+        // Answered here: the Parse and Bind too.
+        if let Some(undo) = pending {
+            self.parse_anywhere(&p, undo).await?;
         }
-        self.ensure_prepared(&p);
-        let Some(a) = self.attached.as_mut() else { return Ok(()) };
-        if p.backend_name.is_empty() {
-            a.conn.wbuf.extend_from_slice(&raw);
-        } else {
-            let mut renamed = msg;
-            renamed.statement_name = Some(p.backend_name.clone());
-            let mut buf = BytesMut::new();
-            encode(&mut buf, renamed);
-            a.conn.wbuf.extend_from_slice(&buf);
-        }
-        a.outbox.push(Entry::backend(Reply::Bind), &mut self.events);
-        a.unsynced = true;
-        self.portals.insert(portal, Portal { statement: p, local: false, stages: Some(stages) });
-        self.apply_events();
+        let mut out = BytesMut::new();
+        reply::bind_complete(&mut out);
+        self.emit(out, vec![]);
+        self.portals.insert(portal, Portal { statement: p, kind, stages: None });
         Ok(())
     }
 
     pub(super) async fn describe(&mut self, raw: Bytes, msg: Describe) -> Result<(), SqlError> {
         let name = msg.name.clone().unwrap_or_default();
         if msg.target_type == b'S' {
-            let p = match self.resolve(&name) {
-                Ok(p) => p,
-                Err(e) => return self.fail(e, true),
-            };
-            if let Some(stmt) = p.facts.single().filter(|s| self.runs_locally(&s.kind)) {
-                let mut out = BytesMut::new();
-                reply::parameter_description(&mut out);
-                describe_local(&mut out, stmt);
-                self.emit(out, vec![]);
+            return self.describe_statement(&name).await;
+        }
+        let Some(mut portal) = self.portals.remove(&name) else { return self.fail(no_portal(&name), true) };
+        let mut out = BytesMut::new();
+        match &mut portal.kind {
+            PortalKind::Local => {
+                if let Some(stmt) = portal.statement.facts.single() {
+                    describe_local(&mut out, stmt);
+                }
+            }
+            PortalKind::EndBlock(_) => reply::no_data(&mut out),
+            PortalKind::On(shard) => {
+                let shard = *shard;
+                self.portals.insert(name.clone(), portal);
+                let Some(held) = self.conns.get_mut(shard) else { return self.fail(no_portal(&name), true) };
+                held.conn.conn.wbuf.extend_from_slice(&raw);
+                held.unsynced = true;
+                held.unflushed = true;
+                self.outbox.push(Entry::backend(shard, Reply::DescribePortal), &mut self.events);
+                self.apply_events();
                 return Ok(());
             }
-            // A Describe may attach the connection its statement then runs on.
-            let mut stages = self.stages_of(&p);
-            if let Err(e) = self.attach_batch(&p.facts, None, None, &mut stages).await {
-                if e.code == code::AFTER_SYNC {
-                    self.requeue(ClientMsg::Describe { raw, msg });
+            PortalKind::Scatter(sp) => {
+                let failed = self.scatter_describe(sp).await?;
+                if failed {
+                    self.mode = Mode::SkipToSync;
                     return Ok(());
                 }
-                return self.refuse_batch(e, &mut stages, &p.facts);
             }
-            self.parsed = Some((p.clone(), stages));
-            self.ensure_prepared(&p);
-            let Some(a) = self.attached.as_mut() else { return Ok(()) };
-            let mut buf = BytesMut::new();
-            encode(&mut buf, Describe::new(b'S', Some(p.backend_name.clone())));
-            a.conn.wbuf.extend_from_slice(&buf);
-            a.outbox.push(Entry::backend(Reply::DescribeStatement(Some(p.clone()))), &mut self.events);
-            a.unsynced = true;
-        } else {
-            match self.portals.get(&name) {
-                Some(Portal { statement, local: true, .. }) => {
-                    let mut out = BytesMut::new();
-                    if let Some(stmt) = statement.facts.single() {
-                        describe_local(&mut out, stmt);
-                    }
-                    self.emit(out, vec![]);
-                    return Ok(());
-                }
-                Some(_) if self.attached.is_some() => {}
-                _ => return self.fail(no_portal(&name), true),
-            }
-            let Some(a) = self.attached.as_mut() else { return Ok(()) };
-            a.conn.wbuf.extend_from_slice(&raw);
-            a.outbox.push(Entry::backend(Reply::DescribePortal), &mut self.events);
-            a.unsynced = true;
         }
-        self.apply_events();
+        self.portals.insert(name, portal);
+        if !out.is_empty() {
+            self.emit(out, vec![]);
+        }
         Ok(())
     }
 
-    pub(super) async fn execute(&mut self, raw: Bytes, portal: String) -> Result<(), SqlError> {
-        let (statement, local, stages) = match self.portals.get_mut(&portal) {
-            Some(p) => (p.statement.clone(), p.local, p.stages.take()),
-            None => return self.fail(no_portal(&portal), true),
+    /// Describe of a statement: its parameter types and columns, from the
+    /// server the session is on, else from one lent for the question.
+    async fn describe_statement(&mut self, name: &str) -> Result<(), SqlError> {
+        let p = match self.resolve(name) {
+            Ok(p) => p,
+            Err(e) => return self.fail(e, true),
         };
-        if local {
-            let Some(stmt) = statement.facts.single() else { return Ok(()) };
-            return match self.local(stmt, false) {
-                Ok((frames, undo)) => {
-                    self.emit(frames, undo);
-                    Ok(())
-                }
-                Err(e) => self.fail(e, true),
-            };
+        let (stages, pending) = self.take_parsed(&p);
+        if let Some(stmt) = p.facts.single().filter(|s| self.runs_locally(&s.kind)) {
+            if let Some(undo) = pending {
+                self.parse_anywhere(&p, undo).await?;
+            }
+            let mut out = BytesMut::new();
+            reply::parameter_description(&mut out);
+            describe_local(&mut out, stmt);
+            self.emit(out, vec![]);
+            self.parsed = Some(Parsed { statement: p, stages, pending: false, undo: vec![] });
+            return Ok(());
         }
-        let Some(a) = self.attached.as_mut() else { return self.fail(no_portal(&portal), true) };
-        a.conn.wbuf.extend_from_slice(&raw);
-        // A portal executed again (a fetch of more rows) is timed from now.
-        let stages = stages.unwrap_or_else(|| Stages::new(Instant::now()));
-        let flight = InFlight::new(stages, statement.facts.clone(), a.node.clone(), self.info.clone());
-        a.outbox.push(Entry::backend(Reply::Execute(flight)), &mut self.events);
-        a.unsynced = true;
+        let Some(shard) = self.conns.current() else {
+            self.parsed = Some(Parsed { statement: p.clone(), stages, pending: false, undo: vec![] });
+            return self.probe_describe(&p, pending).await;
+        };
+        self.prepare_on(shard, &p, pending);
+        let held = self.conns.get_mut(shard).expect("current is held");
+        let mut buf = BytesMut::new();
+        encode(&mut buf, Describe::new(b'S', Some(p.backend_name.clone())));
+        held.conn.conn.wbuf.extend_from_slice(&buf);
+        held.unsynced = true;
+        held.unflushed = true;
+        self.outbox.push(Entry::backend(shard, Reply::DescribeStatement(Some(p.clone()))), &mut self.events);
         self.apply_events();
+        self.parsed = Some(Parsed { statement: p, stages, pending: false, undo: vec![] });
         Ok(())
+    }
+
+    /// Describes a statement on a connection lent for just that (Parse,
+    /// Describe, Sync), when the session holds none: where the statement
+    /// runs is known only at its Bind, and asking must not open the
+    /// session's transaction on some shard.
+    async fn probe_describe(&mut self, p: &Arc<Prepared>, pending: Option<Vec<Effect>>) -> Result<(), SqlError> {
+        let role = match self.txn {
+            Txn::Idle if self.shared.config.routing.read_replicas && p.facts.is_read_only() => Role::Replica,
+            _ => Role::Primary,
+        };
+        // Every shard has the same schema, except where a statement names
+        // its shard itself.
+        let shard = match self.shared.router.explicit(&p.facts, &self.info) {
+            Ok(Some(shard)) => shard,
+            _ => self.anywhere(),
+        };
+        let mut conn = match self.shared.pools.checkout(shard, role).await {
+            Ok(c) => c,
+            Err(e) => {
+                for effect in pending.unwrap_or_default() {
+                    self.apply(effect);
+                }
+                return self.fail(e, true);
+            }
+        };
+        let c = &mut conn.conn;
+        let has = !p.backend_name.is_empty() && c.prepared.has(&p.backend_name, &p.text);
+        if !has {
+            c.wbuf.extend_from_slice(&p.parse);
+        }
+        postgres_protocol::message::frontend::describe(b'S', &p.backend_name, &mut c.wbuf)
+            .map_err(|e| SqlError::new(code::INTERNAL_ERROR, e.to_string()))?;
+        postgres_protocol::message::frontend::sync(&mut c.wbuf);
+        let mut out = BytesMut::new();
+        if pending.is_some() {
+            reply::parse_complete(&mut out);
+        }
+        let mut failed = false;
+        let answer: Result<(), std::io::Error> = async {
+            c.flush().await?;
+            loop {
+                let frame = c.read_frame().await?;
+                match frame[0] {
+                    b'Z' => {
+                        c.status = frame.get(5).copied().unwrap_or(b'I');
+                        return Ok(());
+                    }
+                    b'1' => {}
+                    b'E' => {
+                        failed = true;
+                        out.clear();
+                        out.extend_from_slice(&frame);
+                    }
+                    b't' => {
+                        if let Some(types) = super::outbox::parameter_types(&frame) {
+                            let _ = p.described_types.set(types);
+                        }
+                        out.extend_from_slice(&frame);
+                    }
+                    b'S' | b'N' | b'A' => {}
+                    _ => out.extend_from_slice(&frame),
+                }
+            }
+        }
+        .await;
+        if let Err(e) = answer {
+            let e = conn.lost(e);
+            conn.close();
+            for effect in pending.unwrap_or_default() {
+                self.apply(effect);
+            }
+            return self.fail(e, true);
+        }
+        if !failed && !has {
+            if p.backend_name.is_empty() {
+                c.unnamed = Some(p.text.clone());
+            } else {
+                let max = self.shared.config.pool.max_prepared_per_connection;
+                // Kept where there is room; the next user re-prepares otherwise.
+                if c.prepared.evict_for_one_more(max).is_empty() {
+                    c.prepared.insert(p.backend_name.clone(), p.text.clone());
+                } else {
+                    c.broken = true;
+                }
+            }
+        }
+        conn.release();
+        if failed {
+            self.emit(out, pending.unwrap_or_default());
+            self.mode = Mode::SkipToSync;
+        } else {
+            p.validated.store(true, std::sync::atomic::Ordering::Relaxed);
+            self.emit(out, vec![]);
+        }
+        Ok(())
+    }
+
+    pub(super) async fn execute(&mut self, raw: Bytes, portal: String, max_rows: usize) -> Result<(), SqlError> {
+        let Some(mut p) = self.portals.remove(&portal) else { return self.fail(no_portal(&portal), true) };
+        match &mut p.kind {
+            PortalKind::Local => {
+                let statement = p.statement.clone();
+                self.portals.insert(portal, p);
+                let Some(stmt) = statement.facts.single() else { return Ok(()) };
+                match self.local(stmt, false) {
+                    Ok((frames, undo)) => {
+                        self.emit(frames, undo);
+                        Ok(())
+                    }
+                    Err(e) => self.fail(e, true),
+                }
+            }
+            PortalKind::EndBlock(commit) => {
+                let commit = *commit;
+                self.end_block(commit).await
+            }
+            PortalKind::On(shard) => {
+                let shard = *shard;
+                // A portal executed again (a fetch of more rows) is timed from now.
+                let stages = p.stages.take().unwrap_or_else(|| Stages::new(Instant::now()));
+                let facts = p.statement.facts.clone();
+                self.portals.insert(portal.clone(), p);
+                let Some(held) = self.conns.get_mut(shard) else { return self.fail(no_portal(&portal), true) };
+                held.conn.conn.wbuf.extend_from_slice(&raw);
+                held.unsynced = true;
+                held.unflushed = true;
+                held.wrote |= !facts.is_read_only();
+                let flight = InFlight::new(stages, facts, held.conn.node.clone(), self.info.clone());
+                self.outbox.push(Entry::backend(shard, Reply::Execute(flight)), &mut self.events);
+                self.apply_events();
+                Ok(())
+            }
+            PortalKind::Scatter(sp) => {
+                match self.scatter_run(sp, max_rows, false).await? {
+                    Ran::Suspended | Ran::Complete => {
+                        self.portals.insert(portal, p);
+                    }
+                    Ran::Failed => self.mode = Mode::SkipToSync,
+                }
+                Ok(())
+            }
+        }
     }
 
     pub(super) async fn close(&mut self, raw: Bytes, msg: Close) -> Result<(), SqlError> {
@@ -299,21 +515,48 @@ impl Session {
             if let Some(old) = old {
                 undo.push(Effect::RestoreStatement(name, old));
             }
-        } else if let Some(Portal { local: false, .. }) = self.portals.get(&name)
-            && let Some(a) = self.attached.as_mut()
-        {
-            self.portals.remove(&name);
-            a.conn.wbuf.extend_from_slice(&raw);
-            a.outbox.push(Entry::backend(Reply::Close), &mut self.events);
-            a.unsynced = true;
-            self.apply_events();
-            return Ok(());
-        } else {
-            self.portals.remove(&name);
+        } else if let Some(portal) = self.portals.remove(&name) {
+            if let PortalKind::On(shard) = portal.kind
+                && let Some(held) = self.conns.get_mut(shard)
+            {
+                held.conn.conn.wbuf.extend_from_slice(&raw);
+                held.unsynced = true;
+                held.unflushed = true;
+                self.outbox.push(Entry::backend(shard, Reply::Close), &mut self.events);
+                self.apply_events();
+                return Ok(());
+            }
+            self.drop_portal(portal).await?;
         }
         let mut out = BytesMut::new();
         reply::close_complete(&mut out);
         self.emit(out, undo);
+        Ok(())
+    }
+
+    /// Sync: the batch ends on every server that has part of it, and the
+    /// client gets its ReadyForQuery after their replies.
+    pub(super) async fn sync(&mut self) -> Result<(), SqlError> {
+        if matches!(self.txn, Txn::Idle) {
+            // Portals end with the implicit transaction.
+            let names: Vec<String> = self.portals.keys().cloned().collect();
+            for name in names {
+                if let Some(p) = self.portals.remove(&name) {
+                    self.drop_portal(p).await?;
+                }
+            }
+        }
+        self.sync_servers();
+        self.emit_ready();
+        Ok(())
+    }
+
+    /// A portal that goes away: a statement across shards still running
+    /// is read to its end (its connections are the transaction's).
+    async fn drop_portal(&mut self, portal: Portal) -> Result<(), SqlError> {
+        if let PortalKind::Scatter(mut sp) = portal.kind {
+            self.scatter_end(&mut sp).await?;
+        }
         Ok(())
     }
 }
@@ -326,17 +569,8 @@ pub(super) fn bind_params(p: &Prepared, bind: &Bind) -> Arc<Params> {
     })
 }
 
-/// Why a statement for every shard (DDL) was not run on them all.
-fn everywhere() -> SqlError {
-    SqlError::new(
-        code::FEATURE_NOT_SUPPORTED,
-        "this statement runs on every shard, which shardcar does for a batch of one statement (Bind, Execute, Sync)",
-    )
-    .hint("send it as a simple query, or with a Sync of its own")
-}
-
 pub(super) fn no_portal(name: &str) -> SqlError {
-    SqlError::new("34000", format!("portal \"{name}\" does not exist"))
+    SqlError::new(code::INVALID_CURSOR_NAME, format!("portal \"{name}\" does not exist"))
 }
 
 pub(super) fn describe_local(out: &mut BytesMut, stmt: &Statement) {

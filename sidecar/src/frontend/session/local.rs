@@ -5,9 +5,10 @@ use std::sync::Arc;
 
 use bytes::BytesMut;
 
-use super::{Deferred, Session};
+use super::Session;
+use super::prepared::Effect;
+use super::state::{Deferred, Txn, TxnStatus};
 use crate::classify::{Kind, Statement};
-use crate::execute::Effect;
 use crate::sqlerror::{SqlError, code};
 use crate::wire::reply;
 
@@ -25,9 +26,9 @@ impl Session {
             | Kind::Release(_)
             | Kind::RollbackTo(_)
             | Kind::Commit
-            | Kind::Rollback => self.attached.is_none(),
-            Kind::TransactionOption => self.attached.is_none() && self.deferred.is_open(),
-            Kind::Read | Kind::Write | Kind::Session(_) => self.attached.is_none() && self.deferred.failed,
+            | Kind::Rollback => self.conns.is_empty() && matches!(self.txn, Txn::Idle | Txn::Deferred(_)),
+            Kind::TransactionOption => self.conns.is_empty() && matches!(self.txn, Txn::Deferred(_)),
+            Kind::Read | Kind::Write | Kind::Session(_) => matches!(&self.txn, Txn::Deferred(d) if d.failed),
         }
     }
 
@@ -40,13 +41,13 @@ impl Session {
     ) -> Result<(BytesMut, Vec<Effect>), SqlError> {
         let mut out = BytesMut::new();
         let mut undo = Vec::new();
-        let in_failed = self.deferred.failed;
+        let in_failed = matches!(&self.txn, Txn::Deferred(d) if d.failed);
         let tag: String = match &stmt.kind {
             Kind::ShardcarSet { name, value } => {
                 if name == "shard"
                     && let Some(v) = value
                 {
-                    self.shared.router.shard_index(v)?;
+                    self.shared.router.shard_named(v)?;
                 }
                 undo.push(Effect::RestoreSession(self.info.clone()));
                 let vars = &mut Arc::make_mut(&mut self.info).vars;
@@ -60,7 +61,10 @@ impl Session {
                 let value = match (name.as_str(), self.info.vars.get(name)) {
                     (_, Some(v)) => v.clone(),
                     // Where statements without a target go.
-                    ("shard", None) => self.shared.router.shard_name(self.shared.router.default_shard()).to_string(),
+                    ("shard", None) => {
+                        let topology = &self.shared.pools.topology;
+                        topology.name(topology.default_shard()).to_string()
+                    }
                     (_, None) => {
                         return Err(SqlError::new(
                             code::UNDEFINED_OBJECT,
@@ -90,7 +94,7 @@ impl Session {
                 "DEALLOCATE ALL".into()
             }
             Kind::DiscardAll => {
-                if self.status() != b'I' {
+                if self.status() != TxnStatus::Idle {
                     return Err(SqlError::new(
                         code::ACTIVE_TRANSACTION,
                         "DISCARD ALL cannot run inside a transaction block",
@@ -98,7 +102,7 @@ impl Session {
                 }
                 self.statements.clear();
                 self.unnamed = None;
-                self.portals.clear();
+                self.clear_portals();
                 self.settings = self.startup.clone();
                 Arc::make_mut(&mut self.info).vars.clear();
                 "DISCARD ALL".into()
@@ -107,7 +111,7 @@ impl Session {
                 return Err(aborted());
             }
             Kind::Begin => {
-                if self.deferred.is_open() {
+                if let Txn::Deferred(_) = self.txn {
                     reply::notice(
                         &mut out,
                         "WARNING",
@@ -115,46 +119,46 @@ impl Session {
                         "there is already a transaction in progress",
                     );
                 } else {
-                    self.deferred.statements.push(stmt.text.clone());
+                    self.txn = Txn::Deferred(Deferred { statements: vec![stmt.text.clone()], ..Deferred::default() });
                 }
                 "BEGIN".into()
             }
             Kind::TransactionOption => {
-                self.deferred.statements.push(stmt.text.clone());
+                if let Txn::Deferred(d) = &mut self.txn {
+                    d.statements.push(stmt.text.clone());
+                }
                 "SET".into()
             }
             Kind::Savepoint(name) => {
-                if !self.deferred.is_open() {
-                    return Err(no_transaction("SAVEPOINT"));
-                }
-                self.deferred.statements.push(stmt.text.clone());
-                self.deferred.savepoints.push(name.clone());
+                let Txn::Deferred(d) = &mut self.txn else { return Err(no_transaction("SAVEPOINT")) };
+                d.statements.push(stmt.text.clone());
+                d.savepoints.push(name.clone());
                 "SAVEPOINT".into()
             }
             Kind::Release(name) | Kind::RollbackTo(name) => {
                 let release = matches!(stmt.kind, Kind::Release(_));
-                if !self.deferred.is_open() {
+                let Txn::Deferred(d) = &mut self.txn else {
                     return Err(no_transaction(if release { "RELEASE SAVEPOINT" } else { "ROLLBACK TO SAVEPOINT" }));
-                }
-                let Some(pos) = self.deferred.savepoints.iter().rposition(|s| s == name) else {
-                    self.deferred.failed = true;
+                };
+                let Some(pos) = d.savepoints.iter().rposition(|s| s == name) else {
+                    d.failed = true;
                     return Err(SqlError::new(code::INVALID_SAVEPOINT, format!("savepoint \"{name}\" does not exist")));
                 };
                 // Nothing ran since the savepoint: releasing or rolling back to
                 // it only forgets the later ones (and, for RELEASE, itself).
                 let keep = if release { pos } else { pos + 1 };
-                let dropped = self.deferred.savepoints.len() - keep;
-                self.deferred.savepoints.truncate(keep);
-                let statements_keep = self.deferred.statements.len() - dropped;
-                self.deferred.statements.truncate(statements_keep);
+                let dropped = d.savepoints.len() - keep;
+                d.savepoints.truncate(keep);
+                let statements_keep = d.statements.len() - dropped;
+                d.statements.truncate(statements_keep);
                 if !release {
-                    self.deferred.failed = false;
+                    d.failed = false;
                 }
                 if release { "RELEASE" } else { "ROLLBACK" }.into()
             }
             Kind::Commit | Kind::Rollback => {
-                let was_failed = self.deferred.failed;
-                if !self.deferred.is_open() {
+                let was_failed = in_failed;
+                if !matches!(self.txn, Txn::Deferred(_)) {
                     reply::notice(
                         &mut out,
                         "WARNING",
@@ -162,7 +166,7 @@ impl Session {
                         "there is no transaction in progress",
                     );
                 }
-                self.deferred = Deferred::default();
+                self.txn = Txn::Idle;
                 if matches!(stmt.kind, Kind::Commit) && !was_failed { "COMMIT" } else { "ROLLBACK" }.into()
             }
             Kind::Read | Kind::Write | Kind::Session(_) => return Err(aborted()),

@@ -1,16 +1,29 @@
 //! One client session under transaction pooling.
 //!
-//! This module holds the session's state, its event loop and the replies
-//! coming back from servers; `simple` and `extended` take the client's
-//! messages, `attach` routes them to a server connection, `local` answers
-//! what needs no server.
-//!
-//! Client messages are read into an inbox and processed in order. A message
-//! that needs a server attaches a pooled connection — routed by the whole
-//! batch it belongs to (up to Sync) — which stays attached while a
-//! transaction or batch is open and goes back to the pool at the first idle
-//! ReadyForQuery. What must survive a change of connection lives here and is
-//! replayed: settings, prepared statements, a BEGIN not yet sent.
+//! The session is a state machine: `state::Txn` says where its transaction
+//! stands, `state::Mode` how the next client message is taken. Client
+//! messages are read into an inbox and handled in order; the simple and the
+//! extended protocol both come to `dispatch::plan`, which routes a statement
+//! once and says what happens to it: answered here, sent to one shard's
+//! server, run on several and merged, or a COPY split by key. Servers are
+//! held per shard (`conns`) for the batch in flight or the transaction, and
+//! go back to the pool when both end. Every reply to the client — relayed
+//! from a server or made here — goes through the one `outbox`, so replies
+//! arrive in protocol order whichever servers answer. What must survive a
+//! change of connection lives here and is replayed: settings, prepared
+//! statements, a BEGIN not yet sent.
+
+mod across;
+mod conns;
+mod copy_split;
+mod dispatch;
+mod extended;
+mod fan_out;
+mod local;
+mod outbox;
+mod prepared;
+mod simple;
+mod state;
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
@@ -20,67 +33,70 @@ use bytes::BytesMut;
 use pgwire::messages::extendedquery::Describe;
 use tokio::sync::watch;
 
-mod across;
-mod attach;
-mod bound_fan_out;
-mod copy_split;
-mod extended;
-mod local;
-mod simple;
-
+use self::conns::{Conns, Held};
+use self::fan_out::ScatterPortal;
+use self::outbox::{Entry, Event, Outbox, Reply};
+use self::prepared::{Effect, Prepared};
+use self::state::{Block, Mode, Txn, TxnStatus};
 use crate::cancel::{self, BackendKey, Registration};
 use crate::classify::{Facts, Kind, Statement};
-use crate::execute::{Attached, Effect, Entry, Event, Prepared, Reply};
 use crate::policy::facts::SessionInfo;
 use crate::settings::Settings;
 use crate::shared::Shared;
 use crate::sqlerror::{SqlError, code};
-use crate::telemetry::stages::Stages;
+use crate::telemetry::stages::{Stage, Stages};
+use crate::topology::ShardId;
 use crate::wire::{ClientConn, ClientMsg, Frame, encode, reply};
 
 /// Client bytes read ahead of processing (pipelined messages, COPY data).
 const INBOX_LIMIT: usize = 256 * 1024;
-/// Backend output is flushed once this much is queued (COPY streams).
+/// Server output is flushed once this much is queued (COPY streams).
 const BACKEND_FLUSH_AT: usize = 64 * 1024;
-/// A portal name no client can create: describing it makes the backend fail
+/// Client output is flushed once this much is queued (large results).
+const CLIENT_CHUNK: usize = 64 * 1024;
+/// A portal name no client can create: describing it makes the server fail
 /// the current transaction, the way an error from shardcar should.
 const IMPOSSIBLE_PORTAL: &str = "shardcar\u{1}abort";
+
+/// What a bound portal runs on.
+enum PortalKind {
+    /// shardcar answers it.
+    Local,
+    /// It lives on this shard's server.
+    On(ShardId),
+    /// It runs on several shards when executed.
+    Scatter(Box<ScatterPortal>),
+    /// COMMIT (`true`) or ROLLBACK of a transaction across shards.
+    EndBlock(bool),
+}
 
 /// A portal bound in the current transaction.
 struct Portal {
     statement: Arc<Prepared>,
-    local: bool,
+    kind: PortalKind,
     /// How its statement got here, for the first Execute to report.
     stages: Option<Stages>,
 }
 
-/// Transaction statements the client sent before any statement needed a
-/// server: answered here, sent ahead of the first routed statement.
-#[derive(Default)]
-struct Deferred {
-    /// `BEGIN ...`, `SET TRANSACTION ...`, `SAVEPOINT ...`, in order.
-    statements: Vec<String>,
-    /// Savepoint names among them, in order.
-    savepoints: Vec<String>,
-    /// Shardcar refused a statement inside the deferred transaction: it is
-    /// failed until ROLLBACK, as Postgres would have it.
-    failed: bool,
+/// The statement parsed last, until it is bound or described.
+struct Parsed {
+    statement: Arc<Prepared>,
+    stages: Stages,
+    /// Its Parse is not sent yet: it goes where the next message shows.
+    pending: bool,
+    /// What undoes the client's Parse if it fails.
+    undo: Vec<Effect>,
 }
 
 /// Client and connection settings before a transaction changed them.
 struct SettingsSnapshot {
     client: Settings,
-    conn: Settings,
-    /// The transaction is an explicit block (it ends with COMMIT or ROLLBACK);
-    /// otherwise it is implicit and any error rolls it back.
+    /// The settings of the connection the SET ran on.
+    conn: Option<(ShardId, Settings)>,
+    /// The transaction is an explicit block (it ends with COMMIT or
+    /// ROLLBACK); otherwise it is implicit and any error rolls it back.
     explicit: bool,
     failed: bool,
-}
-
-impl Deferred {
-    fn is_open(&self) -> bool {
-        !self.statements.is_empty() || self.failed
-    }
 }
 
 pub struct Session {
@@ -95,34 +111,25 @@ pub struct Session {
     info: Arc<SessionInfo>,
     statements: HashMap<String, Arc<Prepared>>,
     unnamed: Option<Arc<Prepared>>,
-    /// The stages of the statement parsed last, until it is bound.
-    parsed: Option<(Arc<Prepared>, Stages)>,
+    parsed: Option<Parsed>,
     portals: HashMap<String, Portal>,
     inbox: VecDeque<ClientMsg>,
     inbox_bytes: usize,
     client_eof: bool,
-    attached: Option<Attached>,
-    /// The other shards' connections of a transaction across shards, idle
-    /// in it while `attached` serves the statement at hand.
-    others: Vec<Attached>,
-    /// The statements that opened the transaction (BEGIN ...), for shards
-    /// that join it later.
-    txn_begin: Option<String>,
-    /// A SAVEPOINT ran in the transaction: it stays on its shard.
-    txn_savepoint: bool,
+    conns: Conns,
+    outbox: Outbox,
     events: Vec<Event>,
-    deferred: Deferred,
-    /// Shardcar raised an error in the extended protocol with no server
-    /// attached: messages are dropped until Sync, as Postgres does.
-    skipping: bool,
-    copy_in: bool,
+    txn: Txn,
+    mode: Mode,
+    /// Shards whose transaction connections a portal across shards holds.
+    lent: Vec<ShardId>,
+    /// The pool checkout of the statement being attached, for its trace.
+    checkout_stage: Option<Stage>,
     /// Settings before the first SET of the current transaction (explicit,
     /// or the implicit one of a query or batch), restored if it rolls back.
     txn_snapshot: Option<SettingsSnapshot>,
-    /// A BEGIN completed in the current simple query (status not yet reported).
-    block_opened: bool,
-    /// The message at hand was routed with its batch (`Attached::routed_ahead`).
-    routed_with_batch: bool,
+    /// A BEGIN completed in the batch in flight; the block opens on its ReadyForQuery.
+    began: Option<String>,
     last_tag: String,
     done: bool,
 }
@@ -151,17 +158,15 @@ impl Session {
             inbox: VecDeque::new(),
             inbox_bytes: 0,
             client_eof: false,
-            attached: None,
-            others: Vec::new(),
-            txn_begin: None,
-            txn_savepoint: false,
+            conns: Conns::default(),
+            outbox: Outbox::surviving_fatal(),
             events: Vec::new(),
-            deferred: Deferred::default(),
-            skipping: false,
-            copy_in: false,
+            txn: Txn::Idle,
+            mode: Mode::Normal,
+            lent: Vec::new(),
+            checkout_stage: None,
             txn_snapshot: None,
-            block_opened: false,
-            routed_with_batch: false,
+            began: None,
             last_tag: String::new(),
             done: false,
         }
@@ -179,63 +184,58 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<(), SqlError> {
-        let mut shutting_down = *self.shutdown.borrow();
+        let mut shutting_down = false;
         loop {
-            // Boxed: a statement's future is a few KiB, which an idle
-            // session would otherwise carry while it waits for the client.
-            Box::pin(self.process()).await?;
+            self.process().await?;
             self.flush().await?;
-            if self.done || (self.client_eof && self.inbox.is_empty() && self.attached.is_none()) {
+            if self.done {
                 return Ok(());
             }
-            if self.copy_in && !self.inbox.is_empty() {
-                // process() paused COPY data at the flush threshold; it is
-                // flushed now. The client may have sent all of it already and
-                // be waiting: go on without waiting for it.
-                continue;
-            }
-            if shutting_down && self.attached.is_none() && !self.deferred.is_open() {
+            let idle = self.conns.is_empty() && matches!(self.txn, Txn::Idle) && self.inbox.is_empty();
+            if shutting_down && idle {
                 return Err(SqlError::fatal(
                     code::ADMIN_SHUTDOWN,
                     "terminating connection because shardcar is shutting down",
                 ));
             }
             let want_client = !self.client_eof && self.inbox_bytes < INBOX_LIMIT;
-            let want_backend = self.attached.as_ref().is_some_and(|a| a.outbox.awaits_backend());
-            if !want_client && !want_backend {
+            let waiting_on = self.outbox.waiting_on();
+            if !want_client && waiting_on.is_none() {
                 // The client is gone and nothing is owed: stop.
                 return Ok(());
             }
-            let backend = self.attached.as_mut().map(|a| &mut a.conn);
+            let backend = waiting_on.and_then(|s| self.conns.get_mut(s)).map(|h| &mut h.conn.conn);
+            let want_backend = backend.is_some();
             tokio::select! {
                 frame = self.client.read_frame(), if want_client => match frame? {
                     Some(frame) => self.receive(frame)?,
                     None => self.client_eof = true,
                 },
                 frame = async { backend.expect("guarded by want_backend").read_frame().await }, if want_backend => {
+                    let shard = waiting_on.expect("guarded by want_backend");
                     match frame {
-                        Ok(frame) => self.on_backend_frames(frame)?,
-                        Err(e) => self.backend_lost(&e.to_string())?,
+                        Ok(frame) => self.relay(shard, frame)?,
+                        Err(e) => self.backend_lost(shard, &e.to_string())?,
                     }
                 }
                 _ = self.shutdown.changed(), if !shutting_down => shutting_down = true,
             }
+            if let Some(s) = self.outbox.waiting_on()
+                && self.conns.get(s).is_none()
+            {
+                // The server owes replies but its connection is gone.
+                self.backend_lost(s, "the connection was closed")?;
+            }
         }
     }
 
-    /// Puts a message back to be handled again first (see `code::AFTER_SYNC`).
-    fn requeue(&mut self, msg: ClientMsg) {
-        self.inbox_bytes += msg.size();
-        self.inbox.push_front(msg);
-    }
-
     /// Queues a client message, and every further one already read, so that
-    /// routing sees the whole batch the client wrote.
+    /// a batch written at once is handled at once.
     fn receive(&mut self, frame: Frame) -> Result<(), SqlError> {
         let mut next = Some(frame);
         while let Some(frame) = next {
             let msg = ClientMsg::decode(frame)?;
-            tracing::trace!(client = self.registration.pid, "<- {}", message_name(&msg));
+            tracing::trace!(client = self.registration.pid, "<- {}", msg.name());
             self.inbox_bytes += msg.size();
             self.inbox.push_back(msg);
             next = if self.inbox_bytes < INBOX_LIMIT { self.client.buffered_frame()? } else { None };
@@ -243,73 +243,91 @@ impl Session {
         Ok(())
     }
 
+    /// Sends what is queued for servers and for the client.
     async fn flush(&mut self) -> Result<(), SqlError> {
-        if let Some(a) = &mut self.attached
-            && let Err(e) = a.conn.flush().await
-        {
-            self.backend_lost(&e.to_string())?;
+        let mut lost = None;
+        for held in self.conns.iter_mut() {
+            if let Err(e) = held.conn.conn.flush().await {
+                lost = Some((held.shard(), e.to_string()));
+                break;
+            }
+        }
+        if let Some((shard, why)) = lost {
+            self.backend_lost(shard, &why)?;
         }
         self.client.flush().await
     }
 
-    /// Relays a backend frame and every further one already buffered, then
+    /// Relays a server frame and every further one already buffered, up to
+    /// a ReadyForQuery (the session acts on it before anything more), then
     /// acts on what happened.
-    fn on_backend_frames(&mut self, first: BytesMut) -> Result<(), SqlError> {
-        let Some(a) = self.attached.as_mut() else { return Ok(()) };
+    fn relay(&mut self, shard: ShardId, first: BytesMut) -> Result<(), SqlError> {
         let mut frame = Some(first);
         while let Some(f) = frame {
-            tracing::trace!(client = self.registration.pid, "{} -> '{}'", a.node.label, f[0] as char);
-            if let Err(desync) = a.outbox.on_frame(&f, &mut self.client.out, &mut self.events) {
-                tracing::error!(client = self.registration.pid, "{}: {desync}", a.node.label);
-                a.conn.broken = true;
-                return Err(SqlError::fatal(
-                    code::PROTOCOL_VIOLATION,
-                    format!("shardcar lost track of the protocol with {}: {desync}", a.node.label),
-                ));
-            }
-            if !a.outbox.awaits_backend() {
+            let Some(held) = self.conns.get_mut(shard) else { break };
+            tracing::trace!(client = self.registration.pid, "{} -> '{}'", held.conn.label(), f[0] as char);
+            let ready = match self.outbox.on_frame(shard, &f, &mut self.client.out, &mut self.events) {
+                Ok(ready) => ready,
+                Err(desync) => {
+                    tracing::error!(client = self.registration.pid, "{}: {desync}", held.conn.label());
+                    held.conn.conn.broken = true;
+                    return Err(SqlError::fatal(
+                        code::PROTOCOL_VIOLATION,
+                        format!("shardcar lost track of the protocol with {}: {desync}", held.conn.label()),
+                    ));
+                }
+            };
+            if ready || self.outbox.waiting_on() != Some(shard) {
                 break;
             }
-            frame = a
-                .conn
-                .buffered_frame()
-                .map_err(|e| SqlError::fatal(code::CONNECTION_FAILURE, format!("lost {}: {e}", a.node.label)))?;
+            frame =
+                held.conn.conn.buffered_frame().map_err(|e| {
+                    SqlError::fatal(code::CONNECTION_FAILURE, format!("lost {}: {e}", held.conn.label()))
+                })?;
         }
-        if let Some(a) = self.attached.as_mut() {
-            a.outbox.release_synthetic(&mut self.client.out, &mut self.events);
-        }
-        self.apply_events();
-        self.release_if_idle();
+        self.release_synthetic();
         Ok(())
+    }
+
+    /// Writes replies made here that reached the head, and acts on events.
+    fn release_synthetic(&mut self) {
+        loop {
+            self.outbox.release_synthetic(&mut self.client.out, &mut self.events);
+            if self.events.is_empty() {
+                break;
+            }
+            self.apply_events();
+        }
+        self.release_idle();
     }
 
     fn apply_events(&mut self) {
         for event in std::mem::take(&mut self.events) {
             match event {
                 Event::Succeeded(effect) | Event::Undone(effect) => self.apply(effect),
-                Event::StatementDone { facts, index, tag } => {
+                Event::StatementDone { facts, index, tag, shard } => {
                     if let Some(stmt) = facts.statements.get(index) {
-                        self.statement_done(stmt);
+                        self.statement_done(shard, stmt);
                     }
                     self.last_tag = tag;
                 }
-                Event::Ready { status, hidden } => self.ready(status, hidden),
-                Event::CopyIn { ignored_syncs } => {
-                    self.copy_in = true;
-                    if let Some(a) = self.attached.as_mut() {
-                        a.pending_ready -= ignored_syncs;
+                Event::Ready { shard, status, client } => self.ready(shard, status, client),
+                Event::CopyIn { shard, extended } => {
+                    self.mode = Mode::CopyIn(shard);
+                    if let Some(h) = self.conns.get_mut(shard) {
+                        h.unsynced |= extended;
                     }
                 }
                 Event::Finished(flight) => self.shared.telemetry.finished(flight),
-                Event::Error { fatal } => {
+                Event::Error { shard, fatal, skips } => {
                     // An error ends COPY IN on the server; what the client
                     // still sends is dropped, as Postgres does.
-                    self.copy_in = false;
+                    self.mode = if skips { Mode::SkipToSync } else { Mode::Normal };
                     if let Some(s) = self.txn_snapshot.as_mut() {
                         s.failed = true;
                     }
-                    if fatal && let Some(a) = self.attached.as_mut() {
-                        a.conn.broken = true;
+                    if fatal && let Some(h) = self.conns.get_mut(shard) {
+                        h.conn.conn.broken = true;
                     }
                 }
             }
@@ -321,23 +339,23 @@ impl Session {
             Effect::Validated(p) => p.validated.store(true, Ordering::Relaxed),
             Effect::ForgetUnvalidated(p) if !p.is_validated() => {
                 let current = if p.client_name.is_empty() {
-                    &self.unnamed
+                    self.unnamed.clone()
                 } else {
-                    &self.statements.get(&p.client_name).cloned()
+                    self.statements.get(&p.client_name).cloned()
                 };
                 if current.as_ref().is_some_and(|c| Arc::ptr_eq(c, &p)) {
                     self.apply(Effect::ForgetStatement(p.client_name.clone()));
                 }
             }
             Effect::ForgetUnvalidated(_) => {}
-            Effect::Unprepare(name) => {
-                if let Some(a) = self.attached.as_mut() {
-                    a.conn.prepared.remove(&name);
+            Effect::Unprepare(shard, name) => {
+                if let Some(h) = self.conns.get_mut(shard) {
+                    h.conn.conn.prepared.remove(&name);
                 }
             }
-            Effect::UnnamedLost => {
-                if let Some(a) = self.attached.as_mut() {
-                    a.conn.unnamed = None;
+            Effect::UnnamedLost(shard) => {
+                if let Some(h) = self.conns.get_mut(shard) {
+                    h.conn.conn.unnamed = None;
                 }
             }
             Effect::ForgetStatement(name) if name.is_empty() => self.unnamed = None,
@@ -352,146 +370,225 @@ impl Session {
         }
     }
 
-    /// Session bookkeeping for a statement the server completed.
-    fn statement_done(&mut self, stmt: &Statement) {
+    /// Session bookkeeping for a statement a server completed.
+    fn statement_done(&mut self, shard: ShardId, stmt: &Statement) {
         match &stmt.kind {
-            Kind::Begin => self.block_opened = true,
-            Kind::Savepoint(_) => self.txn_savepoint = true,
+            Kind::Begin => self.began = Some(stmt.text.clone()),
+            Kind::Savepoint(_) => {
+                if let Txn::Block(b) = &mut self.txn {
+                    b.savepoint = true;
+                }
+            }
             Kind::Session(change) => {
-                let Some(a) = self.attached.as_mut() else { return };
+                let Some(held) = self.conns.get_mut(shard) else { return };
                 if self.txn_snapshot.is_none() {
+                    let explicit = !matches!(self.txn, Txn::Idle) || self.began.is_some();
                     self.txn_snapshot = Some(SettingsSnapshot {
                         client: self.settings.clone(),
-                        conn: a.conn.settings.clone(),
-                        explicit: a.conn.status != b'I' || self.block_opened,
+                        conn: Some((shard, held.conn.conn.settings.clone())),
+                        explicit,
                         failed: false,
                     });
                 }
                 self.settings.apply(change, &self.startup);
-                let conn_startup = a.conn.startup_settings.clone();
-                a.conn.settings.apply(change, &conn_startup);
+                let conn_startup = held.conn.conn.startup_settings.clone();
+                held.conn.conn.settings.apply(change, &conn_startup);
             }
+            _ => {}
+        }
+        if let Some(held) = self.conns.get_mut(shard)
+            && !matches!(stmt.kind, Kind::Read)
+        {
+            held.wrote = true;
+        }
+    }
+
+    /// A ReadyForQuery: a server's (its transaction status) or the client's
+    /// (written now, with the status of the whole session).
+    fn ready(&mut self, shard: Option<ShardId>, status: u8, client: bool) {
+        if let Some(shard) = shard {
+            self.server_ready(shard, TxnStatus::from_byte(status));
+        }
+        if client {
+            let status = self.status();
+            reply::ready(&mut self.client.out, status.byte());
+        }
+    }
+
+    fn server_ready(&mut self, shard: ShardId, status: TxnStatus) {
+        let Some(held) = self.conns.get_mut(shard) else { return };
+        held.conn.conn.status = status.byte();
+        held.unsynced = false;
+        held.unflushed = false;
+        if status == TxnStatus::Idle {
+            held.wrote = false;
+            held.in_block = false;
+        } else {
+            held.in_block = true;
+        }
+        let began = self.began.take();
+        match (&mut self.txn, status) {
+            // A BEGIN ran on the server (in a query string or a batch).
+            (Txn::Idle, TxnStatus::InBlock | TxnStatus::Failed) => {
+                self.txn =
+                    Txn::Block(Block { begin: vec![began.unwrap_or_else(|| "BEGIN".into())], ..Block::default() });
+                if let Some(s) = self.txn_snapshot.as_mut() {
+                    s.explicit = true;
+                }
+            }
+            (Txn::Block(_), TxnStatus::Idle) => {
+                // The block ended on this shard (COMMIT, ROLLBACK, or an
+                // error that ended it): it ends everywhere.
+                self.end_of_transaction();
+            }
+            (Txn::Idle, TxnStatus::Idle) => self.end_of_batch(),
             _ => {}
         }
     }
 
-    fn ready(&mut self, status: u8, hidden: bool) {
-        self.block_opened = false;
-        let Some(a) = self.attached.as_mut() else { return };
-        a.conn.status = status;
-        a.outbox.survive_fatal = status == b'I';
-        if !hidden {
-            a.pending_ready = a.pending_ready.saturating_sub(1);
+    /// A transaction block ended on its server: the session is idle again.
+    fn end_of_transaction(&mut self) {
+        self.txn = Txn::Idle;
+        self.clear_portals();
+        for held in self.conns.iter_mut() {
+            held.in_block = false;
         }
-        if status != b'I' {
-            if let Some(s) = self.txn_snapshot.as_mut() {
-                s.explicit = true;
-            }
-            return;
-        }
-        self.portals.clear();
-        self.txn_begin = None;
-        self.txn_savepoint = false;
-        // The transaction ended on this shard (a ROLLBACK, or an error that
-        // ended it): it ends on the others too.
-        self.abandon_transaction();
-        let Some(a) = self.attached.as_mut() else { return };
-        if let Some(s) = self.txn_snapshot.take() {
-            let committed = if s.explicit { self.last_tag == "COMMIT" } else { !s.failed };
-            if !committed {
-                // Postgres undoes the SETs of a transaction that rolls back.
-                self.settings = s.client;
-                a.conn.settings = s.conn;
+        self.roll_back_others();
+        self.end_of_batch();
+    }
+
+    /// An implicit transaction (a query or batch) ended: SETs stay only if
+    /// it committed.
+    fn end_of_batch(&mut self) {
+        let Some(s) = self.txn_snapshot.take() else { return };
+        let committed = if s.explicit { self.last_tag == "COMMIT" } else { !s.failed };
+        if !committed {
+            // Postgres undoes the SETs of a transaction that rolls back.
+            self.settings = s.client;
+            if let Some((shard, conn)) = s.conn
+                && let Some(h) = self.conns.get_mut(shard)
+            {
+                h.conn.conn.settings = conn;
             }
         }
     }
 
-    fn release_if_idle(&mut self) {
-        if self.copy_in || !self.attached.as_ref().is_some_and(Attached::is_idle) {
+    /// Connections that serve nothing go back to the pool.
+    fn release_idle(&mut self) {
+        if !matches!(self.txn, Txn::Idle) || matches!(self.mode, Mode::CopyIn(_)) {
             return;
         }
-        if let Some(a) = self.attached.take() {
-            self.set_cancel_key(None);
-            if a.conn.broken {
-                drop(deadpool::managed::Object::take(a.conn));
+        let idle: Vec<ShardId> = self
+            .conns
+            .iter()
+            .filter(|h| !self.outbox.owes(h.shard()) && !h.unsynced && h.conn.conn.status == b'I')
+            .map(Held::shard)
+            .collect();
+        for shard in idle {
+            if let Some(h) = self.conns.remove(shard) {
+                h.conn.release();
             }
         }
+        self.point_cancel();
     }
 
-    fn set_cancel_key(&self, key: Option<BackendKey>) {
+    /// Cancel requests reach the server running the session's statement.
+    fn point_cancel(&self) {
+        let key = self.conns.current().and_then(|s| self.conns.get(s)).map(|h| BackendKey {
+            addr: h.conn.conn.addr.clone(),
+            pid: h.conn.conn.pid,
+            secret: h.conn.conn.secret,
+        });
         if let Ok(mut slot) = self.registration.slot.lock() {
             *slot = key;
         }
     }
 
     /// The transaction status the client should see.
-    fn status(&self) -> u8 {
-        if self.others.iter().any(|o| o.conn.status == b'E') {
-            return b'E';
-        }
-        match &self.attached {
-            Some(a) if a.conn.status != b'I' => a.conn.status,
-            _ if self.deferred.failed => b'E',
-            _ if self.deferred.is_open() => b'T',
-            _ => b'I',
+    fn status(&self) -> TxnStatus {
+        match &self.txn {
+            Txn::Idle => TxnStatus::Idle,
+            Txn::Deferred(d) if d.failed => TxnStatus::Failed,
+            Txn::Deferred(_) => TxnStatus::InBlock,
+            Txn::Block(b) => {
+                let failed = self.conns.iter().any(|h| h.conn.conn.status == b'E');
+                if b.failed || failed { TxnStatus::Failed } else { TxnStatus::InBlock }
+            }
         }
     }
 
-    /// The server connection failed under this session.
-    fn backend_lost(&mut self, why: &str) -> Result<(), SqlError> {
-        let Some(mut a) = self.attached.take() else { return Ok(()) };
-        self.set_cancel_key(None);
-        a.outbox.abandon(&mut self.events);
+    /// The server connection of `shard` failed under this session.
+    fn backend_lost(&mut self, shard: ShardId, why: &str) -> Result<(), SqlError> {
+        let held = self.conns.remove(shard);
+        let ready_owed = self.outbox.abandon(shard, &mut self.events);
         self.apply_events();
-        let in_txn = a.conn.status != b'I' || self.copy_in || !self.others.is_empty();
-        self.abandon_transaction();
-        let label = a.node.label.clone();
+        let label = held
+            .as_ref()
+            .map_or_else(|| self.shared.pools.topology.name(shard).to_string(), |h| h.conn.label().to_string());
+        let unsynced = held.as_ref().is_some_and(|h| h.unsynced);
+        if let Some(h) = held {
+            h.conn.close();
+        }
+        self.point_cancel();
         tracing::warn!(client = self.registration.pid, "lost the connection to {label}: {why}");
-        drop(deadpool::managed::Object::take(a.conn));
+        let in_txn = matches!(self.txn, Txn::Block(_)) || self.mode == Mode::CopyIn(shard);
         if in_txn {
+            self.roll_back_others();
+            self.txn = Txn::Idle;
             return Err(SqlError::fatal(
                 code::CONNECTION_FAILURE,
                 format!("lost the connection to {label} inside a transaction ({why}); the transaction was rolled back"),
             ));
         }
-        if !a.outbox.fatal_told {
+        if !self.outbox.fatal_told {
             let err = SqlError::new(
                 code::CONNECTION_FAILURE,
                 format!("lost the connection to {label} ({why}); the statement may not have run"),
             )
             .hint("retry; shardcar opens a new connection");
-            reply::error(&mut self.client.out, &err);
+            self.emit_error(&err);
         }
-        if a.pending_ready > 0 {
-            reply::ready(&mut self.client.out, b'I');
-        } else if a.unsynced {
-            self.skipping = true;
+        self.outbox.fatal_told = false;
+        if ready_owed {
+            self.emit_ready();
+        } else if unsynced {
+            self.mode = Mode::SkipToSync;
         }
         Ok(())
     }
 
-    /// Returns the attached connection to a clean state, or drops it, when
+    /// Drops every portal; connections a portal across shards still reads
+    /// from are closed (what they owe is unknown).
+    fn clear_portals(&mut self) {
+        self.portals.clear();
+        self.lent.clear();
+    }
+
+    /// Returns every held connection to a clean state, or drops it, when
     /// the client goes away.
     fn finish(&mut self) {
-        self.abandon_transaction();
-        let Some(a) = self.attached.take() else { return };
-        self.set_cancel_key(None);
-        let busy = a.outbox.awaits_backend() || self.copy_in;
-        let mut conn = a.conn;
-        if busy || a.unsynced {
-            // Mid-statement or mid-batch: stop what still runs and close the
-            // connection, so the server rolls back; a Sync here could commit.
-            let key = BackendKey { addr: conn.addr.clone(), pid: conn.pid, secret: conn.secret };
-            conn.broken = true;
-            drop(deadpool::managed::Object::take(conn));
-            if busy {
-                tokio::spawn(async move { cancel::send(&key).await });
+        self.clear_portals();
+        for held in self.conns.take_all() {
+            let busy = self.outbox.owes(held.shard()) || self.mode == Mode::CopyIn(held.shard());
+            let mut conn = held.conn;
+            if busy || held.unsynced {
+                // Mid-statement or mid-batch: stop what still runs and close the
+                // connection, so the server rolls back; a Sync here could commit.
+                let key = BackendKey { addr: conn.conn.addr.clone(), pid: conn.conn.pid, secret: conn.conn.secret };
+                conn.conn.broken = true;
+                conn.close();
+                if busy {
+                    tokio::spawn(async move { cancel::send(&key).await });
+                }
+            } else if conn.conn.status != b'I' {
+                // Idle in a transaction: roll it back, then the connection is clean.
+                across::roll_back_in_background(conn);
+            } else {
+                conn.release();
             }
-            return;
         }
-        if conn.status != b'I' {
-            // Idle in a transaction: roll it back, then the connection is clean.
-            across::roll_back_in_background(conn);
+        if let Ok(mut slot) = self.registration.slot.lock() {
+            *slot = None;
         }
     }
 
@@ -499,75 +596,64 @@ impl Session {
 
     async fn process(&mut self) -> Result<(), SqlError> {
         while !self.done {
-            // The next message may route elsewhere: wait for the server to
-            // finish this batch (ended by the client's Sync or shardcar's own).
-            if let Some(a) = self.attached.as_mut() {
-                a.resyncing &= !a.outbox.is_empty();
-            }
-            let batch_owed = |a: &Attached| a.pending_ready > 0 || a.resyncing;
-            if !self.copy_in && self.attached.as_ref().is_some_and(batch_owed) {
-                return Ok(());
-            }
-            if self.copy_in && self.attached.as_ref().is_some_and(|a| a.conn.wbuf.len() >= BACKEND_FLUSH_AT) {
-                return Ok(());
+            match self.mode {
+                // COPY data is sent on once this much is queued.
+                Mode::CopyIn(shard)
+                    if self.conns.get(shard).is_some_and(|h| h.conn.conn.wbuf.len() >= BACKEND_FLUSH_AT) =>
+                {
+                    return Ok(());
+                }
+                Mode::CopyIn(_) => {}
+                // A batch's end is owed: its outcome decides where the next goes.
+                _ if self.outbox.owes_ready() => return Ok(()),
+                _ => {}
             }
             let Some(msg) = self.inbox.pop_front() else { return Ok(()) };
             self.inbox_bytes -= msg.size();
-            self.routed_with_batch = self.attached.as_mut().is_some_and(|a| {
-                let covered = a.routed_ahead > 0;
-                a.routed_ahead = a.routed_ahead.saturating_sub(1);
-                covered
-            });
             self.handle(msg).await?;
-            if self.attached.as_ref().is_some_and(|a| a.conn.broken) {
-                self.release_if_idle();
+            if self.client.out.len() >= CLIENT_CHUNK {
+                self.client.flush().await?;
             }
         }
         Ok(())
     }
 
     async fn handle(&mut self, msg: ClientMsg) -> Result<(), SqlError> {
-        if self.copy_in {
-            return self.copy_message(msg);
-        }
-        let backend_skipping = self.attached.as_ref().is_some_and(|a| a.outbox.skipping());
-        if self.skipping || backend_skipping {
-            match msg {
-                ClientMsg::Sync { .. } => self.skipping = false,
+        match self.mode {
+            Mode::CopyIn(shard) => return self.copy_message(shard, msg),
+            Mode::SkipToSync => match msg {
+                ClientMsg::Sync { .. } => self.mode = Mode::Normal,
                 ClientMsg::Terminate => {
                     self.done = true;
                     return Ok(());
                 }
                 _ => return Ok(()),
+            },
+            Mode::Normal => {}
+        }
+        // A Parse waits for the message that shows where its statement runs.
+        let for_pending = match (&msg, &self.parsed) {
+            (ClientMsg::Bind { msg: b, .. }, Some(p)) => {
+                b.statement_name.as_deref().unwrap_or_default() == p.statement.client_name
             }
+            (ClientMsg::Describe { msg: d, .. }, Some(p)) => {
+                d.target_type == b'S' && d.name.as_deref().unwrap_or_default() == p.statement.client_name
+            }
+            _ => false,
+        };
+        if !for_pending {
+            self.send_pending_parse().await?;
         }
         match msg {
             ClientMsg::Query { raw, sql } => self.query(raw, sql).await,
             ClientMsg::Parse { raw, msg } => self.parse(raw, msg).await,
             ClientMsg::Bind { raw, msg } => self.bind(raw, msg).await,
             ClientMsg::Describe { raw, msg } => self.describe(raw, msg).await,
-            ClientMsg::Execute { raw, portal } => self.execute(raw, portal).await,
+            ClientMsg::Execute { raw, portal, max_rows } => self.execute(raw, portal, max_rows).await,
             ClientMsg::Close { raw, msg } => self.close(raw, msg).await,
-            ClientMsg::Sync { raw } => {
-                match self.attached.as_mut() {
-                    Some(a) => {
-                        a.conn.wbuf.extend_from_slice(&raw);
-                        a.outbox.push(Entry::backend(Reply::Sync), &mut self.events);
-                        a.pending_ready += 1;
-                        a.unsynced = false;
-                    }
-                    None => {
-                        let status = self.status();
-                        reply::ready(&mut self.client.out, status);
-                    }
-                }
-                self.apply_events();
-                Ok(())
-            }
-            ClientMsg::Flush { raw } => {
-                if let Some(a) = self.attached.as_mut() {
-                    a.conn.wbuf.extend_from_slice(&raw);
-                }
+            ClientMsg::Sync { .. } => self.sync().await,
+            ClientMsg::Flush { .. } => {
+                self.flush_servers();
                 Ok(())
             }
             // Outside COPY, Postgres ignores these too.
@@ -579,30 +665,61 @@ impl Session {
         }
     }
 
-    fn copy_message(&mut self, msg: ClientMsg) -> Result<(), SqlError> {
-        let Some(a) = self.attached.as_mut() else {
-            self.copy_in = false;
+    fn copy_message(&mut self, shard: ShardId, msg: ClientMsg) -> Result<(), SqlError> {
+        let Some(held) = self.conns.get_mut(shard) else {
+            self.mode = Mode::Normal;
             return Ok(());
         };
+        let wbuf = &mut held.conn.conn.wbuf;
         match msg {
-            ClientMsg::CopyData { raw } => a.conn.wbuf.extend_from_slice(&raw),
+            ClientMsg::CopyData { raw } => wbuf.extend_from_slice(&raw),
             ClientMsg::CopyDone { raw } | ClientMsg::CopyFail { raw, .. } => {
-                a.conn.wbuf.extend_from_slice(&raw);
-                self.copy_in = false;
+                wbuf.extend_from_slice(&raw);
+                self.mode = Mode::Normal;
             }
             // The server ignores these during COPY IN.
             ClientMsg::Flush { .. } | ClientMsg::Sync { .. } => {}
             other => {
-                let mut fail = BytesMut::new();
-                let _ = postgres_protocol::message::frontend::copy_fail("client sent a non-COPY message", &mut fail);
-                a.conn.wbuf.extend_from_slice(&fail);
-                self.copy_in = false;
+                let _ = postgres_protocol::message::frontend::copy_fail("client sent a non-COPY message", wbuf);
+                self.mode = Mode::Normal;
                 return Err(SqlError::fatal(
                     code::PROTOCOL_VIOLATION,
-                    format!("unexpected message during COPY FROM STDIN: {}", message_name(&other)),
+                    format!("unexpected message during COPY FROM STDIN: {}", other.name()),
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// Asks every server with messages not yet answered to send its replies
+    /// (a Flush: Postgres holds extended-protocol replies until Sync or Flush).
+    fn flush_servers(&mut self) {
+        for held in self.conns.iter_mut().filter(|h| h.unflushed) {
+            postgres_protocol::message::frontend::flush(&mut held.conn.conn.wbuf);
+            held.unflushed = false;
+        }
+    }
+
+    /// Makes every server deliver what it owes and relays it: afterwards no
+    /// reply is outstanding, and a statement may use the connections or
+    /// other shards without its replies overtaking earlier ones.
+    async fn settle(&mut self) -> Result<(), SqlError> {
+        self.flush_servers();
+        self.flush().await?;
+        while let Some(shard) = self.outbox.waiting_on() {
+            let Some(held) = self.conns.get_mut(shard) else {
+                self.backend_lost(shard, "the connection was closed")?;
+                continue;
+            };
+            match held.conn.conn.read_frame().await {
+                Ok(frame) => self.relay(shard, frame)?,
+                Err(e) => self.backend_lost(shard, &e.to_string())?,
+            }
+            if self.client.out.len() >= CLIENT_CHUNK {
+                self.client.flush().await?;
+            }
+        }
+        self.release_synthetic();
         Ok(())
     }
 
@@ -613,71 +730,86 @@ impl Session {
         self.fail(err, extended)
     }
 
-    /// Reports an error shardcar raised for the current message.
+    /// Reports an error shardcar raised for the current message. The batch
+    /// or transaction it belongs to fails with it, as on one Postgres.
     fn fail(&mut self, err: SqlError, extended: bool) -> Result<(), SqlError> {
         self.shared.telemetry.metrics.rejected(err.code);
         if err.fatal {
             return Err(err);
         }
-        match self.attached.as_mut() {
-            Some(a) => {
+        if let Txn::Deferred(d) = &mut self.txn {
+            d.failed = true;
+        }
+        match self.conns.current() {
+            Some(shard) => {
                 // Fail the server's transaction (or batch) exactly where the
                 // client's message failed, so COMMIT cannot keep what came before.
+                let held = self.conns.get_mut(shard).expect("current is held");
                 let mut describe = BytesMut::new();
                 encode(&mut describe, Describe::new(b'P', Some(IMPOSSIBLE_PORTAL.into())));
-                a.conn.wbuf.extend_from_slice(&describe);
-                a.outbox.push(Entry::abort(err), &mut self.events);
-                a.unsynced = true;
+                held.conn.conn.wbuf.extend_from_slice(&describe);
+                held.unsynced = true;
+                held.unflushed = true;
+                self.outbox.push(Entry::abort(shard, Some(err)), &mut self.events);
                 if !extended {
-                    postgres_protocol::message::frontend::sync(&mut a.conn.wbuf);
-                    a.outbox.push(Entry::backend(Reply::Sync), &mut self.events);
-                    a.pending_ready += 1;
-                    a.unsynced = false;
+                    self.sync_servers();
+                    self.push_ready();
                 }
                 self.apply_events();
             }
             None => {
-                reply::error(&mut self.client.out, &err);
-                if self.deferred.is_open() {
-                    self.deferred.failed = true;
-                }
+                self.emit_error(&err);
                 if extended {
-                    self.skipping = true;
+                    self.mode = Mode::SkipToSync;
                 } else {
-                    let status = self.status();
-                    reply::ready(&mut self.client.out, status);
+                    self.emit_ready();
                 }
             }
         }
         Ok(())
     }
 
-    /// Queues replies shardcar makes itself, behind whatever the server owes.
+    /// Ends the batch on every server that has messages since its last Sync.
+    fn sync_servers(&mut self) {
+        let mut events = Vec::new();
+        for held in self.conns.iter_mut().filter(|h| h.unsynced) {
+            postgres_protocol::message::frontend::sync(&mut held.conn.conn.wbuf);
+            held.unsynced = false;
+            held.unflushed = false;
+            self.outbox.push(Entry::hidden(held.shard(), Reply::Sync), &mut events);
+        }
+        self.events.extend(events);
+    }
+
+    /// The client's ReadyForQuery, once everything before it is out.
+    fn push_ready(&mut self) {
+        self.outbox.push(Entry::ready(), &mut self.events);
+    }
+
+    /// Queues replies shardcar makes itself, behind whatever servers owe.
     fn emit(&mut self, frames: BytesMut, undo: Vec<Effect>) {
-        match self.attached.as_mut() {
-            Some(a) => {
-                a.outbox.push(Entry::synthetic(frames).undo(undo), &mut self.events);
-                a.outbox.release_synthetic(&mut self.client.out, &mut self.events);
-                self.apply_events();
-            }
-            None => self.client.out.extend_from_slice(&frames),
+        if self.outbox.is_empty() {
+            self.client.out.extend_from_slice(&frames);
+        } else {
+            self.outbox.push(Entry::synthetic(frames).undo(undo), &mut self.events);
+            self.release_synthetic();
         }
     }
-}
 
-pub(super) fn message_name(msg: &ClientMsg) -> &'static str {
-    match msg {
-        ClientMsg::Query { .. } => "Query",
-        ClientMsg::Parse { .. } => "Parse",
-        ClientMsg::Bind { .. } => "Bind",
-        ClientMsg::Describe { .. } => "Describe",
-        ClientMsg::Close { .. } => "Close",
-        ClientMsg::Execute { .. } => "Execute",
-        ClientMsg::Sync { .. } => "Sync",
-        ClientMsg::Flush { .. } => "Flush",
-        ClientMsg::CopyData { .. } => "CopyData",
-        ClientMsg::CopyDone { .. } => "CopyDone",
-        ClientMsg::CopyFail { .. } => "CopyFail",
-        ClientMsg::Terminate => "Terminate",
+    fn emit_error(&mut self, err: &SqlError) {
+        let mut out = BytesMut::new();
+        reply::error(&mut out, err);
+        self.emit(out, vec![]);
+    }
+
+    /// ReadyForQuery, after what is queued.
+    fn emit_ready(&mut self) {
+        if self.outbox.is_empty() {
+            let status = self.status();
+            reply::ready(&mut self.client.out, status.byte());
+        } else {
+            self.push_ready();
+            self.release_synthetic();
+        }
     }
 }

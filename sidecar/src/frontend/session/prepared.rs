@@ -1,7 +1,6 @@
-//! Execute: a backend connection attached to a client session, the queue of
-//! replies it owes, and the statements the client has prepared.
-
-pub mod outbox;
+//! The statements a client prepared, as shardcar keeps them, and the
+//! session changes a message makes when it succeeds (or undoes when it
+//! fails or is skipped).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -14,8 +13,7 @@ use pgwire::messages::extendedquery::Parse;
 use crate::classify::Facts;
 use crate::policy::facts::SessionInfo;
 use crate::pool::backend::StatementText;
-use crate::pool::{Node, Pooled};
-pub use outbox::{Entry, Event, Outbox, Reply};
+use crate::topology::ShardId;
 
 /// A statement a client prepared, as shardcar keeps it.
 #[derive(Debug)]
@@ -94,10 +92,10 @@ pub enum Effect {
     /// A server rejected the first Parse of a statement the client was told
     /// was prepared: the client's statement is dropped.
     ForgetUnvalidated(Arc<Prepared>),
-    /// The connection does not hold this prepared statement after all.
-    Unprepare(String),
-    /// The connection's unnamed statement is gone.
-    UnnamedLost,
+    /// The shard's connection does not hold this prepared statement after all.
+    Unprepare(ShardId, String),
+    /// The shard's connection's unnamed statement is gone.
+    UnnamedLost(ShardId),
     /// The client's statement (`""`: the unnamed one) never came to exist.
     ForgetStatement(String),
     /// A Close or DEALLOCATE that did not happen: the statement is back.
@@ -106,41 +104,10 @@ pub enum Effect {
     RestoreSession(Arc<SessionInfo>),
 }
 
-/// A backend connection serving one client for a transaction or a batch.
-pub struct Attached {
-    pub conn: Pooled,
-    pub node: Arc<Node>,
-    pub outbox: Outbox,
-    /// Sync or Query messages sent whose ReadyForQuery has not come back.
-    pub pending_ready: usize,
-    /// Extended-protocol messages were sent since the last Sync.
-    pub unsynced: bool,
-    /// Shardcar ended the client's batch with a Sync of its own (to move the
-    /// transaction to another shard): until the replies are in, the client's
-    /// next message waits.
-    pub resyncing: bool,
-    /// Messages at the head of the client's inbox that were routed with the
-    /// batch this connection was attached (or confirmed) for: they fit it
-    /// without routing again.
-    pub routed_ahead: usize,
-}
-
-impl Attached {
-    pub fn new(conn: Pooled, node: Arc<Node>) -> Attached {
-        Attached {
-            conn,
-            node,
-            outbox: Outbox::default(),
-            pending_ready: 0,
-            unsynced: false,
-            resyncing: false,
-            routed_ahead: 0,
-        }
-    }
-
-    /// No reply is due, no transaction or batch is open: the connection can
-    /// go back to the pool.
-    pub fn is_idle(&self) -> bool {
-        self.outbox.is_empty() && self.pending_ready == 0 && !self.unsynced && self.conn.status == b'I'
+impl Effect {
+    /// The effect concerns a server connection's own record (what it has
+    /// prepared), which stays true even when the client's view is undone.
+    pub fn on_connection(&self) -> bool {
+        matches!(self, Effect::Unprepare(..) | Effect::UnnamedLost(_))
     }
 }

@@ -1,0 +1,94 @@
+//! The server connections a session holds: at most one per shard, for the
+//! batch in flight or the transaction block, with what the session sent on
+//! each since its last Sync.
+
+use crate::pool::ShardConn;
+use crate::topology::ShardId;
+
+pub struct Held {
+    pub conn: ShardConn,
+    /// Extended-protocol messages were sent since its last Sync.
+    pub unsynced: bool,
+    /// Messages were sent since its last Sync or Flush: the server holds
+    /// their replies until it gets one.
+    pub unflushed: bool,
+    /// A statement that may write ran in the current batch: it cannot be
+    /// dropped (synced) without committing that.
+    pub wrote: bool,
+    /// A block of shardcar's own or the client's is open on it.
+    pub in_block: bool,
+}
+
+impl Held {
+    pub fn new(conn: ShardConn) -> Held {
+        Held { conn, unsynced: false, unflushed: false, wrote: false, in_block: false }
+    }
+
+    pub fn shard(&self) -> ShardId {
+        self.conn.shard()
+    }
+}
+
+#[derive(Default)]
+pub struct Conns {
+    held: Vec<Held>,
+    /// The shard the session's last statement went to.
+    current: Option<ShardId>,
+}
+
+impl Conns {
+    pub fn is_empty(&self) -> bool {
+        self.held.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.held.len()
+    }
+
+    pub fn get(&self, shard: ShardId) -> Option<&Held> {
+        self.held.iter().find(|h| h.shard() == shard)
+    }
+
+    pub fn get_mut(&mut self, shard: ShardId) -> Option<&mut Held> {
+        self.held.iter_mut().find(|h| h.shard() == shard)
+    }
+
+    pub fn current(&self) -> Option<ShardId> {
+        self.current.filter(|s| self.get(*s).is_some())
+    }
+
+    pub fn set_current(&mut self, shard: ShardId) {
+        self.current = Some(shard);
+    }
+
+    pub fn insert(&mut self, held: Held) {
+        self.current = Some(held.shard());
+        self.held.push(held);
+    }
+
+    pub fn remove(&mut self, shard: ShardId) -> Option<Held> {
+        let i = self.held.iter().position(|h| h.shard() == shard)?;
+        let held = self.held.swap_remove(i);
+        if self.current == Some(shard) {
+            self.current = self.held.first().map(Held::shard);
+        }
+        Some(held)
+    }
+
+    pub fn take_all(&mut self) -> Vec<Held> {
+        self.current = None;
+        std::mem::take(&mut self.held)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Held> {
+        self.held.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut Held> {
+        self.held.iter_mut()
+    }
+
+    pub fn shards(&self) -> Vec<ShardId> {
+        self.held.iter().map(Held::shard).collect()
+    }
+}

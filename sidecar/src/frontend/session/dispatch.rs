@@ -1,0 +1,268 @@
+//! The one place a statement's fate is decided: answered here, the end of a
+//! transaction across shards, sent to one shard's server, run on several
+//! and merged, or a COPY split by key. Both protocols come here, once per
+//! statement; routing runs once and its `Route` carries everything the
+//! statement needs later. Also where a shard's server joins the session.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use super::Session;
+use super::conns::Held;
+use super::local::aborted;
+use super::outbox::{Entry, Reply};
+use super::state::{Block, Txn};
+use crate::classify::params::Params;
+use crate::classify::{Facts, Kind};
+use crate::policy::{Pinned, Refusal};
+use crate::pool::Role;
+use crate::route::merge::FanOut;
+use crate::route::{self, CopySplit, Route, Target};
+use crate::sqlerror::{SqlError, code};
+use crate::telemetry::stages::{Stage, Stages};
+use crate::topology::ShardId;
+
+/// What happens to a statement.
+pub(super) enum Action {
+    /// shardcar answers it (its own variables, a deferred BEGIN, ...).
+    Local,
+    /// COMMIT (`true`) or ROLLBACK of a transaction across shards.
+    EndBlock(bool),
+    /// Sent as it is to one shard's server.
+    Forward { shard: ShardId, role: Role },
+    /// Run on several shards, answers merged.
+    Scatter { route: Route, role: Role },
+    /// A COPY FROM STDIN whose rows are placed one by one.
+    CopySplit(Arc<CopySplit>),
+}
+
+impl Session {
+    /// Decides what happens to the statement(s) of `facts`, bound to
+    /// `params`; `written` is the simple query's own text when `facts` are
+    /// its template. A refusal comes back as the error to report.
+    pub(super) async fn plan(
+        &mut self,
+        facts: &Arc<Facts>,
+        params: Option<&Arc<Params>>,
+        stages: &mut Stages,
+        written: Option<&str>,
+    ) -> Result<Action, SqlError> {
+        if let Some(stmt) = facts.single()
+            && self.runs_locally(&stmt.kind)
+        {
+            return Ok(Action::Local);
+        }
+        if self.is_across() {
+            match facts.single().map(|s| &s.kind) {
+                Some(Kind::Commit) => return Ok(Action::EndBlock(true)),
+                Some(Kind::Rollback) => return Ok(Action::EndBlock(false)),
+                _ => {}
+            }
+            if let Some(bad) = facts.statements.iter().find(|s| !matches!(s.kind, Kind::Read | Kind::Write)) {
+                return Err(Refusal::NotAcross(bad.text.clone()).into());
+            }
+            // Failed on one shard: failed on all of them.
+            if self.status() == super::state::TxnStatus::Failed {
+                return Err(aborted());
+            }
+        }
+        if let Some(bad) = facts.statements.iter().find(|s| route::is_local(&s.kind)) {
+            return Err(match &bad.kind {
+                Kind::Unsupported { reason, hint } => {
+                    Refusal::Pooling { reason: reason.clone(), hint: hint.clone() }.into()
+                }
+                _ => Refusal::Alone(bad.text.clone()).into(),
+            });
+        }
+        if matches!(&self.txn, Txn::Deferred(d) if d.failed) {
+            return Err(aborted());
+        }
+        let in_txn = !matches!(self.txn, Txn::Idle);
+        let at = Instant::now();
+        let routed = self.shared.planner.route(facts, params, &self.info, in_txn, written).await;
+        let route = routed.map_err(SqlError::from)?;
+        stages.routed(Stage::since(at), route.statements.clone());
+        let role = route::role(&route, in_txn, self.shared.config.routing.read_replicas);
+        Ok(match route.target {
+            Target::Anywhere => Action::Forward { shard: self.anywhere(), role },
+            Target::One(shard) => Action::Forward { shard, role },
+            // One shard and nothing to rewrite: as if it were not across shards.
+            Target::Many { ref shards, ref plan }
+                if shards.len() == 1 && matches!(**plan, FanOut::Everywhere | FanOut::Broadcast) =>
+            {
+                Action::Forward { shard: shards[0], role }
+            }
+            Target::Many { .. } => Action::Scatter { route, role },
+            Target::CopySplit(split) => Action::CopySplit(split),
+        })
+    }
+
+    /// Where a statement without preference goes: the default shard (where
+    /// unsharded tables live) unless the session is on another one alone.
+    pub(super) fn anywhere(&self) -> ShardId {
+        let default = self.shared.pools.topology.default_shard();
+        match self.conns.current() {
+            Some(current) if self.conns.get(default).is_none() => current,
+            _ => default,
+        }
+    }
+
+    /// The transaction spans several shards.
+    pub(super) fn is_across(&self) -> bool {
+        matches!(self.txn, Txn::Block(_)) && self.conns.len() + self.lent.len() > 1
+    }
+
+    /// Makes `shard`'s server the session's current one, in the session's
+    /// state: its settings, and the transaction open on it when there is one.
+    pub(super) async fn attach(&mut self, shard: ShardId, role: Role) -> Result<(), SqlError> {
+        if self.lent.contains(&shard) {
+            return Err(Refusal::PortalOpen(self.shared.pools.topology.names(&self.lent)).into());
+        }
+        if let Some(held) = self.conns.get(shard) {
+            // A replica cannot take a write: outside a transaction the
+            // batch moves to the primary once the replica is done.
+            let wrong_role = role == Role::Primary && held.conn.node.role != Role::Primary;
+            if !wrong_role {
+                self.conns.set_current(shard);
+                self.point_cancel();
+                return Ok(());
+            }
+            self.leave(&[shard]).await?;
+        }
+        match &self.txn {
+            Txn::Idle => {
+                let others = self.conns.shards();
+                if !others.is_empty() {
+                    self.leave_batch(shard).await?;
+                }
+                let held = self.checkout(shard, role).await?;
+                self.conns.insert(held);
+            }
+            Txn::Deferred(_) => {
+                let Txn::Deferred(d) = std::mem::replace(&mut self.txn, Txn::Idle) else { unreachable!() };
+                let begin = d.statements.join("; ");
+                let mut held = match self.checkout(shard, Role::Primary).await {
+                    Ok(h) => h,
+                    Err(e) => {
+                        self.txn = Txn::Deferred(d);
+                        return Err(e);
+                    }
+                };
+                let conn = &mut held.conn.conn;
+                postgres_protocol::message::frontend::query(&begin, &mut conn.wbuf)
+                    .map_err(|e| SqlError::new(code::INTERNAL_ERROR, e.to_string()))?;
+                conn.unnamed = None;
+                held.in_block = true;
+                let facts = self.shared.facts.get(&begin);
+                self.outbox.push(Entry::hidden(shard, Reply::Query { facts, done: 0, flight: None }), &mut self.events);
+                self.conns.insert(held);
+                self.txn =
+                    Txn::Block(Block { begin: d.statements, savepoint: !d.savepoints.is_empty(), failed: false });
+                self.apply_events();
+            }
+            Txn::Block(_) => {
+                self.may_widen(shard)?;
+                let held = self.join(shard).await?;
+                self.conns.insert(held);
+            }
+        }
+        self.point_cancel();
+        Ok(())
+    }
+
+    /// Why the open transaction cannot take in `shard`, if it cannot.
+    pub(super) fn may_widen(&self, shard: ShardId) -> Result<(), SqlError> {
+        let Txn::Block(b) = &self.txn else { return Ok(()) };
+        let topology = &self.shared.pools.topology;
+        if b.failed || self.conns.iter().any(|h| h.conn.conn.status == b'E') {
+            return Err(aborted());
+        }
+        let on = self
+            .conns
+            .current()
+            .or(self.lent.first().copied())
+            .map_or_else(|| "?".to_string(), |s| topology.name(s).to_string());
+        let pinned = |why| Refusal::Pinned { on: on.clone(), needs: format!("shard {}", topology.name(shard)), why };
+        if self.shared.coordinator.is_none() && !b.read_only() {
+            return Err(pinned(Pinned::NoTwoPhase).into());
+        }
+        if b.savepoint {
+            return Err(pinned(Pinned::Savepoint).into());
+        }
+        Ok(())
+    }
+
+    /// A connection to `shard`'s `role` server, with this session's settings.
+    pub(super) async fn checkout(&mut self, shard: ShardId, role: Role) -> Result<Held, SqlError> {
+        let at = Instant::now();
+        let mut conn = self.shared.pools.checkout(shard, role).await?;
+        conn.adopt(&self.settings).await?;
+        let took = Stage::since(at);
+        conn.node.metrics.checkout_wait.observe(took.took.as_secs_f64());
+        self.checkout_stage = Some(took);
+        Ok(Held::new(conn))
+    }
+
+    /// A connection to `shard`'s primary with the open transaction begun on it.
+    pub(super) async fn join(&mut self, shard: ShardId) -> Result<Held, SqlError> {
+        let begin = match &self.txn {
+            Txn::Block(b) if !b.begin.is_empty() => b.begin.join("; "),
+            _ => "BEGIN".to_string(),
+        };
+        let mut held = self.checkout(shard, Role::Primary).await?;
+        let conn = &mut held.conn;
+        let why = match conn.conn.run_hidden(&begin).await {
+            Ok(Ok(())) if conn.conn.status == b'T' => {
+                held.in_block = true;
+                return Ok(held);
+            }
+            Ok(Err(e)) => e,
+            Err(e) => e.to_string(),
+            Ok(Ok(())) => "the server did not open a transaction".to_string(),
+        };
+        let label = held.conn.label().to_string();
+        held.conn.close();
+        Err(SqlError::new(code::CONNECTION_FAILURE, format!("cannot open the transaction on {label}: {why}")))
+    }
+
+    /// Outside a transaction, a batch whose next statement needs `shard`
+    /// while other servers hold its earlier ones: those end first (a Sync
+    /// of shardcar's own, their replies relayed) when they only read; a
+    /// batch that wrote on one shard cannot go on to another, since it is
+    /// one implicit transaction.
+    async fn leave_batch(&mut self, shard: ShardId) -> Result<(), SqlError> {
+        let topology = self.shared.pools.topology.clone();
+        if let Some(wrote) = self.conns.iter().find(|h| h.wrote) {
+            return Err(Refusal::Together {
+                first: topology.name(wrote.shard()).to_string(),
+                second: topology.name(shard).to_string(),
+            }
+            .into());
+        }
+        let all = self.conns.shards();
+        self.leave(&all).await
+    }
+
+    /// Ends what the servers of `shards` run for this batch and gives them back.
+    pub(super) async fn leave(&mut self, shards: &[ShardId]) -> Result<(), SqlError> {
+        for &shard in shards {
+            if let Some(held) = self.conns.get_mut(shard)
+                && held.unsynced
+            {
+                postgres_protocol::message::frontend::sync(&mut held.conn.conn.wbuf);
+                held.unsynced = false;
+                held.unflushed = false;
+                self.outbox.push(Entry::hidden(shard, Reply::Sync), &mut self.events);
+            }
+        }
+        self.apply_events();
+        self.settle().await?;
+        for &shard in shards {
+            if let Some(h) = self.conns.remove(shard) {
+                h.conn.release();
+            }
+        }
+        self.point_cancel();
+        Ok(())
+    }
+}

@@ -1,0 +1,308 @@
+//! Running a statement on several shards for the session: the shards'
+//! connections (checked out for it, or the transaction's own, lent), the
+//! merged answer written to the client a row at a time, and a portal that
+//! stops after N rows and goes on at the next Execute.
+//!
+//! Replies of earlier statements are settled first, so the merged answer
+//! can go straight to the client without overtaking them.
+
+use std::sync::Arc;
+
+use bytes::BytesMut;
+
+use super::Session;
+use super::conns::Held;
+use super::state::Txn;
+use crate::cancel::{self, BackendKey};
+use crate::pool::{Role, ShardConn};
+use crate::route::merge::FanOut;
+use crate::scatter::{Bound, Failure, Scatter};
+use crate::sqlerror::{SqlError, code};
+use crate::topology::ShardId;
+use crate::wire::reply;
+
+/// A statement across shards, bound (or a simple query's), run when executed.
+pub(super) struct ScatterPortal {
+    pub sql: String,
+    pub bound: Option<Bound>,
+    pub shards: Vec<ShardId>,
+    pub plan: Arc<FanOut>,
+    pub role: Role,
+    /// Sent to the shards; rows are read from it.
+    pub running: Option<Scatter>,
+    /// Its RowDescription reached the client (a Describe of the portal).
+    pub described: bool,
+}
+
+/// How far an Execute got.
+pub(super) enum Ran {
+    /// Every row sent, and the CommandComplete.
+    Complete,
+    /// The row limit was reached; the portal goes on at the next Execute.
+    Suspended,
+    /// It failed; the error went to the client.
+    Failed,
+}
+
+impl Drop for ScatterPortal {
+    /// A statement still running when its portal goes (the client left, or
+    /// the transaction ended): its queries are cancelled and their
+    /// connections closed, since what they still owe is unknown.
+    fn drop(&mut self) {
+        let Some(s) = self.running.take() else { return };
+        for mut conn in s.abandon() {
+            let key = BackendKey { addr: conn.conn.addr.clone(), pid: conn.conn.pid, secret: conn.conn.secret };
+            conn.conn.broken = true;
+            conn.close();
+            tokio::spawn(async move { cancel::send(&key).await });
+        }
+    }
+}
+
+impl Session {
+    /// Sends the statement to its shards, if not yet.
+    async fn scatter_start(&mut self, sp: &mut ScatterPortal) -> Result<(), Failure> {
+        if sp.running.is_some() {
+            return Ok(());
+        }
+        self.settle().await?;
+        let legs = self.legs(&sp.shards, sp.role).await?;
+        let in_txn = !matches!(self.txn, Txn::Idle);
+        let pools = self.shared.pools.clone();
+        match Scatter::start(legs, &pools, &sp.sql, sp.bound.as_ref(), sp.plan.clone(), in_txn).await {
+            Ok(s) => {
+                sp.running = Some(s);
+                Ok(())
+            }
+            Err((failure, conns)) => {
+                self.give_back(conns)?;
+                Err(failure)
+            }
+        }
+    }
+
+    /// Describe of the portal: its RowDescription, or NoData. True when
+    /// it failed (the error went to the client).
+    pub(super) async fn scatter_describe(&mut self, sp: &mut ScatterPortal) -> Result<bool, SqlError> {
+        let described = match self.scatter_start(sp).await {
+            Ok(()) => sp.running.as_mut().expect("started").describe().await,
+            Err(f) => Err(f),
+        };
+        match described {
+            Ok(d) => {
+                let mut out = BytesMut::new();
+                if let Some(s) = sp.running.as_mut() {
+                    out.extend_from_slice(&s.take_notices());
+                }
+                match d {
+                    Some(t) => out.extend_from_slice(&t),
+                    None => reply::no_data(&mut out),
+                }
+                sp.described = true;
+                self.client.out.extend_from_slice(&out);
+                Ok(false)
+            }
+            Err(f) => {
+                self.scatter_failed(sp, f).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// Execute: up to `max_rows` rows (0: all), with the RowDescription
+    /// first when `describe` and it was not sent yet.
+    pub(super) async fn scatter_run(
+        &mut self,
+        sp: &mut ScatterPortal,
+        max_rows: usize,
+        describe: bool,
+    ) -> Result<Ran, SqlError> {
+        if let Err(f) = self.scatter_start(sp).await {
+            self.scatter_failed(sp, f).await?;
+            return Ok(Ran::Failed);
+        }
+        if describe && !sp.described {
+            let s = sp.running.as_mut().expect("started");
+            match s.describe().await {
+                Ok(Some(t)) => {
+                    self.client.out.extend_from_slice(&s.take_notices());
+                    self.client.out.extend_from_slice(&t);
+                }
+                Ok(None) => {}
+                Err(f) => {
+                    self.scatter_failed(sp, f).await?;
+                    return Ok(Ran::Failed);
+                }
+            }
+            sp.described = true;
+        }
+        let mut sent = 0;
+        loop {
+            let s = sp.running.as_mut().expect("started");
+            if max_rows > 0 && sent == max_rows {
+                self.client.out.extend_from_slice(&s.take_notices());
+                reply::portal_suspended(&mut self.client.out);
+                return Ok(Ran::Suspended);
+            }
+            match s.next_row().await {
+                Ok(Some(row)) => {
+                    self.client.out.extend_from_slice(&s.take_notices());
+                    self.client.out.extend_from_slice(&row);
+                    sent += 1;
+                    if self.client.out.len() >= super::CLIENT_CHUNK {
+                        self.client.flush().await?;
+                    }
+                }
+                Ok(None) => break,
+                Err(f) => {
+                    self.scatter_failed(sp, f).await?;
+                    return Ok(Ran::Failed);
+                }
+            }
+        }
+        let s = sp.running.as_mut().expect("started");
+        let notices = s.take_notices();
+        let completed = s.complete();
+        self.client.out.extend_from_slice(&notices);
+        match completed {
+            Ok(tag) => {
+                self.client.out.extend_from_slice(&tag);
+                self.scatter_end(sp).await?;
+                Ok(Ran::Complete)
+            }
+            Err(f) => {
+                self.scatter_failed(sp, f).await?;
+                Ok(Ran::Failed)
+            }
+        }
+    }
+
+    /// Reads what the shards have left and takes the connections back.
+    pub(super) async fn scatter_end(&mut self, sp: &mut ScatterPortal) -> Result<(), SqlError> {
+        let Some(s) = sp.running.take() else { return Ok(()) };
+        let conns = s.finish().await;
+        self.give_back(conns)
+    }
+
+    /// Reports a failure of the statement; the transaction it is in fails with it.
+    async fn scatter_failed(&mut self, sp: &mut ScatterPortal, failure: Failure) -> Result<(), SqlError> {
+        self.scatter_end(sp).await?;
+        let mut out = BytesMut::new();
+        match failure {
+            Failure::Shard(frames) => out = frames,
+            Failure::Own(e) if e.fatal => return Err(e),
+            Failure::Own(e) => {
+                self.shared.telemetry.metrics.rejected(e.code);
+                reply::error(&mut out, &e);
+            }
+        }
+        self.client.out.extend_from_slice(&out);
+        if let Txn::Block(b) = &mut self.txn {
+            b.failed = true;
+        }
+        if let Some(s) = self.txn_snapshot.as_mut() {
+            s.failed = true;
+        }
+        Ok(())
+    }
+
+    /// The connections a statement on `shards` runs on, in that order:
+    /// checked out for it outside a transaction; inside one, the
+    /// transaction's, with shards not in it yet joining.
+    pub(super) async fn legs(&mut self, shards: &[ShardId], role: Role) -> Result<Vec<ShardConn>, SqlError> {
+        let mut legs = Vec::with_capacity(shards.len());
+        let result = self.gather(shards, role, &mut legs).await;
+        if let Err(e) = result {
+            self.give_back(legs)?;
+            return Err(e);
+        }
+        Ok(legs)
+    }
+
+    async fn gather(&mut self, shards: &[ShardId], role: Role, legs: &mut Vec<ShardConn>) -> Result<(), SqlError> {
+        match self.txn {
+            Txn::Idle => {
+                // A batch in flight on other servers ends first (or is refused
+                // when it wrote: one implicit transaction).
+                if let Some(wrote) = self.conns.iter().find(|h| h.wrote) {
+                    let topology = &self.shared.pools.topology;
+                    return Err(crate::policy::Refusal::Together {
+                        first: topology.name(wrote.shard()).to_string(),
+                        second: topology.names(shards),
+                    }
+                    .into());
+                }
+                let held = self.conns.shards();
+                self.leave(&held).await?;
+                for &shard in shards {
+                    legs.push(self.checkout(shard, role).await?.conn);
+                }
+            }
+            Txn::Deferred(_) => {
+                // The first statement of the transaction: it opens on every shard it needs.
+                let Txn::Deferred(d) = std::mem::replace(&mut self.txn, Txn::Idle) else { unreachable!() };
+                self.txn = Txn::Block(super::state::Block {
+                    begin: d.statements,
+                    savepoint: !d.savepoints.is_empty(),
+                    failed: false,
+                });
+                for &shard in shards {
+                    if !legs.is_empty() {
+                        self.may_widen(shard)?;
+                    }
+                    legs.push(self.join(shard).await?.conn);
+                    self.lent.push(shard);
+                }
+            }
+            Txn::Block(_) => {
+                for &shard in shards {
+                    let held = match self.conns.remove(shard) {
+                        Some(h) => h.conn,
+                        None => {
+                            self.may_widen(shard)?;
+                            self.join(shard).await?.conn
+                        }
+                    };
+                    legs.push(held);
+                    self.lent.push(shard);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Takes back connections a statement across shards used. Outside a
+    /// transaction they go back to the pool; inside, to the transaction —
+    /// and one that did not answer in full loses it: FATAL, rolled back.
+    pub(super) fn give_back(&mut self, conns: Vec<ShardConn>) -> Result<(), SqlError> {
+        let in_txn = !matches!(self.txn, Txn::Idle);
+        if !in_txn {
+            for c in conns {
+                c.release();
+            }
+            return Ok(());
+        }
+        let mut lost = Vec::new();
+        for c in conns {
+            self.lent.retain(|s| *s != c.shard());
+            if c.conn.broken {
+                lost.push(c.label().to_string());
+                c.close();
+                continue;
+            }
+            let mut held = Held::new(c);
+            held.in_block = true;
+            self.conns.insert(held);
+        }
+        self.point_cancel();
+        if lost.is_empty() {
+            return Ok(());
+        }
+        self.roll_back_others();
+        self.txn = Txn::Idle;
+        Err(SqlError::fatal(
+            code::CONNECTION_FAILURE,
+            format!("lost {} inside a transaction across shards; the transaction was rolled back", lost.join(", ")),
+        ))
+    }
+}
