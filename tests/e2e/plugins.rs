@@ -325,3 +325,51 @@ fn check_loads_plugins_and_reports_their_config_errors() {
     assert!(!out.status.success());
     assert!(text.contains("policies[0] (by-customer)") && text.contains("non-empty list of shard names"), "{text}");
 }
+
+/// Routing plugin calls so far, summed over policies and versions.
+fn plugin_calls(sc: &Sidecar) -> u64 {
+    let metrics = sc.admin_get("/metrics").1;
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("shardcar_plugin_calls_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+#[tokio::test]
+async fn one_plugin_call_per_routed_statement() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("calls").await;
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sc.connect().await;
+    let before = plugin_calls(&sc);
+    // (statement, plugin calls it takes): one per statement, whether it runs
+    // on one shard or fans out; a multi-row INSERT routes each row.
+    let simple = [
+        (format!("INSERT INTO {t} VALUES (1, 'a')"), 1),
+        (format!("SELECT note FROM {t} WHERE customer_id = 1"), 1),
+        (format!("SELECT count(*) FROM {t}"), 1),
+        (format!("SELECT * FROM {t} WHERE customer_id IN (1, 2, 3) ORDER BY customer_id"), 1),
+        (format!("INSERT INTO {t} VALUES (10, 'x'), (11, 'y'), (12, 'z')"), 3),
+        (format!("UPDATE {t} SET note = 'b' WHERE customer_id = 1"), 1),
+    ];
+    let mut expected = 0;
+    for (sql, calls) in &simple {
+        c.simple_query(sql).await.unwrap();
+        expected += calls;
+        assert_eq!(plugin_calls(&sc) - before, expected, "after {sql}");
+    }
+    // The extended protocol: the Parse and Describe route nothing; the Bind routes once.
+    let one: i64 =
+        c.query_one(&format!("SELECT count(*) FROM {t} WHERE customer_id = $1"), &[&1i64]).await.unwrap().get(0);
+    assert_eq!(one, 1);
+    expected += 1;
+    assert_eq!(plugin_calls(&sc) - before, expected, "a bound statement on one shard");
+    let rows = c
+        .query(&format!("SELECT note FROM {t} WHERE customer_id IN ($1, $2) ORDER BY note"), &[&10i64, &11i64])
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 2);
+    expected += 1;
+    assert_eq!(plugin_calls(&sc) - before, expected, "a bound statement that fans out");
+}

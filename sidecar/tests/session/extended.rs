@@ -1,0 +1,232 @@
+//! The extended protocol in the orders drivers use it: pipelines, Describe
+//! before Bind with Flush, row limits, errors mid-batch.
+
+use crate::harness::{Client, error, setup, tags, values};
+use crate::keys;
+
+#[tokio::test]
+async fn one_statement_on_one_shard() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.parse("", "/* shardcar: shard=s1 */ SELECT 1").bind("", "", &[]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 2 D C Z:I");
+    assert!(s.s0.log().is_empty());
+}
+
+#[tokio::test]
+async fn a_parse_goes_where_its_bind_routes_it() {
+    let s = setup("").await;
+    let (_, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    let n0 = s.s0.log().len();
+    let sql = "SELECT v FROM t WHERE k = $1";
+    let got = c.parse("", sql).bind("", "", &[&k1.to_string()]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 2 D D C Z:I");
+    assert_eq!(s.s1.statements().last().map(String::as_str), Some(sql));
+    assert_eq!(s.s0.log().len(), n0, "s0 never saw it");
+}
+
+#[tokio::test]
+async fn describe_before_bind_with_flush() {
+    // asyncpg: Parse, Describe, Flush; then Bind, Execute, Sync.
+    let s = setup("").await;
+    let (k0, _) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.parse("st", "SELECT v FROM t WHERE k = $1").describe(b'S', "st").flush_msg().send().await;
+    assert_eq!(tags(&c.take(3).await), "1 t T", "answered before any Sync");
+    let got = c.bind("", "st", &[&k0.to_string()]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "2 D D C Z:I");
+}
+
+#[tokio::test]
+async fn describe_before_bind_of_a_statement_across_shards() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.parse("st", "SELECT v FROM t ORDER BY v").describe(b'S', "st").flush_msg().send().await;
+    assert_eq!(tags(&c.take(3).await), "1 t T");
+    let got = c.bind("", "st", &[]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "2 D D D D C Z:I");
+    assert_eq!(values(&got), ["a", "b", "c", "d"]);
+}
+
+#[tokio::test]
+async fn describe_of_a_portal_across_shards() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c
+        .parse("", "SELECT v FROM t ORDER BY v")
+        .bind("", "", &[])
+        .describe(b'P', "")
+        .execute("", 0)
+        .sync()
+        .run()
+        .await;
+    assert_eq!(tags(&got), "1 2 T D D D D C Z:I");
+}
+
+#[tokio::test]
+async fn a_row_limit_suspends_a_portal_on_one_shard() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let sql = "/* shardcar: shard=s0 */ SELECT v FROM t";
+    let got = c.parse("", sql).bind("p", "", &[]).execute("p", 1).execute("p", 1).sync().run().await;
+    assert_eq!(tags(&got), "1 2 D s D C Z:I");
+    assert_eq!(values(&got), ["a", "c"]);
+}
+
+#[tokio::test]
+async fn a_row_limit_suspends_a_portal_across_shards() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got =
+        c.parse("", "SELECT v FROM t ORDER BY v").bind("p", "", &[]).execute("p", 3).execute("p", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 2 D D D s D C Z:I");
+    assert_eq!(values(&got), ["a", "b", "c", "d"]);
+}
+
+#[tokio::test]
+async fn a_portal_fetched_across_batches_inside_a_transaction() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN READ ONLY").await;
+    let got = c.parse("", "SELECT v FROM t ORDER BY v").bind("p", "", &[]).execute("p", 2).sync().run().await;
+    assert_eq!(tags(&got), "1 2 D D s Z:T");
+    let got = c.execute("p", 2).sync().run().await;
+    assert_eq!(values(&got), ["c", "d"]);
+    assert_eq!(tags(&got), "D D s Z:T");
+    let got = c.execute("p", 0).sync().run().await;
+    assert_eq!(tags(&got), "C Z:T");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+}
+
+#[tokio::test]
+async fn several_batches_in_one_write() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.parse("", "/* shardcar: shard=s0 */ SELECT 1").bind("", "", &[]).execute("", 0).sync();
+    c.parse("", "/* shardcar: shard=s1 */ SELECT 2").bind("", "", &[]).execute("", 0).sync();
+    c.send().await;
+    assert_eq!(tags(&c.until_ready().await), "1 2 D C Z:I");
+    assert_eq!(tags(&c.until_ready().await), "1 2 D C Z:I");
+}
+
+#[tokio::test]
+async fn a_pipeline_of_reads_on_two_shards_before_one_sync() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.parse("", "/* shardcar: shard=s0 */ SELECT 1").bind("", "", &[]).execute("", 0);
+    c.parse("", "/* shardcar: shard=s1 */ SELECT 2").bind("", "", &[]).execute("", 0);
+    let got = c.sync().run().await;
+    assert_eq!(tags(&got), "1 2 D C 1 2 D C Z:I");
+}
+
+#[tokio::test]
+async fn a_batch_that_wrote_on_one_shard_cannot_go_on_to_another() {
+    let s = setup("").await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).bind("", "", &[]).execute("", 0);
+    c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).bind("", "", &[]).execute("", 0);
+    let got = c.sync().run().await;
+    // The second Parse succeeds (as on Postgres); its Bind is refused.
+    assert_eq!(tags(&got), "1 2 C 1 E:0A000 Z:I");
+    assert!(error(&got).field(b'M').contains("different shards"));
+}
+
+#[tokio::test]
+async fn an_error_mid_batch_skips_the_rest_to_sync() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.parse("", "/* shardcar: shard=s0 */ SELECT fail").bind("", "", &[]).execute("", 0);
+    c.parse("", "/* shardcar: shard=s0 */ SELECT 1").bind("", "", &[]).execute("", 0);
+    let got = c.sync().run().await;
+    assert_eq!(tags(&got), "1 2 E:42000 Z:I");
+    assert_eq!(tags(&c.parse("", "SELECT 1").bind("", "", &[]).execute("", 0).sync().run().await), "1 2 D C Z:I");
+}
+
+#[tokio::test]
+async fn a_refusal_mid_batch_skips_the_rest_to_sync() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.parse("", "/* shardcar: shard=s9 */ SELECT 1").bind("", "", &[]).execute("", 0);
+    c.parse("", "SELECT 1").bind("", "", &[]).execute("", 0);
+    let got = c.sync().run().await;
+    assert_eq!(tags(&got), "1 E:22023 Z:I");
+}
+
+#[tokio::test]
+async fn a_syntax_error_comes_from_the_server_exactly() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.parse("", "syntax error here").bind("", "", &[]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "E:42601 Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I");
+}
+
+#[tokio::test]
+async fn a_duplicate_statement_name_is_an_error() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.parse("a", "SELECT 1").sync().run().await), "1 Z:I");
+    assert_eq!(tags(&c.parse("a", "SELECT 2").sync().run().await), "E:42P05 Z:I");
+}
+
+#[tokio::test]
+async fn unknown_statements_and_portals() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.bind("", "nope", &[]).sync().run().await), "E:26000 Z:I");
+    assert_eq!(tags(&c.execute("nope", 0).sync().run().await), "E:34000 Z:I");
+    assert_eq!(tags(&c.describe(b'S', "nope").sync().run().await), "E:26000 Z:I");
+}
+
+#[tokio::test]
+async fn a_closed_statement_is_gone() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.parse("st", "SELECT 1").sync().run().await;
+    assert_eq!(tags(&c.close(b'S', "st").sync().run().await), "3 Z:I");
+    assert_eq!(tags(&c.bind("", "st", &[]).sync().run().await), "E:26000 Z:I");
+}
+
+#[tokio::test]
+async fn a_named_statement_runs_again_without_a_new_parse() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.parse("st", "/* shardcar: shard=s1 */ SELECT 1").sync().run().await), "1 Z:I");
+    for _ in 0..3 {
+        assert_eq!(tags(&c.bind("", "st", &[]).execute("", 0).sync().run().await), "2 D C Z:I");
+    }
+    let parses = s.s1.log().iter().filter(|l| l.starts_with("P ")).count();
+    assert_eq!(parses, 1, "prepared once on the server: {:?}", s.s1.log());
+}
+
+#[tokio::test]
+async fn a_statement_prepared_by_one_client_is_shared_by_name_on_the_server() {
+    let s = setup("").await;
+    let mut a = Client::connect(&s).await;
+    let mut b = Client::connect(&s).await;
+    for c in [&mut a, &mut b] {
+        c.parse("mine", "/* shardcar: shard=s1 */ SELECT 1").sync().run().await;
+        assert_eq!(tags(&c.bind("", "mine", &[]).execute("", 0).sync().run().await), "2 D C Z:I");
+    }
+}
+
+#[tokio::test]
+async fn copy_with_the_extended_protocol() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.parse("", "/* shardcar: shard=s1 */ COPY t FROM STDIN").bind("", "", &[]).execute("", 0).sync().send().await;
+    assert_eq!(tags(&c.take(3).await), "1 2 G");
+    let got = c.copy_data("1\ta\n").copy_done().sync().run().await;
+    assert_eq!(tags(&got), "C Z:I", "one ReadyForQuery: the Sync before the data is ignored");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I");
+}
+
+#[tokio::test]
+async fn a_split_copy_needs_the_simple_protocol() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.parse("", "COPY t (k, v) FROM STDIN").bind("", "", &[]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 E:0A000 Z:I");
+}

@@ -1,0 +1,319 @@
+//! A sidecar's session layer over scripted shards, and a raw client that
+//! writes protocol messages and reads back what the session answers, as
+//! tags (`1 2 T D C Z`) or whole messages.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use postgres_protocol::message::frontend;
+use shardcar::config::Config;
+use shardcar::shared::Shared;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+use super::fake::Fake;
+
+pub struct Setup {
+    pub s0: Fake,
+    pub s1: Fake,
+    pub port: u16,
+    pub shared: Arc<Shared>,
+    /// Keeps the decision log of two-phase commit.
+    _dir: tempfile::TempDir,
+    /// Sessions end when this is dropped.
+    _running: tokio::sync::watch::Sender<bool>,
+}
+
+/// Two scripted shards (rows `a c` and `b d`) behind a session layer;
+/// table `t` is sharded by `k` with the `hash` plugin. `extra` is added to
+/// `[routing]`.
+pub async fn setup(extra: &str) -> Setup {
+    let s0 = Fake::start(&["a", "c"]).await;
+    let s1 = Fake::start(&["b", "d"]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+admin = "127.0.0.1:1"
+
+[[users]]
+name = "u"
+trust = true
+
+[pool]
+size = 2
+checkout_timeout_ms = 2000
+
+[plugins]
+cache_dir = "{cache}"
+
+[[shards]]
+name = "s0"
+primary = "postgres://u@127.0.0.1:{p0}/db"
+
+[[shards]]
+name = "s1"
+primary = "postgres://u@127.0.0.1:{p1}/db"
+
+[routing]
+default_shard = "s0"
+read_replicas = false
+decision_log = "{log}"
+{extra}
+
+[[policies]]
+name = "by-k"
+plugin = "hash"
+config = {{ shards = ["s0", "s1"] }}
+
+[[tables]]
+name = "t"
+key = "k"
+policy = "by-k"
+"#,
+        p0 = s0.port,
+        p1 = s1.port,
+        // Plugins compile once for every test.
+        cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("session-plugins").display(),
+        log = dir.path().join("decisions.log").display(),
+    );
+    let config = Config::parse(&toml).unwrap();
+    let (running, shutdown) = tokio::sync::watch::channel(false);
+    let shared = shared(config, shutdown);
+    let serving = shared.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(shardcar::frontend::serve(serving.clone(), stream));
+        }
+    });
+    Setup { s0, s1, port, shared, _dir: dir, _running: running }
+}
+
+/// What `server::serve` shares with sessions, without its background tasks.
+fn shared(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Shared> {
+    let metrics = Arc::new(shardcar::metrics::Metrics::new());
+    let topology = Arc::new(shardcar::topology::Topology::new(&config));
+    let pools = Arc::new(shardcar::pool::Pools::new(&config, topology, &metrics).unwrap());
+    let router = Arc::new(shardcar::policy::Router::new(&config, &pools, &metrics).unwrap());
+    let coordinator = config
+        .routing
+        .two_phase_commit
+        .then(|| Arc::new(shardcar::twophase::Coordinator::open(&config.decision_log()).unwrap()));
+    let (telemetry, _) = shardcar::telemetry::Telemetry::start(&config, metrics.clone()).unwrap();
+    let secrets: HashMap<_, _> = config.users.iter().map(|u| (u.name.clone(), u.secret().unwrap())).collect();
+    Arc::new(Shared {
+        planner: shardcar::route::Planner::new(router.clone()),
+        router,
+        pools,
+        facts: Arc::new(shardcar::classify::FactsCache::new(1000, &metrics)),
+        telemetry: Arc::new(telemetry),
+        cancels: Arc::default(),
+        secrets,
+        client_slots: Arc::new(tokio::sync::Semaphore::new(100)),
+        coordinator,
+        shutdown,
+        config,
+    })
+}
+
+/// One backend message as the client received it.
+#[derive(Debug, Clone)]
+pub struct Msg {
+    pub tag: u8,
+    pub body: BytesMut,
+}
+
+impl Msg {
+    /// An ErrorResponse's SQLSTATE.
+    pub fn code(&self) -> String {
+        self.field(b'C')
+    }
+
+    pub fn field(&self, which: u8) -> String {
+        let mut fields = self.body[..].split(|&b| b == 0);
+        fields
+            .find(|f| f.first() == Some(&which))
+            .map(|f| String::from_utf8_lossy(&f[1..]).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// A DataRow's first column, as text.
+    pub fn value(&self) -> String {
+        let mut b = &self.body[..];
+        let _count = b.get_i16();
+        let len = b.get_i32();
+        if len < 0 { "NULL".into() } else { String::from_utf8_lossy(&b[..len as usize]).into_owned() }
+    }
+
+    /// A CommandComplete's tag.
+    pub fn tag_text(&self) -> String {
+        String::from_utf8_lossy(&self.body[..self.body.len().saturating_sub(1)]).into_owned()
+    }
+}
+
+pub struct Client {
+    stream: TcpStream,
+    rbuf: BytesMut,
+    wbuf: BytesMut,
+}
+
+impl Client {
+    pub async fn connect(setup: &Setup) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", setup.port)).await.unwrap();
+        let mut c = Client { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new() };
+        frontend::startup_message([("user", "u"), ("database", "db")], &mut c.wbuf).unwrap();
+        c.send().await;
+        let login = c.until_ready().await;
+        assert_eq!(login.last().map(|m| m.tag), Some(b'Z'), "logged in: {}", tags(&login));
+        c
+    }
+
+    pub fn query(&mut self, sql: &str) -> &mut Self {
+        frontend::query(sql, &mut self.wbuf).unwrap();
+        self
+    }
+
+    pub fn parse(&mut self, name: &str, sql: &str) -> &mut Self {
+        frontend::parse(name, sql, [], &mut self.wbuf).unwrap();
+        self
+    }
+
+    /// Bind with text parameters.
+    pub fn bind(&mut self, portal: &str, statement: &str, params: &[&str]) -> &mut Self {
+        frontend::bind(
+            portal,
+            statement,
+            [],
+            params.iter(),
+            |p, buf| {
+                buf.extend_from_slice(p.as_bytes());
+                Ok(postgres_protocol::IsNull::No)
+            },
+            [],
+            &mut self.wbuf,
+        )
+        .map_err(|_| ())
+        .unwrap();
+        self
+    }
+
+    pub fn describe(&mut self, kind: u8, name: &str) -> &mut Self {
+        frontend::describe(kind, name, &mut self.wbuf).unwrap();
+        self
+    }
+
+    pub fn execute(&mut self, portal: &str, max_rows: i32) -> &mut Self {
+        frontend::execute(portal, max_rows, &mut self.wbuf).unwrap();
+        self
+    }
+
+    pub fn close(&mut self, kind: u8, name: &str) -> &mut Self {
+        frontend::close(kind, name, &mut self.wbuf).unwrap();
+        self
+    }
+
+    pub fn sync(&mut self) -> &mut Self {
+        frontend::sync(&mut self.wbuf);
+        self
+    }
+
+    pub fn flush_msg(&mut self) -> &mut Self {
+        frontend::flush(&mut self.wbuf);
+        self
+    }
+
+    pub fn copy_data(&mut self, data: &str) -> &mut Self {
+        frontend::CopyData::new(data.as_bytes()).unwrap().write(&mut self.wbuf);
+        self
+    }
+
+    pub fn copy_done(&mut self) -> &mut Self {
+        frontend::copy_done(&mut self.wbuf);
+        self
+    }
+
+    /// Writes what was queued.
+    pub async fn send(&mut self) {
+        self.stream.write_all(&self.wbuf).await.unwrap();
+        self.wbuf.clear();
+    }
+
+    /// The next message; panics after 5 s of silence.
+    pub async fn next(&mut self) -> Msg {
+        loop {
+            if self.rbuf.len() >= 5 {
+                let len = (&self.rbuf[1..5]).get_i32() as usize;
+                if self.rbuf.len() > len {
+                    let tag = self.rbuf[0];
+                    self.rbuf.advance(5);
+                    return Msg { tag, body: self.rbuf.split_to(len - 4) };
+                }
+            }
+            let read = tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.rbuf)).await;
+            match read {
+                Ok(Ok(n)) if n > 0 => {}
+                other => panic!("no message from the session: {other:?}, buffered {:?}", &self.rbuf[..]),
+            }
+        }
+    }
+
+    /// Messages up to and including the next ReadyForQuery.
+    pub async fn until_ready(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        loop {
+            let m = self.next().await;
+            let done = m.tag == b'Z';
+            out.push(m);
+            if done {
+                return out;
+            }
+        }
+    }
+
+    /// Exactly `n` messages.
+    pub async fn take(&mut self, n: usize) -> Vec<Msg> {
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(self.next().await);
+        }
+        out
+    }
+
+    /// Sends what is queued and reads to ReadyForQuery.
+    pub async fn run(&mut self) -> Vec<Msg> {
+        self.send().await;
+        self.until_ready().await
+    }
+
+    /// A simple query's messages up to ReadyForQuery.
+    pub async fn simple(&mut self, sql: &str) -> Vec<Msg> {
+        self.query(sql).run().await
+    }
+}
+
+/// Messages as their tags, `Z` with its status: "1 2 T D D C Z:I".
+pub fn tags(msgs: &[Msg]) -> String {
+    msgs.iter()
+        .map(|m| match m.tag {
+            b'Z' => format!("Z:{}", m.body[0] as char),
+            b'E' => format!("E:{}", m.code()),
+            t => (t as char).to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// DataRow values in order.
+pub fn values(msgs: &[Msg]) -> Vec<String> {
+    msgs.iter().filter(|m| m.tag == b'D').map(Msg::value).collect()
+}
+
+/// The ErrorResponse among `msgs`.
+pub fn error(msgs: &[Msg]) -> Msg {
+    msgs.iter().find(|m| m.tag == b'E').cloned().unwrap_or_else(|| panic!("no error in {}", tags(msgs)))
+}

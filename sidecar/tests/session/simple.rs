@@ -1,0 +1,215 @@
+//! The simple query protocol: one shard, every shard, refusals.
+
+use crate::harness::{Client, error, setup, tags, values};
+use crate::keys;
+
+#[tokio::test]
+async fn a_hint_sends_the_query_to_its_shard_only() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("/* shardcar: shard=s1 */ SELECT 1").await;
+    assert_eq!(tags(&got), "T D C Z:I");
+    assert_eq!(s.s1.statements(), ["/* shardcar: shard=s1 */ SELECT 1"]);
+    assert!(s.s0.statements().is_empty());
+}
+
+#[tokio::test]
+async fn an_empty_query_needs_no_shard() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.simple("").await), "I Z:I");
+    assert_eq!(tags(&c.simple(" ;; ").await), "I Z:I");
+    assert!(s.s0.log().is_empty() && s.s1.log().is_empty());
+}
+
+#[tokio::test]
+async fn a_read_of_every_shard_concatenates_their_rows() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("SELECT v FROM t").await;
+    assert_eq!(tags(&got), "T D D D D C Z:I");
+    let mut v = values(&got);
+    v.sort();
+    assert_eq!(v, ["a", "b", "c", "d"]);
+    assert_eq!(got[5].tag_text(), "SELECT 4");
+}
+
+#[tokio::test]
+async fn order_by_merges_the_shards_rows_in_order() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("SELECT v FROM t ORDER BY v").await;
+    assert_eq!(values(&got), ["a", "b", "c", "d"]);
+    let got = c.simple("SELECT v FROM t ORDER BY v LIMIT 3").await;
+    assert_eq!(values(&got), ["a", "b", "c"]);
+    assert_eq!(got.iter().find(|m| m.tag == b'C').unwrap().tag_text(), "SELECT 3");
+}
+
+#[tokio::test]
+async fn an_insert_by_key_reaches_one_shard() {
+    let s = setup("").await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    let (n0, n1) = (s.s0.statements().len(), s.s1.statements().len());
+    let got = c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'x')")).await;
+    assert_eq!(tags(&got), "C Z:I");
+    assert_eq!((s.s0.statements().len(), s.s1.statements().len()), (n0, n1 + 1));
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'y')")).await;
+    assert_eq!(s.s0.statements().len(), n0 + 1);
+}
+
+#[tokio::test]
+async fn a_multi_row_insert_is_split_by_shard() {
+    let s = setup("").await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    let sql = format!("INSERT INTO t (k, v) VALUES ({k0}, 'a'), ({k1}, 'b'), ({k0}, 'c')");
+    let got = c.simple(&sql).await;
+    assert_eq!(tags(&got), "C Z:I");
+    let last = |f: &crate::fake::Fake| f.statements().last().cloned().unwrap();
+    let (on0, on1) = (last(&s.s0), last(&s.s1));
+    assert!(on0.contains("'a'") && on0.contains("'c'") && !on0.contains("'b'"), "{on0}");
+    assert!(on1.contains("'b'") && !on1.contains("'a'"), "{on1}");
+}
+
+#[tokio::test]
+async fn ddl_runs_on_every_shard() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("CREATE TABLE x (a int)").await;
+    assert_eq!(tags(&got), "C Z:I");
+    assert_eq!(s.s0.statements(), ["CREATE TABLE x (a int)"]);
+    assert_eq!(s.s1.statements(), ["CREATE TABLE x (a int)"]);
+}
+
+#[tokio::test]
+async fn ddl_never_rides_along_with_other_statements() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("CREATE TABLE x (a int); INSERT INTO x VALUES (1)").await;
+    assert_eq!(tags(&got), "E:0A000 Z:I");
+    assert!(error(&got).field(b'H').contains("DDL"));
+    assert!(s.s0.log().is_empty() && s.s1.log().is_empty(), "no shard got any of it");
+}
+
+#[tokio::test]
+async fn a_shards_error_ends_the_statement_not_the_session() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.simple("SELECT fail").await), "E:42000 Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I");
+}
+
+#[tokio::test]
+async fn an_unknown_shard_is_a_clear_error() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("/* shardcar: shard=s9 */ SELECT 1").await;
+    assert_eq!(tags(&got), "E:22023 Z:I");
+    assert!(error(&got).field(b'H').contains("s0, s1"));
+}
+
+#[tokio::test]
+async fn a_write_to_every_shard_is_refused_unless_allowed() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.simple("UPDATE t SET v = 'x'").await), "E:0A000 Z:I");
+    assert!(s.s0.log().is_empty() && s.s1.log().is_empty());
+    let s = setup("allow_broadcast_writes = true").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("UPDATE t SET v = 'x'").await;
+    assert_eq!(tags(&got), "C Z:I");
+    assert_eq!(got[0].tag_text(), "UPDATE 2", "counts summed over the shards");
+}
+
+#[tokio::test]
+async fn an_update_of_the_shard_key_is_refused() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("UPDATE t SET k = 2 WHERE k = 1").await;
+    assert_eq!(tags(&got), "E:0A000 Z:I");
+    assert!(error(&got).field(b'M').contains("shard key"));
+}
+
+#[tokio::test]
+async fn set_shardcar_shard_targets_later_statements() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.simple("SET shardcar.shard = 's1'").await), "C Z:I");
+    let shown = c.simple("SHOW shardcar.shard").await;
+    assert_eq!(values(&shown), ["s1"]);
+    c.simple("SELECT 1").await;
+    assert_eq!(s.s1.statements(), ["SELECT 1"]);
+    assert!(s.s0.statements().is_empty());
+}
+
+#[tokio::test]
+async fn statements_for_two_shards_in_one_string_are_refused() {
+    let s = setup("").await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    let n = (s.s0.statements().len(), s.s1.statements().len());
+    let sql = format!("INSERT INTO t (k, v) VALUES ({k0}, 'a'); INSERT INTO t (k, v) VALUES ({k1}, 'b')");
+    let got = c.simple(&sql).await;
+    assert_eq!(tags(&got), "E:0A000 Z:I");
+    assert_eq!((s.s0.statements().len(), s.s1.statements().len()), n, "neither ran");
+}
+
+#[tokio::test]
+async fn statements_shardcar_answers_must_stand_alone() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.simple("SELECT 1; SET shardcar.shard = 's1'").await), "E:0A000 Z:I");
+    let got = c.simple("LISTEN x").await;
+    assert_eq!(tags(&got), "E:0A000 Z:I");
+    assert!(error(&got).field(b'H').contains("NOTIFY"));
+}
+
+#[tokio::test]
+async fn copy_into_one_shard_streams_through() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.query("/* shardcar: shard=s1 */ COPY t FROM STDIN").send().await;
+    assert_eq!(tags(&c.take(1).await), "G");
+    let got = c.copy_data("1\ta\n2\tb\n").copy_done().run().await;
+    assert_eq!(tags(&got), "C Z:I");
+    assert_eq!(got[0].tag_text(), "COPY 2");
+    assert!(s.s0.log().is_empty());
+}
+
+#[tokio::test]
+async fn copy_without_a_shard_splits_rows_and_commits_them_together() {
+    let s = setup("").await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.query("COPY t (k, v) FROM STDIN").send().await;
+    assert_eq!(tags(&c.take(1).await), "G");
+    let got = c.copy_data(&format!("{k0}\ta\n{k1}\tb\n{k0}\tc\n")).copy_done().run().await;
+    assert_eq!(tags(&got), "C Z:I");
+    assert_eq!(got[0].tag_text(), "COPY 3");
+    for f in [&s.s0, &s.s1] {
+        let log = f.statements();
+        let n = log.len();
+        assert_eq!(log[n - 3..], ["BEGIN", "COPY t (k, v) FROM STDIN", "COMMIT"], "each shard in a transaction");
+    }
+}
+
+#[tokio::test]
+async fn a_split_copy_with_a_bad_row_copies_nothing() {
+    let s = setup("").await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.query("COPY t (k, v) FROM STDIN").send().await;
+    c.take(1).await;
+    let got = c.copy_data(&format!("{k0}\ta\n{k1}\tbad\n")).copy_done().run().await;
+    assert_eq!(tags(&got), "E:22P04 Z:I");
+    for f in [&s.s0, &s.s1] {
+        assert_eq!(f.statements().last().map(String::as_str), Some("ROLLBACK"), "every shard rolled back");
+    }
+    // A row without its key cannot be placed at all.
+    c.query("COPY t (v, k) FROM STDIN").send().await;
+    c.take(1).await;
+    let got = c.copy_data("just one field\n").copy_done().run().await;
+    assert_eq!(tags(&got), "E:22P04 Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I", "the session carries on");
+}

@@ -1,0 +1,227 @@
+//! Transactions: deferred BEGIN, one shard, across shards (two-phase
+//! commit), failures.
+
+use crate::harness::{Client, error, setup, tags, values};
+use crate::keys;
+
+const TWO_PHASE: &str = "two_phase_commit = true";
+
+#[tokio::test]
+async fn begin_waits_for_the_statement_that_picks_the_shard() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.simple("BEGIN").await), "C Z:T");
+    assert!(s.s0.log().is_empty() && s.s1.log().is_empty(), "no shard yet");
+    assert_eq!(tags(&c.simple("/* shardcar: shard=s1 */ INSERT INTO x VALUES (1)").await), "C Z:T");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+    assert_eq!(s.s1.statements(), ["BEGIN", "/* shardcar: shard=s1 */ INSERT INTO x VALUES (1)", "COMMIT"]);
+    assert!(s.s0.statements().is_empty());
+}
+
+#[tokio::test]
+async fn a_transaction_without_statements_needs_no_shard() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    assert_eq!(tags(&c.simple("BEGIN").await), "C Z:T");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+    assert_eq!(tags(&c.simple("BEGIN").await), "C Z:T");
+    assert_eq!(tags(&c.simple("SAVEPOINT a").await), "C Z:T");
+    assert_eq!(tags(&c.simple("RELEASE SAVEPOINT nope").await), "E:3B001 Z:E");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "E:25P02 Z:E");
+    assert_eq!(tags(&c.simple("ROLLBACK").await), "C Z:I");
+    assert!(s.s0.log().is_empty() && s.s1.log().is_empty(), "{:?} {:?}", s.s0.log(), s.s1.log());
+}
+
+#[tokio::test]
+async fn an_error_fails_the_transaction_until_rollback() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    assert_eq!(tags(&c.simple("SELECT fail").await), "E:42000 Z:E");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "E:25P02 Z:E");
+    assert_eq!(tags(&c.simple("ROLLBACK").await), "C Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I");
+}
+
+#[tokio::test]
+async fn without_two_phase_commit_a_transaction_stays_on_its_shard() {
+    let s = setup("").await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
+    let got = c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    assert_eq!(tags(&got), "E:0A000 Z:E");
+    assert!(error(&got).field(b'H').contains("two_phase_commit"));
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+    assert_eq!(s.s0.statements().last().map(String::as_str), Some("COMMIT"));
+    assert!(!s.s1.statements().iter().any(|q| q.contains("'b'")), "the refused statement went nowhere");
+}
+
+#[tokio::test]
+async fn a_read_only_transaction_may_span_shards_without_two_phase_commit() {
+    let s = setup("").await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN READ ONLY").await;
+    assert_eq!(tags(&c.simple(&format!("SELECT v FROM t WHERE k = {k0}")).await), "T D D C Z:T");
+    assert_eq!(tags(&c.simple(&format!("SELECT v FROM t WHERE k = {k1}")).await), "T D D C Z:T");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+    for f in [&s.s0, &s.s1] {
+        let q = f.statements();
+        assert_eq!(q.last().map(String::as_str), Some("COMMIT"), "{q:?}");
+        assert!(q.contains(&"BEGIN READ ONLY".to_string()), "{q:?}");
+    }
+}
+
+#[tokio::test]
+async fn commit_across_shards_is_two_phase() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    assert_eq!(tags(&c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await), "C Z:T");
+    assert_eq!(tags(&c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await), "C Z:T");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+    for f in [&s.s0, &s.s1] {
+        let q = f.statements();
+        let n = q.len();
+        assert!(q[n - 2].starts_with("PREPARE TRANSACTION"), "{q:?}");
+        assert!(q[n - 1].starts_with("COMMIT PREPARED"), "{q:?}");
+        assert!(f.prepared().is_empty());
+    }
+}
+
+#[tokio::test]
+async fn rollback_across_shards_reaches_every_shard() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    assert_eq!(tags(&c.simple("ROLLBACK").await), "C Z:I");
+    for f in [&s.s0, &s.s1] {
+        assert_eq!(f.statements().last().map(String::as_str), Some("ROLLBACK"));
+    }
+}
+
+#[tokio::test]
+async fn an_error_on_one_shard_fails_the_transaction_on_all() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    assert_eq!(tags(&c.simple(&format!("SELECT fail FROM t WHERE k = {k1}")).await), "E:42000 Z:E");
+    let before = s.s0.statements().len();
+    let got = c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'c')")).await;
+    assert_eq!(tags(&got), "E:25P02 Z:E", "refused before any shard sees it");
+    assert_eq!(s.s0.statements().len(), before);
+    let got = c.simple("COMMIT").await;
+    assert_eq!(got[0].tag_text(), "ROLLBACK");
+    assert!(s.s0.prepared().is_empty() && s.s1.prepared().is_empty());
+}
+
+#[tokio::test]
+async fn a_savepoint_keeps_the_transaction_on_its_shard() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple("SAVEPOINT a").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
+    let got = c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    assert_eq!(tags(&got), "E:0A000 Z:E");
+    assert!(error(&got).field(b'M').contains("savepoint"));
+    c.simple("ROLLBACK").await;
+}
+
+#[tokio::test]
+async fn a_read_of_every_shard_joins_them_to_the_transaction() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, _) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
+    let got = c.simple("SELECT v FROM t ORDER BY v").await;
+    assert_eq!(values(&got), ["a", "b", "c", "d"]);
+    assert_eq!(tags(&got[got.len() - 1..]), "Z:T");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+    for f in [&s.s0, &s.s1] {
+        assert!(f.statements().last().unwrap().starts_with("COMMIT PREPARED"));
+    }
+}
+
+#[tokio::test]
+async fn commit_across_shards_with_a_row_limit_on_execute() {
+    // pgjdbc sends COMMIT as Parse, Bind, Execute(max rows 1), Sync.
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    let got = c.parse("", "COMMIT").bind("", "", &[]).execute("", 1).sync().run().await;
+    assert_eq!(tags(&got), "1 2 C Z:I");
+    assert!(s.s0.statements().last().unwrap().starts_with("COMMIT PREPARED"));
+}
+
+#[tokio::test]
+async fn settings_set_in_a_rolled_back_transaction_are_undone() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple("SET work_mem = '8MB'").await;
+    c.simple("ROLLBACK").await;
+    c.simple("/* shardcar: shard=s1 */ SELECT 1").await;
+    assert!(!s.s1.statements().iter().any(|q| q.contains("work_mem")), "{:?}", s.s1.statements());
+    c.simple("SET work_mem = '8MB'").await;
+    c.simple("/* shardcar: shard=s1 */ SELECT 2").await;
+    assert!(s.s1.log().iter().any(|q| q.contains("work_mem")), "a committed SET follows the session");
+}
+
+/// Runs the coordinator's recovery once, as its background task does.
+async fn recover(s: &crate::harness::Setup) {
+    let coordinator = s.shared.coordinator.as_ref().unwrap();
+    coordinator.recover(&s.shared.pools, &s.shared.telemetry.metrics).await.unwrap();
+}
+
+#[tokio::test]
+async fn recovery_finishes_a_commit_a_shard_missed() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    s.s1.refuse_commit_prepared.store(true, std::sync::atomic::Ordering::Relaxed);
+    let got = c.simple("COMMIT").await;
+    assert_eq!(tags(&got), "N C Z:I", "committed, with a warning naming the shard not told yet");
+    assert_eq!(s.s1.prepared().len(), 1);
+    s.s1.refuse_commit_prepared.store(false, std::sync::atomic::Ordering::Relaxed);
+    recover(&s).await;
+    assert!(s.s1.prepared().is_empty(), "the logged decision was carried out");
+    assert!(s.s1.statements().last().unwrap().starts_with("COMMIT PREPARED"));
+}
+
+#[tokio::test]
+async fn recovery_rolls_back_what_has_no_decision() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    c.simple("COMMIT").await;
+    // A transaction of this coordinator's, prepared but never decided (a crash between the two).
+    let prepare = s.s0.statements().into_iter().find(|q| q.starts_with("PREPARE TRANSACTION")).unwrap();
+    let gid = prepare.split('\'').nth(1).unwrap().to_string();
+    let orphan = format!("{}999", gid.trim_end_matches(char::is_numeric));
+    s.s0.leave_prepared(&orphan);
+    s.s0.leave_prepared("someone_elses");
+    recover(&s).await;
+    assert_eq!(s.s0.prepared(), ["someone_elses"], "only its own undecided transaction is rolled back");
+    assert!(s.s0.statements().contains(&format!("ROLLBACK PREPARED '{orphan}'")));
+}
