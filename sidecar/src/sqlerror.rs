@@ -28,6 +28,8 @@ pub mod code {
     pub const QUERY_CANCELED: &str = "57014";
     pub const OUT_OF_MEMORY: &str = "53200";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
+    pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
+    pub const IO_ERROR: &str = "58030";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -138,7 +138,7 @@ impl Coordinator {
             let undo = format!("ROLLBACK PREPARED '{gid}'");
             on_all(parts, &undo).await;
             return Err(SqlError::new(
-                "58030",
+                code::IO_ERROR,
                 format!("cannot write the commit decision to the decision log: {e}; the transaction was rolled back"),
             ));
         }

@@ -230,3 +230,15 @@ async fn a_split_copy_needs_the_simple_protocol() {
     let got = c.parse("", "COPY t (k, v) FROM STDIN").bind("", "", &[]).execute("", 0).sync().run().await;
     assert_eq!(tags(&got), "1 E:0A000 Z:I");
 }
+
+#[tokio::test]
+async fn a_portal_across_shards_run_to_its_end_returns_no_more_rows() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let sql = "SELECT v FROM t ORDER BY v";
+    let got = c.parse("", sql).bind("p", "", &[]).execute("p", 0).execute("p", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 2 D D D D C C Z:I");
+    assert_eq!(got[7].tag_text(), "SELECT 0");
+    let runs = s.s0.statements().iter().filter(|q| q.as_str() == sql).count();
+    assert_eq!(runs, 1, "the shards ran it once");
+}

@@ -89,6 +89,11 @@ impl Fake {
         if read_exact(&mut stream, &mut rbuf, len).await.is_none() {
             return;
         }
+        // Health probes (any shardcar's control plane, on a port reused
+        // by this fake) are not what a test asks about.
+        let params = String::from_utf8_lossy(&rbuf[8..len]).into_owned();
+        let control =
+            params.split('\0').collect::<Vec<_>>().windows(2).any(|w| w == ["application_name", "shardcar-control"]);
         rbuf.advance(len);
         reply::auth(&mut out, pgwire::messages::startup::Authentication::Ok);
         for (k, v) in [("server_version", "15.0"), ("client_encoding", "UTF8"), ("integer_datetimes", "on")] {
@@ -96,8 +101,12 @@ impl Fake {
         }
         reply::backend_key(&mut out, pid, 7);
         reply::ready(&mut out, b'I');
+        let mut fake = self;
+        if control {
+            fake.log = Arc::default();
+        }
         let mut conn = Conn {
-            fake: self,
+            fake,
             status: b'I',
             statements: HashMap::new(),
             portals: HashMap::new(),

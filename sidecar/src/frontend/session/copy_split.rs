@@ -357,5 +357,5 @@ fn collect(rows: &mut Vec<(Vec<u8>, Option<String>)>) -> impl FnMut(Row<'_>) -> 
 }
 
 fn bad_data(why: &str) -> SqlError {
-    SqlError::new("22P04", format!("cannot place a COPY row on a shard: {why}"))
+    SqlError::new(code::BAD_COPY_FILE_FORMAT, format!("cannot place a COPY row on a shard: {why}"))
 }

@@ -272,6 +272,7 @@ impl Session {
                     role,
                     running: None,
                     described: false,
+                    finished: false,
                 }))
             }
         };

@@ -32,6 +32,8 @@ pub(super) struct ScatterPortal {
     pub running: Option<Scatter>,
     /// Its RowDescription reached the client (a Describe of the portal).
     pub described: bool,
+    /// It ran to completion: executing it again returns no rows.
+    pub finished: bool,
 }
 
 /// How far an Execute got.
@@ -117,6 +119,10 @@ impl Session {
         max_rows: usize,
         describe: bool,
     ) -> Result<Ran, SqlError> {
+        if sp.finished {
+            reply::command_complete(&mut self.client.out, "SELECT 0");
+            return Ok(Ran::Complete);
+        }
         if let Err(f) = self.scatter_start(sp).await {
             self.scatter_failed(sp, f).await?;
             return Ok(Ran::Failed);
@@ -167,6 +173,7 @@ impl Session {
         match completed {
             Ok(tag) => {
                 self.client.out.extend_from_slice(&tag);
+                sp.finished = true;
                 self.scatter_end(sp).await?;
                 Ok(Ran::Complete)
             }

@@ -82,6 +82,7 @@ impl Session {
                     role,
                     running: None,
                     described: false,
+                    finished: false,
                 };
                 self.scatter_run(&mut sp, 0, true).await?;
                 self.emit_ready();
