@@ -180,8 +180,10 @@ fn kind(node: &N, text: &str) -> Kind {
             hint: "use your driver's prepared statements (protocol level); shardcar keeps them across connections"
                 .into(),
         },
-        N::ListenStmt(_) | N::UnlistenStmt(_) => Kind::Unsupported {
-            reason: "LISTEN/UNLISTEN needs a session of its own, which transaction pooling does not give".into(),
+        // UNLISTEN is let through: no session can LISTEN here, so it has
+        // nothing to undo (pools send it when resetting a connection).
+        N::ListenStmt(_) => Kind::Unsupported {
+            reason: "LISTEN needs a session of its own, which transaction pooling does not give".into(),
             hint: "LISTEN on a direct connection to the shard; NOTIFY works through shardcar".into(),
         },
         N::CreateStmt(c) if temporary(c.relation.as_ref()) && c.oncommit != OnCommitAction::OncommitDrop as i32 => {

@@ -213,3 +213,13 @@ async fn a_split_copy_with_a_bad_row_copies_nothing() {
     assert_eq!(tags(&got), "E:22P04 Z:I");
     assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I", "the session carries on");
 }
+
+#[tokio::test]
+async fn a_pools_connection_reset_succeeds() {
+    // asyncpg's pool resets every connection it takes back with this.
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("SELECT pg_advisory_unlock_all(); CLOSE ALL; UNLISTEN *; RESET ALL;").await;
+    assert_eq!(tags(&got), "T D C C C C Z:I");
+    assert_eq!(tags(&c.simple("LISTEN x").await), "E:0A000 Z:I", "LISTEN itself cannot work");
+}
