@@ -16,6 +16,9 @@ if [ "${SHARDCAR_SETUP_COMPAT:-0}" = 1 ]; then
   command -v python3 >/dev/null 2>&1 || need+=(python3 python3-venv)
   command -v node >/dev/null 2>&1 || need+=(nodejs)
   command -v npm >/dev/null 2>&1 || need+=(npm)
+  # pgjdbc from Debian, and a JDK to compile the suite's Java program.
+  command -v javac >/dev/null 2>&1 || need+=(default-jdk-headless)
+  [ -e /usr/share/java/postgresql.jar ] || need+=(libpostgresql-jdbc-java)
 fi
 if [ "${SHARDCAR_SETUP_BROWSER:-0}" = 1 ]; then
   # The dashboard's browser test (tests/run.sh asks for these).

@@ -1,6 +1,6 @@
 //! Real drivers and ORMs, unchanged, against shardcar in front of two
 //! shards: psycopg 3 (client-side binding, and server-side prepared
-//! statements), the SQLAlchemy 2 ORM, and node-postgres. Each script
+//! statements), the SQLAlchemy 2 ORM, asyncpg, pgjdbc, and node-postgres. Each script
 //! connects, runs DDL, inserts routed by key, reads by key, transactions on
 //! one shard and across both, prepared and parameterised queries, errors
 //! that must surface cleanly, and COPY where the driver has it
@@ -46,6 +46,7 @@ fn run(program: PathBuf, args: &[&str], tables: &[&str]) -> (Sidecar, String, te
     let out = Command::new(&program)
         .args(args)
         .env("SHARDCAR_DSN", dsn)
+        .env("SHARDCAR_JDBC", format!("jdbc:postgresql://127.0.0.1:{}/app?user=app&password=secret", sc.port))
         .env("COMPAT_PREFIX", &prefix)
         .output()
         .expect("run the compatibility script");
@@ -102,6 +103,31 @@ async fn sqlalchemy_orm_session() {
     let script = sources().join("python/compat.py");
     let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "orm"], &["orm"]);
     placed(&sc, &format!("{prefix}_orm"), 30).await;
+}
+
+#[tokio::test]
+async fn asyncpg_driver() {
+    let script = sources().join("python/asyncpg_compat.py");
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap()], &["asyncpg"]);
+    placed(&sc, &format!("{prefix}_asyncpg"), 40).await;
+}
+
+/// Debian's pgjdbc (libpostgresql-jdbc-java), installed by deploy/setup.sh.
+const PGJDBC: &str = "/usr/share/java/postgresql.jar";
+
+#[tokio::test]
+async fn pgjdbc() {
+    assert!(std::path::Path::new(PGJDBC).exists(), "{PGJDBC} is missing: tests/run.sh installs it");
+    let classes = tempfile::tempdir().unwrap();
+    let source = sources().join("java/Compat.java");
+    let javac = Command::new("javac")
+        .args(["-d", classes.path().to_str().unwrap(), "-cp", PGJDBC, source.to_str().unwrap()])
+        .status()
+        .expect("javac");
+    assert!(javac.success());
+    let classpath = format!("{}:{PGJDBC}", classes.path().display());
+    let (sc, prefix, _dir) = run(PathBuf::from("java"), &["-cp", &classpath, "Compat"], &["jdbc"]);
+    placed(&sc, &format!("{prefix}_jdbc"), 30).await;
 }
 
 #[tokio::test]
