@@ -178,8 +178,10 @@ struct Concat {
     /// Only the first shard's rows and tag count (DDL, reference-table writes).
     first_only: bool,
     description: Option<Bytes>,
-    /// The first shard's tag, or the verb of summed counts.
+    /// The verb of summed counts.
     verb: String,
+    /// The first shard's tags, one per statement (DDL sent as one string).
+    first_tags: Vec<String>,
     count: u64,
     errors: Vec<(String, BytesMut)>,
     succeeded: Vec<String>,
@@ -280,6 +282,7 @@ impl Scatter {
                     first_only: matches!(*self.plan, FanOut::Everywhere),
                     description: None,
                     verb: String::new(),
+                    first_tags: Vec::new(),
                     count: 0,
                     errors: Vec::new(),
                     succeeded: Vec::new(),
@@ -390,7 +393,7 @@ impl Scatter {
                     let tag = command_tag(&frame);
                     if c.first_only {
                         if first {
-                            c.verb = tag;
+                            c.first_tags.push(tag);
                         }
                     } else {
                         let (verb, n) = tag_count(&tag);
@@ -432,8 +435,13 @@ impl Scatter {
                     out.extend_from_slice(first);
                     return Err(Failure::Shard(out));
                 }
-                let tag = if c.first_only { c.verb.clone() } else { format!("{} {}", c.verb, c.count) };
-                reply::command_complete(&mut out, &tag);
+                if c.first_only {
+                    for tag in &c.first_tags {
+                        reply::command_complete(&mut out, tag);
+                    }
+                } else {
+                    reply::command_complete(&mut out, &format!("{} {}", c.verb, c.count));
+                }
             }
             Answer::Rows(m) => reply::command_complete(&mut out, &format!("SELECT {}", m.sent())),
             Answer::Combined(c) => reply::command_complete(&mut out, &format!("SELECT {}", c.sent())),

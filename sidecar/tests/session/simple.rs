@@ -223,3 +223,33 @@ async fn a_pools_connection_reset_succeeds() {
     assert_eq!(tags(&got), "T D C C C C Z:I");
     assert_eq!(tags(&c.simple("LISTEN x").await), "E:0A000 Z:I", "LISTEN itself cannot work");
 }
+
+#[tokio::test]
+async fn ddl_reaches_every_shard_or_fails_whatever_the_path() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let on_both = |sql: &str| s.s0.statements().iter().any(|q| q == sql) && s.s1.statements().iter().any(|q| q == sql);
+    // Extended protocol (JDBC's executeUpdate).
+    let got = c.parse("", "CREATE TABLE e1 (a int)").bind("", "", &[]).execute("", 1).sync().run().await;
+    assert_eq!(tags(&got), "1 2 C Z:I");
+    assert!(on_both("CREATE TABLE e1 (a int)"));
+    // Several DDL statements in one string.
+    assert_eq!(tags(&c.simple("CREATE TABLE e2 (a int); DROP TABLE e2").await), "C C Z:I");
+    assert!(on_both("CREATE TABLE e2 (a int); DROP TABLE e2"));
+    // In a transaction without two-phase commit: refused, on no shard.
+    c.simple("BEGIN").await;
+    let got = c.simple("DROP TABLE e1").await;
+    assert_eq!(tags(&got), "E:0A000 Z:E");
+    c.simple("ROLLBACK").await;
+    assert!(!s.s0.statements().iter().chain(&s.s1.statements()).any(|q| q == "DROP TABLE e1"));
+    // With it: on every shard, committed together.
+    let s = setup("two_phase_commit = true").await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    assert_eq!(tags(&c.simple("DROP TABLE e1").await), "C Z:T");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+    for f in [&s.s0, &s.s1] {
+        let q = f.statements();
+        assert!(q.contains(&"DROP TABLE e1".to_string()) && q.last().unwrap().starts_with("COMMIT PREPARED"), "{q:?}");
+    }
+}
