@@ -170,6 +170,15 @@ async fn copy_without_a_shard_splits_its_rows_by_key() {
     let (ok, out) = psql_copy(&sc, &format!("\\copy {t} (note, customer_id) from stdin"), "a\t100001\nb\t100002\n");
     assert!(ok, "{out}");
     assert_eq!(on(&fleet.s0).await + on(&fleet.s1).await, ROWS + 2);
+    // And out again: COPY TO of the whole table concatenates the shards'
+    // data; of a query with a key, only that key's shard answers.
+    let (ok, out) =
+        crate::harness::run_tool(&sc, "psql", &["-v", "ON_ERROR_STOP=1", "-c", &format!("COPY {t} TO STDOUT")], None);
+    assert!(ok, "{out}");
+    assert_eq!(out.lines().count() as i64, ROWS + 2);
+    let one = format!("COPY (SELECT note FROM {t} WHERE customer_id = 997) TO STDOUT");
+    let (ok, out) = crate::harness::run_tool(&sc, "psql", &["-v", "ON_ERROR_STOP=1", "-c", &one], None);
+    assert!(ok && out == "note 997 with a\\ttab\n", "{out:?}");
 }
 
 #[tokio::test]

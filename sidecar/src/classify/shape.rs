@@ -137,6 +137,13 @@ pub fn shape(node: &N) -> Shape {
         N::CopyStmt(c) if c.is_from && !c.is_program && c.filename.is_empty() => {
             shape.copy_in = c.relation.as_ref().map(|r| copy_in(r, c));
         }
+        // COPY (SELECT ...) TO: routed by the conditions of its query.
+        N::CopyStmt(c) if !c.is_from => {
+            if let Some(N::SelectStmt(s)) = c.query.as_ref().and_then(|q| q.node.as_ref()) {
+                let scope = Scope::from_from(&s.from_clause);
+                conditions(s.where_clause.as_deref(), &scope, &mut shape.predicates);
+            }
+        }
         _ => {}
     }
     shape

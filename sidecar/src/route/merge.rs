@@ -89,6 +89,7 @@ impl FanOut {
         let select = match raw.stmt.as_mut().and_then(|s| s.node.as_mut()) {
             Some(N::SelectStmt(select)) => select,
             Some(N::UpdateStmt(_) | N::DeleteStmt(_)) => return Ok(FanOut::Broadcast),
+            Some(N::CopyStmt(copy)) if !copy.is_from => return copy_to(copy),
             _ => return Ok(FanOut::Everywhere),
         };
         let plan = plan_select(select)?;
@@ -201,6 +202,24 @@ enum Planned {
 
 fn refuse(why: String) -> Refusal {
     Refusal::NotMergeable(why)
+}
+
+/// `COPY ... TO` on several shards: their data one after the other, which
+/// is the whole answer when no order, limit, DISTINCT or aggregate applies.
+fn copy_to(copy: &mut protobuf::CopyStmt) -> Result<FanOut, Refusal> {
+    let Some(N::SelectStmt(select)) = copy.query.as_mut().and_then(|q| q.node.as_mut()) else {
+        return Ok(FanOut::Broadcast);
+    };
+    match plan_select(select)? {
+        Planned::Rows { order, limit: None, offset: 0, junk: 0, distinct: false } if order.is_empty() => {
+            Ok(FanOut::Broadcast)
+        }
+        _ => Err(refuse(
+            "COPY (query) TO concatenates what each shard sends: its query cannot have ORDER BY, LIMIT, OFFSET, \
+             DISTINCT or aggregates"
+                .into(),
+        )),
+    }
 }
 
 /// Checks the shape, rewrites `select` in place for the shards, and says

@@ -213,7 +213,8 @@ impl Planner {
             [] => return Err(ResolveError::Refused(spans(router, stmt, &[]))),
             several => {
                 let spread = match stmt.shape.verb {
-                    Verb::Select => true,
+                    // COPY ... TO: every shard's rows, one after the other.
+                    Verb::Select | Verb::Copy => true,
                     Verb::Update | Verb::Delete => router.allow_broadcast_writes(),
                     _ => false,
                 };

@@ -326,16 +326,20 @@ impl Scatter {
             Answer::Sent => Err(Failure::Own(internal("described before it was sent"))),
             Answer::Concat(c) => {
                 if c.at == 0 && c.description.is_none() && !self.legs.is_empty() {
-                    // The first shard's first message says whether rows come.
+                    // The first shard's first message says whether rows come
+                    // (after its NoData for the Describe shardcar sent: a COPY
+                    // TO's CopyOutResponse follows that).
                     loop {
                         let frame = self.legs[0].frame().await?;
                         match frame[0] {
-                            b'T' => {
+                            // A RowDescription, or a COPY TO's CopyOutResponse.
+                            b'T' | b'H' => {
                                 c.description = Some(frame.freeze());
                                 break;
                             }
                             b'N' => self.notices.extend_from_slice(&frame),
-                            b'n' | b'C' | b'E' | b'Z' | b'I' | b'D' | b's' => {
+                            b'n' => {}
+                            b'C' | b'E' | b'Z' | b'I' | b'D' | b's' => {
                                 self.legs[0].pending = Some(frame);
                                 break;
                             }
@@ -388,7 +392,7 @@ impl Scatter {
             let frame = leg.frame().await?;
             let first = c.at == 0;
             match frame[0] {
-                b'D' if first || !c.first_only => return Ok(Some(frame)),
+                b'D' | b'd' if first || !c.first_only => return Ok(Some(frame)),
                 b'C' => {
                     let tag = command_tag(&frame);
                     if c.first_only {
@@ -434,6 +438,10 @@ impl Scatter {
                     }
                     out.extend_from_slice(first);
                     return Err(Failure::Shard(out));
+                }
+                if c.description.as_ref().is_some_and(|d| d.first() == Some(&b'H')) {
+                    // Each shard's COPY TO ended its data; the client gets one end.
+                    out.extend_from_slice(&[b'c', 0, 0, 0, 4]);
                 }
                 if c.first_only {
                     for tag in &c.first_tags {

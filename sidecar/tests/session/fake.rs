@@ -154,6 +154,8 @@ struct Conn {
 
 enum Answer {
     Rows(Vec<String>),
+    /// COPY ... TO STDOUT of these rows.
+    CopyOut(Vec<String>),
     Tag(String),
     Error(&'static str),
     CopyIn,
@@ -282,6 +284,7 @@ impl Conn {
                         }
                     }
                     Answer::Tag(t) => reply::command_complete(out, &t),
+                    Answer::CopyOut(rows) => copy_out(out, &rows),
                     Answer::Error(code) => self.error(out, code, "the statement failed"),
                     Answer::CopyIn => {
                         self.copying = Some((0, false));
@@ -327,6 +330,7 @@ impl Conn {
                     reply::command_complete(out, &format!("SELECT {}", rows.len()));
                 }
                 Answer::Tag(t) => reply::command_complete(out, &t),
+                Answer::CopyOut(rows) => copy_out(out, &rows),
                 Answer::Error(code) => {
                     self.error(out, code, "the statement failed");
                     break;
@@ -391,6 +395,7 @@ impl Conn {
             "SET" | "RESET" => "SET".into(),
             "SHOW" => return Answer::Rows(vec!["C".into()]),
             "COPY" if u.contains("FROM STDIN") => return Answer::CopyIn,
+            "COPY" if u.contains("TO STDOUT") => return Answer::CopyOut(self.fake.rows.lock().unwrap().clone()),
             "SELECT" if u.contains("PG_PREPARED_XACTS") => {
                 // `starts_with(gid, '<prefix>')`: only the asker's own.
                 let prefix = sql.split("starts_with(gid, '").nth(1).and_then(|r| r.split('\'').next()).unwrap_or("");
@@ -428,6 +433,19 @@ impl Conn {
 fn is_select(sql: &str) -> bool {
     let u = sql.trim_start().to_ascii_uppercase();
     u.starts_with("SELECT") || u.starts_with("/*") && u.contains("*/ SELECT")
+}
+
+/// CopyOutResponse (text, one column), a CopyData per row, CopyDone, the tag.
+fn copy_out(out: &mut BytesMut, rows: &[String]) {
+    out.extend_from_slice(&[b'H', 0, 0, 0, 9, 0, 0, 1, 0, 0]);
+    for r in rows {
+        let line = format!("{r}\n");
+        out.extend_from_slice(b"d");
+        out.extend_from_slice(&(line.len() as i32 + 4).to_be_bytes());
+        out.extend_from_slice(line.as_bytes());
+    }
+    out.extend_from_slice(&[b'c', 0, 0, 0, 4]);
+    reply::command_complete(out, &format!("COPY {}", rows.len()));
 }
 
 fn copy_in_response(out: &mut BytesMut) {

@@ -253,3 +253,28 @@ async fn ddl_reaches_every_shard_or_fails_whatever_the_path() {
         assert!(q.contains(&"DROP TABLE e1".to_string()) && q.last().unwrap().starts_with("COMMIT PREPARED"), "{q:?}");
     }
 }
+
+#[tokio::test]
+async fn copy_to_routes_by_the_key_of_its_query() {
+    let s = setup("").await;
+    let (_, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    let n0 = s.s0.statements().len();
+    let got = c.simple(&format!("COPY (SELECT v FROM t WHERE k = {k1}) TO STDOUT")).await;
+    assert_eq!(tags(&got), "H d d c C Z:I");
+    assert_eq!(s.s0.statements().len(), n0, "only the key's shard");
+}
+
+#[tokio::test]
+async fn copy_to_of_every_shard_concatenates_their_data() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("COPY t TO STDOUT").await;
+    assert_eq!(tags(&got), "H d d d d c C Z:I", "one CopyOutResponse, one CopyDone");
+    assert_eq!(got[6].tag_text(), "COPY 4");
+    let got = c.simple("COPY (SELECT v FROM t ORDER BY v) TO STDOUT").await;
+    assert_eq!(tags(&got), "E:0A000 Z:I", "an order cannot be kept by concatenating");
+    // With the extended protocol the CopyOutResponse comes with Execute.
+    let got = c.parse("", "COPY t TO STDOUT").bind("", "", &[]).describe(b'P', "").execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 2 n H d d d d c C Z:I");
+}

@@ -97,10 +97,14 @@ impl Session {
                     out.extend_from_slice(&s.take_notices());
                 }
                 match d {
-                    Some(t) => out.extend_from_slice(&t),
-                    None => reply::no_data(&mut out),
+                    // A COPY TO has no row description: its CopyOutResponse
+                    // comes with Execute.
+                    Some(t) if t.first() != Some(&b'H') => {
+                        out.extend_from_slice(&t);
+                        sp.described = true;
+                    }
+                    _ => reply::no_data(&mut out),
                 }
-                sp.described = true;
                 self.client.out.extend_from_slice(&out);
                 Ok(false)
             }
@@ -127,14 +131,16 @@ impl Session {
             self.scatter_failed(sp, f).await?;
             return Ok(Ran::Failed);
         }
-        if describe && !sp.described {
+        if !sp.described {
             let s = sp.running.as_mut().expect("started");
             match s.describe().await {
-                Ok(Some(t)) => {
+                // The RowDescription of a simple query, or a COPY TO's
+                // CopyOutResponse, which belongs to the answer itself.
+                Ok(Some(t)) if describe || t.first() == Some(&b'H') => {
                     self.client.out.extend_from_slice(&s.take_notices());
                     self.client.out.extend_from_slice(&t);
                 }
-                Ok(None) => {}
+                Ok(_) => {}
                 Err(f) => {
                     self.scatter_failed(sp, f).await?;
                     return Ok(Ran::Failed);
