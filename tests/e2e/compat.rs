@@ -109,7 +109,7 @@ async fn sqlalchemy_orm_session() {
 async fn asyncpg_driver() {
     let script = sources().join("python/asyncpg_compat.py");
     let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap()], &["asyncpg"]);
-    placed(&sc, &format!("{prefix}_asyncpg"), 40).await;
+    placed(&sc, &format!("{prefix}_asyncpg"), 50).await;
 }
 
 /// Debian's pgjdbc (libpostgresql-jdbc-java), installed by deploy/setup.sh.
@@ -127,7 +127,7 @@ async fn pgjdbc() {
     assert!(javac.success());
     let classpath = format!("{}:{PGJDBC}", classes.path().display());
     let (sc, prefix, _dir) = run(PathBuf::from("java"), &["-cp", &classpath, "Compat"], &["jdbc"]);
-    placed(&sc, &format!("{prefix}_jdbc"), 30).await;
+    placed(&sc, &format!("{prefix}_jdbc"), 40).await;
 }
 
 #[tokio::test]

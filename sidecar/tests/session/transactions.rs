@@ -225,3 +225,42 @@ async fn recovery_rolls_back_what_has_no_decision() {
     assert_eq!(s.s0.prepared(), ["someone_elses"], "only its own undecided transaction is rolled back");
     assert!(s.s0.statements().contains(&format!("ROLLBACK PREPARED '{orphan}'")));
 }
+
+#[tokio::test]
+async fn a_batch_writing_on_two_shards_commits_as_one_transaction() {
+    // asyncpg executemany / pgjdbc executeBatch in autocommit.
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).bind("", "", &[]).execute("", 0);
+    c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).bind("", "", &[]).execute("", 0);
+    c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k0}, 'c')")).bind("", "", &[]).execute("", 0);
+    let got = c.sync().run().await;
+    assert_eq!(tags(&got), "1 2 C 1 2 C 1 2 C Z:I", "no transaction block for the client");
+    for f in [&s.s0, &s.s1] {
+        let q = f.statements();
+        assert!(q.iter().any(|s| s.starts_with("PREPARE TRANSACTION")), "{q:?}");
+        assert!(q.last().unwrap().starts_with("COMMIT PREPARED"), "{q:?}");
+    }
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I", "the session is idle again");
+}
+
+#[tokio::test]
+async fn a_batch_across_shards_that_fails_rolls_back_everywhere() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).bind("", "", &[]).execute("", 0);
+    c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).bind("", "", &[]).execute("", 0);
+    c.parse("", &format!("SELECT fail FROM t WHERE k = {k0}")).bind("", "", &[]).execute("", 0);
+    c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k1}, 'never')")).bind("", "", &[]).execute("", 0);
+    let got = c.sync().run().await;
+    // What was sent after the error may have run on the other shard; the
+    // client sees none of it, and every shard rolls back.
+    assert_eq!(tags(&got), "1 2 C 1 2 C 1 2 E:42000 Z:I");
+    for f in [&s.s0, &s.s1] {
+        let q = f.statements();
+        assert_eq!(q.last().map(String::as_str), Some("ROLLBACK"), "{q:?}");
+        assert!(f.prepared().is_empty());
+    }
+}

@@ -60,6 +60,19 @@ public class Compat {
             c.commit();
             step("executeBatch across shards in a transaction, committed");
 
+            c.setAutoCommit(true);
+            try (PreparedStatement ins = c.prepareStatement("INSERT INTO " + t + " VALUES (?, ?, ?)")) {
+                for (int i = 31; i <= 40; i++) {
+                    ins.setLong(1, i);
+                    ins.setString(2, "note " + i);
+                    ins.setInt(3, i * 10);
+                    ins.addBatch();
+                }
+                expect(ins.executeBatch().length == 10, "autocommit batch counts");
+            }
+            step("executeBatch across shards in autocommit, one implicit transaction");
+            c.setAutoCommit(false);
+
             try (PreparedStatement up = c.prepareStatement("UPDATE " + t + " SET amount = 0 WHERE customer_id = ?")) {
                 for (long k : new long[] {3, 4}) {
                     up.setLong(1, k);
@@ -93,12 +106,12 @@ public class Compat {
                     expect(md.getColumnTypeName(2).equals("text"), md.getColumnTypeName(2));
                     long[] want = {30, 29, 28};
                     for (long w : want) {
-                        expect(rs.next() && rs.getLong(1) == w, "ORDER BY across shards");
+                        expect(rs.next() && rs.getLong(1) == w + 10, "ORDER BY across shards");
                     }
                 }
             }
             try (Statement s = c.createStatement(); ResultSet rs = s.executeQuery("SELECT count(*) FROM " + t)) {
-                expect(rs.next() && rs.getLong(1) == 30, "count across shards");
+                expect(rs.next() && rs.getLong(1) == 40, "count across shards");
             }
             step("queries merged across shards, with their metadata");
 

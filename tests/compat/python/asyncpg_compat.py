@@ -87,6 +87,13 @@ async def main():
     expect(n == 40, f"after COPY: {n}")
     step("copy_to_table split by key")
 
+    # executemany without a transaction: one batch, rows for both shards,
+    # one implicit transaction (two-phase).
+    await conn.executemany(insert, [(i, f"note {i}", i * 10) for i in range(41, 51)])
+    n = await conn.fetchval(f"SELECT count(*) FROM {t}")
+    expect(n == 50, f"after executemany in autocommit: {n}")
+    step("executemany across shards in autocommit")
+
     try:
         await conn.execute(insert, 1, "dup", 0)
         raise AssertionError("a duplicate key was accepted")

@@ -21,6 +21,13 @@ impl Session {
     /// COMMIT (two-phase) or ROLLBACK of a transaction across shards; the
     /// client gets the CommandComplete or the error.
     pub(super) async fn end_block(&mut self, commit: bool) -> Result<(), crate::sqlerror::SqlError> {
+        self.finish_block(commit, true).await
+    }
+
+    /// Ends the transaction on every shard. `tell`: the client asked (COMMIT
+    /// or ROLLBACK) and gets the CommandComplete; otherwise (a batch's own
+    /// block) it hears only of a commit that failed.
+    pub(super) async fn finish_block(&mut self, commit: bool, tell: bool) -> Result<(), crate::sqlerror::SqlError> {
         let names: Vec<String> = self.portals.keys().cloned().collect();
         for name in names {
             if let Some(super::Portal { kind: super::PortalKind::Scatter(mut sp), .. }) = self.portals.remove(&name) {
@@ -47,7 +54,9 @@ impl Session {
                             );
                             reply::notice(&mut out, "WARNING", code::WARNING, &message);
                         }
-                        reply::command_complete(&mut out, "COMMIT");
+                        if tell {
+                            reply::command_complete(&mut out, "COMMIT");
+                        }
                         metrics.distributed("committed");
                         true
                     }
@@ -73,7 +82,9 @@ impl Session {
                     Err(e) => Some(format!("{}: {e}", p.label())),
                 }) {
                     None => {
-                        reply::command_complete(&mut out, "COMMIT");
+                        if tell {
+                            reply::command_complete(&mut out, "COMMIT");
+                        }
                         true
                     }
                     Some(why) => {
@@ -88,7 +99,9 @@ impl Session {
             }
             (_, false) => {
                 join_all(parts.iter_mut().map(|p| p.conn.run_hidden("ROLLBACK"))).await;
-                reply::command_complete(&mut out, "ROLLBACK");
+                if tell {
+                    reply::command_complete(&mut out, "ROLLBACK");
+                }
                 metrics.distributed("rolled_back");
                 false
             }

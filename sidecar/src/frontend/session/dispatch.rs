@@ -131,8 +131,16 @@ impl Session {
         }
         match &self.txn {
             Txn::Idle => {
-                let others = self.conns.shards();
-                if !others.is_empty() {
+                let wrote = self.conns.iter().any(|h| h.wrote);
+                if wrote && self.shared.coordinator.is_some() {
+                    // One implicit transaction across shards: two-phase at Sync.
+                    self.open_implicit_block().await?;
+                    let held = self.join(shard).await?;
+                    self.conns.insert(held);
+                    self.point_cancel();
+                    return Ok(());
+                }
+                if !self.conns.is_empty() {
                     self.leave_batch(shard).await?;
                 }
                 let held = self.checkout(shard, role).await?;
@@ -157,7 +165,7 @@ impl Session {
                 self.outbox.push(Entry::hidden(shard, Reply::Query { facts, done: 0, flight: None }), &mut self.events);
                 self.conns.insert(held);
                 self.txn =
-                    Txn::Block(Block { begin: d.statements, savepoint: !d.savepoints.is_empty(), failed: false });
+                    Txn::Block(Block { begin: d.statements, savepoint: !d.savepoints.is_empty(), ..Block::default() });
                 self.apply_events();
             }
             Txn::Block(_) => {
@@ -167,6 +175,43 @@ impl Session {
             }
         }
         self.point_cancel();
+        Ok(())
+    }
+
+    /// Turns the batch in flight into a transaction block of shardcar's own:
+    /// servers that only read end their part (Sync), servers that wrote get
+    /// a BEGIN behind what they ran, which makes it part of the block.
+    async fn open_implicit_block(&mut self) -> Result<(), SqlError> {
+        let readers: Vec<ShardId> = self.conns.iter().filter(|h| !h.wrote).map(Held::shard).collect();
+        self.leave(&readers).await?;
+        const NAME: &str = "shardcar_begin";
+        for shard in self.conns.shards() {
+            let Some(held) = self.conns.get_mut(shard) else { continue };
+            let buf = &mut held.conn.conn.wbuf;
+            let internal = |e: std::io::Error| SqlError::new(code::INTERNAL_ERROR, e.to_string());
+            postgres_protocol::message::frontend::parse(NAME, "BEGIN", [], buf).map_err(internal)?;
+            let no_params: [Option<&[u8]>; 0] = [];
+            postgres_protocol::message::frontend::bind(
+                NAME,
+                NAME,
+                [],
+                no_params.iter(),
+                |_, _| Ok(postgres_protocol::IsNull::Yes),
+                [],
+                buf,
+            )
+            .map_err(|_| SqlError::new(code::INTERNAL_ERROR, "cannot encode BEGIN"))?;
+            postgres_protocol::message::frontend::execute(NAME, 0, buf).map_err(internal)?;
+            postgres_protocol::message::frontend::close(b'S', NAME, buf).map_err(internal)?;
+            held.unsynced = true;
+            held.unflushed = true;
+            held.in_block = true;
+            for reply in [Reply::Parse, Reply::Bind, Reply::Begin, Reply::Close] {
+                self.outbox.push(Entry::hidden(shard, reply), &mut self.events);
+            }
+        }
+        self.txn = Txn::Block(Block { begin: vec!["BEGIN".into()], implicit: true, ..Block::default() });
+        self.apply_events();
         Ok(())
     }
 

@@ -538,6 +538,13 @@ impl Session {
     /// Sync: the batch ends on every server that has part of it, and the
     /// client gets its ReadyForQuery after their replies.
     pub(super) async fn sync(&mut self) -> Result<(), SqlError> {
+        if matches!(&self.txn, Txn::Block(b) if b.implicit) {
+            // The batch ends: its transaction across shards commits (or
+            // rolls back after an error), and the client sees no block.
+            self.finish_block(true, false).await?;
+            self.emit_ready();
+            return Ok(());
+        }
         if matches!(self.txn, Txn::Idle) {
             // Portals end with the implicit transaction.
             let names: Vec<String> = self.portals.keys().cloned().collect();

@@ -257,7 +257,7 @@ impl Session {
                 self.txn = Txn::Block(super::state::Block {
                     begin: d.statements,
                     savepoint: !d.savepoints.is_empty(),
-                    failed: false,
+                    ..Default::default()
                 });
                 for &shard in shards {
                     if !legs.is_empty() {

@@ -36,6 +36,8 @@ pub enum Reply {
     DescribePortal,
     /// Execute of a portal, timed for telemetry (with its statement's facts).
     Execute(Box<InFlight>),
+    /// Execute of shardcar's own BEGIN, turning a batch into a block.
+    Begin,
     Sync,
     /// A simple query; `done` counts its completed statements. Shardcar's
     /// own (a settings change, a deferred BEGIN) are not timed.
@@ -363,6 +365,7 @@ impl Outbox {
                 true
             }
             (Reply::Execute(_), b'I' | b's') => true,
+            (Reply::Begin, b'C') => true,
             (Reply::Query { facts, done, .. }, b'C') => {
                 events.push(Event::StatementDone {
                     shard,

@@ -66,6 +66,12 @@ pub struct Block {
     /// A statement failed in it (a server's error, or shardcar's refusal):
     /// it can only roll back.
     pub failed: bool,
+    /// Opened by shardcar for a batch sent without a transaction whose
+    /// writes went to several shards (Postgres runs a batch up to Sync as
+    /// one implicit transaction): committed, two-phase, at the client's
+    /// Sync, or rolled back if anything in it failed; the client sees no
+    /// transaction block.
+    pub implicit: bool,
 }
 
 impl Block {
