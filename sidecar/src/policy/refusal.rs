@@ -27,6 +27,9 @@ pub enum Refusal {
     KeyUpdate { table: String, key: String },
     /// A statement whose rows live on several shards, in a shape that cannot run there.
     Spans { verb: Verb, table: String, key: String, shards: String },
+    /// INSERT ... SELECT into a sharded table: its rows exist only when the
+    /// SELECT runs, so they cannot be placed beforehand.
+    InsertSelect { table: String },
     /// A statement across shards whose answers cannot be merged exactly.
     NotMergeable(String),
     /// A COPY into a sharded table whose rows cannot be cut and placed.
@@ -69,6 +72,7 @@ impl Refusal {
             Refusal::PluginShard { .. } | Refusal::LookupLoop | Refusal::KeyPosition { .. } => code::INTERNAL_ERROR,
             Refusal::KeyUpdate { .. }
             | Refusal::Spans { .. }
+            | Refusal::InsertSelect { .. }
             | Refusal::NotMergeable(_)
             | Refusal::CopySplit { .. }
             | Refusal::Together { .. }
@@ -111,6 +115,12 @@ impl From<Refusal> for SqlError {
                 Some("delete the row and insert it again with the new key".into()),
             ),
             Refusal::Spans { verb, table, key, shards } => spans(verb, &table, &key, &shards),
+            Refusal::InsertSelect { table } => (
+                format!(
+                    "INSERT ... SELECT into {table}, a sharded table, is not split by shard: its rows are known only once the SELECT runs"
+                ),
+                Some(format!("use INSERT ... VALUES or COPY, whose rows shardcar places by key, or {TARGET}")),
+            ),
             Refusal::NotMergeable(why) => (
                 format!("cannot run this statement across shards: {why}"),
                 Some(format!("{TARGET}, or add a condition on the shard key")),
@@ -167,9 +177,7 @@ fn spans(verb: Verb, table: &str, key: &str, shards: &str) -> (String, Option<St
     match verb {
         Verb::Insert => (
             format!("this INSERT into {table} has rows for several shards ({shards})"),
-            Some(format!(
-                "give {key} in every row; INSERT ... VALUES rows are split by shard, INSERT ... SELECT is not"
-            )),
+            Some(format!("give {key} in every row; INSERT ... VALUES rows are split by shard")),
         ),
         Verb::Update | Verb::Delete => (
             format!(

@@ -272,6 +272,10 @@ enum Single {
 /// A statement whose rows live on several shards and that cannot run there.
 fn spans(router: &Router, stmt: &Statement, shards: &[ShardId]) -> Refusal {
     let rule = router.rule_of(stmt);
+    let from_select = stmt.shape.verb == Verb::Insert && stmt.shape.insert.as_ref().is_none_or(|i| i.rows.is_empty());
+    if let (true, Some(rule)) = (from_select, rule) {
+        return Refusal::InsertSelect { table: rule.table.clone() };
+    }
     Refusal::Spans {
         verb: stmt.shape.verb,
         table: rule.map(|r| r.table.clone()).unwrap_or_default(),

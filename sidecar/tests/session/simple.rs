@@ -278,3 +278,13 @@ async fn copy_to_of_every_shard_concatenates_their_data() {
     let got = c.parse("", "COPY t TO STDOUT").bind("", "", &[]).describe(b'P', "").execute("", 0).sync().run().await;
     assert_eq!(tags(&got), "1 2 n H d d d d c C Z:I");
 }
+
+#[tokio::test]
+async fn insert_select_into_a_sharded_table_says_why_it_is_refused() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("INSERT INTO t (k, v) SELECT * FROM unnest(ARRAY[1, 2], ARRAY['a', 'b'])").await;
+    assert_eq!(tags(&got), "E:0A000 Z:I");
+    let e = error(&got);
+    assert!(e.field(b'M').contains("INSERT ... SELECT") && e.field(b'H').contains("VALUES or COPY"), "{e:?}");
+}
