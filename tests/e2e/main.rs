@@ -13,6 +13,7 @@ mod copy;
 mod dashboard;
 mod demo;
 mod deploy;
+mod dump;
 mod extended;
 mod hotspots;
 mod malformed;

@@ -158,6 +158,7 @@ fn statement_text(sql: &str, raw: &protobuf::RawStmt) -> String {
 
 fn kind(node: &N, text: &str) -> Kind {
     match node {
+        N::SelectStmt(s) if let Some(change) = set_config(s, text) => Kind::Session(change),
         N::SelectStmt(s) if select_only_reads(s) && !calls_writing_function(node) => Kind::Read,
         N::VariableShowStmt(s) => match s.name.strip_prefix("shardcar.") {
             Some(name) => Kind::ShardcarShow(name.to_string()),
@@ -260,6 +261,24 @@ fn calls_writing_function(node: &N) -> bool {
         }),
         _ => false,
     })
+}
+
+/// `SELECT [pg_catalog.]set_config('name', value, false)` alone: a session
+/// setting like SET (pg_dump sends it), followed to every connection the
+/// session uses and never left behind on a pooled one.
+fn set_config(s: &protobuf::SelectStmt, text: &str) -> Option<Change> {
+    let [target] = s.target_list.as_slice() else { return None };
+    let Some(N::ResTarget(t)) = &target.node else { return None };
+    let Some(N::FuncCall(f)) = t.val.as_ref().and_then(|v| v.node.as_ref()) else { return None };
+    let is_set_config =
+        f.funcname.last().is_some_and(|n| matches!(&n.node, Some(N::String(s)) if s.sval == "set_config"));
+    let [name, _, local] = f.args.as_slice() else { return None };
+    let session_wide = matches!(constant_text(local.node.as_ref()).as_deref(), Some("false"));
+    if !is_set_config || !session_wide || !s.from_clause.is_empty() {
+        return None;
+    }
+    let name = constant_text(name.node.as_ref())?;
+    Some(Change::Set { setting: Setting { set_sql: text.to_string(), reset_sql: format!("RESET {name}") }, name })
 }
 
 fn transaction(t: &protobuf::TransactionStmt) -> Kind {
@@ -379,7 +398,8 @@ impl FactsCache {
     /// written: for DDL, COPY and the rest the literals matter).
     pub fn lookup_lifted(&self, sql: &str) -> Option<(Arc<Facts>, Arc<Params>)> {
         let (template, values) = lexer::lift_literals(sql)?;
-        if values.is_empty() {
+        // set_config's literals are the setting it changes (see `set_config`).
+        if values.is_empty() || template.contains("set_config") {
             return None;
         }
         let (facts, _) = self.lookup(&template);
@@ -489,6 +509,22 @@ mod tests {
         assert_eq!(kinds("DEALLOCATE ALL"), [Kind::Deallocate(None)]);
         assert_eq!(kinds("DEALLOCATE p1"), [Kind::Deallocate(Some("p1".into()))]);
         assert_eq!(kinds("DISCARD ALL"), [Kind::DiscardAll]);
+    }
+
+    #[test]
+    fn set_config_for_the_session_is_a_setting() {
+        let sql = "SELECT pg_catalog.set_config('search_path', '', false)";
+        match &kinds(sql)[..] {
+            [Kind::Session(Change::Set { name, setting })] => {
+                assert_eq!(name, "search_path");
+                assert_eq!(setting.set_sql, sql);
+            }
+            other => panic!("{other:?}"),
+        }
+        // Transaction-local, or with other columns: not a session setting.
+        assert_eq!(kinds("SELECT set_config('search_path', '', true)"), [Kind::Write]);
+        assert!(!matches!(kinds("SELECT set_config('a', 'b', false), 1")[..], [Kind::Session(_)]));
+        assert!(FactsCache::new(10, &Default::default()).lookup_lifted(sql).is_none(), "not lifted into a template");
     }
 
     #[test]

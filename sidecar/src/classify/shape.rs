@@ -211,7 +211,9 @@ fn verb(node: &N) -> Verb {
         | N::CreateExtensionStmt(_)
         | N::GrantStmt(_)
         // Maintenance: each shard vacuums and analyzes its own rows.
-        | N::VacuumStmt(_) => Verb::Ddl,
+        | N::VacuumStmt(_)
+        // A table's rows live on every shard: so do its locks (pg_dump).
+        | N::LockStmt(_) => Verb::Ddl,
         _ => Verb::Other,
     }
 }
