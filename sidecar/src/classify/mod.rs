@@ -272,9 +272,11 @@ fn set_config(s: &protobuf::SelectStmt, text: &str) -> Option<Change> {
     let Some(N::FuncCall(f)) = t.val.as_ref().and_then(|v| v.node.as_ref()) else { return None };
     let is_set_config =
         f.funcname.last().is_some_and(|n| matches!(&n.node, Some(N::String(s)) if s.sval == "set_config"));
-    let [name, _, local] = f.args.as_slice() else { return None };
+    let [name, value, local] = f.args.as_slice() else { return None };
     let session_wide = matches!(constant_text(local.node.as_ref()).as_deref(), Some("false"));
-    if !is_set_config || !session_wide || !s.from_clause.is_empty() {
+    // Replayed as written on other connections: only constants can be.
+    let constant = constant_text(value.node.as_ref()).is_some();
+    if !is_set_config || !session_wide || !constant || !s.from_clause.is_empty() {
         return None;
     }
     let name = constant_text(name.node.as_ref())?;
@@ -524,6 +526,7 @@ mod tests {
         // Transaction-local, or with other columns: not a session setting.
         assert_eq!(kinds("SELECT set_config('search_path', '', true)"), [Kind::Write]);
         assert!(!matches!(kinds("SELECT set_config('a', 'b', false), 1")[..], [Kind::Session(_)]));
+        assert!(!matches!(kinds("SELECT set_config('a', $1, false)")[..], [Kind::Session(_)]), "not replayable");
         assert!(FactsCache::new(10, &Default::default()).lookup_lifted(sql).is_none(), "not lifted into a template");
     }
 
