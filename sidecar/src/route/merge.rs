@@ -63,7 +63,17 @@ pub enum FanOut {
     /// (sort keys that are not output columns), stripped before the client.
     /// With `distinct`, `order` covers every output column and equal
     /// neighbours after the merge are sent once.
-    Rows { sql: String, order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool },
+    /// `window`: LIMIT and OFFSET given as parameters, filled in per
+    /// execution (`bind_window`).
+    Rows {
+        sql: String,
+        order: Vec<SortKey>,
+        limit: Option<u64>,
+        offset: u64,
+        junk: usize,
+        distinct: bool,
+        window: Window,
+    },
     /// Rows of partial aggregates from every shard (one, or one per group),
     /// combined by Postgres on one shard (so types, rounding and order are
     /// Postgres's own) into the client's columns named `names` (empty: the
@@ -96,8 +106,8 @@ impl FanOut {
         let sql = pg_query::deparse(&tree, pg_query::DeparseOptions::default())
             .map_err(|e| Refusal::NotMergeable(format!("the statement cannot be rewritten for the shards: {e}")))?;
         Ok(match plan {
-            Planned::Rows { order, limit, offset, junk, distinct } => {
-                FanOut::Rows { sql, order, limit, offset, junk, distinct }
+            Planned::Rows { order, limit, offset, junk, distinct, window } => {
+                FanOut::Rows { sql, order, limit, offset, junk, distinct, window }
             }
             Planned::Aggregate { combine, names, casts, tail } => {
                 FanOut::Aggregate { sql, combine, names, casts, tail }
@@ -106,7 +116,35 @@ impl FanOut {
     }
 }
 
+/// LIMIT and OFFSET given as parameters (zero-based), bound per execution.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Window {
+    pub limit: Option<usize>,
+    pub offset: Option<usize>,
+}
+
+impl Window {
+    pub fn is_bound(&self) -> bool {
+        self.limit.is_some() || self.offset.is_some()
+    }
+}
+
 impl FanOut {
+    /// This plan with its LIMIT and OFFSET parameters' values from `params`.
+    pub fn bind_window(&self, params: Option<&crate::classify::params::Params>) -> Result<FanOut, Refusal> {
+        let FanOut::Rows { sql, order, limit, offset, junk, distinct, window } = self else { return Ok(self.clone()) };
+        let value = |i: usize| count_param(params, i);
+        Ok(FanOut::Rows {
+            sql: sql.clone(),
+            order: order.clone(),
+            limit: window.limit.map(value).transpose()?.or(*limit),
+            offset: window.offset.map(value).transpose()?.unwrap_or(*offset),
+            junk: *junk,
+            distinct: *distinct,
+            window: Window::default(),
+        })
+    }
+
     /// The shards only read (the merges of a SELECT).
     pub fn is_read(&self) -> bool {
         matches!(self, FanOut::Rows { .. } | FanOut::Aggregate { .. })
@@ -196,7 +234,7 @@ impl FanOut {
 }
 
 enum Planned {
-    Rows { order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool },
+    Rows { order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool, window: Window },
     Aggregate { combine: Vec<Combine>, names: Vec<String>, casts: Vec<Option<String>>, tail: String },
 }
 
@@ -211,7 +249,9 @@ fn copy_to(copy: &mut protobuf::CopyStmt) -> Result<FanOut, Refusal> {
         return Ok(FanOut::Broadcast);
     };
     match plan_select(select)? {
-        Planned::Rows { order, limit: None, offset: 0, junk: 0, distinct: false } if order.is_empty() => {
+        Planned::Rows { order, limit: None, offset: 0, junk: 0, distinct: false, window }
+            if order.is_empty() && !window.is_bound() =>
+        {
             Ok(FanOut::Broadcast)
         }
         _ => Err(refuse(
@@ -269,6 +309,10 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
         }
     }
     let (limit, offset) = limits(select)?;
+    let constant = |c: Count| match c {
+        Count::Value(v) => Ok(v),
+        Count::Param(_) => Err(refuse("LIMIT and OFFSET of aggregates across shards must be constants".into())),
+    };
 
     let casts = strip_aggregate_casts(select);
     let aggregates: Vec<Option<Combine>> = select.target_list.iter().map(aggregate_of).collect::<Result<_, _>>()?;
@@ -276,7 +320,8 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
         return Err(refuse("DISTINCT over aggregates is not merged across shards".into()));
     }
     if aggregates.iter().any(Option::is_some) || !select.group_clause.is_empty() {
-        return plan_aggregate(select, &aggregates, casts, limit, offset);
+        let limit = limit.map(constant).transpose()?;
+        return plan_aggregate(select, &aggregates, casts, limit, constant(offset)?);
     }
 
     let mut order = sort_keys(select)?;
@@ -286,10 +331,33 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
     // Junk columns sit after the visible ones, found by name in the shards' RowDescription.
     let junk = order.iter().filter(|k| matches!(&k.column, Column::Named(n) if n.starts_with(JUNK))).count();
     select.limit_offset = None;
-    if let Some(limit) = limit {
-        select.limit_count = Some(Box::new(int_const(limit.saturating_add(offset))));
-    }
-    Ok(Planned::Rows { order, limit, offset, junk, distinct })
+    // Each shard sends LIMIT + OFFSET rows: a constant, or the sum of the
+    // parameters (and constants) as an expression bound like the rest.
+    let window = Window {
+        limit: match limit {
+            Some(Count::Param(i)) => Some(i),
+            _ => None,
+        },
+        offset: match offset {
+            Count::Param(i) => Some(i),
+            Count::Value(_) => None,
+        },
+    };
+    let node = |c: Count| match c {
+        Count::Value(v) => int_const(v),
+        Count::Param(i) => param_ref(i),
+    };
+    select.limit_count = match (limit, offset) {
+        (None, _) => None,
+        (Some(Count::Value(l)), Count::Value(o)) => Some(Box::new(int_const(l.saturating_add(o)))),
+        (Some(l), Count::Value(0)) => Some(Box::new(node(l))),
+        (Some(l), o) => Some(Box::new(plus(node(l), node(o)))),
+    };
+    let value = |c: Count| match c {
+        Count::Value(v) => v,
+        Count::Param(_) => 0,
+    };
+    Ok(Planned::Rows { order, limit: limit.map(value), offset: value(offset), junk, distinct, window })
 }
 
 /// Aggregates, with or without GROUP BY: shards send partial rows (no
@@ -542,22 +610,73 @@ fn walk(node: &protobuf::Node) -> Vec<pg_query::NodeRef<'_>> {
     node.node.as_ref().map(|n| n.nodes().into_iter().map(|(n, ..)| n).collect()).unwrap_or_default()
 }
 
-/// Constant LIMIT and OFFSET.
-fn limits(select: &protobuf::SelectStmt) -> Result<(Option<u64>, u64), Refusal> {
+/// A LIMIT or OFFSET: a constant, or a parameter (zero-based) bound per execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Count {
+    Value(u64),
+    Param(usize),
+}
+
+/// LIMIT and OFFSET: constants or parameters.
+fn limits(select: &protobuf::SelectStmt) -> Result<(Option<Count>, Count), Refusal> {
     if select.limit_option == protobuf::LimitOption::WithTies as i32 {
         return Err(refuse("FETCH ... WITH TIES is not merged across shards".into()));
     }
-    let value = |node: &Option<Box<protobuf::Node>>, what: &str| -> Result<Option<u64>, Refusal> {
+    let value = |node: &Option<Box<protobuf::Node>>, what: &str| -> Result<Option<Count>, Refusal> {
         match node.as_deref().and_then(|n| n.node.as_ref()) {
             None => Ok(None),
             Some(N::AConst(c)) if c.isnull => Ok(None),
             Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. })) if i.ival >= 0 => {
-                Ok(Some(i.ival as u64))
+                Ok(Some(Count::Value(i.ival as u64)))
             }
-            _ => Err(refuse(format!("{what} must be a non-negative number to merge shards' rows"))),
+            Some(N::ParamRef(p)) if p.number >= 1 => Ok(Some(Count::Param(p.number as usize - 1))),
+            _ => Err(refuse(format!("{what} must be a non-negative number or a parameter to merge shards' rows"))),
         }
     };
-    Ok((value(&select.limit_count, "LIMIT")?, value(&select.limit_offset, "OFFSET")?.unwrap_or(0)))
+    let offset = value(&select.limit_offset, "OFFSET")?.unwrap_or(Count::Value(0));
+    Ok((value(&select.limit_count, "LIMIT")?, offset))
+}
+
+/// The bound value of a LIMIT or OFFSET parameter.
+fn count_param(params: Option<&crate::classify::params::Params>, i: usize) -> Result<u64, Refusal> {
+    let bad = || refuse(format!("LIMIT and OFFSET must be non-negative numbers (parameter ${} is not)", i + 1));
+    let params = params.ok_or_else(bad)?;
+    let raw = params.values.get(i).cloned().flatten().ok_or_else(bad)?;
+    let binary = match params.formats.as_slice() {
+        [] => false,
+        [one] => *one == 1,
+        all => all.get(i) == Some(&1),
+    };
+    let n: i64 = if binary {
+        match raw.len() {
+            8 => i64::from_be_bytes(raw[..].try_into().map_err(|_| bad())?),
+            4 => i64::from(i32::from_be_bytes(raw[..].try_into().map_err(|_| bad())?)),
+            2 => i64::from(i16::from_be_bytes(raw[..].try_into().map_err(|_| bad())?)),
+            _ => return Err(bad()),
+        }
+    } else {
+        std::str::from_utf8(&raw).ok().and_then(|s| s.trim().parse().ok()).ok_or_else(bad)?
+    };
+    u64::try_from(n).map_err(|_| bad())
+}
+
+fn param_ref(i: usize) -> protobuf::Node {
+    protobuf::Node { node: Some(N::ParamRef(protobuf::ParamRef { number: i as i32 + 1, location: -1 })) }
+}
+
+/// `left + right`.
+fn plus(left: protobuf::Node, right: protobuf::Node) -> protobuf::Node {
+    let op = protobuf::Node { node: Some(N::String(protobuf::String { sval: "+".into() })) };
+    protobuf::Node {
+        node: Some(N::AExpr(Box::new(protobuf::AExpr {
+            kind: protobuf::AExprKind::AexprOp as i32,
+            name: vec![op],
+            lexpr: Some(Box::new(left)),
+            rexpr: Some(Box::new(right)),
+            location: -1,
+            ..Default::default()
+        }))),
+    }
 }
 
 fn int_const(n: u64) -> protobuf::Node {
@@ -816,6 +935,31 @@ mod tests {
     }
 
     #[test]
+    fn parameter_limits_are_bound_per_execution() {
+        let plan = FanOut::of("SELECT id FROM t ORDER BY id LIMIT $1 OFFSET $2").unwrap();
+        let FanOut::Rows { sql, window, .. } = &plan else { panic!("{plan:?}") };
+        assert_eq!(sql, "SELECT id FROM t ORDER BY id LIMIT $1 + $2");
+        assert_eq!(*window, Window { limit: Some(0), offset: Some(1) });
+        let text = |v: &[&str]| crate::classify::params::Params {
+            values: v.iter().map(|s| Some(bytes::Bytes::from(s.to_string()))).collect(),
+            ..Default::default()
+        };
+        let FanOut::Rows { limit, offset, .. } = plan.bind_window(Some(&text(&["5", "2"]))).unwrap() else { panic!() };
+        assert_eq!((limit, offset), (Some(5), 2));
+        let binary = crate::classify::params::Params {
+            values: vec![
+                Some(bytes::Bytes::from(7i64.to_be_bytes().to_vec())),
+                Some(bytes::Bytes::from(0i32.to_be_bytes().to_vec())),
+            ],
+            formats: vec![1],
+            types: vec![],
+        };
+        let FanOut::Rows { limit, offset, .. } = plan.bind_window(Some(&binary)).unwrap() else { panic!() };
+        assert_eq!((limit, offset), (Some(7), 0));
+        assert!(plan.bind_window(Some(&text(&["-1", "0"]))).is_err());
+    }
+
+    #[test]
     fn limits_are_pushed_down_as_limit_plus_offset() {
         let (sql, order, limit, offset, junk) = rows("SELECT id, name FROM t ORDER BY name DESC, 1 LIMIT 10 OFFSET 5");
         assert_eq!(sql, "SELECT id, name FROM t ORDER BY name DESC, 1 LIMIT 15");
@@ -902,7 +1046,8 @@ mod tests {
         assert!(refused("SELECT * FROM a JOIN b USING (id)").contains("joins"));
         assert!(refused("SELECT * FROM t WHERE id IN (SELECT id FROM u)").contains("subqueries"));
         assert!(refused("SELECT sum(x) + 1 FROM t").contains("inside expressions"));
-        assert!(refused("SELECT * FROM t LIMIT $1").contains("LIMIT"));
+        assert!(refused("SELECT * FROM t LIMIT random()::int").contains("LIMIT"));
+        assert!(refused("SELECT count(*) FROM t LIMIT $1").contains("constants"));
         let e = crate::sqlerror::SqlError::from(FanOut::of("SELECT DISTINCT ON (c) c FROM t").unwrap_err());
         assert_eq!(e.code, crate::sqlerror::code::FEATURE_NOT_SUPPORTED);
         assert!(e.hint.unwrap().contains("shard="));

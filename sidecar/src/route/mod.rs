@@ -221,7 +221,12 @@ impl Planner {
                 if !spread {
                     return Err(ResolveError::Refused(spans(router, stmt, several)));
                 }
-                let plan = self.plan(text).map_err(ResolveError::Refused)?;
+                let mut plan = self.plan(text).map_err(ResolveError::Refused)?;
+                if let FanOut::Rows { window, .. } = &*plan
+                    && window.is_bound()
+                {
+                    plan = Arc::new(plan.bind_window(params.as_deref()).map_err(ResolveError::Refused)?);
+                }
                 Target::Many { shards: several.to_vec(), plan }
             }
         };

@@ -242,3 +242,16 @@ async fn a_portal_across_shards_run_to_its_end_returns_no_more_rows() {
     let runs = s.s0.statements().iter().filter(|q| q.as_str() == sql).count();
     assert_eq!(runs, 1, "the shards ran it once");
 }
+
+#[tokio::test]
+async fn limit_and_offset_as_parameters_across_shards() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let sql = "SELECT v FROM t ORDER BY v LIMIT $1 OFFSET $2";
+    let got = c.parse("", sql).bind("", "", &["2", "1"]).execute("", 0).sync().run().await;
+    assert_eq!(values(&got), ["b", "c"]);
+    let sent = s.s0.log().into_iter().find(|l| l.starts_with("P SELECT")).unwrap();
+    assert!(sent.contains("LIMIT $1 + $2"), "each shard sends LIMIT + OFFSET rows: {sent}");
+    let got = c.parse("", sql).bind("", "", &["-1", "0"]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 E:0A000 Z:I");
+}
