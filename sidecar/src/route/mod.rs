@@ -55,17 +55,6 @@ pub struct CopySplit {
     pub key_field: usize,
 }
 
-impl Route {
-    /// The shards it names, if any (for messages and explain).
-    pub fn shards(&self) -> Vec<ShardId> {
-        match &self.target {
-            Target::Anywhere | Target::CopySplit(_) => vec![],
-            Target::One(s) => vec![*s],
-            Target::Many { shards, .. } => shards.clone(),
-        }
-    }
-}
-
 /// Decides routes, keeping merge plans per statement text so that a
 /// statement that fans out is parsed for it once, not per execution.
 pub struct Planner {

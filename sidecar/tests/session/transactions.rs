@@ -6,6 +6,19 @@ use crate::keys;
 
 const TWO_PHASE: &str = "two_phase_commit = true";
 
+/// A client in a transaction open on both shards, a row written on each;
+/// the keys it used.
+async fn across_both(s: &crate::harness::Setup) -> (Client, i64, i64) {
+    let (k0, k1) = keys(s).await;
+    let mut c = Client::connect(s).await;
+    c.simple("BEGIN").await;
+    for (k, v) in [(k0, "a"), (k1, "b")] {
+        let got = c.simple(&format!("INSERT INTO t (k, v) VALUES ({k}, '{v}')")).await;
+        assert_eq!(tags(&got), "C Z:T");
+    }
+    (c, k0, k1)
+}
+
 #[tokio::test]
 async fn begin_waits_for_the_statement_that_picks_the_shard() {
     let s = setup("").await;
@@ -95,11 +108,7 @@ async fn commit_across_shards_is_two_phase() {
 #[tokio::test]
 async fn rollback_across_shards_reaches_every_shard() {
     let s = setup(TWO_PHASE).await;
-    let (k0, k1) = keys(&s).await;
-    let mut c = Client::connect(&s).await;
-    c.simple("BEGIN").await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    let (mut c, _, _) = across_both(&s).await;
     assert_eq!(tags(&c.simple("ROLLBACK").await), "C Z:I");
     for f in [&s.s0, &s.s1] {
         assert_eq!(f.statements().last().map(String::as_str), Some("ROLLBACK"));
@@ -109,11 +118,7 @@ async fn rollback_across_shards_reaches_every_shard() {
 #[tokio::test]
 async fn an_error_on_one_shard_fails_the_transaction_on_all() {
     let s = setup(TWO_PHASE).await;
-    let (k0, k1) = keys(&s).await;
-    let mut c = Client::connect(&s).await;
-    c.simple("BEGIN").await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    let (mut c, k0, k1) = across_both(&s).await;
     assert_eq!(tags(&c.simple(&format!("SELECT fail FROM t WHERE k = {k1}")).await), "E:42000 Z:E");
     let before = s.s0.statements().len();
     let got = c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'c')")).await;
@@ -158,11 +163,7 @@ async fn a_read_of_every_shard_joins_them_to_the_transaction() {
 async fn commit_across_shards_with_a_row_limit_on_execute() {
     // pgjdbc sends COMMIT as Parse, Bind, Execute(max rows 1), Sync.
     let s = setup(TWO_PHASE).await;
-    let (k0, k1) = keys(&s).await;
-    let mut c = Client::connect(&s).await;
-    c.simple("BEGIN").await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    let (mut c, _, _) = across_both(&s).await;
     let got = c.parse("", "COMMIT").bind("", "", &[]).execute("", 1).sync().run().await;
     assert_eq!(tags(&got), "1 2 C Z:I");
     assert!(s.s0.statements().last().unwrap().starts_with("COMMIT PREPARED"));
@@ -191,11 +192,7 @@ async fn recover(s: &crate::harness::Setup) {
 #[tokio::test]
 async fn recovery_finishes_a_commit_a_shard_missed() {
     let s = setup(TWO_PHASE).await;
-    let (k0, k1) = keys(&s).await;
-    let mut c = Client::connect(&s).await;
-    c.simple("BEGIN").await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    let (mut c, _, _) = across_both(&s).await;
     s.s1.refuse_commit_prepared.store(true, std::sync::atomic::Ordering::Relaxed);
     let got = c.simple("COMMIT").await;
     assert_eq!(tags(&got), "N C Z:I", "committed, with a warning naming the shard not told yet");
@@ -209,11 +206,7 @@ async fn recovery_finishes_a_commit_a_shard_missed() {
 #[tokio::test]
 async fn recovery_rolls_back_what_has_no_decision() {
     let s = setup(TWO_PHASE).await;
-    let (k0, k1) = keys(&s).await;
-    let mut c = Client::connect(&s).await;
-    c.simple("BEGIN").await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await;
-    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    let (mut c, _, _) = across_both(&s).await;
     c.simple("COMMIT").await;
     // A transaction of this coordinator's, prepared but never decided (a crash between the two).
     let prepare = s.s0.statements().into_iter().find(|q| q.starts_with("PREPARE TRANSACTION")).unwrap();

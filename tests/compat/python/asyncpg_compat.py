@@ -10,21 +10,10 @@ rows landed, on the shards.
 
 import asyncio
 import io
-import os
 
 import asyncpg
 
-DSN = os.environ["SHARDCAR_DSN"]
-PREFIX = os.environ["COMPAT_PREFIX"]
-
-
-def step(what):
-    print(f"ok: {what}", flush=True)
-
-
-def expect(cond, what):
-    if not cond:
-        raise AssertionError(what)
+from checks import DSN, PREFIX, expect, step
 
 
 async def main():

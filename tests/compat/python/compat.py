@@ -6,7 +6,6 @@ COMPAT_PREFIX. Each step prints what it did; any failure raises and exits
 non-zero. The Rust side then checks where the rows landed, on the shards.
 """
 
-import os
 import sys
 
 import psycopg
@@ -14,17 +13,7 @@ from psycopg import ClientCursor, errors
 from sqlalchemy import BigInteger, Integer, String, create_engine, func, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-DSN = os.environ["SHARDCAR_DSN"]
-PREFIX = os.environ["COMPAT_PREFIX"]
-
-
-def step(what):
-    print(f"ok: {what}", flush=True)
-
-
-def expect(cond, what):
-    if not cond:
-        raise AssertionError(what)
+from checks import DSN, PREFIX, expect, step
 
 
 def psycopg_suite(mode):

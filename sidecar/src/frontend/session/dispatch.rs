@@ -17,7 +17,7 @@ use crate::classify::{Facts, Kind};
 use crate::policy::{Pinned, Refusal};
 use crate::pool::Role;
 use crate::route::merge::FanOut;
-use crate::route::{self, CopySplit, Route, Target};
+use crate::route::{self, CopySplit, Target};
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Stage, Stages};
 use crate::topology::ShardId;
@@ -30,8 +30,8 @@ pub(super) enum Action {
     EndBlock(bool),
     /// Sent as it is to one shard's server.
     Forward { shard: ShardId, role: Role },
-    /// Run on several shards, answers merged.
-    Scatter { route: Route, role: Role },
+    /// Run on several shards, answers merged as `plan` says.
+    Scatter { shards: Vec<ShardId>, plan: Arc<FanOut>, role: Role },
     /// A COPY FROM STDIN whose rows are placed one by one.
     CopySplit(Arc<CopySplit>),
 }
@@ -80,8 +80,8 @@ impl Session {
         let in_txn = !matches!(self.txn, Txn::Idle);
         let at = Instant::now();
         let routed = self.shared.planner.route(facts, params, &self.info, in_txn, written).await;
-        let route = routed.map_err(SqlError::from)?;
-        stages.routed(Stage::since(at), route.statements.clone());
+        let mut route = routed.map_err(SqlError::from)?;
+        stages.routed(Stage::since(at), std::mem::take(&mut route.statements));
         let role = route::role(&route, in_txn, self.shared.config.routing.read_replicas);
         Ok(match route.target {
             Target::Anywhere => Action::Forward { shard: self.anywhere(), role },
@@ -92,7 +92,7 @@ impl Session {
             {
                 Action::Forward { shard: shards[0], role }
             }
-            Target::Many { .. } => Action::Scatter { route, role },
+            Target::Many { shards, plan } => Action::Scatter { shards, plan, role },
             Target::CopySplit(split) => Action::CopySplit(split),
         })
     }

@@ -25,7 +25,6 @@ use crate::classify::params::Params;
 use crate::classify::{Kind, Statement};
 use crate::policy::Refusal;
 use crate::pool::Role;
-use crate::route::Target;
 use crate::scatter::Bound;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
@@ -256,24 +255,14 @@ impl Session {
             }
             Action::Local => PortalKind::Local,
             Action::EndBlock(commit) => PortalKind::EndBlock(commit),
-            Action::Scatter { route, role } => {
-                let Target::Many { shards, plan } = route.target else { return Ok(()) };
+            Action::Scatter { shards, plan, role } => {
                 let bound = Bound {
                     params: msg.parameters.clone(),
                     param_formats: msg.parameter_format_codes.clone(),
                     param_types: p.param_types(),
                     result_formats: msg.result_column_format_codes.clone(),
                 };
-                PortalKind::Scatter(Box::new(ScatterPortal {
-                    sql: p.text.sql.clone(),
-                    bound: Some(bound),
-                    shards,
-                    plan,
-                    role,
-                    running: None,
-                    described: false,
-                    finished: false,
-                }))
+                PortalKind::Scatter(Box::new(ScatterPortal::new(p.text.sql.clone(), Some(bound), shards, plan, role)))
             }
         };
         // Answered here: the Parse and Bind too.

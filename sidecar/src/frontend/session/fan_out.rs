@@ -46,6 +46,12 @@ pub(super) enum Ran {
     Failed,
 }
 
+impl ScatterPortal {
+    pub fn new(sql: String, bound: Option<Bound>, shards: Vec<ShardId>, plan: Arc<FanOut>, role: Role) -> Self {
+        ScatterPortal { sql, bound, shards, plan, role, running: None, described: false, finished: false }
+    }
+}
+
 impl Drop for ScatterPortal {
     /// A statement still running when its portal goes (the client left, or
     /// the transaction ended): its queries are cancelled and their

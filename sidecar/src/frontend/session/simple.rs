@@ -72,18 +72,8 @@ impl Session {
                 self.apply_events();
                 Ok(())
             }
-            Action::Scatter { route, role } => {
-                let crate::route::Target::Many { shards, plan } = route.target else { return Ok(()) };
-                let mut sp = ScatterPortal {
-                    sql: sql.clone(),
-                    bound: None,
-                    shards,
-                    plan,
-                    role,
-                    running: None,
-                    described: false,
-                    finished: false,
-                };
+            Action::Scatter { shards, plan, role } => {
+                let mut sp = ScatterPortal::new(sql.clone(), None, shards, plan, role);
                 self.scatter_run(&mut sp, 0, true).await?;
                 self.emit_ready();
                 Ok(())
