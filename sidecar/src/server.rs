@@ -111,6 +111,11 @@ pub async fn serve(
     if let Some(c) = coordinator {
         background.spawn(c.run_recovery(pools.clone(), shared.telemetry.metrics.clone()));
     }
+    let oid_pools = pools.clone();
+    background.spawn(async move {
+        let oids = oid_pools.oids.clone();
+        oids.run(|shard| oid_pools.catalog_names(shard)).await
+    });
     background.spawn(crate::admin::serve(admin, shared.clone()));
     background.spawn(telemetry.clone().sample(pools.clone(), facts));
     let (topology_pools, topology_router, topology_config) =

@@ -35,10 +35,17 @@ fn config(fleet: &Fleet, tables: &[String], log: &std::path::Path) -> String {
 }
 
 /// Runs `program args` against a fresh shardcar; returns the sidecar and
-/// the prefix its tables got, after checking the script passed.
-fn run(program: PathBuf, args: &[&str], tables: &[&str]) -> (Sidecar, String, tempfile::TempDir) {
+/// the prefix its tables got, after checking the script passed. s1's OID
+/// counter is moved on first, so that what the script creates has other
+/// OIDs there than on s0, as in any real fleet.
+async fn run(program: PathBuf, args: &[&str], tables: &[&str]) -> (Sidecar, String, tempfile::TempDir) {
     let fleet = Fleet::shared();
     let prefix = table("compat");
+    let shift = format!(
+        "CREATE TABLE {prefix}_shift (a int); CREATE TYPE {prefix}_shift_t AS ENUM ('x');
+         DROP TABLE {prefix}_shift; DROP TYPE {prefix}_shift_t"
+    );
+    direct(&fleet.s1).await.batch_execute(&shift).await.unwrap();
     let names: Vec<String> = tables.iter().map(|t| format!("{prefix}_{t}")).collect();
     let dir = tempfile::tempdir().unwrap();
     let sc = Sidecar::start(&config(fleet, &names, &dir.path().join("decisions.log")));
@@ -87,28 +94,28 @@ fn python() -> PathBuf {
 #[tokio::test]
 async fn psycopg_with_client_side_binding() {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "simple"], &["simple"]);
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "simple"], &["simple"]).await;
     placed(&sc, &format!("{prefix}_simple"), 100).await;
 }
 
 #[tokio::test]
 async fn psycopg_with_prepared_statements() {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "prepared"], &["prepared"]);
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "prepared"], &["prepared"]).await;
     placed(&sc, &format!("{prefix}_prepared"), 100).await;
 }
 
 #[tokio::test]
 async fn sqlalchemy_orm_session() {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "orm"], &["orm"]);
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "orm"], &["orm"]).await;
     placed(&sc, &format!("{prefix}_orm"), 30).await;
 }
 
 #[tokio::test]
 async fn asyncpg_driver() {
     let script = sources().join("python/asyncpg_compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap()], &["asyncpg"]);
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap()], &["asyncpg"]).await;
     placed(&sc, &format!("{prefix}_asyncpg"), 50).await;
 }
 
@@ -126,7 +133,7 @@ async fn pgjdbc() {
         .expect("javac");
     assert!(javac.success());
     let classpath = format!("{}:{PGJDBC}", classes.path().display());
-    let (sc, prefix, _dir) = run(PathBuf::from("java"), &["-cp", &classpath, "Compat"], &["jdbc"]);
+    let (sc, prefix, _dir) = run(PathBuf::from("java"), &["-cp", &classpath, "Compat"], &["jdbc"]).await;
     placed(&sc, &format!("{prefix}_jdbc"), 40).await;
 }
 
@@ -135,6 +142,6 @@ async fn node_postgres() {
     let script = sources().join("node/compat.js");
     let installed = sources().join("node/node_modules/pg");
     assert!(installed.exists(), "{} is missing: tests/run.sh installs node-postgres there", installed.display());
-    let (sc, prefix, _dir) = run(PathBuf::from("node"), &[script.to_str().unwrap()], &["node"]);
+    let (sc, prefix, _dir) = run(PathBuf::from("node"), &[script.to_str().unwrap()], &["node"]).await;
     placed(&sc, &format!("{prefix}_node"), 40).await;
 }

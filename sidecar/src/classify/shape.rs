@@ -77,6 +77,11 @@ pub struct Shape {
     /// Columns an UPDATE assigns.
     pub updated: Vec<String>,
     pub copy_in: Option<CopyIn>,
+    /// A COPY FROM (STDIN, a server file or a program).
+    pub copy_from: bool,
+    /// Every table it names is a system catalog or an information_schema
+    /// view: it asks about the schema, not the data.
+    pub catalog: bool,
 }
 
 impl Shape {
@@ -109,7 +114,8 @@ impl Shape {
 }
 
 pub fn shape(node: &N) -> Shape {
-    let mut shape = Shape { verb: verb(node), tables: tables(node), ..Shape::default() };
+    let (tables, catalog) = tables(node);
+    let mut shape = Shape { verb: verb(node), tables, catalog, ..Shape::default() };
     match node {
         N::SelectStmt(s) => {
             let scope = Scope::from_from(&s.from_clause);
@@ -134,8 +140,11 @@ pub fn shape(node: &N) -> Shape {
             conditions(d.where_clause.as_deref(), &scope, &mut shape.predicates);
         }
         N::InsertStmt(i) => shape.insert = insert(i),
-        N::CopyStmt(c) if c.is_from && !c.is_program && c.filename.is_empty() => {
-            shape.copy_in = c.relation.as_ref().map(|r| copy_in(r, c));
+        N::CopyStmt(c) if c.is_from => {
+            shape.copy_from = true;
+            if !c.is_program && c.filename.is_empty() {
+                shape.copy_in = c.relation.as_ref().map(|r| copy_in(r, c));
+            }
         }
         // COPY (SELECT ...) TO: routed by the conditions of its query.
         N::CopyStmt(c) if !c.is_from => {
@@ -218,17 +227,24 @@ fn verb(node: &N) -> Verb {
     }
 }
 
-/// Every table a statement names (FROM, JOIN, subqueries, DML targets).
-fn tables(node: &N) -> Vec<String> {
+/// Every table a statement names (FROM, JOIN, subqueries, DML targets),
+/// and whether all of them are catalogs (see `Shape::catalog`).
+fn tables(node: &N) -> (Vec<String>, bool) {
     let mut out: Vec<String> = Vec::new();
     let mut add = |name: &str| {
         if !out.iter().any(|t| t == name) {
             out.push(name.to_string());
         }
     };
+    let mut catalog = matches!(node, N::SelectStmt(_));
     for (n, ..) in node.nodes() {
         if let pg_query::NodeRef::RangeVar(r) = n {
             add(&r.relname);
+            // pg_catalog comes first on every search_path unless placed later.
+            catalog &= match r.schemaname.as_str() {
+                "" => r.relname.starts_with("pg_"),
+                schema => schema == "pg_catalog" || schema == "information_schema",
+            };
         }
     }
     // The walker does not visit every statement's own target relation.
@@ -243,7 +259,8 @@ fn tables(node: &N) -> Vec<String> {
     if let Some(r) = target {
         add(&r.relname);
     }
-    out
+    let catalog = catalog && !out.is_empty();
+    (out, catalog)
 }
 
 /// Table names by the name a query refers to them with (alias or name).

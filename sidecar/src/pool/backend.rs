@@ -15,6 +15,7 @@ use postgres_protocol::message::frontend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use super::oids::ShardOids;
 use crate::config::Endpoint;
 use crate::settings::Settings;
 
@@ -110,6 +111,9 @@ pub struct BackendConn {
     pub settings: Settings,
     /// Settings from this connection's startup packet: what RESET returns to.
     pub startup_settings: Settings,
+    /// Descriptions read here are rewritten to the default shard's OIDs
+    /// (none on the default shard itself).
+    pub oids: Option<Arc<ShardOids>>,
 }
 
 impl BackendConn {
@@ -145,6 +149,7 @@ impl BackendConn {
             unnamed: None,
             settings: Settings::from_startup(startup[2..].iter().copied()),
             startup_settings: Settings::from_startup(startup[2..].iter().copied()),
+            oids: None,
         };
         frontend::startup_message(startup.iter().copied(), &mut conn.wbuf).map_err(io_err)?;
         conn.flush().await.map_err(io_err)?;
@@ -248,6 +253,16 @@ impl BackendConn {
         }
     }
 
+    /// Queues a Parse message, with this shard's type OIDs for those the
+    /// client declared (the default shard's).
+    pub fn write_parse(&mut self, parse: &[u8]) {
+        let at = self.wbuf.len();
+        self.wbuf.extend_from_slice(parse);
+        if let Some(oids) = &self.oids {
+            oids.localize_parse(&mut self.wbuf[at..]);
+        }
+    }
+
     /// A frame that is already fully buffered, without waiting.
     pub fn buffered_frame(&mut self) -> io::Result<Option<BytesMut>> {
         let Some(header) = Header::parse(&self.rbuf)? else { return Ok(None) };
@@ -256,7 +271,13 @@ impl BackendConn {
             self.rbuf.reserve(total - self.rbuf.len());
             return Ok(None);
         }
-        Ok(Some(self.rbuf.split_to(total)))
+        let mut frame = self.rbuf.split_to(total);
+        if let Some(oids) = &self.oids
+            && matches!(frame[0], b'T' | b't')
+        {
+            oids.translate(&mut frame);
+        }
+        Ok(Some(frame))
     }
 
     pub async fn flush(&mut self) -> io::Result<()> {

@@ -6,6 +6,7 @@
 pub mod backend;
 mod conn;
 pub mod health;
+pub mod oids;
 
 pub use conn::ShardConn;
 
@@ -95,6 +96,7 @@ pub struct Manager {
     connect_timeout: Duration,
     server_params: Arc<RwLock<Vec<(String, String)>>>,
     health: Arc<Health>,
+    oids: Option<Arc<oids::ShardOids>>,
 }
 
 impl managed::Manager for Manager {
@@ -102,7 +104,8 @@ impl managed::Manager for Manager {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<BackendConn, ConnectError> {
-        let conn = BackendConn::connect(&self.endpoint, self.connect_timeout).await?;
+        let mut conn = BackendConn::connect(&self.endpoint, self.connect_timeout).await?;
+        conn.oids = self.oids.clone();
         self.health.mark_up();
         if let Ok(mut params) = self.server_params.write()
             && params.is_empty()
@@ -169,11 +172,14 @@ pub struct Pools {
     server_params: Arc<RwLock<Vec<(String, String)>>>,
     timeouts: Timeouts,
     pool_size: usize,
+    /// Descriptions from every shard in the default shard's OIDs.
+    pub oids: Arc<oids::Oids>,
 }
 
 impl Pools {
     pub fn new(cfg: &Config, topology: Arc<Topology>, metrics: &Metrics) -> Result<Pools, config::Invalid> {
         let server_params = Arc::new(RwLock::new(Vec::new()));
+        let oids = Arc::new(oids::Oids::new(topology.default_shard(), cfg.shards.len()));
         let timeouts = Timeouts {
             wait: Some(cfg.pool.checkout_timeout()),
             create: Some(cfg.pool.connect_timeout()),
@@ -189,6 +195,7 @@ impl Pools {
                 connect_timeout: cfg.pool.connect_timeout(),
                 server_params: server_params.clone(),
                 health: health.clone(),
+                oids: oids.for_shard(shard),
             };
             let pool = managed::Pool::builder(manager)
                 .max_size(cfg.pool.size)
@@ -214,7 +221,30 @@ impl Pools {
             let next_replica = AtomicUsize::new(0);
             shards.push(Shard { id, primary, replicas, next_replica, text_in_c: OnceLock::new() });
         }
-        Ok(Pools { topology, shards, server_params, timeouts, pool_size: cfg.pool.size })
+        Ok(Pools { topology, shards, server_params, timeouts, pool_size: cfg.pool.size, oids })
+    }
+
+    /// `shard`'s user tables and types by name, from its primary.
+    pub async fn catalog_names(&self, shard: ShardId) -> Result<oids::Names, String> {
+        let client = self.shard(shard).primary.control.get().await.map_err(|e| e.to_string())?;
+        let rows = client.query(oids::NAMES_SQL, &[]).await.map_err(|e| e.to_string())?;
+        let mut names = oids::Names::default();
+        for row in rows {
+            let (Ok(oid), Ok(kind), Ok(name)) = (row.try_get::<_, u32>(0), row.try_get::<_, &str>(1), row.try_get(2))
+            else {
+                return Err("unexpected answer to the catalog query".into());
+            };
+            match kind {
+                "r" => names.tables.push((oid, name)),
+                _ => names.types.push((oid, name)),
+            }
+        }
+        Ok(names)
+    }
+
+    /// Reads every shard's OIDs again (after DDL, before its client is told).
+    pub async fn refresh_oids(&self) {
+        self.oids.refresh(|shard| self.catalog_names(shard)).await;
     }
 
     pub fn shard(&self, id: ShardId) -> &Shard {

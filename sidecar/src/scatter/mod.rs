@@ -22,6 +22,7 @@ use postgres_protocol::message::frontend;
 pub use self::frames::{columns, command_tag, tag_count};
 use self::rows::{Combiner, RowsMerge};
 use crate::metrics::KindLabel;
+use crate::pool::backend::BackendConn;
 use crate::pool::{Pools, ShardConn};
 use crate::route::merge::FanOut;
 use crate::sqlerror::{SqlError, code};
@@ -253,9 +254,8 @@ impl Scatter {
                 }
                 FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => (sql.as_str(), None),
             };
-            let buf = &mut leg.conn.conn.wbuf;
             match bound {
-                None => frontend::query(leg_sql, buf).map_err(internal)?,
+                None => frontend::query(leg_sql, &mut leg.conn.conn.wbuf).map_err(internal)?,
                 Some(b) => {
                     let results: Vec<i16> = match &*self.plan {
                         // Partial aggregates come back as text; Postgres converts the combined row.
@@ -270,7 +270,7 @@ impl Scatter {
                         Some(params) => &b.pick(params),
                         None => b,
                     };
-                    extended(buf, leg_sql, &b.param_types, &b.param_formats, b.params.iter(), &results)?;
+                    extended(&mut leg.conn.conn, leg_sql, &b.param_types, &b.param_formats, b.params.iter(), &results)?;
                 }
             }
             leg.flush().await?;
@@ -504,14 +504,17 @@ impl Scatter {
 /// Parse, Bind, Describe, Execute and Sync of the unnamed statement and
 /// portal, with the parameters given as bytes (`None`: NULL).
 fn extended<'a>(
-    buf: &mut BytesMut,
+    conn: &mut BackendConn,
     sql: &str,
     param_types: &[u32],
     param_formats: &[i16],
     params: impl ExactSizeIterator<Item = &'a Option<impl AsRef<[u8]> + 'a>>,
     result_formats: &[i16],
 ) -> Result<(), SqlError> {
-    frontend::parse("", sql, param_types.iter().copied(), buf).map_err(internal)?;
+    let mut parse = BytesMut::new();
+    frontend::parse("", sql, param_types.iter().copied(), &mut parse).map_err(internal)?;
+    conn.write_parse(&parse);
+    let buf = &mut conn.wbuf;
     frontend::bind(
         "",
         "",

@@ -341,8 +341,7 @@ impl Combiner {
         let param_types: Vec<u32> = std::iter::repeat_n(types.iter().copied(), rows.max(1)).flatten().collect();
         let leg = &mut legs[0];
         leg.reopen();
-        let buf = &mut leg.conn.conn.wbuf;
-        extended(buf, &sql, &param_types, &[0], params.iter(), result_formats)?;
+        extended(&mut leg.conn.conn, &sql, &param_types, &[0], params.iter(), result_formats)?;
         leg.flush().await?;
         loop {
             let frame = leg.frame().await?;

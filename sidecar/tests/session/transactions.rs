@@ -257,3 +257,20 @@ async fn a_batch_across_shards_that_fails_rolls_back_everywhere() {
         assert!(f.prepared().is_empty());
     }
 }
+
+#[tokio::test]
+async fn a_catalog_read_goes_to_the_default_shard_without_joining_the_transaction() {
+    // The default shard's catalog is the one whose OIDs clients see.
+    let s = setup("").await;
+    let (_, k1) = keys(&s).await;
+    let probes = s.s0.statements().len();
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await;
+    let lookup = "SELECT c.relname FROM pg_catalog.pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace";
+    let got = tags(&c.simple(lookup).await);
+    assert!(got.starts_with("T D") && got.ends_with("C Z:T"), "{got}");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I", "no second shard to commit without two-phase commit");
+    assert_eq!(s.s0.statements()[probes..], [lookup], "outside the transaction, which never reached s0");
+    assert_eq!(s.s1.statements().last().map(String::as_str), Some("COMMIT"));
+}

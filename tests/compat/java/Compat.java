@@ -16,6 +16,9 @@ import java.sql.ResultSetMetaData;
 import java.sql.SQLException;
 import java.sql.Statement;
 
+import org.postgresql.PGResultSetMetaData;
+import org.postgresql.util.PGobject;
+
 public class Compat {
     static void step(String what) {
         System.out.println("ok: " + what);
@@ -114,6 +117,53 @@ public class Compat {
                 expect(rs.next() && rs.getLong(1) == 40, "count across shards");
             }
             step("queries merged across shards, with their metadata");
+
+            // Table and type OIDs differ between the shards (the test shifts
+            // s1's); pgjdbc looks a description's OIDs up in the catalog it reads.
+            String mood = t + "_mood";
+            try (Statement s = c.createStatement()) {
+                s.executeUpdate("CREATE TYPE " + mood + " AS ENUM ('calm', 'busy')");
+                s.executeUpdate("ALTER TABLE " + t + " ADD COLUMN mood " + mood + " NOT NULL DEFAULT 'calm'");
+            }
+            for (boolean inTransaction : new boolean[] {false, true}) {
+                c.setAutoCommit(!inTransaction);
+                try (PreparedStatement q = c.prepareStatement("SELECT customer_id, note, mood FROM " + t + " WHERE customer_id = ?")) {
+                    for (long k = 1; k <= 8; k++) {
+                        q.setLong(1, k);
+                        try (ResultSet rs = q.executeQuery()) {
+                            PGResultSetMetaData md = (PGResultSetMetaData) rs.getMetaData();
+                            expect(rs.getMetaData().getColumnTypeName(3).equals(mood), "key " + k + ": type " + rs.getMetaData().getColumnTypeName(3));
+                            expect(md.getBaseTableName(1).equals(t), "key " + k + ": table " + md.getBaseTableName(1));
+                            expect(md.getBaseColumnName(2).equals("note"), "key " + k + ": column " + md.getBaseColumnName(2));
+                            expect(rs.getMetaData().isNullable(1) == ResultSetMetaData.columnNoNulls, "key " + k + ": NOT NULL");
+                            expect(rs.getMetaData().isNullable(2) == ResultSetMetaData.columnNullable, "key " + k + ": nullable");
+                        }
+                    }
+                }
+                if (inTransaction) {
+                    c.commit();
+                }
+            }
+            c.setAutoCommit(true);
+            step("ResultSetMetaData of rows from either shard names the table, in and out of a transaction");
+
+            // pgjdbc declares a PGobject's type by the OID it looked up.
+            PGobject busy = new PGobject();
+            busy.setType(mood);
+            busy.setValue("busy");
+            try (PreparedStatement up = c.prepareStatement("UPDATE " + t + " SET mood = ? WHERE customer_id = ?");
+                 PreparedStatement q = c.prepareStatement("SELECT mood::text FROM " + t + " WHERE customer_id = ?")) {
+                for (long k = 1; k <= 8; k++) {
+                    up.setObject(1, busy);
+                    up.setLong(2, k);
+                    expect(up.executeUpdate() == 1, "set the mood of " + k);
+                    q.setLong(1, k);
+                    try (ResultSet rs = q.executeQuery()) {
+                        expect(rs.next() && rs.getString(1).equals("busy"), "mood of " + k);
+                    }
+                }
+            }
+            step("a parameter declared with the application's own type, on either shard");
 
             try (PreparedStatement ins = c.prepareStatement("INSERT INTO " + t + " VALUES (?, 'dup', 0)")) {
                 ins.setLong(1, 1);

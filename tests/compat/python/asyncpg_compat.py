@@ -76,6 +76,16 @@ async def main():
     expect(n == 40, f"after COPY: {n}")
     step("copy_to_table split by key")
 
+    # COPY TO: by key like its query, or every shard's rows concatenated.
+    out = io.BytesIO()
+    await conn.copy_from_query(f"SELECT customer_id, note FROM {t} WHERE customer_id = $1", 33, output=out)
+    expect(out.getvalue() == b"33\tcopied 33\n", f"copy_from_query by key: {out.getvalue()!r}")
+    out = io.BytesIO()
+    await conn.copy_from_table(t, columns=["customer_id"], output=out)
+    ids = sorted(int(line) for line in out.getvalue().split())
+    expect(ids == list(range(1, 41)), f"copy_from_table from both shards: {ids}")
+    step("copy_from_query by key and copy_from_table across shards")
+
     # executemany without a transaction: one batch, rows for both shards,
     # one implicit transaction (two-phase).
     await conn.executemany(insert, [(i, f"note {i}", i * 10) for i in range(41, 51)])
@@ -90,6 +100,20 @@ async def main():
         expect(e.sqlstate == "23505", e.sqlstate)
     expect(await conn.fetchval("SELECT 1") == 1, "the session carries on after an error")
     step("errors surface with their SQLSTATE")
+
+    # A type of the application's own has another OID on each shard; asyncpg
+    # looks up the OID a description gives before it can decode the column.
+    mood = f"{PREFIX}_mood"
+    await conn.execute(f"CREATE TYPE {mood} AS ENUM ('calm', 'busy')")
+    await conn.execute(f"ALTER TABLE {t} ADD COLUMN mood {mood} NOT NULL DEFAULT 'calm'")
+    catalog_oid = await conn.fetchval("SELECT oid FROM pg_catalog.pg_type WHERE typname = $1", mood)
+    read = await conn.prepare(f"SELECT mood FROM {t} WHERE customer_id = $1")
+    for i in range(1, 9):
+        got = await read.fetchval(i)
+        expect(got == "calm", f"enum from the shard of customer {i}: {got!r}")
+        described = read.get_attributes()[0].type.oid
+        expect(described == catalog_oid, f"customer {i}: described as type {described}, the catalog says {catalog_oid}")
+    step("a type of the application's own, read from either shard")
     await conn.close()
 
     # The default pool resets every connection it takes back.

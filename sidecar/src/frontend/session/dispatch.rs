@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::Session;
 use super::conns::Held;
+use super::fan_out::Spread;
 use super::local::aborted;
 use super::outbox::{Entry, Reply};
 use super::state::{Block, Txn};
@@ -30,8 +31,9 @@ pub(super) enum Action {
     EndBlock(bool),
     /// Sent as it is to one shard's server.
     Forward { shard: ShardId, role: Role },
-    /// Run on several shards, answers merged as `plan` says.
-    Scatter { shards: Vec<ShardId>, plan: Arc<FanOut>, role: Role },
+    /// Run on several shards (or on one outside the transaction), answers
+    /// merged as its plan says.
+    Scatter(Spread),
     /// A COPY FROM STDIN whose rows are placed one by one.
     CopySplit(Arc<CopySplit>),
 }
@@ -77,6 +79,11 @@ impl Session {
         if matches!(&self.txn, Txn::Deferred(d) if d.failed) {
             return Err(aborted());
         }
+        // LOCK TABLE is DDL to routing (every shard) but changes no OIDs.
+        self.schema_changed |= facts.statements.iter().any(|s| {
+            s.shape.verb == crate::classify::Verb::Ddl
+                && !s.text.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("lock"))
+        });
         let in_txn = !matches!(self.txn, Txn::Idle);
         let at = Instant::now();
         let routed = self.shared.planner.route(facts, params, &self.info, in_txn, written).await;
@@ -84,6 +91,7 @@ impl Session {
         stages.routed(Stage::since(at), std::mem::take(&mut route.statements));
         let role = route::role(&route, in_txn, self.shared.config.routing.read_replicas);
         Ok(match route.target {
+            Target::Anywhere if facts.statements.iter().all(|s| s.shape.catalog) => self.catalog_read(role),
             Target::Anywhere => Action::Forward { shard: self.anywhere(), role },
             Target::One(shard) => Action::Forward { shard, role },
             // One shard and nothing to rewrite: as if it were not across shards.
@@ -92,9 +100,24 @@ impl Session {
             {
                 Action::Forward { shard: shards[0], role }
             }
-            Target::Many { shards, plan } => Action::Scatter { shards, plan, role },
+            Target::Many { shards, plan } => Action::Scatter(Spread { shards, plan, role, detached: false }),
             Target::CopySplit(split) => Action::CopySplit(split),
         })
+    }
+
+    /// A read of the system catalogs runs on the default shard, whose OIDs
+    /// every description carries (`pool::oids`): in the session's
+    /// transaction when that includes the default shard or has not started
+    /// anywhere yet (pg_dump reads the catalog in its snapshot), else on a
+    /// connection of its own, so that asking about the schema does not
+    /// widen a transaction to another shard.
+    fn catalog_read(&self, role: Role) -> Action {
+        let default = self.shared.pools.topology.default_shard();
+        let nowhere_yet = !matches!(self.txn, Txn::Block(_)) && self.conns.is_empty() && self.lent.is_empty();
+        if nowhere_yet || self.conns.get(default).is_some() {
+            return Action::Forward { shard: default, role };
+        }
+        Action::Scatter(Spread { shards: vec![default], plan: Arc::new(FanOut::Everywhere), role, detached: true })
     }
 
     /// Where a statement without preference goes: the default shard (where

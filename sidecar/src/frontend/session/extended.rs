@@ -140,7 +140,7 @@ impl Session {
             conn.prepared.insert(p.backend_name.clone(), p.text.clone());
             undo.push(Effect::Unprepare(shard, p.backend_name.clone()));
         }
-        conn.wbuf.extend_from_slice(&p.parse);
+        conn.write_parse(&p.parse);
         let entry = if hidden {
             undo.push(Effect::ForgetUnvalidated(p.clone()));
             Entry::hidden(shard, Reply::Parse)
@@ -248,21 +248,21 @@ impl Session {
                     self.parse_anywhere(&p, undo).await?;
                 }
                 let refusal = Refusal::CopySplit {
-                    table: split.rule.table.clone(),
-                    why: "shardcar splits a COPY sent as a simple query only".into(),
+                    table: split.table().to_string(),
+                    why: "shardcar runs a COPY on several shards only when it comes as a simple query".into(),
                 };
                 return self.refuse(refusal.into(), true, stages, &p.facts);
             }
             Action::Local => PortalKind::Local,
             Action::EndBlock(commit) => PortalKind::EndBlock(commit),
-            Action::Scatter { shards, plan, role } => {
+            Action::Scatter(spread) => {
                 let bound = Bound {
                     params: msg.parameters.clone(),
                     param_formats: msg.parameter_format_codes.clone(),
                     param_types: p.param_types(),
                     result_formats: msg.result_column_format_codes.clone(),
                 };
-                PortalKind::Scatter(Box::new(ScatterPortal::new(p.text.sql.clone(), Some(bound), shards, plan, role)))
+                PortalKind::Scatter(Box::new(ScatterPortal::new(p.text.sql.clone(), Some(bound), spread)))
             }
         };
         // Answered here: the Parse and Bind too.
@@ -379,7 +379,7 @@ impl Session {
         let c = &mut conn.conn;
         let has = !p.backend_name.is_empty() && c.prepared.has(&p.backend_name, &p.text);
         if !has {
-            c.wbuf.extend_from_slice(&p.parse);
+            c.write_parse(&p.parse);
         }
         postgres_protocol::message::frontend::describe(b'S', &p.backend_name, &mut c.wbuf)
             .map_err(|e| SqlError::new(code::INTERNAL_ERROR, e.to_string()))?;

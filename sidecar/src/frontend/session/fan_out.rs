@@ -34,6 +34,18 @@ pub(super) struct ScatterPortal {
     pub described: bool,
     /// It ran to completion: executing it again returns no rows.
     pub finished: bool,
+    /// Runs on connections of its own, outside the session's transaction
+    /// (a catalog read on the default shard while the transaction is elsewhere).
+    pub detached: bool,
+}
+
+/// Where a statement across shards runs.
+pub(super) struct Spread {
+    pub shards: Vec<ShardId>,
+    pub plan: Arc<FanOut>,
+    pub role: Role,
+    /// On connections of its own, outside the session's transaction.
+    pub detached: bool,
 }
 
 /// How far an Execute got.
@@ -47,8 +59,9 @@ pub(super) enum Ran {
 }
 
 impl ScatterPortal {
-    pub fn new(sql: String, bound: Option<Bound>, shards: Vec<ShardId>, plan: Arc<FanOut>, role: Role) -> Self {
-        ScatterPortal { sql, bound, shards, plan, role, running: None, described: false, finished: false }
+    pub fn new(sql: String, bound: Option<Bound>, spread: Spread) -> Self {
+        let Spread { shards, plan, role, detached } = spread;
+        ScatterPortal { sql, bound, shards, plan, role, running: None, described: false, finished: false, detached }
     }
 }
 
@@ -74,8 +87,22 @@ impl Session {
             return Ok(());
         }
         self.settle().await?;
-        let legs = self.legs(&sp.shards, sp.role).await?;
-        let in_txn = !matches!(self.txn, Txn::Idle);
+        let legs = if sp.detached {
+            let mut legs = Vec::with_capacity(sp.shards.len());
+            for &shard in &sp.shards {
+                match self.checkout(shard, sp.role).await {
+                    Ok(held) => legs.push(held.conn),
+                    Err(e) => {
+                        legs.into_iter().for_each(ShardConn::release);
+                        return Err(e.into());
+                    }
+                }
+            }
+            legs
+        } else {
+            self.legs(&sp.shards, sp.role).await?
+        };
+        let in_txn = !sp.detached && !matches!(self.txn, Txn::Idle);
         let pools = self.shared.pools.clone();
         match Scatter::start(legs, &pools, &sp.sql, sp.bound.as_ref(), sp.plan.clone(), in_txn).await {
             Ok(s) => {
@@ -83,7 +110,7 @@ impl Session {
                 Ok(())
             }
             Err((failure, conns)) => {
-                self.give_back(conns)?;
+                self.give_back_of(sp, conns)?;
                 Err(failure)
             }
         }
@@ -200,6 +227,15 @@ impl Session {
     pub(super) async fn scatter_end(&mut self, sp: &mut ScatterPortal) -> Result<(), SqlError> {
         let Some(s) = sp.running.take() else { return Ok(()) };
         let conns = s.finish().await;
+        self.give_back_of(sp, conns)
+    }
+
+    /// Takes back `sp`'s connections: to the pool when they were its own.
+    fn give_back_of(&mut self, sp: &ScatterPortal, conns: Vec<ShardConn>) -> Result<(), SqlError> {
+        if sp.detached {
+            conns.into_iter().for_each(ShardConn::release);
+            return Ok(());
+        }
         self.give_back(conns)
     }
 

@@ -130,6 +130,9 @@ pub struct Session {
     txn_snapshot: Option<SettingsSnapshot>,
     /// A BEGIN completed in the batch in flight; the block opens on its ReadyForQuery.
     began: Option<String>,
+    /// DDL was sent: the OID maps are read again once its transaction ends,
+    /// before the client hears the outcome.
+    schema_changed: bool,
     last_tag: String,
     done: bool,
 }
@@ -167,6 +170,7 @@ impl Session {
             checkout_stage: None,
             txn_snapshot: None,
             began: None,
+            schema_changed: false,
             last_tag: String::new(),
             done: false,
         }
@@ -187,6 +191,10 @@ impl Session {
         let mut shutting_down = false;
         loop {
             self.process().await?;
+            if self.schema_changed && matches!(self.txn, Txn::Idle) && self.outbox.waiting_on().is_none() {
+                self.schema_changed = false;
+                self.shared.pools.refresh_oids().await;
+            }
             self.flush().await?;
             if self.done {
                 return Ok(());

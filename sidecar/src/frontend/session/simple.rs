@@ -72,8 +72,8 @@ impl Session {
                 self.apply_events();
                 Ok(())
             }
-            Action::Scatter { shards, plan, role } => {
-                let mut sp = ScatterPortal::new(sql.clone(), None, shards, plan, role);
+            Action::Scatter(spread) => {
+                let mut sp = ScatterPortal::new(sql.clone(), None, spread);
                 self.scatter_run(&mut sp, 0, true).await?;
                 self.emit_ready();
                 Ok(())
