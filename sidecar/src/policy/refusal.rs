@@ -32,7 +32,7 @@ pub enum Refusal {
     InsertSelect { table: String },
     /// A statement across shards whose answers cannot be merged exactly.
     NotMergeable(String),
-    /// A COPY into a sharded table whose rows cannot be cut and placed.
+    /// A COPY into a sharded or reference table that cannot reach its shards.
     CopySplit { table: String, why: String },
     /// Statements of one query string that belong to different shards.
     Together { first: String, second: String },
@@ -127,7 +127,9 @@ impl From<Refusal> for SqlError {
             ),
             Refusal::CopySplit { table, why } => (
                 format!("this COPY into {table} needs every shard, and {why}"),
-                Some(format!("use the text format without HEADER, or {TARGET}")),
+                Some(format!(
+                    "send COPY ... FROM STDIN as a simple query, in the text format without HEADER and with the shard key among its columns, or {TARGET}"
+                )),
             ),
             Refusal::Together { first, second } => (
                 format!("statements sent together go to different shards ({first} and {second})"),

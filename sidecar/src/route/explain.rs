@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use shardcar_api::{Explanation, FanOutPlan, Refusal, StatementExplanation, Target as ApiTarget};
 
-use super::{Planner, Target};
+use super::{CopySplit, Planner, Target};
 use crate::classify::params::Params;
 use crate::classify::{Facts, Kind, Operand, RoleHint, Value};
 use crate::policy::facts::SessionInfo;
@@ -56,14 +56,19 @@ pub async fn explain(
                 fan_out = Some(FanOutPlan { shards, merge: plan.describe() });
             }
             Target::CopySplit(split) => {
-                fan_out = Some(FanOutPlan {
-                    shards: topology.all_names(),
-                    merge: format!(
-                        "each row placed by its {} (field {}) on its shard; COPY n summed",
-                        split.rule.key,
-                        split.key_field + 1
-                    ),
-                });
+                let merge = match &**split {
+                    CopySplit::ByKey { rule, key_field, .. } => {
+                        format!(
+                            "each row placed by its {} (field {}) on its shard; COPY n summed",
+                            rule.key,
+                            key_field + 1
+                        )
+                    }
+                    CopySplit::Everywhere { .. } => {
+                        "every row to every shard (a reference table); COPY n of one".into()
+                    }
+                };
+                fan_out = Some(FanOutPlan { shards: topology.all_names(), merge });
             }
         },
         Err(e) => {

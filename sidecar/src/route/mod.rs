@@ -42,17 +42,31 @@ pub enum Target {
         shards: Vec<ShardId>,
         plan: Arc<FanOut>,
     },
-    /// `COPY ... FROM STDIN` whose rows are placed on shards one by one.
+    /// `COPY ... FROM STDIN` whose rows go to several shards.
     CopySplit(Arc<CopySplit>),
 }
 
-/// How to cut a COPY's data into rows and find each row's key.
+/// Where the rows of a `COPY ... FROM STDIN` on every shard go.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CopySplit {
-    pub rule: Arc<TableRule>,
-    pub delimiter: u8,
-    /// Zero-based field of the shard key in each row.
-    pub key_field: usize,
+pub enum CopySplit {
+    /// Each row to the shard its key routes to: the data is cut into rows.
+    ByKey {
+        rule: Arc<TableRule>,
+        delimiter: u8,
+        /// Zero-based field of the shard key in each row.
+        key_field: usize,
+    },
+    /// A reference table: all the data to every shard as it comes (any format).
+    Everywhere { table: String },
+}
+
+impl CopySplit {
+    pub fn table(&self) -> &str {
+        match self {
+            CopySplit::ByKey { rule, .. } => &rule.table,
+            CopySplit::Everywhere { table } => table,
+        }
+    }
 }
 
 /// Decides routes, keeping merge plans per statement text so that a
@@ -167,6 +181,9 @@ impl Planner {
         if stmt.shape.verb == Verb::Ddl || (stmt.shape.verb != Verb::Copy && router.is_reference_write(stmt)) {
             return Ok(Single::Everywhere);
         }
+        if stmt.shape.verb == Verb::Copy && router.is_reference_write(stmt) {
+            return reference_copy(stmt);
+        }
         let Some(rule) = router.rule_of(stmt) else { return Ok(Single::Target(Target::Anywhere, vec![])) };
         check_key_unchanged(stmt, rule).map_err(ResolveError::Refused)?;
         if let Some(copy) = &stmt.shape.copy_in {
@@ -251,8 +268,23 @@ impl Planner {
             )));
         }
         let key_field = self.router.copy_key_field(copy, rule).await?;
-        let split = CopySplit { rule: rule.clone(), delimiter, key_field };
+        let split = CopySplit::ByKey { rule: rule.clone(), delimiter, key_field };
         Ok(Single::Target(Target::CopySplit(Arc::new(split)), vec![]))
+    }
+}
+
+/// A COPY naming a reference table: COPY TO reads it on one shard; COPY
+/// FROM STDIN writes every shard; COPY FROM a server file or program is
+/// refused, since each server would read its own.
+fn reference_copy(stmt: &Statement) -> Result<Single, ResolveError> {
+    let table = stmt.shape.tables.first().cloned().unwrap_or_default();
+    match &stmt.shape.copy_in {
+        Some(_) => Ok(Single::Target(Target::CopySplit(Arc::new(CopySplit::Everywhere { table })), vec![])),
+        None if stmt.shape.copy_from => Err(ResolveError::Refused(Refusal::CopySplit {
+            table,
+            why: "a reference table takes COPY FROM STDIN only: a file or program would be read by each server".into(),
+        })),
+        None => Ok(Single::Target(Target::Anywhere, vec![])),
     }
 }
 

@@ -195,6 +195,26 @@ async fn copy_without_a_shard_splits_rows_and_commits_them_together() {
 }
 
 #[tokio::test]
+async fn copy_into_a_reference_table_writes_every_shard_or_is_refused() {
+    let s = setup("reference_tables = [\"r\"]").await;
+    let mut c = Client::connect(&s).await;
+    c.query("COPY r FROM STDIN (FORMAT csv)").send().await;
+    assert_eq!(tags(&c.take(1).await), "G");
+    let got = c.copy_data("fr,France\n").copy_data("jp,Japan\n").copy_done().run().await;
+    assert_eq!(tags(&got), "C Z:I");
+    assert_eq!(got[0].tag_text(), "COPY 2", "the rows of one shard, not the sum");
+    for f in [&s.s0, &s.s1] {
+        let log = f.statements();
+        assert_eq!(log[log.len() - 3..], ["BEGIN", "COPY r FROM STDIN (FORMAT csv)", "COMMIT"], "every shard");
+    }
+    // A server file would be read by each server on its own: refused, nowhere run.
+    let got = c.simple("COPY r FROM '/tmp/countries.csv'").await;
+    assert_eq!(tags(&got), "E:0A000 Z:I");
+    assert!(error(&got).field(b'M').contains("reference table"), "{}", error(&got).field(b'M'));
+    assert!(!s.s0.statements().iter().chain(&s.s1.statements()).any(|q| q.contains("countries.csv")));
+}
+
+#[tokio::test]
 async fn a_split_copy_with_a_bad_row_copies_nothing() {
     let s = setup("").await;
     let (k0, k1) = keys(&s).await;

@@ -1,11 +1,13 @@
-//! `COPY table FROM STDIN` into a sharded table with no shard named: every
-//! row goes to the shard its key routes to.
+//! `COPY table FROM STDIN` on every shard: into a sharded table with no
+//! shard named, every row goes to the shard its key routes to; into a
+//! reference table, all the data goes to every shard.
 //!
 //! A COPY is opened on every shard, each in a transaction: the transaction
 //! across shards the client has open (with two-phase commit), or one of
 //! shardcar's own that commits only when every shard took its rows
 //! (two-phase when configured, else one shard after the other). The
-//! client's data is cut into rows (text format) and passed on byte for byte.
+//! client's data is cut into rows (text format) and passed on byte for
+//! byte, or passed on whole to each shard.
 
 use std::sync::Arc;
 
@@ -59,8 +61,7 @@ impl Session {
             release(legs, true);
             return self.fail(e, false);
         }
-        let splitter = RowSplitter::new(split.delimiter, split.key_field);
-        let result = self.copy_rows(&mut legs, sql, facts, &split, splitter, within).await;
+        let result = self.copy_rows(&mut legs, sql, facts, &split, within).await;
         for leg in legs.iter_mut() {
             let m = &leg.conn().node.metrics;
             m.statements(KindLabel::Write).inc();
@@ -164,9 +165,12 @@ impl Session {
         sql: &str,
         facts: &Arc<Facts>,
         split: &CopySplit,
-        mut splitter: RowSplitter,
         in_transaction: bool,
     ) -> Result<u64, Failure> {
+        let mut splitter = match split {
+            CopySplit::ByKey { rule, delimiter, key_field } => Some((rule, RowSplitter::new(*delimiter, *key_field))),
+            CopySplit::Everywhere { .. } => None,
+        };
         let lost = |e: SqlError| Failure::Client(e);
         let mut copy_in_response = None;
         for leg in legs.iter_mut() {
@@ -199,8 +203,17 @@ impl Session {
         let mut rows: Vec<(Vec<u8>, Option<String>)> = Vec::new();
         loop {
             let (last, parsed) = match self.next_message().await.map_err(lost)? {
-                Some(ClientMsg::CopyData { raw }) => (false, splitter.push(&raw[5..], collect(&mut rows))),
-                Some(ClientMsg::CopyDone { .. }) => (true, splitter.finish(collect(&mut rows))),
+                Some(ClientMsg::CopyData { raw }) => match splitter.as_mut() {
+                    Some((_, rows_of)) => (false, rows_of.push(&raw[5..], collect(&mut rows))),
+                    None => {
+                        chunks.iter_mut().for_each(|c| c.extend_from_slice(&raw[5..]));
+                        (false, Ok(()))
+                    }
+                },
+                Some(ClientMsg::CopyDone { .. }) => match splitter.as_mut() {
+                    Some((_, rows_of)) => (true, rows_of.finish(collect(&mut rows))),
+                    None => (true, Ok(())),
+                },
                 Some(ClientMsg::CopyFail { raw, .. }) => {
                     // Every shard fails its COPY with the client's message.
                     for leg in legs.iter_mut() {
@@ -232,10 +245,11 @@ impl Session {
                 return Err(Failure::Own(e));
             }
             for (bytes, key) in rows.drain(..) {
+                let Some((rule, _)) = splitter.as_ref() else { break };
                 let router = &self.shared.router;
-                let columns = vec![split.rule.key.clone()];
+                let columns = vec![rule.key.clone()];
                 let value = vec![Operand::Const(key.map_or(Value::Null, Value::Text))];
-                let placed = router.row_shard(facts, &split.rule, columns, value, &None, &info, in_transaction).await;
+                let placed = router.row_shard(facts, rule, columns, value, &None, &info, in_transaction).await;
                 match placed {
                     Ok(shard) => chunks[shard.index()].extend_from_slice(&bytes),
                     Err(e) => {
@@ -264,7 +278,12 @@ impl Session {
         for leg in legs.iter_mut() {
             frontend::copy_done(&mut leg.conn().conn.wbuf);
         }
-        finish(legs).await
+        let copied = finish(legs).await?;
+        Ok(match split {
+            CopySplit::ByKey { .. } => copied.iter().sum(),
+            // Every shard took the same rows.
+            CopySplit::Everywhere { .. } => copied.first().copied().unwrap_or(0),
+        })
     }
 
     /// The client's next message: read ahead already, or from the socket.
@@ -287,9 +306,9 @@ impl Session {
 }
 
 /// Sends what is queued (CopyDone or CopyFail) and reads every leg's answer
-/// to its ReadyForQuery: the rows copied, or the first shard error.
-async fn finish(legs: &mut [Leg]) -> Result<u64, Failure> {
-    let mut rows = 0;
+/// to its ReadyForQuery: the rows each copied, or the first shard error.
+async fn finish(legs: &mut [Leg]) -> Result<Vec<u64>, Failure> {
+    let mut rows = Vec::with_capacity(legs.len());
     let mut error = None;
     for leg in legs.iter_mut() {
         if let Err(e) = leg.conn().conn.flush().await {
@@ -300,7 +319,7 @@ async fn finish(legs: &mut [Leg]) -> Result<u64, Failure> {
             match leg.frame().await {
                 Ok(frame) if frame[0] == b'C' => {
                     let tag = String::from_utf8_lossy(&frame[5..frame.len() - 1]).into_owned();
-                    rows += tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0);
+                    rows.push(tag.rsplit(' ').next().and_then(|n| n.parse::<u64>().ok()).unwrap_or(0));
                 }
                 Ok(frame) if frame[0] == b'E' => {
                     error.get_or_insert(Failure::Shard(frame));
