@@ -72,9 +72,22 @@ async fn per_shard(t: &str) -> (i64, i64) {
     (n0, n1)
 }
 
-/// The script's table holds `rows` rows, spread over both shards, and each
-/// key is where shardcar routes a query for it.
+/// The columns, types, defaults and indexes of `t` on one shard.
+async fn schema_on(shard: &shardcar::localpg::Cluster, t: &str) -> String {
+    let q = "SELECT string_agg(format('%s %s %s %s', column_name, udt_name, is_nullable, column_default), ', '
+                ORDER BY ordinal_position)
+                || ' / ' || (SELECT string_agg(indexdef, ', ' ORDER BY indexname) FROM pg_indexes WHERE tablename = $1)
+             FROM information_schema.columns WHERE table_name = $1";
+    direct(shard).await.query_one(q, &[&t]).await.unwrap().get::<_, Option<String>>(0).unwrap_or_default()
+}
+
+/// The script's table holds `rows` rows, spread over both shards, each key
+/// is where shardcar routes a query for it, and the table is the same on both.
 async fn placed(sc: &Sidecar, t: &str, rows: i64) {
+    let fleet = Fleet::shared();
+    let schema = schema_on(&fleet.s0, t).await;
+    assert!(schema.contains("customer_id"), "{t} on s0: {schema}");
+    assert_eq!(schema, schema_on(&fleet.s1, t).await, "{t}: the same schema on every shard");
     let (n0, n1) = per_shard(t).await;
     assert!(n0 > 0 && n1 > 0 && n0 + n1 == rows, "{t}: {n0} + {n1} rows, want {rows} on both shards");
     let c = sc.connect().await;
