@@ -76,7 +76,7 @@ fn routing(c: &mut Criterion) {
     println!("plugin step (extract-key + route, hash): median {median} ns, p99 {p99} ns");
     c.bench_function("plugin step: hash extract-key + route", |b| b.iter(&mut route));
 
-    let cache = FactsCache::new(10_000, &Default::default());
+    let cache = FactsCache::new(16 << 20, &Default::default());
     cache.get(SQL);
     let (median, p99) = percentiles(|| {
         black_box(cache.get(SQL));

@@ -52,14 +52,34 @@ pub struct Listen {
     /// When set, `/metrics` and `/api/...` want `Authorization: Bearer <token>`
     /// (or `?access_token=<token>`, for browsers' EventSource); the probes stay open.
     pub admin_token: Option<String>,
-    /// Clients beyond this many get `53300 too_many_connections` at startup.
+    /// Logged-in clients beyond this many get `53300 too_many_connections`.
     pub max_client_connections: usize,
+    /// Time a client has for its startup packet and authentication
+    /// (Postgres's `authentication_timeout`, PgBouncer's `client_login_timeout`).
+    pub login_timeout_ms: u64,
+    /// Connections still logging in beyond this many are turned away at once,
+    /// so that half-open logins cannot hold logged-in clients' slots.
+    pub max_pending_logins: usize,
+    /// The largest message a client may send (Postgres allows up to 1 GiB).
+    pub max_message_bytes: usize,
+    /// All clients' partly received large messages together (a client
+    /// declaring a large message takes its size from this before it is read).
+    pub client_buffer_budget_bytes: usize,
     /// On SIGTERM/SIGINT: how long open transactions may take to finish.
     pub shutdown_grace_s: u64,
     /// Threads serving clients; 0: one per CPU. On a box shared with its
     /// servers and clients, fewer threads mean fewer wakeups and context
     /// switches per statement (see the README's benchmark).
     pub threads: usize,
+}
+
+/// Postgres's own ceiling for a message (`PQ_LARGE_MESSAGE_LIMIT`).
+pub const MAX_MESSAGE_CEILING: usize = 0x3fff_ffff - 1;
+
+impl Listen {
+    pub fn login_timeout(&self) -> Duration {
+        Duration::from_millis(self.login_timeout_ms)
+    }
 }
 
 impl Default for Listen {
@@ -69,6 +89,10 @@ impl Default for Listen {
             admin: "127.0.0.1:9930".into(),
             admin_token: None,
             max_client_connections: 1000,
+            login_timeout_ms: 60_000,
+            max_pending_logins: 1000,
+            max_message_bytes: 64 << 20,
+            client_buffer_budget_bytes: 512 << 20,
             shutdown_grace_s: 10,
             threads: 0,
         }
@@ -501,8 +525,23 @@ impl Config {
         if self.listen.addr == self.listen.admin {
             bad("listen.admin".into(), "must differ from listen.addr".into());
         }
-        if self.listen.max_client_connections == 0 {
-            bad("listen.max_client_connections".into(), "must be at least 1".into());
+        for (name, value) in [
+            ("max_client_connections", self.listen.max_client_connections),
+            ("max_pending_logins", self.listen.max_pending_logins),
+            ("login_timeout_ms", self.listen.login_timeout_ms as usize),
+        ] {
+            if value == 0 {
+                bad(format!("listen.{name}"), "must be at least 1".into());
+            }
+        }
+        if !(1 << 20..=MAX_MESSAGE_CEILING).contains(&self.listen.max_message_bytes) {
+            bad(
+                "listen.max_message_bytes".into(),
+                format!("must be between 1 MiB and {MAX_MESSAGE_CEILING} (Postgres's limit)"),
+            );
+        }
+        if self.listen.client_buffer_budget_bytes < self.listen.max_message_bytes {
+            bad("listen.client_buffer_budget_bytes".into(), "must be at least listen.max_message_bytes".into());
         }
 
         if self.users.is_empty() {

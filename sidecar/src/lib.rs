@@ -10,6 +10,7 @@ pub mod classify;
 pub mod config;
 pub mod demo;
 pub mod frontend;
+pub mod limits;
 pub mod localpg;
 pub mod metrics;
 pub mod panics;

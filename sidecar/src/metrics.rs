@@ -123,6 +123,9 @@ pub struct Metrics {
     pub parse_cache_hits: IntCounter,
     pub parse_cache_misses: IntCounter,
     pub parse_cache_entries: IntGauge,
+    pub parse_cache_bytes: IntGauge,
+    pub client_buffered_bytes: IntGauge,
+    pub client_limit_hits: IntCounterVec,
     pub client_bytes_received: IntCounter,
     pub client_bytes_sent: IntCounter,
     pub clients_connected: IntGauge,
@@ -265,6 +268,22 @@ impl Metrics {
                 counter("shardcar_parse_cache_misses_total", "SQL texts parsed because they were not cached"),
             ),
             parse_cache_entries: register(&r, gauge("shardcar_parse_cache_entries", "SQL texts in the parse cache")),
+            parse_cache_bytes: register(
+                &r,
+                gauge("shardcar_parse_cache_bytes", "Estimated bytes the parse cache holds (bounded by its budget)"),
+            ),
+            client_buffered_bytes: register(
+                &r,
+                gauge("shardcar_client_buffered_bytes", "Bytes reserved for clients' large messages being received"),
+            ),
+            client_limit_hits: register(
+                &r,
+                counter_vec(
+                    "shardcar_client_limit_hits_total",
+                    "Clients turned away or cut off by a limit (client_slots, pending_logins, login_timeout, message_size, buffer_budget)",
+                    &["limit"],
+                ),
+            ),
             client_bytes_received: register(
                 &r,
                 counter("shardcar_client_received_bytes_total", "Bytes read from clients"),

@@ -36,6 +36,19 @@ pub enum Secret {
 }
 
 impl Secret {
+    /// What a user not in the config is "checked" against: a SCRAM exchange
+    /// that always fails, with a salt stable per name within this process,
+    /// so that an unknown user and a wrong password look alike (Postgres
+    /// does the same, against user enumeration).
+    pub fn unknown_user(user: &str) -> Secret {
+        use sha2::{Digest, Sha256};
+        static NONCE: std::sync::OnceLock<[u8; 32]> = std::sync::OnceLock::new();
+        let nonce = NONCE.get_or_init(rand::random);
+        let salt = Sha256::new().chain_update(nonce).chain_update(user.as_bytes()).finalize()[..16].to_vec();
+        let unguessable = || rand::random::<[u8; 32]>().to_vec();
+        Secret::Scram { salt, iterations: SCRAM_ITERATIONS, stored_key: unguessable(), server_key: unguessable() }
+    }
+
     /// Prepares the secret for `method` from the configured password, which
     /// may be cleartext, a SCRAM verifier or an md5 hash.
     pub fn parse(user: &str, password: &str, method: AuthMethod) -> Result<Secret, String> {

@@ -7,24 +7,25 @@ use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::cancel;
 use crate::classify::FactsCache;
 use crate::config::Config;
 use crate::frontend;
+use crate::limits::ClientLimits;
 use crate::metrics::Metrics;
 use crate::policy::Router;
 use crate::pool::{Pools, health};
 use crate::route::Planner;
-use crate::shared::Shared;
+use crate::shared::{Shared, Stopping};
 use crate::telemetry::Telemetry;
 use crate::topology::Topology;
 use crate::twophase::Coordinator;
 
-/// Distinct SQL texts whose facts are kept.
-const FACTS_CACHE_ENTRIES: usize = 10_000;
+/// Bytes of SQL texts and their facts the parse cache keeps.
+const FACTS_CACHE_BYTES: u64 = 32 << 20;
 
 /// Binds the configured listeners and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -71,14 +72,15 @@ pub async fn serve(
     }
     let router = Arc::new(Router::new(&config, &pools, &metrics)?);
     crate::policy::reload::verify_all(&router).await?;
-    let facts = Arc::new(FactsCache::new(FACTS_CACHE_ENTRIES, &metrics));
+    let facts = Arc::new(FactsCache::new(FACTS_CACHE_BYTES, &metrics));
     let coordinator = match config.routing.two_phase_commit {
         true => Some(Arc::new(Coordinator::open(&config.decision_log())?)),
         false => None,
     };
+    let limits = Arc::new(ClientLimits::new(&config.listen, &metrics));
     let (telemetry, trace_flusher) = Telemetry::start(&config, metrics)?;
     let telemetry = Arc::new(telemetry);
-    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let (shutdown_tx, shutdown_rx) = watch::channel(Stopping::No);
     let shared = Arc::new(Shared {
         planner: Planner::new(router.clone()),
         router,
@@ -87,7 +89,7 @@ pub async fn serve(
         telemetry: telemetry.clone(),
         cancels: Arc::new(cancel::Registry::default()),
         secrets,
-        client_slots: Arc::new(Semaphore::new(config.listen.max_client_connections)),
+        limits,
         coordinator: coordinator.clone(),
         shutdown: shutdown_rx,
         config,
@@ -160,13 +162,20 @@ pub async fn serve(
     }
 
     drop(listener);
-    let _ = shutdown_tx.send(true);
+    let _ = shutdown_tx.send(Stopping::Draining);
     let grace = Duration::from_secs(shared.config.listen.shutdown_grace_s);
     tracing::info!("shutting down: {} session(s) get {grace:?} to finish their transactions", sessions.len());
     let drained = tokio::time::timeout(grace, async { while sessions.join_next().await.is_some() {} }).await;
     if drained.is_err() {
-        tracing::warn!("{} session(s) still open after {grace:?}; closing them", sessions.len());
-        sessions.shutdown().await;
+        // Each is told why (57P01) and its transaction rolled back; one
+        // that cannot even be told in a second is dropped.
+        tracing::warn!("{} session(s) still open after {grace:?}; ending them", sessions.len());
+        let _ = shutdown_tx.send(Stopping::Now);
+        let told =
+            tokio::time::timeout(Duration::from_secs(1), async { while sessions.join_next().await.is_some() {} });
+        if told.await.is_err() {
+            sessions.shutdown().await;
+        }
     }
     background.shutdown().await;
     if let Some(flusher) = trace_flusher {

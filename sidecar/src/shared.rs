@@ -4,11 +4,12 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 use crate::cancel;
 use crate::classify::FactsCache;
 use crate::config::Config;
+use crate::limits::ClientLimits;
 use crate::policy::Router;
 use crate::pool::Pools;
 use crate::route::Planner;
@@ -27,8 +28,20 @@ pub struct Shared {
     pub telemetry: Arc<Telemetry>,
     pub cancels: Arc<cancel::Registry>,
     pub secrets: HashMap<String, Secret>,
-    pub client_slots: Arc<Semaphore>,
+    /// Client slots, login deadline, message sizes and buffer budget.
+    pub limits: Arc<ClientLimits>,
     /// Commits transactions across shards (`routing.two_phase_commit`).
     pub coordinator: Option<Arc<Coordinator>>,
-    pub shutdown: watch::Receiver<bool>,
+    pub shutdown: watch::Receiver<Stopping>,
+}
+
+/// How far the sidecar is in stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Stopping {
+    #[default]
+    No,
+    /// Sessions finish their transactions, then end.
+    Draining,
+    /// The grace period is over: sessions end now, with 57P01.
+    Now,
 }

@@ -5,6 +5,8 @@
 //! a message with a lying inner length can never read into the next one; the
 //! raw frame is kept so that forwarding stays byte-exact.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::CopyFail;
@@ -26,6 +28,7 @@ use prometheus::IntCounter;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use crate::limits::{ClientLimits, Reservation};
 use crate::panics::caught;
 use crate::sqlerror::{SqlError, code};
 
@@ -43,18 +46,54 @@ pub struct Frame {
 /// A decoded frontend message, with its raw bytes where it may be forwarded.
 #[derive(Debug)]
 pub enum ClientMsg {
-    Query { raw: Bytes, sql: String },
-    Parse { raw: Bytes, msg: Parse },
-    Bind { raw: Bytes, msg: Bind },
-    Describe { raw: Bytes, msg: Describe },
-    Close { raw: Bytes, msg: Close },
-    Execute { raw: Bytes, portal: String, max_rows: usize },
-    Sync { raw: Bytes },
-    Flush { raw: Bytes },
-    CopyData { raw: Bytes },
-    CopyDone { raw: Bytes },
-    CopyFail { raw: Bytes, message: String },
+    Query {
+        raw: Bytes,
+        sql: String,
+    },
+    Parse {
+        raw: Bytes,
+        msg: Parse,
+    },
+    Bind {
+        raw: Bytes,
+        msg: Bind,
+    },
+    Describe {
+        raw: Bytes,
+        msg: Describe,
+    },
+    Close {
+        raw: Bytes,
+        msg: Close,
+    },
+    Execute {
+        raw: Bytes,
+        portal: String,
+        max_rows: usize,
+    },
+    Sync {
+        raw: Bytes,
+    },
+    Flush {
+        raw: Bytes,
+    },
+    CopyData {
+        raw: Bytes,
+    },
+    CopyDone {
+        raw: Bytes,
+    },
+    CopyFail {
+        raw: Bytes,
+        message: String,
+    },
     Terminate,
+    /// A message whose frame was sound but whose content was not: answered
+    /// with this ERROR, as Postgres does, and the session goes on.
+    Invalid {
+        tag: u8,
+        error: SqlError,
+    },
 }
 
 impl ClientMsg {
@@ -72,7 +111,7 @@ impl ClientMsg {
             | ClientMsg::CopyDone { raw }
             | ClientMsg::CopyFail { raw, .. }
             | ClientMsg::Bind { raw, .. } => raw.len(),
-            ClientMsg::Terminate => 5,
+            ClientMsg::Terminate | ClientMsg::Invalid { .. } => 5,
         }
     }
 
@@ -91,10 +130,27 @@ impl ClientMsg {
             ClientMsg::CopyDone { .. } => "CopyDone",
             ClientMsg::CopyFail { .. } => "CopyFail",
             ClientMsg::Terminate => "Terminate",
+            ClientMsg::Invalid { .. } => "an invalid message",
         }
     }
 
+    /// Part of the extended protocol: a failure there skips to the next Sync.
+    pub fn is_extended(tag: u8) -> bool {
+        matches!(tag, b'P' | b'B' | b'D' | b'C' | b'E')
+    }
+
+    /// Decodes a whole frame. A message type that does not exist is FATAL
+    /// (nothing after it can be trusted); content that cannot be read is
+    /// an ERROR for that message alone, as on Postgres.
     pub fn decode(frame: Frame) -> Result<ClientMsg, SqlError> {
+        let tag = frame.tag;
+        match Self::decode_content(frame) {
+            Err(error) if !error.fatal => Ok(ClientMsg::Invalid { tag, error }),
+            decoded => decoded,
+        }
+    }
+
+    fn decode_content(frame: Frame) -> Result<ClientMsg, SqlError> {
         let raw = frame.raw;
         Ok(match frame.tag {
             b'Q' => {
@@ -110,8 +166,16 @@ impl ClientMsg {
                 ClientMsg::Parse { msg, raw }
             }
             b'B' => ClientMsg::Bind { msg: decode(&raw)?, raw },
-            b'D' => ClientMsg::Describe { msg: decode(&raw)?, raw },
-            b'C' => ClientMsg::Close { msg: decode(&raw)?, raw },
+            b'D' => {
+                let msg: Describe = decode(&raw)?;
+                subtype("DESCRIBE", msg.target_type)?;
+                ClientMsg::Describe { msg, raw }
+            }
+            b'C' => {
+                let msg: Close = decode(&raw)?;
+                subtype("CLOSE", msg.target_type)?;
+                ClientMsg::Close { msg, raw }
+            }
             b'E' => {
                 let e: Execute = decode(&raw)?;
                 ClientMsg::Execute {
@@ -146,6 +210,14 @@ impl ClientMsg {
     }
 }
 
+/// Describe and Close name a statement (`S`) or a portal (`P`).
+fn subtype(message: &str, target: u8) -> Result<(), SqlError> {
+    match target {
+        b'S' | b'P' => Ok(()),
+        other => Err(SqlError::new(code::PROTOCOL_VIOLATION, format!("invalid {message} message subtype {other}"))),
+    }
+}
+
 fn printable(tag: u8) -> String {
     if tag.is_ascii_graphic() { format!("'{}'", tag as char) } else { format!("0x{tag:02x}") }
 }
@@ -177,9 +249,8 @@ fn decode<M: Message>(raw: &Bytes) -> Result<M, SqlError> {
     let mut buf = BytesMut::from(&raw[..]);
     let ctx = context();
     let decoded = caught(|| M::decode(&mut buf, &ctx));
-    let malformed = |why: String| {
-        SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid {} message: {why}", printable(raw[0])))
-    };
+    let malformed =
+        |why: String| SqlError::new(code::PROTOCOL_VIOLATION, format!("invalid {} message: {why}", printable(raw[0])));
     match decoded {
         Ok(Ok(Some(msg))) if buf.is_empty() => Ok(msg),
         Ok(Ok(Some(_))) => Err(malformed(format!("{} bytes after its end", buf.len()))),
@@ -206,12 +277,16 @@ pub struct ClientConn {
     pub out: BytesMut,
     received: IntCounter,
     sent: IntCounter,
+    limits: Arc<ClientLimits>,
+    /// Budget held for the large message being received.
+    reserved: Option<Reservation>,
 }
 
 impl ClientConn {
-    /// `received` and `sent` count the bytes that cross the connection.
-    pub fn new(stream: TcpStream, received: IntCounter, sent: IntCounter) -> ClientConn {
-        ClientConn { stream, rbuf: BytesMut::new(), out: BytesMut::new(), received, sent }
+    /// `received` and `sent` count the bytes that cross the connection;
+    /// `limits` bound the messages it may send.
+    pub fn new(stream: TcpStream, received: IntCounter, sent: IntCounter, limits: Arc<ClientLimits>) -> ClientConn {
+        ClientConn { stream, rbuf: BytesMut::new(), out: BytesMut::new(), received, sent, limits, reserved: None }
     }
 
     /// Reads the untyped first packet (startup, SSL/GSS request or cancel).
@@ -269,9 +344,14 @@ impl ClientConn {
             ));
         }
         if self.rbuf.len() < len + 1 {
+            // Room for a large message is granted before it is buffered.
+            if self.reserved.is_none() {
+                self.reserved = self.limits.reserve(len + 1)?;
+            }
             self.rbuf.reserve(len + 1 - self.rbuf.len());
             return Ok(None);
         }
+        self.reserved = None;
         let raw = self.rbuf.split_to(len + 1).freeze();
         Ok(Some(Frame { tag: header.tag(), raw }))
     }
@@ -310,7 +390,8 @@ impl ClientConn {
                 format!("expected a password message, got {}", printable(frame.tag)),
             ));
         }
-        decode(&frame.raw).map(Some)
+        // Authentication cannot go on after a message it cannot read.
+        decode(&frame.raw).map(Some).map_err(|e| SqlError { fatal: true, ..e })
     }
 
     pub async fn flush(&mut self) -> Result<(), SqlError> {
@@ -329,8 +410,10 @@ impl ClientConn {
         Ok(())
     }
 
+    /// The client connects from this machine; on a dual-stack (`[::]`)
+    /// listener an IPv4 client shows as `::ffff:127.0.0.1`, which counts.
     pub fn peer_is_loopback(&self) -> bool {
-        self.stream.peer_addr().map(|a| a.ip().is_loopback()).unwrap_or(false)
+        self.stream.peer_addr().is_ok_and(|a| a.ip().to_canonical().is_loopback())
     }
 }
 
@@ -475,17 +558,37 @@ mod tests {
         Frame { tag, raw: raw.into() }
     }
 
+    /// The ERROR a message whose content cannot be read is answered with.
+    fn invalid(tag: u8, body: &[u8]) -> SqlError {
+        match ClientMsg::decode(frame(tag, body)) {
+            Ok(ClientMsg::Invalid { tag: t, error }) if t == tag => {
+                assert!(!error.fatal, "an ERROR, not FATAL: {}", error.message);
+                error
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     #[test]
     fn truncated_bind_is_a_protocol_error_not_a_panic() {
-        let err = ClientMsg::decode(frame(b'B', b"\0s1\0\0")).unwrap_err();
-        assert_eq!(err.code, code::PROTOCOL_VIOLATION);
-        assert!(err.fatal);
+        assert_eq!(invalid(b'B', b"\0s1\0\0").code, code::PROTOCOL_VIOLATION);
     }
 
     #[test]
     fn trailing_bytes_are_rejected() {
-        let err = ClientMsg::decode(frame(b'E', b"\0\0\0\0\0junk")).unwrap_err();
+        let err = invalid(b'E', b"\0\0\0\0\0junk");
         assert!(err.message.contains("after its end"), "{}", err.message);
+    }
+
+    #[test]
+    fn describe_and_close_name_a_statement_or_a_portal() {
+        assert!(invalid(b'D', b"Xname\0").message.contains("DESCRIBE message subtype"));
+        assert!(invalid(b'C', b"Xname\0").message.contains("CLOSE message subtype"));
+    }
+
+    #[test]
+    fn an_unknown_message_type_is_fatal() {
+        assert!(ClientMsg::decode(frame(b'z', b"")).unwrap_err().fatal);
     }
 
     #[test]
@@ -503,7 +606,6 @@ mod tests {
 
     #[test]
     fn non_utf8_query_is_refused() {
-        let err = ClientMsg::decode(frame(b'Q', b"SELECT '\xe9'\0")).unwrap_err();
-        assert_eq!(err.code, code::CHARACTER_NOT_IN_REPERTOIRE);
+        assert_eq!(invalid(b'Q', b"SELECT '\xe9'\0").code, code::CHARACTER_NOT_IN_REPERTOIRE);
     }
 }

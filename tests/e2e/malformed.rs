@@ -1,5 +1,6 @@
-//! Malformed protocol input closes only the offending connection, with an
-//! error, while every other client carries on.
+//! Malformed protocol framing closes only the offending connection, with an
+//! error, while every other client carries on (content a message cannot be
+//! read for is an ERROR that keeps the session: `sidecar/tests/session/malformed.rs`).
 
 use postgres_protocol::message::backend::Message;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -51,9 +52,6 @@ async fn malformed_messages_close_only_that_connection() {
         ("length below 4", message(b'Q', 3, b"")),
         ("length beyond the limit for its type", message(b'S', 1 << 30, b"")),
         ("negative length", message(b'Q', -8, b"")),
-        ("Bind whose fields run past its length", message(b'B', 9, b"\0s1\0\0")),
-        ("Execute with trailing bytes", message(b'E', 14, b"\0\0\0\0\0junk\0")),
-        ("Parse whose parameter count lies", message(b'P', 14, b"\0SELECT 1\0\x00\x09")),
     ];
     for (what, bytes) in cases {
         assert_eq!(rejected(sc.port, &bytes).await, "08P01", "{what}");

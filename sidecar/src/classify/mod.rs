@@ -345,20 +345,42 @@ fn constant_text(node: Option<&N>) -> Option<String> {
     }
 }
 
-/// Facts per distinct SQL text, bounded.
+/// Texts longer than this are classified every time, never cached: one
+/// such statement would push out thousands of ordinary ones.
+const UNCACHED_TEXT: usize = 64 * 1024;
+
+/// Facts per distinct SQL text, bounded by the bytes they hold.
 pub struct FactsCache {
-    cache: Cache<String, Arc<Facts>>,
+    cache: Cache<String, Arc<Facts>, TextWeight>,
     hits: IntCounter,
     misses: IntCounter,
 }
 
+/// An entry's estimated memory: the text (as key and within each
+/// statement's facts) and a fixed part for the rest of the facts.
+#[derive(Clone)]
+pub struct TextWeight;
+
+impl quick_cache::Weighter<String, Arc<Facts>> for TextWeight {
+    fn weight(&self, key: &String, facts: &Arc<Facts>) -> u64 {
+        let texts: usize = facts.statements.iter().map(|s| s.text.len()).sum();
+        (key.len() + texts + 512) as u64
+    }
+}
+
 impl FactsCache {
-    pub fn new(capacity: usize, metrics: &Metrics) -> FactsCache {
+    /// A cache holding about `bytes` of texts and their facts.
+    pub fn new(bytes: u64, metrics: &Metrics) -> FactsCache {
         FactsCache {
-            cache: Cache::new(capacity),
+            cache: Cache::with_weighter((bytes / 1024) as usize, bytes, TextWeight),
             hits: metrics.parse_cache_hits.clone(),
             misses: metrics.parse_cache_misses.clone(),
         }
+    }
+
+    /// Estimated bytes held.
+    pub fn weight(&self) -> u64 {
+        self.cache.weight()
     }
 
     pub fn get(&self, sql: &str) -> Arc<Facts> {
@@ -378,7 +400,9 @@ impl FactsCache {
             None => {
                 self.misses.inc();
                 let facts = Arc::new(classify(text));
-                self.cache.insert(text.to_string(), facts.clone());
+                if text.len() <= UNCACHED_TEXT {
+                    self.cache.insert(text.to_string(), facts.clone());
+                }
                 (facts, false)
             }
         };
@@ -527,7 +551,10 @@ mod tests {
         assert_eq!(kinds("SELECT set_config('search_path', '', true)"), [Kind::Write]);
         assert!(!matches!(kinds("SELECT set_config('a', 'b', false), 1")[..], [Kind::Session(_)]));
         assert!(!matches!(kinds("SELECT set_config('a', $1, false)")[..], [Kind::Session(_)]), "not replayable");
-        assert!(FactsCache::new(10, &Default::default()).lookup_lifted(sql).is_none(), "not lifted into a template");
+        assert!(
+            FactsCache::new(1 << 20, &Default::default()).lookup_lifted(sql).is_none(),
+            "not lifted into a template"
+        );
     }
 
     #[test]

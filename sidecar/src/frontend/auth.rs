@@ -2,8 +2,9 @@
 //! md5, cleartext, and trust for loopback clients.
 
 use pgwire::api::auth::sasl::scram::{ScramSecret, ScramServerAuth};
-use pgwire::messages::startup::Authentication;
+use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 
+use crate::panics::caught;
 use crate::secret::Secret;
 use crate::sqlerror::{SqlError, code};
 use crate::wire::{ClientConn, reply};
@@ -14,12 +15,22 @@ fn failed(user: &str) -> SqlError {
     SqlError::fatal(code::INVALID_PASSWORD, format!("password authentication failed for user \"{user}\""))
 }
 
-async fn flush_and_read(client: &mut ClientConn) -> Result<pgwire::messages::startup::PasswordMessageFamily, SqlError> {
+/// Sends what is queued and reads the client's answer as `what` (a
+/// password, or a SASL message). pgwire reads those fields without bounds
+/// checks: a panic on a malformed one is caught and is a protocol error.
+async fn flush_and_read<T, E>(
+    client: &mut ClientConn,
+    what: impl FnOnce(PasswordMessageFamily) -> Result<T, E>,
+) -> Result<T, SqlError> {
     client.flush().await?;
-    client
+    let msg = client
         .read_password()
         .await?
-        .ok_or_else(|| SqlError::fatal(code::PROTOCOL_VIOLATION, "connection closed during authentication"))
+        .ok_or_else(|| SqlError::fatal(code::PROTOCOL_VIOLATION, "connection closed during authentication"))?;
+    match caught(|| what(msg)) {
+        Ok(Ok(read)) => Ok(read),
+        Ok(Err(_)) | Err(_) => Err(SqlError::fatal(code::PROTOCOL_VIOLATION, "invalid authentication message")),
+    }
 }
 
 /// Runs the exchange for `secret`; on success AuthenticationOk has been queued.
@@ -35,7 +46,7 @@ pub async fn authenticate(client: &mut ClientConn, user: &str, secret: &Secret) 
         }
         Secret::Cleartext(expected) => {
             reply::auth(&mut client.out, Authentication::CleartextPassword);
-            let given = flush_and_read(client).await?.into_password().map_err(|_| failed(user))?;
+            let given = flush_and_read(client, PasswordMessageFamily::into_password).await?;
             if !constant_time_eq(given.password.as_bytes(), expected.as_bytes()) {
                 return Err(failed(user));
             }
@@ -43,7 +54,7 @@ pub async fn authenticate(client: &mut ClientConn, user: &str, secret: &Secret) 
         Secret::Md5(stored) => {
             let salt: [u8; 4] = rand::random();
             reply::auth(&mut client.out, Authentication::MD5Password(salt.to_vec()));
-            let given = flush_and_read(client).await?.into_password().map_err(|_| failed(user))?;
+            let given = flush_and_read(client, PasswordMessageFamily::into_password).await?;
             let mut salted = stored.as_bytes()[3..].to_vec();
             salted.extend_from_slice(&salt);
             let expected = format!("md5{:x}", md5::compute(salted));
@@ -53,7 +64,7 @@ pub async fn authenticate(client: &mut ClientConn, user: &str, secret: &Secret) 
         }
         Secret::Scram { salt, iterations, stored_key, server_key } => {
             reply::auth(&mut client.out, Authentication::SASL(vec![SCRAM_SHA_256.into()]));
-            let first = flush_and_read(client).await?.into_sasl_initial_response().map_err(|_| failed(user))?;
+            let first = flush_and_read(client, PasswordMessageFamily::into_sasl_initial_response).await?;
             if first.auth_method != SCRAM_SHA_256 {
                 return Err(SqlError::fatal(
                     code::INVALID_AUTHORIZATION,
@@ -67,11 +78,18 @@ pub async fn authenticate(client: &mut ClientConn, user: &str, secret: &Secret) 
                 server_key: server_key.clone(),
             };
             let data = first.data.unwrap_or_default();
+            // The SCRAM messages are the client's bytes too: a panic parsing them is a failed login.
             let (server_first, waiting) =
-                ScramServerAuth::new().on_client_first_message_with_secret(&data, secret).map_err(|_| failed(user))?;
+                caught(|| ScramServerAuth::new().on_client_first_message_with_secret(&data, secret))
+                    .ok()
+                    .and_then(Result::ok)
+                    .ok_or_else(|| failed(user))?;
             reply::auth(&mut client.out, Authentication::SASLContinue(server_first.into()));
-            let last = flush_and_read(client).await?.into_sasl_response().map_err(|_| failed(user))?;
-            let server_final = waiting.on_client_final_message(&last.data).map_err(|_| failed(user))?;
+            let last = flush_and_read(client, PasswordMessageFamily::into_sasl_response).await?;
+            let server_final = caught(|| waiting.on_client_final_message(&last.data))
+                .ok()
+                .and_then(Result::ok)
+                .ok_or_else(|| failed(user))?;
             reply::auth(&mut client.out, Authentication::SASLFinal(server_final.into()));
         }
     }

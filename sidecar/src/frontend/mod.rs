@@ -9,9 +9,11 @@ use std::sync::Arc;
 
 use pgwire::messages::startup::Startup;
 use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
 
 use crate::cancel::Registration;
 use crate::policy::facts::SessionInfo;
+use crate::secret::Secret;
 use crate::settings::Settings;
 use crate::shared::Shared;
 use crate::sqlerror::{SqlError, code};
@@ -22,31 +24,48 @@ use session::Session;
 pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let _ = stream.set_nodelay(true);
     let metrics = &shared.telemetry.metrics;
-    let mut client = ClientConn::new(stream, metrics.client_bytes_received.clone(), metrics.client_bytes_sent.clone());
-    let Ok(permit) = shared.client_slots.clone().try_acquire_owned() else {
-        metrics.clients_refused.inc();
-        let e = SqlError::fatal(code::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
-            .hint("raise listen.max_client_connections, or pool clients in the application");
-        reply::error(&mut client.out, &e);
-        let _ = client.flush().await;
-        return;
+    let limits = shared.limits.clone();
+    let received = metrics.client_bytes_received.clone();
+    let mut client = ClientConn::new(stream, received, metrics.client_bytes_sent.clone(), limits.clone());
+    // Logging in holds a slot of its own, for at most the login timeout: a
+    // logged-in client's slot is taken only once authentication succeeded,
+    // so half-open logins cannot keep real clients out.
+    let Ok(login) = limits.logins.clone().try_acquire_owned() else {
+        limits.hit("pending_logins");
+        let e = SqlError::fatal(code::TOO_MANY_CONNECTIONS, "sorry, too many clients are logging in already")
+            .hint("raise listen.max_pending_logins; clients that do not finish logging in are cut off after listen.login_timeout_ms");
+        return refuse(&shared, &mut client, e).await;
     };
     // Boxed, so that the session's task does not keep authentication's room.
-    match Box::pin(startup(&shared, &mut client)).await {
-        Ok(Some((registration, settings, info))) => {
+    let started = tokio::time::timeout(limits.login_timeout, Box::pin(startup(&shared, &mut client))).await;
+    drop(login);
+    match started {
+        Ok(Ok(Some((slot, registration, settings, info)))) => {
             shared.telemetry.metrics.clients_accepted.inc();
             let _connected = Connected::count(&shared.telemetry.metrics.clients_connected);
             Session::new(shared, client, registration, settings, info).run().await;
+            drop(slot);
         }
-        Ok(None) => {}
-        Err(e) => {
-            shared.telemetry.metrics.clients_refused.inc();
-            tracing::debug!("client refused at startup: {e}");
-            reply::error(&mut client.out, &e);
-            let _ = client.flush().await;
+        Ok(Ok(None)) => {}
+        Ok(Err(e)) => refuse(&shared, &mut client, e).await,
+        Err(_) => {
+            limits.hit("login_timeout");
+            let e = SqlError::fatal(code::QUERY_CANCELED, "canceling authentication due to timeout").hint(
+                "the client must send its startup packet and finish authenticating within listen.login_timeout_ms",
+            );
+            refuse(&shared, &mut client, e).await;
         }
     }
-    drop(permit);
+}
+
+/// Turns a client away before its session starts, with why.
+async fn refuse(shared: &Shared, client: &mut ClientConn, e: SqlError) {
+    shared.telemetry.metrics.clients_refused.inc();
+    tracing::debug!("client refused at startup: {e}");
+    // Nothing queued (an AuthenticationOk before the slot check) goes out before the error.
+    client.out.clear();
+    reply::error(&mut client.out, &e);
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), client.flush()).await;
 }
 
 /// Counts an open client connection until dropped, however the session ends.
@@ -67,10 +86,7 @@ impl Drop for Connected {
 
 /// Startup and authentication; `None` when the connection was a cancel
 /// request or closed early.
-async fn startup(
-    shared: &Arc<Shared>,
-    client: &mut ClientConn,
-) -> Result<Option<(Registration, Settings, SessionInfo)>, SqlError> {
+async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option<LoggedIn>, SqlError> {
     let (mut ssl_refused, mut gss_refused) = (false, false);
     let startup = loop {
         match client.read_startup().await? {
@@ -98,11 +114,21 @@ async fn startup(
     };
     let database = startup.parameters.get("database").cloned();
     let (user, params) = startup_parameters(client, startup)?;
-    let secret = shared.secrets.get(&user).ok_or_else(|| {
-        SqlError::fatal(code::INVALID_AUTHORIZATION, format!("user \"{user}\" is not in shardcar's [[users]]"))
-            .hint("add it to the config, or connect as a configured user")
-    })?;
+    let unknown;
+    let secret = match shared.secrets.get(&user) {
+        Some(secret) => secret,
+        None => {
+            tracing::info!("login as \"{user}\", who is not in shardcar's [[users]]");
+            unknown = Secret::unknown_user(&user);
+            &unknown
+        }
+    };
     auth::authenticate(client, &user, secret).await?;
+    let Ok(slot) = shared.limits.slots.clone().try_acquire_owned() else {
+        shared.limits.hit("client_slots");
+        return Err(SqlError::fatal(code::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
+            .hint("raise listen.max_client_connections, or pool clients in the application"));
+    };
 
     let server = shared.pools.server_params().await.map_err(|e| SqlError { fatal: true, ..e })?;
     for (name, value) in &server {
@@ -121,8 +147,11 @@ async fn startup(
         user,
         vars: Default::default(),
     };
-    Ok(Some((registration, settings, info)))
+    Ok(Some((slot, registration, settings, info)))
 }
+
+/// A client past authentication: its slot, cancel key, settings and who it is.
+type LoggedIn = (OwnedSemaphorePermit, Registration, Settings, SessionInfo);
 
 /// The user name and the settings a startup packet asks for.
 fn startup_parameters(

@@ -198,7 +198,7 @@ mod tests {
     /// parameters) gives plugins exactly what the text as written gives.
     #[test]
     fn templates_give_plugins_what_the_text_gives() {
-        let cache = crate::classify::FactsCache::new(100, &crate::metrics::Metrics::new());
+        let cache = crate::classify::FactsCache::new(1 << 20, &crate::metrics::Metrics::new());
         let rule = Arc::new(TableRule {
             table: "orders".into(),
             key: "customer_id".into(),

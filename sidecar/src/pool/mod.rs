@@ -60,9 +60,13 @@ impl Health {
         self.state.load(Ordering::Relaxed) == 1
     }
 
+    /// Reached: an error from before the server came back is no longer its state.
     pub fn mark_up(&self) {
         if self.state.swap(1, Ordering::Relaxed) == 2 {
             tracing::info!("reachable again");
+            if let Ok(mut e) = self.last_error.lock() {
+                *e = None;
+            }
         }
     }
 
@@ -365,4 +369,19 @@ fn control_pool(endpoint: &Endpoint, connect_timeout: Duration) -> Result<deadpo
     let manager =
         Manager::from_config(cfg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     Pool::builder(manager).max_size(4).build().map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Health;
+
+    #[test]
+    fn a_server_that_came_back_has_no_last_error() {
+        let h = Health::default();
+        h.mark_down("connection refused".into());
+        assert_eq!(h.last_error().as_deref(), Some("connection refused"));
+        h.mark_up();
+        assert!(h.is_confirmed_up());
+        assert_eq!(h.last_error(), None);
+    }
 }

@@ -18,8 +18,21 @@ use crate::policy::{Refusal, ResolveError, Router, StatementRoute, check_key_unc
 use crate::topology::ShardId;
 use merge::FanOut;
 
-/// Distinct statement texts whose merge plans are kept.
-const PLANS: usize = 1_000;
+/// Bytes of statement texts (and the plans rewritten from them) kept.
+const PLANS_BYTES: u64 = 16 << 20;
+/// Longer texts are planned each time, never kept.
+const UNCACHED_TEXT: usize = 64 * 1024;
+
+/// A plan's estimated memory: its text about three times over (the key
+/// and the statements rewritten for shards and for the merge).
+#[derive(Clone)]
+struct PlanWeight;
+
+impl quick_cache::Weighter<String, Result<Arc<FanOut>, Refusal>> for PlanWeight {
+    fn weight(&self, text: &String, _: &Result<Arc<FanOut>, Refusal>) -> u64 {
+        (3 * text.len() + 512) as u64
+    }
+}
 
 #[derive(Debug, Clone)]
 pub struct Route {
@@ -73,12 +86,12 @@ impl CopySplit {
 /// statement that fans out is parsed for it once, not per execution.
 pub struct Planner {
     pub router: Arc<Router>,
-    plans: Cache<String, Result<Arc<FanOut>, Refusal>>,
+    plans: Cache<String, Result<Arc<FanOut>, Refusal>, PlanWeight>,
 }
 
 impl Planner {
     pub fn new(router: Arc<Router>) -> Planner {
-        Planner { router, plans: Cache::new(PLANS) }
+        Planner { router, plans: Cache::with_weighter((PLANS_BYTES / 2048) as usize, PLANS_BYTES, PlanWeight) }
     }
 
     /// Where the statements of `facts` run, with `params` bound. One plugin
@@ -245,7 +258,9 @@ impl Planner {
             return plan;
         }
         let plan = FanOut::of(text).map(Arc::new);
-        self.plans.insert(text.to_string(), plan.clone());
+        if text.len() <= UNCACHED_TEXT {
+            self.plans.insert(text.to_string(), plan.clone());
+        }
         plan
     }
 

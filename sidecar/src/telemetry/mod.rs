@@ -97,6 +97,7 @@ impl Telemetry {
             }
         }
         self.metrics.parse_cache_entries.set(facts.len() as i64);
+        self.metrics.parse_cache_bytes.set(facts.weight() as i64);
     }
 
     /// Runs once a second until the task is dropped.

@@ -23,13 +23,18 @@ pub struct Setup {
     /// Keeps the decision log of two-phase commit.
     _dir: tempfile::TempDir,
     /// Sessions end when this is dropped.
-    _running: tokio::sync::watch::Sender<bool>,
+    pub running: tokio::sync::watch::Sender<shardcar::shared::Stopping>,
 }
 
 /// Two scripted shards (rows `a c` and `b d`) behind a session layer;
 /// table `t` is sharded by `k` with the `hash` plugin. `extra` is added to
 /// `[routing]`.
 pub async fn setup(extra: &str) -> Setup {
+    setup_listening("", extra).await
+}
+
+/// `setup`, with `listen` added to `[listen]`.
+pub async fn setup_listening(listen: &str, extra: &str) -> Setup {
     let s0 = Fake::start(&["a", "c"]).await;
     let s1 = Fake::start(&["b", "d"]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -38,10 +43,15 @@ pub async fn setup(extra: &str) -> Setup {
 [listen]
 addr = "127.0.0.1:0"
 admin = "127.0.0.1:1"
+{listen}
 
 [[users]]
 name = "u"
 trust = true
+
+[[users]]
+name = "p"
+password = "pw"
 
 [pool]
 size = 2
@@ -81,7 +91,7 @@ policy = "by-k"
         log = dir.path().join("decisions.log").display(),
     );
     let config = Config::parse(&toml).unwrap();
-    let (running, shutdown) = tokio::sync::watch::channel(false);
+    let (running, shutdown) = tokio::sync::watch::channel(shardcar::shared::Stopping::No);
     let shared = shared(config, shutdown);
     let serving = shared.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -91,11 +101,11 @@ policy = "by-k"
             tokio::spawn(shardcar::frontend::serve(serving.clone(), stream));
         }
     });
-    Setup { s0, s1, port, shared, _dir: dir, _running: running }
+    Setup { s0, s1, port, shared, _dir: dir, running }
 }
 
 /// What `server::serve` shares with sessions, without its background tasks.
-fn shared(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<Shared> {
+fn shared(config: Config, shutdown: tokio::sync::watch::Receiver<shardcar::shared::Stopping>) -> Arc<Shared> {
     let metrics = Arc::new(shardcar::metrics::Metrics::new());
     let topology = Arc::new(shardcar::topology::Topology::new(&config));
     let pools = Arc::new(shardcar::pool::Pools::new(&config, topology, &metrics).unwrap());
@@ -105,16 +115,17 @@ fn shared(config: Config, shutdown: tokio::sync::watch::Receiver<bool>) -> Arc<S
         .two_phase_commit
         .then(|| Arc::new(shardcar::twophase::Coordinator::open(&config.decision_log()).unwrap()));
     let (telemetry, _) = shardcar::telemetry::Telemetry::start(&config, metrics.clone()).unwrap();
+    let limits = Arc::new(shardcar::limits::ClientLimits::new(&config.listen, &metrics));
     let secrets: HashMap<_, _> = config.users.iter().map(|u| (u.name.clone(), u.secret().unwrap())).collect();
     Arc::new(Shared {
         planner: shardcar::route::Planner::new(router.clone()),
         router,
         pools,
-        facts: Arc::new(shardcar::classify::FactsCache::new(1000, &metrics)),
+        facts: Arc::new(shardcar::classify::FactsCache::new(4 << 20, &metrics)),
         telemetry: Arc::new(telemetry),
         cancels: Arc::default(),
         secrets,
-        client_slots: Arc::new(tokio::sync::Semaphore::new(100)),
+        limits,
         coordinator,
         shutdown,
         config,
@@ -171,6 +182,49 @@ impl Client {
         let login = c.until_ready().await;
         assert_eq!(login.last().map(|m| m.tag), Some(b'Z'), "logged in: {}", tags(&login));
         c
+    }
+
+    /// A connection that has sent nothing yet.
+    pub async fn raw(setup: &Setup) -> Client {
+        let stream = TcpStream::connect(("127.0.0.1", setup.port)).await.unwrap();
+        Client { stream, rbuf: BytesMut::new(), wbuf: BytesMut::new() }
+    }
+
+    /// Queues `bytes` as they are.
+    pub fn bytes(&mut self, bytes: &[u8]) -> &mut Self {
+        self.wbuf.extend_from_slice(bytes);
+        self
+    }
+
+    /// Queues a message of type `tag` with `body`, its length computed.
+    pub fn message(&mut self, tag: u8, body: &[u8]) -> &mut Self {
+        self.wbuf.extend_from_slice(&[tag]);
+        self.wbuf.extend_from_slice(&(body.len() as i32 + 4).to_be_bytes());
+        self.wbuf.extend_from_slice(body);
+        self
+    }
+
+    /// Every message until the session closes the connection (panics
+    /// after 10 s without it closing).
+    pub async fn until_closed(&mut self) -> Vec<Msg> {
+        let mut out = Vec::new();
+        loop {
+            if self.rbuf.len() >= 5 {
+                let len = (&self.rbuf[1..5]).get_i32() as usize;
+                if self.rbuf.len() > len {
+                    let tag = self.rbuf[0];
+                    self.rbuf.advance(5);
+                    out.push(Msg { tag, body: self.rbuf.split_to(len - 4) });
+                    continue;
+                }
+            }
+            let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.rbuf)).await;
+            match read {
+                Ok(Ok(0)) | Ok(Err(_)) => return out,
+                Ok(Ok(_)) => {}
+                Err(_) => panic!("still open after 10 s; so far {}", tags(&out)),
+            }
+        }
     }
 
     pub fn query(&mut self, sql: &str) -> &mut Self {

@@ -5,6 +5,7 @@
 mod extended;
 mod fake;
 mod harness;
+mod malformed;
 mod simple;
 mod transactions;
 

@@ -274,3 +274,18 @@ async fn a_catalog_read_goes_to_the_default_shard_without_joining_the_transactio
     assert_eq!(s.s0.statements()[probes..], [lookup], "outside the transaction, which never reached s0");
     assert_eq!(s.s1.statements().last().map(String::as_str), Some("COMMIT"));
 }
+
+#[tokio::test]
+async fn at_the_end_of_the_shutdown_grace_an_open_transaction_is_told_why_it_ends() {
+    use shardcar::shared::Stopping;
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    assert_eq!(tags(&c.simple("/* shardcar: shard=s1 */ INSERT INTO x VALUES (1)").await), "C Z:T");
+    s.running.send(Stopping::Draining).unwrap();
+    assert_eq!(tags(&c.simple("/* shardcar: shard=s1 */ INSERT INTO x VALUES (2)").await), "C Z:T", "it may finish");
+    s.running.send(Stopping::Now).unwrap();
+    let got = c.until_closed().await;
+    assert_eq!(tags(&got), "E:57P01");
+    assert!(!s.s1.statements().iter().any(|q| q == "COMMIT"), "nothing committed");
+}

@@ -222,12 +222,10 @@ impl Session {
                     return Err(finish(legs).await.err().unwrap_or_else(|| Failure::Own(internal("COPY failed"))));
                 }
                 Some(ClientMsg::Flush { .. } | ClientMsg::Sync { .. }) => continue,
+                // As on Postgres: the COPY fails, the message is dropped, the session goes on.
                 Some(other) => {
                     abort(legs, "the client broke off the COPY").await;
-                    return Err(Failure::Client(SqlError::fatal(
-                        code::PROTOCOL_VIOLATION,
-                        format!("unexpected message during COPY FROM STDIN: {}", other.name()),
-                    )));
+                    return Err(Failure::Own(unexpected_during_copy(&other)));
                 }
                 None => {
                     for leg in legs.iter_mut() {
@@ -373,6 +371,10 @@ fn collect(rows: &mut Vec<(Vec<u8>, Option<String>)>) -> impl FnMut(Row<'_>) -> 
         rows.push((r.bytes.to_vec(), r.key));
         Ok(())
     }
+}
+
+pub(super) fn unexpected_during_copy(msg: &ClientMsg) -> SqlError {
+    SqlError::new(code::PROTOCOL_VIOLATION, format!("unexpected message during COPY FROM STDIN: {}", msg.name()))
 }
 
 fn bad_data(why: &str) -> SqlError {

@@ -42,7 +42,7 @@ use crate::cancel::{self, BackendKey, Registration};
 use crate::classify::{Facts, Kind, Statement};
 use crate::policy::facts::SessionInfo;
 use crate::settings::Settings;
-use crate::shared::Shared;
+use crate::shared::{Shared, Stopping};
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Stage, Stages};
 use crate::topology::ShardId;
@@ -103,7 +103,7 @@ pub struct Session {
     shared: Arc<Shared>,
     client: ClientConn,
     registration: Registration,
-    shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<Stopping>,
     /// Settings from the startup packet: what RESET returns to.
     startup: Settings,
     settings: Settings,
@@ -188,7 +188,7 @@ impl Session {
     }
 
     async fn serve(&mut self) -> Result<(), SqlError> {
-        let mut shutting_down = false;
+        let mut stopping = *self.shutdown.borrow();
         loop {
             self.process().await?;
             if self.schema_changed && matches!(self.txn, Txn::Idle) && self.outbox.waiting_on().is_none() {
@@ -200,7 +200,7 @@ impl Session {
                 return Ok(());
             }
             let idle = self.conns.is_empty() && matches!(self.txn, Txn::Idle) && self.inbox.is_empty();
-            if shutting_down && idle {
+            if stopping != Stopping::No && idle {
                 return Err(SqlError::fatal(
                     code::ADMIN_SHUTDOWN,
                     "terminating connection because shardcar is shutting down",
@@ -226,7 +226,15 @@ impl Session {
                         Err(e) => self.backend_lost(shard, &e.to_string())?,
                     }
                 }
-                _ = self.shutdown.changed(), if !shutting_down => shutting_down = true,
+                _ = self.shutdown.changed(), if stopping != Stopping::Now => {
+                    stopping = *self.shutdown.borrow();
+                    if stopping == Stopping::Now {
+                        return Err(SqlError::fatal(
+                            code::ADMIN_SHUTDOWN,
+                            "terminating connection due to administrator command: shardcar's shutdown grace period is over",
+                        ));
+                    }
+                }
             }
             if let Some(s) = self.outbox.waiting_on()
                 && self.conns.get(s).is_none()
@@ -670,6 +678,7 @@ impl Session {
                 self.done = true;
                 Ok(())
             }
+            ClientMsg::Invalid { tag, error } => self.fail(error, ClientMsg::is_extended(tag)),
         }
     }
 
@@ -687,13 +696,12 @@ impl Session {
             }
             // The server ignores these during COPY IN.
             ClientMsg::Flush { .. } | ClientMsg::Sync { .. } => {}
+            // As on Postgres: the COPY fails (the server reports it), the
+            // message is dropped, the session goes on.
             other => {
-                let _ = postgres_protocol::message::frontend::copy_fail("client sent a non-COPY message", wbuf);
+                let why = copy_split::unexpected_during_copy(&other).message;
+                let _ = postgres_protocol::message::frontend::copy_fail(&why, wbuf);
                 self.mode = Mode::Normal;
-                return Err(SqlError::fatal(
-                    code::PROTOCOL_VIOLATION,
-                    format!("unexpected message during COPY FROM STDIN: {}", other.name()),
-                ));
             }
         }
         Ok(())
