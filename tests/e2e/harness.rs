@@ -205,6 +205,11 @@ impl Sidecar {
         self.child.id()
     }
 
+    /// The process's resident memory now, in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        rss_kib(self.pid())
+    }
+
     pub fn log_text(&self) -> String {
         let mut s = String::new();
         if let Ok(mut f) = std::fs::File::open(&self.log) {
@@ -391,6 +396,16 @@ pub async fn connect(conninfo: &str) -> Result<Client, tokio_postgres::Error> {
 /// A direct client to one cluster, bypassing shardcar.
 pub async fn direct(cluster: &Cluster) -> Client {
     connect(&format!("host=127.0.0.1 port={} user=postgres dbname=app", cluster.port)).await.expect("direct connection")
+}
+
+/// VmRSS of a process, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 /// A table name unique to the calling test, so tests can share clusters.

@@ -16,6 +16,7 @@ mod deploy;
 mod dump;
 mod extended;
 mod hotspots;
+mod limits;
 mod malformed;
 mod pgbench;
 mod plugin_safety;

@@ -12,7 +12,7 @@ use rand::{RngExt, SeedableRng};
 use shardcar::localpg::{Cluster, Workspace};
 use tokio_postgres::{Client, SimpleQueryMessage};
 
-use crate::harness::{Fleet, Sidecar, direct, sqlstate, table};
+use crate::harness::{Fleet, Sidecar, direct, rss_kib, sqlstate, table};
 
 type Rows = Vec<Vec<Option<String>>>;
 
@@ -238,16 +238,6 @@ async fn ddl_that_fails_on_one_shard_says_where_it_ran() {
         let n = count_on(shard, &format!("SELECT count(*) FROM pg_tables WHERE tablename = '{t}'")).await;
         assert_eq!(n, 0);
     }
-}
-
-/// VmRSS of a process, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap_or(0)
 }
 
 #[tokio::test]
