@@ -42,7 +42,11 @@ async fn memory_stays_bounded_under_huge_statements_and_declared_messages() {
         while let Some(m) = next_message(&mut s, &mut rbuf).await {
             if let postgres_protocol::message::backend::Message::ErrorResponse(e) = m {
                 use fallible_iterator::FallibleIterator;
-                let code = e.fields().find(|f| Ok(f.type_() == b'C')).unwrap().map(|f| f.value().to_string());
+                let code = e
+                    .fields()
+                    .find(|f| Ok(f.type_() == b'C'))
+                    .unwrap()
+                    .map(|f| String::from_utf8_lossy(f.value_bytes()).into_owned());
                 codes.push(code.unwrap_or_default());
             }
         }
