@@ -1,8 +1,6 @@
 //! The running sidecar: listeners, background tasks, graceful shutdown.
 
-use std::collections::HashMap;
 use std::future::Future;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -10,22 +8,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::cancel;
-use crate::classify::FactsCache;
 use crate::config::Config;
 use crate::frontend;
-use crate::limits::ClientLimits;
-use crate::metrics::Metrics;
-use crate::policy::Router;
-use crate::pool::{Pools, health};
-use crate::route::Planner;
+use crate::pool::health;
 use crate::shared::{Shared, Stopping};
-use crate::telemetry::Telemetry;
-use crate::topology::Topology;
-use crate::twophase::Coordinator;
-
-/// Bytes of SQL texts and their facts the parse cache keeps.
-const FACTS_CACHE_BYTES: u64 = 32 << 20;
 
 /// Binds the configured listeners and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
@@ -62,38 +48,11 @@ pub async fn serve(
     admin: TcpListener,
     stop: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let metrics = Arc::new(Metrics::new());
-    let topology = Arc::new(Topology::new(&config));
-    let pools = Arc::new(Pools::new(&config, topology, &metrics)?);
-    let mut secrets = HashMap::new();
-    for user in &config.users {
-        let secret = user.secret().map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
-        secrets.insert(user.name.clone(), secret);
-    }
-    let router = Arc::new(Router::new(&config, &pools, &metrics)?);
-    crate::policy::reload::verify_all(&router).await?;
-    let facts = Arc::new(FactsCache::new(FACTS_CACHE_BYTES, &metrics));
-    let coordinator = match config.routing.two_phase_commit {
-        true => Some(Arc::new(Coordinator::open(&config.decision_log())?)),
-        false => None,
-    };
-    let limits = Arc::new(ClientLimits::new(&config.listen, &metrics));
-    let (telemetry, trace_flusher) = Telemetry::start(&config, metrics)?;
-    let telemetry = Arc::new(telemetry);
     let (shutdown_tx, shutdown_rx) = watch::channel(Stopping::No);
-    let shared = Arc::new(Shared {
-        planner: Planner::new(router.clone()),
-        router,
-        pools: pools.clone(),
-        facts: facts.clone(),
-        telemetry: telemetry.clone(),
-        cancels: Arc::new(cancel::Registry::default()),
-        secrets,
-        limits,
-        coordinator: coordinator.clone(),
-        shutdown: shutdown_rx,
-        config,
-    });
+    let (shared, trace_flusher) = Shared::build(config, shutdown_rx)?;
+    crate::policy::reload::verify_all(&shared.router).await?;
+    let (pools, telemetry, facts) = (shared.pools.clone(), shared.telemetry.clone(), shared.facts.clone());
+    let coordinator = shared.coordinator.clone();
 
     let mut background = JoinSet::new();
     background.spawn(health::run(

@@ -10,11 +10,14 @@ use crate::cancel;
 use crate::classify::FactsCache;
 use crate::config::Config;
 use crate::limits::ClientLimits;
+use crate::metrics::Metrics;
 use crate::policy::Router;
 use crate::pool::Pools;
 use crate::route::Planner;
 use crate::secret::Secret;
 use crate::telemetry::Telemetry;
+use crate::telemetry::traces::Flusher;
+use crate::topology::Topology;
 use crate::twophase::Coordinator;
 
 /// What every session shares.
@@ -33,6 +36,50 @@ pub struct Shared {
     /// Commits transactions across shards (`routing.two_phase_commit`).
     pub coordinator: Option<Arc<Coordinator>>,
     pub shutdown: watch::Receiver<Stopping>,
+}
+
+/// Bytes of SQL texts and their facts the parse cache keeps.
+const FACTS_CACHE_BYTES: u64 = 32 << 20;
+
+impl Shared {
+    /// Everything sessions share, from `config`: pools (not yet connected),
+    /// router with its plugins loaded, caches, limits, telemetry (and its
+    /// flusher when traces are exported), the two-phase coordinator.
+    pub fn build(
+        config: Config,
+        shutdown: watch::Receiver<Stopping>,
+    ) -> anyhow::Result<(Arc<Shared>, Option<Flusher>)> {
+        let metrics = Arc::new(Metrics::new());
+        let topology = Arc::new(Topology::new(&config));
+        let pools = Arc::new(Pools::new(&config, topology, &metrics)?);
+        let mut secrets = HashMap::new();
+        for user in &config.users {
+            let secret = user.secret().map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
+            secrets.insert(user.name.clone(), secret);
+        }
+        let router = Arc::new(Router::new(&config, &pools, &metrics)?);
+        let coordinator = match config.routing.two_phase_commit {
+            true => Some(Arc::new(Coordinator::open(&config.decision_log())?)),
+            false => None,
+        };
+        let limits = Arc::new(ClientLimits::new(&config.listen, &metrics));
+        let facts = Arc::new(FactsCache::new(FACTS_CACHE_BYTES, &metrics));
+        let (telemetry, flusher) = Telemetry::start(&config, metrics)?;
+        let shared = Shared {
+            planner: Planner::new(router.clone()),
+            router,
+            pools,
+            facts,
+            telemetry: Arc::new(telemetry),
+            cancels: Arc::default(),
+            secrets,
+            limits,
+            coordinator,
+            shutdown,
+            config,
+        };
+        Ok((Arc::new(shared), flusher))
+    }
 }
 
 /// How far the sidecar is in stopping.

@@ -2,7 +2,6 @@
 //! writes protocol messages and reads back what the session answers, as
 //! tags (`1 2 T D C Z`) or whole messages.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -92,7 +91,8 @@ policy = "by-k"
     );
     let config = Config::parse(&toml).unwrap();
     let (running, shutdown) = tokio::sync::watch::channel(shardcar::shared::Stopping::No);
-    let shared = shared(config, shutdown);
+    // What `server::serve` shares with sessions, without its background tasks.
+    let (shared, _) = Shared::build(config, shutdown).unwrap();
     let serving = shared.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -102,34 +102,6 @@ policy = "by-k"
         }
     });
     Setup { s0, s1, port, shared, _dir: dir, running }
-}
-
-/// What `server::serve` shares with sessions, without its background tasks.
-fn shared(config: Config, shutdown: tokio::sync::watch::Receiver<shardcar::shared::Stopping>) -> Arc<Shared> {
-    let metrics = Arc::new(shardcar::metrics::Metrics::new());
-    let topology = Arc::new(shardcar::topology::Topology::new(&config));
-    let pools = Arc::new(shardcar::pool::Pools::new(&config, topology, &metrics).unwrap());
-    let router = Arc::new(shardcar::policy::Router::new(&config, &pools, &metrics).unwrap());
-    let coordinator = config
-        .routing
-        .two_phase_commit
-        .then(|| Arc::new(shardcar::twophase::Coordinator::open(&config.decision_log()).unwrap()));
-    let (telemetry, _) = shardcar::telemetry::Telemetry::start(&config, metrics.clone()).unwrap();
-    let limits = Arc::new(shardcar::limits::ClientLimits::new(&config.listen, &metrics));
-    let secrets: HashMap<_, _> = config.users.iter().map(|u| (u.name.clone(), u.secret().unwrap())).collect();
-    Arc::new(Shared {
-        planner: shardcar::route::Planner::new(router.clone()),
-        router,
-        pools,
-        facts: Arc::new(shardcar::classify::FactsCache::new(4 << 20, &metrics)),
-        telemetry: Arc::new(telemetry),
-        cancels: Arc::default(),
-        secrets,
-        limits,
-        coordinator,
-        shutdown,
-        config,
-    })
 }
 
 /// One backend message as the client received it.
