@@ -160,7 +160,8 @@ extern "C" fn stop_shared() {
 
 /// A running `shardcar run` process.
 pub struct Sidecar {
-    child: Child,
+    /// Taken when a test stops the process itself.
+    child: Option<Child>,
     pub port: u16,
     pub admin_port: u16,
     log: PathBuf,
@@ -192,7 +193,7 @@ impl Sidecar {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("spawn shardcar");
-        let sidecar = Sidecar { child, port, admin_port, log, _dir: dir };
+        let sidecar = Sidecar { child: Some(child), port, admin_port, log, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(20);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(Instant::now() < deadline, "shardcar did not start:\n{}", sidecar.log_text());
@@ -202,7 +203,16 @@ impl Sidecar {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// Sends `signal` (SIGTERM, SIGKILL) and waits for the process to exit;
+    /// true when it exited with status 0.
+    pub async fn signal_and_wait(mut self, signal: i32) -> bool {
+        let Some(mut child) = self.child.take() else { return false };
+        // SAFETY: sending a signal to our own child process.
+        unsafe { libc::kill(child.id() as i32, signal) };
+        tokio::task::spawn_blocking(move || child.wait().map(|s| s.success()).unwrap_or(false)).await.unwrap()
     }
 
     /// The process's resident memory now, in KiB.
@@ -376,8 +386,10 @@ impl Drop for Demo {
 
 impl Drop for Sidecar {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = self.child.as_mut() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
         if std::thread::panicking() {
             eprintln!("---- shardcar log ----\n{}", self.log_text());
         }

@@ -15,6 +15,7 @@ mod demo;
 mod deploy;
 mod dump;
 mod extended;
+mod faults;
 mod hotspots;
 mod limits;
 mod malformed;

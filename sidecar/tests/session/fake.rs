@@ -64,6 +64,12 @@ impl Fake {
             .collect()
     }
 
+    /// Forgets what was received (a long fuzzing run would keep it all).
+    #[allow(dead_code, reason = "the session fuzz target uses it; the session tests do not")]
+    pub fn forget(&self) {
+        self.log.lock().unwrap().clear();
+    }
+
     /// Transactions prepared and not yet finished.
     pub fn prepared(&self) -> Vec<String> {
         self.prepared_xacts.lock().unwrap().clone()
