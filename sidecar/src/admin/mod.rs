@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use shardcar_api::ApiError;
 use tokio::net::TcpListener;
 
-use crate::shared::Shared;
+use crate::shared::{Shared, Stopping};
 
 type Body = BoxBody<Bytes, Infallible>;
 
@@ -121,8 +121,14 @@ fn check_token(shared: &Shared, req: &Request<Incoming>) -> Option<Response<Body
 }
 
 /// Ready when every shard's primary has answered its latest health probe.
+/// Whether this sidecar can serve: its config and plugins are loaded (it
+/// would not have started otherwise) and it is not shutting down. Shard
+/// health is reported, not required: one shard down must not take every
+/// application pod out of its Service — clients of the other shards would
+/// lose a sidecar that serves them, and a partial outage would become a
+/// total one.
 fn readiness(shared: &Shared) -> Response<Body> {
-    let waiting: Vec<_> = shared
+    let unreachable: Vec<_> = shared
         .pools
         .shards
         .iter()
@@ -135,14 +141,11 @@ fn readiness(shared: &Shared) -> Response<Body> {
             })
         })
         .collect();
-    if waiting.is_empty() {
-        json(StatusCode::OK, &serde_json::json!({"status": "ready"}))
-    } else {
-        json(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &serde_json::json!({"status": "not ready", "unreachable_primaries": waiting}),
-        )
+    if *shared.shutdown.borrow() != Stopping::No {
+        let body = serde_json::json!({"status": "shutting down", "unreachable_primaries": unreachable});
+        return json(StatusCode::SERVICE_UNAVAILABLE, &body);
     }
+    json(StatusCode::OK, &serde_json::json!({"status": "ready", "unreachable_primaries": unreachable}))
 }
 
 fn metrics(shared: &Shared) -> Response<Body> {
