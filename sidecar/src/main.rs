@@ -103,7 +103,7 @@ fn main() -> ExitCode {
                 let plugins = runtime().and_then(|rt| {
                     rt.block_on(async {
                         let router = router(&cfg)?;
-                        shardcar::policy::reload::verify_all(&router).await
+                        shardcar::policy::reload::check_all(&router).await
                     })
                 });
                 if let Err(e) = plugins {

@@ -50,7 +50,7 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let (shutdown_tx, shutdown_rx) = watch::channel(Stopping::No);
     let (shared, trace_flusher) = Shared::build(config, shutdown_rx)?;
-    crate::policy::reload::verify_all(&shared.router).await?;
+    crate::policy::reload::start_all(&shared.router).await?;
     let (pools, telemetry, facts) = (shared.pools.clone(), shared.telemetry.clone(), shared.facts.clone());
     let coordinator = shared.coordinator.clone();
 

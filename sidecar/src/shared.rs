@@ -57,7 +57,7 @@ impl Shared {
             let secret = user.secret().map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
             secrets.insert(user.name.clone(), secret);
         }
-        let router = Arc::new(Router::new(&config, &pools, &metrics)?);
+        let router = Arc::new(Router::serving(&config, &pools, &metrics)?);
         let coordinator = match config.routing.two_phase_commit {
             true => Some(Arc::new(Coordinator::open(&config.decision_log())?)),
             false => None,

@@ -260,6 +260,27 @@ fn decode<M: Message>(raw: &Bytes) -> Result<M, SqlError> {
     }
 }
 
+/// The type and length (after the type byte) of the message `buf` starts
+/// with, once its header is there; FATAL when the length is impossible for
+/// its type (Postgres's own limits), since nothing after it can be framed.
+pub fn frame_header(buf: &[u8]) -> Result<Option<(u8, usize)>, SqlError> {
+    let header =
+        Header::parse(buf).map_err(|e| SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid message: {e}")))?;
+    let Some(header) = header else { return Ok(None) };
+    let len = header.len() as usize;
+    let limit = match header.tag() {
+        b'B' | b'F' | b'P' | b'Q' | b'd' => LARGE_MESSAGE_LIMIT,
+        _ => SMALL_MESSAGE_LIMIT,
+    };
+    if len > limit {
+        return Err(SqlError::fatal(
+            code::PROTOCOL_VIOLATION,
+            format!("invalid message length {len} for message type {}", printable(header.tag())),
+        ));
+    }
+    Ok(Some((header.tag(), len)))
+}
+
 /// The first packet of a connection.
 #[derive(Debug)]
 pub enum StartupPacket {
@@ -329,20 +350,7 @@ impl ClientConn {
 
     /// A frame already read in full, without waiting.
     pub fn buffered_frame(&mut self) -> Result<Option<Frame>, SqlError> {
-        let header = Header::parse(&self.rbuf)
-            .map_err(|e| SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid message: {e}")))?;
-        let Some(header) = header else { return Ok(None) };
-        let len = header.len() as usize;
-        let limit = match header.tag() {
-            b'B' | b'F' | b'P' | b'Q' | b'd' => LARGE_MESSAGE_LIMIT,
-            _ => SMALL_MESSAGE_LIMIT,
-        };
-        if len > limit {
-            return Err(SqlError::fatal(
-                code::PROTOCOL_VIOLATION,
-                format!("invalid message length {len} for message type {}", printable(header.tag())),
-            ));
-        }
+        let Some((tag, len)) = frame_header(&self.rbuf)? else { return Ok(None) };
         if self.rbuf.len() < len + 1 {
             // Room for a large message is granted before it is buffered.
             if self.reserved.is_none() {
@@ -353,7 +361,7 @@ impl ClientConn {
         }
         self.reserved = None;
         let raw = self.rbuf.split_to(len + 1).freeze();
-        Ok(Some(Frame { tag: header.tag(), raw }))
+        Ok(Some(Frame { tag, raw }))
     }
 
     async fn fill(&mut self) -> Result<usize, SqlError> {
@@ -421,7 +429,8 @@ fn io_error(e: std::io::Error) -> SqlError {
     SqlError::fatal(code::CONNECTION_FAILURE, format!("client connection: {e}"))
 }
 
-fn decode_startup(packet: &mut BytesMut) -> Result<StartupPacket, SqlError> {
+/// Decodes a whole first packet (its length checked by the caller).
+pub fn decode_startup(packet: &mut BytesMut) -> Result<StartupPacket, SqlError> {
     let invalid = |why: String| SqlError::fatal(code::PROTOCOL_VIOLATION, format!("invalid startup packet: {why}"));
     if SslRequest::is_ssl_request_packet(packet) {
         return Ok(StartupPacket::Ssl);

@@ -9,7 +9,12 @@ use std::time::Duration;
 
 use crate::harness::{Fleet, Sidecar, direct, eventually, fixture_plugin, sqlstate, table};
 
-fn config(fleet: &Fleet, t: &str, plugin: &Path) -> String {
+/// Table `t` routed by policy `guarded` with the component at `plugin`.
+/// Each test that refuses versions keeps its last good ones in a cache dir
+/// of its own (`own_cache`), so that no other test's can stand in.
+fn config(fleet: &Fleet, t: &str, plugin: &Path, own_cache: Option<&Path>) -> String {
+    let shared_cache = crate::harness::plugin_cache().display().to_string();
+    let cache = own_cache.map_or(shared_cache.clone(), |c| c.display().to_string());
     fleet
         .config_with(
             4,
@@ -20,6 +25,7 @@ fn config(fleet: &Fleet, t: &str, plugin: &Path) -> String {
             ),
         )
         .replace("[plugins]\n", "[plugins]\ncall_timeout_ms = 50\nmemory_limit_mb = 16\nreload_interval_ms = 100\n")
+        .replace(&shared_cache, &cache)
 }
 
 async fn create(fleet: &Fleet, t: &str) {
@@ -39,7 +45,7 @@ async fn trapping_looping_and_hungry_plugins_fail_one_statement() {
     ] {
         let t = table(fixture);
         create(fleet, &t).await;
-        let sc = Sidecar::start(&config(fleet, &t, &fixture_plugin(fixture)));
+        let sc = Sidecar::start(&config(fleet, &t, &fixture_plugin(fixture), None));
         let bystander = sc.connect().await;
         let stop = Arc::new(AtomicBool::new(false));
         let (running, bystander_t) = (stop.clone(), t.clone());
@@ -78,7 +84,10 @@ fn a_plugin_that_cannot_start_stops_shardcar_with_the_reason() {
     let fleet = Fleet::shared();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
-    let text = config(fleet, "anything", &fixture_plugin("bad-init")).replace("{PORT}", "1").replace("{ADMIN}", "2");
+    let cache = tempfile::tempdir().unwrap();
+    let text = config(fleet, "anything", &fixture_plugin("bad-init"), Some(cache.path()))
+        .replace("{PORT}", "1")
+        .replace("{ADMIN}", "2");
     std::fs::write(&path, text).unwrap();
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcar"))
         .args(["run", "--config"])
@@ -105,7 +114,7 @@ async fn hot_reload_under_load_and_refusing_broken_versions() {
     let dir = tempfile::tempdir().unwrap();
     let plugin = dir.path().join("policy.wasm");
     install(&fixture_plugin("to-first"), &plugin);
-    let sc = Sidecar::start(&config(fleet, &t, &plugin));
+    let sc = Sidecar::start(&config(fleet, &t, &plugin, Some(&dir.path().join("cache"))));
     let version = || {
         let (_, body) = sc.admin_get("/api/v1/plugins");
         let v: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -168,4 +177,64 @@ async fn hot_reload_under_load_and_refusing_broken_versions() {
     loop_task.await.unwrap();
     assert_eq!(failures.load(Ordering::Relaxed), 0, "no statement failed through all the swaps");
     assert!(written.load(Ordering::Relaxed) > 60);
+}
+
+#[tokio::test]
+async fn a_restart_after_a_refused_version_serves_the_last_good_one() {
+    let fleet = Fleet::shared();
+    let t = table("lastgood");
+    create(fleet, &t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("policy.wasm");
+    // The last good versions live in this test's own cache dir.
+    let cache = dir.path().join("cache");
+    let config = config(fleet, &t, &plugin, Some(&cache));
+    let plugins = |sc: &Sidecar| -> (String, String) {
+        let v: serde_json::Value = serde_json::from_str(&sc.admin_get("/api/v1/plugins").1).unwrap();
+        (v["plugins"][0]["version"].as_str().unwrap_or("").into(), v["plugins"][0]["last_error"].to_string())
+    };
+
+    install(&fixture_plugin("to-first"), &plugin);
+    let sc = Sidecar::start(&config);
+    install(&fixture_plugin("to-last"), &plugin);
+    assert!(eventually(Duration::from_secs(20), async || plugins(&sc).0 == "2.0.0").await, "v2 swapped in");
+    // v1 again, with tests it fails: refused at the reload, and on disk.
+    std::fs::write(
+        plugin.with_extension("tests.toml"),
+        format!("[[case]]\nsql = \"INSERT INTO {t} (k) VALUES (1)\"\nshard = \"s1\"\n"),
+    )
+    .unwrap();
+    install(&fixture_plugin("to-first"), &plugin);
+    assert!(eventually(Duration::from_secs(10), async || plugins(&sc).1.contains("expected s1")).await);
+    drop(sc);
+
+    // The pod restarts: v2 serves, the refusal is reported.
+    let sc = Sidecar::start(&config);
+    let (version, error) = plugins(&sc);
+    assert_eq!(version, "2.0.0", "{error}");
+    assert!(error.contains("expected s1") && error.contains("serving the last version that passed"), "{error}");
+    let c = sc.connect().await;
+    c.batch_execute(&format!("INSERT INTO {t} (k) VALUES (42)")).await.unwrap();
+    let on_s1: i64 =
+        direct(&fleet.s1).await.query_one(&format!("SELECT count(*) FROM {t} WHERE k = 42"), &[]).await.unwrap().get(0);
+    assert_eq!(on_s1, 1, "routed by v2 (everything to the last shard)");
+    drop(sc);
+
+    // A file that does not even load: the same.
+    std::fs::write(&plugin, b"not wasm").unwrap();
+    let sc = Sidecar::start(&config);
+    let (version, error) = plugins(&sc);
+    assert_eq!(version, "2.0.0");
+    assert!(error.contains("does not load"), "{error}");
+    drop(sc);
+
+    // `shardcar check` still fails on the file as it is.
+    let path = dir.path().join("check.toml");
+    std::fs::write(&path, config.replace("{PORT}", "1").replace("{ADMIN}", "2")).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_shardcar"))
+        .args(["check", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "check reports the file on disk");
 }

@@ -9,6 +9,7 @@
 pub mod catalog;
 pub mod directory;
 pub mod facts;
+pub mod last_good;
 pub mod plugin;
 pub mod refusal;
 pub mod reload;
@@ -30,6 +31,7 @@ use crate::sqlerror::SqlError;
 use crate::topology::{PolicyId, ShardId, Topology};
 use directory::Directory;
 use facts::{FactsView, SessionInfo, TableRule};
+use last_good::LastGood;
 use plugin::{CallError, Plugin, Runtime, TopologySnapshot};
 pub use refusal::{Pinned, Refusal};
 
@@ -62,6 +64,8 @@ pub struct PolicySlot {
     pub plugin: ArcSwap<Plugin>,
     /// The last reload failure, if the newest file was refused.
     pub last_error: Mutex<Option<String>>,
+    /// The file's stamp when it was read at start (the watcher goes on from there).
+    pub loaded_stamp: Option<last_good::Stamp>,
 }
 
 pub struct Router {
@@ -75,6 +79,8 @@ pub struct Router {
     pub runtime: Arc<Runtime>,
     pub directory: Arc<Directory>,
     catalog: catalog::Catalog,
+    /// Each file-based policy's last version that passed its tests.
+    pub last_good: LastGood,
 }
 
 /// Routing could not finish: a refusal, or something to fetch first.
@@ -96,27 +102,65 @@ impl From<Refusal> for RouteError {
 impl Router {
     /// Loads every policy's plugin; any that fails to load is an error naming it.
     pub fn new(cfg: &Config, pools: &Pools, metrics: &Arc<Metrics>) -> anyhow::Result<Router> {
+        Router::build(cfg, pools, metrics, false)
+    }
+
+    /// As `new`, for serving: a plugin file that fails to load gives way to
+    /// the policy's last good version, when one was kept (`last_good`); its
+    /// refusal is the policy's `last_error`, and `reload::start_all` checks
+    /// the last good version's own tests.
+    pub fn serving(cfg: &Config, pools: &Pools, metrics: &Arc<Metrics>) -> anyhow::Result<Router> {
+        Router::build(cfg, pools, metrics, true)
+    }
+
+    fn build(cfg: &Config, pools: &Pools, metrics: &Arc<Metrics>, fallback: bool) -> anyhow::Result<Router> {
         let directory = Arc::new(Directory::new(cfg, pools)?);
         let limits = plugin::Limits {
             call_timeout: std::time::Duration::from_millis(cfg.plugins.call_timeout_ms),
             memory_bytes: (cfg.plugins.memory_limit_mb as usize) << 20,
         };
         let runtime = Runtime::new(limits, cfg.plugins.cache_dir.clone(), directory.clone(), metrics.clone())?;
+        let last_good = LastGood::new(cfg.plugins.cache_dir.as_deref());
         let snapshot = TopologySnapshot { version: 1, topology: plugin_topology(cfg, None) };
         let mut policies = Vec::new();
         for (i, p) in cfg.policies.iter().enumerate() {
             let source = cfg.plugin_source(&p.plugin).map_err(|e| anyhow::anyhow!("policies[{i}].plugin: {e}"))?;
             let config = serde_json::to_string(&p.config)?;
-            let bytes = read(&source).map_err(|e| anyhow::anyhow!("policies[{i}].plugin: {e}"))?;
-            let plugin = Plugin::load(&runtime, &p.name, &bytes, config.clone(), &snapshot)
-                .map_err(|e| anyhow::anyhow!("policies[{i}] ({}): plugin {}: {e}", p.name, p.plugin))?;
+            let loaded_stamp = match &source {
+                PluginSource::File(path) => last_good::stamp(path),
+                PluginSource::Builtin(_) => None,
+            };
+            let loaded = read(&source)
+                .map_err(|e| format!("policies[{i}].plugin: {e}"))
+                .and_then(|bytes| Plugin::load(&runtime, &p.name, &bytes, config.clone(), &snapshot));
+            let mut refused = None;
+            let plugin = match loaded {
+                Ok(plugin) => plugin,
+                Err(e) => {
+                    let why = format!("plugin {} does not load: {e}", p.plugin);
+                    let good = (fallback && matches!(source, PluginSource::File(_)))
+                        .then(|| last_good.load(&p.name))
+                        .flatten()
+                        .ok_or_else(|| anyhow::anyhow!("policies[{i}] ({}): {why}", p.name))?;
+                    let plugin =
+                        Plugin::load(&runtime, &p.name, &good.wasm, config.clone(), &snapshot).map_err(|e| {
+                            anyhow::anyhow!(
+                                "policies[{i}] ({}): {why}; its last good version does not load either: {e}",
+                                p.name
+                            )
+                        })?;
+                    refused = Some(why);
+                    plugin
+                }
+            };
             tracing::info!("policy {} uses plugin {}", p.name, plugin.version());
             policies.push(PolicySlot {
                 name: p.name.clone(),
                 source,
                 config,
                 plugin: ArcSwap::from_pointee(plugin),
-                last_error: Mutex::new(None),
+                last_error: Mutex::new(refused),
+                loaded_stamp,
             });
         }
         let tables = cfg
@@ -141,6 +185,7 @@ impl Router {
             runtime,
             directory,
             catalog,
+            last_good,
         })
     }
 

@@ -14,15 +14,16 @@
 //! # error = "no range"     # part of the error it must fail with
 //! ```
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use super::facts::SessionInfo;
+use super::last_good::{Version, stamp};
 use super::plugin::Plugin;
-use super::{PolicySlot, Router, read};
+use super::{PolicySlot, Router};
 use crate::classify::classify;
 use crate::classify::params::Params;
 use crate::config::PluginSource;
@@ -44,25 +45,20 @@ struct Case {
     error: Option<String>,
 }
 
-/// `x.wasm` → `x.tests.toml`.
-pub fn manifest_path(wasm: &Path) -> PathBuf {
-    wasm.with_extension("tests.toml")
-}
-
-/// Runs the test cases beside `path` (if any) against `plugin`, serving
+/// Runs `tests` (a version's test cases, if any) against `plugin`, serving
 /// policy `slot`; the number of cases passed, or the first failure.
-pub async fn verify(router: &Router, slot: usize, plugin: &Plugin, path: &Path) -> Result<usize, String> {
-    let manifest_file = manifest_path(path);
-    let text = match std::fs::read_to_string(&manifest_file) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(format!("cannot read {}: {e}", manifest_file.display())),
-    };
-    let manifest: Manifest =
-        toml::from_str(&text).map_err(|e| format!("{}: {}", manifest_file.display(), e.message()))?;
+pub async fn verify(
+    router: &Router,
+    slot: usize,
+    plugin: &Plugin,
+    tests: Option<&str>,
+    origin: &str,
+) -> Result<usize, String> {
+    let Some(text) = tests else { return Ok(0) };
+    let manifest: Manifest = toml::from_str(text).map_err(|e| format!("{origin}: {}", e.message()))?;
     let session = Arc::new(SessionInfo::default());
     for (i, case) in manifest.case.iter().enumerate() {
-        let at = format!("{} case {} ({})", manifest_file.display(), i + 1, case.sql);
+        let at = format!("{origin} case {} ({})", i + 1, case.sql);
         let facts = Arc::new(classify(&case.sql));
         let table = facts.statements.first().and_then(|s| s.shape.tables.iter().find(|t| router.rule(t).is_some()));
         match table.and_then(|t| router.rule(t)) {
@@ -99,38 +95,85 @@ pub async fn verify(router: &Router, slot: usize, plugin: &Plugin, path: &Path) 
     Ok(manifest.case.len())
 }
 
-/// Checks every file-based plugin's test cases once (at startup).
-pub async fn verify_all(router: &Router) -> anyhow::Result<()> {
+/// `shardcar check`: every file-based plugin's own test cases pass.
+pub async fn check_all(router: &Router) -> anyhow::Result<()> {
     for (i, slot) in router.policies.iter().enumerate() {
-        if let PluginSource::File(path) = &slot.source {
-            let plugin = slot.plugin.load_full();
-            let passed = verify(router, i, &plugin, path)
-                .await
-                .map_err(|e| anyhow::anyhow!("policy {}: plugin {} fails its tests: {e}", slot.name, path.display()))?;
-            if passed > 0 {
-                tracing::info!("policy {}: plugin passed its {passed} test case(s)", slot.name);
-            }
+        let PluginSource::File(path) = &slot.source else { continue };
+        let disk = Version::on_disk(path).map_err(|e| anyhow::anyhow!("policy {}: {e}", slot.name))?;
+        let passed = verify(router, i, &slot.plugin.load_full(), disk.tests.as_deref(), &disk.origin)
+            .await
+            .map_err(|e| anyhow::anyhow!("policy {}: plugin {} fails its tests: {e}", slot.name, path.display()))?;
+        if passed > 0 {
+            tracing::info!("policy {}: plugin passed its {passed} test case(s)", slot.name);
         }
     }
     Ok(())
 }
 
-/// What identifies a version on disk: the component's and its tests' mtime and size.
-fn stamp(path: &Path) -> Option<[(SystemTime, u64); 2]> {
-    let of = |p: &Path| std::fs::metadata(p).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
-    Some([of(path)?, of(&manifest_path(path)).unwrap_or((SystemTime::UNIX_EPOCH, 0))])
+/// At start (`shardcar run`): every file-based plugin's version is checked
+/// against its test cases. One that passes is kept as the policy's last
+/// good version; one that is refused (here, or when it could not even load,
+/// `Router::serving`) gives way to the last good version, with the refusal
+/// kept for the API and the log — only when there is none does shardcar stop.
+pub async fn start_all(router: &Router) -> anyhow::Result<()> {
+    for (i, slot) in router.policies.iter().enumerate() {
+        let PluginSource::File(path) = &slot.source else { continue };
+        // Set when the file did not even load (`Router::serving`): the last good version serves already.
+        let did_not_load = slot.last_error.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let refused = match did_not_load.clone() {
+            Some(e) => e,
+            None => {
+                let checked = async {
+                    let disk = Version::on_disk(path)?;
+                    let passed =
+                        verify(router, i, &slot.plugin.load_full(), disk.tests.as_deref(), &disk.origin).await?;
+                    Ok::<_, String>((disk, passed))
+                };
+                match checked.await {
+                    Ok((disk, passed)) => {
+                        if passed > 0 {
+                            tracing::info!("policy {}: plugin passed its {passed} test case(s)", slot.name);
+                        }
+                        router.last_good.save(&slot.name, &disk);
+                        continue;
+                    }
+                    Err(e) => format!("plugin {} fails its tests: {e}", path.display()),
+                }
+            }
+        };
+        let Some(good) = router.last_good.load(&slot.name) else {
+            anyhow::bail!("policy {}: {refused} (and no earlier version passed, to serve instead)", slot.name);
+        };
+        let plugin = match did_not_load {
+            Some(_) => slot.plugin.load_full(),
+            None => Arc::new(load(router, slot, good.wasm.clone()).await.map_err(|e| {
+                anyhow::anyhow!("policy {}: {refused}; its last good version does not load either: {e}", slot.name)
+            })?),
+        };
+        verify(router, i, &plugin, good.tests.as_deref(), &good.origin)
+            .await
+            .map_err(|e| anyhow::anyhow!("policy {}: {refused}; its last good version fails too: {e}", slot.name))?;
+        let serving = format!("{refused}; serving the last version that passed, {}", plugin.version());
+        tracing::warn!("policy {}: {serving}", slot.name);
+        *slot.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(serving);
+        slot.plugin.store(plugin);
+    }
+    Ok(())
+}
+
+/// Compiles and starts `wasm` for `slot`, off the async threads.
+async fn load(router: &Router, slot: &PolicySlot, wasm: Vec<u8>) -> Result<Plugin, String> {
+    let runtime = router.runtime.clone();
+    let (policy, config, topology) = (slot.name.clone(), slot.config.clone(), router.plugin_topology());
+    tokio::task::spawn_blocking(move || Plugin::load(&runtime, &policy, &wasm, config, &topology))
+        .await
+        .map_err(|e| format!("loading was interrupted: {e}"))?
 }
 
 /// Watches file-based plugins every `interval` and swaps in new versions.
 pub async fn run(router: Arc<Router>, interval: Duration) {
-    let mut seen: Vec<_> = router
-        .policies
-        .iter()
-        .map(|s| match &s.source {
-            PluginSource::File(p) => stamp(p),
-            PluginSource::Builtin(_) => None,
-        })
-        .collect();
+    // From the files as they were when loaded: a change since is a reload.
+    let mut seen: Vec<_> = router.policies.iter().map(|s| s.loaded_stamp).collect();
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -157,21 +200,18 @@ pub async fn run(router: Arc<Router>, interval: Duration) {
     }
 }
 
-/// Loads and checks the file's current version; swaps it in when it passes.
-/// `None` when the bytes are those already serving.
+/// Loads and checks the file's current version; swaps it in (and keeps it
+/// as the last good one) when it passes. `None` when the bytes are those
+/// already serving.
 async fn reload(router: &Arc<Router>, index: usize, slot: &PolicySlot, path: &Path) -> Result<Option<String>, String> {
-    let bytes = read(&slot.source)?;
-    let runtime = router.runtime.clone();
-    let (policy, config, topology) = (slot.name.clone(), slot.config.clone(), router.plugin_topology());
-    let candidate = tokio::task::spawn_blocking(move || Plugin::load(&runtime, &policy, &bytes, config, &topology))
-        .await
-        .map_err(|e| format!("loading was interrupted: {e}"))??;
+    let disk = Version::on_disk(path)?;
+    let candidate = load(router, slot, disk.wasm.clone()).await?;
+    let passed = verify(router, index, &candidate, disk.tests.as_deref(), &disk.origin).await?;
+    router.last_good.save(&slot.name, &disk);
     if candidate.digest == slot.plugin.load().digest {
         // Same component; only its tests may have changed.
-        verify(router, index, &candidate, path).await?;
         return Ok(None);
     }
-    let passed = verify(router, index, &candidate, path).await?;
     let version = format!("{} ({passed} test case(s) passed)", candidate.version());
     slot.plugin.store(Arc::new(candidate));
     Ok(Some(version))
