@@ -172,11 +172,20 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
     // The last two tokens that are not space or comments, and where the last began in `template`.
     let mut before: Option<Token> = None;
     let mut last: Option<(Token, usize)> = None;
+    // A minus, then only opening parentheses: Postgres folds `-(4)` into -4.
+    let mut minus_then_parens = false;
     for (token, range) in tokens(sql) {
         let text = &sql[range];
         let lifted = match token {
             Token::Other | Token::Param(_) => return None,
             Token::String => Some(text[1..text.len() - 1].replace("''", "'")),
+            // Nor is a number after two minuses folded the way a lexer can tell.
+            Token::Number
+                if minus_then_parens && matches!(last, Some((Token::Punct(b'('), _)))
+                    || matches!((before, last), (Some(Token::Punct(b'-')), Some((Token::Punct(b'-'), _)))) =>
+            {
+                None
+            }
             Token::Number => match last {
                 Some((Token::Punct(b'-' | b'+'), sign_at)) => match before {
                     // A binary operator: the number alone.
@@ -191,24 +200,55 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
                     _ => None,
                 },
                 _ => Some(text.to_string()),
-            },
+            }
+            .map(as_postgres_reads),
             _ => None,
         };
         let at = template.len();
         match lifted {
             Some(value) => {
+                // `no'u'` (a typed literal) must not become the identifier `no$3`.
+                if template.ends_with(is_word_char) {
+                    template.push(' ');
+                }
                 values.push(value);
                 template.push('$');
                 template.push_str(&values.len().to_string());
             }
-            None => template.push_str(text),
+            None => {
+                // Nor `'a'b` (b an alias) `$1b`.
+                if text.starts_with(is_word_char) && template.ends_with(is_word_char) {
+                    template.push(' ');
+                }
+                template.push_str(text)
+            }
         }
         if !matches!(token, Token::Space | Token::Comment) {
+            minus_then_parens = match token {
+                Token::Punct(b'-') => true,
+                Token::Punct(b'(') => minus_then_parens,
+                _ => false,
+            };
             before = last.map(|(t, _)| t);
             last = Some((token, at));
         }
     }
     Some((template, values))
+}
+
+/// A number as the value Postgres's parser makes of it: an integer that
+/// fits in 32 bits becomes that integer (`07` is 7, `-0` is 0); any other
+/// number keeps its text, as Postgres keeps it.
+fn as_postgres_reads(number: String) -> String {
+    match number.parse::<i32>() {
+        Ok(n) if number.bytes().all(|b| b.is_ascii_digit() || b == b'-') => n.to_string(),
+        _ => number,
+    }
+}
+
+/// A character that continues an identifier (or a parameter's number).
+fn is_word_char(c: char) -> bool {
+    c.is_alphanumeric() || c == '_' || c == '$'
 }
 
 /// A token after which `+` or `-` is a binary operator.
@@ -276,6 +316,20 @@ mod tests {
             &["O'Brien", "1", "2.5"],
         );
         lifted("SELECT t1.c2 FROM t1 WHERE x='a'::text", "SELECT t1.c2 FROM t1 WHERE x=$1::text", &["a"]);
+    }
+
+    /// Found by fuzzing (`templates`): a literal glued to a word stays apart
+    /// from it, so that the template does not name another identifier; a
+    /// number is lifted only as Postgres reads it.
+    #[test]
+    fn a_parameter_never_joins_a_neighbouring_word() {
+        lifted("SELECT * FROM t WHERE a = no'u'", "SELECT * FROM t WHERE a = no $1", &["u"]);
+        lifted("SELECT 'a'b", "SELECT $1 b", &["a"]);
+        // A negated parenthesised number is folded by Postgres: not lifted.
+        lifted("SELECT * FROM t WHERE a = - ((4)) AND b = 5", "SELECT * FROM t WHERE a = - ((4)) AND b = $1", &["5"]);
+        lifted("SELECT * FROM t WHERE a = - -4 AND b = 5", "SELECT * FROM t WHERE a = - -4 AND b = $1", &["5"]);
+        // An integer is lifted as the value Postgres reads.
+        lifted("SELECT * FROM t WHERE id = 07 AND x = -0", "SELECT * FROM t WHERE id = $1 AND x = $2", &["7", "0"]);
     }
 
     #[test]

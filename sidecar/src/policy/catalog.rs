@@ -48,8 +48,12 @@ impl Catalog {
             .map_err(|e| failed(e.to_string()))?
             .into_iter()
             .next();
-        let position = match row.map(|r| (r.get::<_, i64>(0), r.get::<_, Option<bool>>(1))) {
-            Some((before, Some(true))) => before as usize,
+        // `try_get`: a server's unexpected answer is an error, never a panic.
+        let position = match row.map(|r| (r.try_get::<_, i64>(0), r.try_get::<_, Option<bool>>(1))) {
+            Some((Ok(before), Ok(Some(true)))) => before as usize,
+            Some((Err(e), _) | (_, Err(e))) => {
+                return Err(failed(format!("unexpected answer from the default shard: {e}")));
+            }
             _ => return Err(failed("no such table or column on the default shard".into())),
         };
         if let Ok(mut positions) = self.positions.lock() {

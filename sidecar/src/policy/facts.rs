@@ -233,6 +233,12 @@ mod tests {
             "SELECT * FROM orders WHERE created > DATE '2024-01-01' AND customer_id = 1",
             "SELECT * FROM orders WHERE note = E'it\\'s' AND customer_id = 1",
             "SELECT nextval('orders_id_seq')",
+            // Found by fuzzing: typed literals glued to their type name.
+            "SELECT * FROM orders WHERE customer_id = -84 AND regie '' =no'u'",
+            "/* shardcar: shard=E 0c user_id*/ SELECT WHERE customer_id = 07",
+            "INSERT INTO orders (id, customer_id, note) VALUES (1, 2, z'xr'), (4, -0, now())",
+            "INSERT INTO orders (id, customer_id, note) VALUES (1, 2, z'xr'), (4, nwo,- (4))",
+            "INSERT INTO orders (id, cusLUtomer_te) VALUES (4, 2, 'x'), (3,-  -4, now())",
         ] {
             let written = seen(cache.get(sql), None);
             if let Some((facts, params)) = cache.lookup_lifted(sql) {

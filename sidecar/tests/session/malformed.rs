@@ -206,3 +206,36 @@ async fn trust_counts_an_ipv4_client_of_a_dual_stack_listener_as_local() {
     tokio::spawn(connection);
     client.simple_query("SELECT 1").await.unwrap();
 }
+
+/// Found by fuzzing (`session`): a catalog answer of an unexpected type
+/// (here the scripted shard's text row where Postgres sends a count)
+/// panicked the session; it is an error for the statement.
+#[tokio::test]
+async fn an_unexpected_catalog_answer_is_an_error_not_a_panic() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.simple("COPY t FROM STDIN").await;
+    assert_eq!(tags(&got), "E:XX000 Z:I");
+    still_serves(&mut c).await;
+}
+
+/// Found by fuzzing (`session`): a client that sent Parse and Bind without
+/// a Sync and left kept its session — and a server connection — forever,
+/// waiting for replies the server holds until a Sync.
+#[tokio::test]
+async fn a_client_that_leaves_mid_batch_ends_its_session() {
+    let s = setup("").await;
+    let connected = || s.shared.telemetry.metrics.clients_connected.get();
+    let mut c = Client::connect(&s).await;
+    assert_eq!(connected(), 1);
+    c.parse("n", "SELECT v FROM t WHERE k = 1").bind("n", "n", &[]).send().await;
+    drop(c);
+    for _ in 0..100 {
+        if connected() == 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(connected(), 0, "the session ended");
+    still_serves(&mut Client::connect(&s).await).await;
+}

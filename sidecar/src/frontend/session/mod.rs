@@ -208,8 +208,11 @@ impl Session {
             }
             let want_client = !self.client_eof && self.inbox_bytes < INBOX_LIMIT;
             let waiting_on = self.outbox.waiting_on();
-            if !want_client && waiting_on.is_none() {
-                // The client is gone and nothing is owed: stop.
+            if !want_client && waiting_on.is_none() || self.client_eof && self.inbox.is_empty() {
+                // The client is gone, and what it sent is sent on: nobody will
+                // read what is still owed — which may never come (a batch
+                // without its Sync). `finish` cancels it and closes those
+                // connections, so their servers roll back.
                 return Ok(());
             }
             let backend = waiting_on.and_then(|s| self.conns.get_mut(s)).map(|h| &mut h.conn.conn);
