@@ -8,8 +8,12 @@ tests/compat/install.sh
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
 (cd dashboard && cargo fmt --all -- --check)
+(cd sidecar/fuzz && cargo fmt -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
 (cd dashboard && cargo clippy --locked --target wasm32-unknown-unknown --target-dir ../target/dashboard -- -D warnings)
 # The plugin SDK's own tests (Postgres-compatible hashing and friends) run natively.
 (cd plugins && cargo clippy --workspace --all-targets --locked -- -D warnings && cargo test --workspace --locked)
 cargo test --workspace --locked
+# A short run of every fuzz target from its committed corpus (nightly;
+# `tests/fuzz.sh 3600 <target>` for a long one).
+tests/fuzz.sh 30

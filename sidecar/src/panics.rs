@@ -31,3 +31,15 @@ pub fn install_hook() {
         }
     }));
 }
+
+/// Keeps a hook installed by a harness (a fuzzer's, which aborts on any
+/// panic) for panics outside [`caught`]: those inside it are handled (they
+/// become errors), so they must not count as crashes.
+pub fn hook_only_unguarded_panics() {
+    let previous = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if !QUIET.with(|q| q.get()) {
+            previous(info);
+        }
+    }));
+}
