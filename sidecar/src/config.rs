@@ -128,6 +128,14 @@ pub struct Pool {
     pub health_check_interval_ms: u64,
     /// Prepared statements kept per backend connection before the oldest are closed.
     pub max_prepared_per_connection: usize,
+    /// A client idle this long inside a transaction is disconnected (25P03)
+    /// and its transaction rolled back, freeing the server connections it
+    /// holds (PgBouncer's `idle_transaction_timeout`). 0: never.
+    pub idle_transaction_timeout_ms: u64,
+    /// Every client's default `statement_timeout` on the shards (57014 when
+    /// a statement runs longer); a client may `SET statement_timeout` its
+    /// own. 0: the servers' own default.
+    pub query_timeout_ms: u64,
 }
 
 impl Default for Pool {
@@ -139,6 +147,8 @@ impl Default for Pool {
             connect_timeout_ms: 5000,
             health_check_interval_ms: 2000,
             max_prepared_per_connection: 1000,
+            idle_transaction_timeout_ms: 0,
+            query_timeout_ms: 0,
         }
     }
 }

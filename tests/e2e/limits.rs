@@ -68,3 +68,17 @@ async fn memory_stays_bounded_under_huge_statements_and_declared_messages() {
     let n: i64 = c.query_one("SELECT 7::int8", &[]).await.unwrap().get(0);
     assert_eq!(n, 7, "the first client carries on");
 }
+
+#[tokio::test]
+async fn the_query_timeout_is_a_default_each_client_may_change() {
+    let fleet = Fleet::shared();
+    let sc = Sidecar::start(&fleet.config(2).replace("[pool]", "[pool]\nquery_timeout_ms = 300"));
+    let c = sc.connect().await;
+    let e = c.batch_execute("SELECT pg_sleep(2)").await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&e), "57014", "{e}");
+    c.batch_execute("SET statement_timeout = 0").await.unwrap();
+    c.batch_execute("SELECT pg_sleep(0.6)").await.expect("the client's own setting wins");
+    c.batch_execute("RESET statement_timeout").await.unwrap();
+    let e = c.batch_execute("SELECT pg_sleep(2)").await.unwrap_err();
+    assert_eq!(crate::harness::sqlstate(&e), "57014", "RESET returns to the default");
+}

@@ -140,7 +140,13 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
     reply::backend_key(&mut client.out, registration.pid, registration.secret);
     reply::ready(&mut client.out, b'I');
     client.flush().await?;
-    let settings = Settings::from_startup(params.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+    // The configured query timeout is a default the client's own (startup or SET) overrides.
+    let query_timeout = shared.config.pool.query_timeout_ms;
+    let mut startup_settings = params.clone();
+    if query_timeout > 0 && !params.keys().any(|k| k.eq_ignore_ascii_case("statement_timeout")) {
+        startup_settings.insert("statement_timeout".into(), format!("{query_timeout}ms"));
+    }
+    let settings = Settings::from_startup(startup_settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
     let info = SessionInfo {
         database: database.unwrap_or_else(|| user.clone()),
         application_name: params.get("application_name").cloned().unwrap_or_default(),

@@ -29,11 +29,11 @@ pub struct Setup {
 /// table `t` is sharded by `k` with the `hash` plugin. `extra` is added to
 /// `[routing]`.
 pub async fn setup(extra: &str) -> Setup {
-    setup_listening("", extra).await
+    setup_with("", "", extra).await
 }
 
-/// `setup`, with `listen` added to `[listen]`.
-pub async fn setup_listening(listen: &str, extra: &str) -> Setup {
+/// `setup`, with `listen` added to `[listen]` and `pool` to `[pool]`.
+pub async fn setup_with(listen: &str, pool: &str, extra: &str) -> Setup {
     let s0 = Fake::start(&["a", "c"]).await;
     let s1 = Fake::start(&["b", "d"]).await;
     let dir = tempfile::tempdir().unwrap();
@@ -55,6 +55,7 @@ password = "pw"
 [pool]
 size = 2
 checkout_timeout_ms = 2000
+{pool}
 
 [plugins]
 cache_dir = "{cache}"

@@ -3,7 +3,7 @@
 //! goes on), a frame that cannot be trusted is FATAL (the connection
 //! closes); and the limits on logins and message sizes.
 
-use crate::harness::{Client, Setup, setup, setup_listening, tags};
+use crate::harness::{Client, Setup, setup, setup_with, tags};
 
 /// The session still answers queries.
 async fn still_serves(c: &mut Client) {
@@ -86,7 +86,7 @@ async fn a_frame_that_cannot_be_trusted_is_fatal() {
 
 #[tokio::test]
 async fn a_message_over_the_size_limit_or_the_budget_is_refused_before_it_is_read() {
-    let s = setup_listening("max_message_bytes = 1048576\nclient_buffer_budget_bytes = 1048576", "").await;
+    let s = setup_with("max_message_bytes = 1048576\nclient_buffer_budget_bytes = 1048576", "", "").await;
     let mut big = Client::connect(&s).await;
     big.bytes(b"Q\x00\x20\x00\x00SELECT").send().await;
     let got = big.until_closed().await;
@@ -127,7 +127,7 @@ async fn half_open(s: &Setup, n: usize) -> Vec<Client> {
 
 #[tokio::test]
 async fn half_open_logins_time_out_and_never_hold_a_clients_slot() {
-    let s = setup_listening("login_timeout_ms = 1500\nmax_client_connections = 2", "").await;
+    let s = setup_with("login_timeout_ms = 1500\nmax_client_connections = 2", "", "").await;
     let mut stuck = half_open(&s, 5).await;
     let mut a = Client::connect(&s).await;
     let b = Client::connect(&s).await;
@@ -151,7 +151,7 @@ async fn half_open_logins_time_out_and_never_hold_a_clients_slot() {
 
 #[tokio::test]
 async fn pending_logins_beyond_their_limit_are_turned_away_at_once() {
-    let s = setup_listening("max_pending_logins = 3", "").await;
+    let s = setup_with("max_pending_logins = 3", "", "").await;
     let _stuck = half_open(&s, 3).await;
     let mut late = Client::raw(&s).await;
     late.bytes(&startup("u")[..6]).send().await;

@@ -289,3 +289,16 @@ async fn at_the_end_of_the_shutdown_grace_an_open_transaction_is_told_why_it_end
     assert_eq!(tags(&got), "E:57P01");
     assert!(!s.s1.statements().iter().any(|q| q == "COMMIT"), "nothing committed");
 }
+
+#[tokio::test]
+async fn a_client_idle_in_a_transaction_past_the_timeout_is_disconnected_and_rolled_back() {
+    let s = crate::harness::setup_with("", "idle_transaction_timeout_ms = 300", "").await;
+    let mut idle_outside = Client::connect(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    assert_eq!(tags(&c.simple("/* shardcar: shard=s1 */ INSERT INTO x VALUES (1)").await), "C Z:T");
+    assert_eq!(tags(&c.until_closed().await), "E:25P03", "cut off, with why");
+    assert!(!s.s1.statements().iter().any(|q| q == "COMMIT"), "nothing committed");
+    // Idle outside a transaction is fine, however long.
+    assert_eq!(tags(&idle_outside.simple("SELECT 1").await), "T D C Z:I");
+}

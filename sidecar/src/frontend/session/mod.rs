@@ -130,6 +130,8 @@ pub struct Session {
     txn_snapshot: Option<SettingsSnapshot>,
     /// A BEGIN completed in the batch in flight; the block opens on its ReadyForQuery.
     began: Option<String>,
+    /// `pool.idle_transaction_timeout_ms`, when set.
+    idle_transaction_timeout: Option<std::time::Duration>,
     /// DDL was sent: the OID maps are read again once its transaction ends,
     /// before the client hears the outcome.
     schema_changed: bool,
@@ -146,6 +148,10 @@ impl Session {
         info: SessionInfo,
     ) -> Session {
         let shutdown = shared.shutdown.clone();
+        let idle_transaction_timeout = match shared.config.pool.idle_transaction_timeout_ms {
+            0 => None,
+            ms => Some(std::time::Duration::from_millis(ms)),
+        };
         Session {
             shared,
             client,
@@ -171,6 +177,7 @@ impl Session {
             txn_snapshot: None,
             began: None,
             schema_changed: false,
+            idle_transaction_timeout,
             last_tag: String::new(),
             done: false,
         }
@@ -217,7 +224,18 @@ impl Session {
             }
             let backend = waiting_on.and_then(|s| self.conns.get_mut(s)).map(|h| &mut h.conn.conn);
             let want_backend = backend.is_some();
+            // Idle in a transaction: the client's turn, nothing queued or owed.
+            let idle_in_transaction = self
+                .idle_transaction_timeout
+                .filter(|_| !matches!(self.txn, Txn::Idle) && !want_backend && self.inbox.is_empty() && want_client);
             tokio::select! {
+                _ = tokio::time::sleep(idle_in_transaction.unwrap_or_default()), if idle_in_transaction.is_some() => {
+                    return Err(SqlError::fatal(
+                        code::IDLE_IN_TRANSACTION_TIMEOUT,
+                        "terminating connection due to idle-in-transaction timeout",
+                    )
+                    .hint("shardcar's pool.idle_transaction_timeout_ms: the transaction was rolled back"));
+                }
                 frame = self.client.read_frame(), if want_client => match frame? {
                     Some(frame) => self.receive(frame)?,
                     None => self.client_eof = true,
