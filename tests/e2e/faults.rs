@@ -278,6 +278,38 @@ async fn a_replica_stopped_under_reads_sends_them_to_the_primary() {
     assert!(failed <= 1, "at most the read in flight when it stopped fails: {down:?}");
 }
 
+#[tokio::test]
+async fn a_read_in_flight_on_a_replica_that_stops_runs_again_on_the_primary() {
+    let mut fleet = Fleet::new();
+    let t = fleet.hashed_table("rerun").await;
+    let config = fleet.hashed_config(&t, "").replace("read_replicas = false", "read_replicas = true");
+    let sc = Sidecar::start(&config);
+    let on_s1 = seeded(&sc, &fleet, &t).await;
+    let k = (1..=40).find(|k| !on_s1.contains(k)).expect("a key on s0, which has the replica");
+    let c = sc.connect().await;
+    let count = format!("SELECT count(*) FROM {t} WHERE customer_id = {k}");
+    let caught_up = eventually(Duration::from_secs(20), async || {
+        c.simple_query(&count).await.is_ok_and(|m| crate::harness::first_column(&m) == ["1"])
+    })
+    .await;
+    assert!(caught_up, "the replica has the row");
+    // A slow read on the replica; the replica stops while it runs.
+    let slow = format!("SELECT pg_sleep(2), count(*) FROM {t} WHERE customer_id = {k}");
+    let reading = tokio::spawn(async move { c.simple_query(&slow).await });
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    fleet.s0_replica.stop().unwrap();
+    let answer = reading.await.unwrap().expect("the read ran again on the primary");
+    let rows: Vec<_> = answer
+        .iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => r.get(1).map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(rows, ["1"]);
+    assert!(sc.log_text().contains("its read runs on the primary"), "{}", sc.log_text());
+}
+
 /// Two-phase load: each transaction writes one row on each shard, tagged;
 /// afterwards every tag must be on both shards or on neither.
 async fn two_phase_load(

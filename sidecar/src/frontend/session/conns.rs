@@ -2,7 +2,9 @@
 //! batch in flight or the transaction block, with what the session sent on
 //! each since its last Sync.
 
-use crate::pool::ShardConn;
+use bytes::BytesMut;
+
+use crate::pool::{Role, ShardConn};
 use crate::topology::ShardId;
 
 pub struct Held {
@@ -17,11 +19,52 @@ pub struct Held {
     pub wrote: bool,
     /// A block of shardcar's own or the client's is open on it.
     pub in_block: bool,
+    /// On a replica, outside a transaction: what this batch sent, while
+    /// none of its answer has come — what can run again on the primary if
+    /// the replica is lost. `None` once an answer came (or on a primary).
+    pub replay: Option<BytesMut>,
+    /// The start of a replica's answer, kept from the client while the
+    /// batch can still run again (`replay`).
+    pub held_back: BytesMut,
 }
 
 impl Held {
     pub fn new(conn: ShardConn) -> Held {
-        Held { conn, unsynced: false, unflushed: false, wrote: false, in_block: false }
+        let replay = (conn.node.role == Role::Replica).then(BytesMut::new);
+        Held {
+            conn,
+            unsynced: false,
+            unflushed: false,
+            wrote: false,
+            in_block: false,
+            replay,
+            held_back: BytesMut::new(),
+        }
+    }
+
+    /// What was sent since the last ReadyForQuery, if it can run again on
+    /// another server as it is: simple queries, and extended ones that use
+    /// only the unnamed statement (a named one may be prepared on the lost
+    /// connection only, its Parse never sent).
+    pub fn replayable(&self) -> Option<&BytesMut> {
+        let bytes = self.replay.as_ref().filter(|b| !b.is_empty())?;
+        let mut at = 0;
+        while at + 5 <= bytes.len() {
+            let len = u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]]) as usize;
+            let body = bytes.get(at + 5..at + 1 + len)?;
+            let unnamed = match bytes[at] {
+                b'P' => body.first() == Some(&0),
+                // Bind: portal name, then the statement's.
+                b'B' => body.iter().position(|&b| b == 0).is_some_and(|end| body.get(end + 1) == Some(&0)),
+                b'Q' | b'D' | b'E' | b'S' | b'H' => true,
+                _ => false,
+            };
+            if !unnamed {
+                return None;
+            }
+            at += 1 + len;
+        }
+        (at == bytes.len()).then_some(bytes)
     }
 
     pub fn shard(&self) -> ShardId {

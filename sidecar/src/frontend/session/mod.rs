@@ -41,6 +41,7 @@ use self::state::{Block, Mode, Txn, TxnStatus};
 use crate::cancel::{self, BackendKey, Registration};
 use crate::classify::{Facts, Kind, Statement};
 use crate::policy::facts::SessionInfo;
+use crate::pool::Role;
 use crate::settings::Settings;
 use crate::shared::{Shared, Stopping};
 use crate::sqlerror::{SqlError, code};
@@ -130,6 +131,8 @@ pub struct Session {
     txn_snapshot: Option<SettingsSnapshot>,
     /// A BEGIN completed in the batch in flight; the block opens on its ReadyForQuery.
     began: Option<String>,
+    /// A lost replica's batch, to run again on the primary.
+    rerun: Option<(ShardId, BytesMut)>,
     /// `pool.idle_transaction_timeout_ms`, when set.
     idle_transaction_timeout: Option<std::time::Duration>,
     /// DDL was sent: the OID maps are read again once its transaction ends,
@@ -178,6 +181,7 @@ impl Session {
             began: None,
             schema_changed: false,
             idle_transaction_timeout,
+            rerun: None,
             last_tag: String::new(),
             done: false,
         }
@@ -197,6 +201,9 @@ impl Session {
     async fn serve(&mut self) -> Result<(), SqlError> {
         let mut stopping = *self.shutdown.borrow();
         loop {
+            if let Some((shard, bytes)) = self.rerun.take() {
+                self.rerun_on_primary(shard, bytes).await?;
+            }
             self.process().await?;
             if self.schema_changed && matches!(self.txn, Txn::Idle) && self.outbox.waiting_on().is_none() {
                 self.schema_changed = false;
@@ -259,6 +266,7 @@ impl Session {
             }
             if let Some(s) = self.outbox.waiting_on()
                 && self.conns.get(s).is_none()
+                && self.rerun.as_ref().is_none_or(|(r, _)| *r != s)
             {
                 // The server owes replies but its connection is gone.
                 self.backend_lost(s, "the connection was closed")?;
@@ -284,6 +292,9 @@ impl Session {
     async fn flush(&mut self) -> Result<(), SqlError> {
         let mut lost = None;
         for held in self.conns.iter_mut() {
+            if let Some(replay) = held.replay.as_mut() {
+                replay.extend_from_slice(&held.conn.conn.wbuf);
+            }
             if let Err(e) = held.conn.conn.flush().await {
                 lost = Some((held.shard(), e.to_string()));
                 break;
@@ -302,8 +313,23 @@ impl Session {
         let mut frame = Some(first);
         while let Some(f) = frame {
             let Some(held) = self.conns.get_mut(shard) else { break };
+            if held.replay.is_some() && f[0] == b'E' && outbox::is_fatal(&f) {
+                // The replica ends the connection (shut down, crashed)
+                // before answering: its batch can run on the primary.
+                let why = crate::pool::backend::frame_error_text(f);
+                return self.backend_lost(shard, &why);
+            }
+            // A simple query's RowDescription and notices come before its
+            // work is done: they are held back, so that the query can still
+            // run again; anything else means its answer has begun.
+            let hold_back = matches!(f[0], b'T' | b'N') && held.replayable().is_some_and(|b| b[0] == b'Q');
+            if !hold_back {
+                held.replay = None;
+                self.client.out.extend_from_slice(&std::mem::take(&mut held.held_back));
+            }
+            let out = if hold_back { &mut held.held_back } else { &mut self.client.out };
             tracing::trace!(client = self.registration.pid, "{} -> '{}'", held.conn.label(), f[0] as char);
-            let ready = match self.outbox.on_frame(shard, &f, &mut self.client.out, &mut self.events) {
+            let ready = match self.outbox.on_frame(shard, &f, out, &mut self.events) {
                 Ok(ready) => ready,
                 Err(desync) => {
                     tracing::error!(client = self.registration.pid, "{}: {desync}", held.conn.label());
@@ -460,6 +486,9 @@ impl Session {
         if status == TxnStatus::Idle {
             held.wrote = false;
             held.in_block = false;
+            if held.conn.node.role == Role::Replica {
+                held.replay = Some(BytesMut::new());
+            }
         } else {
             held.in_block = true;
         }
@@ -556,6 +585,22 @@ impl Session {
 
     /// The server connection of `shard` failed under this session.
     fn backend_lost(&mut self, shard: ShardId, why: &str) -> Result<(), SqlError> {
+        let in_txn = matches!(self.txn, Txn::Block(_)) || self.mode == Mode::CopyIn(shard);
+        if !in_txn
+            && let Some(bytes) = self.conns.get(shard).and_then(Held::replayable).cloned()
+            && let Some(held) = self.conns.remove(shard)
+        {
+            // A replica went before it answered a read outside a
+            // transaction: it runs again on the primary (next, in `serve`).
+            tracing::warn!(
+                client = self.registration.pid,
+                "lost {} ({why}); its read runs on the primary",
+                held.conn.label()
+            );
+            held.conn.close();
+            self.rerun = Some((shard, bytes));
+            return Ok(());
+        }
         let held = self.conns.remove(shard);
         let ready_owed = self.outbox.abandon(shard, &mut self.events);
         self.apply_events();
@@ -568,7 +613,6 @@ impl Session {
         }
         self.point_cancel();
         tracing::warn!(client = self.registration.pid, "lost the connection to {label}: {why}");
-        let in_txn = matches!(self.txn, Txn::Block(_)) || self.mode == Mode::CopyIn(shard);
         if in_txn {
             self.roll_back_others();
             self.txn = Txn::Idle;
@@ -592,6 +636,22 @@ impl Session {
             self.mode = Mode::SkipToSync;
         }
         Ok(())
+    }
+
+    /// Sends a lost replica's unanswered batch to its shard's primary, whose
+    /// answer the replies still owed then read; if no primary connection
+    /// can be had, the batch fails as a lost connection.
+    async fn rerun_on_primary(&mut self, shard: ShardId, bytes: BytesMut) -> Result<(), SqlError> {
+        match self.checkout(shard, Role::Primary).await {
+            Ok(mut held) => {
+                held.conn.conn.wbuf.extend_from_slice(&bytes);
+                self.conns.insert(held);
+                self.conns.set_current(shard);
+                self.point_cancel();
+                Ok(())
+            }
+            Err(e) => self.backend_lost(shard, &e.message),
+        }
     }
 
     /// Drops every portal; connections a portal across shards still reads

@@ -553,7 +553,7 @@ fn downgrade(frame: &[u8], out: &mut BytesMut) {
     }
 }
 
-fn is_fatal(frame: &[u8]) -> bool {
+pub(super) fn is_fatal(frame: &[u8]) -> bool {
     use fallible_iterator::FallibleIterator;
     let Some(Message::ErrorResponse(body)) = parse(frame) else { return false };
     let mut fields = body.fields();
