@@ -198,3 +198,15 @@ async fn every_endpoint_reports_real_traffic() {
     assert_eq!(events[1].tables[0].table, t);
     assert!(events[1].overview.load.statements_total >= 81);
 }
+
+#[test]
+fn a_request_head_not_sent_in_time_is_cut_off() {
+    let sc = Sidecar::start(&Fleet::shared().config(2));
+    let mut stalled = std::net::TcpStream::connect(("127.0.0.1", sc.admin_port)).unwrap();
+    stalled.write_all(b"GET /api/v1/overview HTTP/1.1\r\nHost: x\r\n").unwrap();
+    stalled.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut rest = Vec::new();
+    let read = stalled.read_to_end(&mut rest);
+    assert!(read.is_ok(), "closed by the admin listener (10 s header timeout), not by our 30 s wait: {read:?}");
+    assert_eq!(sc.admin_get("/healthz").0, 200, "the listener serves others");
+}

@@ -177,6 +177,11 @@ impl Client {
         self
     }
 
+    /// Half-closes the connection: the session sees the client's end of input.
+    pub async fn shutdown_writing(&mut self) {
+        self.stream.shutdown().await.unwrap();
+    }
+
     /// Every message until the session closes the connection (panics
     /// after 10 s without it closing).
     pub async fn until_closed(&mut self) -> Vec<Msg> {

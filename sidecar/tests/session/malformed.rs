@@ -239,3 +239,20 @@ async fn a_client_that_leaves_mid_batch_ends_its_session() {
     assert_eq!(connected(), 0, "the session ended");
     still_serves(&mut Client::connect(&s).await).await;
 }
+
+/// Found by fuzzing (`session`): a client that left while its session
+/// waited for replies a server holds until a Sync (an error mid-batch in a
+/// transaction, then simple queries queued behind it, no Sync) kept its
+/// session and a server connection.
+#[tokio::test]
+async fn a_client_that_leaves_after_a_copy_out_in_a_transaction_ends_its_session() {
+    let s = setup("").await;
+    let connected = || s.shared.telemetry.metrics.clients_connected.get();
+    let mut c = Client::connect(&s).await;
+    c.query("BEGIN").query("COPY t TO STDOUT").execute("n", 2).query("SET shardcar.shard = 's1'");
+    c.query("SET shardcar.shard = 's1'").send().await;
+    // The client stops writing but reads on, until the session closes.
+    c.shutdown_writing().await;
+    let _ = c.until_closed().await;
+    assert_eq!(connected(), 0, "the session ended");
+}

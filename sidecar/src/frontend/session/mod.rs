@@ -220,12 +220,23 @@ impl Session {
                     "terminating connection because shardcar is shutting down",
                 ));
             }
+            if let Some(s) = self.outbox.waiting_on()
+                && self.conns.get(s).is_none()
+                && self.rerun.as_ref().is_none_or(|(r, _)| *r != s)
+            {
+                // The server owes replies but its connection is gone: nothing
+                // would wake the session for them.
+                self.backend_lost(s, "the connection was closed")?;
+                continue;
+            }
             let want_client = !self.client_eof && self.inbox_bytes < INBOX_LIMIT;
             let waiting_on = self.outbox.waiting_on();
-            if !want_client && waiting_on.is_none() || self.client_eof && self.inbox.is_empty() {
-                // The client is gone, and what it sent is sent on: nobody will
-                // read what is still owed — which may never come (a batch
-                // without its Sync). `finish` cancels it and closes those
+            // A server holds its replies until a Sync or Flush the client has not sent.
+            let held_back = waiting_on.is_some_and(|s| self.conns.get(s).is_some_and(|h| h.unflushed));
+            if !want_client && waiting_on.is_none() || self.client_eof && (self.inbox.is_empty() || held_back) {
+                // The client is gone, and what it sent is sent on (or waits
+                // behind replies that will not come): nobody will read what
+                // is still owed. `finish` cancels it and closes those
                 // connections, so their servers roll back.
                 return Ok(());
             }
@@ -263,13 +274,6 @@ impl Session {
                         ));
                     }
                 }
-            }
-            if let Some(s) = self.outbox.waiting_on()
-                && self.conns.get(s).is_none()
-                && self.rerun.as_ref().is_none_or(|(r, _)| *r != s)
-            {
-                // The server owes replies but its connection is gone.
-                self.backend_lost(s, "the connection was closed")?;
             }
         }
     }
