@@ -234,13 +234,20 @@ async fn a_shard_primary_killed_mid_load_fails_only_its_statements() {
     }
 }
 
-#[tokio::test]
-async fn a_replica_stopped_under_reads_sends_them_to_the_primary() {
-    let mut fleet = Fleet::new();
-    let t = fleet.hashed_table("replica").await;
+/// A fleet of the test's own, reads going to s0's replica, table `t` seeded
+/// (`seeded`): the fleet, `t`, the sidecar, and the keys on s1.
+async fn reading_replicas(prefix: &str) -> (Fleet, String, Sidecar, HashSet<i64>) {
+    let fleet = Fleet::new();
+    let t = fleet.hashed_table(prefix).await;
     let config = fleet.hashed_config(&t, "").replace("read_replicas = false", "read_replicas = true");
     let sc = Sidecar::start(&config);
-    seeded(&sc, &fleet, &t).await;
+    let on_s1 = seeded(&sc, &fleet, &t).await;
+    (fleet, t, sc, on_s1)
+}
+
+#[tokio::test]
+async fn a_replica_stopped_under_reads_sends_them_to_the_primary() {
+    let (mut fleet, t, sc, _) = reading_replicas("replica").await;
     let c = sc.connect().await;
     // The replica has the rows before reads go to it.
     let caught_up = eventually(Duration::from_secs(20), async || {
@@ -280,11 +287,7 @@ async fn a_replica_stopped_under_reads_sends_them_to_the_primary() {
 
 #[tokio::test]
 async fn a_read_in_flight_on_a_replica_that_stops_runs_again_on_the_primary() {
-    let mut fleet = Fleet::new();
-    let t = fleet.hashed_table("rerun").await;
-    let config = fleet.hashed_config(&t, "").replace("read_replicas = false", "read_replicas = true");
-    let sc = Sidecar::start(&config);
-    let on_s1 = seeded(&sc, &fleet, &t).await;
+    let (mut fleet, t, sc, on_s1) = reading_replicas("rerun").await;
     let k = (1..=40).find(|k| !on_s1.contains(k)).expect("a key on s0, which has the replica");
     let c = sc.connect().await;
     let count = format!("SELECT count(*) FROM {t} WHERE customer_id = {k}");

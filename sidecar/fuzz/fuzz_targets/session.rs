@@ -122,51 +122,15 @@ fn world() -> &'static World {
         let dir = tempfile::tempdir().unwrap();
         let (shared, listener, shards, running) = runtime.block_on(async {
             let shards = [fake::Fake::start(&["a", "c"]).await, fake::Fake::start(&["b", "d"]).await];
-            let toml = format!(
-                r#"
-[listen]
-addr = "127.0.0.1:0"
-admin = "127.0.0.1:1"
-login_timeout_ms = 5000
-
-[[users]]
-name = "u"
-trust = true
-
-[pool]
-size = 4
-checkout_timeout_ms = 2000
-
-[plugins]
-cache_dir = "{cache}"
-
-[[shards]]
-name = "s0"
-primary = "postgres://u@127.0.0.1:{p0}/db"
-
-[[shards]]
-name = "s1"
-primary = "postgres://u@127.0.0.1:{p1}/db"
-
-[routing]
-default_shard = "s0"
-two_phase_commit = true
-decision_log = "{log}"
-
-[[policies]]
-name = "by-k"
-plugin = "hash"
-config = {{ shards = ["s0", "s1"] }}
-
-[[tables]]
-name = "t"
-key = "k"
-policy = "by-k"
-"#,
-                p0 = shards[0].port,
-                p1 = shards[1].port,
-                cache = dir.path().join("plugins").display(),
-                log = dir.path().join("decisions.log").display(),
+            let (cache, log) = (dir.path().join("plugins"), dir.path().join("decisions.log"));
+            let toml = fake::config(
+                &shards[0],
+                &shards[1],
+                &cache,
+                &log,
+                "login_timeout_ms = 5000",
+                "",
+                "two_phase_commit = true",
             );
             let (running, shutdown) = tokio::sync::watch::channel(Stopping::No);
             let (shared, _) = Shared::build(Config::parse(&toml).unwrap(), shutdown).unwrap();

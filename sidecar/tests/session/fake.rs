@@ -10,6 +10,7 @@
 //! other statements answer their tag.
 
 use std::collections::HashMap;
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, BytesMut};
@@ -17,6 +18,64 @@ use shardcar::sqlerror::SqlError;
 use shardcar::wire::reply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
+
+/// shardcar's config in front of `s0` and `s1`: users `u` (trust) and `p`
+/// (password `pw`), table `t` sharded by `k` with the `hash` plugin;
+/// `listen`, `pool` and `routing` are added to those sections.
+pub fn config(s0: &Fake, s1: &Fake, cache: &Path, log: &Path, listen: &str, pool: &str, routing: &str) -> String {
+    format!(
+        r#"
+[listen]
+addr = "127.0.0.1:0"
+admin = "127.0.0.1:1"
+{listen}
+
+[[users]]
+name = "u"
+trust = true
+
+[[users]]
+name = "p"
+password = "pw"
+
+[pool]
+size = 2
+checkout_timeout_ms = 2000
+{pool}
+
+[plugins]
+cache_dir = "{cache}"
+
+[[shards]]
+name = "s0"
+primary = "postgres://u@127.0.0.1:{p0}/db"
+
+[[shards]]
+name = "s1"
+primary = "postgres://u@127.0.0.1:{p1}/db"
+
+[routing]
+default_shard = "s0"
+read_replicas = false
+decision_log = "{log}"
+{routing}
+
+[[policies]]
+name = "by-k"
+plugin = "hash"
+config = {{ shards = ["s0", "s1"] }}
+
+[[tables]]
+name = "t"
+key = "k"
+policy = "by-k"
+"#,
+        p0 = s0.port,
+        p1 = s1.port,
+        cache = cache.display(),
+        log = log.display(),
+    )
+}
 
 #[derive(Clone)]
 pub struct Fake {

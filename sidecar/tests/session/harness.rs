@@ -37,59 +37,9 @@ pub async fn setup_with(listen: &str, pool: &str, extra: &str) -> Setup {
     let s0 = Fake::start(&["a", "c"]).await;
     let s1 = Fake::start(&["b", "d"]).await;
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!(
-        r#"
-[listen]
-addr = "127.0.0.1:0"
-admin = "127.0.0.1:1"
-{listen}
-
-[[users]]
-name = "u"
-trust = true
-
-[[users]]
-name = "p"
-password = "pw"
-
-[pool]
-size = 2
-checkout_timeout_ms = 2000
-{pool}
-
-[plugins]
-cache_dir = "{cache}"
-
-[[shards]]
-name = "s0"
-primary = "postgres://u@127.0.0.1:{p0}/db"
-
-[[shards]]
-name = "s1"
-primary = "postgres://u@127.0.0.1:{p1}/db"
-
-[routing]
-default_shard = "s0"
-read_replicas = false
-decision_log = "{log}"
-{extra}
-
-[[policies]]
-name = "by-k"
-plugin = "hash"
-config = {{ shards = ["s0", "s1"] }}
-
-[[tables]]
-name = "t"
-key = "k"
-policy = "by-k"
-"#,
-        p0 = s0.port,
-        p1 = s1.port,
-        // Plugins compile once for every test.
-        cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("session-plugins").display(),
-        log = dir.path().join("decisions.log").display(),
-    );
+    // Plugins compile once for every test.
+    let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("session-plugins");
+    let toml = crate::fake::config(&s0, &s1, &cache, &dir.path().join("decisions.log"), listen, pool, extra);
     let config = Config::parse(&toml).unwrap();
     let (running, shutdown) = tokio::sync::watch::channel(shardcar::shared::Stopping::No);
     // What `server::serve` shares with sessions, without its background tasks.
