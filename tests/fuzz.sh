@@ -5,6 +5,8 @@
 # tree stays clean. A crash stops the script with the input that caused
 # it in sidecar/fuzz/artifacts/<target>. Installs nightly and cargo-fuzz
 # when missing. `tests/fuzz.sh 3600 session` runs one target for an hour.
+# FUZZ_SEED fixes libFuzzer's seed (the test suite's short run uses one, so
+# that it tries the same inputs on every machine); unset, each run differs.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-30}"
@@ -27,7 +29,8 @@ for target in $(cargo +nightly fuzz list); do
   log="../target/fuzz/$target.log"
   status=0
   "${fuzz[@]}" "$target" "$new" "fuzz/corpus/$target" -- \
-    -max_total_time="$seconds" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 >"$log" 2>&1 || status=$?
+    -max_total_time="$seconds" -seed="${FUZZ_SEED:-0}" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+    >"$log" 2>&1 || status=$?
   grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY|thread .* panicked|Test unit written)' "$log" || true
   if [[ "$status" != 0 ]]; then
     tail -40 "$log" >&2
