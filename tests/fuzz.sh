@@ -7,6 +7,7 @@
 # when missing. `tests/fuzz.sh 3600 session` runs one target for an hour.
 # FUZZ_SEED fixes libFuzzer's seed (the test suite's short run uses one, so
 # that it tries the same inputs on every machine); unset, each run differs.
+# Targets named in FUZZ_REPLAY_ONLY only run their corpus, without mutating.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds="${1:-30}"
@@ -25,11 +26,17 @@ for target in $(cargo +nightly fuzz list); do
   if [[ -n "$only" && "$target" != "$only" ]]; then continue; fi
   new="../target/fuzz/new/$target"
   mkdir -p "$new" "fuzz/corpus/$target"
-  echo "fuzzing $target for ${seconds}s"
+  how=(-max_total_time="$seconds")
+  if [[ " ${FUZZ_REPLAY_ONLY:-} " == *" $target "* ]]; then
+    how=(-runs=0)
+    echo "replaying the corpus of $target"
+  else
+    echo "fuzzing $target for ${seconds}s"
+  fi
   log="../target/fuzz/$target.log"
   status=0
   "${fuzz[@]}" "$target" "$new" "fuzz/corpus/$target" -- \
-    -max_total_time="$seconds" -seed="${FUZZ_SEED:-0}" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
+    "${how[@]}" -seed="${FUZZ_SEED:-0}" -timeout=30 -rss_limit_mb=4096 -print_final_stats=1 \
     >"$log" 2>&1 || status=$?
   grep -E '^(#[0-9]+ +DONE|stat::number_of_executed_units|stat::peak_rss_mb|SUMMARY|thread .* panicked|Test unit written)' "$log" || true
   if [[ "$status" != 0 ]]; then

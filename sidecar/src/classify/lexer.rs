@@ -53,9 +53,10 @@ fn next(b: &[u8], at: usize) -> (Token, usize) {
     let c = b[at];
     let peek = |k: usize| b.get(at + k).copied();
     match c {
-        b' ' | b'\t' | b'\n' | b'\r' | b'\x0c' => (
+        // Postgres's whitespace, vertical tab included (as pg_query's parser has it).
+        b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c' => (
             Token::Space,
-            at + b[at..].iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0c')).count(),
+            at + b[at..].iter().take_while(|c| matches!(c, b' ' | b'\t' | b'\n' | b'\r' | b'\x0b' | b'\x0c')).count(),
         ),
         b'-' if peek(1) == Some(b'-') => {
             (Token::Comment, b[at..].iter().position(|&c| c == b'\n').map_or(b.len(), |n| at + n + 1))
@@ -208,7 +209,7 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
         match lifted {
             Some(value) => {
                 // `no'u'` (a typed literal) must not become the identifier `no$3`.
-                if template.ends_with(is_word_char) {
+                if template.bytes().last().is_some_and(is_word_byte) {
                     template.push(' ');
                 }
                 values.push(value);
@@ -217,7 +218,7 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
             }
             None => {
                 // Nor `'a'b` (b an alias) `$1b`.
-                if text.starts_with(is_word_char) && template.ends_with(is_word_char) {
+                if text.bytes().next().is_some_and(is_word_byte) && template.bytes().last().is_some_and(is_word_byte) {
                     template.push(' ');
                 }
                 template.push_str(text)
@@ -244,11 +245,6 @@ fn as_postgres_reads(number: String) -> String {
         Ok(n) if number.bytes().all(|b| b.is_ascii_digit() || b == b'-') => n.to_string(),
         _ => number,
     }
-}
-
-/// A character that continues an identifier (or a parameter's number).
-fn is_word_char(c: char) -> bool {
-    c.is_alphanumeric() || c == '_' || c == '$'
 }
 
 /// A token after which `+` or `-` is a binary operator.
@@ -325,6 +321,10 @@ mod tests {
     fn a_parameter_never_joins_a_neighbouring_word() {
         lifted("SELECT * FROM t WHERE a = no'u'", "SELECT * FROM t WHERE a = no $1", &["u"]);
         lifted("SELECT 'a'b", "SELECT $1 b", &["a"]);
+        // Postgres's identifiers take any non-ASCII character.
+        lifted("SELECT * FROM t WHERE r = \u{6df}'u'", "SELECT * FROM t WHERE r = \u{6df} $1", &["u"]);
+        // A vertical tab is space, also between a minus and its number.
+        lifted("SELECT * FROM t WHERE r = -\x0b4", "SELECT * FROM t WHERE r = $1", &["-4"]);
         // A negated parenthesised number is folded by Postgres: not lifted.
         lifted("SELECT * FROM t WHERE a = - ((4)) AND b = 5", "SELECT * FROM t WHERE a = - ((4)) AND b = $1", &["5"]);
         lifted("SELECT * FROM t WHERE a = - -4 AND b = 5", "SELECT * FROM t WHERE a = - -4 AND b = $1", &["5"]);

@@ -239,6 +239,7 @@ mod tests {
             "INSERT INTO orders (id, customer_id, note) VALUES (1, 2, z'xr'), (4, -0, now())",
             "INSERT INTO orders (id, customer_id, note) VALUES (1, 2, z'xr'), (4, nwo,- (4))",
             "INSERT INTO orders (id, cusLUtomer_te) VALUES (4, 2, 'x'), (3,-  -4, now())",
+            "SELECT **ROM orders WHERE c= -x4 AND r=\u{6df}'''u'",
         ] {
             let written = seen(cache.get(sql), None);
             if let Some((facts, params)) = cache.lookup_lifted(sql) {
