@@ -390,21 +390,12 @@ async fn shardcar_stopped_and_killed_under_two_phase_load_leaves_no_torn_transac
         }
         // Started again: recovery finishes whatever was prepared.
         sidecar = Sidecar::start(&config);
+        let prepared = async |shard| -> i64 {
+            let c = direct(shard).await;
+            c.query_one("SELECT count(*) FROM pg_prepared_xacts", &[]).await.unwrap().get(0)
+        };
         let resolved = eventually(Duration::from_secs(30), async || {
-            direct(&fleet.s0)
-                .await
-                .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-                .await
-                .unwrap()
-                .get::<_, i64>(0)
-                == 0
-                && direct(&fleet.s1)
-                    .await
-                    .query_one("SELECT count(*) FROM pg_prepared_xacts", &[])
-                    .await
-                    .unwrap()
-                    .get::<_, i64>(0)
-                    == 0
+            prepared(&fleet.s0).await == 0 && prepared(&fleet.s1).await == 0
         })
         .await;
         let (whole, torn) = torn(fleet, &t).await;

@@ -132,19 +132,27 @@ impl Client {
         self.stream.shutdown().await.unwrap();
     }
 
+    /// A whole message already read, if there is one.
+    fn buffered(&mut self) -> Option<Msg> {
+        if self.rbuf.len() < 5 {
+            return None;
+        }
+        let len = (&self.rbuf[1..5]).get_i32() as usize;
+        if self.rbuf.len() <= len {
+            return None;
+        }
+        let tag = self.rbuf[0];
+        self.rbuf.advance(5);
+        Some(Msg { tag, body: self.rbuf.split_to(len - 4) })
+    }
+
     /// Every message until the session closes the connection (panics
     /// after 10 s without it closing).
     pub async fn until_closed(&mut self) -> Vec<Msg> {
         let mut out = Vec::new();
         loop {
-            if self.rbuf.len() >= 5 {
-                let len = (&self.rbuf[1..5]).get_i32() as usize;
-                if self.rbuf.len() > len {
-                    let tag = self.rbuf[0];
-                    self.rbuf.advance(5);
-                    out.push(Msg { tag, body: self.rbuf.split_to(len - 4) });
-                    continue;
-                }
+            while let Some(m) = self.buffered() {
+                out.push(m);
             }
             let read = tokio::time::timeout(Duration::from_secs(10), self.stream.read_buf(&mut self.rbuf)).await;
             match read {
@@ -228,13 +236,8 @@ impl Client {
     /// The next message; panics after 5 s of silence.
     pub async fn next(&mut self) -> Msg {
         loop {
-            if self.rbuf.len() >= 5 {
-                let len = (&self.rbuf[1..5]).get_i32() as usize;
-                if self.rbuf.len() > len {
-                    let tag = self.rbuf[0];
-                    self.rbuf.advance(5);
-                    return Msg { tag, body: self.rbuf.split_to(len - 4) };
-                }
+            if let Some(m) = self.buffered() {
+                return m;
             }
             let read = tokio::time::timeout(Duration::from_secs(5), self.stream.read_buf(&mut self.rbuf)).await;
             match read {
