@@ -39,6 +39,20 @@ async fn describe_before_bind_with_flush() {
 }
 
 #[tokio::test]
+async fn a_describe_that_meets_an_ended_connection_is_asked_again() {
+    let s = setup("").await;
+    let (k0, _) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    s.s0.end_at_next_describe.store(true, std::sync::atomic::Ordering::SeqCst);
+    c.parse("st", "SELECT v FROM t WHERE k = $1").describe(b'S', "st").flush_msg().send().await;
+    assert_eq!(tags(&c.take(3).await), "1 t T", "the client never sees the ended connection");
+    let describes = s.s0.log().iter().filter(|m| m.as_str() == "D S").count();
+    assert_eq!(describes, 2, "asked once more, on a new connection");
+    let got = c.bind("", "st", &[&k0.to_string()]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "2 D D C Z:I");
+}
+
+#[tokio::test]
 async fn describe_before_bind_of_a_statement_across_shards() {
     let s = setup("").await;
     let mut c = Client::connect(&s).await;

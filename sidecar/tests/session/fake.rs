@@ -85,6 +85,9 @@ pub struct Fake {
     prepared_xacts: Arc<Mutex<Vec<String>>>,
     /// `COMMIT PREPARED` fails (the shard cannot be told).
     pub refuse_commit_prepared: Arc<std::sync::atomic::AtomicBool>,
+    /// The next Describe ends its connection, as a server terminated
+    /// (`pg_terminate_backend`) while the connection sat idle does.
+    pub end_at_next_describe: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fake {
@@ -96,6 +99,7 @@ impl Fake {
             rows: Arc::new(Mutex::new(rows.iter().map(|r| r.to_string()).collect())),
             prepared_xacts: Arc::default(),
             refuse_commit_prepared: Arc::default(),
+            end_at_next_describe: Arc::default(),
         };
         let serving = fake.clone();
         tokio::spawn(async move {
@@ -308,6 +312,10 @@ impl Conn {
                 let kind = body.get_u8();
                 let name = cstr(&mut body);
                 fake.record(format!("D {}", kind as char));
+                if fake.end_at_next_describe.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                    reply::error(out, &SqlError::fatal("57P01", "terminating connection due to administrator command"));
+                    return Next::Close;
+                }
                 let sql = match kind {
                     b'S' => self.statements.get(&name).cloned(),
                     _ => self.portals.get(&name).map(|p| p.0.clone()),

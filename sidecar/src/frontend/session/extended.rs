@@ -24,7 +24,7 @@ use super::{Parsed, Portal, PortalKind, Session};
 use crate::classify::params::Params;
 use crate::classify::{Kind, Statement};
 use crate::policy::Refusal;
-use crate::pool::Role;
+use crate::pool::{Role, ShardConn};
 use crate::scatter::Bound;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
@@ -367,63 +367,39 @@ impl Session {
             Ok(Some(shard)) => shard,
             _ => self.anywhere(),
         };
-        let mut conn = match self.shared.pools.checkout(shard, role).await {
-            Ok(c) => c,
-            Err(e) => {
-                for effect in pending.unwrap_or_default() {
-                    self.apply(effect);
+        // Asking has no effects, so a connection the server ended before it
+        // answered (terminated while idle in the pool, and not yet noticed)
+        // is replaced once rather than failing the client's statement.
+        let mut tries = 0;
+        let (mut conn, out, failed) = loop {
+            tries += 1;
+            let mut conn = match self.shared.pools.checkout(shard, role).await {
+                Ok(c) => c,
+                Err(e) => {
+                    for effect in pending.unwrap_or_default() {
+                        self.apply(effect);
+                    }
+                    return self.fail(e, true);
                 }
-                return self.fail(e, true);
+            };
+            match Self::ask_describe(&mut conn, p, pending.is_some()).await {
+                Ok((out, failed)) => break (conn, out, failed),
+                Err(e) => {
+                    let e = conn.lost(e);
+                    conn.close();
+                    if tries < 2 {
+                        tracing::warn!(client = self.registration.pid, "{}; asking again", e.message);
+                        continue;
+                    }
+                    for effect in pending.unwrap_or_default() {
+                        self.apply(effect);
+                    }
+                    return self.fail(e, true);
+                }
             }
         };
         let c = &mut conn.conn;
         let has = !p.backend_name.is_empty() && c.prepared.has(&p.backend_name, &p.text);
-        if !has {
-            c.write_parse(&p.parse);
-        }
-        postgres_protocol::message::frontend::describe(b'S', &p.backend_name, &mut c.wbuf)
-            .map_err(|e| SqlError::new(code::INTERNAL_ERROR, e.to_string()))?;
-        postgres_protocol::message::frontend::sync(&mut c.wbuf);
-        let mut out = BytesMut::new();
-        if pending.is_some() {
-            reply::parse_complete(&mut out);
-        }
-        let mut failed = false;
-        let answer: Result<(), std::io::Error> = async {
-            c.flush().await?;
-            loop {
-                let frame = c.read_frame().await?;
-                match frame[0] {
-                    b'Z' => {
-                        c.status = frame.get(5).copied().unwrap_or(b'I');
-                        return Ok(());
-                    }
-                    b'1' => {}
-                    b'E' => {
-                        failed = true;
-                        out.clear();
-                        out.extend_from_slice(&frame);
-                    }
-                    b't' => {
-                        if let Some(types) = super::outbox::parameter_types(&frame) {
-                            let _ = p.described_types.set(types);
-                        }
-                        out.extend_from_slice(&frame);
-                    }
-                    b'S' | b'N' | b'A' => {}
-                    _ => out.extend_from_slice(&frame),
-                }
-            }
-        }
-        .await;
-        if let Err(e) = answer {
-            let e = conn.lost(e);
-            conn.close();
-            for effect in pending.unwrap_or_default() {
-                self.apply(effect);
-            }
-            return self.fail(e, true);
-        }
         if !failed && !has {
             if p.backend_name.is_empty() {
                 c.unnamed = Some(p.text.clone());
@@ -446,6 +422,55 @@ impl Session {
             self.emit(out, vec![]);
         }
         Ok(())
+    }
+
+    /// Parse (unless prepared there), Describe and Sync on `conn`: the
+    /// client's replies, and whether the server refused the statement. A
+    /// FATAL error counts as a lost connection.
+    async fn ask_describe(
+        conn: &mut ShardConn,
+        p: &Arc<Prepared>,
+        parse_owed: bool,
+    ) -> Result<(BytesMut, bool), std::io::Error> {
+        let c = &mut conn.conn;
+        if !(!p.backend_name.is_empty() && c.prepared.has(&p.backend_name, &p.text)) {
+            c.write_parse(&p.parse);
+        }
+        postgres_protocol::message::frontend::describe(b'S', &p.backend_name, &mut c.wbuf)?;
+        postgres_protocol::message::frontend::sync(&mut c.wbuf);
+        let mut out = BytesMut::new();
+        if parse_owed {
+            reply::parse_complete(&mut out);
+        }
+        let mut failed = false;
+        c.flush().await?;
+        loop {
+            let frame = c.read_frame().await?;
+            match frame[0] {
+                b'Z' => {
+                    c.status = frame.get(5).copied().unwrap_or(b'I');
+                    return Ok((out, failed));
+                }
+                b'1' => {}
+                b'E' if super::outbox::is_fatal(&frame) => {
+                    let e = super::outbox::server_error(&frame);
+                    return Err(std::io::Error::other(format!("{} {}", e.code, e.message)));
+                }
+                b'E' => {
+                    failed = true;
+                    out.clear();
+                    out.extend_from_slice(&frame);
+                }
+                b't' => {
+                    if let Some(types) = super::outbox::parameter_types(&frame) {
+                        let _ = p.described_types.set(types);
+                    }
+                    out.extend_from_slice(&frame);
+                }
+                b'S' | b'N' | b'A' => {}
+                _ => out.extend_from_slice(&frame),
+            }
+        }
     }
 
     pub(super) async fn execute(&mut self, raw: Bytes, portal: String, max_rows: usize) -> Result<(), SqlError> {

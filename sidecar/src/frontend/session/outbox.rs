@@ -492,7 +492,7 @@ fn forward(frame: &[u8], downgrade_fatal: bool, out: &mut BytesMut) {
 }
 
 /// The SQLSTATE and message of an ErrorResponse.
-fn server_error(frame: &[u8]) -> ServerError {
+pub(super) fn server_error(frame: &[u8]) -> ServerError {
     use fallible_iterator::FallibleIterator;
     let mut error = ServerError { code: String::new(), message: String::new() };
     if let Some(Message::ErrorResponse(body)) = parse(frame) {
