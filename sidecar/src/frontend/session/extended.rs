@@ -433,7 +433,7 @@ impl Session {
         parse_owed: bool,
     ) -> Result<(BytesMut, bool), std::io::Error> {
         let c = &mut conn.conn;
-        if !(!p.backend_name.is_empty() && c.prepared.has(&p.backend_name, &p.text)) {
+        if p.backend_name.is_empty() || !c.prepared.has(&p.backend_name, &p.text) {
             c.write_parse(&p.parse);
         }
         postgres_protocol::message::frontend::describe(b'S', &p.backend_name, &mut c.wbuf)?;
