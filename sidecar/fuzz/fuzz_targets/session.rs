@@ -141,6 +141,15 @@ fn world() -> &'static World {
     })
 }
 
+/// Each server's pool: connections open and idle in it.
+fn lent(w: &World) -> String {
+    let pools = w.shared.pools.nodes().map(|n| {
+        let s = n.pool.status();
+        format!("{}: {} open, {} idle", n.label, s.size, s.available)
+    });
+    pools.collect::<Vec<_>>().join(", ")
+}
+
 fuzz_target!(|ops: Vec<Op>| {
     common::setup();
     let w = world();
@@ -163,7 +172,18 @@ fuzz_target!(|ops: Vec<Op>| {
         match ended {
             Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Ok(_) => {}
-            Err(_) => panic!("the session did not end after its client left (read: {read:?})"),
+            Err(_) => panic!("the session did not end after its client left (read: {read:?}; {})", lent(w)),
+        }
+        // Every server connection the session took goes back to its pool
+        // (or is closed) once it ends, or later inputs would wait for them:
+        // a leak shows here, at the input that caused it.
+        let returned = async {
+            while w.shared.pools.nodes().any(|n| n.pool.status().size > n.pool.status().available) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_secs(5), returned).await.is_err() {
+            panic!("server connections still lent 5 s after the session ended: {}", lent(w));
         }
     });
     for shard in &w.shards {

@@ -195,7 +195,13 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
                     // Unary minus belongs to the value, as Postgres's grammar
                     // folds it; a unary plus it leaves as an expression.
                     _ if template.as_bytes()[sign_at] == b'-' => {
+                        // Comments between the sign and the number stay:
+                        // they may be hints.
+                        let between = template.split_off(sign_at + 1);
                         template.truncate(sign_at);
+                        if between.contains("/*") || between.contains("--") {
+                            template.push_str(&between);
+                        }
                         Some(format!("-{text}"))
                     }
                     _ => None,
@@ -325,6 +331,13 @@ mod tests {
         lifted("SELECT * FROM t WHERE r = \u{6df}'u'", "SELECT * FROM t WHERE r = \u{6df} $1", &["u"]);
         // A vertical tab is space, also between a minus and its number.
         lifted("SELECT * FROM t WHERE r = -\x0b4", "SELECT * FROM t WHERE r = $1", &["-4"]);
+        // A comment between them is kept: it may be a hint.
+        lifted(
+            "SELECT * FROM t WHERE r = -/* shardcar: a */ 4",
+            "SELECT * FROM t WHERE r = /* shardcar: a */ $1",
+            &["-4"],
+        );
+        lifted("SELECT * FROM t WHERE r = - -- c\n4", "SELECT * FROM t WHERE r =  -- c\n$1", &["-4"]);
         // A negated parenthesised number is folded by Postgres: not lifted.
         lifted("SELECT * FROM t WHERE a = - ((4)) AND b = 5", "SELECT * FROM t WHERE a = - ((4)) AND b = $1", &["5"]);
         lifted("SELECT * FROM t WHERE a = - -4 AND b = 5", "SELECT * FROM t WHERE a = - -4 AND b = $1", &["5"]);
