@@ -65,6 +65,9 @@ pub struct Listen {
     /// All clients' partly received large messages together (a client
     /// declaring a large message takes its size from this before it is read).
     pub client_buffer_budget_bytes: usize,
+    /// The client's named prepared statements together (text and Parse
+    /// message); a Parse beyond it gets 54000 and the session goes on.
+    pub max_prepared_bytes_per_client: usize,
     /// On SIGTERM/SIGINT: how long open transactions may take to finish.
     pub shutdown_grace_s: u64,
     /// Threads serving clients; 0: one per CPU. On a box shared with its
@@ -93,6 +96,7 @@ impl Default for Listen {
             max_pending_logins: 1000,
             max_message_bytes: 64 << 20,
             client_buffer_budget_bytes: 512 << 20,
+            max_prepared_bytes_per_client: 16 << 20,
             shutdown_grace_s: 10,
             threads: 0,
         }
@@ -552,6 +556,9 @@ impl Config {
         }
         if self.listen.client_buffer_budget_bytes < self.listen.max_message_bytes {
             bad("listen.client_buffer_budget_bytes".into(), "must be at least listen.max_message_bytes".into());
+        }
+        if self.listen.max_prepared_bytes_per_client < 64 << 10 {
+            bad("listen.max_prepared_bytes_per_client".into(), "must be at least 64 KiB".into());
         }
 
         if self.users.is_empty() {

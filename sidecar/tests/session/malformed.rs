@@ -114,6 +114,21 @@ async fn a_message_over_the_size_limit_or_the_budget_is_refused_before_it_is_rea
     assert_eq!(tags(&third.run().await), "T D C Z:I");
 }
 
+#[tokio::test]
+async fn named_statements_are_bounded_by_bytes_per_session() {
+    let s = setup_with("max_prepared_bytes_per_client = 65536", "", "").await;
+    let mut c = Client::connect(&s).await;
+    // Each keeps its text twice (text and Parse): about 40 KiB.
+    let sql = format!("SELECT 1 /*{}*/", " ".repeat(20 * 1024));
+    assert_eq!(tags(&c.parse("a", &sql).sync().run().await), "1 Z:I");
+    assert_eq!(tags(&c.parse("b", &sql).bind("", "b", &[]).execute("", 0).sync().run().await), "E:54000 Z:I");
+    // The unnamed statement is not kept: it is not counted.
+    assert_eq!(tags(&c.parse("", &sql).bind("", "", &[]).execute("", 0).sync().run().await), "1 2 D C Z:I");
+    // Closing one makes room; the session went on throughout.
+    assert_eq!(tags(&c.close(b'S', "a").parse("b", &sql).sync().run().await), "3 1 Z:I");
+    still_serves(&mut c).await;
+}
+
 /// `n` connections that send half a startup packet and stop.
 async fn half_open(s: &Setup, n: usize) -> Vec<Client> {
     let mut stuck = Vec::new();

@@ -35,7 +35,7 @@ impl Session {
     pub(super) async fn parse(&mut self, raw: Bytes, msg: Parse) -> Result<(), SqlError> {
         let started = Instant::now();
         let name = msg.name.clone().unwrap_or_default();
-        if !name.is_empty() && self.statements.contains_key(&name) {
+        if !name.is_empty() && self.statements.contains(&name) {
             let e = SqlError::new(
                 code::DUPLICATE_PREPARED_STATEMENT,
                 format!("prepared statement \"{name}\" already exists"),
@@ -46,6 +46,19 @@ impl Session {
         let mut stages = Stages::new(started);
         stages.classify = Some(Classified::new(cached, Stage::since(started)));
         let prepared = Arc::new(Prepared::new(&name, &msg, &raw, facts.clone()));
+        let limit = self.shared.config.listen.max_prepared_bytes_per_client;
+        if !name.is_empty() && self.statements.bytes_with(&prepared) > limit {
+            self.shared.limits.hit("prepared_bytes");
+            let e = SqlError::new(
+                code::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "prepared statement \"{name}\" would make this session's prepared statements hold {} bytes, over shardcar's listen.max_prepared_bytes_per_client ({limit})",
+                    self.statements.bytes_with(&prepared)
+                ),
+            )
+            .hint("close statements no longer used (Close or DEALLOCATE), use the unnamed statement for one-off text, or raise the limit");
+            return self.fail(e, true);
+        }
         let undo = self.remember(&prepared);
         if facts.single().is_some_and(|s| local_capable(&s.kind)) {
             // Answered here, or sent to a server when it first runs there.

@@ -90,7 +90,7 @@ impl Session {
                 "DEALLOCATE".into()
             }
             Kind::Deallocate(None) => {
-                undo.extend(self.statements.drain().map(|(n, p)| Effect::RestoreStatement(n, p)));
+                undo.extend(self.statements.take_all().into_iter().map(|(n, p)| Effect::RestoreStatement(n, p)));
                 "DEALLOCATE ALL".into()
             }
             Kind::DiscardAll => {
@@ -100,7 +100,7 @@ impl Session {
                         "DISCARD ALL cannot run inside a transaction block",
                     ));
                 }
-                self.statements.clear();
+                self.statements.take_all();
                 self.unnamed = None;
                 self.clear_portals();
                 self.settings = self.startup.clone();

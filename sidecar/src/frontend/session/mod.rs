@@ -36,7 +36,7 @@ use tokio::sync::watch;
 use self::conns::{Conns, Held};
 use self::fan_out::ScatterPortal;
 use self::outbox::{Entry, Event, Outbox, Reply};
-use self::prepared::{Effect, Prepared};
+use self::prepared::{Effect, Prepared, Statements};
 use self::state::{Block, Mode, Txn, TxnStatus};
 use crate::cancel::{self, BackendKey, Registration};
 use crate::classify::{Facts, Kind, Statement};
@@ -110,7 +110,7 @@ pub struct Session {
     settings: Settings,
     /// Who the client is and its `shardcar.*` variables, as plugins see them.
     info: Arc<SessionInfo>,
-    statements: HashMap<String, Arc<Prepared>>,
+    statements: Statements,
     unnamed: Option<Arc<Prepared>>,
     parsed: Option<Parsed>,
     portals: HashMap<String, Portal>,
@@ -163,7 +163,7 @@ impl Session {
             settings: startup.clone(),
             startup,
             info: Arc::new(info),
-            statements: HashMap::new(),
+            statements: Statements::default(),
             unnamed: None,
             parsed: None,
             portals: HashMap::new(),

@@ -2,6 +2,7 @@
 //! session changes a message makes when it succeeds (or undoes when it
 //! fails or is skipped).
 
+use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -80,6 +81,52 @@ impl Prepared {
 
     pub fn is_validated(&self) -> bool {
         self.validated.load(Ordering::Relaxed)
+    }
+
+    /// What keeping it costs: its text and its Parse message.
+    pub fn bytes(&self) -> usize {
+        self.client_name.len() + self.text.sql.len() + self.parse.len()
+    }
+}
+
+/// The client's named statements, and the bytes they hold: a client may
+/// keep as many as it likes, within `listen.max_prepared_bytes_per_client`.
+#[derive(Default)]
+pub struct Statements {
+    by_name: HashMap<String, Arc<Prepared>>,
+    bytes: usize,
+}
+
+impl Statements {
+    pub fn get(&self, name: &str) -> Option<&Arc<Prepared>> {
+        self.by_name.get(name)
+    }
+
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// The bytes held, with `p` added.
+    pub fn bytes_with(&self, p: &Prepared) -> usize {
+        self.bytes + p.bytes()
+    }
+
+    pub fn insert(&mut self, name: String, p: Arc<Prepared>) {
+        self.bytes += p.bytes();
+        if let Some(old) = self.by_name.insert(name, p) {
+            self.bytes -= old.bytes();
+        }
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Arc<Prepared>> {
+        let old = self.by_name.remove(name)?;
+        self.bytes -= old.bytes();
+        Some(old)
+    }
+
+    pub fn take_all(&mut self) -> Vec<(String, Arc<Prepared>)> {
+        self.bytes = 0;
+        self.by_name.drain().collect()
     }
 }
 
