@@ -275,6 +275,10 @@ pub struct Telemetry {
     pub hot_after_s: u64,
     /// Below this many statements per second over the window, nothing is hot.
     pub hot_min_rate: f64,
+    /// A shard is stalled when a session has waited this long for one of
+    /// its connections, or a statement has run this long while none
+    /// finished there in the last second.
+    pub stall_after_ms: u64,
     pub traces: Traces,
 }
 
@@ -288,6 +292,7 @@ impl Default for Telemetry {
             hot_skew: 1.5,
             hot_after_s: 30,
             hot_min_rate: 1.0,
+            stall_after_ms: 1000,
             traces: Traces::default(),
         }
     }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder, Locator};
 use serde_json::json;
 
-use crate::harness::{Demo, admin_json};
+use crate::harness::{Demo, admin_json, connect, sqlstate};
 
 /// chromedriver on a free port, killed on drop.
 struct Driver {
@@ -205,6 +205,54 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     let errors: Vec<_> =
         log.as_array().unwrap().iter().filter(|e| e["level"] == "SEVERE" || e["level"] == "ERROR").collect();
     assert!(errors.is_empty(), "console errors: {errors:#?}");
+
+    // A table locked on one shard stalls every statement there: its card
+    // says so while it lasts, with the age of the oldest running statement
+    // and the clients waiting for a connection (12 clients, 10 connections).
+    let locker = demo.shard("s1").await;
+    locker.batch_execute("BEGIN; LOCK TABLE customers IN ACCESS EXCLUSIVE MODE").await.unwrap();
+    let blocked: Vec<_> = (0..12)
+        .map(|_| {
+            let conninfo = demo.conninfo();
+            tokio::spawn(async move {
+                let client = connect(&conninfo).await.unwrap();
+                loop {
+                    match client.batch_execute("/* shardcar: shard=s1 */ SELECT count(*) FROM customers").await {
+                        // No free connection within the pool's timeout: wait again.
+                        Err(e) if sqlstate(&e) == "53300" => continue,
+                        other => return other,
+                    }
+                }
+            })
+        })
+        .collect();
+    let locked = Instant::now();
+    let card = ".shard-card.stalled[data-shard=s1]";
+    let (oldest, waiting) = wait_for(&c, Duration::from_secs(10), "the stalled s1 card", async |c| {
+        c.find(Locator::Css(card)).await.ok()?;
+        let oldest = text(c, &format!("{card} .oldest-running")).await?;
+        let waiting = text(c, &format!("{card} .waiting")).await?;
+        (oldest != "–" && waiting != "0").then_some((oldest, waiting))
+    })
+    .await;
+    println!("stall shown {:?} after the lock: oldest running {oldest}, {waiting} waiting", locked.elapsed());
+    assert_eq!(text(&c, &format!("{card} .stall-badge")).await.as_deref(), Some("STALLED"));
+    let api: shardcar_api::Shards = admin_json(demo.admin_port, "/api/v1/shards?series=1");
+    let s1 = api.shards.iter().find(|s| s.name == "s1").unwrap();
+    assert!(s1.in_flight.stalled && s1.in_flight.running >= 10, "{:?}", s1.in_flight);
+    assert!(api.shards.iter().filter(|s| s.name != "s1").all(|s| !s.in_flight.stalled), "only s1 stalls");
+    c.execute("document.getElementById('shards').scrollIntoView({block: 'start', behavior: 'instant'})", vec![])
+        .await
+        .unwrap();
+    screenshot(&c, "dashboard-stall.png").await;
+    locker.batch_execute("COMMIT").await.unwrap();
+    for b in blocked {
+        b.await.unwrap().expect("the blocked statements finish once the lock goes");
+    }
+    wait_for(&c, Duration::from_secs(10), "the stall to clear", async |c| {
+        c.find(Locator::Css(".shard-card.stalled")).await.is_err().then_some(())
+    })
+    .await;
 
     // The sidecar goes away: the page says so and keeps the last figures.
     let (clean, stderr) = demo.interrupt().await;

@@ -16,11 +16,12 @@ pub fn Pools(live: Live) -> impl IntoView {
                 None => view! { <Empty text="Waiting for the first snapshot…" /> }.into_any(),
                 Some(pools) => view! {
                     <table class="pools">
-                        <colgroup><col class="c-shard" /><col class="c-role" /><col /><col class="c-bar" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /></colgroup>
+                        <colgroup><col class="c-shard" /><col class="c-role" /><col /><col class="c-bar" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /></colgroup>
                         <thead>
                             <tr>
                                 <th>"shard"</th><th>"role"</th><th>"server"</th><th>"in use / idle of max"</th>
-                                <th class="num">"in use"</th><th class="num">"idle"</th><th class="num">"waiting"</th><th class="num">"max"</th>
+                                <th class="num">"in use"</th><th class="num">"idle"</th><th class="num">"waiting"</th><th class="num">"longest wait"</th>
+                                <th class="num">"running"</th><th class="num">"oldest"</th><th class="num">"max"</th>
                                 <th class="num">"checkouts"</th><th class="num">"wait p99"</th>
                             </tr>
                         </thead>
@@ -44,6 +45,9 @@ fn row(p: &Pool) -> impl IntoView + use<> {
             <td class="num">{p.in_use}</td>
             <td class="num">{p.idle}</td>
             <td class="num waiting-count">{p.waiting}</td>
+            <td class="num longest-wait">{format::ms(p.longest_wait_ms)}</td>
+            <td class="num running">{p.running}</td>
+            <td class="num oldest-running">{format::ms(p.oldest_running_ms)}</td>
             <td class="num">{p.max_size}</td>
             <td class="num">{format::count(p.checkouts_total)}</td>
             <td class="num">{format::ms(p.checkout_wait_p99_ms)}</td>

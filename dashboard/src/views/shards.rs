@@ -1,5 +1,6 @@
-//! One card per shard: load, latency, errors, health, replica lag and a
-//! 15-minute sparkline; the hot shard stands out.
+//! One card per shard: load, latency, errors, work in flight, health,
+//! replica lag and a 15-minute sparkline; the hot shard and a stalled one
+//! stand out.
 
 use std::collections::VecDeque;
 
@@ -56,6 +57,7 @@ fn Card(live: Live, name: String) -> impl IntoView {
     let field = move |f: fn(&Shard) -> String| move || shard.with(|s| s.as_ref().map_or_else(|| "–".into(), f));
     let hot = move || shard.with(|s| s.as_ref().is_some_and(|s| s.hot));
     let healthy = move || shard.with(|s| s.as_ref().is_some_and(|s| s.healthy));
+    let stalled = move || shard.with(|s| s.as_ref().is_some_and(|s| s.in_flight.stalled));
     let hot_label = move || {
         live.snapshot
             .with(|s| s.as_ref().map_or_else(String::new, |s| format!("HOT · {:.1}× mean", s.overview.skew.ratio)))
@@ -65,7 +67,7 @@ fn Card(live: Live, name: String) -> impl IntoView {
         live.series.with(|all| i.and_then(|i| all.get(i).cloned()).unwrap_or_default())
     };
     view! {
-        <article class="card shard-card" class:hot=hot data-shard=name.clone()>
+        <article class="card shard-card" class:hot=hot class:stalled=stalled data-shard=name.clone()>
             <header>
                 <span class="health" class:down=move || !healthy() title=move || if healthy() { "primary answers" } else { "primary does not answer" }></span>
                 <h3>{name.clone()}</h3>
@@ -74,6 +76,9 @@ fn Card(live: Live, name: String) -> impl IntoView {
                 </Show>
                 <Show when=move || !healthy()>
                     <span class="badge down-badge">"DOWN"</span>
+                </Show>
+                <Show when=stalled>
+                    <span class="badge stall-badge" title="a session waited for a connection, or statements ran with none finishing, for telemetry.stall_after_ms">"STALLED"</span>
                 </Show>
             </header>
             <div class="figures">
@@ -84,9 +89,18 @@ fn Card(live: Live, name: String) -> impl IntoView {
                 <dl>
                     <div><dt>"reads"</dt><dd>{field(|s| format::rate(s.load.reads_per_s))}</dd></div>
                     <div><dt>"writes"</dt><dd>{field(|s| format::rate(s.load.writes_per_s))}</dd></div>
+                    <div><dt>"errors"</dt><dd class="errors">{field(error_rate)}</dd></div>
                     <div><dt>"p50"</dt><dd>{field(|s| format::ms(s.load.p50_ms))}</dd></div>
                     <div><dt>"p99"</dt><dd>{field(|s| format::ms(s.load.p99_ms))}</dd></div>
-                    <div><dt>"errors"</dt><dd class="errors">{field(error_rate)}</dd></div>
+                    <div><dt>"max"</dt><dd class="max">{field(|s| format::ms(s.load.max_ms))}</dd></div>
+                </dl>
+            </div>
+            <div class="figures">
+                <dl class="in-flight" title="now: statements running on the shard's servers, sessions waiting for a connection">
+                    <div><dt>"running"</dt><dd class="running">{field(|s| s.in_flight.running.to_string())}</dd></div>
+                    <div><dt>"oldest"</dt><dd class="oldest-running">{field(|s| format::ms(s.in_flight.oldest_running_ms))}</dd></div>
+                    <div><dt>"waiting"</dt><dd class="waiting">{field(|s| s.in_flight.waiting.to_string())}</dd></div>
+                    <div><dt>"longest wait"</dt><dd class="longest-wait">{field(|s| format::ms(s.in_flight.longest_wait_ms))}</dd></div>
                 </dl>
             </div>
             <ReadWriteBar shard />

@@ -60,6 +60,8 @@ pub struct Load {
     /// Latency quantiles, from histogram buckets; `None` without statements.
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// The slowest statement that finished in the window.
+    pub max_ms: Option<f64>,
 }
 
 /// Busiest shard over the mean of all shards, over the last `window_s`
@@ -128,10 +130,29 @@ pub struct Shard {
     /// This shard is the hot one (overall skew).
     pub hot: bool,
     pub load: Load,
+    /// What runs and waits on the shard's servers now.
+    pub in_flight: InFlight,
     pub servers: Vec<Server>,
     /// One point per second, oldest first (up to 15 minutes; `?series=N`
     /// asks for the last N seconds, and the live stream carries the last one).
     pub series: Vec<Point>,
+}
+
+/// Work in flight on a shard's servers now: a stall shows here while it
+/// lasts, before any statement finishes to say so in latencies.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct InFlight {
+    /// Statements running on the shard's servers.
+    pub running: u64,
+    /// Age of the oldest of them.
+    pub oldest_running_ms: Option<f64>,
+    /// Sessions waiting for one of the shard's connections.
+    pub waiting: u64,
+    /// How long the longest of them has waited.
+    pub longest_wait_ms: Option<f64>,
+    /// A session has waited for a connection, or a statement has run with
+    /// nothing finishing on the shard, for `telemetry.stall_after_ms`.
+    pub stalled: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -164,6 +185,8 @@ pub struct Point {
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub mean_ms: Option<f64>,
+    /// The slowest statement that finished in this second.
+    pub max_ms: Option<f64>,
 }
 
 /// `GET /api/v1/pools`.
@@ -185,6 +208,11 @@ pub struct Pool {
     pub in_use: u64,
     /// Sessions waiting for a connection right now.
     pub waiting: u64,
+    /// How long the longest of them has waited.
+    pub longest_wait_ms: Option<f64>,
+    /// Statements running on the server now, and the age of the oldest.
+    pub running: u64,
+    pub oldest_running_ms: Option<f64>,
     pub checkouts_total: u64,
     /// Time sessions waited for a connection (incl. bringing it to the
     /// session's settings), over the recent window.

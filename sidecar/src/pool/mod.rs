@@ -6,6 +6,7 @@
 pub mod backend;
 mod conn;
 pub mod health;
+pub mod in_flight;
 pub mod oids;
 
 pub use conn::ShardConn;
@@ -142,6 +143,10 @@ pub struct Node {
     pub control: deadpool_postgres::Pool,
     pub health: Arc<Health>,
     pub metrics: NodeMetrics,
+    /// Statements running on this server now.
+    pub running: Arc<in_flight::Tracker>,
+    /// Sessions waiting for one of its connections now.
+    pub waiting: Arc<in_flight::Tracker>,
 }
 
 impl std::fmt::Debug for Node {
@@ -211,7 +216,18 @@ impl Pools {
                 .build()
                 .map_err(|e| invalid(e.to_string()))?;
             let metrics = metrics.node(topology.name(shard), role.as_str(), &endpoint.address());
-            Ok(Arc::new(Node { shard, role, label, endpoint, pool, control, health, metrics }))
+            Ok(Arc::new(Node {
+                shard,
+                role,
+                label,
+                endpoint,
+                pool,
+                control,
+                health,
+                metrics,
+                running: Arc::default(),
+                waiting: Arc::default(),
+            }))
         };
         let mut shards = Vec::new();
         for (id, s) in topology.ids().zip(&cfg.shards) {
@@ -284,6 +300,7 @@ impl Pools {
     }
 
     async fn get(&self, node: &Arc<Node>) -> Result<ShardConn, SqlError> {
+        let _waiting = node.waiting.begin();
         match node.pool.timeout_get(&self.timeouts).await {
             Ok(conn) => Ok(ShardConn { conn, node: node.clone() }),
             Err(e) => Err(self.checkout_error(node, e)),

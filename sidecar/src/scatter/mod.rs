@@ -23,6 +23,7 @@ pub use self::frames::{columns, command_tag, tag_count};
 use self::rows::{Combiner, RowsMerge};
 use crate::metrics::KindLabel;
 use crate::pool::backend::BackendConn;
+use crate::pool::in_flight::Ticket;
 use crate::pool::{Pools, ShardConn};
 use crate::route::merge::FanOut;
 use crate::sqlerror::{SqlError, code};
@@ -81,11 +82,14 @@ pub struct Leg {
     pending: Option<BytesMut>,
     /// The shard's error, kept until its answer is read in full.
     errored: Option<BytesMut>,
+    /// Counts it among the server's running statements until it is dropped.
+    _running: Ticket,
 }
 
 impl Leg {
     pub fn new(conn: ShardConn) -> Leg {
-        Leg { conn, done: false, pending: None, errored: None }
+        let _running = conn.node.running.begin();
+        Leg { conn, done: false, pending: None, errored: None, _running }
     }
 
     pub fn conn(&mut self) -> &mut ShardConn {
@@ -473,7 +477,7 @@ impl Scatter {
             }
             let m = &leg.conn.node.metrics;
             m.statements(self.kind).inc();
-            m.duration.observe(elapsed);
+            m.observe_duration(elapsed);
             if self.failed {
                 m.errors(self.kind).inc();
             }

@@ -74,6 +74,8 @@ struct NodeSample {
     errors: u64,
     duration: Vec<(f64, u64)>,
     duration_sum: f64,
+    /// The slowest statement that finished since the previous sample, in seconds.
+    slowest: f64,
     checkout: Vec<(f64, u64)>,
 }
 
@@ -277,6 +279,7 @@ impl Hotspots {
                         errors: n.metrics.errors_total(),
                         duration: buckets(&n.metrics.duration),
                         duration_sum: n.metrics.duration.get_sample_sum(),
+                        slowest: n.metrics.take_slowest(),
                         checkout: buckets(&n.metrics.checkout_wait),
                     }
                 })
@@ -306,9 +309,8 @@ impl Hotspots {
         // The window: rates, quantiles, skew.
         let seconds = newest.t.saturating_sub(oldest.t).max(1);
         let shards = self.shard_names.len();
-        let shard_loads: Vec<api::Load> =
-            (0..shards).map(|s| load(&newest, &oldest, seconds, |n| n.shard == s)).collect();
-        let overall_load = load(&newest, &oldest, seconds, |_| true);
+        let shard_loads: Vec<api::Load> = (0..shards).map(|s| load(&h.samples, seconds, |n| n.shard == s)).collect();
+        let overall_load = load(&h.samples, seconds, |_| true);
         let per_shard: Vec<u64> = (0..shards)
             .map(|s| {
                 let count = |x: &Sample| x.nodes.iter().filter(|n| n.shard == s).map(|n| n.statements).sum::<u64>();
@@ -426,7 +428,12 @@ fn merged(sample: &Sample, pick: &impl Fn(&NodeSample) -> bool) -> Vec<(f64, u64
     out
 }
 
-fn load(newest: &Sample, oldest: &Sample, seconds: u64, pick: impl Fn(&NodeSample) -> bool) -> api::Load {
+/// The load over the window of `samples` (oldest first) of the servers `pick` takes.
+fn load(samples: &VecDeque<Sample>, seconds: u64, pick: impl Fn(&NodeSample) -> bool) -> api::Load {
+    let (Some(newest), Some(oldest)) = (samples.back(), samples.front()) else { return api::Load::default() };
+    // Each sample's slowest covers the second before it: the oldest's is outside.
+    let slowest =
+        samples.iter().skip(1).flat_map(|s| &s.nodes).filter(|n| pick(n)).map(|n| n.slowest).fold(0.0, f64::max);
     let sum = |s: &Sample, f: fn(&NodeSample) -> u64| s.nodes.iter().filter(|n| pick(n)).map(f).sum::<u64>();
     let statements = sum(newest, |n| n.statements);
     let errors = sum(newest, |n| n.errors);
@@ -442,6 +449,7 @@ fn load(newest: &Sample, oldest: &Sample, seconds: u64, pick: impl Fn(&NodeSampl
         errors_per_s: rate(|n| n.errors),
         p50_ms: quantile(&now, &before, 0.5).map(ms),
         p99_ms: quantile(&now, &before, 0.99).map(ms),
+        max_ms: (slowest > 0.0).then(|| ms(slowest)),
     }
 }
 
@@ -454,6 +462,7 @@ fn point(shard: usize, newest: &Sample, previous: &Sample) -> api::Point {
             .fold((0, 0, 0.0), |(a, b, c), n| (a + n.statements, b + n.errors, c + n.duration_sum))
     };
     let (statements, errors, sum) = of(newest);
+    let slowest = newest.nodes.iter().filter(|n| pick(n)).map(|n| n.slowest).fold(0.0, f64::max);
     let (statements0, errors0, sum0) = of(previous);
     let (now, before) = (merged(newest, &pick), merged(previous, &pick));
     let count = statements.saturating_sub(statements0);
@@ -467,6 +476,7 @@ fn point(shard: usize, newest: &Sample, previous: &Sample) -> api::Point {
         p50_ms: quantile(&now, &before, 0.5).map(ms),
         p99_ms: quantile(&now, &before, 0.99).map(ms),
         mean_ms: (timed > 0).then(|| ms((sum - sum0).max(0.0) / timed as f64)),
+        max_ms: (slowest > 0.0).then(|| ms(slowest)),
     }
 }
 

@@ -59,7 +59,7 @@ impl Telemetry {
         for s in statements {
             m.statements(kind_label(&s.kind)).inc();
         }
-        m.duration.observe(ended.duration_since(flight.stages.started).as_secs_f64());
+        m.observe_duration(ended.duration_since(flight.stages.started).as_secs_f64());
         if flight.error.is_some() {
             m.errors(statements.first().map_or(KindLabel::Other, |s| kind_label(&s.kind))).inc();
         }
@@ -89,6 +89,10 @@ impl Telemetry {
             m.pool_idle.set(status.available as i64);
             m.pool_in_use.set(status.size.saturating_sub(status.available) as i64);
             m.pool_waiting.set(status.waiting as i64);
+            let (running, waiting) = (node.running.now(), node.waiting.now());
+            m.running.set(running.count as i64);
+            m.oldest_running.set(running.oldest.unwrap_or_default().as_secs_f64());
+            m.pool_longest_wait.set(waiting.oldest.unwrap_or_default().as_secs_f64());
             m.up.set(i64::from(node.health.is_confirmed_up()));
             if let Some((bytes, seconds)) = &m.lag {
                 let lag = node.health.lag();

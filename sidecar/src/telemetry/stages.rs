@@ -10,6 +10,7 @@ use crate::classify::Facts;
 use crate::policy::StatementRoute;
 use crate::policy::facts::SessionInfo;
 use crate::pool::Node;
+use crate::pool::in_flight::Ticket;
 
 /// One timed step.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -97,11 +98,14 @@ pub struct InFlight {
     /// When its message went into the server's buffer.
     pub sent: Instant,
     pub error: Option<ServerError>,
+    /// Counts it among the server's running statements until it is dropped.
+    _running: Ticket,
 }
 
 impl InFlight {
     pub fn new(stages: Stages, facts: Arc<Facts>, node: Arc<Node>, session: Arc<SessionInfo>) -> Box<InFlight> {
-        Box::new(InFlight { stages, facts, node, session, sent: Instant::now(), error: None })
+        let _running = node.running.begin();
+        Box::new(InFlight { stages, facts, node, session, sent: Instant::now(), error: None, _running })
     }
 
     /// Spans this statement becomes: itself, its stages, the server's part.
