@@ -24,6 +24,7 @@ fn App() -> impl IntoView {
             <views::header::Banner live />
             <views::shards::Shards live />
             <views::hotspots::Hotspots live />
+            <views::errors::Errors live />
             <views::pools::Pools live />
             <views::plugins::Plugins live />
             <views::explain::Explain live />

@@ -5,6 +5,8 @@
 //! The data path never looks a label set up: every server, plugin and
 //! table gets its handles once, and a statement only bumps atomics.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use prometheus::core::{Collector, Metric};
@@ -12,6 +14,8 @@ use prometheus::{
     Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry, TextEncoder,
 };
+
+use crate::policy::facts::SessionInfo;
 
 /// Statement latency buckets, in seconds: 50 µs to about 70 s, each 1.5
 /// times the last, so that a quantile read from them is within 50% of the
@@ -127,6 +131,11 @@ pub struct Metrics {
     statement_errors: IntCounterVec,
     statement_duration: HistogramVec,
     rejected: IntCounterVec,
+    client_errors: IntCounterVec,
+    /// Users and applications named in `client_errors` (clients choose
+    /// them: bounded, the rest are `other`).
+    error_users: BoundedLabels,
+    error_applications: BoundedLabels,
     checkout_wait: HistogramVec,
     pool_connections: IntGaugeVec,
     pool_max: IntGaugeVec,
@@ -162,6 +171,31 @@ pub struct Metrics {
 
 const SERVER: &[&str] = &["shard", "role", "server"];
 
+/// Distinct users, and applications, named in metric labels.
+const LABEL_VALUES: usize = 50;
+
+/// Label values a client chooses, bounded: the first `max` distinct values
+/// are kept, later ones are counted as `other`.
+struct BoundedLabels {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl BoundedLabels {
+    fn new(max: usize) -> BoundedLabels {
+        BoundedLabels { max, seen: Mutex::default() }
+    }
+
+    fn label(&self, value: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(value) || seen.len() < self.max && seen.insert(value.to_string()) {
+            value.to_string()
+        } else {
+            "other".into()
+        }
+    }
+}
+
 impl Metrics {
     pub fn new() -> Metrics {
         let r = Registry::new();
@@ -196,6 +230,16 @@ impl Metrics {
                     &["sqlstate"],
                 ),
             ),
+            client_errors: register(
+                &r,
+                counter_vec(
+                    "shardcar_client_errors_total",
+                    "Errors clients got, by the shard they concern (\"\": none or several), SQLSTATE, who raised them (server or shardcar), user and application_name",
+                    &["shard", "sqlstate", "by", "user", "application"],
+                ),
+            ),
+            error_users: BoundedLabels::new(LABEL_VALUES),
+            error_applications: BoundedLabels::new(LABEL_VALUES),
             checkout_wait: register(
                 &r,
                 histogram_vec(
@@ -399,6 +443,33 @@ impl Metrics {
         self.distributed.with_label_values(&[outcome]).inc();
     }
 
+    /// Counts an error a client got (`by`: `server` or `shardcar`).
+    pub fn client_error(&self, shard: &str, sqlstate: &str, by: &str, session: &SessionInfo) {
+        let user = self.error_users.label(&session.user);
+        let application = self.error_applications.label(&session.application_name);
+        self.client_errors.with_label_values(&[shard, sqlstate, by, &user, &application]).inc();
+    }
+
+    /// Every `shardcar_client_errors_total` series: its labels (shard,
+    /// sqlstate, by, user, application) and count.
+    pub fn client_errors(&self) -> Vec<([String; 5], u64)> {
+        self.client_errors
+            .collect()
+            .iter()
+            .flat_map(|f| f.get_metric())
+            .map(|m| {
+                let mut labels: [String; 5] = Default::default();
+                for pair in m.get_label() {
+                    let at = ["shard", "sqlstate", "by", "user", "application"].iter().position(|n| *n == pair.name());
+                    if let Some(i) = at {
+                        labels[i] = pair.value().to_string();
+                    }
+                }
+                (labels, m.get_counter().get_value() as u64)
+            })
+            .collect()
+    }
+
     pub fn rejected(&self, sqlstate: &str) {
         self.rejected.with_label_values(&[sqlstate]).inc();
     }
@@ -492,6 +563,25 @@ fn histogram_vec(name: &str, help: &str, labels: &[&str], buckets: &[f64]) -> Hi
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn label_values_clients_choose_are_bounded() {
+        let labels = BoundedLabels::new(2);
+        assert_eq!(labels.label("a"), "a");
+        assert_eq!(labels.label("b"), "b");
+        assert_eq!(labels.label("c"), "other", "a third value has no label of its own");
+        assert_eq!(labels.label("a"), "a", "values seen keep theirs");
+    }
+
+    #[test]
+    fn errors_clients_got_are_counted_by_who_got_them() {
+        let m = Metrics::new();
+        let info = SessionInfo { user: "app".into(), application_name: "web".into(), ..SessionInfo::default() };
+        m.client_error("s1", "08001", "shardcar", &info);
+        m.client_error("s1", "08001", "shardcar", &info);
+        let labels = ["s1", "08001", "shardcar", "app", "web"].map(String::from);
+        assert_eq!(m.client_errors(), vec![(labels, 2)]);
+    }
 
     #[test]
     fn quantiles_come_from_bucket_differences() {

@@ -3,6 +3,8 @@
 
 use pgwire::error::ErrorInfo;
 
+use crate::topology::ShardId;
+
 /// SQLSTATE codes shardcar uses (Postgres appendix A).
 pub mod code {
     pub const PROTOCOL_VIOLATION: &str = "08P01";
@@ -42,11 +44,14 @@ pub struct SqlError {
     pub hint: Option<String>,
     /// FATAL ends the client connection; ERROR ends only the statement.
     pub fatal: bool,
+    /// The shard it is about (cannot connect, connection lost, pool full),
+    /// so that operators see which shard hurt clients.
+    pub shard: Option<ShardId>,
 }
 
 impl SqlError {
     pub fn new(code: &'static str, message: impl Into<String>) -> SqlError {
-        SqlError { code, message: message.into(), detail: None, hint: None, fatal: false }
+        SqlError { code, message: message.into(), detail: None, hint: None, fatal: false, shard: None }
     }
 
     pub fn fatal(code: &'static str, message: impl Into<String>) -> SqlError {
@@ -55,6 +60,11 @@ impl SqlError {
 
     pub fn hint(mut self, hint: impl Into<String>) -> SqlError {
         self.hint = Some(hint.into());
+        self
+    }
+
+    pub fn on(mut self, shard: ShardId) -> SqlError {
+        self.shard = Some(shard);
         self
     }
 

@@ -254,6 +254,43 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     })
     .await;
 
+    // A shard that refuses connections: the errors clients get are
+    // attributed to it, with their SQLSTATE and the application hurt.
+    let s2_port = demo.primaries.iter().find(|(n, _)| n == "s2").unwrap().1;
+    let admin = connect(&format!("host=127.0.0.1 port={s2_port} user=postgres dbname=postgres")).await.unwrap();
+    admin
+        .batch_execute(
+            "ALTER DATABASE app ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = 'app' AND pid <> pg_backend_pid()",
+        )
+        .await
+        .unwrap();
+    let hurt = connect(&format!("{} application_name=checkout-service", demo.conninfo())).await.unwrap();
+    let broke = Instant::now();
+    let mut seen = Vec::new();
+    let row = wait_for(&c, Duration::from_secs(15), "s2's errors in the errors panel", async |c| {
+        // Clients keep trying while the panel is watched.
+        if let Err(e) = hurt.batch_execute("/* shardcar: shard=s2 */ SELECT 1").await {
+            seen.push(sqlstate(&e));
+        }
+        let row = "#errors tr[data-shard=s2][data-sqlstate='08001']";
+        let application = text(c, &format!("{row} .application")).await?;
+        let by = text(c, &format!("{row} .by")).await?;
+        Some((application, by))
+    })
+    .await;
+    println!("s2's errors shown {:?} after it refused connections", broke.elapsed());
+    assert_eq!(row, ("checkout-service".to_string(), "shardcar".to_string()));
+    assert!(seen.iter().all(|s| s == "08001" || s == "08006" || s == "57P01"), "{seen:?}");
+    let card_errors = text(&c, ".shard-card[data-shard=s2] dd.errors").await.unwrap_or_default();
+    assert_ne!(card_errors, "0%", "the card counts statements that never reached the shard");
+    c.execute("document.getElementById('errors').scrollIntoView({block: 'start', behavior: 'instant'})", vec![])
+        .await
+        .unwrap();
+    screenshot(&c, "dashboard-errors.png").await;
+    admin.batch_execute("ALTER DATABASE app ALLOW_CONNECTIONS true").await.unwrap();
+
     // The sidecar goes away: the page says so and keeps the last figures.
     let (clean, stderr) = demo.interrupt().await;
     assert!(clean, "{stderr}");

@@ -15,14 +15,16 @@ pub fn Header(live: Live) -> impl IntoView {
                 <span class="logo">"shardcar"</span>
                 <span class="version">{stat(|o| format!("v{}", o.version))}</span>
                 {move || match overview() {
-                    Some(o) if o.ready => view! { <span class="pill ok" title="every shard's primary answers">"ready"</span> }.into_any(),
-                    Some(_) => view! { <span class="pill bad" title="a shard's primary does not answer">"not ready"</span> }.into_any(),
+                    // Shard health, not readiness: the sidecar serves the other shards.
+                    Some(o) if o.ready => view! { <span class="pill ok" title="every shard's primary answers">"shards up"</span> }.into_any(),
+                    Some(_) => view! { <span class="pill bad" title="a shard's primary does not answer; the others are served">"shard down"</span> }.into_any(),
                     None => view! { <span class="pill">"…"</span> }.into_any(),
                 }}
             </div>
             <nav>
                 <a href="#shards">"Shards"</a>
                 <a href="#hotspots">"Hotspots"</a>
+                <a href="#errors">"Errors"</a>
                 <a href="#pools">"Pools"</a>
                 <a href="#plugins">"Plugins"</a>
                 <a href="#explain">"Explain"</a>

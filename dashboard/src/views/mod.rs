@@ -1,5 +1,6 @@
 //! One module per section of the page.
 
+pub mod errors;
 pub mod explain;
 pub mod header;
 pub mod hotspots;

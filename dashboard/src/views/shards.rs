@@ -112,12 +112,12 @@ fn Card(live: Live, name: String) -> impl IntoView {
     }
 }
 
+/// Errors clients got about this shard — its own, and statements shardcar
+/// could not get to it — as a share of all its statements.
 fn error_rate(s: &Shard) -> String {
-    if s.load.statements_per_s > 0.0 {
-        format::percent(s.load.errors_per_s / s.load.statements_per_s)
-    } else {
-        format::rate(s.load.errors_per_s)
-    }
+    let tried = s.load.statements_per_s + s.refused_per_s;
+    let failed = s.load.errors_per_s + s.refused_per_s;
+    if tried > 0.0 { format::percent(failed / tried) } else { format::rate(failed) }
 }
 
 fn server_line(server: &shardcar_api::Server) -> impl IntoView + use<> {

@@ -19,7 +19,9 @@ pub struct Overview {
     /// shardcar's version.
     pub version: String,
     pub uptime_s: u64,
-    /// Every shard's primary answered its latest health probe (as `/readyz`).
+    /// Every shard's primary answered its latest health probe (shard
+    /// health; `/readyz` says whether the sidecar can serve, which it can
+    /// with a shard down).
     pub ready: bool,
     pub shards: usize,
     pub clients: Clients,
@@ -132,6 +134,10 @@ pub struct Shard {
     pub load: Load,
     /// What runs and waits on the shard's servers now.
     pub in_flight: InFlight,
+    /// Errors shardcar raised about this shard (cannot connect, connection
+    /// lost, no free connection) per second over the window: the
+    /// statements that never reached it.
+    pub refused_per_s: f64,
     pub servers: Vec<Server>,
     /// One point per second, oldest first (up to 15 minutes; `?series=N`
     /// asks for the last N seconds, and the live stream carries the last one).
@@ -290,6 +296,33 @@ pub struct Snapshot {
     pub pools: Vec<Pool>,
     /// Per sharded table: its skew (keys are fetched with `hotkeys`).
     pub tables: Vec<TableSkew>,
+    /// Who got errors over the window, most first.
+    pub errors: Vec<ClientErrors>,
+}
+
+/// `GET /api/v1/errors`: errors clients got, attributed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Errors {
+    pub window_s: u64,
+    pub errors: Vec<ClientErrors>,
+}
+
+/// Errors clients got with the same shard, SQLSTATE, source, user and
+/// application (`other` beyond the first 50 users or applications).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientErrors {
+    /// The shard they concern; empty when none or several.
+    pub shard: String,
+    pub sqlstate: String,
+    /// `server` (a shard's own error, passed on) or `shardcar` (a refusal,
+    /// or a failure to reach or keep a server).
+    pub by: String,
+    pub user: String,
+    pub application: String,
+    /// Over the window, and since start.
+    pub in_window: u64,
+    pub per_s: f64,
+    pub total: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

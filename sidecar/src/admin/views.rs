@@ -68,6 +68,7 @@ pub fn shards(shared: &Shared, series: usize) -> api::Shards {
                 healthy: s.primary.health.is_confirmed_up(),
                 hot: view.skew.hot && view.skew.busiest.as_deref() == Some(name),
                 load: view.shard_loads.get(i).cloned().unwrap_or_default(),
+                refused_per_s: view.refused_per_s.get(i).copied().unwrap_or_default(),
                 in_flight: in_flight(std::iter::once(&s.primary).chain(&s.replicas), finished_last_second, stall_after),
                 servers: std::iter::once(&s.primary).chain(&s.replicas).map(|n| server(n)).collect(),
                 series: points.map(|p| p.iter().skip(skip).copied().collect()).unwrap_or_default(),
@@ -184,7 +185,17 @@ pub fn snapshot(shared: &Shared) -> api::Snapshot {
             .zip(view.table_skews)
             .map(|(table, skew)| api::TableSkew { table: table.to_string(), skew })
             .collect(),
+        errors: view.errors.into_iter().take(ERRORS_SHOWN).collect(),
     }
+}
+
+/// Rows of attributed errors the live stream carries.
+const ERRORS_SHOWN: usize = 20;
+
+/// Errors clients got over the window, attributed, most first.
+pub fn errors(shared: &Shared) -> api::Errors {
+    let view = shared.telemetry.hotspots.view();
+    api::Errors { window_s: view.load.window_s, errors: view.errors }
 }
 
 fn unix_ms(at: SystemTime) -> u64 {

@@ -39,7 +39,8 @@ impl ShardConn {
                     code::CONNECTION_FAILURE,
                     format!("could not apply this session's settings on {}: {e}", self.label()),
                 )
-                .hint("a SET that worked on one server failed on another; check that shards are configured alike"))
+                .hint("a SET that worked on one server failed on another; check that shards are configured alike")
+                .on(self.shard()))
             }
             Err(e) => {
                 self.conn.broken = true;
@@ -50,7 +51,7 @@ impl ShardConn {
 
     /// The connection failed: the error that says so.
     pub fn lost(&self, why: impl std::fmt::Display) -> SqlError {
-        SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {why}", self.label()))
+        SqlError::new(code::CONNECTION_FAILURE, format!("lost {}: {why}", self.label())).on(self.shard())
     }
 
     /// Back to the pool when it is idle and in a known state; closed

@@ -303,7 +303,7 @@ impl Pools {
         let _waiting = node.waiting.begin();
         match node.pool.timeout_get(&self.timeouts).await {
             Ok(conn) => Ok(ShardConn { conn, node: node.clone() }),
-            Err(e) => Err(self.checkout_error(node, e)),
+            Err(e) => Err(self.checkout_error(node, e).on(node.shard)),
         }
     }
 

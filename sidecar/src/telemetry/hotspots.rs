@@ -27,6 +27,7 @@ use crate::metrics::{Metrics, buckets, quantile};
 use crate::policy::plugin::Value;
 use crate::policy::{StatementRoute, Via};
 use crate::pool::Pools;
+use crate::topology::ShardId;
 
 /// Seconds of per-shard history kept.
 pub const SERIES_SECONDS: usize = 900;
@@ -63,6 +64,8 @@ struct Sample {
     nodes: Vec<NodeSample>,
     /// Per table, per shard.
     tables: Vec<Vec<u64>>,
+    /// `shardcar_client_errors_total`: labels and count.
+    errors: Vec<([String; 5], u64)>,
 }
 
 #[derive(Clone)]
@@ -95,6 +98,10 @@ pub struct View {
     pub table_skews: Vec<api::Skew>,
     /// Checkout wait p99 per server over the window, in `Pools::nodes` order.
     pub checkout_p99_ms: Vec<Option<f64>>,
+    /// Errors clients got over the window, most first.
+    pub errors: Vec<api::ClientErrors>,
+    /// Per shard: errors shardcar raised about it, per second over the window.
+    pub refused_per_s: Vec<f64>,
 }
 
 pub struct Hotspots {
@@ -163,6 +170,8 @@ impl Hotspots {
                 },
                 table_skews: Vec::new(),
                 checkout_p99_ms: Vec::new(),
+                errors: Vec::new(),
+                refused_per_s: Vec::new(),
             }),
             shard_names,
             tables,
@@ -209,6 +218,10 @@ impl Hotspots {
             Value::Int(i) => Key::Int(*i),
             Value::Text(t) => Key::Text(t.as_str().into()),
         }
+    }
+
+    pub fn shard_name(&self, shard: ShardId) -> &str {
+        self.shard_names.get(shard.index()).map_or("", String::as_str)
     }
 
     pub fn table_names(&self) -> impl Iterator<Item = &str> {
@@ -285,6 +298,7 @@ impl Hotspots {
                 })
                 .collect(),
             tables: self.tables.iter().map(|t| t.per_shard.iter().map(IntCounter::get).collect()).collect(),
+            errors: metrics.client_errors(),
         };
         let Ok(mut h) = self.history.lock() else { return };
         let previous = h.samples.back().cloned();
@@ -339,10 +353,25 @@ impl Hotspots {
             .zip(&oldest.nodes)
             .map(|(n, o)| quantile(&n.checkout, &o.checkout, 0.99).map(ms))
             .collect();
+        let errors = errors_in_window(&newest, &oldest, seconds);
+        let refused_per_s = self
+            .shard_names
+            .iter()
+            .map(|name| errors.iter().filter(|e| e.by == "shardcar" && e.shard == *name).map(|e| e.per_s).sum())
+            .collect();
         let series = h.series.clone();
         drop(h);
         if let Ok(mut v) = self.view.lock() {
-            *v = View { series, shard_loads, load: overall_load, skew, table_skews, checkout_p99_ms };
+            *v = View {
+                series,
+                shard_loads,
+                load: overall_load,
+                skew,
+                table_skews,
+                checkout_p99_ms,
+                errors,
+                refused_per_s,
+            };
         }
         self.ticks.send_modify(|n| *n += 1);
     }
@@ -426,6 +455,31 @@ fn merged(sample: &Sample, pick: &impl Fn(&NodeSample) -> bool) -> Vec<(f64, u64
         }
     }
     out
+}
+
+/// Errors clients got between two samples, by their labels, most first.
+fn errors_in_window(newest: &Sample, oldest: &Sample, seconds: u64) -> Vec<api::ClientErrors> {
+    let before: HashMap<&[String; 5], u64> = oldest.errors.iter().map(|(l, n)| (l, *n)).collect();
+    let mut errors: Vec<api::ClientErrors> = newest
+        .errors
+        .iter()
+        .filter_map(|(labels, total)| {
+            let in_window = total.saturating_sub(before.get(labels).copied().unwrap_or(0));
+            let [shard, sqlstate, by, user, application] = labels.clone();
+            (in_window > 0).then(|| api::ClientErrors {
+                shard,
+                sqlstate,
+                by,
+                user,
+                application,
+                in_window,
+                per_s: in_window as f64 / seconds as f64,
+                total: *total,
+            })
+        })
+        .collect();
+    errors.sort_by_key(|e| std::cmp::Reverse(e.in_window));
+    errors
 }
 
 /// The load over the window of `samples` (oldest first) of the servers `pick` takes.

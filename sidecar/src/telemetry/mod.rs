@@ -60,8 +60,9 @@ impl Telemetry {
             m.statements(kind_label(&s.kind)).inc();
         }
         m.observe_duration(ended.duration_since(flight.stages.started).as_secs_f64());
-        if flight.error.is_some() {
+        if let Some(e) = &flight.error {
             m.errors(statements.first().map_or(KindLabel::Other, |s| kind_label(&s.kind))).inc();
+            self.metrics.client_error(self.hotspots.shard_name(flight.node.shard), &e.code, "server", &flight.session);
         }
         if let Some(p) = &flight.stages.policy {
             self.hotspots.record(&p.routes);
@@ -69,6 +70,15 @@ impl Telemetry {
         if let Some(t) = &self.tracer {
             t.ran(flight, ended);
         }
+    }
+
+    /// A client got `err`, raised by shardcar (a refusal, a pool or
+    /// connection failure): counted as a refusal, and by shard, SQLSTATE,
+    /// user and application.
+    pub fn client_error(&self, err: &SqlError, session: &SessionInfo) {
+        self.metrics.rejected(err.code);
+        let shard = err.shard.map_or("", |s| self.hotspots.shard_name(s));
+        self.metrics.client_error(shard, err.code, "shardcar", session);
     }
 
     /// Shardcar answered a statement with an error before any server ran it

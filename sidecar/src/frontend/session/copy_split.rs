@@ -115,7 +115,7 @@ impl Session {
         match failure {
             Failure::Shard(frame) => out.extend_from_slice(&frame),
             Failure::Own(e) | Failure::Client(e) => {
-                self.shared.telemetry.metrics.rejected(e.code);
+                self.shared.telemetry.client_error(&e, &self.info);
                 reply::error(out, &e);
             }
         }

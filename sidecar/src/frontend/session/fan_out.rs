@@ -247,7 +247,7 @@ impl Session {
             Failure::Shard(frames) => out = frames,
             Failure::Own(e) if e.fatal => return Err(e),
             Failure::Own(e) => {
-                self.shared.telemetry.metrics.rejected(e.code);
+                self.shared.telemetry.client_error(&e, &self.info);
                 reply::error(&mut out, &e);
             }
         }

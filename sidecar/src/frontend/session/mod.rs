@@ -191,6 +191,7 @@ impl Session {
     pub async fn run(mut self) {
         if let Err(e) = self.serve().await {
             tracing::debug!(client = self.registration.pid, "session ended: {e}");
+            self.shared.telemetry.client_error(&e, &self.info);
             // The client may be gone already; then there is no one to tell.
             reply::error(&mut self.client.out, &e);
             let _ = self.client.flush().await;
@@ -623,14 +624,17 @@ impl Session {
             return Err(SqlError::fatal(
                 code::CONNECTION_FAILURE,
                 format!("lost the connection to {label} inside a transaction ({why}); the transaction was rolled back"),
-            ));
+            )
+            .on(shard));
         }
         if !self.outbox.fatal_told {
             let err = SqlError::new(
                 code::CONNECTION_FAILURE,
                 format!("lost the connection to {label} ({why}); the statement may not have run"),
             )
-            .hint("retry; shardcar opens a new connection");
+            .hint("retry; shardcar opens a new connection")
+            .on(shard);
+            self.shared.telemetry.client_error(&err, &self.info);
             self.emit_error(&err);
         }
         self.outbox.fatal_told = false;
@@ -834,10 +838,11 @@ impl Session {
     /// Reports an error shardcar raised for the current message. The batch
     /// or transaction it belongs to fails with it, as on one Postgres.
     fn fail(&mut self, err: SqlError, extended: bool) -> Result<(), SqlError> {
-        self.shared.telemetry.metrics.rejected(err.code);
         if err.fatal {
+            // Counted where the session ends with it (`run`).
             return Err(err);
         }
+        self.shared.telemetry.client_error(&err, &self.info);
         if let Txn::Deferred(d) = &mut self.txn {
             d.failed = true;
         }
