@@ -175,15 +175,19 @@ fuzz_target!(|ops: Vec<Op>| {
             Err(_) => panic!("the session did not end after its client left (read: {read:?}; {})", lent(w)),
         }
         // Every server connection the session took goes back to its pool
-        // (or is closed) once it ends, or later inputs would wait for them:
-        // a leak shows here, at the input that caused it.
+        // idle (or is closed) once it ends, or a later session would wait
+        // for it or inherit its state: a leak shows here, at the input
+        // that caused it.
         let returned = async {
-            while w.shared.pools.nodes().any(|n| n.pool.status().size > n.pool.status().available) {
+            while w.shared.pools.nodes().any(|n| n.pool.status().size > n.pool.status().available)
+                || w.shards.iter().any(|s| !s.busy().is_empty())
+            {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         };
         if tokio::time::timeout(Duration::from_secs(5), returned).await.is_err() {
-            panic!("server connections still lent 5 s after the session ended: {}", lent(w));
+            let busy: Vec<String> = w.shards.iter().flat_map(fake::Fake::busy).collect();
+            panic!("5 s after the session ended: {}; servers not idle: {busy:?}", lent(w));
         }
     });
     for shard in &w.shards {

@@ -88,6 +88,9 @@ pub struct Fake {
     /// The next Describe ends its connection, as a server terminated
     /// (`pg_terminate_backend`) while the connection sat idle does.
     pub end_at_next_describe: Arc<std::sync::atomic::AtomicBool>,
+    /// Open connections that are not idle (replies owed, in a transaction,
+    /// a COPY or skipping to Sync), by backend pid: what they are in.
+    busy: Arc<Mutex<HashMap<i32, String>>>,
 }
 
 impl Fake {
@@ -100,6 +103,7 @@ impl Fake {
             prepared_xacts: Arc::default(),
             refuse_commit_prepared: Arc::default(),
             end_at_next_describe: Arc::default(),
+            busy: Arc::default(),
         };
         let serving = fake.clone();
         tokio::spawn(async move {
@@ -125,6 +129,12 @@ impl Fake {
             .filter_map(|l| l.strip_prefix("Q ").or(l.strip_prefix("P ")).map(str::to_string))
             .filter(|q| !q.starts_with("RESET "))
             .collect()
+    }
+
+    /// Open connections that are not idle: what each is in.
+    #[allow(dead_code, reason = "the session fuzz target uses it; the session tests do not")]
+    pub fn busy(&self) -> Vec<String> {
+        self.busy.lock().unwrap().values().cloned().collect()
     }
 
     /// Forgets what was received (a long fuzzing run would keep it all).
@@ -182,24 +192,30 @@ impl Fake {
             skipping: false,
             copying: None,
         };
-        loop {
-            if stream.write_all(&out).await.is_err() {
-                return;
-            }
-            out.clear();
-            let mut flushed = false;
-            while !flushed {
-                let Some((tag, body)) = read_message(&mut stream, &mut rbuf).await else { return };
-                match conn.on_message(tag, body, &mut out) {
-                    Next::Hold => {}
-                    Next::Flush => flushed = true,
-                    Next::Close => {
-                        let _ = stream.write_all(&out).await;
-                        return;
+        let busy = conn.fake.busy.clone();
+        let ended = async {
+            loop {
+                if stream.write_all(&out).await.is_err() {
+                    return;
+                }
+                out.clear();
+                let mut flushed = false;
+                while !flushed {
+                    conn.note_busy(pid, !out.is_empty());
+                    let Some((tag, body)) = read_message(&mut stream, &mut rbuf).await else { return };
+                    match conn.on_message(tag, body, &mut out) {
+                        Next::Hold => {}
+                        Next::Flush => flushed = true,
+                        Next::Close => {
+                            let _ = stream.write_all(&out).await;
+                            return;
+                        }
                     }
                 }
             }
-        }
+        };
+        ended.await;
+        busy.lock().unwrap().remove(&pid);
     }
 }
 
@@ -231,6 +247,29 @@ enum Answer {
 }
 
 impl Conn {
+    /// Records whether this connection is idle, as a pooled one must be.
+    fn note_busy(&self, pid: i32, replies_held: bool) {
+        let mut what = Vec::new();
+        if replies_held {
+            what.push("replies held until a Sync or Flush".to_string());
+        }
+        if self.status != b'I' {
+            what.push(format!("transaction status {}", self.status as char));
+        }
+        if self.skipping {
+            what.push("skipping to Sync".into());
+        }
+        if self.copying.is_some() {
+            what.push("in COPY FROM STDIN".into());
+        }
+        let mut busy = self.fake.busy.lock().unwrap();
+        if what.is_empty() {
+            busy.remove(&pid);
+        } else {
+            busy.insert(pid, format!("backend {pid}: {}", what.join(", ")));
+        }
+    }
+
     fn on_message(&mut self, tag: u8, mut body: BytesMut, out: &mut BytesMut) -> Next {
         let fake = self.fake.clone();
         match tag {
@@ -255,7 +294,11 @@ impl Conn {
                     Some((n, false)) if tag == b'c' => reply::command_complete(out, &format!("COPY {n}")),
                     _ => self.error(out, "22P04", "bad COPY data"),
                 }
+                // A COPY begun by a simple query ends with ReadyForQuery:
+                // its error skips nothing (only the extended protocol
+                // skips to Sync).
                 if !self.extended_copy() {
+                    self.skipping = false;
                     reply::ready(out, self.status);
                 }
                 return Next::Flush;
