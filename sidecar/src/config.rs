@@ -267,6 +267,9 @@ pub struct Telemetry {
     pub hot_key_capacity: usize,
     /// Hot keys reported per table.
     pub top_keys: usize,
+    /// Seconds the ranking of hot keys covers (counted in 5-second slices;
+    /// a lifetime ranking is kept beside it).
+    pub hot_key_window_s: u64,
     /// Seconds of load the skew figures and windowed rates cover.
     pub skew_window_s: u64,
     /// A busiest/mean ratio at or above this...
@@ -288,6 +291,7 @@ impl Default for Telemetry {
             show_keys: true,
             hot_key_capacity: 1024,
             top_keys: 10,
+            hot_key_window_s: 10,
             skew_window_s: 60,
             hot_skew: 1.5,
             hot_after_s: 30,
@@ -702,6 +706,9 @@ impl Config {
         let t = &self.telemetry;
         if t.hot_key_capacity < 8 || !t.hot_key_capacity.is_power_of_two() {
             bad("telemetry.hot_key_capacity".into(), "must be a power of two, at least 8".into());
+        }
+        if !(5..=3600).contains(&t.hot_key_window_s) {
+            bad("telemetry.hot_key_window_s".into(), "must be between 5 and 3600".into());
         }
         if t.top_keys == 0 || t.top_keys > t.hot_key_capacity {
             bad("telemetry.top_keys".into(), "must be between 1 and telemetry.hot_key_capacity".into());

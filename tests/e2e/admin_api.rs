@@ -126,9 +126,10 @@ async fn every_endpoint_reports_real_traffic() {
 
     let hot: api::HotKeys = get(&sc, &format!("/api/v1/hotkeys?table={t}&limit=5"));
     assert_eq!((hot.key_column.as_str(), hot.policy.as_str(), hot.show_keys), ("customer_id", "by-customer", false));
-    assert_eq!(hot.keys.len(), 5);
-    assert!(hot.statements_total >= 80, "{hot:?}");
-    for key in &hot.keys {
+    assert_eq!(hot.window.keys.len(), 5);
+    assert!(hot.lifetime.statements >= 80, "{hot:?}");
+    assert_eq!(hot.window.seconds, Some(10));
+    for key in hot.window.keys.iter().chain(&hot.lifetime.keys) {
         assert!(key.key.starts_with('#') && key.key.len() == 17, "keys are hashed when show_keys = false: {key:?}");
         assert!(key.count >= 2 && key.lower_bound <= key.count && key.count <= key.upper_bound, "{key:?}");
     }

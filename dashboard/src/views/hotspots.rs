@@ -93,7 +93,9 @@ fn buckets(all: &[std::collections::VecDeque<shardcar_api::Point>]) -> Vec<Vec<f
 
 #[component]
 fn TableKeys(table: HotKeys) -> impl IntoView {
-    let total = table.statements_total.max(1);
+    let window = &table.window;
+    let total = window.statements.max(1);
+    let span = format!("last {} s", window.seconds.unwrap_or_default());
     let skew = table.skew.clone();
     let skew_note = format!(
         "skew {:.2}×{}",
@@ -101,8 +103,9 @@ fn TableKeys(table: HotKeys) -> impl IntoView {
         skew.busiest.as_ref().map_or_else(String::new, |b| format!(" · busiest {b}"))
     );
     let keys_note = if table.show_keys { "keys as written" } else { "keys hashed (telemetry.show_keys = false)" };
-    let rows = table.keys.iter().enumerate().map(|(i, k)| {
+    let rows = window.keys.iter().enumerate().map(|(i, k)| {
         let share = k.count as f64 / total as f64;
+        let since_start = table.lifetime.keys.iter().find(|l| l.key == k.key).map_or("–".into(), |l| format::count(l.count));
         view! {
             <tr>
                 <td class="num rank">{i + 1}</td>
@@ -110,16 +113,19 @@ fn TableKeys(table: HotKeys) -> impl IntoView {
                 <td class="shard">{k.shard.clone()}</td>
                 <td class="num">{format::count(k.count)}</td>
                 <td class="share"><span class="bar" style:width=format!("{:.1}%", share * 100.0)></span><span class="pct">{format::percent(share)}</span></td>
+                <td class="num lifetime">{since_start}</td>
             </tr>
         }
     });
-    let body = if table.keys.is_empty() {
+    let body = if table.lifetime.keys.is_empty() {
         view! { <Empty text="No statements with a shard key yet." /> }.into_any()
+    } else if window.keys.is_empty() {
+        view! { <Empty text=format!("No statements with a shard key in the {span}.") /> }.into_any()
     } else {
         view! {
             <table class="hotkeys">
-                <colgroup><col class="c-rank" /><col /><col class="c-shard" /><col class="c-count" /><col class="c-share" /></colgroup>
-                <thead><tr><th class="num">"#"</th><th>{table.key_column.clone()}</th><th>"shard"</th><th class="num">"count"</th><th>"share"</th></tr></thead>
+                <colgroup><col class="c-rank" /><col /><col class="c-shard" /><col class="c-count" /><col class="c-share" /><col class="c-count" /></colgroup>
+                <thead><tr><th class="num">"#"</th><th>{table.key_column.clone()}</th><th>"shard"</th><th class="num">{span.clone()}</th><th>"share"</th><th class="num">"since start"</th></tr></thead>
                 <tbody>{rows.collect_view()}</tbody>
             </table>
         }
@@ -133,7 +139,12 @@ fn TableKeys(table: HotKeys) -> impl IntoView {
                 <span class="badge" class:hot-badge=skew.hot>{skew_note}</span>
             </header>
             {body}
-            <footer>{format!("{} statements counted · counts over by at most {} · {keys_note}", format::count(table.statements_total), table.max_error)}</footer>
+            <footer>{format!(
+                "{span}: {} statements (counts over by at most {}) · since start: {} · {keys_note}",
+                format::count(window.statements),
+                window.max_error,
+                format::count(table.lifetime.statements)
+            )}</footer>
         </div>
     }
 }

@@ -234,13 +234,24 @@ pub struct HotKeys {
     /// False: keys are shown as a keyed hash (`#...`), stable while the
     /// process runs, never the value.
     pub show_keys: bool,
-    /// Statements counted by the sketch since start.
-    pub statements_total: u64,
+    /// Over the last `telemetry.hot_key_window_s` seconds: what is hot now.
+    pub window: KeyRanking,
+    /// Since start.
+    pub lifetime: KeyRanking,
+    /// This table's statements per shard over the recent window.
+    pub skew: Skew,
+}
+
+/// The hottest keys over a span, with the statements counted in it (a
+/// key's share is its count over `statements`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRanking {
+    /// The span in seconds; `None`: since start.
+    pub seconds: Option<u64>,
+    pub statements: u64,
     /// Counts may be over by at most this much (the sketch's error bound).
     pub max_error: u64,
     pub keys: Vec<HotKey>,
-    /// This table's statements per shard over the recent window.
-    pub skew: Skew,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

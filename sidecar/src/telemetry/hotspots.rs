@@ -1,10 +1,10 @@
 //! Where load concentrates: per-shard time series, per-table hot keys, and
 //! skew with a hot flag.
 //!
-//! Hot keys are counted in a frequent-items sketch per table (Apache
-//! DataSketches, a Space-Saving-style summary): memory is bounded by
-//! `telemetry.hot_key_capacity` whatever the number of distinct keys, and
-//! every reported count comes with its error bounds.
+//! Hot keys are counted per table over a sliding window and since start
+//! ([`KeyCounts`]): memory is bounded by `telemetry.hot_key_capacity`
+//! whatever the number of distinct keys, and every reported count comes
+//! with its error bounds.
 //!
 //! Once a second, [`Hotspots::tick`] samples the metrics registry (statement
 //! counters and latency histograms of every server, per-table counters):
@@ -15,13 +15,14 @@
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use datasketches::frequencies::{ErrorType, FrequentItemsSketch};
 use prometheus::IntCounter;
 use shardcar_api as api;
 use tokio::sync::watch;
 
+use super::key_counts::{Counted, KeyCounts};
 use crate::config::Config;
 use crate::metrics::{Metrics, buckets, quantile};
 use crate::policy::plugin::Value;
@@ -53,7 +54,7 @@ struct Table {
     policy: String,
     /// Statements routed to each shard (registry counters).
     per_shard: Vec<IntCounter>,
-    sketch: Mutex<FrequentItemsSketch<Item>>,
+    keys: KeyCounts<Item>,
 }
 
 /// The raw counters of one second.
@@ -110,6 +111,10 @@ pub struct Hotspots {
     by_name: HashMap<String, usize>,
     show_keys: bool,
     top_keys: usize,
+    hot_key_window_s: u64,
+    /// Unix seconds at the last tick: the slice hot keys are counted in,
+    /// without a clock read per statement.
+    now_s: AtomicU64,
     window_s: u64,
     hot_skew: f64,
     hot_after_s: u64,
@@ -141,11 +146,7 @@ impl Hotspots {
                 key_column: table.key.clone(),
                 policy: table.policy.clone(),
                 per_shard: metrics.table(&table.name, &shard_names),
-                // The capacity was checked to be a power of two of at least 8.
-                sketch: Mutex::new(
-                    FrequentItemsSketch::new(t.hot_key_capacity)
-                        .unwrap_or_else(|_| FrequentItemsSketch::new(1024).expect("1024 is a valid sketch size")),
-                ),
+                keys: KeyCounts::new(t.hot_key_capacity, t.hot_key_window_s),
             })
             .collect();
         let by_name = tables.iter().enumerate().map(|(i, t)| (t.name.clone(), i)).collect();
@@ -178,6 +179,8 @@ impl Hotspots {
             by_name,
             show_keys: t.show_keys,
             top_keys: t.top_keys,
+            hot_key_window_s: t.hot_key_window_s,
+            now_s: AtomicU64::new(unix_s()),
             window_s: t.skew_window_s,
             hot_skew: t.hot_skew,
             hot_after_s: t.hot_after_s,
@@ -204,10 +207,8 @@ impl Hotspots {
             if let Some(c) = table.per_shard.get(shard.index()) {
                 c.inc();
             }
-            let Ok(mut sketch) = table.sketch.lock() else { continue };
-            for key in keys {
-                sketch.update(Item { key: self.key(key), shard: shard.index() as u32 });
-            }
+            let items = keys.iter().map(|key| Item { key: self.key(key), shard: shard.index() as u32 });
+            table.keys.record(items, self.now_s.load(Ordering::Relaxed));
         }
     }
 
@@ -228,44 +229,45 @@ impl Hotspots {
         self.tables.iter().map(|t| t.name.as_str())
     }
 
-    /// The hottest keys of `table` (top `limit`, default `telemetry.top_keys`).
+    /// The hottest keys of `table` over the window and since start (top
+    /// `limit`, default `telemetry.top_keys`).
     pub fn hot_keys(&self, table: &str, limit: Option<usize>) -> Option<api::HotKeys> {
         let index = *self.by_name.get(table)?;
         let t = &self.tables[index];
-        let (rows, total, max_error) = match t.sketch.lock() {
-            Ok(s) => {
-                (s.frequent_items_with_threshold(ErrorType::NoFalseNegatives, 0), s.total_weight(), s.maximum_error())
-            }
-            Err(_) => (Vec::new(), 0, 0),
-        };
-        let keys = rows
-            .into_iter()
-            .take(limit.unwrap_or(self.top_keys))
-            .map(|row| api::HotKey {
-                key: match &row.item().key {
-                    Key::Null => "NULL".into(),
-                    Key::Int(i) => i.to_string(),
-                    Key::Text(s) => s.to_string(),
-                    Key::Hashed(h) => format!("#{h:016x}"),
-                },
-                shard: self.shard_names.get(row.item().shard as usize).cloned().unwrap_or_default(),
-                count: row.estimate(),
-                lower_bound: row.lower_bound(),
-                upper_bound: row.upper_bound(),
-            })
-            .collect();
+        let limit = limit.unwrap_or(self.top_keys);
+        let window = t.keys.window(self.now_s.load(Ordering::Relaxed));
+        let lifetime = t.keys.lifetime();
         let skew = self.view().table_skews.get(index).cloned().unwrap_or_else(|| self.skew(&[], 0, false));
-
         Some(api::HotKeys {
             table: t.name.clone(),
             key_column: t.key_column.clone(),
             policy: t.policy.clone(),
             show_keys: self.show_keys,
-            statements_total: total,
-            max_error,
-            keys,
+            window: self.ranking(Some(self.hot_key_window_s), window, limit),
+            lifetime: self.ranking(None, lifetime, limit),
             skew,
         })
+    }
+
+    fn ranking(&self, seconds: Option<u64>, counted: Counted<Item>, limit: usize) -> api::KeyRanking {
+        let keys = counted
+            .rows
+            .into_iter()
+            .take(limit)
+            .map(|row| api::HotKey {
+                key: match &row.item.key {
+                    Key::Null => "NULL".into(),
+                    Key::Int(i) => i.to_string(),
+                    Key::Text(s) => s.to_string(),
+                    Key::Hashed(h) => format!("#{h:016x}"),
+                },
+                shard: self.shard_names.get(row.item.shard as usize).cloned().unwrap_or_default(),
+                count: row.estimate,
+                lower_bound: row.lower_bound,
+                upper_bound: row.upper_bound,
+            })
+            .collect();
+        api::KeyRanking { seconds, statements: counted.total, max_error: counted.max_error, keys }
     }
 
     pub fn view(&self) -> View {
@@ -277,7 +279,8 @@ impl Hotspots {
 
     /// Samples the registry and recomputes series, rates and skew.
     pub fn tick(&self, pools: &Pools, metrics: &Metrics) {
-        let t = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        let t = unix_s();
+        self.now_s.store(t, Ordering::Relaxed);
         let sample = Sample {
             t,
             nodes: pools
@@ -455,6 +458,10 @@ fn merged(sample: &Sample, pick: &impl Fn(&NodeSample) -> bool) -> Vec<(f64, u64
         }
     }
     out
+}
+
+fn unix_s() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
 /// Errors clients got between two samples, by their labels, most first.

@@ -6,6 +6,7 @@
 //! all come from that one place.
 
 pub mod hotspots;
+pub mod key_counts;
 pub mod stages;
 pub mod traces;
 
