@@ -11,7 +11,8 @@ mod common;
 #[allow(dead_code, reason = "the tests' scripted shard, of which fuzzing uses a part")]
 mod fake;
 
-use std::sync::{Arc, OnceLock};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -106,6 +107,32 @@ fn encode(ops: &[Op], out: &mut BytesMut) {
     }
 }
 
+/// shardcar's latest log lines (TRACE: every message a session reads and
+/// relays), so that a session that does not end says what it was doing.
+static LOG: Mutex<VecDeque<String>> = Mutex::new(VecDeque::new());
+const LOG_LINES: usize = 400;
+
+struct LogRing;
+
+impl std::io::Write for LogRing {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let mut log = LOG.lock().unwrap_or_else(|p| p.into_inner());
+        log.push_back(String::from_utf8_lossy(buf).trim_end().to_string());
+        while log.len() > LOG_LINES {
+            log.pop_front();
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn last_log() -> String {
+    LOG.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect::<Vec<_>>().join("\n")
+}
+
 struct World {
     runtime: tokio::runtime::Runtime,
     shared: Arc<Shared>,
@@ -118,6 +145,11 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("shardcar=trace")
+            .with_writer(|| LogRing)
+            .with_ansi(false)
+            .try_init();
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let dir = tempfile::tempdir().unwrap();
         let (shared, listener, shards, running) = runtime.block_on(async {
@@ -172,7 +204,11 @@ fuzz_target!(|ops: Vec<Op>| {
         match ended {
             Ok(Err(e)) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
             Ok(_) => {}
-            Err(_) => panic!("the session did not end after its client left (read: {read:?}; {})", lent(w)),
+            Err(_) => panic!(
+                "the session did not end after its client left (read: {read:?}; {}); shardcar's log:\n{}",
+                lent(w),
+                last_log()
+            ),
         }
         // Every server connection the session took goes back to its pool
         // idle (or is closed) once it ends, or a later session would wait
@@ -187,7 +223,11 @@ fuzz_target!(|ops: Vec<Op>| {
         };
         if tokio::time::timeout(Duration::from_secs(5), returned).await.is_err() {
             let busy: Vec<String> = w.shards.iter().flat_map(fake::Fake::busy).collect();
-            panic!("5 s after the session ended: {}; servers not idle: {busy:?}", lent(w));
+            panic!(
+                "5 s after the session ended: {}; servers not idle: {busy:?}; shardcar's log:\n{}",
+                lent(w),
+                last_log()
+            );
         }
     });
     for shard in &w.shards {
