@@ -1,9 +1,11 @@
-//! Cancel requests: every client gets a key of shardcar's own; a cancel
-//! request carrying it is forwarded to the backend that is running that
-//! client's statement at that moment, if any.
+//! The clients logged in now. Each gets a cancel key of shardcar's own; a
+//! cancel request carrying it is forwarded to the backend that is running
+//! that client's statement at that moment, if any. The admin console lists
+//! them (`SHOW CLIENTS`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
@@ -21,9 +23,25 @@ pub struct BackendKey {
 /// Where a client's statements run right now; updated on attach/release.
 pub type Slot = Arc<Mutex<Option<BackendKey>>>;
 
+/// Who a client is, as `SHOW CLIENTS` tells.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    pub user: String,
+    pub database: String,
+    pub application_name: String,
+    pub address: String,
+    pub since: SystemTime,
+}
+
+struct Client {
+    secret: i32,
+    slot: Slot,
+    info: ClientInfo,
+}
+
 #[derive(Default)]
 pub struct Registry {
-    clients: Mutex<HashMap<i32, (i32, Slot)>>,
+    clients: Mutex<HashMap<i32, Client>>,
 }
 
 /// Removes the client's key when its session ends.
@@ -43,7 +61,7 @@ impl Drop for Registration {
 }
 
 impl Registry {
-    pub fn register(self: &Arc<Self>) -> Registration {
+    pub fn register(self: &Arc<Self>, info: ClientInfo) -> Registration {
         let slot: Slot = Arc::new(Mutex::new(None));
         let secret: i32 = rand::random();
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
@@ -54,8 +72,18 @@ impl Registry {
                 break pid;
             }
         };
-        clients.insert(pid, (secret, slot.clone()));
+        clients.insert(pid, Client { secret, slot: slot.clone(), info });
         Registration { registry: self.clone(), pid, secret, slot }
+    }
+
+    /// Every client logged in: its pid, who it is, and whether a server
+    /// connection is running its statement now.
+    pub fn clients(&self) -> Vec<(i32, ClientInfo, bool)> {
+        let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
+        let mut list: Vec<_> =
+            clients.iter().map(|(pid, c)| (*pid, c.info.clone(), c.slot.lock().is_ok_and(|k| k.is_some()))).collect();
+        list.sort_by_key(|(_, info, _)| info.since);
+        list
     }
 
     /// Forwards a client's cancel request; unknown keys are ignored, as Postgres does.
@@ -63,7 +91,7 @@ impl Registry {
         let key = {
             let clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
             match clients.get(&pid) {
-                Some((s, slot)) if *s == secret => slot.lock().ok().and_then(|k| k.clone()),
+                Some(c) if c.secret == secret => c.slot.lock().ok().and_then(|k| k.clone()),
                 _ => None,
             }
         };

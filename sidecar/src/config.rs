@@ -115,6 +115,10 @@ pub struct User {
     /// No password; only accepted from loopback clients.
     #[serde(default)]
     pub trust: bool,
+    /// May connect to the admin console (database `shardcar_admin`):
+    /// read-only `SHOW` commands over the Postgres protocol.
+    #[serde(default)]
+    pub console: bool,
 }
 
 #[derive(Debug, Clone, Deserialize)]

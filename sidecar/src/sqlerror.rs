@@ -16,6 +16,7 @@ pub mod code {
     pub const FEATURE_NOT_SUPPORTED: &str = "0A000";
     pub const INVALID_PARAMETER_VALUE: &str = "22023";
     pub const UNDEFINED_OBJECT: &str = "42704";
+    pub const SYNTAX_ERROR: &str = "42601";
     pub const DUPLICATE_PREPARED_STATEMENT: &str = "42P05";
     pub const INVALID_STATEMENT_NAME: &str = "26000";
     pub const IN_FAILED_TRANSACTION: &str = "25P02";

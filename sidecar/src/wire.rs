@@ -442,6 +442,11 @@ impl ClientConn {
     pub fn peer_is_loopback(&self) -> bool {
         self.stream.peer_addr().is_ok_and(|a| a.ip().to_canonical().is_loopback())
     }
+
+    /// The client's address, as `ip:port`.
+    pub fn peer(&self) -> String {
+        self.stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string())
+    }
 }
 
 fn io_error(e: std::io::Error) -> SqlError {
@@ -539,16 +544,33 @@ pub mod reply {
 
     /// A one-column text row description (for `SHOW shardcar.*`).
     pub fn text_column(out: &mut BytesMut, name: &str) {
+        text_columns(out, &[name]);
+    }
+
+    /// A row description of text columns.
+    pub fn text_columns(out: &mut BytesMut, names: &[&str]) {
         const TEXT_OID: u32 = 25;
-        let field = FieldDescription::new(name.into(), 0, 0, TEXT_OID, -1, -1, 0);
-        put(out, RowDescription::new(vec![field]));
+        let fields = names.iter().map(|n| FieldDescription::new((*n).into(), 0, 0, TEXT_OID, -1, -1, 0)).collect();
+        put(out, RowDescription::new(fields));
     }
 
     pub fn text_row(out: &mut BytesMut, value: &str) {
-        let mut data = BytesMut::with_capacity(4 + value.len());
-        data.extend_from_slice(&(value.len() as i32).to_be_bytes());
-        data.extend_from_slice(value.as_bytes());
-        put(out, DataRow::new(data, 1));
+        text_values(out, &[Some(value)]);
+    }
+
+    /// A row of text values (`None`: NULL).
+    pub fn text_values(out: &mut BytesMut, values: &[Option<&str>]) {
+        let mut data = BytesMut::new();
+        for v in values {
+            match v {
+                Some(v) => {
+                    data.extend_from_slice(&(v.len() as i32).to_be_bytes());
+                    data.extend_from_slice(v.as_bytes());
+                }
+                None => data.extend_from_slice(&(-1i32).to_be_bytes()),
+            }
+        }
+        put(out, DataRow::new(data, values.len() as i16));
     }
 
     pub fn auth(out: &mut BytesMut, msg: Authentication) {

@@ -9,6 +9,7 @@ mod backend_auth;
 mod cancel;
 mod cli;
 mod compat;
+mod console;
 mod copy;
 mod dashboard;
 mod demo;

@@ -8,7 +8,7 @@
 
 mod dashboard;
 mod stream;
-mod views;
+pub mod views;
 
 use std::convert::Infallible;
 use std::sync::Arc;

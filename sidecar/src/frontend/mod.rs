@@ -2,6 +2,7 @@
 //! authentication and session.
 
 pub mod auth;
+pub mod console;
 pub mod session;
 
 use std::collections::BTreeMap;
@@ -11,7 +12,7 @@ use pgwire::messages::startup::Startup;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::cancel::Registration;
+use crate::cancel::{ClientInfo, Registration};
 use crate::policy::facts::SessionInfo;
 use crate::secret::Secret;
 use crate::settings::Settings;
@@ -43,7 +44,11 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
         Ok(Ok(Some((slot, registration, settings, info)))) => {
             shared.telemetry.metrics.clients_accepted.inc();
             let _connected = Connected::count(&shared.telemetry.metrics.clients_connected);
-            Session::new(shared, client, registration, settings, info).run().await;
+            if info.database == console::DATABASE {
+                console::serve(&shared, client).await;
+            } else {
+                Session::new(shared, client, registration, settings, info).run().await;
+            }
             drop(slot);
         }
         Ok(Ok(None)) => {}
@@ -130,13 +135,38 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
             .hint("raise listen.max_client_connections, or pool clients in the application"));
     };
 
-    let server = shared.pools.server_params().await.map_err(|e| SqlError { fatal: true, ..e })?;
+    let console = database.as_deref() == Some(console::DATABASE);
+    if console && !shared.config.users.iter().any(|u| u.name == user && u.console) {
+        return Err(SqlError::fatal(
+            code::INVALID_AUTHORIZATION,
+            format!("user \"{user}\" may not use the admin console"),
+        )
+        .hint("set console = true on the user's [[users]] entry"));
+    }
+    // The console answers with every shard down: it asks none of them.
+    let server = if console {
+        console::server_params(shared)
+    } else {
+        shared.pools.server_params().await.map_err(|e| SqlError { fatal: true, ..e })?
+    };
     for (name, value) in &server {
         let value =
             params.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map_or(value.as_str(), |(_, v)| v.as_str());
         reply::parameter_status(&mut client.out, name, value);
     }
-    let registration = shared.cancels.register();
+    let info = SessionInfo {
+        database: database.unwrap_or_else(|| user.clone()),
+        application_name: params.get("application_name").cloned().unwrap_or_default(),
+        user,
+        vars: Default::default(),
+    };
+    let registration = shared.cancels.register(ClientInfo {
+        user: info.user.clone(),
+        database: info.database.clone(),
+        application_name: info.application_name.clone(),
+        address: client.peer(),
+        since: std::time::SystemTime::now(),
+    });
     reply::backend_key(&mut client.out, registration.pid, registration.secret);
     reply::ready(&mut client.out, b'I');
     client.flush().await?;
@@ -147,12 +177,6 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
         startup_settings.insert("statement_timeout".into(), format!("{query_timeout}ms"));
     }
     let settings = Settings::from_startup(startup_settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    let info = SessionInfo {
-        database: database.unwrap_or_else(|| user.clone()),
-        application_name: params.get("application_name").cloned().unwrap_or_default(),
-        user,
-        vars: Default::default(),
-    };
     Ok(Some((slot, registration, settings, info)))
 }
 

@@ -358,7 +358,7 @@ impl Pools {
         }
     }
 
-    fn cached_params(&self) -> Option<Vec<(String, String)>> {
+    pub fn cached_params(&self) -> Option<Vec<(String, String)>> {
         self.server_params.read().ok().filter(|p| !p.is_empty()).map(|p| p.clone())
     }
 
