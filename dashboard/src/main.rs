@@ -25,6 +25,7 @@ fn App() -> impl IntoView {
             <views::shards::Shards live />
             <views::hotspots::Hotspots live />
             <views::errors::Errors live />
+            <views::events::Events live />
             <views::pools::Pools live />
             <views::plugins::Plugins live />
             <views::explain::Explain live />

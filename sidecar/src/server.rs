@@ -78,7 +78,7 @@ pub async fn serve(
         oids.run(|shard| oid_pools.catalog_names(shard)).await
     });
     background.spawn(crate::admin::serve(admin, shared.clone()));
-    background.spawn(telemetry.clone().sample(pools.clone(), facts));
+    background.spawn(telemetry.clone().sample(pools.clone(), facts, shared.router.clone()));
     let (topology_pools, topology_router, topology_config) =
         (pools.clone(), shared.router.clone(), shared.config.clone());
     background.spawn(async move {

@@ -50,6 +50,15 @@ async fn psql_reads_pools_clients_servers_and_shards_from_the_console() {
         .await,
         "s1's primary is shown down"
     );
+    // And the event timeline has it.
+    assert!(
+        eventually(std::time::Duration::from_secs(5), async || {
+            let (_, events, _) = psql(&sc, "ops", "opspw", "SHOW EVENTS");
+            events.iter().any(|r| r.contains("|down|s1 primary|"))
+        })
+        .await,
+        "SHOW EVENTS tells s1's primary went down"
+    );
     let (ok, shards, err) = psql(&sc, "ops", "opspw", "SHOW SHARDS");
     assert!(ok, "{err}");
     println!("SHOW POOLS:\n{}\nSHOW SHARDS:\n{}", pools.join("\n"), shards.join("\n"));

@@ -284,6 +284,12 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
         c.find(Locator::Css(".shard-card.stalled")).await.is_err().then_some(())
     })
     .await;
+    // The event timeline has both ends of it.
+    wait_for(&c, Duration::from_secs(5), "the stall in the events", async |c| {
+        c.find(Locator::Css("#events .event[data-kind=stalled][data-subject=s1]")).await.ok()?;
+        c.find(Locator::Css("#events .event[data-kind=flowing][data-subject=s1]")).await.ok()
+    })
+    .await;
 
     // A shard that refuses connections: the errors clients get are
     // attributed to it, with their SQLSTATE and the application hurt.
@@ -320,6 +326,14 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
         .await
         .unwrap();
     screenshot(&c, "dashboard-errors.png").await;
+    wait_for(&c, Duration::from_secs(10), "s2's primary down in the events", async |c| {
+        c.find(Locator::Css("#events .event[data-kind=down][data-subject='s2 primary']")).await.ok()
+    })
+    .await;
+    c.execute("document.getElementById('events').scrollIntoView({block: 'start', behavior: 'instant'})", vec![])
+        .await
+        .unwrap();
+    screenshot(&c, "dashboard-events.png").await;
     admin.batch_execute("ALTER DATABASE app ALLOW_CONNECTIONS true").await.unwrap();
 
     // The sidecar goes away: the page says so and keeps the last figures.

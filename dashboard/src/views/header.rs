@@ -25,6 +25,7 @@ pub fn Header(live: Live) -> impl IntoView {
                 <a href="#shards">"Shards"</a>
                 <a href="#hotspots">"Hotspots"</a>
                 <a href="#errors">"Errors"</a>
+                <a href="#events">"Events"</a>
                 <a href="#pools">"Pools"</a>
                 <a href="#plugins">"Plugins"</a>
                 <a href="#explain">"Explain"</a>

@@ -1,6 +1,7 @@
 //! One module per section of the page.
 
 pub mod errors;
+pub mod events;
 pub mod explain;
 pub mod header;
 pub mod hotspots;

@@ -309,6 +309,28 @@ pub struct Snapshot {
     pub tables: Vec<TableSkew>,
     /// Who got errors over the window, most first.
     pub errors: Vec<ClientErrors>,
+    /// The latest events, newest first.
+    pub events: Vec<Event>,
+}
+
+/// `GET /api/v1/events`: what happened, newest first.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Events {
+    pub events: Vec<Event>,
+}
+
+/// Something that changed: a server down or up (`down`, `up`), a plugin
+/// serving or refused (`plugin_serving`, `plugin_refused`), a shard hot or
+/// cooled (`hot`, `cooled`), stalled or flowing again (`stalled`,
+/// `flowing`), out of connections or recovered (`pool_full`,
+/// `pool_recovered`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub at_unix_ms: u64,
+    pub kind: String,
+    /// The server, shard or policy it is about.
+    pub subject: String,
+    pub message: String,
 }
 
 /// `GET /api/v1/errors`: errors clients got, attributed.

@@ -93,6 +93,9 @@ async fn route(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> 
         "/api/v1/hotkeys" => hot_keys(shared, query),
         "/api/v1/plugins" => json(StatusCode::OK, &views::plugins(shared)),
         "/api/v1/errors" => json(StatusCode::OK, &views::errors(shared)),
+        "/api/v1/events" => {
+            json(StatusCode::OK, &shardcar_api::Events { events: shared.telemetry.events.recent(usize::MAX) })
+        }
         "/api/v1/explain" => explain(shared, query).await,
         "/api/v1/stream" => stream::snapshots(shared.clone()),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),

@@ -1,15 +1,15 @@
 //! The admin API's answers, read from the metrics registry, the hot-spot
 //! view, the pools and the router.
 
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use shardcar_api as api;
 
 use crate::config::PluginSource;
 use crate::metrics::{buckets, quantile};
-use crate::pool::{Node, Role, in_flight};
+use crate::pool::{Node, Role};
 use crate::shared::Shared;
+use crate::telemetry::hotspots::as_ms;
 
 pub fn overview(shared: &Shared) -> api::Overview {
     let m = &shared.telemetry.metrics;
@@ -61,44 +61,19 @@ pub fn shards(shared: &Shared, series: usize) -> api::Shards {
             let points = view.series.get(i);
             let skip = points.map_or(0, |p| p.len().saturating_sub(series));
             let name = shared.pools.topology.name(s.id);
-            let finished_last_second = points.and_then(|p| p.back()).map_or(0, |p| p.statements);
-            let stall_after = Duration::from_millis(shared.config.telemetry.stall_after_ms);
             api::Shard {
                 name: name.to_string(),
                 healthy: s.primary.health.is_confirmed_up(),
                 hot: view.skew.hot && view.skew.busiest.as_deref() == Some(name),
                 load: view.shard_loads.get(i).cloned().unwrap_or_default(),
                 refused_per_s: view.refused_per_s.get(i).copied().unwrap_or_default(),
-                in_flight: in_flight(std::iter::once(&s.primary).chain(&s.replicas), finished_last_second, stall_after),
+                in_flight: view.in_flight.get(i).cloned().unwrap_or_default(),
                 servers: std::iter::once(&s.primary).chain(&s.replicas).map(|n| server(n)).collect(),
                 series: points.map(|p| p.iter().skip(skip).copied().collect()).unwrap_or_default(),
             }
         })
         .collect();
     api::Shards { shards }
-}
-
-/// What runs and waits on `nodes` now, and whether that is a stall.
-fn in_flight<'a>(nodes: impl Iterator<Item = &'a Arc<Node>>, finished: u64, stall_after: Duration) -> api::InFlight {
-    let (mut running, mut waiting) = (in_flight::Now::default(), in_flight::Now::default());
-    for n in nodes {
-        for (sum, now) in [(&mut running, n.running.now()), (&mut waiting, n.waiting.now())] {
-            sum.count += now.count;
-            sum.oldest = sum.oldest.max(now.oldest);
-        }
-    }
-    let over = |age: Option<Duration>| age.is_some_and(|a| a >= stall_after);
-    api::InFlight {
-        running: running.count as u64,
-        oldest_running_ms: running.oldest.map(as_ms),
-        waiting: waiting.count as u64,
-        longest_wait_ms: waiting.oldest.map(as_ms),
-        stalled: over(waiting.oldest) || over(running.oldest) && finished == 0,
-    }
-}
-
-fn as_ms(d: Duration) -> f64 {
-    d.as_secs_f64() * 1000.0
 }
 
 fn server(node: &Node) -> api::Server {
@@ -186,11 +161,13 @@ pub fn snapshot(shared: &Shared) -> api::Snapshot {
             .map(|(table, skew)| api::TableSkew { table: table.to_string(), skew })
             .collect(),
         errors: view.errors.into_iter().take(ERRORS_SHOWN).collect(),
+        events: shared.telemetry.events.recent(EVENTS_SHOWN),
     }
 }
 
-/// Rows of attributed errors the live stream carries.
+/// Rows of attributed errors, and events, the live stream carries.
 const ERRORS_SHOWN: usize = 20;
+const EVENTS_SHOWN: usize = 50;
 
 /// Errors clients got over the window, attributed, most first.
 pub fn errors(shared: &Shared) -> api::Errors {

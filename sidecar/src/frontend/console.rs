@@ -17,7 +17,7 @@ use crate::wire::{ClientConn, ClientMsg, reply};
 pub const DATABASE: &str = "shardcar_admin";
 
 const COMMANDS: &str =
-    "SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW SHARDS, SHOW HOTKEYS [table], SHOW ERRORS, SHOW VERSION";
+    "SHOW POOLS, SHOW CLIENTS, SHOW SERVERS, SHOW SHARDS, SHOW HOTKEYS [table], SHOW ERRORS, SHOW EVENTS, SHOW VERSION";
 
 /// What the console tells clients at login: the shards' own parameters
 /// when shardcar has met a shard, else plain ones (psql needs a version).
@@ -109,6 +109,7 @@ fn answer(shared: &Shared, sql: &str) -> Result<Table, SqlError> {
         ["show", "hotkeys"] => Ok(hot_keys(shared, None)),
         ["show", "hotkeys", table] => Ok(hot_keys(shared, Some(table))),
         ["show", "errors"] => Ok(errors(shared)),
+        ["show", "events"] => Ok(events(shared)),
         ["show", "version"] => Ok(Table {
             columns: &["version"],
             rows: vec![vec![Some(format!("shardcar {}", env!("CARGO_PKG_VERSION")))]],
@@ -272,6 +273,21 @@ fn hot_keys(shared: &Shared, table: Option<&str>) -> Table {
         }
     }
     Table { columns: &["table", "rank", "key", "shard", "count_in_window", "share_pct", "count_since_start"], rows }
+}
+
+fn events(shared: &Shared) -> Table {
+    let rows = shared
+        .telemetry
+        .events
+        .recent(usize::MAX)
+        .into_iter()
+        .map(|e| {
+            let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(e.at_unix_ms);
+            let ago = SystemTime::now().duration_since(at).unwrap_or_default().as_secs();
+            vec![text(ago), text(e.kind), text(e.subject), text(e.message)]
+        })
+        .collect();
+    Table { columns: &["seconds_ago", "kind", "subject", "message"], rows }
 }
 
 fn errors(shared: &Shared) -> Table {

@@ -14,9 +14,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus::IntCounter;
 use shardcar_api as api;
@@ -27,7 +27,7 @@ use crate::config::Config;
 use crate::metrics::{Metrics, buckets, quantile};
 use crate::policy::plugin::Value;
 use crate::policy::{StatementRoute, Via};
-use crate::pool::Pools;
+use crate::pool::{Node, Pools, in_flight};
 use crate::topology::ShardId;
 
 /// Seconds of per-shard history kept.
@@ -103,6 +103,11 @@ pub struct View {
     pub errors: Vec<api::ClientErrors>,
     /// Per shard: errors shardcar raised about it, per second over the window.
     pub refused_per_s: Vec<f64>,
+    /// Per shard: what runs and waits on its servers now.
+    pub in_flight: Vec<api::InFlight>,
+    /// Per shard: clients told the pool had no free connection (53300) in
+    /// the last second.
+    pub pool_full: Vec<u64>,
 }
 
 pub struct Hotspots {
@@ -119,6 +124,7 @@ pub struct Hotspots {
     hot_skew: f64,
     hot_after_s: u64,
     hot_min_rate: f64,
+    stall_after: Duration,
     hasher: RandomState,
     history: Mutex<History>,
     view: Mutex<View>,
@@ -173,6 +179,8 @@ impl Hotspots {
                 checkout_p99_ms: Vec::new(),
                 errors: Vec::new(),
                 refused_per_s: Vec::new(),
+                in_flight: Vec::new(),
+                pool_full: Vec::new(),
             }),
             shard_names,
             tables,
@@ -185,6 +193,7 @@ impl Hotspots {
             hot_skew: t.hot_skew,
             hot_after_s: t.hot_after_s,
             hot_min_rate: t.hot_min_rate,
+            stall_after: Duration::from_millis(t.stall_after_ms),
             hasher: RandomState::new(),
             history: Mutex::new(history),
             ticks: watch::channel(0).0,
@@ -312,9 +321,9 @@ impl Hotspots {
         let (Some(newest), Some(oldest)) = (h.samples.back().cloned(), h.samples.front().cloned()) else { return };
 
         // This second's point, per shard.
-        if let Some(previous) = previous {
+        if let Some(previous) = &previous {
             for shard in 0..self.shard_names.len() {
-                let point = point(shard, &newest, &previous);
+                let point = point(shard, &newest, previous);
                 let series = &mut h.series[shard];
                 series.push_back(point);
                 while series.len() > SERIES_SECONDS {
@@ -356,6 +365,24 @@ impl Hotspots {
             .zip(&oldest.nodes)
             .map(|(n, o)| quantile(&n.checkout, &o.checkout, 0.99).map(ms))
             .collect();
+        let this_second = previous.as_ref().map(|p| errors_in_window(&newest, p, 1)).unwrap_or_default();
+        let pool_full = self
+            .shard_names
+            .iter()
+            .map(|name| {
+                let full = this_second.iter().filter(|e| e.sqlstate == "53300" && e.shard == *name);
+                full.map(|e| e.in_window).sum()
+            })
+            .collect();
+        let in_flight = pools
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let finished = h.series.get(i).and_then(|p| p.back()).map_or(0, |p| p.statements);
+                in_flight(std::iter::once(&s.primary).chain(&s.replicas), finished, self.stall_after)
+            })
+            .collect();
         let errors = errors_in_window(&newest, &oldest, seconds);
         let refused_per_s = self
             .shard_names
@@ -374,6 +401,8 @@ impl Hotspots {
                 checkout_p99_ms,
                 errors,
                 refused_per_s,
+                in_flight,
+                pool_full,
             };
         }
         self.ticks.send_modify(|n| *n += 1);
@@ -458,6 +487,30 @@ fn merged(sample: &Sample, pick: &impl Fn(&NodeSample) -> bool) -> Vec<(f64, u64
         }
     }
     out
+}
+
+/// What runs and waits on `nodes` now, and whether that is a stall:
+/// `finished` statements ended on them in the last second.
+fn in_flight<'a>(nodes: impl Iterator<Item = &'a Arc<Node>>, finished: u64, stall_after: Duration) -> api::InFlight {
+    let (mut running, mut waiting) = (in_flight::Now::default(), in_flight::Now::default());
+    for n in nodes {
+        for (sum, now) in [(&mut running, n.running.now()), (&mut waiting, n.waiting.now())] {
+            sum.count += now.count;
+            sum.oldest = sum.oldest.max(now.oldest);
+        }
+    }
+    let over = |age: Option<Duration>| age.is_some_and(|a| a >= stall_after);
+    api::InFlight {
+        running: running.count as u64,
+        oldest_running_ms: running.oldest.map(as_ms),
+        waiting: waiting.count as u64,
+        longest_wait_ms: waiting.oldest.map(as_ms),
+        stalled: over(waiting.oldest) || over(running.oldest) && finished == 0,
+    }
+}
+
+pub fn as_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
 }
 
 fn unix_s() -> u64 {

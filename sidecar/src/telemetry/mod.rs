@@ -5,6 +5,7 @@
 //! ([`Telemetry::refused`]): metrics, hot keys and, when sampled, spans
 //! all come from that one place.
 
+pub mod events;
 pub mod hotspots;
 pub mod key_counts;
 pub mod stages;
@@ -16,9 +17,11 @@ use std::time::Instant;
 use crate::classify::{Facts, FactsCache, Kind};
 use crate::config::Config;
 use crate::metrics::{KindLabel, Metrics};
+use crate::policy::Router;
 use crate::policy::facts::SessionInfo;
 use crate::pool::Pools;
 use crate::sqlerror::SqlError;
+use events::{Condition, Events, Family};
 use hotspots::Hotspots;
 use stages::{InFlight, Stages};
 use traces::{Flusher, Names, Settings, Tracer};
@@ -26,6 +29,7 @@ use traces::{Flusher, Names, Settings, Tracer};
 pub struct Telemetry {
     pub metrics: Arc<Metrics>,
     pub hotspots: Hotspots,
+    pub events: Events,
     /// `None` when trace export is off.
     pub tracer: Option<Tracer>,
     pub started: Instant,
@@ -45,7 +49,13 @@ impl Telemetry {
             }
             None => (None, None),
         };
-        let telemetry = Telemetry { hotspots: Hotspots::new(cfg, &metrics), metrics, tracer, started: Instant::now() };
+        let telemetry = Telemetry {
+            hotspots: Hotspots::new(cfg, &metrics),
+            events: Events::default(),
+            metrics,
+            tracer,
+            started: Instant::now(),
+        };
         Ok((telemetry, flusher))
     }
 
@@ -116,14 +126,81 @@ impl Telemetry {
     }
 
     /// Runs once a second until the task is dropped.
-    pub async fn sample(self: Arc<Self>, pools: Arc<Pools>, facts: Arc<FactsCache>) {
+    pub async fn sample(self: Arc<Self>, pools: Arc<Pools>, facts: Arc<FactsCache>, router: Arc<Router>) {
         let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tick.tick().await;
             self.refresh(&pools, &facts);
             self.hotspots.tick(&pools, &self.metrics);
+            let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+            self.events.observe(at as u64, self.conditions(&pools, &router));
         }
+    }
+
+    /// Each server, shard and policy as it is now, for the events.
+    fn conditions(&self, pools: &Pools, router: &Router) -> Vec<Condition> {
+        let view = self.hotspots.view();
+        let mut out = Vec::new();
+        for node in pools.nodes() {
+            let down = !node.health.is_up();
+            out.push(Condition {
+                family: Family::Server,
+                subject: node.label.clone(),
+                state: down.then(|| "down".into()),
+                detail: if down { node.health.last_error().unwrap_or_default() } else { "answers again".into() },
+            });
+        }
+        for (i, shard) in pools.shards.iter().enumerate() {
+            let name = pools.topology.name(shard.id).to_string();
+            let hot = view.skew.hot && view.skew.busiest.as_deref() == Some(&name);
+            out.push(Condition {
+                family: Family::Hot,
+                subject: name.clone(),
+                state: hot.then(|| "hot".into()),
+                detail: format!("{:.2}× the mean load over {} s", view.skew.ratio, view.skew.window_s),
+            });
+            let work = view.in_flight.get(i).cloned().unwrap_or_default();
+            out.push(Condition {
+                family: Family::Stall,
+                subject: name.clone(),
+                state: work.stalled.then(|| "stalled".into()),
+                detail: match work.stalled {
+                    true => format!(
+                        "{} running (oldest {:.0} ms), {} waiting for a connection (longest {:.0} ms)",
+                        work.running,
+                        work.oldest_running_ms.unwrap_or_default(),
+                        work.waiting,
+                        work.longest_wait_ms.unwrap_or_default()
+                    ),
+                    false => "statements finish again".into(),
+                },
+            });
+            let full = view.pool_full.get(i).copied().unwrap_or_default();
+            out.push(Condition {
+                family: Family::PoolFull,
+                subject: name,
+                state: (full > 0).then(|| "full".into()),
+                detail: format!("{full} client(s) got 53300 (no free connection) in the last second"),
+            });
+        }
+        for slot in router.policies.iter() {
+            let plugin = slot.plugin.load();
+            out.push(Condition {
+                family: Family::PluginServing,
+                subject: slot.name.clone(),
+                state: Some(plugin.digest.clone()),
+                detail: format!("serving {} {} ({})", plugin.info.name, plugin.info.version, plugin.digest),
+            });
+            let refused = slot.last_error.lock().ok().and_then(|e| e.clone());
+            out.push(Condition {
+                family: Family::PluginRefused,
+                subject: slot.name.clone(),
+                detail: refused.clone().unwrap_or_default(),
+                state: refused,
+            });
+        }
+        out
     }
 }
 
