@@ -32,8 +32,17 @@ pub struct ClientLimits {
     hits: IntCounterVec,
 }
 
+/// The limits `hit` counts, each a label of `shardcar_client_limit_hits_total`.
+const LIMITS: [&str; 6] =
+    ["client_slots", "pending_logins", "login_timeout", "message_size", "buffer_budget", "prepared_bytes"];
+
 impl ClientLimits {
     pub fn new(listen: &Listen, metrics: &Metrics) -> ClientLimits {
+        // Every limit's series exists from the start (at 0), so that rates
+        // and alerts on it work before the first hit.
+        for limit in LIMITS {
+            metrics.client_limit_hits.with_label_values(&[limit]);
+        }
         ClientLimits {
             slots: Arc::new(Semaphore::new(listen.max_client_connections)),
             logins: Arc::new(Semaphore::new(listen.max_pending_logins)),
@@ -48,6 +57,7 @@ impl ClientLimits {
 
     /// Counts a client turned away by `limit` (`shardcar_client_limit_hits_total`).
     pub fn hit(&self, limit: &str) {
+        debug_assert!(LIMITS.contains(&limit), "unknown limit {limit}");
         self.hits.with_label_values(&[limit]).inc();
     }
 

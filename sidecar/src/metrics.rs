@@ -368,7 +368,7 @@ impl Metrics {
                 &r,
                 counter_vec(
                     "shardcar_client_limit_hits_total",
-                    "Clients turned away or cut off by a limit (client_slots, pending_logins, login_timeout, message_size, buffer_budget)",
+                    "Clients turned away or cut off by a limit (client_slots, pending_logins, login_timeout, message_size, buffer_budget, prepared_bytes)",
                     &["limit"],
                 ),
             ),

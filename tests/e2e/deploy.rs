@@ -138,3 +138,63 @@ fn the_image_is_multi_stage_and_runs_as_non_root() {
     assert!(text.contains("cargo build --release --locked -p shardcar"));
     assert!(last_stage.contains("COPY --from=build"));
 }
+
+/// Metric names in PromQL: `shardcar_...` (histogram series with their suffix).
+fn metric_names(expr: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut rest = expr;
+    while let Some(at) = rest.find("shardcar_") {
+        let name: String =
+            rest[at..].chars().take_while(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '_').collect();
+        rest = &rest[at + name.len()..];
+        names.push(name);
+    }
+    names
+}
+
+#[tokio::test]
+async fn alert_rules_and_the_grafana_dashboard_name_metrics_shardcar_exports() {
+    let fleet = crate::harness::Fleet::shared();
+    let t = fleet.hashed_table("rules").await;
+    let sc = crate::harness::Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sc.connect().await;
+    c.batch_execute(&format!("SELECT * FROM {t} WHERE customer_id = 1")).await.unwrap();
+    // An error a client gets, so that its series exists.
+    c.batch_execute("/* shardcar: shard=nowhere */ SELECT 1").await.unwrap_err();
+    let (status, metrics) = sc.admin_get("/metrics");
+    assert_eq!(status, 200);
+    let exported: std::collections::BTreeSet<&str> =
+        metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
+
+    let rules = &documents(&deploy().join("prometheus/shardcar-rules.yaml"))[0];
+    let mut alerts = 0;
+    for group in list(&rules["groups"], "groups") {
+        for rule in list(&group["rules"], "rules") {
+            let name = str_of(&rule["alert"], "alert");
+            let expr = str_of(&rule["expr"], "expr");
+            assert!(!str_of(&rule["annotations"]["summary"], "summary").is_empty(), "{name}");
+            let names = metric_names(expr);
+            assert!(!names.is_empty(), "{name}: {expr}");
+            for metric in names {
+                assert!(exported.contains(metric.as_str()), "{name}: {metric} is not in /metrics");
+            }
+            alerts += 1;
+        }
+    }
+    assert!(alerts >= 8, "{alerts} alert rules");
+
+    let text = std::fs::read_to_string(deploy().join("grafana/shardcar-dashboard.json")).unwrap();
+    let dashboard: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let panels = dashboard["panels"].as_array().unwrap();
+    let mut ids = std::collections::BTreeSet::new();
+    for panel in panels {
+        assert!(ids.insert(panel["id"].as_u64().unwrap()), "panel ids are unique");
+        for target in panel["targets"].as_array().unwrap() {
+            let expr = target["expr"].as_str().unwrap();
+            for metric in metric_names(expr) {
+                assert!(exported.contains(metric.as_str()), "{}: {metric} is not in /metrics", panel["title"]);
+            }
+        }
+    }
+    assert!(panels.len() >= 10, "{} panels", panels.len());
+}
