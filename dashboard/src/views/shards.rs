@@ -17,8 +17,12 @@ pub fn Shards(live: Live) -> impl IntoView {
         live.snapshot.with(|s| {
             s.as_ref().map_or_else(String::new, |s| {
                 let skew = &s.overview.skew;
+                let excluded = match skew.excluded.as_slice() {
+                    [] => String::new(),
+                    shards => format!(" · {} left out of skew (down or stalled)", shards.join(", ")),
+                };
                 format!(
-                    "rates over the last {}s · skew {:.2}× (hot at {:.2}× for {}s)",
+                    "rates over the last {}s · skew {:.2}× (hot at {:.2}× for {}s){excluded}",
                     skew.window_s, skew.ratio, skew.threshold, skew.hot_after_s
                 )
             })

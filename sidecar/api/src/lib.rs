@@ -72,6 +72,9 @@ pub struct Load {
 pub struct Skew {
     pub ratio: f64,
     pub busiest: Option<String>,
+    /// Shards left out of `ratio` and `busiest`: down or stalled in the
+    /// window, they carry less than their share for that reason alone.
+    pub excluded: Vec<String>,
     /// The ratio has stayed at or above `threshold` for `hot_after_s` seconds
     /// (with at least the configured minimum load): `busiest` is hot.
     pub hot: bool,

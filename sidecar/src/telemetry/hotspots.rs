@@ -138,6 +138,8 @@ struct History {
     series: Vec<VecDeque<api::Point>>,
     overall: HotState,
     tables: Vec<HotState>,
+    /// Per shard: the last second it was down or stalled.
+    impaired_at: Vec<Option<u64>>,
 }
 
 impl Hotspots {
@@ -169,6 +171,7 @@ impl Hotspots {
                 skew: api::Skew {
                     ratio: 1.0,
                     busiest: None,
+                    excluded: Vec::new(),
                     hot: false,
                     threshold: t.hot_skew,
                     window_s: 0,
@@ -199,7 +202,7 @@ impl Hotspots {
             ticks: watch::channel(0).0,
         };
         // Until the first tick: nothing ran anywhere.
-        let idle = hotspots.skew(&vec![0; hotspots.shard_names.len()], 0, false);
+        let idle = hotspots.skew(&vec![0; hotspots.shard_names.len()], &[], 0, false);
         let tables = vec![idle.clone(); hotspots.tables.len()];
         if let Ok(v) = hotspots.view.get_mut() {
             v.skew = idle;
@@ -246,7 +249,7 @@ impl Hotspots {
         let limit = limit.unwrap_or(self.top_keys);
         let window = t.keys.window(self.now_s.load(Ordering::Relaxed));
         let lifetime = t.keys.lifetime();
-        let skew = self.view().table_skews.get(index).cloned().unwrap_or_else(|| self.skew(&[], 0, false));
+        let skew = self.view().table_skews.get(index).cloned().unwrap_or_else(|| self.skew(&[], &[], 0, false));
         Some(api::HotKeys {
             table: t.name.clone(),
             key_column: t.key_column.clone(),
@@ -343,8 +346,29 @@ impl Hotspots {
                 count(&newest).saturating_sub(count(&oldest))
             })
             .collect();
-        let overall_hot = self.hot(&mut h.overall, &per_shard, seconds);
-        let skew = self.skew(&per_shard, seconds, overall_hot);
+        let in_flight: Vec<api::InFlight> = pools
+            .shards
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let finished = h.series.get(i).and_then(|p| p.back()).map_or(0, |p| p.statements);
+                in_flight(std::iter::once(&s.primary).chain(&s.replicas), finished, self.stall_after)
+            })
+            .collect();
+        // A shard down or stalled in the window carries less than its
+        // share for that reason alone: skew is measured among the others,
+        // so that an outage or a stall elsewhere does not make a shard hot.
+        h.impaired_at.resize(shards, None);
+        for (i, s) in pools.shards.iter().enumerate() {
+            if !s.primary.health.is_up() || in_flight[i].stalled {
+                h.impaired_at[i] = Some(t);
+            }
+        }
+        let window_s = self.window_s;
+        let impaired: Vec<bool> =
+            h.impaired_at.iter().map(|at| at.is_some_and(|at| t.saturating_sub(at) <= window_s)).collect();
+        let overall_hot = self.hot(&mut h.overall, &per_shard, &impaired, seconds);
+        let skew = self.skew(&per_shard, &impaired, seconds, overall_hot);
         self.export_skew(metrics, "", &skew);
         let mut table_skews = Vec::new();
         for (i, table) in self.tables.iter().enumerate() {
@@ -354,8 +378,8 @@ impl Hotspots {
                     at(&newest).saturating_sub(at(&oldest))
                 })
                 .collect();
-            let hot = self.hot(&mut h.tables[i], &counts, seconds);
-            let skew = self.skew(&counts, seconds, hot);
+            let hot = self.hot(&mut h.tables[i], &counts, &impaired, seconds);
+            let skew = self.skew(&counts, &impaired, seconds, hot);
             self.export_skew(metrics, &table.name, &skew);
             table_skews.push(skew);
         }
@@ -372,15 +396,6 @@ impl Hotspots {
             .map(|name| {
                 let full = this_second.iter().filter(|e| e.sqlstate == "53300" && e.shard == *name);
                 full.map(|e| e.in_window).sum()
-            })
-            .collect();
-        let in_flight = pools
-            .shards
-            .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let finished = h.series.get(i).and_then(|p| p.back()).map_or(0, |p| p.statements);
-                in_flight(std::iter::once(&s.primary).chain(&s.replicas), finished, self.stall_after)
             })
             .collect();
         let errors = errors_in_window(&newest, &oldest, seconds);
@@ -408,12 +423,13 @@ impl Hotspots {
         self.ticks.send_modify(|n| *n += 1);
     }
 
-    /// Advances a hot flag: over the threshold (with enough load) for
-    /// `hot_after_s` consecutive seconds.
-    fn hot(&self, state: &mut HotState, counts: &[u64], seconds: u64) -> bool {
+    /// Advances a hot flag: over the threshold (with enough load, among
+    /// at least two shards not impaired) for `hot_after_s` consecutive seconds.
+    fn hot(&self, state: &mut HotState, counts: &[u64], impaired: &[bool], seconds: u64) -> bool {
         let total: u64 = counts.iter().sum();
         let busy = total as f64 / seconds as f64 >= self.hot_min_rate && total > 0;
-        if busy && ratio(counts) >= self.hot_skew {
+        let compared = impaired.iter().filter(|i| !**i).count();
+        if busy && compared >= 2 && ratio(counts, impaired) >= self.hot_skew {
             state.seconds_over += 1;
         } else {
             state.seconds_over = 0;
@@ -421,11 +437,21 @@ impl Hotspots {
         state.seconds_over >= self.hot_after_s
     }
 
-    fn skew(&self, counts: &[u64], seconds: u64, hot: bool) -> api::Skew {
+    fn skew(&self, counts: &[u64], impaired: &[bool], seconds: u64, hot: bool) -> api::Skew {
         let total: u64 = counts.iter().sum();
-        let busiest = counts.iter().enumerate().max_by_key(|(_, c)| **c).filter(|(_, c)| **c > 0).map(|(i, _)| i);
+        let busiest = counts
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !impaired.get(*i).copied().unwrap_or(false))
+            .max_by_key(|(_, c)| **c)
+            .filter(|(_, c)| **c > 0)
+            .map(|(i, _)| i);
         api::Skew {
-            ratio: ratio(counts),
+            ratio: ratio(counts, impaired),
+            excluded: (0..counts.len())
+                .filter(|i| impaired.get(*i).copied().unwrap_or(false))
+                .map(|i| self.shard_names[i].clone())
+                .collect(),
             busiest: busiest.map(|i| self.shard_names[i].clone()),
             hot,
             threshold: self.hot_skew,
@@ -453,13 +479,20 @@ impl Hotspots {
 }
 
 /// Busiest over mean; 1.0 when nothing ran.
-fn ratio(counts: &[u64]) -> f64 {
-    let total: u64 = counts.iter().sum();
-    if total == 0 || counts.is_empty() {
+/// The busiest shard's count over the mean, among shards not `impaired`.
+fn ratio(counts: &[u64], impaired: &[bool]) -> f64 {
+    let compared: Vec<u64> = counts
+        .iter()
+        .enumerate()
+        .filter(|(i, _)| !impaired.get(*i).copied().unwrap_or(false))
+        .map(|(_, c)| *c)
+        .collect();
+    let total: u64 = compared.iter().sum();
+    if total == 0 || compared.is_empty() {
         return 1.0;
     }
-    let max = counts.iter().copied().max().unwrap_or(0);
-    max as f64 / (total as f64 / counts.len() as f64)
+    let max = compared.iter().copied().max().unwrap_or(0);
+    max as f64 / (total as f64 / compared.len() as f64)
 }
 
 fn display(v: &Value) -> String {
@@ -600,9 +633,11 @@ mod tests {
 
     #[test]
     fn skew_is_busiest_over_mean() {
-        assert_eq!(ratio(&[0, 0]), 1.0);
-        assert_eq!(ratio(&[50, 50]), 1.0);
-        assert_eq!(ratio(&[100, 0]), 2.0);
-        assert!((ratio(&[60, 20, 20]) - 1.8).abs() < 1e-9);
+        assert_eq!(ratio(&[0, 0], &[]), 1.0);
+        assert_eq!(ratio(&[50, 50], &[]), 1.0);
+        assert_eq!(ratio(&[100, 0], &[]), 2.0);
+        assert!((ratio(&[60, 20, 20], &[]) - 1.8).abs() < 1e-9);
+        // A shard down carries nothing: the others are compared among themselves.
+        assert_eq!(ratio(&[60, 60, 0], &[false, false, true]), 1.0);
     }
 }
