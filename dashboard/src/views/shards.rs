@@ -62,6 +62,8 @@ fn Card(live: Live, name: String) -> impl IntoView {
     let hot = move || shard.with(|s| s.as_ref().is_some_and(|s| s.hot));
     let healthy = move || shard.with(|s| s.as_ref().is_some_and(|s| s.healthy));
     let stalled = move || shard.with(|s| s.as_ref().is_some_and(|s| s.in_flight.stalled));
+    // The primary answers but a replica does not: its reads go to the primary.
+    let degraded = move || shard.with(|s| s.as_ref().is_some_and(|s| s.healthy && s.servers.iter().any(|v| !v.up)));
     let hot_label = move || {
         live.snapshot
             .with(|s| s.as_ref().map_or_else(String::new, |s| format!("HOT · {:.1}× mean", s.overview.skew.ratio)))
@@ -73,7 +75,16 @@ fn Card(live: Live, name: String) -> impl IntoView {
     view! {
         <article class="card shard-card" class:hot=hot class:stalled=stalled data-shard=name.clone()>
             <header>
-                <span class="health" class:down=move || !healthy() title=move || if healthy() { "primary answers" } else { "primary does not answer" }></span>
+                <span
+                    class="health"
+                    class:down=move || !healthy()
+                    class:degraded=degraded
+                    title=move || match (healthy(), degraded()) {
+                        (false, _) => "the primary does not answer",
+                        (true, true) => "a replica does not answer: its reads go to the primary",
+                        (true, false) => "every server answers",
+                    }
+                ></span>
                 <h3>{name.clone()}</h3>
                 <Show when=hot>
                     <span class="badge hot-badge">{hot_label}</span>
@@ -134,7 +145,11 @@ fn server_line(server: &shardcar_api::Server) -> impl IntoView + use<> {
         <li class:down=!server.up title=title>
             <span class="role">{server.role.clone()}</span>
             <span class="address">{server.address.clone()}</span>
-            <span class="lag">{if server.up { lag } else { "down".into() }}</span>
+            <span class="lag">{match (server.up, server.role.as_str()) {
+                (true, _) => lag,
+                (false, "replica") => "down · reads on primary".into(),
+                (false, _) => "down".into(),
+            }}</span>
         </li>
     }
 }
