@@ -269,3 +269,21 @@ async fn limit_and_offset_as_parameters_across_shards() {
     let got = c.parse("", sql).bind("", "", &["-1", "0"]).execute("", 0).sync().run().await;
     assert_eq!(tags(&got), "1 E:0A000 Z:I");
 }
+
+/// Found by fuzzing (`session`): a server's ReadyForQuery for a simple
+/// query cleared the record of extended messages written after that query
+/// (not yet followed by a Sync or Flush), so the session waited for their
+/// replies — which a server holds until a Sync or Flush — forever.
+#[tokio::test]
+async fn a_ready_for_query_does_not_answer_messages_written_after_its_query() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let on_s1 = "/* shardcar: shard=s1 */ SELECT 1";
+    c.query(on_s1).parse("", on_s1).bind("", "", &[]).query("DEALLOCATE ALL").sync().query("SELECT 1");
+    c.send().await;
+    let mut got = c.until_ready().await;
+    for _ in 0..3 {
+        got.extend(c.until_ready().await);
+    }
+    assert_eq!(tags(&got), "T D C Z:I 1 2 C Z:I Z:I T D C Z:I");
+}

@@ -486,8 +486,10 @@ impl Session {
     fn server_ready(&mut self, shard: ShardId, status: TxnStatus) {
         let Some(held) = self.conns.get_mut(shard) else { return };
         held.conn.conn.status = status.byte();
-        held.unsynced = false;
-        held.unflushed = false;
+        // `unsynced` and `unflushed` describe what was written since the
+        // last Sync, Flush or Query, and change only when something is
+        // written: this ReadyForQuery may answer a Query that messages
+        // written since (pipelined) came after.
         if status == TxnStatus::Idle {
             held.wrote = false;
             held.in_block = false;
@@ -798,7 +800,7 @@ impl Session {
 
     /// Asks every server with messages not yet answered to send its replies
     /// (a Flush: Postgres holds extended-protocol replies until Sync or Flush).
-    fn flush_servers(&mut self) {
+    pub(super) fn flush_servers(&mut self) {
         for held in self.conns.iter_mut().filter(|h| h.unflushed) {
             postgres_protocol::message::frontend::flush(&mut held.conn.conn.wbuf);
             held.unflushed = false;

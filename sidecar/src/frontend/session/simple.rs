@@ -29,6 +29,10 @@ impl Session {
         stages.classify = Some(Classified::new(cached, Stage::since(started)));
         // A simple query destroys the unnamed statement.
         self.unnamed = None;
+        // On Postgres its ReadyForQuery sends every reply before it: replies
+        // to extended messages servers hold (no Sync or Flush yet) come
+        // first, whatever answers this query.
+        self.flush_servers();
         if facts.statements.is_empty() && facts.parse_error.is_none() {
             let mut out = BytesMut::new();
             reply::empty_query(&mut out);
@@ -65,6 +69,10 @@ impl Session {
                 stages.checkout = self.checkout_stage.take();
                 let held = self.conns.get_mut(shard).expect("attached");
                 held.conn.conn.wbuf.extend_from_slice(&raw);
+                // Its ReadyForQuery ends the batch and sends every reply
+                // before it, as a Sync does.
+                held.unsynced = false;
+                held.unflushed = false;
                 held.conn.conn.unnamed = None;
                 held.wrote |= !facts.is_read_only();
                 let flight = Some(InFlight::new(stages, facts.clone(), held.conn.node.clone(), self.info.clone()));
