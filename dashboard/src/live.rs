@@ -1,5 +1,5 @@
 //! The dashboard's state: the newest snapshot from the live stream, each
-//! shard's 15-minute series (fetched once, then extended second by second),
+//! shard's hour-long series (fetched once, then extended second by second),
 //! hot keys and plugins (polled: the stream does not carry them), and
 //! whether the sidecar is reachable.
 
@@ -13,7 +13,10 @@ use leptos::task::spawn_local;
 use shardcar_api::{HotTables, Plugins, Point, Shard, Shards, Snapshot};
 
 /// As much history as the sidecar keeps.
-pub const SERIES_SECONDS: usize = 900;
+pub const SERIES_SECONDS: usize = 3600;
+
+/// What the sparklines and the heatmap show: the last 15 minutes.
+pub const RECENT_SECONDS: usize = 900;
 
 #[derive(Debug, Clone, PartialEq)]
 pub enum Status {

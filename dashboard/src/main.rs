@@ -24,6 +24,7 @@ fn App() -> impl IntoView {
             <views::header::Banner live />
             <views::shards::Shards live />
             <views::hotspots::Hotspots live />
+            <views::history::History live />
             <views::errors::Errors live />
             <views::events::Events live />
             <views::pools::Pools live />

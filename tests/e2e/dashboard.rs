@@ -146,6 +146,21 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     .await;
     assert_ne!(first, second);
 
+    // History: a line per shard in each chart, over the range chosen.
+    c.execute("document.getElementById('history').scrollIntoView({block: 'center', behavior: 'instant'})", vec![])
+        .await
+        .unwrap();
+    c.find(Locator::Css("#history .range[data-seconds='3600']")).await.unwrap().click().await.unwrap();
+    let lines = wait_for(&c, Duration::from_secs(10), "history charts with a line per shard", async |c| {
+        let charts = c.find_all(Locator::Css("#history .chart")).await.ok()?;
+        let lines = c.find_all(Locator::Css("#history .chart path.line")).await.ok()?;
+        (charts.len() == 3 && lines.len() == 9).then_some(lines)
+    })
+    .await;
+    assert!(!lines[0].attr("d").await.unwrap().unwrap_or_default().is_empty(), "statements/s has points");
+    assert_eq!(text(&c, "#history .range.on").await.as_deref(), Some("1 h"));
+    screenshot(&c, "dashboard-history.png").await;
+
     // The hot shard is marked, and it is the one the sidecar flags.
     let hot = wait_for(&c, Duration::from_secs(60), "a hot shard card", async |c| {
         c.find(Locator::Css(".shard-card.hot")).await.ok()?.attr("data-shard").await.ok()?

@@ -24,6 +24,7 @@ pub fn Header(live: Live) -> impl IntoView {
             <nav>
                 <a href="#shards">"Shards"</a>
                 <a href="#hotspots">"Hotspots"</a>
+                <a href="#history">"History"</a>
                 <a href="#errors">"Errors"</a>
                 <a href="#events">"Events"</a>
                 <a href="#pools">"Pools"</a>

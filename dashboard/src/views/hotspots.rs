@@ -6,9 +6,9 @@ use shardcar_api::HotKeys;
 
 use super::{Empty, Panel};
 use crate::format;
-use crate::live::{Live, SERIES_SECONDS};
+use crate::live::{Live, RECENT_SECONDS};
 
-/// Heatmap columns; each covers `SERIES_SECONDS / COLUMNS` seconds.
+/// Heatmap columns; each covers `RECENT_SECONDS / COLUMNS` seconds.
 const COLUMNS: usize = 60;
 const CELL_W: f64 = 10.0;
 const ROW_H: f64 = 18.0;
@@ -44,7 +44,7 @@ fn Heatmap(live: Live) -> impl IntoView {
         if names.is_empty() || max == 0.0 {
             return view! { <div class="heatmap idle">"The heatmap fills as statements run."</div> }.into_any();
         }
-        let seconds = (SERIES_SECONDS / COLUMNS) as u64;
+        let seconds = (RECENT_SECONDS / COLUMNS) as u64;
         let width = COLUMNS as f64 * CELL_W;
         let height = names.len() as f64 * ROW_H;
         let rows = names.iter().zip(&grid).enumerate().map(|(r, (name, cells))| {
@@ -75,7 +75,7 @@ fn Heatmap(live: Live) -> impl IntoView {
 /// Per shard, statements/s in each column (missing seconds count as zero).
 fn buckets(all: &[std::collections::VecDeque<shardcar_api::Point>]) -> Vec<Vec<f64>> {
     let newest = all.iter().filter_map(|s| s.back()).map(|p| p.t).max().unwrap_or(0);
-    let seconds = (SERIES_SECONDS / COLUMNS) as u64;
+    let seconds = (RECENT_SECONDS / COLUMNS) as u64;
     all.iter()
         .map(|series| {
             let mut cells = vec![0.0; COLUMNS];

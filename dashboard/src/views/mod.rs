@@ -4,6 +4,7 @@ pub mod errors;
 pub mod events;
 pub mod explain;
 pub mod header;
+pub mod history;
 pub mod hotspots;
 pub mod plugins;
 pub mod pools;

@@ -9,7 +9,7 @@ use shardcar_api::{Point, Shard};
 
 use super::{Empty, Panel};
 use crate::format;
-use crate::live::{Live, SERIES_SECONDS};
+use crate::live::{Live, RECENT_SECONDS};
 
 #[component]
 pub fn Shards(live: Live) -> impl IntoView {
@@ -68,9 +68,13 @@ fn Card(live: Live, name: String) -> impl IntoView {
         live.snapshot
             .with(|s| s.as_ref().map_or_else(String::new, |s| format!("HOT · {:.1}× mean", s.overview.skew.ratio)))
     };
+    // The sparkline's last 15 minutes.
     let series = move || {
         let i = index.get();
-        live.series.with(|all| i.and_then(|i| all.get(i).cloned()).unwrap_or_default())
+        live.series.with(|all| {
+            let Some(s) = i.and_then(|i| all.get(i)) else { return VecDeque::new() };
+            s.iter().skip(s.len().saturating_sub(RECENT_SECONDS)).copied().collect()
+        })
     };
     view! {
         <article class="card shard-card" class:hot=hot class:stalled=stalled data-shard=name.clone()>
@@ -199,8 +203,8 @@ fn Sparkline(series: impl Fn() -> VecDeque<Point> + Send + Sync + Copy + 'static
 }
 
 fn area_path(points: &VecDeque<Point>, max: u64) -> String {
-    let step = SPARK_W / (SERIES_SECONDS - 1) as f64;
-    let start = SERIES_SECONDS.saturating_sub(points.len());
+    let step = SPARK_W / (RECENT_SECONDS - 1) as f64;
+    let start = RECENT_SECONDS.saturating_sub(points.len());
     let x = |i: usize| (start + i) as f64 * step;
     let y = |v: u64| SPARK_H - v as f64 / max as f64 * (SPARK_H - 2.0);
     let mut d = format!("M{:.1},{SPARK_H}", x(0));

@@ -30,8 +30,8 @@ use crate::policy::{StatementRoute, Via};
 use crate::pool::{Node, Pools, in_flight};
 use crate::topology::ShardId;
 
-/// Seconds of per-shard history kept.
-pub const SERIES_SECONDS: usize = 900;
+/// Seconds of per-shard history kept: an hour.
+pub const SERIES_SECONDS: usize = 3600;
 
 /// A key as the sketch keeps it: the value, or only its keyed hash.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
