@@ -11,6 +11,17 @@ use crate::wire::encode;
 
 /// The columns of a DataRow frame (type, length, count, then per column a
 /// length and the bytes; -1 is NULL).
+/// The whole messages (type byte, length, body) one after another in
+/// `buf`; a truncated last one is left out.
+pub fn split(mut buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let len = u32::from_be_bytes(buf.get(1..5)?.try_into().ok()?) as usize;
+        let (frame, rest) = (buf.get(..1 + len)?, buf.get(1 + len..)?);
+        buf = rest;
+        Some(frame)
+    })
+}
+
 pub fn columns(frame: &[u8]) -> Vec<Option<&[u8]>> {
     let mut out = Vec::new();
     let Some(count) = frame.get(5..7) else { return out };
@@ -91,6 +102,13 @@ pub fn tag_count(tag: &str) -> (&str, u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn split_gives_whole_messages_and_leaves_a_truncated_one_out() {
+        let buf = [b'N', 0, 0, 0, 5, 1, b'E', 0, 0, 0, 4, b'Z', 0, 0];
+        let frames: Vec<&[u8]> = split(&buf).collect();
+        assert_eq!(frames, [&[b'N', 0, 0, 0, 5, 1][..], &[b'E', 0, 0, 0, 4][..]]);
+    }
 
     #[test]
     fn data_rows_lose_their_junk_columns() {

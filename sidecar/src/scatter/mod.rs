@@ -10,7 +10,7 @@
 
 pub mod compare;
 pub mod copy;
-mod frames;
+pub mod frames;
 mod rows;
 
 use std::sync::Arc;

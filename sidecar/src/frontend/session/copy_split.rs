@@ -113,7 +113,10 @@ impl Session {
 
     fn report(&self, failure: Failure, out: &mut BytesMut) {
         match failure {
-            Failure::Shard(frame) => out.extend_from_slice(&frame),
+            Failure::Shard(frame) => {
+                self.count_shard_error(&frame);
+                out.extend_from_slice(&frame);
+            }
             Failure::Own(e) | Failure::Client(e) => {
                 self.shared.telemetry.client_error(&e, &self.info);
                 reply::error(out, &e);

@@ -244,7 +244,10 @@ impl Session {
         self.scatter_end(sp).await?;
         let mut out = BytesMut::new();
         match failure {
-            Failure::Shard(frames) => out = frames,
+            Failure::Shard(frames) => {
+                self.count_shard_error(&frames);
+                out = frames;
+            }
             Failure::Own(e) if e.fatal => return Err(e),
             Failure::Own(e) => {
                 self.shared.telemetry.client_error(&e, &self.info);

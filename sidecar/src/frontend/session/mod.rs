@@ -837,6 +837,14 @@ impl Session {
         self.fail(err, extended)
     }
 
+    /// Counts a shard's error in a statement across shards, passed on to
+    /// the client (`frames` may start with a WARNING saying where it ran).
+    fn count_shard_error(&self, frames: &[u8]) {
+        let Some(error) = crate::scatter::frames::split(frames).find(|f| f.first() == Some(&b'E')) else { return };
+        let code = outbox::server_error(error).code;
+        self.shared.telemetry.metrics.client_error("", &code, "server", &self.info);
+    }
+
     /// Reports an error shardcar raised for the current message. The batch
     /// or transaction it belongs to fails with it, as on one Postgres.
     fn fail(&mut self, err: SqlError, extended: bool) -> Result<(), SqlError> {
