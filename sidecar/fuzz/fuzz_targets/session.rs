@@ -173,13 +173,15 @@ fn world() -> &'static World {
     })
 }
 
-/// Each server's pool: connections open and idle in it.
+/// Each server's pool (connections open and idle in it), and what each
+/// scripted shard received for this input.
 fn lent(w: &World) -> String {
     let pools = w.shared.pools.nodes().map(|n| {
         let s = n.pool.status();
         format!("{}: {} open, {} idle", n.label, s.size, s.available)
     });
-    pools.collect::<Vec<_>>().join(", ")
+    let received = w.shards.iter().enumerate().map(|(i, s)| format!("s{i} received {:?}", s.log()));
+    pools.chain(received).collect::<Vec<_>>().join(", ")
 }
 
 fuzz_target!(|ops: Vec<Op>| {

@@ -287,3 +287,19 @@ async fn a_ready_for_query_does_not_answer_messages_written_after_its_query() {
     }
     assert_eq!(tags(&got), "T D C Z:I 1 2 C Z:I Z:I T D C Z:I");
 }
+
+/// Postgres ignores every message after an error in the extended protocol
+/// up to Sync — a simple Query too: it gets no answer.
+#[tokio::test]
+async fn a_query_after_an_extended_error_is_ignored_until_sync() {
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let on_s1 = "/* shardcar: shard=s1 */ SELECT fail";
+    c.parse("", on_s1).bind("", "", &[]).execute("", 0).query("/* shardcar: shard=s1 */ SELECT 1").sync();
+    assert_eq!(tags(&c.run().await), "1 2 E:42000 Z:I");
+    // Found by fuzzing: shardcar's own error mid-batch (a duplicate name), then a Query.
+    assert_eq!(tags(&c.parse("n", "SELECT 1").sync().run().await), "1 Z:I");
+    c.parse("", on_s1).bind("", "", &[]).parse("n", "SELECT 2").query("BEGIN").sync();
+    assert_eq!(tags(&c.run().await), "1 2 E:42P05 Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I", "not in a transaction");
+}

@@ -273,6 +273,12 @@ impl Conn {
     fn on_message(&mut self, tag: u8, mut body: BytesMut, out: &mut BytesMut) -> Next {
         let fake = self.fake.clone();
         match tag {
+            // After an error in the extended protocol, Postgres ignores
+            // every message up to Sync, a simple Query too.
+            b'Q' if self.skipping => {
+                fake.record("skipped Q".into());
+                return Next::Hold;
+            }
             b'Q' => {
                 let sql = cstr(&mut body);
                 fake.record(format!("Q {sql}"));

@@ -271,3 +271,26 @@ async fn a_client_that_leaves_after_a_copy_out_in_a_transaction_ends_its_session
     let _ = c.until_closed().await;
     assert_eq!(connected(), 0, "the session ended");
 }
+
+/// Found by fuzzing (`session`): server connections go back to the pool
+/// only when idle — never in the middle of a transaction or a batch.
+#[tokio::test]
+async fn a_client_that_leaves_mid_batch_leaves_no_server_in_a_transaction() {
+    for _ in 0..5 {
+        let s = setup("two_phase_commit = true").await;
+        let mut c = Client::connect(&s).await;
+        c.parse("n", "BEGIN; INSERT INTO t (k, v) VALUES (1, 'a'); COMMIT").close(b'S', "");
+        c.bind("n", "n", &["3"]).parse("n", "INSERT INTO t (k, v) VALUES ($1, $2)").query("BEGIN").send().await;
+        c.shutdown_writing().await;
+        let got = c.until_closed().await;
+        let mut busy = Vec::new();
+        for _ in 0..100 {
+            busy = [&s.s0, &s.s1].iter().flat_map(|f| f.busy()).collect();
+            if busy.is_empty() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        assert!(busy.is_empty(), "{busy:?} after {}", tags(&got));
+    }
+}

@@ -867,7 +867,11 @@ impl Session {
                 held.unsynced = true;
                 held.unflushed = true;
                 self.outbox.push(Entry::abort(shard, Some(err)), &mut self.events);
-                if !extended {
+                if extended {
+                    // The server skips what follows until Sync, and so
+                    // does the session (a Query included, as on Postgres).
+                    self.mode = Mode::SkipToSync;
+                } else {
                     self.sync_servers();
                     self.push_ready();
                 }

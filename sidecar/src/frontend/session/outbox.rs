@@ -437,12 +437,13 @@ impl Outbox {
         // Sync. The first statement among what is skipped is the one that
         // failed (its Parse, Bind or Execute); the rest never ran. Other
         // servers' replies up to then are read but not shown: for the
-        // client, nothing ran after the error.
+        // client, nothing ran after the error — a simple query in between
+        // neither (Postgres ignores it: no reply, not even ReadyForQuery).
         let mut error = Some(server_error(frame));
         let mut kept = VecDeque::with_capacity(self.entries.len());
         let mut own_sync_seen = false;
         for mut entry in self.entries.drain(..) {
-            if own_sync_seen || entry.shard.is_none() && matches!(entry.kind, EntryKind::Ready) {
+            if own_sync_seen {
                 kept.push_back(entry);
                 continue;
             }

@@ -69,9 +69,9 @@ impl Session {
                 stages.checkout = self.checkout_stage.take();
                 let held = self.conns.get_mut(shard).expect("attached");
                 held.conn.conn.wbuf.extend_from_slice(&raw);
-                // Its ReadyForQuery ends the batch and sends every reply
-                // before it, as a Sync does.
-                held.unsynced = false;
+                // Its ReadyForQuery sends every reply before it, as a Flush
+                // does; it does not end the batch: after an error, the
+                // server ignores it and skips on to the next Sync.
                 held.unflushed = false;
                 held.conn.conn.unnamed = None;
                 held.wrote |= !facts.is_read_only();
