@@ -15,8 +15,6 @@ use prometheus::{
     Registry, TextEncoder,
 };
 
-use crate::policy::facts::SessionInfo;
-
 /// Statement latency buckets, in seconds: 50 µs to about 70 s, each 1.5
 /// times the last, so that a quantile read from them is within 50% of the
 /// truth at any scale (1-2-5 steps were 2.5 apart: a 202 ms p99 read as 492 ms).
@@ -444,9 +442,9 @@ impl Metrics {
     }
 
     /// Counts an error a client got (`by`: `server` or `shardcar`).
-    pub fn client_error(&self, shard: &str, sqlstate: &str, by: &str, session: &SessionInfo) {
-        let user = self.error_users.label(&session.user);
-        let application = self.error_applications.label(&session.application_name);
+    pub fn client_error(&self, shard: &str, sqlstate: &str, by: &str, user: &str, application: &str) {
+        let user = self.error_users.label(user);
+        let application = self.error_applications.label(application);
         self.client_errors.with_label_values(&[shard, sqlstate, by, &user, &application]).inc();
     }
 
@@ -576,9 +574,8 @@ mod tests {
     #[test]
     fn errors_clients_got_are_counted_by_who_got_them() {
         let m = Metrics::new();
-        let info = SessionInfo { user: "app".into(), application_name: "web".into(), ..SessionInfo::default() };
-        m.client_error("s1", "08001", "shardcar", &info);
-        m.client_error("s1", "08001", "shardcar", &info);
+        m.client_error("s1", "08001", "shardcar", "app", "web");
+        m.client_error("s1", "08001", "shardcar", "app", "web");
         let labels = ["s1", "08001", "shardcar", "app", "web"].map(String::from);
         assert_eq!(m.client_errors(), vec![(labels, 2)]);
     }

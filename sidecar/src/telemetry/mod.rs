@@ -73,7 +73,14 @@ impl Telemetry {
         m.observe_duration(ended.duration_since(flight.stages.started).as_secs_f64());
         if let Some(e) = &flight.error {
             m.errors(statements.first().map_or(KindLabel::Other, |s| kind_label(&s.kind))).inc();
-            self.metrics.client_error(self.hotspots.shard_name(flight.node.shard), &e.code, "server", &flight.session);
+            let (user, application) = (&flight.session.user, &flight.session.application_name);
+            self.metrics.client_error(
+                self.hotspots.shard_name(flight.node.shard),
+                &e.code,
+                "server",
+                user,
+                application,
+            );
         }
         if let Some(p) = &flight.stages.policy {
             self.hotspots.record(&p.routes);
@@ -89,7 +96,7 @@ impl Telemetry {
     pub fn client_error(&self, err: &SqlError, session: &SessionInfo) {
         self.metrics.rejected(err.code);
         let shard = err.shard.map_or("", |s| self.hotspots.shard_name(s));
-        self.metrics.client_error(shard, err.code, "shardcar", session);
+        self.metrics.client_error(shard, err.code, "shardcar", &session.user, &session.application_name);
     }
 
     /// Shardcar answered a statement with an error before any server ran it

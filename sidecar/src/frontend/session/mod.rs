@@ -842,7 +842,8 @@ impl Session {
     fn count_shard_error(&self, frames: &[u8]) {
         let Some(error) = crate::scatter::frames::split(frames).find(|f| f.first() == Some(&b'E')) else { return };
         let code = outbox::server_error(error).code;
-        self.shared.telemetry.metrics.client_error("", &code, "server", &self.info);
+        let (user, application) = (&self.info.user, &self.info.application_name);
+        self.shared.telemetry.metrics.client_error("", &code, "server", user, application);
     }
 
     /// Reports an error shardcar raised for the current message. The batch
