@@ -251,11 +251,26 @@ pub struct Plugins {
     pub cache_dir: Option<PathBuf>,
     /// How often plugin files are checked for a new version.
     pub reload_interval_ms: u64,
+    /// After a reload, the new version is on probation this long: if more
+    /// than `rollback_failure_ratio` of its calls (at least
+    /// `rollback_min_calls` of them) trap, time out or run out of memory,
+    /// the previous version is swapped back. 0: no probation.
+    pub probation_s: u64,
+    pub rollback_failure_ratio: f64,
+    pub rollback_min_calls: u64,
 }
 
 impl Default for Plugins {
     fn default() -> Self {
-        Plugins { call_timeout_ms: 10, memory_limit_mb: 64, cache_dir: None, reload_interval_ms: 1000 }
+        Plugins {
+            call_timeout_ms: 10,
+            memory_limit_mb: 64,
+            cache_dir: None,
+            reload_interval_ms: 1000,
+            probation_s: 300,
+            rollback_failure_ratio: 0.001,
+            rollback_min_calls: 100,
+        }
     }
 }
 
@@ -700,6 +715,9 @@ impl Config {
         }
         if self.plugins.memory_limit_mb == 0 {
             bad("plugins.memory_limit_mb".into(), "must be at least 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.plugins.rollback_failure_ratio) {
+            bad("plugins.rollback_failure_ratio".into(), "must be between 0 and 1".into());
         }
         if self.plugins.reload_interval_ms < 100 {
             bad("plugins.reload_interval_ms".into(), "must be at least 100".into());

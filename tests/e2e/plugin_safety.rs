@@ -238,3 +238,68 @@ async fn a_restart_after_a_refused_version_serves_the_last_good_one() {
         .unwrap();
     assert!(!out.status.success(), "check reports the file on disk");
 }
+
+#[tokio::test]
+async fn a_version_that_traps_under_traffic_is_rolled_back_and_not_served_again() {
+    let fleet = Fleet::shared();
+    let t = table("rollback");
+    create(fleet, &t).await;
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = dir.path().join("policy.wasm");
+    let config = config(fleet, &t, &plugin, Some(&dir.path().join("cache")))
+        .replace("[plugins]\n", "[plugins]\nprobation_s = 120\nrollback_min_calls = 100\n");
+    let plugins = |sc: &Sidecar| -> (String, String) {
+        let v: serde_json::Value = serde_json::from_str(&sc.admin_get("/api/v1/plugins").1).unwrap();
+        (v["plugins"][0]["version"].as_str().unwrap_or("").into(), v["plugins"][0]["last_error"].to_string())
+    };
+    install(&fixture_plugin("to-first"), &plugin);
+    let sc = Sidecar::start(&config);
+
+    // Keys 1..=100 in turn: the new version traps on 13, 1% of them.
+    let writer = sc.connect().await;
+    let (stop, failed, written) =
+        (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (s, f, w, tt) = (stop.clone(), failed.clone(), written.clone(), t.clone());
+    let traffic = tokio::spawn(async move {
+        let mut k = 0;
+        while !s.load(Ordering::Relaxed) {
+            k = k % 100 + 1;
+            match writer.batch_execute(&format!("INSERT INTO {tt} (k) VALUES ({k})")).await {
+                Ok(()) => w.fetch_add(1, Ordering::Relaxed),
+                Err(e) => {
+                    assert_eq!(sqlstate(&e), "XX000", "{e:?}");
+                    f.fetch_add(1, Ordering::Relaxed)
+                }
+            };
+        }
+    });
+    install(&fixture_plugin("trap"), &plugin);
+    assert!(
+        eventually(Duration::from_secs(30), async || plugins(&sc).1.contains("rolled back")).await,
+        "the trapping version is rolled back: {:?}",
+        plugins(&sc)
+    );
+    let (version, why) = plugins(&sc);
+    assert_eq!(version, "1.0.0", "{why}");
+    assert!(why.contains("0.1.0") && why.contains("failed"), "{why}");
+    stop.store(true, Ordering::Relaxed);
+    traffic.await.unwrap();
+    let (failed, written) = (failed.load(Ordering::Relaxed), written.load(Ordering::Relaxed));
+    println!("rolled back after {failed} failed statement(s), {written} written");
+    assert!(failed >= 1, "the version served and failed before it was rolled back");
+    // Every failed statement wrote nothing, anywhere; the others went to s0.
+    let count = async |shard: &shardcar::localpg::Cluster| -> i64 {
+        direct(shard).await.query_one(&format!("SELECT count(*) FROM {t}"), &[]).await.unwrap().get(0)
+    };
+    assert_eq!((count(&fleet.s0).await, count(&fleet.s1).await), (written as i64, 0));
+    // The errors clients got are counted.
+    let (_, metrics) = sc.admin_get("/metrics");
+    assert!(metrics.lines().any(|l| l.starts_with("shardcar_client_errors_total") && l.contains("sqlstate=\"XX000\"")));
+    drop(sc);
+
+    // A restart serves the version that was rolled back to, not the file on disk.
+    let sc = Sidecar::start(&config);
+    let (version, why) = plugins(&sc);
+    assert_eq!(version, "1.0.0", "{why}");
+    assert!(why.contains("was rolled back"), "{why}");
+}

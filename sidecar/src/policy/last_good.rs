@@ -79,6 +79,26 @@ impl LastGood {
         }
     }
 
+    /// Remembers that the version with `digest` was rolled back, and why:
+    /// a restart must not serve it, nor a reload try it again.
+    pub fn mark_rolled_back(&self, policy: &str, digest: &str, why: &str) {
+        let Some((wasm, _)) = self.paths(policy) else { return };
+        let marker = wasm.with_extension("rolled-back");
+        if let Err(e) = std::fs::create_dir_all(wasm.parent().expect("a directory"))
+            .and_then(|()| replace(&marker, format!("{digest}\n{why}").as_bytes()))
+        {
+            tracing::warn!("policy {policy}: cannot record the rollback in {}: {e}", marker.display());
+        }
+    }
+
+    /// The digest of `policy`'s version that was rolled back, and why.
+    pub fn rolled_back(&self, policy: &str) -> Option<(String, String)> {
+        let (wasm, _) = self.paths(policy)?;
+        let text = std::fs::read_to_string(wasm.with_extension("rolled-back")).ok()?;
+        let (digest, why) = text.split_once('\n')?;
+        Some((digest.to_string(), why.to_string()))
+    }
+
     /// `policy`'s last good version, if one was kept.
     pub fn load(&self, policy: &str) -> Option<Version> {
         let (wasm, tests) = self.paths(policy)?;

@@ -66,6 +66,16 @@ pub struct PolicySlot {
     pub last_error: Mutex<Option<String>>,
     /// The file's stamp when it was read at start (the watcher goes on from there).
     pub loaded_stamp: Option<last_good::Stamp>,
+    /// A version reloaded lately, on probation: rolled back if it fails.
+    pub probation: Mutex<Option<reload::Probation>>,
+}
+
+/// When a version on probation is rolled back: more than `failure_ratio`
+/// of at least `min_calls` calls failed.
+#[derive(Debug, Clone, Copy)]
+pub struct Rollback {
+    pub failure_ratio: f64,
+    pub min_calls: u64,
 }
 
 pub struct Router {
@@ -81,6 +91,9 @@ pub struct Router {
     catalog: catalog::Catalog,
     /// Each file-based policy's last version that passed its tests.
     pub last_good: LastGood,
+    /// How long a reloaded version is on probation, and when it is rolled back.
+    pub probation: std::time::Duration,
+    pub rollback: Rollback,
 }
 
 /// Routing could not finish: a refusal, or something to fetch first.
@@ -161,6 +174,7 @@ impl Router {
                 plugin: ArcSwap::from_pointee(plugin),
                 last_error: Mutex::new(refused),
                 loaded_stamp,
+                probation: Mutex::new(None),
             });
         }
         let tables = cfg
@@ -186,6 +200,11 @@ impl Router {
             directory,
             catalog,
             last_good,
+            probation: std::time::Duration::from_secs(cfg.plugins.probation_s),
+            rollback: Rollback {
+                failure_ratio: cfg.plugins.rollback_failure_ratio,
+                min_calls: cfg.plugins.rollback_min_calls,
+            },
         })
     }
 

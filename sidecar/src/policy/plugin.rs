@@ -11,6 +11,7 @@
 //! the host's `log`; the SDK routes panic messages there).
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -207,6 +208,11 @@ pub struct Plugin {
     /// `name@version (digest)`, as messages and spans name the plugin.
     version: Arc<str>,
     pub metrics: PluginMetrics,
+    /// This version's calls, and those that trapped, timed out or ran out
+    /// of memory (a plugin's own refusals are answers, not failures): what
+    /// its probation after a reload is judged by.
+    pub calls: AtomicU64,
+    pub failures: AtomicU64,
 }
 
 struct Instance {
@@ -249,6 +255,8 @@ impl Plugin {
             label,
             version: Arc::from(""),
             metrics: PluginMetrics::detached(),
+            calls: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         };
         let mut first = plugin.instance(topology).map_err(|e| describe(&e))?;
         let _ticking = runtime.arm(&mut first.store);
@@ -303,8 +311,12 @@ impl Plugin {
         let result = self.route_inner(facts, topology);
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
         self.metrics.calls.inc();
+        self.calls.fetch_add(1, Ordering::Relaxed);
         if !matches!(result, Ok(_) | Err(CallError::Lookups(_))) {
             self.metrics.errors.inc();
+        }
+        if matches!(result, Err(CallError::Timeout | CallError::OutOfMemory | CallError::Crashed(_))) {
+            self.failures.fetch_add(1, Ordering::Relaxed);
         }
         result
     }

@@ -2,6 +2,11 @@
 //! background, checked against its own test cases, and swapped in
 //! atomically. Statements already routing finish on the old version; on any
 //! failure the old version keeps serving and the reason is kept and logged.
+//! A version swapped in is then on probation (`plugins.probation_s`): if
+//! too many of its calls trap, time out or run out of memory, the previous
+//! version is swapped back (and becomes the last good copy again), and the
+//! failed one is remembered beside that copy, so that neither a restart
+//! nor a reload serves it again.
 //!
 //! Test cases sit beside the component: `by-customer.wasm` →
 //! `by-customer.tests.toml`:
@@ -16,7 +21,8 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
@@ -129,7 +135,12 @@ pub async fn start_all(router: &Router) -> anyhow::Result<()> {
                         verify(router, i, &slot.plugin.load_full(), disk.tests.as_deref(), &disk.origin).await?;
                     Ok::<_, String>((disk, passed))
                 };
+                let rolled_back = router.last_good.rolled_back(&slot.name);
                 match checked.await {
+                    Ok(_) if rolled_back.as_ref().is_some_and(|(d, _)| *d == slot.plugin.load().digest) => {
+                        let why = rolled_back.map(|(_, why)| why).unwrap_or_default();
+                        format!("plugin {} was rolled back: {why}", path.display())
+                    }
                     Ok((disk, passed)) => {
                         if passed > 0 {
                             tracing::info!("policy {}: plugin passed its {passed} test case(s)", slot.name);
@@ -170,6 +181,14 @@ async fn load(router: &Router, slot: &PolicySlot, wasm: Vec<u8>) -> Result<Plugi
         .map_err(|e| format!("loading was interrupted: {e}"))?
 }
 
+/// A version swapped in lately, and what to go back to.
+pub struct Probation {
+    previous: Arc<Plugin>,
+    /// The last good copy before the swap, to keep again on a rollback.
+    previous_copy: Option<Version>,
+    until: Instant,
+}
+
 /// Watches file-based plugins every `interval` and swaps in new versions.
 pub async fn run(router: Arc<Router>, interval: Duration) {
     // From the files as they were when loaded: a change since is a reload.
@@ -178,6 +197,9 @@ pub async fn run(router: Arc<Router>, interval: Duration) {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         ticker.tick().await;
+        for slot in &router.policies {
+            judge(&router, slot);
+        }
         for (i, slot) in router.policies.iter().enumerate() {
             let PluginSource::File(path) = &slot.source else { continue };
             let now = stamp(path);
@@ -207,12 +229,58 @@ async fn reload(router: &Arc<Router>, index: usize, slot: &PolicySlot, path: &Pa
     let disk = Version::on_disk(path)?;
     let candidate = load(router, slot, disk.wasm.clone()).await?;
     let passed = verify(router, index, &candidate, disk.tests.as_deref(), &disk.origin).await?;
-    router.last_good.save(&slot.name, &disk);
     if candidate.digest == slot.plugin.load().digest {
         // Same component; only its tests may have changed.
+        router.last_good.save(&slot.name, &disk);
         return Ok(None);
     }
+    if router.last_good.rolled_back(&slot.name).is_some_and(|(digest, _)| digest == candidate.digest) {
+        return Err(format!("{} was rolled back before; it is not tried again", candidate.version()));
+    }
     let version = format!("{} ({passed} test case(s) passed)", candidate.version());
-    slot.plugin.store(Arc::new(candidate));
+    let mut on_probation = slot.probation.lock().unwrap_or_else(|p| p.into_inner());
+    // What served last is what a restart serves (a routing change must not
+    // flip back by itself), unless it is rolled back.
+    let previous_copy = router.last_good.load(&slot.name);
+    router.last_good.save(&slot.name, &disk);
+    let swapped_out = slot.plugin.swap(Arc::new(candidate));
+    if !router.probation.is_zero() {
+        // A version replacing one still on probation falls back to the one before.
+        let (previous, previous_copy) = match on_probation.take() {
+            Some(p) => (p.previous, p.previous_copy),
+            None => (swapped_out, previous_copy),
+        };
+        let until = Instant::now() + router.probation;
+        *on_probation = Some(Probation { previous, previous_copy, until });
+    }
     Ok(Some(version))
+}
+
+/// Ends `slot`'s probation: the version swapped in goes back to the
+/// previous one when too many of its calls failed, and becomes the last
+/// good one when its time is up without that.
+fn judge(router: &Router, slot: &PolicySlot) {
+    let mut probation = slot.probation.lock().unwrap_or_else(|p| p.into_inner());
+    let Some(p) = probation.as_ref() else { return };
+    let serving = slot.plugin.load_full();
+    let (calls, failures) = (serving.calls.load(Ordering::Relaxed), serving.failures.load(Ordering::Relaxed));
+    let rollback = &router.rollback;
+    if calls >= rollback.min_calls && failures as f64 > rollback.failure_ratio * calls as f64 {
+        let why = format!(
+            "{} rolled back to {}: {failures} of its {calls} calls failed (trapped, timed out or ran out of memory) on probation",
+            serving.version(),
+            p.previous.version()
+        );
+        tracing::warn!("policy {}: {why}", slot.name);
+        slot.plugin.store(p.previous.clone());
+        if let Some(copy) = &p.previous_copy {
+            router.last_good.save(&slot.name, copy);
+        }
+        router.last_good.mark_rolled_back(&slot.name, &serving.digest, &why);
+        *slot.last_error.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+        *probation = None;
+    } else if Instant::now() >= p.until {
+        tracing::info!("policy {}: {} passed its probation ({calls} calls)", slot.name, serving.version());
+        *probation = None;
+    }
 }
