@@ -315,8 +315,15 @@ impl Plugin {
         if !matches!(result, Ok(_) | Err(CallError::Lookups(_))) {
             self.metrics.errors.inc();
         }
-        if matches!(result, Err(CallError::Timeout | CallError::OutOfMemory | CallError::Crashed(_))) {
-            self.failures.fetch_add(1, Ordering::Relaxed);
+        if let Err(e @ (CallError::Timeout | CallError::OutOfMemory | CallError::Crashed(_))) = &result
+            && self.failures.fetch_add(1, Ordering::Relaxed) == 0
+        {
+            tracing::warn!(
+                "{}: plugin {} failed: {} (later failures of this version are logged at debug level, with backtraces)",
+                self.label,
+                self.version,
+                describe(e)
+            );
         }
         result
     }
@@ -374,7 +381,11 @@ fn classify_trap(e: wasmtime::Error) -> CallError {
         Some(Trap::Interrupt) => CallError::Timeout,
         Some(Trap::OutOfFuel) => CallError::Timeout,
         _ if format!("{e:#}").contains("forcing trap when growing memory") => CallError::OutOfMemory,
-        _ => CallError::Crashed(format!("{e:#}")),
+        _ => {
+            // The backtrace is for the log; the client gets one line.
+            tracing::debug!("plugin trap: {e:?}");
+            CallError::Crashed(e.root_cause().to_string())
+        }
     }
 }
 
