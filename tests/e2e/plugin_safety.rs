@@ -169,6 +169,7 @@ async fn hot_reload_under_load_and_refusing_broken_versions() {
     .unwrap();
     install(&fixture_plugin("to-first"), &plugin);
     assert!(eventually(Duration::from_secs(10), async || version().1.to_string().contains("expected s1")).await);
+    assert!(version().1.to_string().contains("@1.0.0 ("), "the refused build is named: {}", version().1);
     assert_eq!(version().0, "2.0.0");
     let (s0_now, s1_now) = (on(&fleet.s0).await, on(&fleet.s1).await);
     assert!(eventually(Duration::from_secs(10), async || on(&fleet.s1).await > s1_now + 20).await);

@@ -228,7 +228,10 @@ pub async fn run(router: Arc<Router>, interval: Duration) {
 async fn reload(router: &Arc<Router>, index: usize, slot: &PolicySlot, path: &Path) -> Result<Option<String>, String> {
     let disk = Version::on_disk(path)?;
     let candidate = load(router, slot, disk.wasm.clone()).await?;
-    let passed = verify(router, index, &candidate, disk.tests.as_deref(), &disk.origin).await?;
+    // A refusal names the build refused (name, version and digest).
+    let passed = verify(router, index, &candidate, disk.tests.as_deref(), &disk.origin)
+        .await
+        .map_err(|e| format!("{}: {e}", candidate.version()))?;
     if candidate.digest == slot.plugin.load().digest {
         // Same component; only its tests may have changed.
         router.last_good.save(&slot.name, &disk);
