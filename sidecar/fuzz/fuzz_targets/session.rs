@@ -231,6 +231,25 @@ fuzz_target!(|ops: Vec<Op>| {
                 last_log()
             );
         }
+        // What shardcar believes each idle connection has prepared is what
+        // the server holds: a later session skips Parse on that belief.
+        for (node, shard) in w.shared.pools.nodes().zip(&w.shards) {
+            node.pool.retain(|conn, _| {
+                let mut believed: Vec<String> = conn.prepared.names().map(str::to_string).collect();
+                believed.sort();
+                let held = shard.named(conn.pid);
+                assert_eq!(
+                    believed,
+                    held,
+                    "{}'s connection {}: statements shardcar believes prepared vs held; {}; log:\n{}",
+                    node.label,
+                    conn.pid,
+                    lent(w),
+                    last_log()
+                );
+                true
+            });
+        }
     });
     for shard in &w.shards {
         shard.forget();

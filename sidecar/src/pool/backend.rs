@@ -55,6 +55,11 @@ impl PreparedSet {
         self.by_name.get(name).is_some_and(|t| Arc::ptr_eq(t, text) || **t == **text)
     }
 
+    /// The names prepared here, oldest first.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.order.iter().map(String::as_str)
+    }
+
     pub fn contains_name(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
     }

@@ -91,6 +91,8 @@ pub struct Fake {
     /// Open connections that are not idle (replies owed, in a transaction,
     /// a COPY or skipping to Sync), by backend pid: what they are in.
     busy: Arc<Mutex<HashMap<i32, String>>>,
+    /// Named statements each open connection holds, by backend pid.
+    named: Arc<Mutex<HashMap<i32, Vec<String>>>>,
 }
 
 impl Fake {
@@ -104,6 +106,7 @@ impl Fake {
             refuse_commit_prepared: Arc::default(),
             end_at_next_describe: Arc::default(),
             busy: Arc::default(),
+            named: Arc::default(),
         };
         let serving = fake.clone();
         tokio::spawn(async move {
@@ -135,6 +138,12 @@ impl Fake {
     #[allow(dead_code, reason = "the session fuzz target uses it; the session tests do not")]
     pub fn busy(&self) -> Vec<String> {
         self.busy.lock().unwrap().values().cloned().collect()
+    }
+
+    /// The named statements the connection with backend `pid` holds, sorted.
+    #[allow(dead_code, reason = "the session fuzz target uses it; the session tests do not")]
+    pub fn named(&self, pid: i32) -> Vec<String> {
+        self.named.lock().unwrap().get(&pid).cloned().unwrap_or_default()
     }
 
     /// Forgets what was received (a long fuzzing run would keep it all).
@@ -192,7 +201,7 @@ impl Fake {
             skipping: false,
             copying: None,
         };
-        let busy = conn.fake.busy.clone();
+        let (busy, named) = (conn.fake.busy.clone(), conn.fake.named.clone());
         let ended = async {
             loop {
                 if stream.write_all(&out).await.is_err() {
@@ -216,6 +225,7 @@ impl Fake {
         };
         ended.await;
         busy.lock().unwrap().remove(&pid);
+        named.lock().unwrap().remove(&pid);
     }
 }
 
@@ -262,6 +272,9 @@ impl Conn {
         if self.copying.is_some() {
             what.push("in COPY FROM STDIN".into());
         }
+        let mut names: Vec<String> = self.statements.keys().filter(|n| !n.is_empty()).cloned().collect();
+        names.sort();
+        self.fake.named.lock().unwrap().insert(pid, names);
         let mut busy = self.fake.busy.lock().unwrap();
         if what.is_empty() {
             busy.remove(&pid);
