@@ -302,3 +302,45 @@ async fn a_client_idle_in_a_transaction_past_the_timeout_is_disconnected_and_rol
     // Idle outside a transaction is fine, however long.
     assert_eq!(tags(&idle_outside.simple("SELECT 1").await), "T D C Z:I");
 }
+
+/// Found by fuzzing (`session`): with the statement already prepared on the
+/// server, its ParseComplete is made here; at the head of the queue it hid
+/// the Describe replies owed behind it, and a statement across shards that
+/// waited for the queue to drain went ahead of them and then hung.
+#[tokio::test]
+async fn a_describe_behind_a_parse_answered_here_is_relayed_before_a_statement_across_shards() {
+    let s = crate::harness::setup("two_phase_commit = true").await;
+    // Earlier sessions prepared the statement on both shards' connections.
+    for shard in ["s0", "s1"] {
+        let mut e = crate::harness::Client::connect(&s).await;
+        e.simple(&format!("SET shardcar.shard = '{shard}'")).await;
+        e.simple("BEGIN").await;
+        e.simple("SELECT 1").await;
+        e.parse("n", "SELECT fail").describe(b'S', "n").sync().run().await;
+        e.simple("COMMIT").await;
+    }
+    let mut c = crate::harness::Client::connect(&s).await;
+    let scatter = "SELECT v FROM t ORDER BY v";
+    c.query(scatter).query("BEGIN");
+    for _ in 0..7 {
+        c.query(scatter);
+    }
+    c.parse("n", "SELECT fail");
+    for _ in 0..6 {
+        c.describe(b'S', "n");
+    }
+    c.query(scatter).query(scatter).query("SELECT fail");
+    for _ in 0..11 {
+        c.describe(b'S', "n");
+    }
+    c.parse("n", "SELECT fail");
+    for _ in 0..6 {
+        c.describe(b'S', "n");
+    }
+    c.query("BEGIN").send().await;
+    c.shutdown_writing().await;
+    let got = crate::harness::tags(&c.until_closed().await);
+    let describes = "1 t T t T t T t T t T t T ";
+    assert!(got.contains(&format!("{describes}T D D D D C Z:T")), "{got}");
+    assert!(got.ends_with("E:42000 Z:E"), "{got}");
+}

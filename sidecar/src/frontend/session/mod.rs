@@ -206,6 +206,9 @@ impl Session {
                 self.rerun_on_primary(shard, bytes).await?;
             }
             self.process().await?;
+            // Replies made here that reached the head go out, so that what
+            // the queue waits on next is a server's.
+            self.release_synthetic();
             if self.schema_changed && matches!(self.txn, Txn::Idle) && self.outbox.waiting_on().is_none() {
                 self.schema_changed = false;
                 self.shared.pools.refresh_oids().await;
@@ -813,7 +816,12 @@ impl Session {
     async fn settle(&mut self) -> Result<(), SqlError> {
         self.flush_servers();
         self.flush().await?;
-        while let Some(shard) = self.outbox.waiting_on() {
+        loop {
+            // A reply made here at the head (say, the ParseComplete of a
+            // statement the server held already) goes out first: server
+            // replies may be owed behind it.
+            self.release_synthetic();
+            let Some(shard) = self.outbox.waiting_on() else { break };
             let Some(held) = self.conns.get_mut(shard) else {
                 self.backend_lost(shard, "the connection was closed")?;
                 continue;
@@ -826,7 +834,6 @@ impl Session {
                 self.client.flush().await?;
             }
         }
-        self.release_synthetic();
         Ok(())
     }
 
