@@ -344,3 +344,23 @@ async fn a_describe_behind_a_parse_answered_here_is_relayed_before_a_statement_a
     assert!(got.contains(&format!("{describes}T D D D D C Z:T")), "{got}");
     assert!(got.ends_with("E:42000 Z:E"), "{got}");
 }
+
+/// Found by fuzzing (`session`): in a transaction across shards, a batch
+/// that failed on one shard without a Sync, then a simple query that must
+/// run on every shard: Postgres ignores a query until the Sync, and the
+/// session waited for its replies. Nothing of it may run anywhere.
+#[tokio::test]
+async fn a_query_behind_a_failed_batch_is_ignored_until_sync_on_every_shard() {
+    let s = crate::harness::setup("two_phase_commit = true").await;
+    let mut c = crate::harness::Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    c.simple("SELECT v FROM t ORDER BY v").await;
+    c.parse("", "/* shardcar: shard=s0 */ SELECT fail").bind("", "", &[]).execute("", 0).flush_msg();
+    c.query("CREATE TABLE x (a int)").sync().send().await;
+    let got = crate::harness::tags(&c.until_ready().await);
+    assert_eq!(got, "1 2 E:42000 Z:E");
+    for shard in [&s.s0, &s.s1] {
+        assert!(!shard.statements().iter().any(|q| q.contains("CREATE TABLE")), "{:?}", shard.log());
+    }
+    assert_eq!(crate::harness::tags(&c.simple("ROLLBACK").await), "C Z:I");
+}

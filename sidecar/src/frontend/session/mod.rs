@@ -803,7 +803,7 @@ impl Session {
 
     /// Asks every server with messages not yet answered to send its replies
     /// (a Flush: Postgres holds extended-protocol replies until Sync or Flush).
-    pub(super) fn flush_servers(&mut self) {
+    fn flush_servers(&mut self) {
         for held in self.conns.iter_mut().filter(|h| h.unflushed) {
             postgres_protocol::message::frontend::flush(&mut held.conn.conn.wbuf);
             held.unflushed = false;
@@ -813,7 +813,7 @@ impl Session {
     /// Makes every server deliver what it owes and relays it: afterwards no
     /// reply is outstanding, and a statement may use the connections or
     /// other shards without its replies overtaking earlier ones.
-    async fn settle(&mut self) -> Result<(), SqlError> {
+    pub(super) async fn settle(&mut self) -> Result<(), SqlError> {
         self.flush_servers();
         self.flush().await?;
         loop {

@@ -8,6 +8,7 @@ use super::Session;
 use super::dispatch::Action;
 use super::fan_out::ScatterPortal;
 use super::outbox::{Entry, Reply};
+use super::state::Mode;
 use crate::sqlerror::SqlError;
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
 use crate::wire::reply;
@@ -29,10 +30,16 @@ impl Session {
         stages.classify = Some(Classified::new(cached, Stage::since(started)));
         // A simple query destroys the unnamed statement.
         self.unnamed = None;
-        // On Postgres its ReadyForQuery sends every reply before it: replies
-        // to extended messages servers hold (no Sync or Flush yet) come
-        // first, whatever answers this query.
-        self.flush_servers();
+        // Extended messages before it, not yet synced: their replies come
+        // first, whatever answers this query (on Postgres its ReadyForQuery
+        // sends them). If one of them failed, a server skips to its Sync and
+        // ignores this query — no reply at all — and so does the session.
+        if self.conns.iter().any(|h| h.unsynced) {
+            self.settle().await?;
+            if self.mode == Mode::SkipToSync {
+                return Ok(());
+            }
+        }
         if facts.statements.is_empty() && facts.parse_error.is_none() {
             let mut out = BytesMut::new();
             reply::empty_query(&mut out);
