@@ -258,6 +258,20 @@ pub struct Plugins {
     pub probation_s: u64,
     pub rollback_failure_ratio: f64,
     pub rollback_min_calls: u64,
+    /// Whether a new version that would look for existing rows on another
+    /// shard than where they are may go live (`refuse` or `allow`); the
+    /// admin API can allow one version at a time instead.
+    pub moving_rows: MovingRows,
+    /// Rows of each table read from each shard to find the keys a new
+    /// version would move.
+    pub move_check_rows: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MovingRows {
+    Refuse,
+    Allow,
 }
 
 impl Default for Plugins {
@@ -270,6 +284,8 @@ impl Default for Plugins {
             probation_s: 300,
             rollback_failure_ratio: 0.001,
             rollback_min_calls: 100,
+            moving_rows: MovingRows::Refuse,
+            move_check_rows: 100_000,
         }
     }
 }

@@ -13,6 +13,9 @@ use crate::frontend;
 use crate::pool::health;
 use crate::shared::{Shared, Stopping};
 
+/// Hot keys of each table a new plugin version is tried on (with a sample of rows).
+const HOT_KEYS_CHECKED: usize = 100;
+
 /// Binds the configured listeners and serves until SIGINT or SIGTERM.
 pub async fn run(config: Config) -> anyhow::Result<()> {
     let listener = TcpListener::bind(&config.listen.addr)
@@ -90,9 +93,11 @@ pub async fn serve(
             topology_router.set_health(&topology_config, &healthy);
         }
     });
+    let hot = telemetry.clone();
     background.spawn(crate::policy::reload::run(
         shared.router.clone(),
         std::time::Duration::from_millis(shared.config.plugins.reload_interval_ms),
+        move || hot.hotspots.recent_keys(HOT_KEYS_CHECKED),
     ));
 
     tracing::info!(

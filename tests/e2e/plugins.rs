@@ -292,9 +292,16 @@ async fn explain_shows_facts_keys_decision_and_plugin() {
     }
     let (ok, text) = run(&["SELECT * FROM orders_explained WHERE customer_id IN (1, 3) ORDER BY note LIMIT 5"]);
     assert!(ok && text.contains("runs on:      s0, s1\n"), "{text}");
+    // Each key alone, and the rows of an INSERT one by one.
+    assert!(text.contains("  key 1:       s0\n  key 3:       s1\n"), "{text}");
     assert!(text.contains("merged:       rows merged in ORDER BY order (each shard sends at most 5)"), "{text}");
     let (ok, text) = run(&["INSERT INTO orders_explained (customer_id, note) VALUES (1, 'a'), (3, 'b')"]);
     assert!(ok && text.contains("merged:       the rows split into 2 INSERTs, one per shard"), "{text}");
+    for expected in
+        ["routed by:  policy by-customer, row by row", "keys:       1, 3 of", "key 1:       s0", "key 3:       s1"]
+    {
+        assert!(text.contains(expected), "missing {expected:?} in:\n{text}");
+    }
     let (ok, text) = run(&["SELECT count(DISTINCT note) FROM orders_explained"]);
     assert!(ok && text.contains("refused:") && text.contains("count(DISTINCT"), "{text}");
 

@@ -298,6 +298,38 @@ pub struct Plugin {
     /// When the serving version was loaded (start or last hot reload).
     pub loaded_unix_ms: u64,
     pub last_error: Option<String>,
+    /// The latest check of which keys a new version would move.
+    pub last_moves: Option<MoveReport>,
+}
+
+/// What a new version would do to the rows already on the shards: it and
+/// the serving version routed every key of a sample of each table's rows
+/// (read from every shard) and the hot keys.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MoveReport {
+    /// The version checked, `name@version (digest)`, and its digest (what
+    /// `allow-moves` names).
+    pub candidate: String,
+    pub digest: String,
+    pub serving: String,
+    /// Rows read from the shards, and their distinct keys.
+    pub rows_sampled: u64,
+    pub keys_sampled: u64,
+    /// Every row of every table was read (else a sample of each).
+    pub complete: bool,
+    /// Rows where the serving version finds them that the new one would
+    /// look for elsewhere, and their keys.
+    pub moved_rows: u64,
+    pub moved_keys: u64,
+    /// Rows whose key the new version fails to route.
+    pub unroutable_rows: u64,
+    /// Hot keys routed by both, and those the new version sends elsewhere.
+    pub hot_keys_checked: u64,
+    pub hot_keys_moved: u64,
+    /// A few keys that move: `table key: s0 → s1 (n rows)`.
+    pub examples: Vec<String>,
+    /// `allowed` (nothing moves, or the operator allowed it) or `refused`.
+    pub verdict: String,
 }
 
 /// One second of the live stream (`GET /api/v1/stream`, Server-Sent Events,
@@ -399,6 +431,18 @@ pub struct StatementExplanation {
     pub keys: Vec<String>,
     pub shards: Vec<String>,
     pub role: Option<String>,
+    /// Where each key alone goes, when there are several (an `IN` list, the
+    /// rows of a multi-row INSERT).
+    #[serde(default)]
+    pub per_key: Vec<KeyRoute>,
+}
+
+/// One key of a statement with several, and its shards (or the error).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRoute {
+    pub key: String,
+    pub shards: Vec<String>,
+    pub error: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -76,6 +76,11 @@ async fn route(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> 
     if !open && let Some(denied) = check_token(shared, req) {
         return denied;
     }
+    if req.method() == Method::POST
+        && let Some(policy) = path.strip_prefix("/api/v1/plugins/").and_then(|p| p.strip_suffix("/allow-moves"))
+    {
+        return allow_moves(shared, policy, query);
+    }
     if req.method() != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, format!("{path} answers GET only"));
     }
@@ -203,6 +208,23 @@ async fn explain(shared: &Shared, query: &str) -> Response<Body> {
     let explanation =
         crate::route::explain::explain(&shared.planner, facts, params, shared.config.routing.read_replicas).await;
     json(StatusCode::OK, &explanation)
+}
+
+/// `POST /api/v1/plugins/<policy>/allow-moves?digest=<digest>`: the
+/// operator allows that one version of the policy's plugin to go live
+/// although it moves rows (the file is checked again at the next tick). The
+/// digest ties the permission to the build whose report was read.
+fn allow_moves(shared: &Shared, policy: &str, query: &str) -> Response<Body> {
+    let Some(slot) = shared.router.policies.iter().find(|s| s.name == policy) else {
+        return error(StatusCode::NOT_FOUND, format!("no policy named {policy}"));
+    };
+    let Some(digest) = param(query, "digest").filter(|d| !d.is_empty()) else {
+        return error(StatusCode::BAD_REQUEST, "name the version allowed: ?digest=<its digest>".into());
+    };
+    tracing::warn!("policy {policy}: the operator allows version {digest} to move rows");
+    *slot.moves_allowed.lock().unwrap_or_else(|p| p.into_inner()) = Some(digest.clone());
+    slot.recheck.store(true, std::sync::atomic::Ordering::Relaxed);
+    json(StatusCode::ACCEPTED, &serde_json::json!({"policy": policy, "allowed": digest}))
 }
 
 fn param(query: &str, name: &str) -> Option<String> {

@@ -138,6 +138,7 @@ pub fn plugins(shared: &Shared) -> api::Plugins {
                 p99_us: quantile(&buckets(&plugin.metrics.duration), &[], 0.99).map(|s| s * 1e6),
                 loaded_unix_ms: unix_ms(plugin.loaded_at),
                 last_error,
+                last_moves: slot.last_moves.lock().ok().and_then(|m| m.clone()),
             }
         })
         .collect();

@@ -6,10 +6,12 @@
 //! names (`[[tables]]` → `[[policies]]`); else no preference, which means
 //! the default shard (or the shard a transaction is already on).
 
+pub mod cases;
 pub mod catalog;
 pub mod directory;
 pub mod facts;
 pub mod last_good;
+pub mod moves;
 pub mod plugin;
 pub mod refusal;
 pub mod reload;
@@ -53,6 +55,8 @@ pub enum Via {
     Policy { policy: PolicyId, plugin: Arc<str>, rule: Arc<TableRule>, keys: Vec<plugin::Value> },
     /// No sharded table: no preference.
     Unsharded,
+    /// A multi-row INSERT: each row routed on its own, in order.
+    Rows(Vec<StatementRoute>),
 }
 
 /// A policy and the plugin currently serving it (swapped on hot reload).
@@ -68,6 +72,12 @@ pub struct PolicySlot {
     pub loaded_stamp: Option<last_good::Stamp>,
     /// A version reloaded lately, on probation: rolled back if it fails.
     pub probation: Mutex<Option<reload::Probation>>,
+    /// The digest of a version the operator allowed to move rows.
+    pub moves_allowed: Mutex<Option<String>>,
+    /// Set to check the file again although it did not change.
+    pub recheck: std::sync::atomic::AtomicBool,
+    /// The latest check of the rows a new version would move.
+    pub last_moves: Mutex<Option<shardcar_api::MoveReport>>,
 }
 
 /// When a version on probation is rolled back: more than `failure_ratio`
@@ -94,6 +104,10 @@ pub struct Router {
     /// How long a reloaded version is on probation, and when it is rolled back.
     pub probation: std::time::Duration,
     pub rollback: Rollback,
+    /// Every shard primary's control-plane pool: the keys-that-move check reads rows there.
+    controls: Vec<deadpool_postgres::Pool>,
+    moving_rows_allowed: bool,
+    move_check_rows: u64,
 }
 
 /// Routing could not finish: a refusal, or something to fetch first.
@@ -175,6 +189,9 @@ impl Router {
                 last_error: Mutex::new(refused),
                 loaded_stamp,
                 probation: Mutex::new(None),
+                moves_allowed: Mutex::new(None),
+                recheck: Default::default(),
+                last_moves: Mutex::new(None),
             });
         }
         let tables = cfg
@@ -205,6 +222,9 @@ impl Router {
                 failure_ratio: cfg.plugins.rollback_failure_ratio,
                 min_calls: cfg.plugins.rollback_min_calls,
             },
+            controls: pools.shards.iter().map(|s| s.primary.control.clone()).collect(),
+            moving_rows_allowed: cfg.plugins.moving_rows == crate::config::MovingRows::Allow,
+            move_check_rows: cfg.plugins.move_check_rows,
         })
     }
 
@@ -227,6 +247,11 @@ impl Router {
     /// The `[[tables]]` rule for a table, if it is sharded.
     pub fn rule(&self, table: &str) -> Option<&Arc<TableRule>> {
         self.tables.get(table)
+    }
+
+    /// Every `[[tables]]` rule.
+    pub fn rules(&self) -> impl Iterator<Item = &Arc<TableRule>> {
+        self.tables.values()
     }
 
     /// The sharded table a read or write is routed by: the first it names.
@@ -329,10 +354,11 @@ impl Router {
         .await
     }
 
-    /// The shard of one row, routed like an INSERT of that row alone:
+    /// The route of one row, routed like an INSERT of that row alone:
     /// `columns` and `row` are its values (a COPY row gives only its key).
+    /// A row belongs on one shard.
     #[allow(clippy::too_many_arguments)]
-    pub async fn row_shard(
+    pub async fn row_route(
         &self,
         facts: &Arc<Facts>,
         rule: &Arc<TableRule>,
@@ -341,7 +367,7 @@ impl Router {
         params: &Option<Arc<Params>>,
         session: &Arc<SessionInfo>,
         in_transaction: bool,
-    ) -> Result<ShardId, ResolveError> {
+    ) -> Result<StatementRoute, ResolveError> {
         let mut one = (**facts).clone();
         one.statements.truncate(1);
         let shape = &mut one.statements[0].shape;
@@ -351,7 +377,7 @@ impl Router {
         let one = Arc::new(one);
         let route = self.resolving(|| self.policy_route(&one, 0, params, session, in_transaction, None, rule)).await?;
         match route.shards.as_slice() {
-            [shard] => Ok(*shard),
+            [_] => Ok(route),
             shards => Err(ResolveError::Refused(Refusal::Spans {
                 verb: Verb::Insert,
                 table: rule.table.clone(),
@@ -359,6 +385,31 @@ impl Router {
                 shards: self.topology.names(shards),
             })),
         }
+    }
+
+    /// Statement `index` once per value its key column is compared with
+    /// (`key IN (a, b)` → `key = a`, `key = b`): how each key alone routes.
+    pub fn each_key(&self, facts: &Facts, index: usize, rule: &TableRule) -> Vec<(Operand, Arc<Facts>)> {
+        let shape = &facts.statements[index].shape;
+        let on_key = |p: &crate::classify::shape::Predicate| {
+            p.column == rule.key && p.table.as_deref().is_none_or(|t| t == rule.table)
+        };
+        let operands: Vec<Operand> =
+            shape.predicates.iter().filter(|p| on_key(p)).flat_map(|p| p.operands.clone()).collect();
+        operands
+            .into_iter()
+            .map(|op| {
+                let mut one = facts.clone();
+                let preds = &mut one.statements[index].shape.predicates;
+                preds.retain(|p| !on_key(p));
+                preds.push(crate::classify::shape::Predicate {
+                    table: Some(rule.table.clone()),
+                    column: rule.key.clone(),
+                    operands: vec![op.clone()],
+                });
+                (op, Arc::new(one))
+            })
+            .collect()
     }
 
     /// What a table's policy says about one statement: one shard or several.

@@ -37,6 +37,9 @@ wasmtime::component::bindgen!({
 use self::shardcar::policy::types::{Level, Predicate, StatementKind};
 pub use self::shardcar::policy::types::{Role, Shard, Target};
 
+/// How the SDK's panic hook starts the message it logs (plugins/sdk).
+const PANIC_PREFIX: &str = "plugin panicked: panicked at ";
+
 /// How often the epoch advances; call deadlines are counted in these ticks
 /// (a 10 ms budget is checked 10–15 ms into a call).
 const TICK: Duration = Duration::from_millis(5);
@@ -142,6 +145,7 @@ impl Runtime {
             misses: Vec::new(),
             label,
             cpu_mark: None,
+            panic: None,
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -179,6 +183,11 @@ fn thread_cpu_time() -> Duration {
     // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
     unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
     Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// How a component's bytes are named: the first hex digits of their SHA-256.
+pub fn digest(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes)[..6])
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -237,11 +246,7 @@ impl Plugin {
             .instantiate_pre(&component)
             .map_err(|e| format!("the component does not fit the shardcar:policy contract: {e:#}"))?;
         let pre = PolicyPre::new(pre).map_err(|e| format!("the component does not export the policy world: {e:#}"))?;
-        let digest = {
-            let mut h = Sha256::new();
-            h.update(bytes);
-            hex(&h.finalize()[..6])
-        };
+        let digest = digest(bytes);
         let label: Arc<str> = Arc::from(format!("policy {policy}"));
         let mut plugin = Plugin {
             policy: policy.to_string(),
@@ -276,12 +281,13 @@ impl Plugin {
     fn instance(&self, topology: &TopologySnapshot) -> Result<Instance, CallError> {
         let mut store = self.runtime.store(self.label.clone());
         let _ticking = self.runtime.arm(&mut store);
-        let bindings = guarded(|| self.pre.instantiate(&mut store))?;
-        match guarded(|| bindings.call_init(&mut store, &self.config))? {
+        let bindings = guarded(|| self.pre.instantiate(&mut store)).map_err(|e| store.data_mut().explained(e))?;
+        match guarded(|| bindings.call_init(&mut store, &self.config)).map_err(|e| store.data_mut().explained(e))? {
             Ok(()) => {}
             Err(e) => return Err(CallError::Refused(format!("init failed: {e}"))),
         }
-        guarded(|| bindings.call_set_topology(&mut store, &topology.topology))?;
+        guarded(|| bindings.call_set_topology(&mut store, &topology.topology))
+            .map_err(|e| store.data_mut().explained(e))?;
         Ok(Instance { store, bindings, topology_version: topology.version })
     }
 
@@ -351,7 +357,7 @@ impl Plugin {
         let _ = instance.store.data_mut().table.delete(handle);
         match outcome {
             // A trapped instance cannot be entered again: it is dropped here.
-            Err(e) => Err(e),
+            Err(e) => Err(instance.store.data_mut().explained(e)),
             Ok(result) => {
                 let misses = std::mem::take(&mut instance.store.data_mut().misses);
                 self.put_back(instance);
@@ -411,6 +417,19 @@ pub struct State {
     label: Arc<str>,
     /// This thread's CPU time when the call's deadline last passed.
     cpu_mark: Option<Duration>,
+    /// What the plugin said as it panicked (the SDK's panic hook logs it
+    /// just before the trap): the trap's message to the client.
+    panic: Option<String>,
+}
+
+impl State {
+    /// A trap, named by the plugin's own panic message when it left one.
+    fn explained(&mut self, e: CallError) -> CallError {
+        match (e, self.panic.take()) {
+            (CallError::Crashed(trap), Some(panic)) => CallError::Crashed(format!("{panic} ({trap})")),
+            (e, _) => e,
+        }
+    }
 }
 
 impl WasiView for State {
@@ -429,6 +448,10 @@ impl self::shardcar::policy::types::Host for State {}
 
 impl self::shardcar::policy::host::Host for State {
     fn log(&mut self, level: Level, message: String) -> wasmtime::Result<()> {
+        if let (Level::Error, Some(panic)) = (level, message.strip_prefix(PANIC_PREFIX)) {
+            // One line: the location and the message.
+            self.panic = Some(format!("panicked at {}", panic.split_whitespace().collect::<Vec<_>>().join(" ")));
+        }
         let label = &self.label;
         match level {
             Level::Debug => tracing::debug!("plugin ({label}): {message}"),

@@ -8,98 +8,20 @@
 //! failed one is remembered beside that copy, so that neither a restart
 //! nor a reload serves it again.
 //!
-//! Test cases sit beside the component: `by-customer.wasm` →
-//! `by-customer.tests.toml`:
-//!
-//! ```toml
-//! [[case]]
-//! sql = "SELECT * FROM orders WHERE customer_id = $1"
-//! params = ["42"]          # text values, optional
-//! shard = "s1"             # where it must go; or
-//! # error = "no range"     # part of the error it must fail with
-//! ```
+//! Test cases: see [`super::cases`]; keys that move: [`super::moves`] —
+//! both gate a new version, at a reload and at start.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde::Deserialize;
-
-use super::facts::SessionInfo;
+use super::cases::verify;
 use super::last_good::{Version, stamp};
+use super::moves::{self, HotKeys};
 use super::plugin::Plugin;
 use super::{PolicySlot, Router};
-use crate::classify::classify;
-use crate::classify::params::Params;
 use crate::config::PluginSource;
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Manifest {
-    #[serde(default)]
-    case: Vec<Case>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct Case {
-    sql: String,
-    #[serde(default)]
-    params: Vec<Option<String>>,
-    shard: Option<String>,
-    error: Option<String>,
-}
-
-/// Runs `tests` (a version's test cases, if any) against `plugin`, serving
-/// policy `slot`; the number of cases passed, or the first failure.
-pub async fn verify(
-    router: &Router,
-    slot: usize,
-    plugin: &Plugin,
-    tests: Option<&str>,
-    origin: &str,
-) -> Result<usize, String> {
-    let Some(text) = tests else { return Ok(0) };
-    let manifest: Manifest = toml::from_str(text).map_err(|e| format!("{origin}: {}", e.message()))?;
-    let session = Arc::new(SessionInfo::default());
-    for (i, case) in manifest.case.iter().enumerate() {
-        let at = format!("{origin} case {} ({})", i + 1, case.sql);
-        let facts = Arc::new(classify(&case.sql));
-        let table = facts.statements.first().and_then(|s| s.shape.tables.iter().find(|t| router.rule(t).is_some()));
-        match table.and_then(|t| router.rule(t)) {
-            Some(rule) if rule.policy.index() == slot => {}
-            _ => return Err(format!("{at}: names no table routed by this policy")),
-        }
-        let params = Some(Arc::new(Params {
-            values: case.params.iter().map(|p| p.clone().map(Into::into)).collect(),
-            ..Params::default()
-        }));
-        let routed = router
-            .resolving(|| router.route_statement(&facts, 0, &params, &session, false, Some(plugin)))
-            .await
-            .map_err(crate::sqlerror::SqlError::from);
-        match (routed, &case.shard, &case.error) {
-            (Ok(route), Some(want), None) => {
-                let got: Vec<&str> = route.shards.iter().map(|&s| router.topology().name(s)).collect();
-                if got != [want.as_str()] {
-                    return Err(format!("{at}: went to {got:?}, expected {want}"));
-                }
-            }
-            (Err(e), None, Some(want)) if e.message.contains(want.as_str()) => {}
-            (Err(e), None, Some(want)) => return Err(format!("{at}: failed with `{}`, expected `{want}`", e.message)),
-            (Ok(route), None, Some(want)) => {
-                return Err(format!(
-                    "{at}: went to shards {:?}, expected an error `{want}`",
-                    router.topology().names(&route.shards)
-                ));
-            }
-            (Err(e), Some(want), None) => return Err(format!("{at}: failed with `{}`, expected {want}", e.message)),
-            _ => return Err(format!("{at}: give exactly one of `shard` and `error`")),
-        }
-    }
-    Ok(manifest.case.len())
-}
 
 /// `shardcar check`: every file-based plugin's own test cases pass.
 pub async fn check_all(router: &Router) -> anyhow::Result<()> {
@@ -145,8 +67,14 @@ pub async fn start_all(router: &Router) -> anyhow::Result<()> {
                         if passed > 0 {
                             tracing::info!("policy {}: plugin passed its {passed} test case(s)", slot.name);
                         }
-                        router.last_good.save(&slot.name, &disk);
-                        continue;
+                        // A version that changed while shardcar was down moves no rows either.
+                        match changed_since_last_good(router, i, slot).await {
+                            Ok(()) => {
+                                router.last_good.save(&slot.name, &disk);
+                                continue;
+                            }
+                            Err(e) => e,
+                        }
                     }
                     Err(e) => format!("plugin {} fails its tests: {e}", path.display()),
                 }
@@ -172,6 +100,54 @@ pub async fn start_all(router: &Router) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// At start: when the policy's last good version is another than the one
+/// loaded from disk, the change must pass the keys-that-move gate.
+async fn changed_since_last_good(router: &Router, index: usize, slot: &PolicySlot) -> Result<(), String> {
+    let Some(good) = router.last_good.load(&slot.name) else { return Ok(()) };
+    let candidate = slot.plugin.load_full();
+    if super::plugin::digest(&good.wasm) == candidate.digest {
+        return Ok(());
+    }
+    let serving = load(router, slot, good.wasm).await?;
+    gate_moves(router, index, slot, &serving, &candidate, &HotKeys::default()).await
+}
+
+/// Refuses `candidate` when it would strand rows `serving` finds, unless
+/// that is allowed; the report is kept for the API either way.
+async fn gate_moves(
+    router: &Router,
+    index: usize,
+    slot: &PolicySlot,
+    serving: &Plugin,
+    candidate: &Plugin,
+    hot_keys: &HotKeys,
+) -> Result<(), String> {
+    let accepted = slot.moves_allowed.lock().unwrap_or_else(|p| p.into_inner()).as_deref() == Some(&candidate.digest);
+    let allow_how = format!(
+        "move those rows first, or allow it: POST /api/v1/plugins/{}/allow-moves?digest={} (or plugins.moving_rows = \"allow\")",
+        slot.name, candidate.digest
+    );
+    let mut report = match moves::check(router, index, serving, candidate, hot_keys).await {
+        Ok(report) => report,
+        Err(e) if router.allows_any_moves() || accepted => {
+            tracing::warn!("policy {}: could not check which rows {} moves: {e}", slot.name, candidate.version());
+            return Ok(());
+        }
+        Err(e) => {
+            return Err(format!("{}: cannot check which rows it would move ({e}); {allow_how}", candidate.version()));
+        }
+    };
+    let allowed = router.allows_moves(&report, accepted);
+    report.verdict = if allowed { "allowed" } else { "refused" }.into();
+    let summary = moves::summary(&report);
+    *slot.last_moves.lock().unwrap_or_else(|p| p.into_inner()) = Some(report);
+    if !allowed {
+        return Err(format!("{summary}; refused: {allow_how}"));
+    }
+    tracing::info!("policy {}: {summary}", slot.name);
+    Ok(())
+}
+
 /// Compiles and starts `wasm` for `slot`, off the async threads.
 async fn load(router: &Router, slot: &PolicySlot, wasm: Vec<u8>) -> Result<Plugin, String> {
     let runtime = router.runtime.clone();
@@ -190,7 +166,7 @@ pub struct Probation {
 }
 
 /// Watches file-based plugins every `interval` and swaps in new versions.
-pub async fn run(router: Arc<Router>, interval: Duration) {
+pub async fn run(router: Arc<Router>, interval: Duration, hot_keys: impl Fn() -> HotKeys) {
     // From the files as they were when loaded: a change since is a reload.
     let mut seen: Vec<_> = router.policies.iter().map(|s| s.loaded_stamp).collect();
     let mut ticker = tokio::time::interval(interval);
@@ -203,11 +179,12 @@ pub async fn run(router: Arc<Router>, interval: Duration) {
         for (i, slot) in router.policies.iter().enumerate() {
             let PluginSource::File(path) = &slot.source else { continue };
             let now = stamp(path);
-            if now.is_none() || now == seen[i] {
+            let recheck = slot.recheck.swap(false, Ordering::Relaxed);
+            if now.is_none() || (now == seen[i] && !recheck) {
                 continue;
             }
             seen[i] = now;
-            match reload(&router, i, slot, path).await {
+            match reload(&router, i, slot, path, &hot_keys()).await {
                 Ok(Some(version)) => {
                     tracing::info!("policy {}: now serving plugin {version}", slot.name);
                     *slot.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
@@ -225,7 +202,13 @@ pub async fn run(router: Arc<Router>, interval: Duration) {
 /// Loads and checks the file's current version; swaps it in (and keeps it
 /// as the last good one) when it passes. `None` when the bytes are those
 /// already serving.
-async fn reload(router: &Arc<Router>, index: usize, slot: &PolicySlot, path: &Path) -> Result<Option<String>, String> {
+async fn reload(
+    router: &Arc<Router>,
+    index: usize,
+    slot: &PolicySlot,
+    path: &Path,
+    hot_keys: &HotKeys,
+) -> Result<Option<String>, String> {
     let disk = Version::on_disk(path)?;
     let candidate = load(router, slot, disk.wasm.clone()).await?;
     // A refusal names the build refused (name, version and digest).
@@ -240,6 +223,10 @@ async fn reload(router: &Arc<Router>, index: usize, slot: &PolicySlot, path: &Pa
     if router.last_good.rolled_back(&slot.name).is_some_and(|(digest, _)| digest == candidate.digest) {
         return Err(format!("{} was rolled back before; it is not tried again", candidate.version()));
     }
+    gate_moves(router, index, slot, &slot.plugin.load_full(), &candidate, hot_keys).await?;
+    // Probation judges the calls of traffic, not those of the checks above.
+    candidate.calls.store(0, Ordering::Relaxed);
+    candidate.failures.store(0, Ordering::Relaxed);
     let version = format!("{} ({passed} test case(s) passed)", candidate.version());
     let mut on_probation = slot.probation.lock().unwrap_or_else(|p| p.into_inner());
     // What served last is what a restart serves (a routing change must not

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use shardcar_api::{Explanation, FanOutPlan, Refusal, StatementExplanation, Target as ApiTarget};
+use shardcar_api::{Explanation, FanOutPlan, KeyRoute, Refusal, StatementExplanation, Target as ApiTarget};
 
 use super::{CopySplit, Planner, Target};
 use crate::classify::params::Params;
@@ -26,15 +26,13 @@ pub async fn explain(
     let bound =
         Arc::new(Params { values: params.iter().map(|p| p.clone().map(Into::into)).collect(), ..Params::default() });
     let routed = planner.route(&facts, Some(&bound), &session, false, None).await;
-    let statements = facts
-        .statements
-        .iter()
-        .enumerate()
-        .map(|(i, s)| {
-            let route = routed.as_ref().ok().and_then(|r| r.statements.get(i));
-            statement(router, s, &params, route)
-        })
-        .collect();
+    let mut statements = Vec::with_capacity(facts.statements.len());
+    for (i, s) in facts.statements.iter().enumerate() {
+        let route = routed.as_ref().ok().and_then(|r| r.statements.get(i));
+        let mut explained = statement(router, s, &params, route);
+        explained.per_key = per_key(router, &facts, i, &Some(bound.clone()), &session, route).await;
+        statements.push(explained);
+    }
     let (mut target, mut fan_out, mut error) = (None, None, None);
     match routed {
         Ok(route) => match &route.target {
@@ -88,6 +86,48 @@ pub async fn explain(
     }
 }
 
+/// Where each key of a statement with several goes on its own: the rows of
+/// a multi-row INSERT as they were routed, or each value of an `IN` list
+/// routed alone (explain only: the statement itself is routed once).
+async fn per_key(
+    router: &Router,
+    facts: &Arc<Facts>,
+    index: usize,
+    params: &Option<Arc<Params>>,
+    session: &Arc<SessionInfo>,
+    route: Option<&StatementRoute>,
+) -> Vec<KeyRoute> {
+    let names =
+        |shards: &[crate::topology::ShardId]| shards.iter().map(|&s| router.topology().name(s).to_string()).collect();
+    let keys = |route: &StatementRoute| match &route.via {
+        Via::Policy { keys, .. } => {
+            keys.iter().map(|k| value(&crate::policy::plugin::sql_value(k))).collect::<Vec<_>>().join(", ")
+        }
+        _ => String::new(),
+    };
+    match route.map(|r| &r.via) {
+        Some(Via::Rows(rows)) => {
+            rows.iter().map(|r| KeyRoute { key: keys(r), shards: names(&r.shards), error: None }).collect()
+        }
+        Some(Via::Policy { rule, keys: k, .. }) if k.len() > 1 => {
+            let mut out = Vec::new();
+            for (_, one) in router.each_key(facts, index, rule) {
+                let routed =
+                    router.resolving(|| router.policy_route(&one, index, params, session, false, None, rule)).await;
+                out.push(match routed {
+                    Ok(r) => KeyRoute { key: keys(&r), shards: names(&r.shards), error: None },
+                    Err(e) => {
+                        let key = String::new();
+                        KeyRoute { key, shards: Vec::new(), error: Some(SqlError::from(e).message) }
+                    }
+                });
+            }
+            out
+        }
+        _ => Vec::new(),
+    }
+}
+
 fn statement(
     router: &Router,
     s: &crate::classify::Statement,
@@ -129,6 +169,7 @@ fn statement(
         keys: Vec::new(),
         shards: Vec::new(),
         role: None,
+        per_key: Vec::new(),
     };
     if let Some(route) = route {
         out.shards = route.shards.iter().map(|&i| router.topology().name(i).to_string()).collect();
@@ -139,6 +180,29 @@ fn statement(
         out.routed_by = match &route.via {
             Via::Explicit => "explicit".into(),
             Via::Unsharded => "unsharded".into(),
+            Via::Rows(rows) => {
+                let first = rows.iter().find_map(|r| match &r.via {
+                    Via::Policy { policy, rule, .. } => Some((*policy, rule.clone())),
+                    _ => None,
+                });
+                if let Some((policy, rule)) = &first {
+                    let slot = router.policy(*policy);
+                    out.plugin = Some(slot.plugin.load().version().to_string());
+                    out.table = Some(rule.table.clone());
+                }
+                out.keys = rows
+                    .iter()
+                    .flat_map(|r| match &r.via {
+                        Via::Policy { keys, .. } => keys.clone(),
+                        _ => Vec::new(),
+                    })
+                    .map(|k| value(&crate::policy::plugin::sql_value(&k)))
+                    .collect();
+                match first {
+                    Some((policy, _)) => format!("policy {}, row by row", router.policy(policy).name),
+                    None => "row by row".into(),
+                }
+            }
             Via::Policy { policy, rule, keys, .. } => {
                 let slot = router.policy(*policy);
                 out.plugin = Some(slot.plugin.load().version().to_string());
@@ -176,6 +240,11 @@ fn kind(k: &Kind) -> String {
     }
 }
 
+/// Spaces that line a key's shards up with the other fields.
+fn pad(key: &str) -> String {
+    " ".repeat(7usize.saturating_sub(key.chars().count()))
+}
+
 /// A readable report for the terminal.
 pub fn render(e: &Explanation) -> String {
     let mut out = String::new();
@@ -209,6 +278,12 @@ pub fn render(e: &Explanation) -> String {
         }
         if !s.shards.is_empty() {
             out.push_str(&format!("  shards:     {}\n", s.shards.join(", ")));
+        }
+        for k in &s.per_key {
+            match &k.error {
+                None => out.push_str(&format!("  key {}:{} {}\n", k.key, pad(&k.key), k.shards.join(", "))),
+                Some(e) => out.push_str(&format!("  key {}:{} refused: {e}\n", k.key, pad(&k.key))),
+            }
         }
     }
     match (&e.target, &e.error) {

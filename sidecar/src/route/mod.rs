@@ -205,10 +205,13 @@ impl Planner {
         if let Some(insert) = stmt.shape.insert.as_ref().filter(|i| i.rows.len() > 1) {
             // Each row routed on its own: one plugin call per row.
             let mut groups: Vec<(ShardId, Vec<usize>)> = Vec::new();
+            let mut routes = Vec::with_capacity(insert.rows.len());
             for (i, row) in insert.rows.iter().enumerate() {
-                let shard = router
-                    .row_shard(facts, rule, insert.columns.clone(), row.clone(), params, session, in_transaction)
+                let route = router
+                    .row_route(facts, rule, insert.columns.clone(), row.clone(), params, session, in_transaction)
                     .await?;
+                let shard = route.shards[0];
+                routes.push(route);
                 match groups.iter_mut().find(|(s, _)| *s == shard) {
                     Some((_, rows)) => rows.push(i),
                     None => groups.push((shard, vec![i])),
@@ -217,7 +220,7 @@ impl Planner {
             let statements = vec![StatementRoute {
                 shards: groups.iter().map(|(s, _)| *s).collect(),
                 role: None,
-                via: crate::policy::Via::Unsharded,
+                via: crate::policy::Via::Rows(routes),
             }];
             if let [(shard, _)] = groups.as_slice() {
                 return Ok(Single::Target(Target::One(*shard), statements));

@@ -214,6 +214,10 @@ impl Hotspots {
     /// Counts the keys a statement was routed by.
     pub fn record(&self, routes: &[StatementRoute]) {
         for route in routes {
+            if let Via::Rows(rows) = &route.via {
+                self.record(rows);
+                continue;
+            }
             let (Via::Policy { rule, keys, .. }, [shard]) = (&route.via, route.shards.as_slice()) else { continue };
             let Some(table) = self.by_name.get(&rule.table).map(|&i| &self.tables[i]) else { continue };
             if let Some(c) = table.per_shard.get(shard.index()) {
@@ -259,6 +263,33 @@ impl Hotspots {
             lifetime: self.ranking(None, lifetime, limit),
             skew,
         })
+    }
+
+    /// Each table's hottest keys as clients sent them (none when keys are
+    /// kept only as hashes, `telemetry.show_keys = false`).
+    pub fn recent_keys(&self, limit: usize) -> HashMap<String, Vec<String>> {
+        if !self.show_keys {
+            return HashMap::new();
+        }
+        let now = self.now_s.load(Ordering::Relaxed);
+        self.tables
+            .iter()
+            .map(|t| {
+                let (window, lifetime) = (t.keys.window(now), t.keys.lifetime());
+                let mut keys: Vec<String> = Vec::new();
+                for row in window.rows.into_iter().chain(lifetime.rows).take(2 * limit) {
+                    let key = match &row.item.key {
+                        Key::Int(i) => i.to_string(),
+                        Key::Text(s) => s.to_string(),
+                        Key::Null | Key::Hashed(_) => continue,
+                    };
+                    if !keys.contains(&key) {
+                        keys.push(key);
+                    }
+                }
+                (t.name.clone(), keys)
+            })
+            .collect()
     }
 
     fn ranking(&self, seconds: Option<u64>, counted: Counted<Item>, limit: usize) -> api::KeyRanking {

@@ -431,7 +431,11 @@ impl Exporting {
     /// How the statement was routed: by a policy's plugin, by an explicit
     /// target, or to the default shard.
     fn route_attributes(&self, stages: &Stages) -> Vec<KeyValue> {
-        let route = stages.policy.as_ref().and_then(|p| p.routes.first());
+        let mut route = stages.policy.as_ref().and_then(|p| p.routes.first());
+        // A multi-row INSERT is named by its first row's policy.
+        if let Some(Via::Rows(rows)) = route.map(|r| &r.via) {
+            route = rows.first();
+        }
         match route.map(|r| &r.via) {
             Some(Via::Policy { policy, plugin, .. }) => vec![
                 KeyValue::new("shardcar.route", "policy"),
@@ -439,7 +443,7 @@ impl Exporting {
                 KeyValue::new("shardcar.plugin_version", plugin.to_string()),
             ],
             Some(Via::Explicit) => vec![KeyValue::new("shardcar.route", "explicit")],
-            Some(Via::Unsharded) | None => vec![KeyValue::new("shardcar.route", "default")],
+            Some(Via::Unsharded | Via::Rows(_)) | None => vec![KeyValue::new("shardcar.route", "default")],
         }
     }
 

@@ -250,9 +250,9 @@ impl Session {
                 let router = &self.shared.router;
                 let columns = vec![rule.key.clone()];
                 let value = vec![Operand::Const(key.map_or(Value::Null, Value::Text))];
-                let placed = router.row_shard(facts, rule, columns, value, &None, &info, in_transaction).await;
+                let placed = router.row_route(facts, rule, columns, value, &None, &info, in_transaction).await;
                 match placed {
-                    Ok(shard) => chunks[shard.index()].extend_from_slice(&bytes),
+                    Ok(route) => chunks[route.shards[0].index()].extend_from_slice(&bytes),
                     Err(e) => {
                         let e = SqlError::from(e);
                         abort(legs, &e.message).await;
