@@ -19,7 +19,7 @@ fn main() {
 }
 
 fn plugins(plugins: &Path, target: &Path, out: &Path) {
-    for path in ["Cargo.toml", "Cargo.lock", "wit", "sdk/src", "sdk/Cargo.toml"] {
+    for path in ["Cargo.toml", "Cargo.lock", "sdk/wit", "sdk/src", "sdk/Cargo.toml"] {
         rerun_if_changed(&plugins.join(path));
     }
     for name in BUILTINS {

@@ -13,6 +13,10 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 (cd dashboard && cargo clippy --locked --target wasm32-unknown-unknown --target-dir ../target/dashboard -- -D warnings)
 # The plugin SDK's own tests (Postgres-compatible hashing and friends) run natively.
 (cd plugins && cargo clippy --workspace --all-targets --locked -- -D warnings && cargo test --workspace --locked)
+# The SDK's reference builds without a warning, and the crate packages and
+# builds on its own (contract included), as it would be published.
+(cd plugins && RUSTDOCFLAGS="-D warnings" cargo doc -p shardcar-sdk --no-deps --locked \
+  && cargo package -p shardcar-sdk --locked --allow-dirty)
 cargo test --workspace --locked
 # A short run of every fuzz target from its committed corpus, with a fixed
 # seed (nightly; `tests/fuzz.sh 3600 <target>` for a long, random one). The

@@ -2,7 +2,7 @@
 //!
 //! Implement [`Policy`] and call [`export_policy!`]; build with
 //! `cargo build --target wasm32-wasip2 --release`. The contract is
-//! `plugins/wit/policy.wit`; this crate hides its bindings.
+//! `wit/policy.wit` (shipped in this crate); this crate hides its bindings.
 //!
 //! By default shardcar extracts the keys itself (the values of the key
 //! column `[[tables]]` names). A policy that finds its keys elsewhere (other
@@ -20,6 +20,8 @@
 //! shardcar_sdk::export_policy!(Everything);
 //! ```
 
+#![warn(missing_docs)]
+
 // The bindings name this crate by its public path, also from inside it.
 extern crate self as shardcar_sdk;
 
@@ -28,7 +30,7 @@ pub mod pghash;
 #[doc(hidden)]
 pub mod bindings {
     wit_bindgen::generate!({
-        path: "../wit",
+        path: "wit",
         world: "policy",
         pub_export_macro: true,
         export_macro_name: "export_bindings",
@@ -58,12 +60,14 @@ pub trait Policy: Sized + 'static {
 
 /// A policy that finds a statement's keys itself, beyond the key column.
 pub trait Extractor: Policy {
+    /// The statement's keys, handed to [`Policy::route`].
     fn extract_key(&self, facts: &Facts) -> Result<Vec<Value>, String>;
 }
 
 /// The shards as the plugin last heard of them.
 #[derive(Debug, Clone, Default)]
 pub struct Shards {
+    /// In the order of shardcar's config: a decision names shards by index here.
     pub list: Vec<Shard>,
 }
 
@@ -77,10 +81,12 @@ impl Shards {
             .ok_or_else(|| format!("no shard named `{name}` in shardcar's config"))
     }
 
+    /// How many shards there are.
     pub fn len(&self) -> usize {
         self.list.len()
     }
 
+    /// No shards (never, in a valid config).
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
@@ -100,6 +106,8 @@ impl Decision {
         Decision { target: Target::All, role: Role::Any }
     }
 
+    /// The same shards on `role`: `Role::Replica` for reads that may lag,
+    /// `Role::Primary` to insist on the primary, `Role::Any` for shardcar's choice.
     pub fn on(mut self, role: Role) -> Decision {
         self.role = role;
         self
@@ -128,6 +136,8 @@ pub fn hint_or_session(facts: &Facts, name: &str) -> Option<String> {
     facts.hints().into_iter().chain(facts.session()).find(|(k, _)| k == name).map(|(_, v)| v)
 }
 
+/// Writes to shardcar's log, labelled with the policy (stdout and stderr do
+/// not reach it).
 pub fn log(level: Level, message: &str) {
     bindings::shardcar::policy::host::log(level, message);
 }
@@ -222,4 +232,14 @@ macro_rules! export_policy {
 
         $crate::bindings::export_bindings!(__ShardcarPlugin with_types_in $crate::bindings);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_crate_is_versioned_with_the_contract_it_carries() {
+        let wit = include_str!("../wit/policy.wit");
+        let package = format!("package shardcar:policy@{};", env!("CARGO_PKG_VERSION"));
+        assert!(wit.contains(&package), "wit/policy.wit does not declare {package}");
+    }
 }

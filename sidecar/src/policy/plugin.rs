@@ -27,7 +27,7 @@ use crate::classify::{Value as SqlValue, Verb};
 use crate::metrics::{Metrics, PluginMetrics};
 
 wasmtime::component::bindgen!({
-    path: "../plugins/wit",
+    path: "../plugins/sdk/wit",
     world: "policy",
     with: { "shardcar:policy/host.facts": FactsView },
     // A host function that fails traps the plugin (which fails one statement).
