@@ -52,6 +52,12 @@ pub struct CopyIn {
     pub format: String,
     pub delimiter: Option<String>,
     pub header: bool,
+    pub null: Option<String>,
+    pub quote: Option<String>,
+    pub escape: Option<String>,
+    pub force_not_null: Vec<String>,
+    pub force_null: Vec<String>,
+    pub encoding: Option<String>,
 }
 
 /// What a statement does, for plugins.
@@ -167,20 +173,50 @@ fn copy_in(relation: &protobuf::RangeVar, c: &protobuf::CopyStmt) -> CopyIn {
             _ => None,
         })
         .collect();
-    let mut copy =
-        CopyIn { table: relation.relname.clone(), columns, format: "text".into(), delimiter: None, header: false };
+    let mut copy = CopyIn {
+        table: relation.relname.clone(),
+        columns,
+        format: "text".into(),
+        delimiter: None,
+        header: false,
+        null: None,
+        quote: None,
+        escape: None,
+        force_not_null: Vec::new(),
+        force_null: Vec::new(),
+        encoding: None,
+    };
     for option in &c.options {
         let Some(N::DefElem(d)) = &option.node else { continue };
-        let arg = match d.arg.as_deref().and_then(|a| a.node.as_ref()) {
+        let node = d.arg.as_deref().and_then(|a| a.node.as_ref());
+        let arg = match node {
             Some(N::String(s)) => Some(s.sval.clone()),
             Some(N::Boolean(b)) => Some(b.boolval.to_string()),
             Some(N::Integer(i)) => Some(i.ival.to_string()),
             _ => None,
         };
+        // FORCE_NOT_NULL (a, b): a list of column names.
+        let names = || match node {
+            Some(N::List(l)) => l
+                .items
+                .iter()
+                .filter_map(|n| match &n.node {
+                    Some(N::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
         match d.defname.as_str() {
             "format" => copy.format = arg.unwrap_or_default().to_lowercase(),
             "delimiter" => copy.delimiter = arg,
             "header" => copy.header = !matches!(arg.as_deref(), Some("false" | "off" | "0")),
+            "null" => copy.null = arg,
+            "quote" => copy.quote = arg,
+            "escape" => copy.escape = arg,
+            "force_not_null" => copy.force_not_null = names(),
+            "force_null" => copy.force_null = names(),
+            "encoding" => copy.encoding = arg,
             _ => {}
         }
     }

@@ -354,6 +354,14 @@ impl Router {
         .await
     }
 
+    /// The key column of `rule`'s table as the catalog has it (its type reads binary COPY keys).
+    pub async fn key_column(&self, rule: &Arc<TableRule>) -> Result<catalog::Column, ResolveError> {
+        self.resolving(|| {
+            self.catalog.column(&rule.table, &rule.key).ok_or_else(|| RouteError::KeyPosition(rule.clone()))
+        })
+        .await
+    }
+
     /// The route of one row, routed like an INSERT of that row alone:
     /// `columns` and `row` are its values (a COPY row gives only its key).
     /// A row belongs on one shard.
@@ -378,6 +386,48 @@ impl Router {
         let route = self.resolving(|| self.policy_route(&one, 0, params, session, in_transaction, None, rule)).await?;
         match route.shards.as_slice() {
             [_] => Ok(route),
+            shards => Err(ResolveError::Refused(Refusal::Spans {
+                verb: Verb::Insert,
+                table: rule.table.clone(),
+                key: rule.key.clone(),
+                shards: self.topology.names(shards),
+            })),
+        }
+    }
+
+    /// The statement each row of a COPY into `rule`'s table is routed as:
+    /// an INSERT of its key alone as `$1`, with the COPY's hints. Made once
+    /// per COPY; each row then only binds its key ([`Router::route_key`]).
+    pub fn key_insert(&self, facts: &Facts, rule: &TableRule) -> Arc<Facts> {
+        let mut one = facts.clone();
+        one.statements.truncate(1);
+        let shape = &mut one.statements[0].shape;
+        shape.verb = Verb::Insert;
+        shape.predicates.clear();
+        shape.copy_in = None;
+        shape.insert = Some(Insert {
+            table: rule.table.clone(),
+            columns: vec![rule.key.clone()],
+            rows: vec![vec![Operand::Param(0)]],
+        });
+        Arc::new(one)
+    }
+
+    /// Where a row with `key` (text, as a COPY has it) goes: `template`
+    /// from [`Router::key_insert`] with the key bound. A row belongs on one shard.
+    pub async fn route_key(
+        &self,
+        template: &Arc<Facts>,
+        rule: &Arc<TableRule>,
+        key: Option<String>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+    ) -> Result<ShardId, ResolveError> {
+        let params = Some(Arc::new(Params { values: vec![key.map(Into::into)], ..Params::default() }));
+        let route =
+            self.resolving(|| self.policy_route(template, 0, &params, session, in_transaction, None, rule)).await?;
+        match route.shards.as_slice() {
+            [shard] => Ok(*shard),
             shards => Err(ResolveError::Refused(Refusal::Spans {
                 verb: Verb::Insert,
                 table: rule.table.clone(),

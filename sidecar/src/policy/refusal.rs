@@ -128,7 +128,7 @@ impl From<Refusal> for SqlError {
             Refusal::CopySplit { table, why } => (
                 format!("this COPY into {table} needs every shard, and {why}"),
                 Some(format!(
-                    "send COPY ... FROM STDIN as a simple query, in the text format without HEADER and with the shard key among its columns, or {TARGET}"
+                    "send COPY ... FROM STDIN (text, CSV or binary, UTF-8) with the shard key among its columns, or {TARGET}"
                 )),
             ),
             Refusal::Together { first, second } => (

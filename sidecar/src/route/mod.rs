@@ -4,6 +4,7 @@
 //! answers (or places a COPY's rows). The session, explain, the dashboard
 //! and telemetry all read this one value.
 
+pub mod copy_format;
 pub mod explain;
 pub mod merge;
 
@@ -16,6 +17,7 @@ use crate::classify::{Facts, Kind, RoleHint, Statement, Verb};
 use crate::policy::facts::{SessionInfo, TableRule};
 use crate::policy::{Refusal, ResolveError, Router, StatementRoute, check_key_unchanged};
 use crate::topology::ShardId;
+use copy_format::{BinaryKey, Format};
 use merge::FanOut;
 
 /// Bytes of statement texts (and the plans rewritten from them) kept.
@@ -65,7 +67,7 @@ pub enum CopySplit {
     /// Each row to the shard its key routes to: the data is cut into rows.
     ByKey {
         rule: Arc<TableRule>,
-        delimiter: u8,
+        format: Format,
         /// Zero-based field of the shard key in each row.
         key_field: usize,
     },
@@ -274,19 +276,48 @@ impl Planner {
         rule: &Arc<TableRule>,
     ) -> Result<Single, ResolveError> {
         let refuse = |why: String| ResolveError::Refused(Refusal::CopySplit { table: rule.table.clone(), why });
-        let delimiter = match copy.delimiter.as_deref().map(str::as_bytes) {
-            None => b'\t',
-            Some([d]) => *d,
-            Some(_) => return Err(refuse("its delimiter is not one byte".into())),
+        let byte = |name: &str, given: &Option<String>, default: u8| match given.as_deref().map(str::as_bytes) {
+            None => Ok(default),
+            Some([b]) => Ok(*b),
+            Some(_) => Err(refuse(format!("its {name} is not one byte"))),
         };
-        if copy.format != "text" || copy.header {
-            return Err(refuse(format!(
-                "shardcar splits rows of the text format without HEADER only (this is {})",
-                copy.format
-            )));
+        // Keys are read as UTF-8 (what shardcar's sessions use).
+        if copy.encoding.as_deref().is_some_and(|e| !matches!(e.to_lowercase().as_str(), "utf8" | "utf-8" | "unicode"))
+        {
+            return Err(refuse("its ENCODING is not UTF8, and shardcar reads keys as UTF-8".into()));
         }
+        let format = match copy.format.as_str() {
+            "text" => Format::Text {
+                delimiter: byte("delimiter", &copy.delimiter, b'\t')?,
+                null: copy.null.clone().unwrap_or_else(|| "\\N".into()).into_bytes(),
+                header: copy.header,
+            },
+            "csv" => {
+                let quote = byte("quote", &copy.quote, b'"')?;
+                Format::Csv {
+                    delimiter: byte("delimiter", &copy.delimiter, b',')?,
+                    quote,
+                    escape: byte("escape", &copy.escape, quote)?,
+                    null: copy.null.clone().unwrap_or_default().into_bytes(),
+                    header: copy.header,
+                    key_force_not_null: copy.force_not_null.contains(&rule.key),
+                    key_force_null: copy.force_null.contains(&rule.key),
+                }
+            }
+            "binary" => {
+                let column = self.router.key_column(rule).await?;
+                let key = BinaryKey::of_type(&column.type_name).ok_or_else(|| {
+                    refuse(format!(
+                        "a binary COPY's key is read by its type, and {} is {}; shardcar reads smallint, integer, bigint, text, varchar, char and uuid",
+                        rule.key, column.type_name
+                    ))
+                })?;
+                Format::Binary { key }
+            }
+            other => return Err(refuse(format!("its format {other} is not text, csv or binary"))),
+        };
         let key_field = self.router.copy_key_field(copy, rule).await?;
-        let split = CopySplit::ByKey { rule: rule.clone(), delimiter, key_field };
+        let split = CopySplit::ByKey { rule: rule.clone(), format, key_field };
         Ok(Single::Target(Target::CopySplit(Arc::new(split)), vec![]))
     }
 }

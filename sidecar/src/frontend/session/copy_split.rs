@@ -6,8 +6,9 @@
 //! across shards the client has open (with two-phase commit), or one of
 //! shardcar's own that commits only when every shard took its rows
 //! (two-phase when configured, else one shard after the other). The
-//! client's data is cut into rows (text format) and passed on byte for
-//! byte, or passed on whole to each shard.
+//! client's data is cut into rows (text, CSV or binary: `scatter::copy`)
+//! and passed on byte for byte — a header to every shard — or passed on
+//! whole to each shard.
 
 use std::sync::Arc;
 
@@ -18,11 +19,10 @@ use postgres_protocol::message::frontend;
 use super::Session;
 use super::state::Txn;
 use crate::classify::Facts;
-use crate::classify::shape::{Operand, Value};
 use crate::metrics::KindLabel;
 use crate::pool::{Role, ShardConn};
 use crate::route::CopySplit;
-use crate::scatter::copy::{Row, RowSplitter};
+use crate::scatter::copy::{Piece, RowSplitter};
 use crate::scatter::{Leg, internal};
 use crate::sqlerror::{SqlError, code};
 use crate::twophase::{Outcome, Participant};
@@ -42,24 +42,28 @@ enum Failure {
 }
 
 impl Session {
-    /// Runs a COPY FROM STDIN whose rows belong to several shards.
+    /// Runs a COPY FROM STDIN whose rows belong to several shards. From a
+    /// simple query, its end is the client's ReadyForQuery; from an
+    /// Execute (`extended`), the client's Sync ends it, and after a failure
+    /// what it sends up to that Sync is skipped, as Postgres does.
     pub(super) async fn copy_split(
         &mut self,
         sql: &str,
         facts: &Arc<Facts>,
         split: Arc<CopySplit>,
+        extended: bool,
     ) -> Result<(), SqlError> {
         self.settle().await?;
         let shards: Vec<_> = self.shared.pools.topology.ids().collect();
         let within = !matches!(self.txn, Txn::Idle);
         let conns = match self.legs(&shards, Role::Primary).await {
             Ok(conns) => conns,
-            Err(e) => return self.fail(e, false),
+            Err(e) => return self.fail(e, extended),
         };
         let mut legs: Vec<Leg> = conns.into_iter().map(Leg::new).collect();
         if !within && let Err(e) = begin_own(&mut legs).await {
             release(legs, true);
-            return self.fail(e, false);
+            return self.fail(e, extended);
         }
         let result = self.copy_rows(&mut legs, sql, facts, &split, within).await;
         for leg in legs.iter_mut() {
@@ -70,6 +74,7 @@ impl Session {
             }
         }
         let mut out = BytesMut::new();
+        let mut failed = false;
         if within {
             let (rows, failure) = match result {
                 Ok(n) => (Some(n), None),
@@ -84,6 +89,7 @@ impl Session {
                         b.failed = true;
                     }
                     self.report(f, &mut out);
+                    failed = true;
                 }
             }
             if let Some(rows) = rows {
@@ -93,7 +99,10 @@ impl Session {
             match result {
                 Ok(rows) => match self.commit_own(&mut legs).await {
                     Ok(()) => reply::command_complete(&mut out, &format!("COPY {rows}")),
-                    Err(f) => self.report(f, &mut out),
+                    Err(f) => {
+                        self.report(f, &mut out);
+                        failed = true;
+                    }
                 },
                 Err(Failure::Client(e)) => {
                     release(legs, true);
@@ -102,12 +111,17 @@ impl Session {
                 Err(f) => {
                     join_all(legs.iter_mut().map(|l| l.conn().conn.run_hidden("ROLLBACK"))).await;
                     self.report(f, &mut out);
+                    failed = true;
                 }
             }
             release(legs, false);
         }
         self.client.out.extend_from_slice(&out);
-        self.emit_ready();
+        match (extended, failed) {
+            (false, _) => self.emit_ready(),
+            (true, true) => self.mode = super::Mode::SkipToSync,
+            (true, false) => {}
+        }
         Ok(())
     }
 
@@ -170,8 +184,9 @@ impl Session {
         split: &CopySplit,
         in_transaction: bool,
     ) -> Result<u64, Failure> {
+        let max_row = self.shared.config.listen.max_message_bytes;
         let mut splitter = match split {
-            CopySplit::ByKey { rule, delimiter, key_field } => Some((rule, RowSplitter::new(*delimiter, *key_field))),
+            CopySplit::ByKey { rule, format, key_field } => Some((rule, RowSplitter::new(format, *key_field, max_row))),
             CopySplit::Everywhere { .. } => None,
         };
         let lost = |e: SqlError| Failure::Client(e);
@@ -202,19 +217,20 @@ impl Session {
         self.client.flush().await.map_err(lost)?;
 
         let info = self.info.clone();
+        let template = splitter.as_ref().map(|(rule, _)| self.shared.router.key_insert(facts, rule));
         let mut chunks: Vec<Vec<u8>> = vec![Vec::new(); legs.len()];
-        let mut rows: Vec<(Vec<u8>, Option<String>)> = Vec::new();
+        let mut pieces: Vec<Collected> = Vec::new();
         loop {
             let (last, parsed) = match self.next_message().await.map_err(lost)? {
                 Some(ClientMsg::CopyData { raw }) => match splitter.as_mut() {
-                    Some((_, rows_of)) => (false, rows_of.push(&raw[5..], collect(&mut rows))),
+                    Some((_, rows_of)) => (false, rows_of.push(&raw[5..], collect(&mut pieces))),
                     None => {
                         chunks.iter_mut().for_each(|c| c.extend_from_slice(&raw[5..]));
                         (false, Ok(()))
                     }
                 },
                 Some(ClientMsg::CopyDone { .. }) => match splitter.as_mut() {
-                    Some((_, rows_of)) => (true, rows_of.finish(collect(&mut rows))),
+                    Some((_, rows_of)) => (true, rows_of.finish(collect(&mut pieces))),
                     None => (true, Ok(())),
                 },
                 Some(ClientMsg::CopyFail { raw, .. }) => {
@@ -240,19 +256,22 @@ impl Session {
                     )));
                 }
             };
-            if let Err(why) = parsed {
-                let e = bad_data(&why);
+            if let Err(e) = parsed {
                 abort(legs, &e.message).await;
                 return Err(Failure::Own(e));
             }
-            for (bytes, key) in rows.drain(..) {
-                let Some((rule, _)) = splitter.as_ref() else { break };
-                let router = &self.shared.router;
-                let columns = vec![rule.key.clone()];
-                let value = vec![Operand::Const(key.map_or(Value::Null, Value::Text))];
-                let placed = router.row_route(facts, rule, columns, value, &None, &info, in_transaction).await;
+            for piece in pieces.drain(..) {
+                let (Some((rule, _)), Some(template)) = (splitter.as_ref(), template.as_ref()) else { break };
+                let (bytes, key) = match piece {
+                    Collected::Row(bytes, key) => (bytes, key),
+                    Collected::Everyone(bytes) => {
+                        chunks.iter_mut().for_each(|c| c.extend_from_slice(&bytes));
+                        continue;
+                    }
+                };
+                let placed = self.shared.router.route_key(template, rule, key, &info, in_transaction).await;
                 match placed {
-                    Ok(route) => chunks[route.shards[0].index()].extend_from_slice(&bytes),
+                    Ok(shard) => chunks[shard.index()].extend_from_slice(&bytes),
                     Err(e) => {
                         let e = SqlError::from(e);
                         abort(legs, &e.message).await;
@@ -368,18 +387,23 @@ fn release(legs: Vec<Leg>, close: bool) {
     }
 }
 
-/// Keeps each row handed over (its bytes and key).
-fn collect(rows: &mut Vec<(Vec<u8>, Option<String>)>) -> impl FnMut(Row<'_>) -> Result<(), String> + '_ {
-    |r: Row<'_>| {
-        rows.push((r.bytes.to_vec(), r.key));
+/// A piece of the data, kept until its row is placed.
+enum Collected {
+    Row(Vec<u8>, Option<String>),
+    Everyone(Vec<u8>),
+}
+
+/// Keeps each piece handed over.
+fn collect(pieces: &mut Vec<Collected>) -> impl FnMut(Piece<'_>) -> Result<(), SqlError> + '_ {
+    |p: Piece<'_>| {
+        pieces.push(match p {
+            Piece::Row { bytes, key } => Collected::Row(bytes.to_vec(), key),
+            Piece::Everyone(bytes) => Collected::Everyone(bytes.to_vec()),
+        });
         Ok(())
     }
 }
 
 pub(super) fn unexpected_during_copy(msg: &ClientMsg) -> SqlError {
     SqlError::new(code::PROTOCOL_VIOLATION, format!("unexpected message during COPY FROM STDIN: {}", msg.name()))
-}
-
-fn bad_data(why: &str) -> SqlError {
-    SqlError::new(code::BAD_COPY_FILE_FORMAT, format!("cannot place a COPY row on a shard: {why}"))
 }

@@ -23,7 +23,6 @@ use super::state::{Mode, Txn};
 use super::{Parsed, Portal, PortalKind, Session};
 use crate::classify::params::Params;
 use crate::classify::{Kind, Statement};
-use crate::policy::Refusal;
 use crate::pool::{Role, ShardConn};
 use crate::scatter::Bound;
 use crate::sqlerror::{SqlError, code};
@@ -256,16 +255,7 @@ impl Session {
                 self.portals.insert(portal, Portal { statement: p, kind: PortalKind::On(shard), stages: Some(stages) });
                 return Ok(());
             }
-            Action::CopySplit(split) => {
-                if let Some(undo) = pending {
-                    self.parse_anywhere(&p, undo).await?;
-                }
-                let refusal = Refusal::CopySplit {
-                    table: split.table().to_string(),
-                    why: "shardcar runs a COPY on several shards only when it comes as a simple query".into(),
-                };
-                return self.refuse(refusal.into(), true, stages, &p.facts);
-            }
+            Action::CopySplit(split) => PortalKind::CopySplit(split),
             Action::Local => PortalKind::Local,
             Action::EndBlock(commit) => PortalKind::EndBlock(commit),
             Action::Scatter(spread) => {
@@ -302,7 +292,7 @@ impl Session {
                     describe_local(&mut out, stmt);
                 }
             }
-            PortalKind::EndBlock(_) => reply::no_data(&mut out),
+            PortalKind::EndBlock(_) | PortalKind::CopySplit(_) => reply::no_data(&mut out),
             PortalKind::On(shard) => {
                 let shard = *shard;
                 self.portals.insert(name.clone(), portal);
@@ -520,6 +510,11 @@ impl Session {
                 self.outbox.push(Entry::backend(shard, Reply::Execute(flight)), &mut self.events);
                 self.apply_events();
                 Ok(())
+            }
+            PortalKind::CopySplit(split) => {
+                // Run once: the portal is used up, as Postgres's is.
+                let (sql, facts, split) = (p.statement.text.sql.clone(), p.statement.facts.clone(), split.clone());
+                self.copy_split(&sql, &facts, split, true).await
             }
             PortalKind::Scatter(sp) => {
                 match self.scatter_run(sp, max_rows, false).await? {

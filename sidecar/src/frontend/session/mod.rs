@@ -69,6 +69,8 @@ enum PortalKind {
     Scatter(Box<ScatterPortal>),
     /// COMMIT (`true`) or ROLLBACK of a transaction across shards.
     EndBlock(bool),
+    /// A COPY FROM STDIN whose rows are split over the shards when executed.
+    CopySplit(Arc<crate::route::CopySplit>),
 }
 
 /// A portal bound in the current transaction.

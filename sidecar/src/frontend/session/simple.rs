@@ -93,7 +93,7 @@ impl Session {
                 self.emit_ready();
                 Ok(())
             }
-            Action::CopySplit(split) => self.copy_split(&sql, &facts, split).await,
+            Action::CopySplit(split) => self.copy_split(&sql, &facts, split, false).await,
         }
     }
 }
