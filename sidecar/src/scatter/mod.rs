@@ -192,6 +192,13 @@ struct Concat {
     succeeded: Vec<String>,
 }
 
+impl Concat {
+    /// The answer is a COPY TO's data (its description a CopyOutResponse).
+    fn copies_out(&self) -> bool {
+        self.description.as_ref().is_some_and(|d| d.first() == Some(&b'H'))
+    }
+}
+
 pub struct Scatter {
     legs: Vec<Leg>,
     plan: Arc<FanOut>,
@@ -417,6 +424,12 @@ impl Scatter {
         Ok(None)
     }
 
+    /// Its answer is a COPY TO's data (which a row limit does not cut: Postgres
+    /// runs a COPY to its end whatever an Execute's limit).
+    pub fn copies_out(&self) -> bool {
+        matches!(&self.answer, Answer::Concat(c) if c.copies_out())
+    }
+
     /// Notices from the shards since the last call.
     pub fn take_notices(&mut self) -> BytesMut {
         std::mem::take(&mut self.notices)
@@ -443,7 +456,7 @@ impl Scatter {
                     out.extend_from_slice(first);
                     return Err(Failure::Shard(out));
                 }
-                if c.description.as_ref().is_some_and(|d| d.first() == Some(&b'H')) {
+                if c.copies_out() {
                     // Each shard's COPY TO ended its data; the client gets one end.
                     out.extend_from_slice(&[b'c', 0, 0, 0, 4]);
                 }

@@ -238,11 +238,32 @@ async fn copy_with_the_extended_protocol() {
 }
 
 #[tokio::test]
-async fn a_split_copy_needs_the_simple_protocol() {
+async fn a_split_copy_from_the_extended_protocol() {
     let s = setup("").await;
     let mut c = Client::connect(&s).await;
-    let got = c.parse("", "COPY t (k, v) FROM STDIN").bind("", "", &[]).execute("", 0).sync().run().await;
-    assert_eq!(tags(&got), "1 E:0A000 Z:I");
+    let (k0, k1) = keys(&s).await;
+    // As tokio-postgres sends it: the Sync before the data is ignored, the one after it ends the COPY.
+    c.parse("", "COPY t (k, v) FROM STDIN").bind("", "", &[]).execute("", 0).sync().send().await;
+    assert_eq!(tags(&c.take(3).await), "1 2 G");
+    let got = c.copy_data(&format!("{k0}\tx\n{k1}\ty\n")).copy_done().sync().run().await;
+    assert_eq!(tags(&got), "C Z:I");
+    assert_eq!(got[0].tag_text(), "COPY 2");
+    // A bad row: the error, and what the client sends up to its Sync is skipped.
+    c.parse("", "COPY t (v, k) FROM STDIN").bind("", "", &[]).execute("", 0).sync().send().await;
+    assert_eq!(tags(&c.take(3).await), "1 2 G");
+    let got = c.copy_data("no key field\n").copy_data("more\n").copy_done().sync().run().await;
+    assert_eq!(tags(&got), "E:22P04 Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I");
+}
+
+#[tokio::test]
+async fn a_row_limit_does_not_cut_a_copy_to_across_shards() {
+    // Postgres runs a COPY to its end whatever the Execute's limit.
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.parse("", "COPY t TO STDOUT").bind("p", "", &[]).execute("p", 1).sync().run().await;
+    assert_eq!(tags(&got), "1 2 H d d d d c C Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I");
 }
 
 #[tokio::test]

@@ -182,6 +182,7 @@ impl Session {
             sp.described = true;
         }
         let mut sent = 0;
+        let max_rows = if sp.running.as_ref().is_some_and(|s| s.copies_out()) { 0 } else { max_rows };
         loop {
             let s = sp.running.as_mut().expect("started");
             if max_rows > 0 && sent == max_rows {
