@@ -6,6 +6,7 @@
 //! idle client connections, and each pooler's CPU per 10,000 transactions.
 //! Not part of the test suite: `tests/bench/run.sh` builds and runs it.
 
+mod copy;
 mod pgbench;
 mod report;
 mod targets;
@@ -47,6 +48,12 @@ struct Args {
     /// pgbench share the same few cores (0: one per CPU).
     #[arg(long, default_value_t = 1)]
     shardcar_threads: usize,
+    /// Only the bulk-load runs, not pgbench.
+    #[arg(long)]
+    copy_only: bool,
+    /// Rows per COPY in the bulk-load runs (text and binary); 0: none.
+    #[arg(long, default_value_t = 1_000_000)]
+    copy_rows: u64,
     #[arg(long, default_value = "target/bench")]
     out: PathBuf,
 }
@@ -64,6 +71,7 @@ struct Results<'a> {
     medians: &'a [report::Median],
     ratios: &'a [report::Ratio],
     idle: Option<IdleRss>,
+    copies: &'a [copy::CopyRun],
 }
 
 #[derive(Serialize, Clone)]
@@ -81,6 +89,7 @@ fn main() -> anyhow::Result<()> {
     for shard in &shards {
         init(shard, args.scale)?;
     }
+    copy::create(&shards)?;
     let dir = ws.path().join("bench");
     std::fs::create_dir_all(&dir)?;
     let logs = dir.join("logs");
@@ -105,6 +114,9 @@ fn main() -> anyhow::Result<()> {
     workloads.push(Workload { script: Script::TpcB, mode: "simple", clients: 8 });
 
     let mut samples = Vec::new();
+    if args.copy_only {
+        workloads.clear();
+    }
     for round in 1..=args.rounds {
         for w in &workloads {
             for target in &all {
@@ -141,6 +153,22 @@ fn main() -> anyhow::Result<()> {
         }
     }
 
+    let mut copies = Vec::new();
+    for round in 1..=args.rounds {
+        for format in ["text", "binary"] {
+            // PgCat is left out: it passes COPY through like PgBouncer.
+            for target in all.iter().filter(|t| args.copy_rows > 0 && t.name != "pgcat") {
+                match copy::run(target, &shards, format, args.copy_rows, round) {
+                    Ok(run) => {
+                        println!("round {round} copy {format:<7} {:<24} {:>10.0} rows/s", target.name, run.rows_per_s);
+                        copies.push(run);
+                    }
+                    Err(e) => println!("round {round} copy {format:<7} {:<24} failed: {e:#}", target.name),
+                }
+            }
+        }
+    }
+
     let idle = match all.iter().find(|t| t.name == "shardcar 1 shard") {
         Some(t) if args.idle_clients > 0 => Some(idle_rss(t, args.idle_clients)?),
         _ => None,
@@ -149,6 +177,7 @@ fn main() -> anyhow::Result<()> {
     let ratios = report::ratios(&medians);
     let errors: Vec<&Sample> = samples.iter().filter(|s| s.error.is_some()).collect();
     report::print(&medians, &ratios, &errors);
+    copy::print(&copies);
     if let Some(i) = &idle {
         println!(
             "\nshardcar RSS: {:.1} MiB idle, {:.1} MiB holding {} idle client connections",
@@ -167,6 +196,7 @@ fn main() -> anyhow::Result<()> {
         medians: &medians,
         ratios: &ratios,
         idle,
+        copies: &copies,
     };
     let json = args.out.join("results.json");
     std::fs::write(&json, serde_json::to_string_pretty(&results)?)?;

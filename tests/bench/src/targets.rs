@@ -130,7 +130,13 @@ pub fn shardcar(
     let list = names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
     config
         .push_str(&format!("[[policies]]\nname = \"hashed\"\nplugin = \"hash\"\nconfig = {{ shards = [{list}] }}\n\n"));
-    for (table, key) in [("pgbench_accounts", "aid"), ("pgbench_branches", "bid"), ("pgbench_tellers", "tid")] {
+    let tables = [
+        ("pgbench_accounts", "aid"),
+        ("pgbench_branches", "bid"),
+        ("pgbench_tellers", "tid"),
+        (crate::copy::TABLE, "id"),
+    ];
+    for (table, key) in tables {
         config.push_str(&format!("[[tables]]\nname = \"{table}\"\nkey = \"{key}\"\npolicy = \"hashed\"\n\n"));
     }
     let path = dir.join(format!("{}.toml", name.replace(' ', "-")));
