@@ -76,6 +76,18 @@ async def main():
     expect(n == 40, f"after COPY: {n}")
     step("copy_to_table split by key")
 
+    # Its bulk loader: binary COPY of records, split by key.
+    await conn.copy_records_to_table(t, records=[(i, f"record {i}", i) for i in range(1001, 1101)],
+                                     columns=["customer_id", "note", "amount"])
+    n = await conn.fetchval(f"SELECT count(*) FROM {t} WHERE customer_id > 1000")
+    expect(n == 100, f"after copy_records_to_table: {n}")
+    note = await conn.fetchval(f"SELECT note FROM {t} WHERE customer_id = $1", 1077)
+    expect(note == "record 1077", f"a record where its key routes: {note}")
+    async with conn.transaction():  # one key per DELETE: a transaction across shards
+        for i in range(1001, 1101):
+            await conn.execute(f"DELETE FROM {t} WHERE customer_id = $1", i)
+    step("copy_records_to_table (binary COPY) split by key")
+
     # COPY TO: by key like its query, or every shard's rows concatenated.
     out = io.BytesIO()
     await conn.copy_from_query(f"SELECT customer_id, note FROM {t} WHERE customer_id = $1", 33, output=out)

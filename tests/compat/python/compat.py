@@ -91,6 +91,24 @@ def psycopg_suite(mode):
         expect(n == (60,), f"COPY rows: {n}")
         step(f"{mode}: COPY FROM STDIN split by key")
 
+        # Binary, as psycopg writes typed rows, and CSV with a header.
+        with conn.cursor().copy(f"COPY {t} (customer_id, note, amount) FROM STDIN (FORMAT BINARY)") as copy:
+            copy.set_types(["int8", "text", "int4"])
+            for i in range(200, 260):
+                copy.write_row((i, f"binary {i}", i))
+        with conn.cursor().copy(f"COPY {t} (customer_id, note, amount) FROM STDIN (FORMAT csv, HEADER)") as copy:
+            copy.write("customer_id,note,amount\n")
+            for i in range(300, 320):
+                copy.write(f'{i},"csv, {i}\nline two",{i}\n')
+        n = conn.execute(f"SELECT count(*) FROM {t} WHERE customer_id >= %s", (200,)).fetchone()
+        expect(n == (80,), f"binary and CSV COPY rows: {n}")
+        note = conn.execute(f"SELECT note FROM {t} WHERE customer_id = %s", (311,)).fetchone()
+        expect(note == ("csv, 311\nline two",), f"a CSV row where its key routes: {note}")
+        with conn.transaction():  # one key per DELETE: a transaction across shards
+            for i in [*range(200, 260), *range(300, 320)]:
+                conn.execute(f"DELETE FROM {t} WHERE customer_id = %s", (i,))
+        step(f"{mode}: binary and CSV COPY split by key")
+
 
 class Base(DeclarativeBase):
     pass
