@@ -244,3 +244,65 @@ async fn reference_tables_are_written_on_every_shard_inside_the_transaction() {
     }
     assert_eq!(prepared(fleet, &log).await, 0);
 }
+
+/// The outcome of each statement (its SQLSTATE when it failed), and the
+/// rows at the end: run through shardcar and on one plain Postgres table,
+/// with the simple protocol or the extended one.
+async fn savepoint_script(c: &Client, t: &str, extended: bool) -> (Vec<String>, Vec<(i64, String)>) {
+    let script = [
+        "BEGIN".to_string(),
+        format!("INSERT INTO {t} VALUES (1, 'a')"), // s0
+        "SAVEPOINT a".into(),
+        format!("INSERT INTO {t} VALUES (3, 'b')"), // s1 joins after the savepoint
+        format!("INSERT INTO {t} VALUES (2, 'c')"), // s0
+        "ROLLBACK TO SAVEPOINT a".into(),           // undoes 3 and 2, on both shards
+        format!("INSERT INTO {t} VALUES (4, 'd')"), // s1
+        "SAVEPOINT b".into(),
+        format!("INSERT INTO {t} VALUES (8, 'e')"), // s1
+        "RELEASE SAVEPOINT b".into(),
+        "SAVEPOINT c".into(),
+        format!("INSERT INTO {t} VALUES (1, 'dup')"), // s0: a unique violation
+        format!("INSERT INTO {t} VALUES (42, 'x')"),  // refused: the transaction failed
+        "RELEASE SAVEPOINT c".into(),                 // so is this
+        "ROLLBACK TO SAVEPOINT c".into(),             // but this recovers it
+        format!("INSERT INTO {t} VALUES (42, 'f')"),  // s0
+        "SAVEPOINT d".into(),
+        "ROLLBACK TO SAVEPOINT nope".into(),        // no such savepoint: failed again
+        "ROLLBACK TO SAVEPOINT d".into(),           // d is still there
+        format!("INSERT INTO {t} VALUES (3, 'g')"), // s1
+        "COMMIT".into(),
+    ];
+    let mut outcomes = Vec::new();
+    for sql in &script {
+        let result = if extended { c.execute(sql.as_str(), &[]).await.map(|_| ()) } else { c.batch_execute(sql).await };
+        outcomes.push(match result {
+            Ok(()) => "ok".to_string(),
+            Err(e) => sqlstate(&e).to_string(),
+        });
+    }
+    let rows = c.query(&format!("SELECT customer_id, note FROM {t} ORDER BY 1"), &[]).await.unwrap();
+    (outcomes, rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[tokio::test]
+async fn savepoints_across_shards_behave_as_on_one_postgres() {
+    let fleet = Fleet::shared();
+    for extended in [false, true] {
+        let t = fleet.hashed_table("savepoints").await;
+        let one = format!("{t}_one");
+        for shard in [&fleet.s0, &fleet.s1] {
+            direct(shard).await.batch_execute(&format!("CREATE UNIQUE INDEX ON {t} (customer_id)")).await.unwrap();
+        }
+        let plain = direct(&fleet.s0).await;
+        plain.batch_execute(&format!("CREATE TABLE {one} (customer_id bigint UNIQUE, note text)")).await.unwrap();
+        let log = tempfile::tempdir().unwrap();
+        let sc = Sidecar::start(&config(fleet, &t, &log.path().join("decisions.log")));
+        let c = sc.connect().await;
+        let through = savepoint_script(&c, &t, extended).await;
+        let expected = savepoint_script(&plain, &one, extended).await;
+        assert_eq!(through, expected, "extended: {extended}");
+        assert_eq!(expected.1.len(), 5, "{expected:?}");
+        // Both shards took part, and each holds its own rows.
+        assert_eq!(per_shard(fleet, &t).await, (2, 3));
+    }
+}

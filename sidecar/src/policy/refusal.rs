@@ -55,8 +55,6 @@ pub enum Refusal {
 pub enum Pinned {
     /// `routing.two_phase_commit` is off.
     NoTwoPhase,
-    /// A savepoint on one shard cannot roll back the others.
-    Savepoint,
 }
 
 impl Refusal {
@@ -146,10 +144,6 @@ impl From<Refusal> for SqlError {
                     Pinned::NoTwoPhase => (
                         "a transaction stays on one shard",
                         "commit first and run it on its own, or set routing.two_phase_commit = true for transactions across shards",
-                    ),
-                    Pinned::Savepoint => (
-                        "a transaction with savepoints stays on one shard",
-                        "do without the SAVEPOINT, or keep the transaction on one shard",
                     ),
                 };
                 (

@@ -517,6 +517,13 @@ impl Conn {
                 self.status = b'I';
                 if failed { "ROLLBACK".into() } else { "COMMIT".into() }
             }
+            "ROLLBACK" if u.starts_with("ROLLBACK TO") => {
+                // Back to a savepoint: the transaction goes on, failed or not.
+                if self.status == b'E' {
+                    self.status = b'T';
+                }
+                "ROLLBACK".into()
+            }
             "ROLLBACK" => {
                 self.status = b'I';
                 "ROLLBACK".into()

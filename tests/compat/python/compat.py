@@ -157,6 +157,29 @@ def sqlalchemy_suite():
         expect(s.get(Customer, 1).name == "customer 1", "the session carries on")
     step("orm: an integrity error surfaces and the session recovers")
 
+    # Nested transactions (savepoints) in a transaction across shards: the
+    # failed nested part is rolled back to its savepoint on every shard, the
+    # rest commits.
+    with Session(engine) as s:
+        s.get(Customer, 2).visits += 10  # one shard (s0)
+        s.get(Customer, 8).visits += 10  # and the other (s1)
+        s.flush()
+        try:
+            with s.begin_nested():
+                s.get(Customer, 3).visits += 100
+                s.add(Customer(customer_id=7, name="duplicate"))
+                s.flush()
+            raise AssertionError("a duplicate primary key was accepted")
+        except Exception as e:  # sqlalchemy.exc.IntegrityError
+            expect(getattr(getattr(e, "orig", None), "sqlstate", None) == "23505", f"IntegrityError: {e!r}")
+        with s.begin_nested():
+            s.get(Customer, 4).visits += 1
+        s.commit()
+    with Session(engine) as s:
+        visits = {i: s.get(Customer, i).visits for i in (2, 3, 4, 8)}
+        expect(visits == {2: 10, 3: 0, 4: 1, 8: 12}, f"after the nested transactions: {visits}")
+    step("orm: begin_nested() across shards, an error rolled back to its savepoint")
+
 
 def main():
     which = sys.argv[1:] or ["simple", "prepared", "orm"]

@@ -6,12 +6,18 @@
 //! everywhere, decision logged, COMMIT PREPARED everywhere) — or, for a
 //! READ ONLY transaction without two-phase commit, a COMMIT on each;
 //! ROLLBACK, an error or the client leaving rolls back every shard.
+//! SAVEPOINT, RELEASE and ROLLBACK TO run on every shard in the
+//! transaction, in step; a shard that joins later makes the savepoints
+//! still open right after its BEGIN (`Block::opening`).
 
 use bytes::BytesMut;
 use futures_util::future::join_all;
 
 use super::Session;
+use super::local::no_transaction;
 use super::state::{Txn, TxnStatus};
+use crate::classify::{Kind, Statement};
+use crate::policy::Refusal;
 use crate::pool::ShardConn;
 use crate::sqlerror::code;
 use crate::twophase::{Outcome, Participant};
@@ -125,6 +131,64 @@ impl Session {
         }
         self.txn = Txn::Idle;
         self.clear_portals();
+        self.emit(out, vec![]);
+        Ok(())
+    }
+
+    /// SAVEPOINT, RELEASE or ROLLBACK TO in a transaction across shards:
+    /// run on every shard in it; the client gets the CommandComplete.
+    pub(super) async fn across_savepoint(&mut self, stmt: &Statement) -> Result<(), crate::sqlerror::SqlError> {
+        let (name, tag) = match &stmt.kind {
+            Kind::Savepoint(n) => (n, "SAVEPOINT"),
+            Kind::Release(n) => (n, "RELEASE"),
+            Kind::RollbackTo(n) => (n, "ROLLBACK"),
+            _ => return Err(Refusal::NotAcross(stmt.text.clone()).into()),
+        };
+        let Txn::Block(b) = &self.txn else { return Err(no_transaction(tag)) };
+        if b.implicit {
+            return Err(no_transaction(tag));
+        }
+        if !matches!(stmt.kind, Kind::Savepoint(_)) && !b.savepoints.contains(name) {
+            return Err(crate::sqlerror::SqlError::new(
+                code::INVALID_SAVEPOINT,
+                format!("savepoint \"{name}\" does not exist"),
+            ));
+        }
+        if !self.lent.is_empty() {
+            return Err(Refusal::PortalOpen(self.shared.pools.topology.names(&self.lent)).into());
+        }
+        self.sync_servers();
+        self.settle().await?;
+        let answers = join_all(self.conns.iter_mut().map(|h| h.conn.conn.run_hidden(&stmt.text))).await;
+        let labels: Vec<String> = self.conns.iter().map(|h| h.conn.label().to_string()).collect();
+        if let Some(why) = answers.into_iter().zip(labels).find_map(|(a, label)| match a {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{label}: {e}")),
+            Err(e) => Some(format!("{label}: {e}")),
+        }) {
+            // The shards no longer agree on where the transaction stands: it can only roll back.
+            if let Txn::Block(b) = &mut self.txn {
+                b.failed = true;
+            }
+            return Err(crate::sqlerror::SqlError::new(
+                code::INTERNAL_ERROR,
+                format!("{} failed on {why}; the transaction across shards can only roll back", stmt.text),
+            ));
+        }
+        if let Txn::Block(b) = &mut self.txn {
+            match &stmt.kind {
+                Kind::Savepoint(_) => b.savepoints.push(name.clone()),
+                Kind::Release(_) => {
+                    b.unwind(name, true);
+                }
+                _ => {
+                    b.unwind(name, false);
+                    b.failed = false;
+                }
+            }
+        }
+        let mut out = BytesMut::new();
+        reply::command_complete(&mut out, tag);
         self.emit(out, vec![]);
         Ok(())
     }

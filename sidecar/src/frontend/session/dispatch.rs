@@ -29,6 +29,8 @@ pub(super) enum Action {
     Local,
     /// COMMIT (`true`) or ROLLBACK of a transaction across shards.
     EndBlock(bool),
+    /// SAVEPOINT, RELEASE or ROLLBACK TO in a transaction across shards.
+    Savepoint,
     /// Sent as it is to one shard's server.
     Forward { shard: ShardId, role: Role },
     /// Run on several shards (or on one outside the transaction), answers
@@ -55,9 +57,13 @@ impl Session {
             return Ok(Action::Local);
         }
         if self.is_across() {
+            let failed = self.status() == super::state::TxnStatus::Failed;
             match facts.single().map(|s| &s.kind) {
                 Some(Kind::Commit) => return Ok(Action::EndBlock(true)),
                 Some(Kind::Rollback) => return Ok(Action::EndBlock(false)),
+                Some(Kind::RollbackTo(_)) => return Ok(Action::Savepoint),
+                Some(Kind::Savepoint(_) | Kind::Release(_)) if failed => return Err(aborted()),
+                Some(Kind::Savepoint(_) | Kind::Release(_)) => return Ok(Action::Savepoint),
                 _ => {}
             }
             if let Some(bad) = facts.statements.iter().find(|s| !matches!(s.kind, Kind::Read | Kind::Write)) {
@@ -171,7 +177,8 @@ impl Session {
             }
             Txn::Deferred(_) => {
                 let Txn::Deferred(d) = std::mem::replace(&mut self.txn, Txn::Idle) else { unreachable!() };
-                let begin = d.statements.join("; ");
+                let begin = Block { begin: d.statements.clone(), savepoints: d.savepoints.clone(), ..Block::default() }
+                    .opening();
                 let mut held = match self.checkout(shard, Role::Primary).await {
                     Ok(h) => h,
                     Err(e) => {
@@ -187,8 +194,8 @@ impl Session {
                 let facts = self.shared.facts.get(&begin);
                 self.outbox.push(Entry::hidden(shard, Reply::Query { facts, done: 0, flight: None }), &mut self.events);
                 self.conns.insert(held);
-                self.txn =
-                    Txn::Block(Block { begin: d.statements, savepoint: !d.savepoints.is_empty(), ..Block::default() });
+                // Its savepoints are counted as the server makes them (`statement_done`).
+                self.txn = Txn::Block(Block { begin: d.statements, ..Block::default() });
                 self.apply_events();
             }
             Txn::Block(_) => {
@@ -254,9 +261,6 @@ impl Session {
         if self.shared.coordinator.is_none() && !b.read_only() {
             return Err(pinned(Pinned::NoTwoPhase).into());
         }
-        if b.savepoint {
-            return Err(pinned(Pinned::Savepoint).into());
-        }
         Ok(())
     }
 
@@ -271,10 +275,13 @@ impl Session {
         Ok(Held::new(conn))
     }
 
-    /// A connection to `shard`'s primary with the open transaction begun on it.
+    /// A connection to `shard`'s primary with the open transaction begun on
+    /// it, and the savepoints made so far (known once the servers that made
+    /// them have answered: the session settles first).
     pub(super) async fn join(&mut self, shard: ShardId) -> Result<Held, SqlError> {
+        self.settle().await?;
         let begin = match &self.txn {
-            Txn::Block(b) if !b.begin.is_empty() => b.begin.join("; "),
+            Txn::Block(b) => b.opening(),
             _ => "BEGIN".to_string(),
         };
         let mut held = self.checkout(shard, Role::Primary).await?;

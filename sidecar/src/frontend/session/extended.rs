@@ -258,6 +258,7 @@ impl Session {
             Action::CopySplit(split) => PortalKind::CopySplit(split),
             Action::Local => PortalKind::Local,
             Action::EndBlock(commit) => PortalKind::EndBlock(commit),
+            Action::Savepoint => PortalKind::Savepoint,
             Action::Scatter(spread) => {
                 let bound = Bound {
                     params: msg.parameters.clone(),
@@ -292,7 +293,7 @@ impl Session {
                     describe_local(&mut out, stmt);
                 }
             }
-            PortalKind::EndBlock(_) | PortalKind::CopySplit(_) => reply::no_data(&mut out),
+            PortalKind::EndBlock(_) | PortalKind::Savepoint | PortalKind::CopySplit(_) => reply::no_data(&mut out),
             PortalKind::On(shard) => {
                 let shard = *shard;
                 self.portals.insert(name.clone(), portal);
@@ -510,6 +511,13 @@ impl Session {
                 self.outbox.push(Entry::backend(shard, Reply::Execute(flight)), &mut self.events);
                 self.apply_events();
                 Ok(())
+            }
+            PortalKind::Savepoint => {
+                let Some(stmt) = p.statement.facts.single().cloned() else { return Ok(()) };
+                match self.across_savepoint(&stmt).await {
+                    Ok(()) => Ok(()),
+                    Err(e) => self.fail(e, true),
+                }
             }
             PortalKind::CopySplit(split) => {
                 // Run once: the portal is used up, as Postgres's is.

@@ -302,7 +302,7 @@ impl Session {
                 let Txn::Deferred(d) = std::mem::replace(&mut self.txn, Txn::Idle) else { unreachable!() };
                 self.txn = Txn::Block(super::state::Block {
                     begin: d.statements,
-                    savepoint: !d.savepoints.is_empty(),
+                    savepoints: d.savepoints,
                     ..Default::default()
                 });
                 for &shard in shards {

@@ -131,7 +131,6 @@ impl Session {
             }
             Kind::Savepoint(name) => {
                 let Txn::Deferred(d) = &mut self.txn else { return Err(no_transaction("SAVEPOINT")) };
-                d.statements.push(stmt.text.clone());
                 d.savepoints.push(name.clone());
                 "SAVEPOINT".into()
             }
@@ -146,11 +145,7 @@ impl Session {
                 };
                 // Nothing ran since the savepoint: releasing or rolling back to
                 // it only forgets the later ones (and, for RELEASE, itself).
-                let keep = if release { pos } else { pos + 1 };
-                let dropped = d.savepoints.len() - keep;
-                d.savepoints.truncate(keep);
-                let statements_keep = d.statements.len() - dropped;
-                d.statements.truncate(statements_keep);
+                d.savepoints.truncate(if release { pos } else { pos + 1 });
                 if !release {
                     d.failed = false;
                 }

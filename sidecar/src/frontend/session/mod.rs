@@ -69,6 +69,8 @@ enum PortalKind {
     Scatter(Box<ScatterPortal>),
     /// COMMIT (`true`) or ROLLBACK of a transaction across shards.
     EndBlock(bool),
+    /// SAVEPOINT, RELEASE or ROLLBACK TO in a transaction across shards.
+    Savepoint,
     /// A COPY FROM STDIN whose rows are split over the shards when executed.
     CopySplit(Arc<crate::route::CopySplit>),
 }
@@ -447,9 +449,19 @@ impl Session {
     fn statement_done(&mut self, shard: ShardId, stmt: &Statement) {
         match &stmt.kind {
             Kind::Begin => self.began = Some(stmt.text.clone()),
-            Kind::Savepoint(_) => {
+            Kind::Savepoint(name) => {
                 if let Txn::Block(b) = &mut self.txn {
-                    b.savepoint = true;
+                    b.savepoints.push(name.clone());
+                }
+            }
+            Kind::Release(name) | Kind::RollbackTo(name) => {
+                let release = matches!(stmt.kind, Kind::Release(_));
+                if let Txn::Block(b) = &mut self.txn
+                    && b.unwind(name, release)
+                    && !release
+                {
+                    // Rolled back to a savepoint: what failed after it is undone.
+                    b.failed = false;
                 }
             }
             Kind::Session(change) => {

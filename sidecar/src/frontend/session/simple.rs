@@ -69,6 +69,16 @@ impl Session {
                 self.emit_ready();
                 Ok(())
             }
+            Action::Savepoint => {
+                let Some(stmt) = facts.single() else { return Ok(()) };
+                match self.across_savepoint(stmt).await {
+                    Ok(()) => {
+                        self.emit_ready();
+                        Ok(())
+                    }
+                    Err(e) => self.fail(e, false),
+                }
+            }
             Action::Forward { shard, role } => {
                 if let Err(e) = self.attach(shard, role).await {
                     return self.refuse(e, false, stages, &facts);

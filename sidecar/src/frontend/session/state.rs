@@ -48,9 +48,9 @@ pub enum Txn {
 /// server: answered here, sent ahead of the first routed statement.
 #[derive(Debug, Default)]
 pub struct Deferred {
-    /// `BEGIN ...`, `SET TRANSACTION ...`, `SAVEPOINT ...`, in order.
+    /// `BEGIN ...` and `SET TRANSACTION ...`, in order.
     pub statements: Vec<String>,
-    /// Savepoint names among them, in order.
+    /// Savepoints made since, in order.
     pub savepoints: Vec<String>,
     /// Shardcar refused a statement inside the deferred transaction: it is
     /// failed until ROLLBACK, as Postgres would have it.
@@ -61,8 +61,10 @@ pub struct Deferred {
 pub struct Block {
     /// The statements that opened it, for shards that join later.
     pub begin: Vec<String>,
-    /// A SAVEPOINT ran: the block stays on its shard.
-    pub savepoint: bool,
+    /// Its savepoints, oldest first. A shard that joins later makes them
+    /// all right after its BEGIN, so that rolling back to any of them
+    /// undoes its work as it does the others'.
+    pub savepoints: Vec<String>,
     /// A statement failed in it (a server's error, or shardcar's refusal):
     /// it can only roll back.
     pub failed: bool,
@@ -75,6 +77,20 @@ pub struct Block {
 }
 
 impl Block {
+    /// What opens the block on a shard that joins it: its BEGIN and its savepoints.
+    pub fn opening(&self) -> String {
+        let begin = if self.begin.is_empty() { vec!["BEGIN".to_string()] } else { self.begin.clone() };
+        begin.into_iter().chain(self.savepoints.iter().map(|s| savepoint_sql(s))).collect::<Vec<_>>().join("; ")
+    }
+
+    /// Forgets the savepoints a RELEASE (`release`) or ROLLBACK TO of
+    /// `name` ends; `false` when there is no such savepoint.
+    pub fn unwind(&mut self, name: &str, release: bool) -> bool {
+        let Some(at) = self.savepoints.iter().rposition(|s| s == name) else { return false };
+        self.savepoints.truncate(if release { at } else { at + 1 });
+        true
+    }
+
     /// Opened READ ONLY: its shards have nothing to commit, so more may
     /// join without two-phase commit.
     pub fn read_only(&self) -> bool {
@@ -83,6 +99,11 @@ impl Block {
             s.contains("READ ONLY") && !s.contains("READ WRITE")
         })
     }
+}
+
+/// `SAVEPOINT "name"`, the name quoted as an identifier.
+pub fn savepoint_sql(name: &str) -> String {
+    format!("SAVEPOINT \"{}\"", name.replace('"', "\"\""))
 }
 
 /// How the next client message is taken.
