@@ -324,3 +324,20 @@ async fn a_query_after_an_extended_error_is_ignored_until_sync() {
     assert_eq!(tags(&c.run().await), "1 2 E:42P05 Z:I");
     assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I", "not in a transaction");
 }
+
+#[tokio::test]
+async fn a_simple_query_outside_a_block_ends_the_portals_before_it() {
+    // Postgres commits the implicit transaction at the query's end, and its
+    // portals go with it: a suspended portal across shards gave its
+    // connections back then (they used to stay lent, and the queries after
+    // it waited for a connection the session itself held).
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.parse("n", "SELECT count(*) FROM t").bind("p", "n", &[]).execute("p", 1);
+    c.bind("", "n", &[]).query("COMMIT").execute("", 1);
+    // Skipped, as Postgres skips to a Sync after the error.
+    c.query("SELECT v FROM t ORDER BY v");
+    c.send().await;
+    c.shutdown_writing().await;
+    assert_eq!(tags(&c.until_closed().await), "1 2 D s 2 N C Z:I E:34000");
+}

@@ -576,16 +576,21 @@ impl Session {
             return Ok(());
         }
         if matches!(self.txn, Txn::Idle) {
-            // Portals end with the implicit transaction.
-            let names: Vec<String> = self.portals.keys().cloned().collect();
-            for name in names {
-                if let Some(p) = self.portals.remove(&name) {
-                    self.drop_portal(p).await?;
-                }
-            }
+            self.end_portals().await?;
         }
         self.sync_servers();
         self.emit_ready();
+        Ok(())
+    }
+
+    /// Portals end with the implicit transaction.
+    pub(super) async fn end_portals(&mut self) -> Result<(), SqlError> {
+        let names: Vec<String> = self.portals.keys().cloned().collect();
+        for name in names {
+            if let Some(p) = self.portals.remove(&name) {
+                self.drop_portal(p).await?;
+            }
+        }
         Ok(())
     }
 

@@ -15,6 +15,17 @@ use crate::wire::reply;
 
 impl Session {
     pub(super) async fn query(&mut self, raw: Bytes, sql: String) -> Result<(), SqlError> {
+        self.run_query(raw, sql).await?;
+        // Outside a transaction block the query ends its implicit
+        // transaction, and with it the portals that extended messages
+        // before it opened (Postgres commits at the query's end).
+        if matches!(self.txn, super::state::Txn::Idle) {
+            self.end_portals().await?;
+        }
+        Ok(())
+    }
+
+    async fn run_query(&mut self, raw: Bytes, sql: String) -> Result<(), SqlError> {
         let started = Instant::now();
         // Routed by the facts of its template when it has one (see
         // `lookup_lifted`), with its literals as parameters; a plan across
