@@ -3,7 +3,7 @@
 //! goes on), a frame that cannot be trusted is FATAL (the connection
 //! closes); and the limits on logins and message sizes.
 
-use crate::harness::{Client, Setup, setup, setup_with, tags};
+use crate::harness::{Client, Setup, error, setup, setup_with, tags};
 
 /// The session still answers queries.
 async fn still_serves(c: &mut Client) {
@@ -126,6 +126,31 @@ async fn named_statements_are_bounded_by_bytes_per_session() {
     assert_eq!(tags(&c.parse("", &sql).bind("", "", &[]).execute("", 0).sync().run().await), "1 2 D C Z:I");
     // Closing one makes room; the session went on throughout.
     assert_eq!(tags(&c.close(b'S', "a").parse("b", &sql).sync().run().await), "3 1 Z:I");
+    still_serves(&mut c).await;
+}
+
+#[tokio::test]
+async fn open_portals_share_the_bytes_per_session() {
+    // Named portals live until the transaction ends: without a bound, one
+    // session could open them without end.
+    let s = setup_with("max_prepared_bytes_per_client = 65536", "", "").await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    let param = "x".repeat(4096);
+    c.parse("s", "SELECT $1::text");
+    for i in 0..20 {
+        c.bind(&format!("p{i}"), "s", &[&param]);
+    }
+    let got = c.sync().run().await;
+    let bound = got.iter().filter(|m| m.tag == b'2').count();
+    assert!((12..16).contains(&bound), "about 64 KiB of 4 KiB portals: {}", tags(&got));
+    assert_eq!(error(&got).code(), "54000");
+    assert!(error(&got).field(b'M').contains("open portals"), "{}", error(&got).field(b'M'));
+    // The transaction ends, and its portals with it: there is room again.
+    c.simple("ROLLBACK").await;
+    c.simple("BEGIN").await;
+    assert_eq!(tags(&c.bind("q", "s", &[&param]).sync().run().await), "2 Z:T");
+    c.simple("ROLLBACK").await;
     still_serves(&mut c).await;
 }
 

@@ -214,10 +214,24 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.fail(e, true),
         };
-        let (mut stages, pending) = self.take_parsed(&p);
         if let Some(old) = self.portals.remove(&portal) {
             self.drop_portal(old).await?;
         }
+        let cost = super::portals::cost(&msg);
+        let limit = self.shared.config.listen.max_prepared_bytes_per_client;
+        let held = self.statements.bytes() + self.portals.bytes() + cost;
+        if !portal.is_empty() && held > limit {
+            self.shared.limits.hit("prepared_bytes");
+            let e = SqlError::new(
+                code::PROGRAM_LIMIT_EXCEEDED,
+                format!(
+                    "portal \"{portal}\" would make this session's prepared statements and open portals hold {held} bytes, over shardcar's listen.max_prepared_bytes_per_client ({limit})"
+                ),
+            )
+            .hint("close portals no longer used (Close), or end the transaction that keeps them");
+            return self.fail(e, true);
+        }
+        let (mut stages, pending) = self.take_parsed(&p);
         let params = bind_params(&p, &msg);
         let action = match self.plan(&p.facts, Some(&params), &mut stages, None).await {
             Ok(a) => a,
@@ -252,7 +266,8 @@ impl Session {
                 held.unflushed = true;
                 self.outbox.push(Entry::backend(shard, Reply::Bind), &mut self.events);
                 self.apply_events();
-                self.portals.insert(portal, Portal { statement: p, kind: PortalKind::On(shard), stages: Some(stages) });
+                let on = Portal { statement: p, kind: PortalKind::On(shard), stages: Some(stages), cost };
+                self.portals.insert(portal, on);
                 return Ok(());
             }
             Action::CopySplit(split) => PortalKind::CopySplit(split),
@@ -276,7 +291,7 @@ impl Session {
         let mut out = BytesMut::new();
         reply::bind_complete(&mut out);
         self.emit(out, vec![]);
-        self.portals.insert(portal, Portal { statement: p, kind, stages: None });
+        self.portals.insert(portal, Portal { statement: p, kind, stages: None, cost });
         Ok(())
     }
 
@@ -585,7 +600,7 @@ impl Session {
 
     /// Portals end with the implicit transaction.
     pub(super) async fn end_portals(&mut self) -> Result<(), SqlError> {
-        let names: Vec<String> = self.portals.keys().cloned().collect();
+        let names = self.portals.names();
         for name in names {
             if let Some(p) = self.portals.remove(&name) {
                 self.drop_portal(p).await?;

@@ -21,11 +21,12 @@ mod extended;
 mod fan_out;
 mod local;
 mod outbox;
+mod portals;
 mod prepared;
 mod simple;
 mod state;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -81,6 +82,8 @@ struct Portal {
     kind: PortalKind,
     /// How its statement got here, for the first Execute to report.
     stages: Option<Stages>,
+    /// What keeping it costs (`portals::cost`).
+    cost: usize,
 }
 
 /// The statement parsed last, until it is bound or described.
@@ -117,7 +120,7 @@ pub struct Session {
     statements: Statements,
     unnamed: Option<Arc<Prepared>>,
     parsed: Option<Parsed>,
-    portals: HashMap<String, Portal>,
+    portals: portals::Portals,
     inbox: VecDeque<ClientMsg>,
     inbox_bytes: usize,
     client_eof: bool,
@@ -170,7 +173,7 @@ impl Session {
             statements: Statements::default(),
             unnamed: None,
             parsed: None,
-            portals: HashMap::new(),
+            portals: portals::Portals::default(),
             inbox: VecDeque::new(),
             inbox_bytes: 0,
             client_eof: false,

@@ -111,6 +111,10 @@ impl Statements {
         self.bytes + p.bytes()
     }
 
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
     pub fn insert(&mut self, name: String, p: Arc<Prepared>) {
         self.bytes += p.bytes();
         if let Some(old) = self.by_name.insert(name, p) {

@@ -1,0 +1,53 @@
+//! The client's open portals, and the bytes they hold: named portals live
+//! until their transaction ends, so a client could open them without end;
+//! they share `listen.max_prepared_bytes_per_client` with its statements.
+
+use std::collections::HashMap;
+
+use super::Portal;
+
+/// What a portal costs beyond its text: the entry, its name, its statement's handle.
+const PER_PORTAL: usize = 128;
+
+#[derive(Default)]
+pub(super) struct Portals {
+    by_name: HashMap<String, Portal>,
+    bytes: usize,
+}
+
+/// What a portal bound by `bind` costs: its entry and name, and its
+/// parameters (kept here for a portal across shards, on the server for one
+/// on a single shard — counted either way).
+pub(super) fn cost(bind: &pgwire::messages::extendedquery::Bind) -> usize {
+    let name = bind.portal_name.as_deref().map_or(0, str::len);
+    PER_PORTAL + name + bind.parameters.iter().flatten().map(|p| p.len()).sum::<usize>()
+}
+
+impl Portals {
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    pub fn insert(&mut self, name: String, portal: Portal) {
+        self.bytes += portal.cost;
+        if let Some(old) = self.by_name.remove(&name) {
+            self.bytes -= old.cost;
+        }
+        self.by_name.insert(name, portal);
+    }
+
+    pub fn remove(&mut self, name: &str) -> Option<Portal> {
+        let old = self.by_name.remove(name)?;
+        self.bytes -= old.cost;
+        Some(old)
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        self.by_name.keys().cloned().collect()
+    }
+
+    pub fn clear(&mut self) {
+        self.by_name.clear();
+        self.bytes = 0;
+    }
+}
