@@ -201,6 +201,11 @@ fn kind(node: &N, text: &str) -> Kind {
             reason: "a cursor WITH HOLD outlives its transaction and its connection's next user would see it".into(),
             hint: "declare the cursor without HOLD inside a transaction".into(),
         },
+        // A cursor over a query reads as its query does.
+        N::DeclareCursorStmt(d) => match d.query.as_ref().and_then(|q| q.node.as_ref()) {
+            Some(q) => kind(q, text),
+            None => Kind::Write,
+        },
         _ => Kind::Write,
     }
 }
@@ -532,6 +537,13 @@ mod tests {
             assert!(matches!(kinds(sql)[..], [Kind::Unsupported { .. }]), "{sql}");
         }
         assert_eq!(kinds("CREATE TEMP TABLE t (a int) ON COMMIT DROP"), [Kind::Write]);
+        // A cursor reads as its query does, and routes by its conditions.
+        assert_eq!(kinds("DECLARE c CURSOR FOR SELECT * FROM t WHERE k = 1"), [Kind::Read]);
+        assert_eq!(kinds("DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE"), [Kind::Write]);
+        let declared = classify("DECLARE c NO SCROLL CURSOR FOR SELECT * FROM t WHERE k = 1");
+        let shape = &declared.statements[0].shape;
+        assert!(shape.cursor.as_deref() == Some("c") && shape.verb == Verb::Select && shape.tables == ["t"]);
+        assert_eq!(shape.predicates.len(), 1);
         assert_eq!(kinds("DEALLOCATE ALL"), [Kind::Deallocate(None)]);
         assert_eq!(kinds("DEALLOCATE p1"), [Kind::Deallocate(Some("p1".into()))]);
         assert_eq!(kinds("DISCARD ALL"), [Kind::DiscardAll]);

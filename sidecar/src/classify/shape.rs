@@ -88,6 +88,9 @@ pub struct Shape {
     /// Every table it names is a system catalog or an information_schema
     /// view: it asks about the schema, not the data.
     pub catalog: bool,
+    /// `DECLARE <name> ... CURSOR FOR` this query: its rows are fetched
+    /// later, from the server that holds the cursor (a portal of that name).
+    pub cursor: Option<String>,
 }
 
 impl Shape {
@@ -120,6 +123,11 @@ impl Shape {
 }
 
 pub fn shape(node: &N) -> Shape {
+    if let N::DeclareCursorStmt(d) = node
+        && let Some(query) = d.query.as_ref().and_then(|q| q.node.as_ref())
+    {
+        return Shape { cursor: Some(d.portalname.clone()), ..shape(query) };
+    }
     let (tables, catalog) = tables(node);
     let mut shape = Shape { verb: verb(node), tables, catalog, ..Shape::default() };
     match node {

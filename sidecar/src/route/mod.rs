@@ -235,6 +235,14 @@ impl Planner {
         let target = match r.shards.as_slice() {
             [one] => Target::One(*one),
             [] => return Err(ResolveError::Refused(spans(router, stmt, &[]))),
+            several if stmt.shape.cursor.is_some() => {
+                // Each shard would hold a cursor of that name, and a FETCH
+                // reads one server: a silent part of the rows.
+                return Err(ResolveError::Refused(Refusal::NotMergeable(format!(
+                    "a cursor (DECLARE ... CURSOR) over a query that needs {} is not kept across shards; a row limit on Execute (a driver's portal or cursor without DECLARE) is",
+                    router.topology().names(several)
+                ))));
+            }
             several => {
                 let spread = match stmt.shape.verb {
                     // COPY ... TO: every shard's rows, one after the other.

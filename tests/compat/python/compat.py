@@ -71,6 +71,22 @@ def psycopg_suite(mode):
         expect(ordered == [(40,), (39,), (38,)], f"ORDER BY across shards: {ordered}")
         step(f"{mode}: parameterised and prepared queries, on one shard and merged across both")
 
+        # Server-side cursors (DECLARE ... CURSOR, FETCH FORWARD n): by key on
+        # its shard; over every shard refused, saying why.
+        with conn.transaction():
+            with conn.cursor(name="by_key") as cur:
+                cur.execute(f"SELECT note FROM {t} WHERE customer_id = %s", (7,))
+                expect(cur.fetchmany(5) == [("note 7",)], "a server-side cursor by key")
+        try:
+            with conn.transaction():
+                with conn.cursor(name="everywhere") as cur:
+                    cur.execute(f"SELECT note FROM {t}")
+                    cur.fetchmany(5)
+            raise AssertionError("a cursor over every shard was accepted")
+        except errors.FeatureNotSupported as e:
+            expect("cursor" in str(e), f"says why: {e}")
+        step(f"{mode}: a server-side cursor by key, and one over every shard refused")
+
         try:
             conn.execute(f"INSERT INTO {t} VALUES (%s, 'dup', 0)", (1,))
             raise AssertionError("a duplicate key was accepted")

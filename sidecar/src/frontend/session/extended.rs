@@ -300,7 +300,20 @@ impl Session {
         if msg.target_type == b'S' {
             return self.describe_statement(&name).await;
         }
-        let Some(mut portal) = self.portals.remove(&name) else { return self.fail(no_portal(&name), true) };
+        let Some(mut portal) = self.portals.remove(&name) else {
+            // A cursor declared in SQL is a portal on its server.
+            if let Some(&shard) = self.cursors.get(&name)
+                && let Some(held) = self.conns.get_mut(shard)
+            {
+                held.conn.conn.wbuf.extend_from_slice(&raw);
+                held.unsynced = true;
+                held.unflushed = true;
+                self.outbox.push(Entry::backend(shard, Reply::DescribePortal), &mut self.events);
+                self.apply_events();
+                return Ok(());
+            }
+            return self.fail(no_portal(&name), true);
+        };
         let mut out = BytesMut::new();
         match &mut portal.kind {
             PortalKind::Local => {
@@ -600,6 +613,7 @@ impl Session {
 
     /// Portals end with the implicit transaction.
     pub(super) async fn end_portals(&mut self) -> Result<(), SqlError> {
+        self.cursors.clear();
         let names = self.portals.names();
         for name in names {
             if let Some(p) = self.portals.remove(&name) {

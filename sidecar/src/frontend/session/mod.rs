@@ -131,6 +131,9 @@ pub struct Session {
     mode: Mode,
     /// Shards whose transaction connections a portal across shards holds.
     lent: Vec<ShardId>,
+    /// Cursors the client declared in SQL (`DECLARE`), by name: portals on
+    /// the server that ran it, which protocol messages (Describe) may name.
+    cursors: std::collections::HashMap<String, ShardId>,
     /// The pool checkout of the statement being attached, for its trace.
     checkout_stage: Option<Stage>,
     /// Settings before the first SET of the current transaction (explicit,
@@ -183,6 +186,7 @@ impl Session {
             txn: Txn::Idle,
             mode: Mode::Normal,
             lent: Vec::new(),
+            cursors: Default::default(),
             checkout_stage: None,
             txn_snapshot: None,
             began: None,
@@ -450,6 +454,9 @@ impl Session {
 
     /// Session bookkeeping for a statement a server completed.
     fn statement_done(&mut self, shard: ShardId, stmt: &Statement) {
+        if let Some(name) = &stmt.shape.cursor {
+            self.cursors.insert(name.clone(), shard);
+        }
         match &stmt.kind {
             Kind::Begin => self.began = Some(stmt.text.clone()),
             Kind::Savepoint(name) => {
@@ -689,6 +696,7 @@ impl Session {
     fn clear_portals(&mut self) {
         self.portals.clear();
         self.lent.clear();
+        self.cursors.clear();
     }
 
     /// Returns every held connection to a clean state, or drops it, when
