@@ -306,3 +306,36 @@ async fn savepoints_across_shards_behave_as_on_one_postgres() {
         assert_eq!(per_shard(fleet, &t).await, (2, 3));
     }
 }
+
+#[tokio::test]
+async fn a_cursor_is_fetched_from_its_shard_after_the_transaction_widens() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("cursor").await;
+    let log = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(&config(fleet, &t, &log.path().join("decisions.log")));
+    let c = sc.connect().await;
+    for (id, note) in [(3, "a"), (3, "b"), (3, "c")] {
+        c.batch_execute(&format!("INSERT INTO {t} VALUES ({id}, '{note}')")).await.unwrap();
+    }
+    c.batch_execute("BEGIN").await.unwrap();
+    // Customer 3 lives on s1; the INSERT of customer 1 brings s0 in, after it.
+    c.batch_execute(&format!("DECLARE c CURSOR FOR SELECT note FROM {t} WHERE customer_id = 3 ORDER BY note"))
+        .await
+        .unwrap();
+    c.batch_execute(&format!("INSERT INTO {t} VALUES (1, 'x')")).await.unwrap();
+    let fetch = async |sql: &str| -> Vec<String> {
+        let rows = c.simple_query(sql).await.unwrap();
+        rows.iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0).map(str::to_string),
+                _ => None,
+            })
+            .collect()
+    };
+    assert_eq!(fetch("FETCH 2 FROM c").await, ["a", "b"]);
+    c.batch_execute("MOVE 0 IN c").await.unwrap();
+    assert_eq!(fetch("FETCH NEXT FROM c").await, ["c"]);
+    c.batch_execute("CLOSE c").await.unwrap();
+    c.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(per_shard(fleet, &t).await, (1, 3));
+}

@@ -544,6 +544,9 @@ mod tests {
         let shape = &declared.statements[0].shape;
         assert!(shape.cursor.as_deref() == Some("c") && shape.verb == Verb::Select && shape.tables == ["t"]);
         assert_eq!(shape.predicates.len(), 1);
+        for sql in ["FETCH FORWARD 5 FROM c", "MOVE 2 IN c", "CLOSE c"] {
+            assert_eq!(classify(sql).statements[0].shape.uses_cursor.as_deref(), Some("c"), "{sql}");
+        }
         assert_eq!(kinds("DEALLOCATE ALL"), [Kind::Deallocate(None)]);
         assert_eq!(kinds("DEALLOCATE p1"), [Kind::Deallocate(Some("p1".into()))]);
         assert_eq!(kinds("DISCARD ALL"), [Kind::DiscardAll]);

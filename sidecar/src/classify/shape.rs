@@ -91,6 +91,8 @@ pub struct Shape {
     /// `DECLARE <name> ... CURSOR FOR` this query: its rows are fetched
     /// later, from the server that holds the cursor (a portal of that name).
     pub cursor: Option<String>,
+    /// `FETCH`, `MOVE` or `CLOSE` of this cursor: it goes where the cursor is.
+    pub uses_cursor: Option<String>,
 }
 
 impl Shape {
@@ -130,6 +132,11 @@ pub fn shape(node: &N) -> Shape {
     }
     let (tables, catalog) = tables(node);
     let mut shape = Shape { verb: verb(node), tables, catalog, ..Shape::default() };
+    match node {
+        N::FetchStmt(f) => shape.uses_cursor = Some(f.portalname.clone()),
+        N::ClosePortalStmt(c) if !c.portalname.is_empty() => shape.uses_cursor = Some(c.portalname.clone()),
+        _ => {}
+    }
     match node {
         N::SelectStmt(s) => {
             let scope = Scope::from_from(&s.from_clause);

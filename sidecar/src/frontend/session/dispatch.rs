@@ -90,6 +90,11 @@ impl Session {
             s.shape.verb == crate::classify::Verb::Ddl
                 && !s.text.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("lock"))
         });
+        // A cursor declared in SQL is read where it was declared.
+        if let Some(shard) = facts.single().and_then(|s| s.shape.uses_cursor.as_ref()).and_then(|c| self.cursors.get(c))
+        {
+            return Ok(Action::Forward { shard: *shard, role: Role::Primary });
+        }
         let in_txn = !matches!(self.txn, Txn::Idle);
         let at = Instant::now();
         let routed = self.shared.planner.route(facts, params, &self.info, in_txn, written).await;
