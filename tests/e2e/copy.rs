@@ -240,6 +240,17 @@ async fn same_rows_as_one_postgres(fleet: &Fleet, t: &str, one: &str) {
     assert!(split == plain, "the split COPY stored other rows than one Postgres did");
 }
 
+/// A sharded table for shardcar to split COPYs into, a plain one on s0
+/// named `<table>_one` to copy the same data into directly, and shardcar.
+async fn split_and_plain(fleet: &Fleet, prefix: &str) -> (String, String, Sidecar) {
+    let t = fleet.hashed_table(prefix).await;
+    let one = format!("{t}_one");
+    let create = format!("CREATE TABLE {one} (customer_id bigint, note text)");
+    direct(&fleet.s0).await.batch_execute(&create).await.unwrap();
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    (t, one, sc)
+}
+
 /// The COPY `sql` (with `{t}` for the table) of `data` in chunks of
 /// `chunk` bytes, through `c`.
 async fn copy_in(
@@ -259,14 +270,7 @@ async fn copy_in(
 #[tokio::test]
 async fn csv_copies_split_as_one_postgres_reads_them() {
     let fleet = Fleet::shared();
-    let t = fleet.hashed_table("copycsv").await;
-    let one = format!("{t}_one");
-    direct(&fleet.s0)
-        .await
-        .batch_execute(&format!("CREATE TABLE {one} (customer_id bigint, note text)"))
-        .await
-        .unwrap();
-    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let (t, one, sc) = split_and_plain(fleet, "copycsv").await;
     let c = sc.connect().await;
     // Quotes, delimiters and line ends inside values, CRLF rows, empty and
     // NULL notes, a quoted key, a header.
@@ -313,14 +317,7 @@ async fn a_million_row_binary_copy_splits_in_flat_memory_and_a_bad_row_leaves_no
     use tokio_postgres::binary_copy::BinaryCopyInWriter;
     use tokio_postgres::types::Type;
     let fleet = Fleet::shared();
-    let t = fleet.hashed_table("copybin").await;
-    let one = format!("{t}_one");
-    direct(&fleet.s0)
-        .await
-        .batch_execute(&format!("CREATE TABLE {one} (customer_id bigint, note text)"))
-        .await
-        .unwrap();
-    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let (t, one, sc) = split_and_plain(fleet, "copybin").await;
     let c = sc.connect().await;
     const ROWS: i64 = 1_000_000;
     // As drivers write it (tokio-postgres's binary writer, like pgx's CopyFrom).

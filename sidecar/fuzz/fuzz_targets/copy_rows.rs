@@ -7,7 +7,7 @@ mod common;
 
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
-use shardcar::scatter::copy::{BinaryKey, Format, Piece, RowSplitter};
+use shardcar::scatter::copy::{BinaryKey, CsvOptions, Format, Piece, RowSplitter};
 
 #[derive(Debug, Arbitrary)]
 enum Kind {
@@ -31,7 +31,7 @@ type Pieces = Result<Vec<(Vec<u8>, Option<String>, bool)>, String>;
 fn format(input: &Input) -> Format {
     match &input.kind {
         Kind::Text { header, null } => Format::Text { delimiter: input.delimiter, null: null.clone(), header: *header },
-        Kind::Csv { quote, escape, header, null, force_not_null, force_null } => Format::Csv {
+        Kind::Csv { quote, escape, header, null, force_not_null, force_null } => Format::Csv(CsvOptions {
             delimiter: input.delimiter,
             quote: *quote,
             escape: *escape,
@@ -39,7 +39,7 @@ fn format(input: &Input) -> Format {
             header: *header,
             key_force_not_null: *force_not_null,
             key_force_null: *force_null,
-        },
+        }),
         Kind::Binary { key } => Format::Binary {
             key: [BinaryKey::Int2, BinaryKey::Int4, BinaryKey::Int8, BinaryKey::Text, BinaryKey::Uuid]
                 [usize::from(*key) % 5],

@@ -11,20 +11,24 @@ pub enum Format {
         null: Vec<u8>,
         header: bool,
     },
-    Csv {
-        delimiter: u8,
-        quote: u8,
-        escape: u8,
-        /// The unquoted string that stands for NULL (empty unless `NULL '...'`).
-        null: Vec<u8>,
-        header: bool,
-        /// `FORCE_NOT_NULL` / `FORCE_NULL` name the key column.
-        key_force_not_null: bool,
-        key_force_null: bool,
-    },
+    Csv(Csv),
     Binary {
         key: BinaryKey,
     },
+}
+
+/// The CSV format's options.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Csv {
+    pub delimiter: u8,
+    pub quote: u8,
+    pub escape: u8,
+    /// The unquoted string that stands for NULL (empty unless `NULL '...'`).
+    pub null: Vec<u8>,
+    pub header: bool,
+    /// `FORCE_NOT_NULL` / `FORCE_NULL` name the key column.
+    pub key_force_not_null: bool,
+    pub key_force_null: bool,
 }
 
 /// The key column's type, as the binary format sends it.

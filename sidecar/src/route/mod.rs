@@ -302,7 +302,7 @@ impl Planner {
             },
             "csv" => {
                 let quote = byte("quote", &copy.quote, b'"')?;
-                Format::Csv {
+                Format::Csv(copy_format::Csv {
                     delimiter: byte("delimiter", &copy.delimiter, b',')?,
                     quote,
                     escape: byte("escape", &copy.escape, quote)?,
@@ -310,7 +310,7 @@ impl Planner {
                     header: copy.header,
                     key_force_not_null: copy.force_not_null.contains(&rule.key),
                     key_force_null: copy.force_null.contains(&rule.key),
-                }
+                })
             }
             "binary" => {
                 let column = self.router.key_column(rule).await?;

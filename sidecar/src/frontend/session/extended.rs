@@ -303,13 +303,8 @@ impl Session {
         let Some(mut portal) = self.portals.remove(&name) else {
             // A cursor declared in SQL is a portal on its server.
             if let Some(&shard) = self.cursors.get(&name)
-                && let Some(held) = self.conns.get_mut(shard)
+                && self.send_to(shard, &raw, Reply::DescribePortal)
             {
-                held.conn.conn.wbuf.extend_from_slice(&raw);
-                held.unsynced = true;
-                held.unflushed = true;
-                self.outbox.push(Entry::backend(shard, Reply::DescribePortal), &mut self.events);
-                self.apply_events();
                 return Ok(());
             }
             return self.fail(no_portal(&name), true);
@@ -325,12 +320,9 @@ impl Session {
             PortalKind::On(shard) => {
                 let shard = *shard;
                 self.portals.insert(name.clone(), portal);
-                let Some(held) = self.conns.get_mut(shard) else { return self.fail(no_portal(&name), true) };
-                held.conn.conn.wbuf.extend_from_slice(&raw);
-                held.unsynced = true;
-                held.unflushed = true;
-                self.outbox.push(Entry::backend(shard, Reply::DescribePortal), &mut self.events);
-                self.apply_events();
+                if !self.send_to(shard, &raw, Reply::DescribePortal) {
+                    return self.fail(no_portal(&name), true);
+                }
                 return Ok(());
             }
             PortalKind::Scatter(sp) => {
@@ -576,13 +568,8 @@ impl Session {
             }
         } else if let Some(portal) = self.portals.remove(&name) {
             if let PortalKind::On(shard) = portal.kind
-                && let Some(held) = self.conns.get_mut(shard)
+                && self.send_to(shard, &raw, Reply::Close)
             {
-                held.conn.conn.wbuf.extend_from_slice(&raw);
-                held.unsynced = true;
-                held.unflushed = true;
-                self.outbox.push(Entry::backend(shard, Reply::Close), &mut self.events);
-                self.apply_events();
                 return Ok(());
             }
             self.drop_portal(portal).await?;
@@ -609,6 +596,18 @@ impl Session {
         self.sync_servers();
         self.emit_ready();
         Ok(())
+    }
+
+    /// Passes a client message on to `shard`'s held server, whose reply
+    /// the client gets in turn; `false` when no server of `shard` is held.
+    fn send_to(&mut self, shard: ShardId, raw: &[u8], reply: Reply) -> bool {
+        let Some(held) = self.conns.get_mut(shard) else { return false };
+        held.conn.conn.wbuf.extend_from_slice(raw);
+        held.unsynced = true;
+        held.unflushed = true;
+        self.outbox.push(Entry::backend(shard, reply), &mut self.events);
+        self.apply_events();
+        true
     }
 
     /// Portals end with the implicit transaction.

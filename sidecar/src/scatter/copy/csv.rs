@@ -6,16 +6,11 @@
 //! accepted only in `\r\n` line ends (Postgres also reads files whose lines
 //! end in a bare `\r`; shardcar refuses those).
 
-use super::{Cut, Cutter, missing_key, utf8};
+use super::{CsvOptions, Cut, Cutter, content, line_end, missing_key, utf8};
 
 pub struct Csv {
-    delimiter: u8,
-    quote: u8,
-    escape: u8,
-    null: Vec<u8>,
+    o: CsvOptions,
     header_pending: bool,
-    key_force_not_null: bool,
-    key_force_null: bool,
     /// Where scanning the pending row resumes, and the quoting state there.
     pos: usize,
     in_quote: bool,
@@ -23,39 +18,29 @@ pub struct Csv {
 }
 
 impl Csv {
-    pub fn new(
-        delimiter: u8,
-        quote: u8,
-        escape: u8,
-        null: Vec<u8>,
-        header: bool,
-        key_force_not_null: bool,
-        key_force_null: bool,
-    ) -> Csv {
-        Csv {
-            delimiter,
-            quote,
-            escape,
-            null,
-            header_pending: header,
-            key_force_not_null,
-            key_force_null,
-            pos: 0,
-            in_quote: false,
-            last_was_escape: false,
-        }
+    pub fn new(options: CsvOptions) -> Csv {
+        Csv { header_pending: options.header, o: options, pos: 0, in_quote: false, last_was_escape: false }
     }
 
-    fn line(&mut self, n: usize) -> Cut {
-        (self.pos, self.in_quote, self.last_was_escape) = (0, false, false);
-        if std::mem::take(&mut self.header_pending) { Cut::Everyone(n) } else { Cut::Row(n) }
+    /// What a line end found at `i` makes of the pending row.
+    fn ended(&mut self, cut: Cut, i: usize) -> Cut {
+        match cut {
+            Cut::Row(n) => {
+                (self.pos, self.in_quote, self.last_was_escape) = (0, false, false);
+                if std::mem::take(&mut self.header_pending) { Cut::Everyone(n) } else { Cut::Row(n) }
+            }
+            other => {
+                self.pos = i;
+                other
+            }
+        }
     }
 }
 
 impl Cutter for Csv {
     fn cut(&mut self, pending: &[u8]) -> Result<Cut, String> {
         // Finding line ends, an escape equal to the quote is only a quote.
-        let escape = (self.escape != self.quote).then_some(self.escape);
+        let escape = (self.o.escape != self.o.quote).then_some(self.o.escape);
         if self.pos == 0 && pending.first() == Some(&b'\\') {
             match (pending.get(1), pending.get(2), pending.get(3)) {
                 (Some(b'.'), Some(b'\n'), _) => return Ok(Cut::End(3)),
@@ -71,25 +56,16 @@ impl Cutter for Csv {
             if self.in_quote && Some(c) == escape {
                 self.last_was_escape = !self.last_was_escape;
             }
-            if c == self.quote && !self.last_was_escape {
+            if c == self.o.quote && !self.last_was_escape {
                 self.in_quote = !self.in_quote;
             }
             if Some(c) != escape {
                 self.last_was_escape = false;
             }
-            if !self.in_quote {
-                match c {
-                    b'\n' => return Ok(self.line(i + 1)),
-                    b'\r' => match pending.get(i + 1) {
-                        None => {
-                            self.pos = i;
-                            return Ok(Cut::More);
-                        }
-                        Some(b'\n') => return Ok(self.line(i + 2)),
-                        Some(_) => return Err("an unquoted carriage return in CSV data (quote the value)".into()),
-                    },
-                    _ => {}
-                }
+            if !self.in_quote
+                && let Some(cut) = line_end(pending, i, "an unquoted carriage return in CSV data (quote the value)")?
+            {
+                return Ok(self.ended(cut, i));
             }
             i += 1;
         }
@@ -98,14 +74,12 @@ impl Cutter for Csv {
     }
 
     fn key(&self, row: &[u8], field: usize) -> Result<Option<String>, String> {
-        let content = row.strip_suffix(b"\n").unwrap_or(row);
-        let content = content.strip_suffix(b"\r").unwrap_or(content);
-        let (raw, value, quoted) = self.field(content, field)?;
-        let null = !quoted && raw == self.null.as_slice();
-        let value = match (null, self.key_force_not_null, self.key_force_null) {
-            (true, true, _) => Some(self.null.clone()),
+        let (raw, value, quoted) = self.field(content(row), field)?;
+        let null = !quoted && raw == self.o.null.as_slice();
+        let value = match (null, self.o.key_force_not_null, self.o.key_force_null) {
+            (true, true, _) => Some(self.o.null.clone()),
             (true, false, _) => None,
-            (false, _, true) if value == self.null => None,
+            (false, _, true) if value == self.o.null => None,
             (false, _, _) => Some(value),
         };
         value.map(utf8).transpose()
@@ -137,11 +111,11 @@ impl Csv {
             while i < row.len() {
                 let c = row[i];
                 i += 1;
-                if c == self.delimiter {
+                if c == self.o.delimiter {
                     delimited = true;
                     break;
                 }
-                if c != self.quote {
+                if c != self.o.quote {
                     value.push(c);
                     continue;
                 }
@@ -149,12 +123,14 @@ impl Csv {
                 loop {
                     let Some(&c) = row.get(i) else { return Err("unterminated CSV quoted field".into()) };
                     i += 1;
-                    if c == self.escape && row.get(i).is_some_and(|&next| next == self.escape || next == self.quote) {
+                    if c == self.o.escape
+                        && row.get(i).is_some_and(|&next| next == self.o.escape || next == self.o.quote)
+                    {
                         value.push(row[i]);
                         i += 1;
                         continue;
                     }
-                    if c == self.quote {
+                    if c == self.o.quote {
                         break;
                     }
                     value.push(c);
@@ -174,11 +150,11 @@ impl Csv {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Format;
     use super::super::tests::split;
+    use super::super::{CsvOptions, Format};
 
     fn csv(header: bool) -> Format {
-        Format::Csv {
+        Format::Csv(CsvOptions {
             delimiter: b',',
             quote: b'"',
             escape: b'"',
@@ -186,7 +162,7 @@ mod tests {
             header,
             key_force_not_null: false,
             key_force_null: false,
-        }
+        })
     }
 
     fn keys(rows: &[(Vec<u8>, Option<String>)]) -> Vec<Option<String>> {
@@ -205,7 +181,7 @@ mod tests {
 
     #[test]
     fn another_escape_character_the_null_string_and_forced_nulls() {
-        let format = Format::Csv {
+        let format = Format::Csv(CsvOptions {
             delimiter: b';',
             quote: b'\'',
             escape: b'\\',
@@ -213,17 +189,19 @@ mod tests {
             header: false,
             key_force_not_null: false,
             key_force_null: false,
-        };
+        });
         let rows = split(&format, 1, &[b"1;'it\\'s';x\n2;NULL\n3;'NULL'\n4;'a\\\\b'\n"]).unwrap();
         assert_eq!(keys(&rows), vec![Some("it's".into()), None, Some("NULL".into()), Some("a\\b".into())]);
-        let forced = |not_null, null| Format::Csv {
-            delimiter: b',',
-            quote: b'"',
-            escape: b'"',
-            null: Vec::new(),
-            header: false,
-            key_force_not_null: not_null,
-            key_force_null: null,
+        let forced = |not_null, null| {
+            Format::Csv(CsvOptions {
+                delimiter: b',',
+                quote: b'"',
+                escape: b'"',
+                null: Vec::new(),
+                header: false,
+                key_force_not_null: not_null,
+                key_force_null: null,
+            })
         };
         assert_eq!(keys(&split(&forced(true, false), 0, &[b",x\n"]).unwrap()), vec![Some(String::new())]);
         assert_eq!(keys(&split(&forced(false, true), 0, &[b"\"\",x\n"]).unwrap()), vec![None]);

@@ -12,7 +12,7 @@ mod binary;
 mod csv;
 mod text;
 
-pub use crate::route::copy_format::{BinaryKey, Format};
+pub use crate::route::copy_format::{BinaryKey, Csv as CsvOptions, Format};
 use crate::sqlerror::{SqlError, code};
 
 /// What the data holds, in order.
@@ -68,18 +68,7 @@ impl RowSplitter {
             Format::Text { delimiter, null, header } => {
                 (Box::new(text::Text::new(*delimiter, null.clone(), *header)), false)
             }
-            Format::Csv { delimiter, quote, escape, null, header, key_force_not_null, key_force_null } => (
-                Box::new(csv::Csv::new(
-                    *delimiter,
-                    *quote,
-                    *escape,
-                    null.clone(),
-                    *header,
-                    *key_force_not_null,
-                    *key_force_null,
-                )),
-                false,
-            ),
+            Format::Csv(options) => (Box::new(csv::Csv::new(options.clone())), false),
             Format::Binary { key } => (Box::new(binary::Binary::new(*key)), true),
         };
         RowSplitter { cutter, key_field, buf: Vec::new(), start: 0, ended: false, strict_end, max_row }
@@ -159,6 +148,27 @@ fn bad(why: String) -> SqlError {
 /// A row's first bytes, for messages.
 fn shown(row: &[u8]) -> String {
     String::from_utf8_lossy(&row[..row.len().min(80)]).into_owned()
+}
+
+/// Where the row ends when the byte at `i` of `pending` is a newline or a
+/// carriage return outside any escape or quote: a `\n` or `\r\n` line end
+/// ends it; a bare `\r` (Postgres reads such files only when every line
+/// ends so; shardcar refuses them) is the error `bare_cr`.
+fn line_end(pending: &[u8], i: usize, bare_cr: &str) -> Result<Option<Cut>, String> {
+    match (pending[i], pending.get(i + 1)) {
+        (b'\n', _) => Ok(Some(Cut::Row(i + 1))),
+        (b'\r', Some(b'\n')) => Ok(Some(Cut::Row(i + 2))),
+        // The next chunk says.
+        (b'\r', None) => Ok(Some(Cut::More)),
+        (b'\r', Some(_)) => Err(bare_cr.into()),
+        _ => Ok(None),
+    }
+}
+
+/// A row without its line end.
+fn content(row: &[u8]) -> &[u8] {
+    let row = row.strip_suffix(b"\n").unwrap_or(row);
+    row.strip_suffix(b"\r").unwrap_or(row)
 }
 
 /// The message for a row without the key field.

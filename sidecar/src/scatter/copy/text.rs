@@ -7,7 +7,7 @@
 
 use std::ops::Range;
 
-use super::{Cut, Cutter, missing_key, utf8};
+use super::{Cut, Cutter, content, line_end, missing_key, utf8};
 
 pub struct Text {
     delimiter: u8,
@@ -24,9 +24,18 @@ impl Text {
         Text { delimiter, null, header_pending: header, pos: 0, escaped: false }
     }
 
-    fn line(&mut self, n: usize) -> Cut {
-        (self.pos, self.escaped) = (0, false);
-        if std::mem::take(&mut self.header_pending) { Cut::Everyone(n) } else { Cut::Row(n) }
+    /// What a line end found at `i` makes of the pending row.
+    fn ended(&mut self, cut: Cut, i: usize) -> Cut {
+        match cut {
+            Cut::Row(n) => {
+                (self.pos, self.escaped) = (0, false);
+                if std::mem::take(&mut self.header_pending) { Cut::Everyone(n) } else { Cut::Row(n) }
+            }
+            other => {
+                self.pos = i;
+                other
+            }
+        }
     }
 }
 
@@ -55,18 +64,10 @@ impl Cutter for Text {
                 i += 1;
                 continue;
             }
-            match b {
-                b'\\' => self.escaped = true,
-                b'\n' => return Ok(self.line(i + 1)),
-                b'\r' => match pending.get(i + 1) {
-                    None => {
-                        self.pos = i;
-                        return Ok(Cut::More);
-                    }
-                    Some(b'\n') => return Ok(self.line(i + 2)),
-                    Some(_) => return Err("a carriage return in COPY data (write it as \\r)".into()),
-                },
-                _ => {}
+            if b == b'\\' {
+                self.escaped = true;
+            } else if let Some(cut) = line_end(pending, i, "a carriage return in COPY data (write it as \\r)")? {
+                return Ok(self.ended(cut, i));
             }
             i += 1;
         }
@@ -75,8 +76,7 @@ impl Cutter for Text {
     }
 
     fn key(&self, row: &[u8], field: usize) -> Result<Option<String>, String> {
-        let content = row.strip_suffix(b"\n").unwrap_or(row);
-        let content = content.strip_suffix(b"\r").unwrap_or(content);
+        let content = content(row);
         let range = field_range(content, self.delimiter, field).ok_or_else(|| missing_key(field, content))?;
         let raw = &content[range];
         // The NULL string is compared before escapes are undone, as Postgres does.
