@@ -100,9 +100,12 @@ fn main() -> anyhow::Result<()> {
     let threads = args.shardcar_threads;
     all.push(targets::shardcar(&bin, &dir, "shardcar 1 shard", &[&shards[0]], args.pool, threads)?);
     all.push(targets::shardcar(&bin, &dir, "shardcar 2 shards hash", &[&shards[0], &shards[1]], args.pool, threads)?);
-    match std::env::var_os("PGCAT_BIN") {
-        Some(pgcat) => all.push(targets::pgcat(&PathBuf::from(pgcat), &dir, &shards[0], args.pool)?),
-        None => println!("PGCAT_BIN is not set: PgCat is skipped (it is not installable from the registries here)"),
+    // PgCat is not installable from the registries here: its binary comes
+    // from PGCAT_BIN, else the workplace's anchor copy beside the repository.
+    let anchor = PathBuf::from("../shared/anchors/pgcat");
+    match std::env::var_os("PGCAT_BIN").map(PathBuf::from).or_else(|| anchor.exists().then_some(anchor)) {
+        Some(pgcat) => all.push(targets::pgcat(&pgcat, &dir, &shards[0], args.pool)?),
+        None => println!("no PgCat binary (PGCAT_BIN, or ../shared/anchors/pgcat): PgCat is skipped"),
     }
 
     let mut workloads = Vec::new();

@@ -162,6 +162,10 @@ pub fn shardcar(
     Ok(target)
 }
 
+/// PgCat refuses clients without a password: its pool user has one, and
+/// logs in to the shard as the superuser (the test clusters trust it).
+const PGCAT_PASSWORD: &str = "bench";
+
 /// PgCat (`PGCAT_BIN`), transaction mode, the same pool size.
 pub fn pgcat(bin: &Path, dir: &Path, cluster: &Cluster, pool: usize) -> anyhow::Result<Target> {
     let port = localpg::free_port()?;
@@ -169,9 +173,11 @@ pub fn pgcat(bin: &Path, dir: &Path, cluster: &Cluster, pool: usize) -> anyhow::
     let config = format!(
         "[general]\nhost = \"127.0.0.1\"\nport = {port}\nadmin_username = \"admin\"\nadmin_password = \"{admin_password}\"\n\n\
          [pools.app]\npool_mode = \"transaction\"\nprepared_statements_cache_size = 500\n\n\
-         [pools.app.users.0]\nusername = \"{user}\"\npassword = \"\"\npool_size = {pool}\n\n\
+         [pools.app.users.0]\nusername = \"app\"\npassword = \"{password}\"\nserver_username = \"{user}\"\n\
+         server_password = \"{user}\"\npool_size = {pool}\n\n\
          [pools.app.shards.0]\nservers = [[\"127.0.0.1\", {pg}, \"primary\"]]\ndatabase = \"{db}\"\n",
         user = localpg::SUPERUSER,
+        password = PGCAT_PASSWORD,
         pg = cluster.port,
         db = localpg::DATABASE,
     );
@@ -182,8 +188,8 @@ pub fn pgcat(bin: &Path, dir: &Path, cluster: &Cluster, pool: usize) -> anyhow::
     let target = Target {
         name: "pgcat".into(),
         port,
-        user: localpg::SUPERUSER.into(),
-        password: None,
+        user: "app".into(),
+        password: Some(PGCAT_PASSWORD.into()),
         prepared: true,
         child: Some(child),
     };
