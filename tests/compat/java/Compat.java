@@ -13,6 +13,7 @@ import java.sql.DriverManager;
 import java.sql.PreparedStatement;
 import java.sql.ResultSet;
 import java.sql.ResultSetMetaData;
+import java.sql.Savepoint;
 import java.sql.SQLException;
 import java.sql.Statement;
 
@@ -117,6 +118,55 @@ public class Compat {
                 expect(rs.next() && rs.getLong(1) == 40, "count across shards");
             }
             step("queries merged across shards, with their metadata");
+
+            // A fetch size in a transaction: a portal read 7 rows per Execute, across shards.
+            c.setAutoCommit(false);
+            try (PreparedStatement q = c.prepareStatement("SELECT customer_id FROM " + t + " ORDER BY customer_id")) {
+                q.setFetchSize(7);
+                try (ResultSet rs = q.executeQuery()) {
+                    long last = 0;
+                    int n = 0;
+                    while (rs.next()) {
+                        expect(rs.getLong(1) > last, "in order");
+                        last = rs.getLong(1);
+                        n++;
+                    }
+                    expect(n == 40, "every row, 7 at a time: " + n);
+                }
+            }
+            c.commit();
+            step("setFetchSize across shards in a transaction");
+
+            // A savepoint in a transaction across shards (1 is on s0, 3 on s1).
+            try (PreparedStatement up = c.prepareStatement("UPDATE " + t + " SET note = ? WHERE customer_id = ?")) {
+                up.setString(1, "kept");
+                up.setLong(2, 1);
+                up.executeUpdate();
+                Savepoint sp = c.setSavepoint();
+                for (long k : new long[] {1, 3}) {
+                    up.setString(1, "undone");
+                    up.setLong(2, k);
+                    up.executeUpdate();
+                }
+                c.rollback(sp);
+                up.setString(1, "kept");
+                up.setLong(2, 3);
+                up.executeUpdate();
+            }
+            c.commit();
+            c.setAutoCommit(true);
+            try (Statement s = c.createStatement();
+                    ResultSet rs = s.executeQuery("SELECT count(*) FROM " + t + " WHERE note = 'kept'")) {
+                expect(rs.next() && rs.getLong(1) == 2, "rolled back to the savepoint on both shards");
+            }
+            try (PreparedStatement up = c.prepareStatement("UPDATE " + t + " SET note = ? WHERE customer_id = ?")) {
+                for (long k : new long[] {1, 3}) {
+                    up.setString(1, "note " + k);
+                    up.setLong(2, k);
+                    up.executeUpdate();
+                }
+            }
+            step("setSavepoint and rollback(savepoint) across shards");
 
             // Table and type OIDs differ between the shards (the test shifts
             // s1's); pgjdbc looks a description's OIDs up in the catalog it reads.
