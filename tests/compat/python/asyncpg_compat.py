@@ -69,6 +69,14 @@ async def main():
         expect([r[0] for r in first] == ["note 5"], f"cursor by key: {first}")
     step("cursor by key")
 
+    # And across shards: the merge goes on from where each fetch stopped.
+    async with conn.transaction():
+        cur = await conn.cursor(f"SELECT customer_id FROM {t} ORDER BY customer_id")
+        first, then = await cur.fetch(4), await cur.fetch(4)
+        ids = [r[0] for r in first + then]
+        expect(ids == list(range(1, 9)), f"cursor across shards, 4 rows at a time: {ids}")
+    step("cursor across shards")
+
     # COPY into the sharded table: rows split by key.
     data = "".join(f"{i}\tcopied {i}\t{i}\n" for i in range(31, 41)).encode()
     await conn.copy_to_table(t, source=io.BytesIO(data), columns=["customer_id", "note", "amount"])
