@@ -375,3 +375,22 @@ async fn a_million_row_binary_copy_splits_in_flat_memory_and_a_bad_row_leaves_no
         assert_eq!(n, 0, "a failed COPY leaves no rows");
     }
 }
+
+#[tokio::test]
+async fn a_copy_routes_each_key_once() {
+    // A bulk load of a few customers' rows: one plugin call per key, not per row.
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("copykeys").await;
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sc.connect().await;
+    let data: String = (0..2000).map(|i| format!("{}\trow {i}\n", 1 + i % 4)).collect();
+    let before = crate::plugins::plugin_calls(&sc);
+    assert_eq!(copy_in(&c, &format!("COPY {t} FROM STDIN"), data.as_bytes(), 4096).await.unwrap(), 2000);
+    let calls = crate::plugins::plugin_calls(&sc) - before;
+    assert_eq!(calls, 4, "one call per distinct key");
+    for key in 1..=4 {
+        let n: i64 =
+            c.query_one(&format!("SELECT count(*) FROM {t} WHERE customer_id = {key}"), &[]).await.unwrap().get(0);
+        assert_eq!(n, 500, "customer {key}'s rows where its key routes");
+    }
+}

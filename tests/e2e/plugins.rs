@@ -334,7 +334,7 @@ fn check_loads_plugins_and_reports_their_config_errors() {
 }
 
 /// Routing plugin calls so far, summed over policies and versions.
-fn plugin_calls(sc: &Sidecar) -> u64 {
+pub fn plugin_calls(sc: &Sidecar) -> u64 {
     let metrics = sc.admin_get("/metrics").1;
     metrics
         .lines()

@@ -10,6 +10,7 @@
 //! and passed on byte for byte — a header to every shard — or passed on
 //! whole to each shard.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::BytesMut;
@@ -25,11 +26,16 @@ use crate::route::CopySplit;
 use crate::scatter::copy::{Piece, RowSplitter};
 use crate::scatter::{Leg, internal};
 use crate::sqlerror::{SqlError, code};
+use crate::topology::ShardId;
 use crate::twophase::{Outcome, Participant};
 use crate::wire::{ClientMsg, reply};
 
 /// Bytes queued for one shard before they are sent.
 const SHARD_FLUSH_AT: usize = 64 * 1024;
+/// Keys whose shard a COPY remembers: a bulk load often brings many rows
+/// of one key (a tenant's, a customer's), and a policy must route the same
+/// facts the same way, so a key is routed once per COPY (bounded memory).
+const KEYS_REMEMBERED: usize = 65_536;
 
 /// Why a split COPY did not complete.
 enum Failure {
@@ -218,6 +224,7 @@ impl Session {
 
         let info = self.info.clone();
         let template = splitter.as_ref().map(|(rule, _)| self.shared.router.key_insert(facts, rule));
+        let mut placed: HashMap<Option<String>, ShardId> = HashMap::new();
         let mut chunks: Vec<Vec<u8>> = vec![Vec::new(); legs.len()];
         let mut pieces: Vec<Collected> = Vec::new();
         loop {
@@ -269,8 +276,21 @@ impl Session {
                         continue;
                     }
                 };
-                let placed = self.shared.router.route_key(template, rule, key, &info, in_transaction).await;
-                match placed {
+                let routed = match placed.get(&key) {
+                    Some(&shard) => Ok(shard),
+                    None => {
+                        let routed =
+                            self.shared.router.route_key(template, rule, key.clone(), &info, in_transaction).await;
+                        if let Ok(shard) = routed {
+                            if placed.len() == KEYS_REMEMBERED {
+                                placed.clear();
+                            }
+                            placed.insert(key, shard);
+                        }
+                        routed
+                    }
+                };
+                match routed {
                     Ok(shard) => chunks[shard.index()].extend_from_slice(&bytes),
                     Err(e) => {
                         let e = SqlError::from(e);
