@@ -341,3 +341,17 @@ async fn a_simple_query_outside_a_block_ends_the_portals_before_it() {
     c.shutdown_writing().await;
     assert_eq!(tags(&c.until_closed().await), "1 2 D s 2 N C Z:I E:34000");
 }
+
+#[tokio::test]
+async fn a_bind_must_supply_every_parameter() {
+    // Checked before anything else, as Postgres does: a portal shardcar runs
+    // across shards would otherwise go out short of (or with extra) values.
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    let got = c.parse("n", "SELECT count(*) FROM t").bind("p", "n", &["1"]).execute("p", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 E:08P01 Z:I");
+    assert!(error(&got).field(b'M').contains("supplies 1 parameters, but prepared statement \"n\" requires 0"));
+    let got = c.parse("k", "SELECT v FROM t WHERE k = $1").bind("", "k", &[]).execute("", 0).sync().run().await;
+    assert_eq!(tags(&got), "1 E:08P01 Z:I");
+    assert_eq!(tags(&c.bind("", "n", &[]).execute("", 0).sync().run().await), "2 D D C Z:I");
+}

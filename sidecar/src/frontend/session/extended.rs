@@ -217,21 +217,40 @@ impl Session {
         if let Some(old) = self.portals.remove(&portal) {
             self.drop_portal(old).await?;
         }
+        let (mut stages, pending) = self.take_parsed(&p);
+        // Refused before anything runs (the Parse held back is answered first):
+        // a Bind must supply every parameter, as Postgres checks first (a
+        // portal shardcar runs itself would otherwise run short of them), and
+        // open portals share the session's byte budget.
         let cost = super::portals::cost(&msg);
         let limit = self.shared.config.listen.max_prepared_bytes_per_client;
         let held = self.statements.bytes() + self.portals.bytes() + cost;
-        if !portal.is_empty() && held > limit {
-            self.shared.limits.hit("prepared_bytes");
-            let e = SqlError::new(
-                code::PROGRAM_LIMIT_EXCEEDED,
+        let refusal = match p.param_count() {
+            Some(expected) if msg.parameters.len() != expected => Some(SqlError::new(
+                code::PROTOCOL_VIOLATION,
                 format!(
-                    "portal \"{portal}\" would make this session's prepared statements and open portals hold {held} bytes, over shardcar's listen.max_prepared_bytes_per_client ({limit})"
+                    "bind message supplies {} parameters, but prepared statement \"{stmt_name}\" requires {expected}",
+                    msg.parameters.len()
                 ),
-            )
-            .hint("close portals no longer used (Close), or end the transaction that keeps them");
+            )),
+            _ if !portal.is_empty() && held > limit => {
+                self.shared.limits.hit("prepared_bytes");
+                Some(SqlError::new(
+                    code::PROGRAM_LIMIT_EXCEEDED,
+                    format!(
+                        "portal \"{portal}\" would make this session's prepared statements and open portals hold {held} bytes, over shardcar's listen.max_prepared_bytes_per_client ({limit})"
+                    ),
+                )
+                .hint("close portals no longer used (Close), or end the transaction that keeps them"))
+            }
+            _ => None,
+        };
+        if let Some(e) = refusal {
+            if let Some(undo) = pending {
+                self.parse_anywhere(&p, undo).await?;
+            }
             return self.fail(e, true);
         }
-        let (mut stages, pending) = self.take_parsed(&p);
         let params = bind_params(&p, &msg);
         let action = match self.plan(&p.facts, Some(&params), &mut stages, None).await {
             Ok(a) => a,

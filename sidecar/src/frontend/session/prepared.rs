@@ -79,6 +79,23 @@ impl Prepared {
             .collect()
     }
 
+    /// How many parameters a Bind must supply, when that is known for sure:
+    /// the most of the declared types, the types the server described and
+    /// the highest `$n` in the text (unknown when the lexer meets text it
+    /// does not model and no server described it).
+    pub fn param_count(&self) -> Option<usize> {
+        let described = self.described_types.get().map(Vec::len);
+        let mut highest = 0;
+        for (token, _) in crate::classify::lexer::tokens(&self.text.sql) {
+            match token {
+                crate::classify::lexer::Token::Param(n) => highest = highest.max(n),
+                crate::classify::lexer::Token::Other => return described,
+                _ => {}
+            }
+        }
+        Some(highest.max(self.text.param_types.len()).max(described.unwrap_or(0)))
+    }
+
     pub fn is_validated(&self) -> bool {
         self.validated.load(Ordering::Relaxed)
     }
