@@ -10,7 +10,6 @@ use super::{CsvOptions, Cut, Cutter, content, line_end, missing_key, utf8};
 
 pub struct Csv {
     o: CsvOptions,
-    header_pending: bool,
     /// Where scanning the pending row resumes, and the quoting state there.
     pos: usize,
     in_quote: bool,
@@ -19,21 +18,7 @@ pub struct Csv {
 
 impl Csv {
     pub fn new(options: CsvOptions) -> Csv {
-        Csv { header_pending: options.header, o: options, pos: 0, in_quote: false, last_was_escape: false }
-    }
-
-    /// What a line end found at `i` makes of the pending row.
-    fn ended(&mut self, cut: Cut, i: usize) -> Cut {
-        match cut {
-            Cut::Row(n) => {
-                (self.pos, self.in_quote, self.last_was_escape) = (0, false, false);
-                if std::mem::take(&mut self.header_pending) { Cut::Everyone(n) } else { Cut::Row(n) }
-            }
-            other => {
-                self.pos = i;
-                other
-            }
-        }
+        Csv { o: options, pos: 0, in_quote: false, last_was_escape: false }
     }
 }
 
@@ -65,7 +50,9 @@ impl Cutter for Csv {
             if !self.in_quote
                 && let Some(cut) = line_end(pending, i, "an unquoted carriage return in CSV data (quote the value)")?
             {
-                return Ok(self.ended(cut, i));
+                // A row is done (outside quotes: scanning starts over), or `\r` waits for the next chunk.
+                self.pos = if matches!(cut, Cut::More) { i } else { 0 };
+                return Ok(cut);
             }
             i += 1;
         }
@@ -86,7 +73,7 @@ impl Cutter for Csv {
     }
 
     fn last(&mut self, pending: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        if pending.is_empty() || self.header_pending || matches!(pending, b"\\." | b"\\.\r") {
+        if pending.is_empty() || matches!(pending, b"\\." | b"\\.\r") {
             return Ok(None);
         }
         if self.in_quote {

@@ -58,6 +58,8 @@ pub struct RowSplitter {
     ended: bool,
     /// Binary data after the trailer is an error, as in Postgres.
     strict_end: bool,
+    /// The next line is a header (`HEADER`): every shard gets it.
+    header_pending: bool,
     max_row: usize,
 }
 
@@ -65,13 +67,13 @@ impl RowSplitter {
     /// `key_field`: zero-based; `max_row`: the longest row kept while it arrives.
     pub fn new(format: &Format, key_field: usize, max_row: usize) -> RowSplitter {
         let (cutter, strict_end): (Box<dyn Cutter + Send>, bool) = match format {
-            Format::Text { delimiter, null, header } => {
-                (Box::new(text::Text::new(*delimiter, null.clone(), *header)), false)
-            }
+            Format::Text { delimiter, null, .. } => (Box::new(text::Text::new(*delimiter, null.clone())), false),
             Format::Csv(options) => (Box::new(csv::Csv::new(options.clone())), false),
             Format::Binary { key } => (Box::new(binary::Binary::new(*key)), true),
         };
-        RowSplitter { cutter, key_field, buf: Vec::new(), start: 0, ended: false, strict_end, max_row }
+        let header_pending =
+            matches!(format, Format::Text { header: true, .. } | Format::Csv(CsvOptions { header: true, .. }));
+        RowSplitter { cutter, key_field, buf: Vec::new(), start: 0, ended: false, strict_end, header_pending, max_row }
     }
 
     /// Feeds `data`; `piece` gets each piece completed by it, in order.
@@ -91,6 +93,10 @@ impl RowSplitter {
             let pending = &self.buf[self.start..];
             match self.cutter.cut(pending).map_err(bad)? {
                 Cut::More => break,
+                Cut::Row(n) if std::mem::take(&mut self.header_pending) => {
+                    piece(Piece::Everyone(&pending[..n]))?;
+                    self.start += n;
+                }
                 Cut::Row(n) => {
                     let bytes = &pending[..n];
                     let key = self.cutter.key(bytes, self.key_field).map_err(bad)?;
@@ -132,11 +138,15 @@ impl RowSplitter {
             return Ok(());
         }
         let pending = std::mem::take(&mut self.buf);
+        self.ended = true;
+        if self.header_pending {
+            // A header alone, without its line end: no rows, nothing for the shards.
+            return Ok(());
+        }
         if let Some(row) = self.cutter.last(&pending).map_err(bad)? {
             let key = self.cutter.key(&row, self.key_field).map_err(bad)?;
             piece(Piece::Row { bytes: &row, key })?;
         }
-        self.ended = true;
         Ok(())
     }
 }

@@ -12,7 +12,6 @@ use super::{Cut, Cutter, content, line_end, missing_key, utf8};
 pub struct Text {
     delimiter: u8,
     null: Vec<u8>,
-    header_pending: bool,
     /// Where scanning the pending row resumes, and whether the byte before
     /// it was a backslash that escapes the next one.
     pos: usize,
@@ -20,22 +19,8 @@ pub struct Text {
 }
 
 impl Text {
-    pub fn new(delimiter: u8, null: Vec<u8>, header: bool) -> Text {
-        Text { delimiter, null, header_pending: header, pos: 0, escaped: false }
-    }
-
-    /// What a line end found at `i` makes of the pending row.
-    fn ended(&mut self, cut: Cut, i: usize) -> Cut {
-        match cut {
-            Cut::Row(n) => {
-                (self.pos, self.escaped) = (0, false);
-                if std::mem::take(&mut self.header_pending) { Cut::Everyone(n) } else { Cut::Row(n) }
-            }
-            other => {
-                self.pos = i;
-                other
-            }
-        }
+    pub fn new(delimiter: u8, null: Vec<u8>) -> Text {
+        Text { delimiter, null, pos: 0, escaped: false }
     }
 }
 
@@ -67,7 +52,9 @@ impl Cutter for Text {
             if b == b'\\' {
                 self.escaped = true;
             } else if let Some(cut) = line_end(pending, i, "a carriage return in COPY data (write it as \\r)")? {
-                return Ok(self.ended(cut, i));
+                // A row is done (scanning starts over), or `\r` waits for the next chunk.
+                self.pos = if matches!(cut, Cut::More) { i } else { 0 };
+                return Ok(cut);
             }
             i += 1;
         }
@@ -87,7 +74,7 @@ impl Cutter for Text {
     }
 
     fn last(&mut self, pending: &[u8]) -> Result<Option<Vec<u8>>, String> {
-        if pending.is_empty() || self.header_pending || matches!(pending, b"\\." | b"\\.\r") {
+        if pending.is_empty() || matches!(pending, b"\\." | b"\\.\r") {
             return Ok(None);
         }
         if self.escaped {
