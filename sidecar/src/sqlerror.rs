@@ -29,6 +29,7 @@ pub mod code {
     pub const INTERNAL_ERROR: &str = "XX000";
     pub const WARNING: &str = "01000";
     pub const INVALID_CURSOR_NAME: &str = "34000";
+    pub const DUPLICATE_CURSOR: &str = "42P03";
     pub const QUERY_CANCELED: &str = "57014";
     pub const OUT_OF_MEMORY: &str = "53200";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";

@@ -374,3 +374,106 @@ async fn a_query_behind_a_failed_batch_is_ignored_until_sync_on_every_shard() {
     }
     assert_eq!(crate::harness::tags(&c.simple("ROLLBACK").await), "C Z:I");
 }
+
+/// Found by fuzzing (`session`, two-phase commit): a portal across shards
+/// bound before a mid-batch BEGIN, run after a statement on one shard whose
+/// extended messages were not yet synced, lost the transaction block when
+/// the next query failed — Postgres keeps it, failed, until ROLLBACK.
+#[tokio::test]
+async fn an_error_after_a_portal_across_shards_in_a_mid_batch_block_fails_the_block() {
+    let s = setup(TWO_PHASE).await;
+    let mut c = Client::connect(&s).await;
+    let on_s1 = "/* shardcar: shard=s1 */ SELECT 1";
+    c.parse("n", "SELECT count(*) FROM t").bind("p", "n", &[]).describe(b'P', "p").query("BEGIN");
+    c.bind("q", "n", &[]).parse("", on_s1).bind("", "", &[]).execute("q", 3);
+    c.query("SELECT fail").query("SELECT fail");
+    c.send().await;
+    let mut got = c.until_ready().await;
+    for _ in 0..2 {
+        got.extend(c.until_ready().await);
+    }
+    assert_eq!(tags(&got), "1 2 T C Z:T 2 1 2 D D C E:42000 Z:E E:25P02 Z:E");
+    assert_eq!(tags(&c.simple("ROLLBACK").await), "C Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I");
+}
+
+/// The same with the unnamed portal, which a Bind replaces: a suspended
+/// portal across shards is read to its end first.
+#[tokio::test]
+async fn replacing_a_suspended_portal_across_shards_in_a_block_keeps_the_block() {
+    let s = setup(TWO_PHASE).await;
+    let mut c = Client::connect(&s).await;
+    let on_s1 = "/* shardcar: shard=s1 */ SELECT 1";
+    c.parse("n", "SELECT count(*) FROM t").query("BEGIN").bind("", "n", &[]).execute("", 1);
+    c.parse("", on_s1).bind("", "", &[]).execute("", 0);
+    c.query("SELECT fail").query("SELECT fail");
+    c.send().await;
+    let mut got = c.until_ready().await;
+    for _ in 0..2 {
+        got.extend(c.until_ready().await);
+    }
+    assert_eq!(tags(&got), "1 C Z:T 2 D s 1 2 D C E:42000 Z:E E:25P02 Z:E");
+    assert_eq!(tags(&c.simple("ROLLBACK").await), "C Z:I");
+    assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I");
+}
+
+/// A simple query ends the unnamed portal, in a block too; a named portal
+/// bound and described before BEGIN runs in the block.
+#[tokio::test]
+async fn a_query_ends_the_unnamed_portal_but_not_named_ones() {
+    let s = setup(TWO_PHASE).await;
+    let mut c = Client::connect(&s).await;
+    c.parse("n", "SELECT count(*) FROM t").bind("", "n", &[]).describe(b'P', "").query("BEGIN").execute("", 3).sync();
+    let mut got = c.run().await;
+    got.extend(c.until_ready().await);
+    assert_eq!(tags(&got), "1 2 T C Z:T E:34000 Z:E");
+    assert_eq!(tags(&c.simple("ROLLBACK").await), "C Z:I");
+    let on_s1 = "/* shardcar: shard=s1 */ SELECT 1";
+    c.bind("p", "n", &[]).describe(b'P', "p").query("BEGIN").parse("", on_s1).bind("", "", &[]).execute("p", 3);
+    c.query("SELECT fail").query("SELECT fail");
+    let mut got = c.run().await;
+    for _ in 0..2 {
+        got.extend(c.until_ready().await);
+    }
+    assert_eq!(tags(&got), "2 T C Z:T 1 2 D D C E:42000 Z:E E:25P02 Z:E");
+}
+
+/// What shardcar runs itself (a statement across shards, a savepoint or
+/// COMMIT across shards) behind a statement whose error it has not read
+/// yet is skipped, as Postgres skips everything after an error up to Sync.
+#[tokio::test]
+async fn statements_shardcar_runs_itself_are_skipped_after_an_earlier_error_in_the_batch() {
+    let s = setup(TWO_PHASE).await;
+    let mut c = Client::connect(&s).await;
+    let fail_on_s1 = "/* shardcar: shard=s1 */ SELECT fail";
+    for (then, status) in [("SELECT v FROM t", "I"), ("SAVEPOINT a", "E"), ("COMMIT", "E"), ("SELECT v FROM t", "E")] {
+        let in_block = status == "E";
+        if in_block {
+            let (k0, k1) = keys(&s).await;
+            c.simple("BEGIN").await;
+            c.simple(&format!("SELECT v FROM t WHERE k IN ({k0}, {k1})")).await;
+        }
+        let before = (s.s0.log().len(), s.s1.log().len());
+        c.parse("", fail_on_s1).bind("", "", &[]).execute("", 0).parse("", then).bind("", "", &[]).execute("", 0);
+        assert_eq!(tags(&c.sync().run().await), format!("1 2 E:42000 Z:{status}"), "{then}");
+        let sent: Vec<String> = s.s0.log()[before.0..].iter().chain(&s.s1.log()[before.1..]).cloned().collect();
+        assert!(!sent.iter().any(|l| l.contains(then)), "{then} was skipped: {sent:?}");
+        if in_block {
+            assert_eq!(tags(&c.simple("ROLLBACK").await), "C Z:I");
+        }
+    }
+}
+
+/// Binding a portal name that is taken is refused (42P03) and the batch
+/// skipped to its Sync, as Postgres does.
+#[tokio::test]
+async fn a_bind_to_a_portal_name_in_use_is_refused() {
+    let s = setup(TWO_PHASE).await;
+    let mut c = Client::connect(&s).await;
+    c.parse("n", "SELECT count(*) FROM t").bind("p", "n", &[]).query("BEGIN").bind("p", "n", &[]);
+    c.execute("p", 0).sync();
+    c.send().await;
+    let mut got = c.until_ready().await;
+    got.extend(c.until_ready().await);
+    assert_eq!(tags(&got), "1 2 C Z:T E:42P03 Z:E");
+}

@@ -214,14 +214,12 @@ impl Session {
             Ok(p) => p,
             Err(e) => return self.fail(e, true),
         };
-        if let Some(old) = self.portals.remove(&portal) {
-            self.drop_portal(old).await?;
-        }
         let (mut stages, pending) = self.take_parsed(&p);
         // Refused before anything runs (the Parse held back is answered first):
         // a Bind must supply every parameter, as Postgres checks first (a
-        // portal shardcar runs itself would otherwise run short of them), and
-        // open portals share the session's byte budget.
+        // portal shardcar runs itself would otherwise run short of them); a
+        // named portal (or SQL cursor) stays until closed, so its name cannot
+        // be bound again; open portals share the session's byte budget.
         let cost = super::portals::cost(&msg);
         let limit = self.shared.config.listen.max_prepared_bytes_per_client;
         let held = self.statements.bytes() + self.portals.bytes() + cost;
@@ -233,6 +231,9 @@ impl Session {
                     msg.parameters.len()
                 ),
             )),
+            _ if !portal.is_empty() && (self.portals.contains(&portal) || self.cursors.contains_key(&portal)) => {
+                Some(SqlError::new(code::DUPLICATE_CURSOR, format!("cursor \"{portal}\" already exists")))
+            }
             _ if !portal.is_empty() && held > limit => {
                 self.shared.limits.hit("prepared_bytes");
                 Some(SqlError::new(
@@ -250,6 +251,10 @@ impl Session {
                 self.parse_anywhere(&p, undo).await?;
             }
             return self.fail(e, true);
+        }
+        // The unnamed portal is replaced, as Postgres replaces it.
+        if let Some(old) = self.portals.remove(&portal) {
+            self.drop_portal(old).await?;
         }
         let params = bind_params(&p, &msg);
         let action = match self.plan(&p.facts, Some(&params), &mut stages, None).await {
@@ -328,6 +333,10 @@ impl Session {
             }
             return self.fail(no_portal(&name), true);
         };
+        if portal.kind.runs_here() && !self.caught_up().await? {
+            self.portals.insert(name, portal);
+            return Ok(());
+        }
         let mut out = BytesMut::new();
         match &mut portal.kind {
             PortalKind::Local => {
@@ -518,6 +527,10 @@ impl Session {
 
     pub(super) async fn execute(&mut self, raw: Bytes, portal: String, max_rows: usize) -> Result<(), SqlError> {
         let Some(mut p) = self.portals.remove(&portal) else { return self.fail(no_portal(&portal), true) };
+        if p.kind.runs_here() && !self.caught_up().await? {
+            self.portals.insert(portal, p);
+            return Ok(());
+        }
         match &mut p.kind {
             PortalKind::Local => {
                 let statement = p.statement.clone();
@@ -643,7 +656,7 @@ impl Session {
 
     /// A portal that goes away: a statement across shards still running
     /// is read to its end (its connections are the transaction's).
-    async fn drop_portal(&mut self, portal: Portal) -> Result<(), SqlError> {
+    pub(super) async fn drop_portal(&mut self, portal: Portal) -> Result<(), SqlError> {
         if let PortalKind::Scatter(mut sp) = portal.kind {
             self.scatter_end(&mut sp).await?;
         }

@@ -35,7 +35,8 @@ pub(super) struct ScatterPortal {
     /// It ran to completion: executing it again returns no rows.
     pub finished: bool,
     /// Runs on connections of its own, outside the session's transaction
-    /// (a catalog read on the default shard while the transaction is elsewhere).
+    /// (a catalog read on the default shard while the transaction is
+    /// elsewhere; one started before the transaction).
     pub detached: bool,
 }
 
@@ -87,7 +88,12 @@ impl Session {
             return Ok(());
         }
         self.settle().await?;
-        let legs = if sp.detached {
+        // Started outside a transaction, it runs in its own on each shard
+        // (committed at its Sync), and its connections stay its own even
+        // if the client opens a block before reading the rest.
+        let outside = sp.detached;
+        sp.detached |= matches!(self.txn, Txn::Idle);
+        let legs = if outside {
             let mut legs = Vec::with_capacity(sp.shards.len());
             for &shard in &sp.shards {
                 match self.checkout(shard, sp.role).await {

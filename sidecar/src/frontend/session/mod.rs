@@ -76,6 +76,14 @@ enum PortalKind {
     CopySplit(Arc<crate::route::CopySplit>),
 }
 
+impl PortalKind {
+    /// shardcar runs it itself, at once, on connections of its choosing
+    /// (rather than queueing a message behind what servers still owe).
+    fn runs_here(&self) -> bool {
+        !matches!(self, PortalKind::Local | PortalKind::On(_))
+    }
+}
+
 /// A portal bound in the current transaction.
 struct Portal {
     statement: Arc<Prepared>,
@@ -860,6 +868,14 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Relays every reply owed so far, before a message shardcar acts on
+    /// itself at once; false when one of them was an error that makes
+    /// Postgres skip to Sync — this message is then skipped too.
+    pub(super) async fn caught_up(&mut self) -> Result<bool, SqlError> {
+        self.settle().await?;
+        Ok(self.mode != Mode::SkipToSync)
     }
 
     /// Reports an error shardcar raised for a statement it did not send,

@@ -36,6 +36,10 @@ impl Portals {
         self.by_name.insert(name, portal);
     }
 
+    pub fn contains(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
     pub fn remove(&mut self, name: &str) -> Option<Portal> {
         let old = self.by_name.remove(name)?;
         self.bytes -= old.cost;

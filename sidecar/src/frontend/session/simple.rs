@@ -8,7 +8,6 @@ use super::Session;
 use super::dispatch::Action;
 use super::fan_out::ScatterPortal;
 use super::outbox::{Entry, Reply};
-use super::state::Mode;
 use crate::sqlerror::SqlError;
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
 use crate::wire::reply;
@@ -39,17 +38,17 @@ impl Session {
         };
         let mut stages = Stages::new(started);
         stages.classify = Some(Classified::new(cached, Stage::since(started)));
-        // A simple query destroys the unnamed statement.
-        self.unnamed = None;
         // Extended messages before it, not yet synced: their replies come
         // first, whatever answers this query (on Postgres its ReadyForQuery
         // sends them). If one of them failed, a server skips to its Sync and
         // ignores this query — no reply at all — and so does the session.
-        if self.conns.iter().any(|h| h.unsynced) {
-            self.settle().await?;
-            if self.mode == Mode::SkipToSync {
-                return Ok(());
-            }
+        if self.conns.iter().any(|h| h.unsynced) && !self.caught_up().await? {
+            return Ok(());
+        }
+        // A simple query destroys the unnamed statement and portal.
+        self.unnamed = None;
+        if let Some(old) = self.portals.remove("") {
+            self.drop_portal(old).await?;
         }
         if facts.statements.is_empty() && facts.parse_error.is_none() {
             let mut out = BytesMut::new();
