@@ -339,3 +339,59 @@ async fn a_cursor_is_fetched_from_its_shard_after_the_transaction_widens() {
     c.batch_execute("COMMIT").await.unwrap();
     assert_eq!(per_shard(fleet, &t).await, (1, 3));
 }
+
+/// A portal read a page at a time while the transaction writes on the same
+/// shards between pages — rows read, then the table at the end — through
+/// shardcar and on one plain Postgres table. Its pages are over 1,024 rows
+/// per shard, so each shard's part is fetched in several (`scatter::leg`).
+async fn portal_between_writes(c: &mut Client, t: &str) -> (Vec<(i64, String)>, Vec<(i64, String)>) {
+    let txn = c.transaction().await.unwrap();
+    let portal = txn.bind(&format!("SELECT customer_id, note FROM {t} ORDER BY customer_id"), &[]).await.unwrap();
+    let mut read = Vec::new();
+    let between = [
+        format!("UPDATE {t} SET note = 'one' WHERE customer_id = 2999"),
+        format!("INSERT INTO {t} VALUES (5001, 'new'), (5002, 'new'), (5003, 'new')"),
+        format!("UPDATE {t} SET note = 'many' WHERE customer_id > 2990"),
+        format!("DELETE FROM {t} WHERE customer_id = 4000"),
+    ];
+    for (page, sql) in (0..).zip(between.iter().chain(std::iter::repeat(&String::new()))) {
+        let rows = txn.query_portal(&portal, 700).await.unwrap();
+        if rows.is_empty() {
+            break;
+        }
+        read.extend(rows.iter().map(|r| (r.get::<_, i64>(0), r.get::<_, String>(1))));
+        if !sql.is_empty() {
+            txn.batch_execute(sql).await.unwrap_or_else(|e| panic!("page {page}: {sql}: {e:?}"));
+        }
+    }
+    txn.commit().await.unwrap();
+    let rows = c.query(&format!("SELECT customer_id, note FROM {t} ORDER BY 1, 2"), &[]).await.unwrap();
+    (read, rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+}
+
+#[tokio::test]
+async fn a_portal_across_shards_waits_while_its_transaction_writes_on_them() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("paged").await;
+    let one = format!("{t}_one");
+    let mut plain = direct(&fleet.s0).await;
+    plain.batch_execute(&format!("CREATE TABLE {one} (customer_id bigint, note text)")).await.unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let config = config(fleet, &t, &log.path().join("decisions.log"))
+        .replace("read_replicas = false", "read_replicas = false\nallow_broadcast_writes = true");
+    let sc = Sidecar::start(&config);
+    let mut c = sc.connect().await;
+    for (client, table) in [(&c, &t), (&plain, &one)] {
+        for chunk in (1..=4000).collect::<Vec<i64>>().chunks(500) {
+            let values: Vec<String> = chunk.iter().map(|id| format!("({id}, 'row {id}')")).collect();
+            client.batch_execute(&format!("INSERT INTO {table} VALUES {}", values.join(", "))).await.unwrap();
+        }
+    }
+    let (s0, s1) = per_shard(fleet, &t).await;
+    assert!(s0 > 1024 && s1 > 1024, "several pages on each shard: {s0}, {s1}");
+    let through = portal_between_writes(&mut c, &t).await;
+    let expected = portal_between_writes(&mut plain, &one).await;
+    assert_eq!(through.0.len(), 4000);
+    assert_eq!(through, expected);
+    assert_eq!(prepared(fleet, &log.path().join("decisions.log")).await, 0);
+}

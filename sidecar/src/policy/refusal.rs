@@ -46,8 +46,6 @@ pub enum Refusal {
     Pinned { on: String, needs: String, why: Pinned },
     /// Transaction control that cannot run in a transaction across shards.
     NotAcross(String),
-    /// A portal across shards holds connections the statement needs.
-    PortalOpen(String),
 }
 
 /// Why a transaction cannot widen to more shards.
@@ -78,8 +76,7 @@ impl Refusal {
             | Refusal::Pooling { .. }
             | Refusal::Alone(_)
             | Refusal::Pinned { .. }
-            | Refusal::NotAcross(_)
-            | Refusal::PortalOpen(_) => code::FEATURE_NOT_SUPPORTED,
+            | Refusal::NotAcross(_) => code::FEATURE_NOT_SUPPORTED,
         }
     }
 }
@@ -154,10 +151,6 @@ impl From<Refusal> for SqlError {
             Refusal::NotAcross(text) => (
                 format!("`{text}` cannot run in a transaction across shards"),
                 Some("savepoints and SET need a transaction on one shard".into()),
-            ),
-            Refusal::PortalOpen(shards) => (
-                format!("a portal across shards ({shards}) is still open in this transaction"),
-                Some("fetch it to its end or close it first".into()),
             ),
         };
         let e = SqlError::new(code, message);

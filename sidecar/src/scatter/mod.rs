@@ -11,6 +11,7 @@
 pub mod compare;
 pub mod copy;
 pub mod frames;
+mod leg;
 mod rows;
 
 use std::sync::Arc;
@@ -20,13 +21,15 @@ use bytes::{Bytes, BytesMut};
 use postgres_protocol::message::frontend;
 
 pub use self::frames::{columns, command_tag, tag_count};
+pub use self::leg::Leg;
+use self::leg::Reading;
 use self::rows::{Combiner, RowsMerge};
 use crate::metrics::KindLabel;
 use crate::pool::backend::BackendConn;
-use crate::pool::in_flight::Ticket;
 use crate::pool::{Pools, ShardConn};
 use crate::route::merge::FanOut;
 use crate::sqlerror::{SqlError, code};
+use crate::topology::ShardId;
 use crate::wire::reply;
 
 /// A statement the client sent with the extended protocol, bound: shards
@@ -73,96 +76,6 @@ impl From<SqlError> for Failure {
     }
 }
 
-/// One shard's connection for this statement.
-pub struct Leg {
-    conn: ShardConn,
-    /// Its ReadyForQuery arrived: nothing more will come.
-    done: bool,
-    /// A message read ahead, returned by the next `frame`.
-    pending: Option<BytesMut>,
-    /// The shard's error, kept until its answer is read in full.
-    errored: Option<BytesMut>,
-    /// Counts it among the server's running statements until it is dropped.
-    _running: Ticket,
-}
-
-impl Leg {
-    pub fn new(conn: ShardConn) -> Leg {
-        let _running = conn.node.running.begin();
-        Leg { conn, done: false, pending: None, errored: None, _running }
-    }
-
-    pub fn conn(&mut self) -> &mut ShardConn {
-        &mut self.conn
-    }
-
-    pub fn label(&self) -> &str {
-        self.conn.label()
-    }
-
-    /// Its ReadyForQuery arrived.
-    pub fn is_done(&self) -> bool {
-        self.done
-    }
-
-    /// The connection answered in full and can serve another statement.
-    pub fn is_clean(&self) -> bool {
-        self.done && !self.conn.conn.broken
-    }
-
-    /// The next message of the shard's answer (ParseComplete and
-    /// BindComplete of a bound statement are not part of it).
-    pub async fn frame(&mut self) -> Result<BytesMut, SqlError> {
-        if let Some(f) = self.pending.take() {
-            return Ok(f);
-        }
-        let read = loop {
-            match self.conn.conn.read_frame().await {
-                Ok(f) if matches!(f.first(), Some(b'1' | b'2')) => {}
-                other => break other,
-            }
-        };
-        match read {
-            Ok(f) => {
-                if f.first() == Some(&b'Z') {
-                    self.done = true;
-                    self.conn.conn.status = f.get(5).copied().unwrap_or(b'I');
-                }
-                Ok(f)
-            }
-            Err(e) => {
-                self.conn.conn.broken = true;
-                self.done = true;
-                Err(self.conn.lost(e))
-            }
-        }
-    }
-
-    /// Reads and drops what is left of the answer.
-    pub async fn drain(&mut self) {
-        while !self.done {
-            if self.frame().await.is_err() {
-                return;
-            }
-        }
-    }
-
-    /// Sends what is queued for the shard.
-    pub async fn flush(&mut self) -> Result<(), SqlError> {
-        let result = self.conn.conn.flush().await;
-        result.map_err(|e| self.conn.lost(e))
-    }
-
-    /// Expects another answer on the same connection (shardcar's own query).
-    fn reopen(&mut self) {
-        self.done = false;
-    }
-
-    pub fn into_conn(self) -> ShardConn {
-        self.conn
-    }
-}
-
 /// What the shards' answers are becoming.
 enum Answer {
     /// Sent; nothing read yet.
@@ -201,6 +114,9 @@ impl Concat {
 
 pub struct Scatter {
     legs: Vec<Leg>,
+    /// While parked (see `leg`): the legs' answers so far, their
+    /// connections back with the transaction; `legs` is empty.
+    parked: Vec<Reading>,
     plan: Arc<FanOut>,
     result_formats: Vec<i16>,
     answer: Answer,
@@ -227,8 +143,13 @@ impl Scatter {
         in_transaction: bool,
     ) -> Result<Scatter, (Failure, Vec<ShardConn>)> {
         let kind = if plan.is_read() { KindLabel::Read } else { KindLabel::Write };
+        // A bound statement in a transaction block may wait between the
+        // client's Executes while the transaction goes on: paged portals.
+        let paged = in_transaction && bound.is_some();
+        let leg = |conn| if paged { Leg::paged(conn, leg::portal_name()) } else { Leg::new(conn) };
         let mut scatter = Scatter {
-            legs: legs.into_iter().map(Leg::new).collect(),
+            legs: legs.into_iter().map(leg).collect(),
+            parked: Vec::new(),
             plan,
             result_formats: bound.map(|b| b.result_formats.clone()).unwrap_or_default(),
             answer: Answer::Sent,
@@ -243,7 +164,7 @@ impl Scatter {
             // Some shards may be running it: their answers must not reach
             // the next user of these connections.
             for leg in &mut scatter.legs {
-                leg.conn.conn.broken = true;
+                leg.conn().conn.broken = true;
             }
             return Err((Failure::Own(e), scatter.legs.into_iter().map(Leg::into_conn).collect()));
         }
@@ -266,7 +187,7 @@ impl Scatter {
                 FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => (sql.as_str(), None),
             };
             match bound {
-                None => frontend::query(leg_sql, &mut leg.conn.conn.wbuf).map_err(internal)?,
+                None => frontend::query(leg_sql, &mut leg.conn().conn.wbuf).map_err(internal)?,
                 Some(b) => {
                     let results: Vec<i16> = match &*self.plan {
                         // Partial aggregates come back as text; Postgres converts the combined row.
@@ -281,7 +202,9 @@ impl Scatter {
                         Some(params) => &b.pick(params),
                         None => b,
                     };
-                    extended(&mut leg.conn.conn, leg_sql, &b.param_types, &b.param_formats, b.params.iter(), &results)?;
+                    let portal = leg.portal().map(str::to_string);
+                    let statement = Statement { sql: leg_sql, param_types: &b.param_types, portal: portal.as_deref() };
+                    extended(&mut leg.conn().conn, statement, &b.param_formats, b.params.iter(), &results)?;
                 }
             }
             leg.flush().await?;
@@ -309,11 +232,12 @@ impl Scatter {
     async fn text_in_c(&mut self, pools: &Pools) -> Result<bool, SqlError> {
         let mut all = true;
         for leg in &mut self.legs {
-            let shard = pools.shard(leg.conn.shard());
+            let shard = pools.shard(leg.conn().shard());
             let c = match shard.text_in_c() {
                 Some(c) => c,
                 None => {
-                    let answer = leg.conn.conn.run_control("SHOW lc_collate").await.map_err(|e| leg.conn.lost(e))?;
+                    let conn = leg.conn();
+                    let answer = conn.conn.run_control("SHOW lc_collate").await.map_err(|e| conn.lost(e))?;
                     let value = answer.rows.first().and_then(|r| r.first().cloned().flatten());
                     let c = matches!(value.as_deref(), Some("C" | "POSIX"));
                     shard.set_text_in_c(c);
@@ -351,7 +275,7 @@ impl Scatter {
                             b'N' => self.notices.extend_from_slice(&frame),
                             b'n' => {}
                             b'C' | b'E' | b'Z' | b'I' | b'D' | b's' => {
-                                self.legs[0].pending = Some(frame);
+                                self.legs[0].reading().pending = Some(frame);
                                 break;
                             }
                             _ => {}
@@ -392,8 +316,8 @@ impl Scatter {
         let Answer::Concat(c) = &mut self.answer else { return Ok(None) };
         while c.at < self.legs.len() {
             let leg = &mut self.legs[c.at];
-            if leg.done {
-                match leg.errored.take() {
+            if leg.is_done() {
+                match leg.reading().errored.take() {
                     Some(e) => c.errors.push((leg.label().to_string(), e)),
                     None => c.succeeded.push(leg.label().to_string()),
                 }
@@ -416,7 +340,7 @@ impl Scatter {
                         c.count += n;
                     }
                 }
-                b'E' => leg.errored = Some(frame),
+                b'E' => leg.reading().errored = Some(frame),
                 b'N' if first => self.notices.extend_from_slice(&frame),
                 _ => {}
             }
@@ -476,9 +400,10 @@ impl Scatter {
     }
 
     /// Reads what each shard has left (rows a LIMIT did not need: bounded
-    /// by LIMIT + OFFSET per shard), counts the statement per shard, and
-    /// gives the connections back. One that did not answer in full is
-    /// marked broken (closed, or the transaction it belongs to is lost).
+    /// by LIMIT + OFFSET per shard; a paged portal is closed instead),
+    /// counts the statement per shard, and gives the connections back. One
+    /// that did not answer in full is marked broken (closed, or the
+    /// transaction it belongs to is lost). A parked scatter has none to give.
     pub async fn finish(mut self) -> Vec<ShardConn> {
         let elapsed = self.started.elapsed().as_secs_f64();
         for leg in &mut self.legs {
@@ -486,9 +411,12 @@ impl Scatter {
                 leg.drain().await;
             }
             if !leg.is_clean() {
-                leg.conn.conn.broken = true;
+                leg.conn().conn.broken = true;
             }
-            let m = &leg.conn.node.metrics;
+        }
+        let nodes = self.legs.iter_mut().map(|l| l.reading().node().clone());
+        for node in nodes.chain(self.parked.iter().map(|r| r.node().clone())) {
+            let m = &node.metrics;
             m.statements(self.kind).inc();
             m.observe_duration(elapsed);
             if self.failed {
@@ -505,35 +433,70 @@ impl Scatter {
             .into_iter()
             .map(|mut leg| {
                 if !leg.is_clean() {
-                    leg.conn.conn.broken = true;
+                    leg.conn().conn.broken = true;
                 }
                 leg.into_conn()
             })
             .collect()
     }
 
+    /// Lets the connections go back to the transaction between the
+    /// client's Executes, keeping each leg's place (see `leg`).
+    pub async fn park(&mut self) -> Vec<ShardConn> {
+        let mut conns = Vec::with_capacity(self.legs.len());
+        for leg in std::mem::take(&mut self.legs) {
+            let (conn, reading) = leg.park().await;
+            conns.push(conn);
+            self.parked.push(reading);
+        }
+        conns
+    }
+
+    /// The shards of a parked scatter, in its legs' order.
+    pub fn parked_on(&self) -> Vec<ShardId> {
+        self.parked.iter().map(Reading::shard).collect()
+    }
+
+    /// Goes on with the connections of `parked_on`, in that order.
+    pub fn resume(&mut self, conns: Vec<ShardConn>) {
+        self.legs = conns.into_iter().zip(self.parked.drain(..)).map(|(c, r)| Leg::resume(c, r)).collect();
+    }
+
     /// The shards' labels, for messages.
     pub fn labels(&self) -> String {
-        self.legs.iter().map(Leg::label).collect::<Vec<_>>().join(", ")
+        let legs = self.legs.iter().map(Leg::label);
+        legs.chain(self.parked.iter().map(Reading::label)).collect::<Vec<_>>().join(", ")
     }
 }
 
-/// Parse, Bind, Describe, Execute and Sync of the unnamed statement and
-/// portal, with the parameters given as bytes (`None`: NULL).
+/// The statement a leg runs: its text, parameter types, and the portal
+/// it is bound to (`None`: the unnamed portal, executed to its end).
+struct Statement<'a> {
+    sql: &'a str,
+    param_types: &'a [u32],
+    portal: Option<&'a str>,
+}
+
+/// Parse of the unnamed statement, Bind, Describe, Execute and Sync, with
+/// the parameters given as bytes (`None`: NULL). A named portal is
+/// executed a page at a time (`leg::PAGE`).
 fn extended<'a>(
     conn: &mut BackendConn,
-    sql: &str,
-    param_types: &[u32],
+    statement: Statement<'_>,
     param_formats: &[i16],
     params: impl ExactSizeIterator<Item = &'a Option<impl AsRef<[u8]> + 'a>>,
     result_formats: &[i16],
 ) -> Result<(), SqlError> {
     let mut parse = BytesMut::new();
-    frontend::parse("", sql, param_types.iter().copied(), &mut parse).map_err(internal)?;
+    frontend::parse("", statement.sql, statement.param_types.iter().copied(), &mut parse).map_err(internal)?;
     conn.write_parse(&parse);
     let buf = &mut conn.wbuf;
+    let (portal, rows) = match statement.portal {
+        Some(name) => (name, leg::PAGE),
+        None => ("", 0),
+    };
     frontend::bind(
-        "",
+        portal,
         "",
         param_formats.iter().copied(),
         params,
@@ -548,8 +511,8 @@ fn extended<'a>(
         buf,
     )
     .map_err(|_| internal("cannot encode the statement's parameters"))?;
-    frontend::describe(b'P', "", buf).map_err(internal)?;
-    frontend::execute("", 0, buf).map_err(internal)?;
+    frontend::describe(b'P', portal, buf).map_err(internal)?;
+    frontend::execute(portal, rows, buf).map_err(internal)?;
     frontend::sync(buf);
     Ok(())
 }

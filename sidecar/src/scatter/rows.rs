@@ -10,7 +10,7 @@ use pgwire::messages::data::{FieldDescription, RowDescription};
 
 use super::compare::Order;
 use super::frames::{columns, fields, without_junk};
-use super::{Failure, Leg, extended, internal};
+use super::{Failure, Leg, Statement, extended, internal};
 use crate::route::merge::{Column, Combine, FanOut, SortKey};
 use crate::sqlerror::{SqlError, code};
 use crate::wire::encode;
@@ -39,7 +39,7 @@ impl Window {
 /// The next row of a shard; `None` at its end.
 async fn next_row(leg: &mut Leg, notices: &mut BytesMut) -> Result<Option<BytesMut>, Failure> {
     loop {
-        if leg.done {
+        if leg.is_done() {
             return Ok(None);
         }
         let frame = leg.frame().await?;
@@ -341,7 +341,8 @@ impl Combiner {
         let param_types: Vec<u32> = std::iter::repeat_n(types.iter().copied(), rows.max(1)).flatten().collect();
         let leg = &mut legs[0];
         leg.reopen();
-        extended(&mut leg.conn.conn, &sql, &param_types, &[0], params.iter(), result_formats)?;
+        let statement = Statement { sql: &sql, param_types: &param_types, portal: None };
+        extended(&mut leg.conn().conn, statement, &[0], params.iter(), result_formats)?;
         leg.flush().await?;
         loop {
             let frame = leg.frame().await?;

@@ -477,3 +477,28 @@ async fn a_bind_to_a_portal_name_in_use_is_refused() {
     got.extend(c.until_ready().await);
     assert_eq!(tags(&got), "1 2 C Z:T E:42P03 Z:E");
 }
+
+/// A portal across shards left suspended in a transaction while the client
+/// runs other statements on the same shards (a cursor read in a loop that
+/// writes): they run in the same transaction, never a second one.
+#[tokio::test]
+async fn statements_beside_a_suspended_portal_across_shards_run_in_its_transaction() {
+    let s = setup(TWO_PHASE).await;
+    let (k0, k1) = keys(&s).await;
+    let mut c = Client::connect(&s).await;
+    c.simple("BEGIN").await;
+    assert_eq!(
+        tags(&c.parse("n", "SELECT v FROM t").bind("p", "n", &[]).execute("p", 1).sync().run().await),
+        "1 2 D s Z:T"
+    );
+    let got = c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a'), ({k1}, 'b')")).await;
+    assert_eq!(tags(&got), "C Z:T");
+    assert_eq!(tags(&c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'c')")).await), "C Z:T");
+    assert_eq!(tags(&c.execute("p", 0).sync().run().await), "D D D C Z:T", "the other three of a, b, c, d");
+    assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
+    for shard in [&s.s0, &s.s1] {
+        let log = shard.statements();
+        let count = |what: &str| log.iter().filter(|q| q.starts_with(what)).count();
+        assert_eq!((count("BEGIN"), count("PREPARE TRANSACTION")), (1, 1), "one transaction per shard: {log:?}");
+    }
+}

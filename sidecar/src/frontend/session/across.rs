@@ -154,9 +154,6 @@ impl Session {
                 format!("savepoint \"{name}\" does not exist"),
             ));
         }
-        if !self.lent.is_empty() {
-            return Err(Refusal::PortalOpen(self.shared.pools.topology.names(&self.lent)).into());
-        }
         self.sync_servers();
         self.settle().await?;
         let answers = join_all(self.conns.iter_mut().map(|h| h.conn.conn.run_hidden(&stmt.text))).await;

@@ -149,9 +149,6 @@ impl Session {
     /// Makes `shard`'s server the session's current one, in the session's
     /// state: its settings, and the transaction open on it when there is one.
     pub(super) async fn attach(&mut self, shard: ShardId, role: Role) -> Result<(), SqlError> {
-        if self.lent.contains(&shard) {
-            return Err(Refusal::PortalOpen(self.shared.pools.topology.names(&self.lent)).into());
-        }
         if let Some(held) = self.conns.get(shard) {
             // A replica cannot take a write: outside a transaction the
             // batch moves to the primary once the replica is done.

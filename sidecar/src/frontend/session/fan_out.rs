@@ -125,6 +125,7 @@ impl Session {
     /// Describe of the portal: its RowDescription, or NoData. True when
     /// it failed (the error went to the client).
     pub(super) async fn scatter_describe(&mut self, sp: &mut ScatterPortal) -> Result<bool, SqlError> {
+        self.unpark(sp).await?;
         let described = match self.scatter_start(sp).await {
             Ok(()) => sp.running.as_mut().expect("started").describe().await,
             Err(f) => Err(f),
@@ -145,6 +146,7 @@ impl Session {
                     _ => reply::no_data(&mut out),
                 }
                 self.client.out.extend_from_slice(&out);
+                self.park(sp).await?;
                 Ok(false)
             }
             Err(f) => {
@@ -166,6 +168,7 @@ impl Session {
             reply::command_complete(&mut self.client.out, "SELECT 0");
             return Ok(Ran::Complete);
         }
+        self.unpark(sp).await?;
         if let Err(f) = self.scatter_start(sp).await {
             self.scatter_failed(sp, f).await?;
             return Ok(Ran::Failed);
@@ -194,6 +197,7 @@ impl Session {
             if max_rows > 0 && sent == max_rows {
                 self.client.out.extend_from_slice(&s.take_notices());
                 reply::portal_suspended(&mut self.client.out);
+                self.park(sp).await?;
                 return Ok(Ran::Suspended);
             }
             match s.next_row().await {
@@ -232,9 +236,51 @@ impl Session {
 
     /// Reads what the shards have left and takes the connections back.
     pub(super) async fn scatter_end(&mut self, sp: &mut ScatterPortal) -> Result<(), SqlError> {
+        self.unpark(sp).await?;
         let Some(s) = sp.running.take() else { return Ok(()) };
         let conns = s.finish().await;
         self.give_back_of(sp, conns)
+    }
+
+    /// Between the client's messages a statement across shards in a
+    /// transaction leaves its connections to the transaction, so that the
+    /// client's other statements run on them (`scatter::leg`).
+    async fn park(&mut self, sp: &mut ScatterPortal) -> Result<(), SqlError> {
+        let Some(s) = sp.running.as_mut().filter(|_| !sp.detached) else { return Ok(()) };
+        let conns = s.park().await;
+        self.give_back(conns)
+    }
+
+    /// Takes a parked statement's connections back from the transaction,
+    /// once what the client sent on them before is answered.
+    async fn unpark(&mut self, sp: &mut ScatterPortal) -> Result<(), SqlError> {
+        let Some(shards) = sp.running.as_ref().map(|s| s.parked_on()).filter(|s| !s.is_empty()) else {
+            return Ok(());
+        };
+        self.settle().await?;
+        let mut conns = Vec::with_capacity(shards.len());
+        for &shard in &shards {
+            match self.conns.remove(shard) {
+                Some(held) => {
+                    conns.push(held.conn);
+                    self.lent.push(shard);
+                }
+                None => {
+                    self.give_back(conns)?;
+                    let labels = sp.running.as_ref().map(|s| s.labels()).unwrap_or_default();
+                    return Err(SqlError::fatal(
+                        code::CONNECTION_FAILURE,
+                        format!(
+                            "the transaction no longer holds a connection to every shard of this portal ({labels})"
+                        ),
+                    ));
+                }
+            }
+        }
+        if let Some(s) = sp.running.as_mut() {
+            s.resume(conns);
+        }
+        Ok(())
     }
 
     /// Takes back `sp`'s connections: to the pool when they were its own.

@@ -137,7 +137,8 @@ pub struct Session {
     events: Vec<Event>,
     txn: Txn,
     mode: Mode,
-    /// Shards whose transaction connections a portal across shards holds.
+    /// Shards whose transaction connections a statement across shards is
+    /// using, while it runs (between the client's messages it parks them).
     lent: Vec<ShardId>,
     /// Cursors the client declared in SQL (`DECLARE`), by name: portals on
     /// the server that ran it, which protocol messages (Describe) may name.
