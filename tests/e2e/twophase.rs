@@ -395,3 +395,92 @@ async fn a_portal_across_shards_waits_while_its_transaction_writes_on_them() {
     assert_eq!(through, expected);
     assert_eq!(prepared(fleet, &log.path().join("decisions.log")).await, 0);
 }
+
+/// What each step of a cursor script gives (rows, or the count of a MOVE
+/// or CLOSE, or the SQLSTATE), through shardcar and on one plain Postgres.
+async fn cursor_script(c: &Client, t: &str) -> Vec<String> {
+    let script = [
+        "BEGIN".to_string(),
+        format!("DECLARE c CURSOR FOR SELECT customer_id, note FROM {t} WHERE customer_id > 2 ORDER BY customer_id"),
+        // Written after DECLARE: the cursor does not see them (its snapshot).
+        format!("INSERT INTO {t} VALUES (100, 'late'), (101, 'late')"),
+        "FETCH 3 FROM c".into(),
+        "MOVE 2 IN c".into(),
+        "FETCH NEXT FROM c".into(),
+        format!("UPDATE {t} SET note = 'changed' WHERE customer_id = 9"),
+        "FETCH FORWARD 2 FROM c".into(),
+        "FETCH ALL FROM c".into(),
+        "FETCH 1 FROM c".into(),
+        "CLOSE c".into(),
+        "FETCH 1 FROM c".into(),
+        "ROLLBACK".into(),
+        "BEGIN".into(),
+        format!("DECLARE d CURSOR FOR SELECT count(*), max(note) FROM {t}"),
+        "FETCH ALL IN d".into(),
+        format!("DECLARE e CURSOR FOR SELECT nope FROM {t}"),
+        "ROLLBACK".into(),
+        format!("DECLARE outside CURSOR FOR SELECT * FROM {t}"),
+    ];
+    let mut out = Vec::new();
+    for sql in &script {
+        out.push(match c.simple_query(sql).await {
+            Ok(messages) => messages
+                .iter()
+                .map(|m| match m {
+                    tokio_postgres::SimpleQueryMessage::Row(r) => {
+                        (0..r.len()).map(|i| r.get(i).unwrap_or("NULL")).collect::<Vec<_>>().join("|")
+                    }
+                    tokio_postgres::SimpleQueryMessage::CommandComplete(n) => format!("#{n}"),
+                    _ => String::new(),
+                })
+                .collect::<Vec<_>>()
+                .join(" "),
+            Err(e) => sqlstate(&e).to_string(),
+        });
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_cursor_across_shards_reads_as_on_one_postgres() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("cursors").await;
+    let one = format!("{t}_one");
+    let plain = direct(&fleet.s0).await;
+    plain.batch_execute(&format!("CREATE TABLE {one} (customer_id bigint, note text)")).await.unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(&config(fleet, &t, &log.path().join("decisions.log")));
+    let c = sc.connect().await;
+    let values: Vec<String> = (1..=20).map(|id| format!("({id}, 'row {id}')")).collect();
+    for (client, table) in [(&c, &t), (&plain, &one)] {
+        client.batch_execute(&format!("INSERT INTO {table} VALUES {}", values.join(", "))).await.unwrap();
+    }
+    let through = cursor_script(&c, &t).await;
+    let expected = cursor_script(&plain, &one).await;
+    assert_eq!(through, expected);
+    assert_eq!(expected[3].trim(), "3|row 3 4|row 4 5|row 5 #3", "{expected:?}");
+    // A driver's DECLARE with parameters (the extended protocol).
+    for (client, table) in [(&c, &t), (&plain, &one)] {
+        client.batch_execute("BEGIN").await.unwrap();
+        let declare =
+            format!("DECLARE x CURSOR FOR SELECT customer_id FROM {table} WHERE customer_id >= $1 ORDER BY 1");
+        client.execute(&declare, &[&15i64]).await.unwrap();
+        let rows = client.simple_query("FETCH 4 FROM x").await.unwrap();
+        let ids: Vec<&str> = rows
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => r.get(0),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ids, ["15", "16", "17", "18"], "{table}");
+        // Binary results of a FETCH: Postgres converts them; shardcar
+        // has its shards' text and says so.
+        let binary = client.query("FETCH 1 FROM x", &[]).await;
+        match table == &t {
+            true => assert_eq!(sqlstate(&binary.unwrap_err()), "0A000"),
+            false => assert_eq!(binary.unwrap()[0].get::<_, i64>(0), 19),
+        }
+        client.batch_execute("ROLLBACK").await.unwrap();
+    }
+}

@@ -540,12 +540,31 @@ mod tests {
         // A cursor reads as its query does, and routes by its conditions.
         assert_eq!(kinds("DECLARE c CURSOR FOR SELECT * FROM t WHERE k = 1"), [Kind::Read]);
         assert_eq!(kinds("DECLARE c CURSOR FOR SELECT * FROM t FOR UPDATE"), [Kind::Write]);
-        let declared = classify("DECLARE c NO SCROLL CURSOR FOR SELECT * FROM t WHERE k = 1");
+        let sql = "DECLARE c NO SCROLL CURSOR FOR SELECT * FROM t WHERE k = 1";
+        let declared = classify(sql);
         let shape = &declared.statements[0].shape;
-        assert!(shape.cursor.as_deref() == Some("c") && shape.verb == Verb::Select && shape.tables == ["t"]);
+        let plain = shape::Declared { name: "c".into(), scroll: false, binary: false };
+        assert!(shape.cursor == Some(plain) && shape.verb == Verb::Select && shape.tables == ["t"]);
         assert_eq!(shape.predicates.len(), 1);
-        for sql in ["FETCH FORWARD 5 FROM c", "MOVE 2 IN c", "CLOSE c"] {
-            assert_eq!(classify(sql).statements[0].shape.uses_cursor.as_deref(), Some("c"), "{sql}");
+        assert_eq!(shape::cursor_query(sql), Some("SELECT * FROM t WHERE k = 1"));
+        let sql = "DECLARE \"for\" BINARY SCROLL CURSOR WITHOUT HOLD\nFOR\tSELECT 'for' FROM t FOR UPDATE";
+        assert_eq!(shape::cursor_query(sql), Some("SELECT 'for' FROM t FOR UPDATE"));
+        let options = classify(sql).statements[0].shape.cursor.clone().unwrap();
+        assert!(options.scroll && options.binary && options.name == "for");
+        use shape::CursorOp::{Close, Fetch};
+        for (sql, op) in [
+            ("FETCH FORWARD 5 FROM c", Fetch { forward: Some(5), is_move: false }),
+            ("FETCH c", Fetch { forward: Some(1), is_move: false }),
+            ("FETCH ALL IN c", Fetch { forward: Some(u64::MAX), is_move: false }),
+            ("MOVE 2 IN c", Fetch { forward: Some(2), is_move: true }),
+            ("FETCH PRIOR FROM c", Fetch { forward: None, is_move: false }),
+            ("FETCH ABSOLUTE 3 FROM c", Fetch { forward: None, is_move: false }),
+            ("FETCH FORWARD 0 FROM c", Fetch { forward: None, is_move: false }),
+            ("MOVE BACKWARD ALL IN c", Fetch { forward: None, is_move: true }),
+            ("CLOSE c", Close),
+        ] {
+            let used = classify(sql).statements[0].shape.uses_cursor.clone();
+            assert_eq!(used, Some(shape::CursorUse { name: "c".into(), op }), "{sql}");
         }
         assert_eq!(kinds("DEALLOCATE ALL"), [Kind::Deallocate(None)]);
         assert_eq!(kinds("DEALLOCATE p1"), [Kind::Deallocate(Some("p1".into()))]);

@@ -89,10 +89,46 @@ pub struct Shape {
     /// view: it asks about the schema, not the data.
     pub catalog: bool,
     /// `DECLARE <name> ... CURSOR FOR` this query: its rows are fetched
-    /// later, from the server that holds the cursor (a portal of that name).
-    pub cursor: Option<String>,
-    /// `FETCH`, `MOVE` or `CLOSE` of this cursor: it goes where the cursor is.
-    pub uses_cursor: Option<String>,
+    /// later, from where the cursor is held.
+    pub cursor: Option<Declared>,
+    /// `FETCH`, `MOVE` or `CLOSE` of a cursor: it goes where the cursor is.
+    pub uses_cursor: Option<CursorUse>,
+}
+
+/// A cursor being declared.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Declared {
+    pub name: String,
+    /// `SCROLL`: it may be read backwards.
+    pub scroll: bool,
+    /// `BINARY`: its rows come in binary.
+    pub binary: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CursorUse {
+    pub name: String,
+    pub op: CursorOp,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CursorOp {
+    /// FETCH (or MOVE) of the next `forward` rows (`u64::MAX`: all);
+    /// `None` for any other direction (backwards, absolute, relative, or
+    /// the current row again).
+    Fetch {
+        forward: Option<u64>,
+        is_move: bool,
+    },
+    Close,
+}
+
+/// The text of the query a `DECLARE ... CURSOR FOR` statement declares:
+/// what follows its `FOR` (a reserved word, so the first one as a word).
+pub fn cursor_query(sql: &str) -> Option<&str> {
+    let mut words = super::lexer::tokens(sql).filter(|(t, _)| *t == super::lexer::Token::Word);
+    let (_, at) = words.find(|(_, r)| sql[r.clone()].eq_ignore_ascii_case("for"))?;
+    Some(sql[at.end..].trim())
 }
 
 impl Shape {
@@ -128,13 +164,23 @@ pub fn shape(node: &N) -> Shape {
     if let N::DeclareCursorStmt(d) = node
         && let Some(query) = d.query.as_ref().and_then(|q| q.node.as_ref())
     {
-        return Shape { cursor: Some(d.portalname.clone()), ..shape(query) };
+        // pg_query's CURSOR_OPT_BINARY and CURSOR_OPT_SCROLL.
+        let declared =
+            Declared { name: d.portalname.clone(), binary: d.options & 0x1 != 0, scroll: d.options & 0x2 != 0 };
+        return Shape { cursor: Some(declared), ..shape(query) };
     }
     let (tables, catalog) = tables(node);
     let mut shape = Shape { verb: verb(node), tables, catalog, ..Shape::default() };
     match node {
-        N::FetchStmt(f) => shape.uses_cursor = Some(f.portalname.clone()),
-        N::ClosePortalStmt(c) if !c.portalname.is_empty() => shape.uses_cursor = Some(c.portalname.clone()),
+        N::FetchStmt(f) => {
+            let forward = (f.direction == pg_query::protobuf::FetchDirection::FetchForward as i32 && f.how_many > 0)
+                .then_some(if f.how_many == i64::MAX { u64::MAX } else { f.how_many as u64 });
+            let op = CursorOp::Fetch { forward, is_move: f.ismove };
+            shape.uses_cursor = Some(CursorUse { name: f.portalname.clone(), op });
+        }
+        N::ClosePortalStmt(c) if !c.portalname.is_empty() => {
+            shape.uses_cursor = Some(CursorUse { name: c.portalname.clone(), op: CursorOp::Close });
+        }
         _ => {}
     }
     match node {

@@ -235,13 +235,28 @@ impl Planner {
         let target = match r.shards.as_slice() {
             [one] => Target::One(*one),
             [] => return Err(ResolveError::Refused(spans(router, stmt, &[]))),
-            several if stmt.shape.cursor.is_some() => {
-                // Each shard would hold a cursor of that name, and a FETCH
-                // reads one server: a silent part of the rows.
-                return Err(ResolveError::Refused(Refusal::NotMergeable(format!(
-                    "a cursor (DECLARE ... CURSOR) over a query that needs {} is not kept across shards; a row limit on Execute (a driver's portal or cursor without DECLARE) is",
-                    router.topology().names(several)
-                ))));
+            several if let Some(declared) = &stmt.shape.cursor => {
+                // Kept by shardcar over a portal on each shard, read forwards.
+                let refuse = |what: &str| {
+                    ResolveError::Refused(Refusal::NotMergeable(format!(
+                        "a {what} cursor over a query that needs {} is not kept across shards; a cursor without it is",
+                        router.topology().names(several)
+                    )))
+                };
+                if declared.scroll {
+                    return Err(refuse("SCROLL"));
+                }
+                if declared.binary {
+                    return Err(refuse("BINARY"));
+                }
+                let query = crate::classify::shape::cursor_query(text).unwrap_or_default();
+                let mut plan = self.plan(query).map_err(ResolveError::Refused)?;
+                if let FanOut::Rows { window, .. } = &*plan
+                    && window.is_bound()
+                {
+                    plan = Arc::new(plan.bind_window(params.as_deref()).map_err(ResolveError::Refused)?);
+                }
+                Target::Many { shards: several.to_vec(), plan }
             }
             several => {
                 let spread = match stmt.shape.verb {

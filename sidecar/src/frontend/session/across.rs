@@ -40,6 +40,7 @@ impl Session {
                 self.scatter_end(&mut sp).await?;
             }
         }
+        self.end_cursors().await?;
         self.sync_servers();
         self.settle().await?;
         let failed = self.status() == TxnStatus::Failed;

@@ -9,11 +9,13 @@ use std::time::Instant;
 
 use super::Session;
 use super::conns::Held;
+use super::cursors::Cursor;
 use super::fan_out::Spread;
 use super::local::aborted;
 use super::outbox::{Entry, Reply};
 use super::state::{Block, Txn};
 use crate::classify::params::Params;
+use crate::classify::shape::CursorUse;
 use crate::classify::{Facts, Kind};
 use crate::policy::{Pinned, Refusal};
 use crate::pool::Role;
@@ -38,6 +40,10 @@ pub(super) enum Action {
     Scatter(Spread),
     /// A COPY FROM STDIN whose rows are placed one by one.
     CopySplit(Arc<CopySplit>),
+    /// DECLARE of a cursor whose query runs on several shards: kept here.
+    Declare(Spread),
+    /// FETCH, MOVE or CLOSE of a cursor kept here.
+    Cursor(CursorUse),
 }
 
 impl Session {
@@ -91,9 +97,12 @@ impl Session {
                 && !s.text.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("lock"))
         });
         // A cursor declared in SQL is read where it was declared.
-        if let Some(shard) = facts.single().and_then(|s| s.shape.uses_cursor.as_ref()).and_then(|c| self.cursors.get(c))
-        {
-            return Ok(Action::Forward { shard: *shard, role: Role::Primary });
+        if let Some(used) = facts.single().and_then(|s| s.shape.uses_cursor.as_ref()) {
+            match self.cursors.get(&used.name) {
+                Some(Cursor::On(shard)) => return Ok(Action::Forward { shard: *shard, role: Role::Primary }),
+                Some(Cursor::Across(_)) => return Ok(Action::Cursor(used.clone())),
+                None => {}
+            }
         }
         let in_txn = !matches!(self.txn, Txn::Idle);
         let at = Instant::now();
@@ -110,6 +119,9 @@ impl Session {
                 if shards.len() == 1 && matches!(**plan, FanOut::Everywhere | FanOut::Broadcast) =>
             {
                 Action::Forward { shard: shards[0], role }
+            }
+            Target::Many { shards, plan } if facts.single().is_some_and(|s| s.shape.cursor.is_some()) => {
+                Action::Declare(Spread { shards, plan, role, detached: false })
             }
             Target::Many { shards, plan } => Action::Scatter(Spread { shards, plan, role, detached: false }),
             Target::CopySplit(split) => Action::CopySplit(split),

@@ -14,6 +14,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 use pgwire::messages::extendedquery::{Bind, Close, Describe, Parse};
 
+use super::cursors::Cursor;
 use super::dispatch::Action;
 use super::fan_out::{Ran, ScatterPortal};
 use super::local::local_capable;
@@ -22,6 +23,7 @@ use super::prepared::{Effect, Prepared};
 use super::state::{Mode, Txn};
 use super::{Parsed, Portal, PortalKind, Session};
 use crate::classify::params::Params;
+use crate::classify::shape::CursorOp;
 use crate::classify::{Kind, Statement};
 use crate::pool::{Role, ShardConn};
 use crate::scatter::Bound;
@@ -298,6 +300,32 @@ impl Session {
             Action::Local => PortalKind::Local,
             Action::EndBlock(commit) => PortalKind::EndBlock(commit),
             Action::Savepoint => PortalKind::Savepoint,
+            Action::Declare(spread) => {
+                let bound = Bound {
+                    params: msg.parameters.clone(),
+                    param_formats: msg.parameter_format_codes.clone(),
+                    param_types: p.param_types(),
+                    // The DECLARE's own result formats are not its rows': those are text.
+                    result_formats: vec![],
+                };
+                PortalKind::Declare(Box::new((spread, bound)))
+            }
+            Action::Cursor(used) => {
+                // Its rows come from the shards in the format DECLARE gave them.
+                let binary = msg.result_column_format_codes.iter().any(|f| *f != 0);
+                if binary && matches!(used.op, CursorOp::Fetch { is_move: false, .. }) {
+                    if let Some(undo) = pending {
+                        self.parse_anywhere(&p, undo).await?;
+                    }
+                    let e = SqlError::new(
+                        code::FEATURE_NOT_SUPPORTED,
+                        format!("cursor \"{}\" spans shards: its rows come in text only", used.name),
+                    )
+                    .hint("FETCH with text results, or read with a row limit on Execute (a driver's portal) instead of DECLARE");
+                    return self.refuse(e, true, stages, &p.facts);
+                }
+                PortalKind::Cursor(used)
+            }
             Action::Scatter(spread) => {
                 let bound = Bound {
                     params: msg.parameters.clone(),
@@ -325,13 +353,29 @@ impl Session {
             return self.describe_statement(&name).await;
         }
         let Some(mut portal) = self.portals.remove(&name) else {
-            // A cursor declared in SQL is a portal on its server.
-            if let Some(&shard) = self.cursors.get(&name)
+            // A cursor declared in SQL is a portal on its server, or kept here.
+            let mut out = BytesMut::new();
+            let on = match self.cursors.get(&name) {
+                Some(Cursor::On(shard)) => Some(*shard),
+                Some(Cursor::Across(sp)) => {
+                    match &sp.description {
+                        Some(t) => out.extend_from_slice(t),
+                        None => reply::no_data(&mut out),
+                    }
+                    None
+                }
+                None => None,
+            };
+            if let Some(shard) = on
                 && self.send_to(shard, &raw, Reply::DescribePortal)
             {
                 return Ok(());
             }
-            return self.fail(no_portal(&name), true);
+            if out.is_empty() {
+                return self.fail(no_portal(&name), true);
+            }
+            self.emit(out, vec![]);
+            return Ok(());
         };
         if portal.kind.runs_here() && !self.caught_up().await? {
             self.portals.insert(name, portal);
@@ -344,7 +388,14 @@ impl Session {
                     describe_local(&mut out, stmt);
                 }
             }
-            PortalKind::EndBlock(_) | PortalKind::Savepoint | PortalKind::CopySplit(_) => reply::no_data(&mut out),
+            PortalKind::EndBlock(_) | PortalKind::Savepoint | PortalKind::CopySplit(_) | PortalKind::Declare(_) => {
+                reply::no_data(&mut out)
+            }
+            PortalKind::Cursor(used) => {
+                let used = used.clone();
+                self.portals.insert(name, portal);
+                return self.cursor_describe(&used).await;
+            }
             PortalKind::On(shard) => {
                 let shard = *shard;
                 self.portals.insert(name.clone(), portal);
@@ -387,7 +438,28 @@ impl Session {
             self.parsed = Some(Parsed { statement: p, stages, pending: false, undo: vec![] });
             return Ok(());
         }
-        let Some(shard) = self.conns.current() else {
+        // A FETCH describes as its cursor's query, known where the cursor is.
+        let cursor =
+            p.facts.single().and_then(|s| s.shape.uses_cursor.as_ref()).map(|u| (u, self.cursors.get(&u.name)));
+        let on_cursor = match cursor {
+            Some((used, Some(Cursor::Across(sp)))) => {
+                let mut out = BytesMut::new();
+                reply::parameter_description(&mut out);
+                match &sp.description {
+                    Some(t) if matches!(used.op, CursorOp::Fetch { is_move: false, .. }) => out.extend_from_slice(t),
+                    _ => reply::no_data(&mut out),
+                }
+                if let Some(undo) = pending {
+                    self.parse_anywhere(&p, undo).await?;
+                }
+                self.emit(out, vec![]);
+                self.parsed = Some(Parsed { statement: p, stages, pending: false, undo: vec![] });
+                return Ok(());
+            }
+            Some((_, Some(Cursor::On(shard)))) => Some(*shard).filter(|s| self.conns.get(*s).is_some()),
+            _ => None,
+        };
+        let Some(shard) = on_cursor.or(self.conns.current()) else {
             self.parsed = Some(Parsed { statement: p.clone(), stages, pending: false, undo: vec![] });
             return self.probe_describe(&p, pending).await;
         };
@@ -571,6 +643,21 @@ impl Session {
                     Err(e) => self.fail(e, true),
                 }
             }
+            PortalKind::Declare(declare) => {
+                let (spread, bound) = (declare.0.clone(), declare.1.clone());
+                let statement = p.statement.clone();
+                self.portals.insert(portal, p);
+                let Some(declared) = statement.facts.single().and_then(|s| s.shape.cursor.as_ref()) else {
+                    return Ok(());
+                };
+                let query = crate::classify::shape::cursor_query(&statement.text.sql).unwrap_or_default();
+                self.declare(&declared.name, query, spread, bound, true).await
+            }
+            PortalKind::Cursor(used) => {
+                let used = used.clone();
+                self.portals.insert(portal, p);
+                self.cursor_op(&used, false, true).await
+            }
             PortalKind::CopySplit(split) => {
                 // Run once: the portal is used up, as Postgres's is.
                 let (sql, facts, split) = (p.statement.text.sql.clone(), p.statement.facts.clone(), split.clone());
@@ -644,7 +731,7 @@ impl Session {
 
     /// Portals end with the implicit transaction.
     pub(super) async fn end_portals(&mut self) -> Result<(), SqlError> {
-        self.cursors.clear();
+        self.end_cursors().await?;
         let names = self.portals.names();
         for name in names {
             if let Some(p) = self.portals.remove(&name) {

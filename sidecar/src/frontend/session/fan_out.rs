@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 
 use super::Session;
 use super::conns::Held;
@@ -38,9 +38,12 @@ pub(super) struct ScatterPortal {
     /// (a catalog read on the default shard while the transaction is
     /// elsewhere; one started before the transaction).
     pub detached: bool,
+    /// Its RowDescription, kept for a cursor's every FETCH.
+    pub description: Option<Bytes>,
 }
 
 /// Where a statement across shards runs.
+#[derive(Clone)]
 pub(super) struct Spread {
     pub shards: Vec<ShardId>,
     pub plan: Arc<FanOut>,
@@ -62,7 +65,18 @@ pub(super) enum Ran {
 impl ScatterPortal {
     pub fn new(sql: String, bound: Option<Bound>, spread: Spread) -> Self {
         let Spread { shards, plan, role, detached } = spread;
-        ScatterPortal { sql, bound, shards, plan, role, running: None, described: false, finished: false, detached }
+        ScatterPortal {
+            sql,
+            bound,
+            shards,
+            plan,
+            role,
+            running: None,
+            described: false,
+            finished: false,
+            detached,
+            description: None,
+        }
     }
 }
 
@@ -154,6 +168,82 @@ impl Session {
                 Ok(true)
             }
         }
+    }
+
+    /// Starts a cursor's statement and reads its RowDescription (errors in
+    /// the query come now, as Postgres reports them at DECLARE). True
+    /// when it failed (the error went to the client).
+    pub(super) async fn scatter_open(&mut self, sp: &mut ScatterPortal) -> Result<bool, SqlError> {
+        let described = match self.scatter_start(sp).await {
+            Ok(()) => sp.running.as_mut().expect("started").describe().await,
+            Err(f) => Err(f),
+        };
+        match described {
+            Ok(d) => {
+                if let Some(s) = sp.running.as_mut() {
+                    self.client.out.extend_from_slice(&s.take_notices());
+                }
+                sp.description = d;
+                self.park(sp).await?;
+                Ok(false)
+            }
+            Err(f) => {
+                self.scatter_failed(sp, f).await?;
+                Ok(true)
+            }
+        }
+    }
+
+    /// A cursor's FETCH (`send`) or MOVE of up to `count` rows
+    /// (`u64::MAX`: all), its RowDescription first when `describe`: how
+    /// many rows it read, or `None` when it failed (the error went to the
+    /// client).
+    pub(super) async fn scatter_fetch(
+        &mut self,
+        sp: &mut ScatterPortal,
+        count: u64,
+        describe: bool,
+        send: bool,
+    ) -> Result<Option<u64>, SqlError> {
+        if describe && let Some(t) = &sp.description {
+            self.client.out.extend_from_slice(t);
+        }
+        if sp.finished || count == 0 {
+            return Ok(Some(0));
+        }
+        self.unpark(sp).await?;
+        let mut n = 0;
+        while n < count {
+            let Some(s) = sp.running.as_mut() else { break };
+            match s.next_row().await {
+                Ok(Some(row)) => {
+                    self.client.out.extend_from_slice(&s.take_notices());
+                    if send {
+                        self.client.out.extend_from_slice(&row);
+                    }
+                    n += 1;
+                    if self.client.out.len() >= super::CLIENT_CHUNK {
+                        self.client.flush().await?;
+                    }
+                }
+                Ok(None) => {
+                    self.client.out.extend_from_slice(&s.take_notices());
+                    if let Err(f) = s.complete() {
+                        self.scatter_failed(sp, f).await?;
+                        return Ok(None);
+                    }
+                    sp.finished = true;
+                    self.scatter_end(sp).await?;
+                    return Ok(Some(n));
+                }
+                Err(f) => {
+                    self.scatter_failed(sp, f).await?;
+                    return Ok(None);
+                }
+            }
+        }
+        self.park(sp).await?;
+        Ok(Some(n))
     }
 
     /// Execute: up to `max_rows` rows (0: all), with the RowDescription

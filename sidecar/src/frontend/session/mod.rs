@@ -16,6 +16,7 @@
 mod across;
 mod conns;
 mod copy_split;
+mod cursors;
 mod dispatch;
 mod extended;
 mod fan_out;
@@ -40,6 +41,7 @@ use self::outbox::{Entry, Event, Outbox, Reply};
 use self::prepared::{Effect, Prepared, Statements};
 use self::state::{Block, Mode, Txn, TxnStatus};
 use crate::cancel::{self, BackendKey, Registration};
+use crate::classify::shape::CursorOp;
 use crate::classify::{Facts, Kind, Statement};
 use crate::policy::facts::SessionInfo;
 use crate::pool::Role;
@@ -74,6 +76,11 @@ enum PortalKind {
     Savepoint,
     /// A COPY FROM STDIN whose rows are split over the shards when executed.
     CopySplit(Arc<crate::route::CopySplit>),
+    /// DECLARE of a cursor kept across shards (`cursors`), with the
+    /// parameters of its query.
+    Declare(Box<(fan_out::Spread, crate::scatter::Bound)>),
+    /// FETCH, MOVE or CLOSE of a cursor kept across shards.
+    Cursor(crate::classify::shape::CursorUse),
 }
 
 impl PortalKind {
@@ -141,8 +148,9 @@ pub struct Session {
     /// using, while it runs (between the client's messages it parks them).
     lent: Vec<ShardId>,
     /// Cursors the client declared in SQL (`DECLARE`), by name: portals on
-    /// the server that ran it, which protocol messages (Describe) may name.
-    cursors: std::collections::HashMap<String, ShardId>,
+    /// the server that ran it (which protocol messages may name too), or
+    /// kept here across shards.
+    cursors: std::collections::HashMap<String, cursors::Cursor>,
     /// The pool checkout of the statement being attached, for its trace.
     checkout_stage: Option<Stage>,
     /// Settings before the first SET of the current transaction (explicit,
@@ -463,8 +471,11 @@ impl Session {
 
     /// Session bookkeeping for a statement a server completed.
     fn statement_done(&mut self, shard: ShardId, stmt: &Statement) {
-        if let Some(name) = &stmt.shape.cursor {
-            self.cursors.insert(name.clone(), shard);
+        if let Some(declared) = &stmt.shape.cursor {
+            self.cursors.insert(declared.name.clone(), cursors::Cursor::On(shard));
+        }
+        if let Some(used) = stmt.shape.uses_cursor.as_ref().filter(|u| u.op == CursorOp::Close) {
+            self.cursors.remove(&used.name);
         }
         match &stmt.kind {
             Kind::Begin => self.began = Some(stmt.text.clone()),

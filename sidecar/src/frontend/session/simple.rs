@@ -114,6 +114,12 @@ impl Session {
                 Ok(())
             }
             Action::CopySplit(split) => self.copy_split(&sql, &facts, split, false).await,
+            Action::Declare(spread) => {
+                let Some(declared) = facts.single().and_then(|s| s.shape.cursor.as_ref()) else { return Ok(()) };
+                let query = crate::classify::shape::cursor_query(&sql).unwrap_or_default();
+                self.declare(&declared.name, query, spread, crate::scatter::Bound::default(), false).await
+            }
+            Action::Cursor(used) => self.cursor_op(&used, true, false).await,
         }
     }
 }
