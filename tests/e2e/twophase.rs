@@ -417,6 +417,9 @@ async fn cursor_script(c: &Client, t: &str) -> Vec<String> {
         "BEGIN".into(),
         format!("DECLARE d CURSOR FOR SELECT count(*), max(note) FROM {t}"),
         "FETCH ALL IN d".into(),
+        "DECLARE d CURSOR FOR SELECT 1".into(), // its name is taken
+        "ROLLBACK".into(),
+        "BEGIN".into(),
         format!("DECLARE e CURSOR FOR SELECT nope FROM {t}"),
         "ROLLBACK".into(),
         format!("DECLARE outside CURSOR FOR SELECT * FROM {t}"),
@@ -459,6 +462,7 @@ async fn a_cursor_across_shards_reads_as_on_one_postgres() {
     let expected = cursor_script(&plain, &one).await;
     assert_eq!(through, expected);
     assert_eq!(expected[3].trim(), "3|row 3 4|row 4 5|row 5 #3", "{expected:?}");
+    assert!(expected.iter().any(|o| o == "42P03"), "a taken name refused: {expected:?}");
     // A driver's DECLARE with parameters (the extended protocol).
     for (client, table) in [(&c, &t), (&plain, &one)] {
         client.batch_execute("BEGIN").await.unwrap();

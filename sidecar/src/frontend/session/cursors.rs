@@ -37,10 +37,6 @@ impl Session {
             let e = SqlError::new(code::NO_ACTIVE_TRANSACTION, "DECLARE CURSOR can only be used in transaction blocks");
             return self.fail(e, extended);
         }
-        if self.cursors.contains_key(name) || self.portals.contains(name) {
-            return self
-                .fail(SqlError::new(code::DUPLICATE_CURSOR, format!("cursor \"{name}\" already exists")), extended);
-        }
         let mut sp = ScatterPortal::new(query.to_string(), Some(bound), spread);
         if self.scatter_open(&mut sp).await? {
             return self.failed_here(extended);

@@ -96,6 +96,12 @@ impl Session {
             s.shape.verb == crate::classify::Verb::Ddl
                 && !s.text.trim_start().get(..4).is_some_and(|w| w.eq_ignore_ascii_case("lock"))
         });
+        // Cursors and protocol portals share one namespace, as on Postgres.
+        if let Some(declared) = facts.single().and_then(|s| s.shape.cursor.as_ref())
+            && (self.cursors.contains_key(&declared.name) || self.portals.contains(&declared.name))
+        {
+            return Err(SqlError::new(code::DUPLICATE_CURSOR, format!("cursor \"{}\" already exists", declared.name)));
+        }
         // A cursor declared in SQL is read where it was declared.
         if let Some(used) = facts.single().and_then(|s| s.shape.uses_cursor.as_ref()) {
             match self.cursors.get(&used.name) {
