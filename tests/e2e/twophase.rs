@@ -488,3 +488,144 @@ async fn a_cursor_across_shards_reads_as_on_one_postgres() {
         client.batch_execute("ROLLBACK").await.unwrap();
     }
 }
+
+/// An ORM's bulk insert, arrays bound, through shardcar and on one plain
+/// Postgres: RETURNING rows, tags, and what the table holds at the end.
+async fn unnest_script(c: &mut Client, t: &str) -> Vec<String> {
+    let ids: Vec<i64> = vec![5, 1, 4, 2, 3, 8, 7, 6];
+    let notes: Vec<Option<&str>> =
+        vec![Some("e"), Some("a"), None, Some("b"), Some("c, \"quoted\""), Some("h"), Some("g"), Some("f")];
+    let mut out = Vec::new();
+    let rows = |rows: Vec<tokio_postgres::Row>| -> String {
+        rows.iter()
+            .map(|r| format!("{}:{:?}", r.get::<_, i64>(0), r.get::<_, Option<String>>(1)))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let insert = format!(
+        "INSERT INTO {t} (customer_id, note) SELECT * FROM unnest($1::bigint[], $2::text[]) RETURNING customer_id, note"
+    );
+    out.push(rows(c.query(&insert, &[&ids, &notes]).await.unwrap()));
+    // Columns named through an alias, in another order; no RETURNING: a count.
+    let insert =
+        format!("INSERT INTO {t} (note, customer_id) SELECT n, k FROM unnest($1::text[], $2::bigint[]) AS u(n, k)");
+    let more: Vec<i64> = (20..30).collect();
+    let notes: Vec<String> = more.iter().map(|i| format!("n{i}")).collect();
+    out.push(c.execute(&insert, &[&notes, &more]).await.unwrap().to_string());
+    // In a transaction that rolls back: nothing anywhere.
+    let txn = c.transaction().await.unwrap();
+    let insert =
+        format!("INSERT INTO {t} (customer_id, note) SELECT * FROM unnest($1::bigint[], $2::text[]) RETURNING note");
+    let rolled: Vec<i64> = vec![100, 101, 102];
+    let gone = txn.query(&insert, &[&rolled, &vec!["x", "y", "z"]]).await.unwrap();
+    out.push(gone.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join(" "));
+    txn.rollback().await.unwrap();
+    let all = c.query(&format!("SELECT customer_id, note FROM {t} ORDER BY 1"), &[]).await.unwrap();
+    out.push(rows(all));
+    out
+}
+
+#[tokio::test]
+async fn a_bulk_insert_from_unnest_is_split_by_key_and_returns_rows_in_input_order() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("unnest").await;
+    let one = format!("{t}_one");
+    let mut plain = direct(&fleet.s0).await;
+    plain.batch_execute(&format!("CREATE TABLE {one} (customer_id bigint, note text)")).await.unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(&config(fleet, &t, &log.path().join("decisions.log")));
+    let mut c = sc.connect().await;
+    let through = unnest_script(&mut c, &t).await;
+    let expected = unnest_script(&mut plain, &one).await;
+    assert_eq!(through, expected);
+    assert!(expected[0].starts_with("5:Some(\"e\") 1:Some(\"a\") 4:None"), "{expected:?}");
+    // Every row on the shard its key routes to.
+    let (s0, s1) = per_shard(fleet, &t).await;
+    assert!(s0 > 0 && s1 > 0 && s0 + s1 == 18, "{s0} + {s1}");
+    for id in [1i64, 2, 3, 4, 5, 6, 7, 8, 20, 29] {
+        let n: i64 =
+            c.query_one(&format!("SELECT count(*) FROM {t} WHERE customer_id = $1"), &[&id]).await.unwrap().get(0);
+        assert_eq!(n, 1, "customer {id} is found where its key routes");
+    }
+    // Arrays of different lengths: Postgres pads the shorter ones with
+    // NULLs; split by shard they would not line up, so it is refused.
+    let insert = format!("INSERT INTO {t} (customer_id, note) SELECT * FROM unnest($1::bigint[], $2::text[])");
+    let e = c.execute(&insert, &[&vec![1i64, 2], &vec!["a"]]).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    // Arrays written in a simple query's text: refused, never sent whole to each shard.
+    let literal = format!(
+        "INSERT INTO {t} (customer_id, note) SELECT * FROM unnest('{{1,2,3,4}}'::bigint[], '{{a,b,c,d}}'::text[])"
+    );
+    let e = c.simple_query(&literal).await.unwrap_err();
+    assert_eq!(sqlstate(&e), "0A000", "{e:?}");
+    assert_eq!(per_shard(fleet, &t).await, (s0, s1), "nothing written");
+}
+
+/// Bulk inserts whose rows are VALUES: plain, and selected from a VALUES
+/// list as SQLAlchemy's bulk insert with RETURNING sends it (sorted by a
+/// counter) — RETURNING rows as Postgres gives them, in the order written.
+async fn values_script(c: &Client, t: &str) -> Vec<String> {
+    let rows = |messages: Vec<tokio_postgres::SimpleQueryMessage>| -> String {
+        messages
+            .iter()
+            .filter_map(|m| match m {
+                tokio_postgres::SimpleQueryMessage::Row(r) => {
+                    Some(format!("{}:{}", r.get(0).unwrap(), r.get(1).unwrap_or("NULL")))
+                }
+                tokio_postgres::SimpleQueryMessage::CommandComplete(n) => Some(format!("#{n}")),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let mut out = Vec::new();
+    let plain = format!("INSERT INTO {t} VALUES (7, 'g'), (1, 'a'), (6, 'f'), (2, 'b') RETURNING customer_id, note");
+    out.push(rows(c.simple_query(&plain).await.unwrap()));
+    let sorted = format!(
+        "INSERT INTO {t} (note, customer_id) SELECT p0::text, p1::bigint FROM (VALUES ('e', 5, 0), ('c', 3, 1), (NULL, 4, 2), ('h', 8, 3)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING customer_id, note"
+    );
+    out.push(rows(c.simple_query(&sorted).await.unwrap()));
+    let bound = format!(
+        "INSERT INTO {t} (note, customer_id) SELECT p0::text, p1::bigint FROM (VALUES ($1, $2, 0), ($3, $4, 1), ($5, $6, 2)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING customer_id, note"
+    );
+    // VALUES columns of parameters are text to Postgres: the casts make the key.
+    let params: [&(dyn tokio_postgres::types::ToSql + Sync); 6] = [&"k", &"11", &"i", &"9", &"j", &"10"];
+    let got = c.query(&bound, &params).await.unwrap();
+    out.push(
+        got.iter().map(|r| format!("{}:{}", r.get::<_, i64>(0), r.get::<_, String>(1))).collect::<Vec<_>>().join(" "),
+    );
+    out.push(rows(c.simple_query(&format!("SELECT customer_id, note FROM {t} ORDER BY 1")).await.unwrap()));
+    out
+}
+
+#[tokio::test]
+async fn bulk_inserts_of_values_return_rows_in_the_order_written() {
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("values").await;
+    let one = format!("{t}_one");
+    let plain = direct(&fleet.s0).await;
+    plain.batch_execute(&format!("CREATE TABLE {one} (customer_id bigint, note text)")).await.unwrap();
+    let log = tempfile::tempdir().unwrap();
+    let sc = Sidecar::start(&config(fleet, &t, &log.path().join("decisions.log")));
+    let c = sc.connect().await;
+    let through = values_script(&c, &t).await;
+    let expected = values_script(&plain, &one).await;
+    assert_eq!(through, expected);
+    assert_eq!(expected[1], "5:e 3:c 4:NULL 8:h #4");
+    let (s0, s1) = per_shard(fleet, &t).await;
+    assert!(s0 > 0 && s1 > 0 && s0 + s1 == 11, "{s0} + {s1}");
+    for id in 1i64..=11 {
+        let n: i64 =
+            c.query_one(&format!("SELECT count(*) FROM {t} WHERE customer_id = $1"), &[&id]).await.unwrap().get(0);
+        assert_eq!(n, 1, "customer {id} is found where its key routes");
+    }
+    // Sorted by a column that does not rise as written: refused, nothing written.
+    let min = format!("SELECT min(customer_id) FROM {t}");
+    let on0: i64 = direct(&fleet.s0).await.query_one(&min, &[]).await.unwrap().get(0);
+    let on1: i64 = direct(&fleet.s1).await.query_one(&min, &[]).await.unwrap().get(0);
+    let shuffled = format!(
+        "INSERT INTO {t} (note, customer_id) SELECT n, k FROM (VALUES ('x', {on0}, 2), ('y', {on1}, 1)) AS v(n, k, s) ORDER BY s"
+    );
+    assert_eq!(sqlstate(&c.simple_query(&shuffled).await.unwrap_err()), "0A000");
+    assert_eq!(per_shard(fleet, &t).await, (s0, s1));
+}

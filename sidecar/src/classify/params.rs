@@ -31,7 +31,7 @@ pub struct Params {
 }
 
 impl Params {
-    fn format(&self, i: usize) -> i16 {
+    pub fn format(&self, i: usize) -> i16 {
         match self.formats.as_slice() {
             [] => 0,
             [one] => *one,

@@ -34,12 +34,35 @@ pub struct Predicate {
     pub operands: Vec<Operand>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct Insert {
     pub table: String,
     pub columns: Vec<String>,
-    /// One operand per column, per VALUES row; empty for INSERT ... SELECT.
+    /// One operand per column, per VALUES row (of `INSERT ... VALUES`, or
+    /// of `INSERT ... SELECT ... FROM (VALUES ...) AS v(...)`); empty for
+    /// another INSERT ... SELECT.
     pub rows: Vec<Vec<Operand>>,
+    /// `INSERT ... SELECT ... FROM unnest($1, $2, ...)`: one row per element
+    /// of the bound arrays.
+    pub from_unnest: Option<Unnest>,
+    /// It has RETURNING, its rows are inserted in the order given, and none
+    /// is skipped (ON CONFLICT leaves no trace of which were): split by
+    /// shard, its RETURNING rows can be given back in that order.
+    pub in_order: bool,
+    /// `... FROM (VALUES ...) AS v(...) ORDER BY <a column of v>`: that
+    /// column's value per row, which must rise row by row for the rows to
+    /// be inserted in the order written (checked once they are bound).
+    pub sorted_by: Vec<Operand>,
+}
+
+/// Where the rows of an `INSERT ... SELECT ... FROM unnest(...)` come from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unnest {
+    /// The arrays unnested: their parameters (0-based), in order.
+    pub arrays: Vec<usize>,
+    /// Per inserted column, the array (index into `arrays`) whose elements
+    /// it takes as they are; `None` for a column computed otherwise.
+    pub columns: Vec<Option<usize>>,
 }
 
 /// A `COPY table [(columns)] FROM STDIN`, as far as splitting its rows needs.
@@ -490,18 +513,159 @@ fn insert(i: &protobuf::InsertStmt) -> Option<Insert> {
             _ => None,
         })
         .collect();
-    let rows = match i.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
-        Some(N::SelectStmt(s)) => s
-            .values_lists
-            .iter()
-            .filter_map(|row| match &row.node {
-                Some(N::List(l)) => Some(l.items.iter().map(|v| operand(v.node.as_ref())).collect()),
+    let mut insert = Insert { table, columns, ..Insert::default() };
+    match i.select_stmt.as_deref().and_then(|n| n.node.as_ref()) {
+        Some(N::SelectStmt(s)) if !s.values_lists.is_empty() => insert.rows = values_rows(&s.values_lists),
+        Some(N::SelectStmt(s)) => match from_values(s) {
+            Some((rows, sorted_by)) => (insert.rows, insert.sorted_by) = (rows, sorted_by),
+            None => insert.from_unnest = unnest(s),
+        },
+        _ => {}
+    }
+    let returns = i.returning_clause.as_ref().is_some_and(|r| !r.exprs.is_empty());
+    insert.in_order = returns && i.on_conflict_clause.is_none();
+    Some(insert)
+}
+
+fn values_rows(lists: &[protobuf::Node]) -> Vec<Vec<Operand>> {
+    lists
+        .iter()
+        .filter_map(|row| match &row.node {
+            Some(N::List(l)) => Some(l.items.iter().map(|v| operand(v.node.as_ref())).collect()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A SELECT that only renames the rows of its one FROM item: nothing that
+/// would give other rows once they are split by shard (WHERE, GROUP BY,
+/// LIMIT, DISTINCT, set operations; ORDER BY when `sorted` is false).
+fn only_renames(s: &protobuf::SelectStmt, sorted: bool) -> bool {
+    s.values_lists.is_empty()
+        && s.where_clause.is_none()
+        && s.group_clause.is_empty()
+        && s.having_clause.is_none()
+        && (sorted || s.sort_clause.is_empty())
+        && s.limit_count.is_none()
+        && s.limit_offset.is_none()
+        && s.distinct_clause.is_empty()
+        && s.with_clause.is_none()
+        && s.larg.is_none()
+        && s.from_clause.len() == 1
+}
+
+/// The alias's column names: `AS x(a, b)`.
+fn alias_names(alias: Option<&protobuf::Alias>) -> Vec<&str> {
+    alias
+        .iter()
+        .flat_map(|a| a.colnames.iter())
+        .filter_map(|n| match &n.node {
+            Some(N::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The column of the FROM item (of `width` columns named `names`) each
+/// target takes as it is (a cast aside), `None` for an expression; `None`
+/// overall when a target cannot be read.
+fn target_columns(s: &protobuf::SelectStmt, names: &[&str], width: usize) -> Option<Vec<Option<usize>>> {
+    let mut columns = Vec::new();
+    for target in &s.target_list {
+        let Some(N::ResTarget(r)) = target.node.as_ref() else { return None };
+        let mut val = r.val.as_deref().and_then(|v| v.node.as_ref());
+        if let Some(N::TypeCast(c)) = val {
+            val = c.arg.as_deref().and_then(|v| v.node.as_ref());
+        }
+        let Some(N::ColumnRef(c)) = val else {
+            columns.push(None);
+            continue;
+        };
+        match c.fields.last().and_then(|f| f.node.as_ref()) {
+            Some(N::AStar(_)) if s.target_list.len() == 1 => columns.extend((0..width).map(Some)),
+            Some(N::String(name)) => columns.push(names.iter().position(|n| *n == name.sval)),
+            _ => return None,
+        }
+    }
+    Some(columns)
+}
+
+/// The rows of `INSERT ... SELECT <columns> FROM (VALUES ...) AS v(...)`,
+/// per inserted column (SQLAlchemy's bulk insert with RETURNING sends
+/// this, sorted by a counter column so that rows come back in order: an
+/// ORDER BY on one of its columns, ascending, is kept as `sorted_by`).
+fn from_values(s: &protobuf::SelectStmt) -> Option<(Vec<Vec<Operand>>, Vec<Operand>)> {
+    if !only_renames(s, true) {
+        return None;
+    }
+    let Some(N::RangeSubselect(sub)) = s.from_clause[0].node.as_ref() else { return None };
+    let Some(N::SelectStmt(values)) = sub.subquery.as_deref().and_then(|q| q.node.as_ref()) else { return None };
+    if sub.lateral || values.values_lists.is_empty() {
+        return None;
+    }
+    let rows = values_rows(&values.values_lists);
+    let names = alias_names(sub.alias.as_ref());
+    let width = rows.first().map_or(0, Vec::len);
+    let columns = target_columns(s, &names, width)?;
+    let mut sorted_by = Vec::new();
+    if let [sort] = s.sort_clause.as_slice() {
+        let Some(N::SortBy(by)) = sort.node.as_ref() else { return None };
+        let ascending = by.sortby_dir == protobuf::SortByDir::SortbyDefault as i32
+            || by.sortby_dir == protobuf::SortByDir::SortbyAsc as i32;
+        let column = match by.node.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(N::ColumnRef(c)) => match c.fields.last().and_then(|f| f.node.as_ref()) {
+                Some(N::String(name)) => names.iter().position(|n| *n == name.sval),
                 _ => None,
-            })
-            .collect(),
-        _ => Vec::new(),
+            },
+            _ => None,
+        }?;
+        if !ascending {
+            return None;
+        }
+        sorted_by = rows.iter().map(|r| r.get(column).cloned().unwrap_or(Operand::Opaque)).collect();
+    } else if !s.sort_clause.is_empty() {
+        return None;
+    }
+    let pick = |row: &Vec<Operand>| {
+        columns.iter().map(|c| c.and_then(|c| row.get(c).cloned()).unwrap_or(Operand::Opaque)).collect()
     };
-    Some(Insert { table, columns, rows })
+    Some((rows.iter().map(pick).collect(), sorted_by))
+}
+
+/// `INSERT ... SELECT <columns or *> FROM unnest($a[::type], ...) [AS x(...)]`.
+fn unnest(s: &protobuf::SelectStmt) -> Option<Unnest> {
+    if !only_renames(s, false) {
+        return None;
+    }
+    let Some(N::RangeFunction(f)) = s.from_clause[0].node.as_ref() else { return None };
+    if f.ordinality || f.functions.len() != 1 {
+        return None;
+    }
+    let Some(N::List(pair)) = f.functions[0].node.as_ref() else { return None };
+    let Some(N::FuncCall(call)) = pair.items.first().and_then(|n| n.node.as_ref()) else { return None };
+    let name = call.funcname.last().and_then(|n| match &n.node {
+        Some(N::String(s)) => Some(s.sval.as_str()),
+        _ => None,
+    });
+    if name != Some("unnest") || call.agg_star || call.func_variadic {
+        return None;
+    }
+    let arrays = call
+        .args
+        .iter()
+        .map(|a| {
+            let mut node = a.node.as_ref()?;
+            if let N::TypeCast(c) = node {
+                node = c.arg.as_deref()?.node.as_ref()?;
+            }
+            match node {
+                N::ParamRef(p) if p.number > 0 => Some(p.number as usize - 1),
+                _ => None,
+            }
+        })
+        .collect::<Option<Vec<usize>>>()?;
+    let columns = target_columns(s, &alias_names(f.alias.as_ref()), arrays.len())?;
+    Some(Unnest { arrays, columns })
 }
 
 #[cfg(test)]
@@ -515,6 +679,54 @@ mod tests {
 
     fn values(s: &Shape, table: &str, column: &str) -> Vec<Operand> {
         s.operands_for(table, column, None).cloned().collect()
+    }
+
+    #[test]
+    fn inserts_from_unnest_of_bound_arrays() {
+        let from = |sql: &str| shape_of(sql).insert.and_then(|i| i.from_unnest);
+        let all = from("INSERT INTO t (k, v) SELECT * FROM unnest($1::bigint[], $2::text[]) RETURNING id").unwrap();
+        assert_eq!(all, Unnest { arrays: vec![0, 1], columns: vec![Some(0), Some(1)] });
+        let named =
+            from("INSERT INTO t (v, k, at) SELECT b, a, now() FROM pg_catalog.unnest($3, $1) AS u(a, b)").unwrap();
+        assert_eq!(named, Unnest { arrays: vec![2, 0], columns: vec![Some(1), Some(0), None] });
+        let in_order = |sql: &str| shape_of(sql).insert.unwrap().in_order;
+        assert!(in_order("INSERT INTO t (k) SELECT * FROM unnest($1::int[]) RETURNING k"));
+        assert!(!in_order("INSERT INTO t (k) SELECT * FROM unnest($1::int[]) ON CONFLICT DO NOTHING RETURNING k"));
+        assert!(!in_order("INSERT INTO t (k) SELECT * FROM unnest($1::int[])"));
+        for other in [
+            "INSERT INTO t (k) SELECT * FROM unnest($1::int[]) AS u(k) WHERE k > 0",
+            "INSERT INTO t (k) SELECT * FROM unnest($1::int[]) ORDER BY 1",
+            "INSERT INTO t (k) SELECT * FROM unnest(ARRAY[1, 2])",
+            "INSERT INTO t (k) SELECT * FROM unnest($1::int[]) WITH ORDINALITY",
+            "INSERT INTO t (k) SELECT k FROM other",
+            "INSERT INTO t (k) SELECT * FROM generate_series(1, $1)",
+        ] {
+            assert_eq!(from(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn inserts_from_a_values_list() {
+        let sql = "INSERT INTO t (v, k) SELECT p0::text, p1 FROM (VALUES ($1, $2, 0), ('b', 7, 1)) AS imp_sen(p0, p1, sen_counter) ORDER BY sen_counter RETURNING k";
+        let insert = shape_of(sql).insert.unwrap();
+        assert_eq!(
+            insert.rows,
+            [
+                vec![Operand::Param(0), Operand::Param(1)],
+                vec![Operand::Const(Value::Text("b".into())), Operand::Const(Value::Int(7))]
+            ]
+        );
+        assert_eq!(insert.sorted_by, [Operand::Const(Value::Int(0)), Operand::Const(Value::Int(1))]);
+        assert!(insert.in_order);
+        assert_eq!(values(&shape_of(sql), "t", "k"), [Operand::Param(1), Operand::Const(Value::Int(7))]);
+        for other in [
+            "INSERT INTO t (k) SELECT a FROM (VALUES (1), (2)) AS v(a) ORDER BY a DESC",
+            "INSERT INTO t (k) SELECT a FROM (VALUES (1), (2)) AS v(a) WHERE a > 1",
+            "INSERT INTO t (k) SELECT a FROM (VALUES (1), (2)) AS v(a) LIMIT 1",
+            "INSERT INTO t (k) SELECT a FROM (SELECT 1) AS v(a)",
+        ] {
+            assert!(shape_of(other).insert.unwrap().rows.is_empty(), "{other}");
+        }
     }
 
     #[test]

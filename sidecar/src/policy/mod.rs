@@ -381,7 +381,7 @@ impl Router {
         let shape = &mut one.statements[0].shape;
         shape.verb = Verb::Insert;
         shape.predicates.clear();
-        shape.insert = Some(Insert { table: rule.table.clone(), columns, rows: vec![row] });
+        shape.insert = Some(Insert { table: rule.table.clone(), columns, rows: vec![row], ..Insert::default() });
         let one = Arc::new(one);
         let route = self.resolving(|| self.policy_route(&one, 0, params, session, in_transaction, None, rule)).await?;
         match route.shards.as_slice() {
@@ -409,6 +409,7 @@ impl Router {
             table: rule.table.clone(),
             columns: vec![rule.key.clone()],
             rows: vec![vec![Operand::Param(0)]],
+            ..Insert::default()
         });
         Arc::new(one)
     }

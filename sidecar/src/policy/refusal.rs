@@ -114,7 +114,9 @@ impl From<Refusal> for SqlError {
                 format!(
                     "INSERT ... SELECT into {table}, a sharded table, is not split by shard: its rows are known only once the SELECT runs"
                 ),
-                Some(format!("use INSERT ... VALUES or COPY, whose rows shardcar places by key, or {TARGET}")),
+                Some(format!(
+                    "use INSERT ... VALUES, INSERT ... SELECT * FROM unnest($1, $2, ...) with the arrays bound as parameters, or COPY, whose rows shardcar places by key; or {TARGET}"
+                )),
             ),
             Refusal::NotMergeable(why) => (
                 format!("cannot run this statement across shards: {why}"),

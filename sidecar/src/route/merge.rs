@@ -45,6 +45,9 @@ pub struct InsertPart {
     /// The statement's parameters (0-based) this part uses, in the order of
     /// its own `$1`, `$2`, ...
     pub params: Vec<usize>,
+    /// Parameters given this part's own values (by the statement's index):
+    /// the part of each array an `INSERT ... FROM unnest(...)` takes.
+    pub values: Vec<(usize, Option<bytes::Bytes>)>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -55,8 +58,10 @@ pub enum FanOut {
     /// concatenated, counts summed.
     Broadcast,
     /// A multi-row INSERT split by shard: one INSERT per target shard with
-    /// that shard's rows (in `Targets` order); answered as `Broadcast`.
-    Split(Vec<InsertPart>),
+    /// that shard's rows (in `Targets` order); answered as `Broadcast`,
+    /// except that RETURNING rows follow `order` when it is given: the part
+    /// each input row went to, in input order.
+    Split { parts: Vec<InsertPart>, order: Vec<usize> },
     /// Rows from every shard, merged in `order` (concatenated without one),
     /// then `offset` and `limit` applied. Each shard runs `sql`, which asks
     /// for `limit + offset` rows and has `junk` extra columns at the end
@@ -165,7 +170,7 @@ impl FanOut {
         match self {
             FanOut::Everywhere => "the same statement on every shard; the first shard's answer".into(),
             FanOut::Broadcast => "the same statement on every shard; returned rows concatenated, counts summed".into(),
-            FanOut::Split(parts) => {
+            FanOut::Split { parts, .. } => {
                 format!("the rows split into {} INSERTs, one per shard; counts summed", parts.len())
             }
             FanOut::Rows { order, limit, offset, .. } => {
@@ -203,34 +208,43 @@ impl FanOut {
 }
 
 impl FanOut {
-    /// One INSERT per group of VALUES rows (`rows`: indexes, per shard).
+    /// One INSERT per group of VALUES rows (`rows`: indexes, per shard):
+    /// of `INSERT ... VALUES`, or of `INSERT ... SELECT ... FROM (VALUES ...)`.
     pub fn split_insert(sql: &str, groups: &[Vec<usize>]) -> Result<FanOut, Refusal> {
         let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
             .map_err(|e| refuse(format!("the statement cannot be parsed: {e}")))?;
-        let tree = parsed.protobuf;
-        let values = |t: &protobuf::ParseResult| -> Option<Vec<protobuf::Node>> {
-            let Some(N::InsertStmt(insert)) = t.stmts.first()?.stmt.as_ref()?.node.as_ref() else { return None };
-            let Some(N::SelectStmt(select)) = insert.select_stmt.as_deref()?.node.as_ref() else { return None };
-            Some(select.values_lists.clone())
-        };
-        let rows = values(&tree).ok_or_else(|| refuse("only INSERT ... VALUES is split by shard".into()))?;
+        let mut tree = parsed.protobuf;
+        let rows = values(&mut tree)
+            .map(|v| v.clone())
+            .ok_or_else(|| refuse("only INSERT ... VALUES is split by shard".into()))?;
         let mut parts = Vec::with_capacity(groups.len());
         for group in groups {
             let mut part = tree.clone();
-            if let Some(N::InsertStmt(insert)) = part.stmts[0].stmt.as_mut().and_then(|s| s.node.as_mut())
-                && let Some(N::SelectStmt(select)) = insert.select_stmt.as_deref_mut().and_then(|s| s.node.as_mut())
-            {
-                select.values_lists = group.iter().filter_map(|&i| rows.get(i).cloned()).collect();
+            if let Some(values) = values(&mut part) {
+                *values = group.iter().filter_map(|&i| rows.get(i).cloned()).collect();
             }
             let sql = pg_query::deparse(&part, pg_query::DeparseOptions::default())
                 .map_err(|e| refuse(format!("the INSERT cannot be split: {e}")))?;
             // A server refuses parameters a statement does not use when their
             // type is left to it: each part numbers the ones it keeps from $1.
             let (sql, params) = renumber_params(&sql);
-            parts.push(InsertPart { sql, params });
+            parts.push(InsertPart { sql, params, values: Vec::new() });
         }
-        Ok(FanOut::Split(parts))
+        Ok(FanOut::Split { parts, order: Vec::new() })
     }
+}
+
+/// The VALUES rows of an INSERT: its own, or those of the subquery it
+/// selects from.
+fn values(tree: &mut protobuf::ParseResult) -> Option<&mut Vec<protobuf::Node>> {
+    let Some(N::InsertStmt(insert)) = tree.stmts.first_mut()?.stmt.as_mut()?.node.as_mut() else { return None };
+    let Some(N::SelectStmt(select)) = insert.select_stmt.as_deref_mut()?.node.as_mut() else { return None };
+    if !select.values_lists.is_empty() {
+        return Some(&mut select.values_lists);
+    }
+    let Some(N::RangeSubselect(sub)) = select.from_clause.first_mut()?.node.as_mut() else { return None };
+    let Some(N::SelectStmt(inner)) = sub.subquery.as_deref_mut()?.node.as_mut() else { return None };
+    Some(&mut inner.values_lists)
 }
 
 enum Planned {
@@ -1061,10 +1075,12 @@ mod tests {
             "INSERT INTO t (k, v) VALUES (1, 'a'), (2, 'b'), (3, DEFAULT) RETURNING k",
             &[vec![0, 2], vec![1]],
         );
-        let part = |sql: &str, params: &[usize]| InsertPart { sql: sql.into(), params: params.to_vec() };
+        let part =
+            |sql: &str, params: &[usize]| InsertPart { sql: sql.into(), params: params.to_vec(), values: vec![] };
+        let split_of = |parts| FanOut::Split { parts, order: vec![] };
         assert_eq!(
             split.unwrap(),
-            FanOut::Split(vec![
+            split_of(vec![
                 part("INSERT INTO t (k, v) VALUES (1, 'a'), (3, DEFAULT) RETURNING k", &[]),
                 part("INSERT INTO t (k, v) VALUES (2, 'b') RETURNING k", &[]),
             ])
@@ -1080,7 +1096,7 @@ mod tests {
         );
         assert_eq!(
             split.unwrap(),
-            FanOut::Split(vec![
+            split_of(vec![
                 part("INSERT INTO t (k, v) VALUES ($1, $2) ON CONFLICT (k) DO UPDATE SET v = $3", &[2, 3, 5]),
                 part(
                     "INSERT INTO t (k, v) VALUES ($1, $2), ($3, $2) ON CONFLICT (k) DO UPDATE SET v = $4",

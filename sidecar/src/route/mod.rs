@@ -7,6 +7,7 @@
 pub mod copy_format;
 pub mod explain;
 pub mod merge;
+mod unnest;
 
 use std::sync::Arc;
 
@@ -208,15 +209,23 @@ impl Planner {
             // Each row routed on its own: one plugin call per row.
             let mut groups: Vec<(ShardId, Vec<usize>)> = Vec::new();
             let mut routes = Vec::with_capacity(insert.rows.len());
+            // The group each row went to, for RETURNING in input order.
+            let mut order = Vec::with_capacity(insert.rows.len());
             for (i, row) in insert.rows.iter().enumerate() {
                 let route = router
                     .row_route(facts, rule, insert.columns.clone(), row.clone(), params, session, in_transaction)
                     .await?;
                 let shard = route.shards[0];
                 routes.push(route);
-                match groups.iter_mut().find(|(s, _)| *s == shard) {
-                    Some((_, rows)) => rows.push(i),
-                    None => groups.push((shard, vec![i])),
+                match groups.iter().position(|(s, _)| *s == shard) {
+                    Some(at) => {
+                        groups[at].1.push(i);
+                        order.push(at);
+                    }
+                    None => {
+                        order.push(groups.len());
+                        groups.push((shard, vec![i]));
+                    }
                 }
             }
             let statements = vec![StatementRoute {
@@ -227,9 +236,32 @@ impl Planner {
             if let [(shard, _)] = groups.as_slice() {
                 return Ok(Single::Target(Target::One(*shard), statements));
             }
+            if !rises(&insert.sorted_by, params.as_deref()) {
+                return Err(ResolveError::Refused(Refusal::NotMergeable(
+                    "its VALUES are sorted in another order than written (by a column that does not rise row by row), which each shard's part would not keep".into(),
+                )));
+            }
             let (shards, rows): (Vec<ShardId>, Vec<Vec<usize>>) = groups.into_iter().unzip();
-            let plan = FanOut::split_insert(text, &rows).map_err(ResolveError::Refused)?;
+            let mut plan = FanOut::split_insert(text, &rows).map_err(ResolveError::Refused)?;
+            if let FanOut::Split { order: in_order, .. } = &mut plan
+                && insert.in_order
+            {
+                *in_order = order;
+            }
             return Ok(Single::Target(Target::Many { shards, plan: Arc::new(plan) }, statements));
+        }
+        if let Some(insert) = &stmt.shape.insert
+            && let Some(from) = &insert.from_unnest
+            && let Some(params) = params
+        {
+            // A simple query's arrays are its own literals (`written`), which
+            // a part would have to rewrite in its text: not done.
+            if written.is_some() {
+                return Err(ResolveError::Refused(Refusal::NotMergeable(
+                    "an INSERT ... SELECT FROM unnest(...) whose arrays are written in the query text is not split by shard; bind them as parameters".into(),
+                )));
+            }
+            return self.unnest_split(facts, text, insert, from, rule, params, session, in_transaction).await;
         }
         let r = router.resolving(|| router.policy_route(facts, 0, params, session, in_transaction, None, rule)).await?;
         let target = match r.shards.as_slice() {
@@ -278,6 +310,94 @@ impl Planner {
             }
         };
         Ok(Single::Target(target, vec![r]))
+    }
+
+    /// `INSERT ... SELECT ... FROM unnest(...)` of bound arrays: each
+    /// element of the key's array routed as a row (one plugin call per
+    /// distinct key), each shard bound its rows' elements of every array.
+    #[allow(clippy::too_many_arguments)]
+    async fn unnest_split(
+        &self,
+        facts: &Arc<Facts>,
+        text: &str,
+        insert: &crate::classify::shape::Insert,
+        from: &crate::classify::shape::Unnest,
+        rule: &Arc<TableRule>,
+        params: &Arc<Params>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+    ) -> Result<Single, ResolveError> {
+        let refuse = |why: String| ResolveError::Refused(Refusal::NotMergeable(why));
+        let key_array = insert
+            .columns
+            .iter()
+            .position(|c| *c == rule.key)
+            .and_then(|at| from.columns.get(at).copied().flatten())
+            .ok_or_else(|| {
+                refuse(format!(
+                    "this INSERT ... SELECT FROM unnest(...) does not take {} as one array's elements, so its rows cannot be placed",
+                    rule.key
+                ))
+            })?;
+        let arrays: Vec<unnest::Array> =
+            from.arrays.iter().map(|&p| unnest::Array::of(params, p)).collect::<Result<_, _>>().map_err(refuse)?;
+        let rows = arrays[key_array].elements.len();
+        if arrays.iter().any(|a| a.elements.len() != rows) {
+            return Err(refuse("the arrays of unnest(...) differ in length; split by shard they must not".into()));
+        }
+        let columns = vec![rule.key.clone()];
+        let mut routed: std::collections::HashMap<crate::classify::Value, StatementRoute> = Default::default();
+        let mut groups: Vec<(ShardId, Vec<usize>)> = Vec::new();
+        let mut order = Vec::with_capacity(rows);
+        let mut routes = Vec::with_capacity(rows);
+        for row in 0..rows {
+            let key = arrays[key_array].value(row).map_err(refuse)?;
+            let route = match routed.get(&key) {
+                Some(r) => r.clone(),
+                None => {
+                    let operand = crate::classify::shape::Operand::Const(key.clone());
+                    let r = self
+                        .router
+                        .row_route(facts, rule, columns.clone(), vec![operand], &None, session, in_transaction)
+                        .await?;
+                    routed.insert(key, r.clone());
+                    r
+                }
+            };
+            let shard = route.shards[0];
+            let at = match groups.iter().position(|(s, _)| *s == shard) {
+                Some(at) => at,
+                None => {
+                    groups.push((shard, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            groups[at].1.push(row);
+            order.push(at);
+            routes.push(route);
+        }
+        let statements = vec![StatementRoute {
+            shards: groups.iter().map(|(s, _)| *s).collect(),
+            role: None,
+            via: crate::policy::Via::Rows(routes),
+        }];
+        match groups.as_slice() {
+            [] => return Ok(Single::Target(Target::Anywhere, statements)),
+            [(shard, _)] => return Ok(Single::Target(Target::One(*shard), statements)),
+            _ => {}
+        }
+        let all: Vec<usize> = (0..params.values.len()).collect();
+        let parts = groups
+            .iter()
+            .map(|(_, picked)| merge::InsertPart {
+                sql: text.to_string(),
+                params: all.clone(),
+                values: from.arrays.iter().zip(&arrays).map(|(&p, a)| (p, Some(a.pick(picked)))).collect(),
+            })
+            .collect();
+        let order = if insert.in_order { order } else { Vec::new() };
+        let plan = Arc::new(FanOut::Split { parts, order });
+        Ok(Single::Target(Target::Many { shards: groups.iter().map(|(s, _)| *s).collect(), plan }, statements))
     }
 
     /// The merge plan of a statement that runs on several shards, kept per text.
@@ -365,6 +485,26 @@ enum Single {
     Target(Target, Vec<StatementRoute>),
     /// The same statement on every shard (DDL, reference-table writes).
     Everywhere,
+}
+
+/// Whether `sorted_by` (an ORDER BY column of VALUES rows) rises row by
+/// row, its parameters bound: the order written is the order inserted.
+fn rises(sorted_by: &[crate::classify::shape::Operand], params: Option<&Params>) -> bool {
+    use crate::classify::{Value, shape::Operand};
+    let number = |op: &Operand| -> Option<i64> {
+        let value = match op {
+            Operand::Const(v) => v.clone(),
+            Operand::Param(i) => params?.value(*i).ok()?,
+            Operand::Opaque => return None,
+        };
+        match value {
+            Value::Int(n) => Some(n),
+            Value::Text(t) => t.trim().parse().ok(),
+            Value::Null => None,
+        }
+    };
+    let numbers: Option<Vec<i64>> = sorted_by.iter().map(number).collect();
+    numbers.is_some_and(|n| n.windows(2).all(|w| w[0] < w[1]))
 }
 
 /// A statement whose rows live on several shards and that cannot run there.

@@ -43,8 +43,10 @@ pub struct Bound {
 }
 
 impl Bound {
-    /// The parameters `picked` (0-based, in that order), with their types and formats.
-    fn pick(&self, picked: &[usize]) -> Bound {
+    /// The parameters `picked` (0-based, in that order), with their types
+    /// and formats, and the values `replaced` (by the same index) instead of
+    /// the client's.
+    fn pick(&self, picked: &[usize], replaced: &[(usize, Option<Bytes>)]) -> Bound {
         // One format code applies to every parameter; none means text.
         let format = |i: usize| match self.param_formats.as_slice() {
             [] => 0,
@@ -52,7 +54,13 @@ impl Bound {
             all => all.get(i).copied().unwrap_or(0),
         };
         Bound {
-            params: picked.iter().map(|&i| self.params.get(i).cloned().flatten()).collect(),
+            params: picked
+                .iter()
+                .map(|&i| match replaced.iter().find(|(r, _)| *r == i) {
+                    Some((_, v)) => v.clone(),
+                    None => self.params.get(i).cloned().flatten(),
+                })
+                .collect(),
             param_formats: picked.iter().map(|&i| format(i)).collect(),
             param_types: picked.iter().map(|&i| self.param_types.get(i).copied().unwrap_or(0)).collect(),
             result_formats: self.result_formats.clone(),
@@ -93,6 +101,10 @@ enum Answer {
 struct Concat {
     /// The shard being read.
     at: usize,
+    /// Rows read in this order of shards first (a split INSERT's RETURNING
+    /// in input order), `next` the place in it.
+    order: Vec<usize>,
+    next: usize,
     /// Only the first shard's rows and tag count (DDL, reference-table writes).
     first_only: bool,
     description: Option<Bytes>,
@@ -180,9 +192,9 @@ impl Scatter {
             // A split INSERT's part binds only its rows' parameters.
             let (leg_sql, picked) = match &*self.plan {
                 FanOut::Everywhere | FanOut::Broadcast => (sql, None),
-                FanOut::Split(parts) => {
+                FanOut::Split { parts, .. } => {
                     let part = parts.get(i).ok_or_else(|| internal("an INSERT part per shard"))?;
-                    (part.sql.as_str(), Some(&part.params))
+                    (part.sql.as_str(), Some(part))
                 }
                 FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => (sql.as_str(), None),
             };
@@ -199,7 +211,7 @@ impl Scatter {
                         _ => b.result_formats.clone(),
                     };
                     let b = match picked {
-                        Some(params) => &b.pick(params),
+                        Some(part) => &b.pick(&part.params, &part.values),
                         None => b,
                     };
                     let portal = leg.portal().map(str::to_string);
@@ -211,8 +223,13 @@ impl Scatter {
         }
         if let Answer::Sent = self.answer {
             self.answer = match &*self.plan {
-                FanOut::Everywhere | FanOut::Broadcast | FanOut::Split(_) => Answer::Concat(Concat {
+                FanOut::Everywhere | FanOut::Broadcast | FanOut::Split { .. } => Answer::Concat(Concat {
                     at: 0,
+                    order: match &*self.plan {
+                        FanOut::Split { order, .. } => order.clone(),
+                        _ => Vec::new(),
+                    },
+                    next: 0,
                     first_only: matches!(*self.plan, FanOut::Everywhere),
                     description: None,
                     verb: String::new(),
@@ -314,6 +331,30 @@ impl Scatter {
     async fn next_concat(&mut self) -> Result<Option<BytesMut>, Failure> {
         self.describe_inner().await?;
         let Answer::Concat(c) = &mut self.answer else { return Ok(None) };
+        while let Some(&at) = c.order.get(c.next) {
+            let Some(leg) = self.legs.get_mut(at) else { break };
+            if leg.is_done() {
+                // It ended short (it failed): its rows are missing.
+                c.next += 1;
+                continue;
+            }
+            let frame = leg.frame().await?;
+            match frame[0] {
+                b'D' => {
+                    c.next += 1;
+                    return Ok(Some(frame));
+                }
+                b'C' => {
+                    let tag = command_tag(&frame);
+                    let (verb, n) = tag_count(&tag);
+                    c.verb = verb.to_string();
+                    c.count += n;
+                }
+                b'E' => leg.reading().errored = Some(frame),
+                b'N' => self.notices.extend_from_slice(&frame),
+                _ => {}
+            }
+        }
         while c.at < self.legs.len() {
             let leg = &mut self.legs[c.at];
             if leg.is_done() {

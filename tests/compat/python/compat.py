@@ -10,7 +10,7 @@ import sys
 
 import psycopg
 from psycopg import ClientCursor, errors
-from sqlalchemy import BigInteger, Integer, String, create_engine, func, select
+from sqlalchemy import BigInteger, Integer, String, create_engine, func, insert, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from checks import DSN, PREFIX, expect, step
@@ -88,6 +88,26 @@ def psycopg_suite(mode):
                 ids += [r[0] for r in cur.fetchall()]
                 expect(ids == list(range(1, 41)), f"a server-side cursor over every shard: {ids}")
         step(f"{mode}: a server-side cursor by key, and one over every shard")
+
+        # A bulk insert of arrays bound as parameters (psycopg sends them as
+        # text): split by key, RETURNING in input order; written inline
+        # (client-side binding: ARRAY[...]) it is refused rather than sent
+        # whole to every shard.
+        ids = [1005, 1001, 1004, 1002, 1003]
+        bulk = f"INSERT INTO {t} (customer_id, note, amount) SELECT * FROM unnest(%s::bigint[], %s::text[], %s::int[]) RETURNING customer_id, note"
+        args = (ids, [f"bulk {i}" for i in ids], [0] * len(ids))
+        if mode == "simple":
+            try:
+                conn.execute(bulk, args)
+                raise AssertionError("arrays written inline were split")
+            except errors.FeatureNotSupported as e:
+                expect("unnest" in str(e), f"says why, and what is split: {e}")
+        else:
+            got = conn.execute(bulk, args).fetchall()
+            expect(got == [(i, f"bulk {i}") for i in ids], f"RETURNING in input order: {got}")
+            for i in ids:
+                conn.execute(f"DELETE FROM {t} WHERE customer_id = %s", (i,))
+        step(f"{mode}: a bulk insert from unnest(arrays), split by key")
 
         try:
             conn.execute(f"INSERT INTO {t} VALUES (%s, 'dup', 0)", (1,))
@@ -197,6 +217,17 @@ def sqlalchemy_suite():
         visits = {i: s.get(Customer, i).visits for i in (2, 3, 4, 8)}
         expect(visits == {2: 10, 3: 0, 4: 1, 8: 12}, f"after the nested transactions: {visits}")
     step("orm: begin_nested() across shards, an error rolled back to its savepoint")
+
+    # A bulk insert with RETURNING in parameter order (insertmanyvalues).
+    with Session(engine) as s:
+        ids = [105, 101, 104, 102, 103, 108, 107, 106]
+        rows = [{"customer_id": i, "name": f"bulk {i}"} for i in ids]
+        stmt = insert(Customer).returning(Customer.customer_id, Customer.name, sort_by_parameter_order=True)
+        got = [tuple(r) for r in s.execute(stmt, rows)]
+        expect(got == [(i, f"bulk {i}") for i in ids], f"RETURNING in parameter order: {got}")
+        s.commit()
+        expect(s.get(Customer, 108).name == "bulk 108", "found by key")
+    step("orm: a bulk insert with RETURNING in parameter order, split by key")
 
 
 def main():
