@@ -20,6 +20,7 @@ mod faults;
 mod hotspots;
 mod limits;
 mod malformed;
+mod one_postgres;
 mod pgbench;
 mod plugin_safety;
 mod plugins;
