@@ -52,6 +52,16 @@ pub(super) struct Spread {
     pub detached: bool,
 }
 
+/// How far reading rows got (`pump`).
+enum Pumped {
+    /// This many rows, up to the limit: the statement waits, parked.
+    Limit(u64),
+    /// This many, then the end: its CommandComplete.
+    End(u64, BytesMut),
+    /// It failed; the error went to the client.
+    Failed,
+}
+
 /// How far an Execute got.
 pub(super) enum Ran {
     /// Every row sent, and the CommandComplete.
@@ -140,40 +150,32 @@ impl Session {
     /// it failed (the error went to the client).
     pub(super) async fn scatter_describe(&mut self, sp: &mut ScatterPortal) -> Result<bool, SqlError> {
         self.unpark(sp).await?;
-        let described = match self.scatter_start(sp).await {
-            Ok(()) => sp.running.as_mut().expect("started").describe().await,
-            Err(f) => Err(f),
-        };
-        match described {
-            Ok(d) => {
-                let mut out = BytesMut::new();
-                if let Some(s) = sp.running.as_mut() {
-                    out.extend_from_slice(&s.take_notices());
-                }
-                match d {
-                    // A COPY TO has no row description: its CopyOutResponse
-                    // comes with Execute.
-                    Some(t) if t.first() != Some(&b'H') => {
-                        out.extend_from_slice(&t);
-                        sp.described = true;
-                    }
-                    _ => reply::no_data(&mut out),
-                }
-                self.client.out.extend_from_slice(&out);
-                self.park(sp).await?;
-                Ok(false)
+        let Some(d) = self.opened(sp).await? else { return Ok(true) };
+        match d {
+            // A COPY TO has no row description: its CopyOutResponse
+            // comes with Execute.
+            Some(t) if t.first() != Some(&b'H') => {
+                self.client.out.extend_from_slice(&t);
+                sp.described = true;
             }
-            Err(f) => {
-                self.scatter_failed(sp, f).await?;
-                Ok(true)
-            }
+            _ => reply::no_data(&mut self.client.out),
         }
+        Ok(false)
     }
 
-    /// Starts a cursor's statement and reads its RowDescription (errors in
+    /// Starts a cursor's statement and keeps its RowDescription (errors in
     /// the query come now, as Postgres reports them at DECLARE). True
     /// when it failed (the error went to the client).
     pub(super) async fn scatter_open(&mut self, sp: &mut ScatterPortal) -> Result<bool, SqlError> {
+        let Some(d) = self.opened(sp).await? else { return Ok(true) };
+        sp.description = d;
+        Ok(false)
+    }
+
+    /// Starts the statement if not yet, reads its description (notices
+    /// before it go to the client) and parks it; `None` when it failed
+    /// (the error went to the client).
+    async fn opened(&mut self, sp: &mut ScatterPortal) -> Result<Option<Option<Bytes>>, SqlError> {
         let described = match self.scatter_start(sp).await {
             Ok(()) => sp.running.as_mut().expect("started").describe().await,
             Err(f) => Err(f),
@@ -183,13 +185,12 @@ impl Session {
                 if let Some(s) = sp.running.as_mut() {
                     self.client.out.extend_from_slice(&s.take_notices());
                 }
-                sp.description = d;
                 self.park(sp).await?;
-                Ok(false)
+                Ok(Some(d))
             }
             Err(f) => {
                 self.scatter_failed(sp, f).await?;
-                Ok(true)
+                Ok(None)
             }
         }
     }
@@ -212,9 +213,24 @@ impl Session {
             return Ok(Some(0));
         }
         self.unpark(sp).await?;
+        Ok(match self.pump(sp, count, send).await? {
+            Pumped::Limit(n) | Pumped::End(n, _) => Some(n),
+            Pumped::Failed => None,
+        })
+    }
+
+    /// Rows of a started statement to the client (`send`; else only
+    /// counted), up to `limit`. At the limit it parks; at the end it is
+    /// finished (its CommandComplete returned); a failure is reported.
+    async fn pump(&mut self, sp: &mut ScatterPortal, limit: u64, send: bool) -> Result<Pumped, SqlError> {
         let mut n = 0;
-        while n < count {
-            let Some(s) = sp.running.as_mut() else { break };
+        loop {
+            let Some(s) = sp.running.as_mut() else { return Ok(Pumped::End(n, BytesMut::new())) };
+            if n == limit {
+                self.client.out.extend_from_slice(&s.take_notices());
+                self.park(sp).await?;
+                return Ok(Pumped::Limit(n));
+            }
             match s.next_row().await {
                 Ok(Some(row)) => {
                     self.client.out.extend_from_slice(&s.take_notices());
@@ -228,22 +244,23 @@ impl Session {
                 }
                 Ok(None) => {
                     self.client.out.extend_from_slice(&s.take_notices());
-                    if let Err(f) = s.complete() {
-                        self.scatter_failed(sp, f).await?;
-                        return Ok(None);
-                    }
+                    let tag = match s.complete() {
+                        Ok(tag) => tag,
+                        Err(f) => {
+                            self.scatter_failed(sp, f).await?;
+                            return Ok(Pumped::Failed);
+                        }
+                    };
                     sp.finished = true;
                     self.scatter_end(sp).await?;
-                    return Ok(Some(n));
+                    return Ok(Pumped::End(n, tag));
                 }
                 Err(f) => {
                     self.scatter_failed(sp, f).await?;
-                    return Ok(None);
+                    return Ok(Pumped::Failed);
                 }
             }
         }
-        self.park(sp).await?;
-        Ok(Some(n))
     }
 
     /// Execute: up to `max_rows` rows (0: all), with the RowDescription
@@ -280,48 +297,20 @@ impl Session {
             }
             sp.described = true;
         }
-        let mut sent = 0;
-        let max_rows = if sp.running.as_ref().is_some_and(|s| s.copies_out()) { 0 } else { max_rows };
-        loop {
-            let s = sp.running.as_mut().expect("started");
-            if max_rows > 0 && sent == max_rows {
-                self.client.out.extend_from_slice(&s.take_notices());
+        // A COPY TO runs to its end whatever the limit, as on Postgres.
+        let copies = sp.running.as_ref().is_some_and(|s| s.copies_out());
+        let limit = if max_rows == 0 || copies { u64::MAX } else { max_rows as u64 };
+        Ok(match self.pump(sp, limit, true).await? {
+            Pumped::Limit(_) => {
                 reply::portal_suspended(&mut self.client.out);
-                self.park(sp).await?;
-                return Ok(Ran::Suspended);
+                Ran::Suspended
             }
-            match s.next_row().await {
-                Ok(Some(row)) => {
-                    self.client.out.extend_from_slice(&s.take_notices());
-                    self.client.out.extend_from_slice(&row);
-                    sent += 1;
-                    if self.client.out.len() >= super::CLIENT_CHUNK {
-                        self.client.flush().await?;
-                    }
-                }
-                Ok(None) => break,
-                Err(f) => {
-                    self.scatter_failed(sp, f).await?;
-                    return Ok(Ran::Failed);
-                }
-            }
-        }
-        let s = sp.running.as_mut().expect("started");
-        let notices = s.take_notices();
-        let completed = s.complete();
-        self.client.out.extend_from_slice(&notices);
-        match completed {
-            Ok(tag) => {
+            Pumped::End(_, tag) => {
                 self.client.out.extend_from_slice(&tag);
-                sp.finished = true;
-                self.scatter_end(sp).await?;
-                Ok(Ran::Complete)
+                Ran::Complete
             }
-            Err(f) => {
-                self.scatter_failed(sp, f).await?;
-                Ok(Ran::Failed)
-            }
-        }
+            Pumped::Failed => Ran::Failed,
+        })
     }
 
     /// Reads what the shards have left and takes the connections back.
