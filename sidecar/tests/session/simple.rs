@@ -178,6 +178,27 @@ async fn copy_into_one_shard_streams_through() {
 }
 
 #[tokio::test]
+async fn copy_data_read_ahead_past_a_flush_is_sent_on_without_more_from_the_client() {
+    // Data the session has already read (here: all of it, with CopyDone, in
+    // one write) is forwarded even when a flush to the server comes in the
+    // middle of it and the client then waits for the answer.
+    let s = setup("").await;
+    let mut c = Client::connect(&s).await;
+    c.query("/* shardcar: shard=s1 */ COPY t FROM STDIN").send().await;
+    assert_eq!(tags(&c.take(1).await), "G");
+    let rows = |n: usize| format!("{}\n", "x".repeat(999)).repeat(n);
+    // A large message first: the session's read buffer grows to hold it.
+    c.copy_data(&rows(100)).send().await;
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    // Then more than a flush's worth and the end, read in one go.
+    let got = tokio::time::timeout(std::time::Duration::from_secs(10), c.copy_data(&rows(70)).copy_done().run())
+        .await
+        .expect("the COPY ended (the session did not wait on the client with its data unsent)");
+    assert_eq!(tags(&got), "C Z:I");
+    assert_eq!(got[0].tag_text(), "COPY 170");
+}
+
+#[tokio::test]
 async fn copy_without_a_shard_splits_rows_and_commits_them_together() {
     let s = setup("").await;
     let (k0, k1) = keys(&s).await;

@@ -752,11 +752,14 @@ impl Session {
     async fn process(&mut self) -> Result<(), SqlError> {
         while !self.done {
             match self.mode {
-                // COPY data is sent on once this much is queued.
+                // COPY data is sent on once this much is queued, here: what
+                // is left in the inbox may be all the client sends before it
+                // waits for the answer, so nothing else would wake the session.
                 Mode::CopyIn(shard)
                     if self.conns.get(shard).is_some_and(|h| h.conn.conn.wbuf.len() >= BACKEND_FLUSH_AT) =>
                 {
-                    return Ok(());
+                    self.flush().await?;
+                    continue;
                 }
                 Mode::CopyIn(_) => {}
                 // A batch's end is owed: its outcome decides where the next goes.
