@@ -82,10 +82,10 @@ pub fn fields(frame: &[u8]) -> Result<Vec<FieldDescription>, SqlError> {
         .map_err(|e| SqlError::new(code::INTERNAL_ERROR, e.to_string()))
 }
 
-/// The tag of a CommandComplete frame (`INSERT 0 3`).
-pub fn command_tag(frame: &[u8]) -> String {
+/// The tag of a CommandComplete frame (`INSERT 0 3`), borrowed from it.
+pub fn command_tag(frame: &[u8]) -> std::borrow::Cow<'_, str> {
     let body = frame.get(5..frame.len().saturating_sub(1)).unwrap_or_default();
-    String::from_utf8_lossy(body).into_owned()
+    String::from_utf8_lossy(body)
 }
 
 /// A tag's verb and count: `UPDATE 7` → ("UPDATE", 7); `INSERT 0 3` → ("INSERT 0", 3).

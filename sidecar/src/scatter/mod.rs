@@ -373,7 +373,7 @@ impl Scatter {
                     let tag = command_tag(&frame);
                     if c.first_only {
                         if first {
-                            c.first_tags.push(tag);
+                            c.first_tags.push(tag.into_owned());
                         }
                     } else {
                         let (verb, n) = tag_count(&tag);

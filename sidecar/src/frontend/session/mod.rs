@@ -165,8 +165,22 @@ pub struct Session {
     /// DDL was sent: the OID maps are read again once its transaction ends,
     /// before the client hears the outcome.
     schema_changed: bool,
-    last_tag: String,
+    /// The last statement a server completed was a COMMIT that committed.
+    last_committed: bool,
     done: bool,
+}
+
+/// The shutdown state once it is other than `now` (never, if nothing can change it).
+async fn next_stop(mut shutdown: watch::Receiver<Stopping>, now: Stopping) -> Stopping {
+    loop {
+        let state = *shutdown.borrow_and_update();
+        if state != now {
+            return state;
+        }
+        if shutdown.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
 }
 
 impl Session {
@@ -210,7 +224,7 @@ impl Session {
             schema_changed: false,
             idle_transaction_timeout,
             rerun: None,
-            last_tag: String::new(),
+            last_committed: false,
             done: false,
         }
     }
@@ -401,14 +415,15 @@ impl Session {
     }
 
     fn apply_events(&mut self) {
-        for event in std::mem::take(&mut self.events) {
+        let mut events = std::mem::take(&mut self.events);
+        for event in events.drain(..) {
             match event {
                 Event::Succeeded(effect) | Event::Undone(effect) => self.apply(effect),
-                Event::StatementDone { facts, index, tag, shard } => {
+                Event::StatementDone { facts, index, committed, shard } => {
                     if let Some(stmt) = facts.statements.get(index) {
                         self.statement_done(shard, stmt);
                     }
-                    self.last_tag = tag;
+                    self.last_committed = committed;
                 }
                 Event::Ready { shard, status, client } => self.ready(shard, status, client),
                 Event::CopyIn { shard, extended } => {
@@ -581,7 +596,7 @@ impl Session {
     /// it committed.
     fn end_of_batch(&mut self) {
         let Some(s) = self.txn_snapshot.take() else { return };
-        let committed = if s.explicit { self.last_tag == "COMMIT" } else { !s.failed };
+        let committed = if s.explicit { self.last_committed } else { !s.failed };
         if !committed {
             // Postgres undoes the SETs of a transaction that rolls back.
             self.settings = s.client;

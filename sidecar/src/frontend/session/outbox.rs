@@ -20,6 +20,7 @@ use postgres_protocol::message::backend::Message;
 
 use super::prepared::{Effect, Prepared};
 use crate::classify::Facts;
+use crate::scatter::frames::command_tag;
 use crate::sqlerror::SqlError;
 use crate::telemetry::stages::{InFlight, ServerError};
 use crate::topology::ShardId;
@@ -126,12 +127,13 @@ impl Entry {
 pub enum Event {
     Succeeded(Effect),
     Undone(Effect),
-    /// A statement finished with this CommandComplete tag.
+    /// A statement finished; `committed`: its tag was COMMIT (a COMMIT
+    /// of a failed transaction says ROLLBACK).
     StatementDone {
         shard: ShardId,
         facts: Arc<Facts>,
         index: usize,
-        tag: String,
+        committed: bool,
     },
     /// A server's ReadyForQuery (`shard` set) or the client's owed one
     /// (`client`); the session writes the client's.
@@ -360,7 +362,7 @@ impl Outbox {
                     shard,
                     facts: flight.facts.clone(),
                     index: 0,
-                    tag: command_tag(frame),
+                    committed: command_tag(frame) == "COMMIT",
                 });
                 true
             }
@@ -371,7 +373,7 @@ impl Outbox {
                     shard,
                     facts: facts.clone(),
                     index: *done,
-                    tag: command_tag(frame),
+                    committed: command_tag(frame) == "COMMIT",
                 });
                 *done += 1;
                 false
@@ -520,13 +522,6 @@ pub fn parameter_types(frame: &[u8]) -> Option<Vec<u32>> {
 
 fn parse(frame: &[u8]) -> Option<Message> {
     Message::parse(&mut BytesMut::from(frame)).ok().flatten()
-}
-
-fn command_tag(frame: &[u8]) -> String {
-    match parse(frame) {
-        Some(Message::CommandComplete(c)) => c.tag().unwrap_or_default().to_string(),
-        _ => String::new(),
-    }
 }
 
 /// The server's FATAL error as an ERROR with the same fields: the server
