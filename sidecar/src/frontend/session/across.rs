@@ -34,13 +34,7 @@ impl Session {
     /// or ROLLBACK) and gets the CommandComplete; otherwise (a batch's own
     /// block) it hears only of a commit that failed.
     pub(super) async fn finish_block(&mut self, commit: bool, tell: bool) -> Result<(), crate::sqlerror::SqlError> {
-        let names = self.portals.names();
-        for name in names {
-            if let Some(super::Portal { kind: super::PortalKind::Scatter(mut sp), .. }) = self.portals.remove(&name) {
-                self.scatter_end(&mut sp).await?;
-            }
-        }
-        self.end_cursors().await?;
+        self.end_portals().await?;
         self.sync_servers();
         self.settle().await?;
         let failed = self.status() == TxnStatus::Failed;

@@ -732,10 +732,12 @@ impl Session {
     /// Portals end with the implicit transaction.
     pub(super) async fn end_portals(&mut self) -> Result<(), SqlError> {
         self.end_cursors().await?;
-        let names = self.portals.names();
-        for name in names {
-            if let Some(p) = self.portals.remove(&name) {
-                self.drop_portal(p).await?;
+        let mut all = self.portals.take_all().into_iter();
+        while let Some((_, p)) = all.next() {
+            if let Err(e) = self.drop_portal(p).await {
+                // What was not ended yet stays, as it was.
+                all.for_each(|(name, p)| self.portals.insert(name, p));
+                return Err(e);
             }
         }
         Ok(())

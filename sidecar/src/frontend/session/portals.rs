@@ -46,8 +46,10 @@ impl Portals {
         Some(old)
     }
 
-    pub fn names(&self) -> Vec<String> {
-        self.by_name.keys().cloned().collect()
+    /// Every portal, removed; no allocation when there is none.
+    pub fn take_all(&mut self) -> Vec<(String, Portal)> {
+        self.bytes = 0;
+        self.by_name.drain().collect()
     }
 
     pub fn clear(&mut self) {
