@@ -15,7 +15,7 @@ use tokio::net::TcpStream;
 /// The cancel key of the backend session a client is attached to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendKey {
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     pub pid: i32,
     pub secret: i32,
 }
@@ -110,7 +110,7 @@ impl Registry {
 pub async fn send(key: &BackendKey) -> std::io::Result<()> {
     let mut buf = BytesMut::new();
     frontend::cancel_request(key.pid, key.secret, &mut buf);
-    let mut stream = TcpStream::connect(&key.addr).await?;
+    let mut stream = TcpStream::connect(&*key.addr).await?;
     stream.write_all(&buf).await?;
     stream.shutdown().await
 }

@@ -102,7 +102,7 @@ pub struct BackendConn {
     pub pid: i32,
     pub secret: i32,
     /// `host:port`, for cancel requests and messages.
-    pub addr: String,
+    pub addr: std::sync::Arc<str>,
     /// ParameterStatus values reported at startup.
     pub server_params: Vec<(String, String)>,
     /// Transaction status from the last ReadyForQuery (`I`, `T` or `E`).
@@ -146,7 +146,7 @@ impl BackendConn {
             wbuf: BytesMut::with_capacity(8 * 1024),
             pid: 0,
             secret: 0,
-            addr: addr.clone(),
+            addr: addr.as_str().into(),
             server_params: Vec::new(),
             status: b'I',
             broken: false,
@@ -184,7 +184,7 @@ impl BackendConn {
     }
 
     async fn authenticate(&mut self, endpoint: &Endpoint) -> Result<(), ConnectError> {
-        let addr = self.addr.clone();
+        let addr = self.addr.to_string();
         let io_err = |source| ConnectError::Io { addr: addr.clone(), source };
         let password = || {
             endpoint.password.as_deref().ok_or_else(|| ConnectError::Rejected {
@@ -233,7 +233,7 @@ impl BackendConn {
     }
 
     fn protocol(&self, message: &str) -> ConnectError {
-        ConnectError::Protocol { addr: self.addr.clone(), message: message.into() }
+        ConnectError::Protocol { addr: self.addr.to_string(), message: message.into() }
     }
 
     /// Reads and parses one message (startup and control use only).

@@ -629,13 +629,16 @@ impl Session {
 
     /// Cancel requests reach the server running the session's statement.
     fn point_cancel(&self) {
-        let key = self.conns.current().and_then(|s| self.conns.get(s)).map(|h| BackendKey {
-            addr: h.conn.conn.addr.clone(),
-            pid: h.conn.conn.pid,
-            secret: h.conn.conn.secret,
-        });
-        if let Ok(mut slot) = self.registration.slot.lock() {
-            *slot = key;
+        let conn = self.conns.current().and_then(|s| self.conns.get(s)).map(|h| &h.conn.conn);
+        let Ok(mut slot) = self.registration.slot.lock() else { return };
+        let same = match (slot.as_ref(), conn) {
+            (Some(k), Some(c)) => k.pid == c.pid && k.secret == c.secret && k.addr == c.addr,
+            (None, None) => true,
+            _ => false,
+        };
+        // Most statements go to the server the last one went to.
+        if !same {
+            *slot = conn.map(|c| BackendKey { addr: c.addr.clone(), pid: c.pid, secret: c.secret });
         }
     }
 
