@@ -25,7 +25,7 @@ use pgwire::messages::startup::{
 use pgwire::messages::{DecodeContext, Message, ProtocolVersion};
 use postgres_protocol::message::backend::Header;
 use prometheus::IntCounter;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::limits::{ClientLimits, Reservation};
@@ -320,13 +320,25 @@ pub struct ClientConn {
     limits: Arc<ClientLimits>,
     /// Budget held for the large message being received.
     reserved: Option<Reservation>,
+    /// A statement is in flight: its buffers are about to be used again,
+    /// so they are kept while the client's next message is awaited.
+    pub busy: bool,
 }
 
 impl ClientConn {
     /// `received` and `sent` count the bytes that cross the connection;
     /// `limits` bound the messages it may send.
     pub fn new(stream: TcpStream, received: IntCounter, sent: IntCounter, limits: Arc<ClientLimits>) -> ClientConn {
-        ClientConn { stream, rbuf: BytesMut::new(), out: BytesMut::new(), received, sent, limits, reserved: None }
+        ClientConn {
+            stream,
+            rbuf: BytesMut::new(),
+            out: BytesMut::new(),
+            received,
+            sent,
+            limits,
+            reserved: None,
+            busy: false,
+        }
     }
 
     /// Reads the untyped first packet (startup, SSL/GSS request or cancel).
@@ -385,27 +397,33 @@ impl ClientConn {
 
     async fn fill(&mut self) -> Result<usize, SqlError> {
         if self.rbuf.is_empty() && self.out.is_empty() {
-            // A client waiting between statements holds no buffers: a
-            // thousand idle clients cost a thousand small tasks, not 16 MiB.
-            self.rbuf = BytesMut::new();
-            self.out = BytesMut::new();
-            self.stream.readable().await.map_err(io_error)?;
-        }
-        loop {
-            if self.rbuf.capacity() - self.rbuf.len() < 1024 {
-                self.rbuf.reserve(8 * 1024);
-            }
-            match self.stream.try_read_buf(&mut self.rbuf) {
-                Ok(n) => {
-                    self.received.inc_by(n as u64);
-                    return Ok(n);
+            if self.busy {
+                // Kept for the reply on its way, unless grown for a large
+                // message: that room is not held beyond the message.
+                for buf in [&mut self.rbuf, &mut self.out] {
+                    if buf.capacity() > spare::LARGEST {
+                        *buf = BytesMut::new();
+                    }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    self.stream.readable().await.map_err(io_error)?;
-                }
-                Err(e) => return Err(io_error(e)),
+            } else {
+                // A client waiting between statements holds no buffers: a
+                // thousand idle clients cost a thousand small tasks, not 16 MiB.
+                // They go back to this thread's spares, not to the allocator.
+                spare::give(std::mem::take(&mut self.rbuf));
+                spare::give(std::mem::take(&mut self.out));
+                self.stream.readable().await.map_err(io_error)?;
+                self.rbuf = spare::take();
+                self.out = spare::take();
             }
         }
+        if self.rbuf.capacity() - self.rbuf.len() < 1024 {
+            self.rbuf.reserve(spare::SIZE);
+        }
+        // `read_buf` (not `try_read_buf`): a short read tells tokio the
+        // socket is drained, so the next wait costs no failed recv.
+        let n = self.stream.read_buf(&mut self.rbuf).await.map_err(io_error)?;
+        self.received.inc_by(n as u64);
+        Ok(n)
     }
 
     /// Reads a password-family message during authentication.
@@ -677,5 +695,43 @@ mod tests {
     #[test]
     fn non_utf8_query_is_refused() {
         assert_eq!(invalid(b'Q', b"SELECT '\xe9'\0").code, code::CHARACTER_NOT_IN_REPERTOIRE);
+    }
+}
+
+/// Client buffers between statements, kept per thread: a session that
+/// goes idle gives its read and write buffers back and takes them again on
+/// its next message, instead of an allocation (and its growth) each time.
+mod spare {
+    use std::cell::RefCell;
+
+    use bytes::BytesMut;
+
+    /// What a buffer starts with: a statement and its reply, usually.
+    pub const SIZE: usize = 8 * 1024;
+    /// Kept per thread at most (128 KiB of idle buffers per thread).
+    const KEEP: usize = 16;
+    /// Larger buffers (a big result, a COPY) are not kept.
+    pub const LARGEST: usize = 64 * 1024;
+
+    thread_local! {
+        static SPARE: RefCell<Vec<BytesMut>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub fn give(mut buf: BytesMut) {
+        buf.clear();
+        // Only a buffer no frame still points into can be written again
+        // from its start (`try_reclaim`), and only those are worth keeping.
+        if !buf.try_reclaim(SIZE) || buf.capacity() > LARGEST {
+            return;
+        }
+        SPARE.with_borrow_mut(|spare| {
+            if spare.len() < KEEP {
+                spare.push(buf);
+            }
+        });
+    }
+
+    pub fn take() -> BytesMut {
+        SPARE.with_borrow_mut(Vec::pop).unwrap_or_else(|| BytesMut::with_capacity(SIZE))
     }
 }

@@ -243,6 +243,8 @@ impl Session {
 
     async fn serve(&mut self) -> Result<(), SqlError> {
         let mut stopping = *self.shutdown.borrow();
+        // One wait for the whole session, not a new waiter at every turn.
+        let mut stop_changed = Box::pin(next_stop(self.shutdown.clone(), stopping));
         loop {
             if let Some((shard, bytes)) = self.rerun.take() {
                 self.rerun_on_primary(shard, bytes).await?;
@@ -288,6 +290,7 @@ impl Session {
             }
             let backend = waiting_on.and_then(|s| self.conns.get_mut(s)).map(|h| &mut h.conn.conn);
             let want_backend = backend.is_some();
+            self.client.busy = want_backend;
             // Idle in a transaction: the client's turn, nothing queued or owed.
             let idle_in_transaction = self
                 .idle_transaction_timeout
@@ -311,8 +314,9 @@ impl Session {
                         Err(e) => self.backend_lost(shard, &e.to_string())?,
                     }
                 }
-                _ = self.shutdown.changed(), if stopping != Stopping::Now => {
-                    stopping = *self.shutdown.borrow();
+                changed = &mut stop_changed, if stopping != Stopping::Now => {
+                    stopping = changed;
+                    stop_changed = Box::pin(next_stop(self.shutdown.clone(), stopping));
                     if stopping == Stopping::Now {
                         return Err(SqlError::fatal(
                             code::ADMIN_SHUTDOWN,
@@ -445,6 +449,10 @@ impl Session {
                     }
                 }
             }
+        }
+        // Its buffer is kept for the next statement's events.
+        if self.events.is_empty() {
+            self.events = events;
         }
     }
 
