@@ -8,6 +8,7 @@
 //! dollar-quoted strings, exotic numbers, unterminated quotes) comes out as
 //! [`Token::Other`], and callers give up on the rewrite rather than guess.
 
+use std::fmt::Write as _;
 use std::ops::Range;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,8 +220,7 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
                     template.push(' ');
                 }
                 values.push(value);
-                template.push('$');
-                template.push_str(&values.len().to_string());
+                let _ = write!(template, "${}", values.len());
             }
             None => {
                 // Nor `'a'b` (b an alias) `$1b`.
@@ -248,7 +248,15 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
 /// number keeps its text, as Postgres keeps it.
 fn as_postgres_reads(number: String) -> String {
     match number.parse::<i32>() {
-        Ok(n) if number.bytes().all(|b| b.is_ascii_digit() || b == b'-') => n.to_string(),
+        Ok(n) if number.bytes().all(|b| b.is_ascii_digit() || b == b'-') => {
+            // Only what it prints differently (`007`, `-0`) is written again.
+            let digits = number.trim_start_matches('-');
+            if digits.len() > 1 && digits.starts_with('0') || n == 0 && number.len() > 1 {
+                n.to_string()
+            } else {
+                number
+            }
+        }
         _ => number,
     }
 }
@@ -295,6 +303,15 @@ mod tests {
         let (t, v) = lift(sql).unwrap_or_else(|| panic!("{sql}: not lifted"));
         assert_eq!(t, template, "{sql}");
         assert_eq!(v, values, "{sql}");
+    }
+
+    #[test]
+    fn integers_are_bound_as_postgres_reads_them() {
+        lifted("SELECT * FROM t WHERE id = 007", "SELECT * FROM t WHERE id = $1", &["7"]);
+        lifted("SELECT * FROM t WHERE id = -0", "SELECT * FROM t WHERE id = $1", &["0"]);
+        lifted("SELECT * FROM t WHERE id = -007", "SELECT * FROM t WHERE id = $1", &["-7"]);
+        lifted("SELECT * FROM t WHERE id = 0 AND k = 10", "SELECT * FROM t WHERE id = $1 AND k = $2", &["0", "10"]);
+        lifted("SELECT * FROM t WHERE id = -5", "SELECT * FROM t WHERE id = $1", &["-5"]);
     }
 
     #[test]
