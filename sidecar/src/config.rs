@@ -70,9 +70,10 @@ pub struct Listen {
     pub max_prepared_bytes_per_client: usize,
     /// On SIGTERM/SIGINT: how long open transactions may take to finish.
     pub shutdown_grace_s: u64,
-    /// Threads serving clients; 0: one per CPU. On a box shared with its
-    /// servers and clients, fewer threads mean fewer wakeups and context
-    /// switches per statement (see the README's benchmark).
+    /// Threads serving clients; 0: half the CPUs available, at least one.
+    /// On a box shared with its servers and clients, fewer threads mean
+    /// fewer wakeups and context switches per statement (see the README's
+    /// benchmark).
     pub threads: usize,
 }
 

@@ -44,9 +44,9 @@ struct Args {
     /// Idle client connections to hold open while measuring shardcar's RSS.
     #[arg(long, default_value_t = 1000)]
     idle_clients: usize,
-    /// shardcar's `listen.threads`: one, like PgBouncer, since Postgres and
-    /// pgbench share the same few cores (0: one per CPU).
-    #[arg(long, default_value_t = 1)]
+    /// shardcar's `listen.threads`; 0, its default, is half the CPUs (one
+    /// on a two-core box, where Postgres and pgbench share the cores).
+    #[arg(long, default_value_t = 0)]
     shardcar_threads: usize,
     /// Only the bulk-load runs, not pgbench.
     #[arg(long)]
