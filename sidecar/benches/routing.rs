@@ -2,7 +2,11 @@
 //! and a simple query's template hit) and the plugin step (extract-key + route, reused instances) for the
 //! built-in hash plugin. `cargo bench -p shardcar --bench routing`.
 //!
-//! Besides criterion's estimates, prints the median and p99 of single calls.
+//! Besides criterion's estimates, prints the median and p99 of single
+//! calls and their allocations (a counting allocator).
+
+#[path = "common/counting.rs"]
+mod counting;
 
 use std::hint::black_box;
 use std::sync::Arc;
@@ -14,6 +18,9 @@ use shardcar::classify::{FactsCache, classify};
 use shardcar::config::Config;
 use shardcar::policy::Router;
 use shardcar::policy::facts::SessionInfo;
+
+#[global_allocator]
+static GLOBAL: counting::Counting = counting::Counting;
 
 const CONFIG: &str = r#"
 [[users]]
@@ -39,8 +46,9 @@ policy = "by-account"
 
 const SQL: &str = "SELECT abalance FROM pgbench_accounts WHERE aid = $1";
 
-/// Median and p99 of `f`, one call per sample, in nanoseconds.
-fn percentiles(mut f: impl FnMut()) -> (u128, u128) {
+/// Median and p99 of `f`, one call per sample, in nanoseconds, and its
+/// allocations per call.
+fn percentiles(mut f: impl FnMut()) -> (u128, u128, f64) {
     for _ in 0..10_000 {
         f();
     }
@@ -52,7 +60,8 @@ fn percentiles(mut f: impl FnMut()) -> (u128, u128) {
         })
         .collect();
     samples.sort_unstable();
-    (samples[samples.len() / 2], samples[samples.len() * 99 / 100])
+    let allocations = counting::per_call(10_000, f);
+    (samples[samples.len() / 2], samples[samples.len() * 99 / 100], allocations)
 }
 
 fn routing(c: &mut Criterion) {
@@ -72,16 +81,16 @@ fn routing(c: &mut Criterion) {
             Some(Arc::new(Params { values: vec![Some(aid.to_string().into())], formats: vec![], types: vec![23] }));
         black_box(router.route_statement(&facts, 0, &params, &session, false, None).unwrap());
     };
-    let (median, p99) = percentiles(&mut route);
-    println!("plugin step (extract-key + route, hash): median {median} ns, p99 {p99} ns");
+    let (median, p99, allocs) = percentiles(&mut route);
+    println!("plugin step (extract-key + route, hash): median {median} ns, p99 {p99} ns, {allocs:.1} allocations");
     c.bench_function("plugin step: hash extract-key + route", |b| b.iter(&mut route));
 
     let cache = FactsCache::new(16 << 20, &Default::default());
     cache.get(SQL);
-    let (median, p99) = percentiles(|| {
+    let (median, p99, allocs) = percentiles(|| {
         black_box(cache.get(SQL));
     });
-    println!("parse, cache hit: median {median} ns, p99 {p99} ns");
+    println!("parse, cache hit: median {median} ns, p99 {p99} ns, {allocs:.1} allocations");
     c.bench_function("parse: cache hit", |b| b.iter(|| black_box(cache.get(SQL))));
 
     let mut n = 0u64;
@@ -89,8 +98,8 @@ fn routing(c: &mut Criterion) {
         n += 1;
         black_box(classify(&format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n}")));
     };
-    let (median, p99) = percentiles(&mut miss);
-    println!("parse, cache miss (pg_query): median {median} ns, p99 {p99} ns");
+    let (median, p99, allocs) = percentiles(&mut miss);
+    println!("parse, cache miss (pg_query): median {median} ns, p99 {p99} ns, {allocs:.1} allocations");
     c.bench_function("parse: cache miss", |b| b.iter(&mut miss));
 
     // A simple query with a new literal: lexed, its template found in the cache.
@@ -99,8 +108,8 @@ fn routing(c: &mut Criterion) {
         n += 1;
         black_box(cache.lookup_lifted(&format!("SELECT abalance FROM pgbench_accounts WHERE aid = {n}")));
     };
-    let (median, p99) = percentiles(&mut lifted);
-    println!("parse, new literal (template hit): median {median} ns, p99 {p99} ns");
+    let (median, p99, allocs) = percentiles(&mut lifted);
+    println!("parse, new literal (template hit): median {median} ns, p99 {p99} ns, {allocs:.1} allocations");
     c.bench_function("parse: new literal", |b| b.iter(&mut lifted));
 }
 
