@@ -105,10 +105,12 @@ pub struct Manager {
 }
 
 impl managed::Manager for Manager {
-    type Type = BackendConn;
+    /// Boxed: the pool, the session and its tables move a checked-out
+    /// connection several times per statement; a pointer is cheap to move.
+    type Type = Box<BackendConn>;
     type Error = ConnectError;
 
-    async fn create(&self) -> Result<BackendConn, ConnectError> {
+    async fn create(&self) -> Result<Box<BackendConn>, ConnectError> {
         let mut conn = BackendConn::connect(&self.endpoint, self.connect_timeout).await?;
         conn.oids = self.oids.clone();
         self.health.mark_up();
@@ -117,10 +119,10 @@ impl managed::Manager for Manager {
         {
             *params = conn.server_params.clone();
         }
-        Ok(conn)
+        Ok(Box::new(conn))
     }
 
-    async fn recycle(&self, conn: &mut BackendConn, _: &managed::Metrics) -> RecycleResult<ConnectError> {
+    async fn recycle(&self, conn: &mut Box<BackendConn>, _: &managed::Metrics) -> RecycleResult<ConnectError> {
         if conn.is_reusable() {
             Ok(())
         } else {
