@@ -171,13 +171,22 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
     }
     let mut template = String::with_capacity(sql.len());
     let mut values = Vec::new();
+    // Text that stays as it is, is copied in runs: `sql[copied..]` is still
+    // to be appended to `template`.
+    let mut copied = 0;
     // The last two tokens that are not space or comments, and where the last began in `template`.
     let mut before: Option<Token> = None;
     let mut last: Option<(Token, usize)> = None;
     // A minus, then only opening parentheses: Postgres folds `-(4)` into -4.
     let mut minus_then_parens = false;
     for (token, range) in tokens(sql) {
-        let text = &sql[range];
+        let text = &sql[range.clone()];
+        // Where this token begins in the template, once what is pending is copied.
+        let at = template.len() + range.start - copied;
+        if matches!(token, Token::String | Token::Number) {
+            template.push_str(&sql[copied..range.start]);
+            copied = range.start;
+        }
         let lifted = match token {
             Token::Other | Token::Param(_) => return None,
             Token::String => Some(text[1..text.len() - 1].replace("''", "'")),
@@ -221,13 +230,19 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
                 }
                 values.push(value);
                 let _ = write!(template, "${}", values.len());
+                copied = range.end;
             }
             None => {
                 // Nor `'a'b` (b an alias) `$1b`.
-                if text.bytes().next().is_some_and(is_word_byte) && template.bytes().last().is_some_and(is_word_byte) {
+                let ends_word = match copied < range.start {
+                    true => is_word_byte(sql.as_bytes()[range.start - 1]),
+                    false => template.bytes().last().is_some_and(is_word_byte),
+                };
+                if text.bytes().next().is_some_and(is_word_byte) && ends_word {
+                    template.push_str(&sql[copied..range.start]);
                     template.push(' ');
+                    copied = range.start;
                 }
-                template.push_str(text)
             }
         }
         if !matches!(token, Token::Space | Token::Comment) {
@@ -240,7 +255,22 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
             last = Some((token, at));
         }
     }
+    template.push_str(&sql[copied..]);
     Some((template, values))
+}
+
+/// The highest `$n` placeholder in `sql` (0 when there is none); `None`
+/// when the text holds something the lexer does not model.
+pub fn highest_param(sql: &str) -> Option<usize> {
+    let mut highest = 0;
+    for (token, _) in tokens(sql) {
+        match token {
+            Token::Param(n) => highest = highest.max(n),
+            Token::Other => return None,
+            _ => {}
+        }
+    }
+    Some(highest)
 }
 
 /// A number as the value Postgres's parser makes of it: an integer that
