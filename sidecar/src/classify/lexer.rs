@@ -221,7 +221,6 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
             .map(as_postgres_reads),
             _ => None,
         };
-        let at = template.len();
         match lifted {
             Some(value) => {
                 // `no'u'` (a typed literal) must not become the identifier `no$3`.

@@ -34,6 +34,8 @@ pub struct Facts {
     /// The parser's message when it could not read the text. Such text still
     /// routes by hints and defaults; Postgres reports the syntax error.
     pub parse_error: Option<String>,
+    /// The highest `$n` in the text (`None`: text the lexer does not model).
+    pub highest_param: Option<usize>,
     /// The text with literals replaced by `$n` placeholders, made when first
     /// asked for (traces), off the data path.
     normalized: OnceLock<Option<String>>,
@@ -125,6 +127,7 @@ impl Facts {
 /// Parses SQL into facts; never fails (unreadable SQL yields `parse_error`).
 pub fn classify(sql: &str) -> Facts {
     let hints = comments::hints(sql);
+    let highest_param = lexer::highest_param(sql);
     match pg_query::parse(sql, pg_query::ParserOptions::DEFAULT) {
         Ok(parsed) => Facts {
             statements: parsed
@@ -140,9 +143,10 @@ pub fn classify(sql: &str) -> Facts {
                 })
                 .collect(),
             hints,
+            highest_param,
             ..Facts::default()
         },
-        Err(e) => Facts { hints, parse_error: Some(e.to_string()), ..Facts::default() },
+        Err(e) => Facts { hints, parse_error: Some(e.to_string()), highest_param, ..Facts::default() },
     }
 }
 

@@ -36,9 +36,6 @@ pub struct Prepared {
     /// Parameter types from the server's ParameterDescription, for statements
     /// whose Parse left them unspecified.
     pub described_types: OnceLock<Vec<u32>>,
-    /// The highest `$n` in the text, lexed once (`None`: text the lexer
-    /// does not model).
-    highest_param: OnceLock<Option<usize>>,
 }
 
 impl Prepared {
@@ -53,7 +50,6 @@ impl Prepared {
             parse,
             validated: AtomicBool::new(false),
             described_types: OnceLock::new(),
-            highest_param: OnceLock::new(),
         };
         if client_name.is_empty() {
             return prepared(String::new(), raw.clone());
@@ -88,20 +84,8 @@ impl Prepared {
     /// the highest `$n` in the text (unknown when the lexer meets text it
     /// does not model and no server described it).
     pub fn param_count(&self) -> Option<usize> {
-        use crate::classify::lexer::{Token, tokens};
         let described = self.described_types.get().map(Vec::len);
-        let highest = self.highest_param.get_or_init(|| {
-            let mut highest = 0;
-            for (token, _) in tokens(&self.text.sql) {
-                match token {
-                    Token::Param(n) => highest = highest.max(n),
-                    Token::Other => return None,
-                    _ => {}
-                }
-            }
-            Some(highest)
-        });
-        match *highest {
+        match self.facts.highest_param {
             Some(h) => Some(h.max(self.text.param_types.len()).max(described.unwrap_or(0))),
             None => described,
         }
