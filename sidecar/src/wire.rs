@@ -609,6 +609,24 @@ pub mod reply {
 }
 
 /// Encodes a message shardcar writes itself (its fields were checked when built).
+/// Appends `bind` (a whole Bind frame, already decoded once) to `out` with
+/// its statement name replaced by `statement`: the rest of the frame is
+/// copied as it came, not decoded and encoded again.
+pub fn put_bind_renamed(out: &mut BytesMut, bind: &[u8], statement: &str) {
+    let body = &bind[5..];
+    let portal_end = body.iter().position(|&b| b == 0).map_or(body.len(), |i| i + 1);
+    let name_end = body[portal_end..].iter().position(|&b| b == 0).map_or(body.len(), |i| portal_end + i + 1);
+    let rest = &body[name_end..];
+    let len = 4 + portal_end + statement.len() + 1 + rest.len();
+    out.reserve(1 + len);
+    out.extend_from_slice(&[b'B']);
+    out.extend_from_slice(&(len as i32).to_be_bytes());
+    out.extend_from_slice(&body[..portal_end]);
+    out.extend_from_slice(statement.as_bytes());
+    out.extend_from_slice(&[0]);
+    out.extend_from_slice(rest);
+}
+
 pub fn encode<M: Message>(buf: &mut BytesMut, msg: M) {
     if let Err(e) = msg.encode(buf) {
         tracing::error!("cannot encode a message: {e}");
@@ -624,6 +642,26 @@ mod tests {
         raw.extend_from_slice(&((body.len() + 4) as i32).to_be_bytes());
         raw.extend_from_slice(body);
         Frame { tag, raw: raw.into() }
+    }
+
+    #[test]
+    fn a_renamed_bind_is_the_bind_pgwire_would_encode() {
+        let bind = |statement: &str| {
+            Bind::new(
+                Some("portal".into()),
+                Some(statement.into()),
+                vec![0, 1],
+                vec![Some(Bytes::from_static(b"42")), None, Some(Bytes::from_static(b"\0\x01"))],
+                vec![1],
+            )
+        };
+        let mut raw = BytesMut::new();
+        encode(&mut raw, bind("client_stmt"));
+        let mut want = BytesMut::new();
+        encode(&mut want, bind("sc_7"));
+        let mut got = BytesMut::new();
+        put_bind_renamed(&mut got, &raw, "sc_7");
+        assert_eq!(got, want);
     }
 
     /// The ERROR a message whose content cannot be read is answered with.

@@ -30,7 +30,7 @@ use crate::scatter::Bound;
 use crate::sqlerror::{SqlError, code};
 use crate::telemetry::stages::{Classified, InFlight, Stage, Stages};
 use crate::topology::ShardId;
-use crate::wire::{encode, reply};
+use crate::wire::{encode, put_bind_renamed, reply};
 
 impl Session {
     pub(super) async fn parse(&mut self, raw: Bytes, msg: Parse) -> Result<(), SqlError> {
@@ -282,11 +282,7 @@ impl Session {
                 if p.backend_name.is_empty() {
                     held.conn.conn.wbuf.extend_from_slice(&raw);
                 } else {
-                    let mut renamed = msg;
-                    renamed.statement_name = Some(p.backend_name.clone());
-                    let mut buf = BytesMut::new();
-                    encode(&mut buf, renamed);
-                    held.conn.conn.wbuf.extend_from_slice(&buf);
+                    put_bind_renamed(&mut held.conn.conn.wbuf, &raw, &p.backend_name);
                 }
                 held.unsynced = true;
                 held.unflushed = true;
@@ -732,13 +728,9 @@ impl Session {
     /// Portals end with the implicit transaction.
     pub(super) async fn end_portals(&mut self) -> Result<(), SqlError> {
         self.end_cursors().await?;
-        let mut all = self.portals.take_all().into_iter();
-        while let Some((_, p)) = all.next() {
-            if let Err(e) = self.drop_portal(p).await {
-                // What was not ended yet stays, as it was.
-                all.for_each(|(name, p)| self.portals.insert(name, p));
-                return Err(e);
-            }
+        // What is not ended yet stays if one fails.
+        while let Some(p) = self.portals.pop() {
+            self.drop_portal(p).await?;
         }
         Ok(())
     }

@@ -11,6 +11,9 @@ const PER_PORTAL: usize = 128;
 
 #[derive(Default)]
 pub(super) struct Portals {
+    /// The unnamed portal: most drivers bind only it, once per statement,
+    /// so it has its own slot rather than an entry hashed in and out.
+    unnamed: Option<Portal>,
     by_name: HashMap<String, Portal>,
     bytes: usize,
 }
@@ -30,29 +33,46 @@ impl Portals {
 
     pub fn insert(&mut self, name: String, portal: Portal) {
         self.bytes += portal.cost;
-        if let Some(old) = self.by_name.remove(&name) {
+        let old = match name.is_empty() {
+            true => self.unnamed.replace(portal),
+            false => self.by_name.insert(name, portal),
+        };
+        if let Some(old) = old {
             self.bytes -= old.cost;
         }
-        self.by_name.insert(name, portal);
     }
 
     pub fn contains(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
+        match name.is_empty() {
+            true => self.unnamed.is_some(),
+            false => self.by_name.contains_key(name),
+        }
     }
 
     pub fn remove(&mut self, name: &str) -> Option<Portal> {
-        let old = self.by_name.remove(name)?;
+        let old = match name.is_empty() {
+            true => self.unnamed.take(),
+            false => self.by_name.remove(name),
+        }?;
         self.bytes -= old.cost;
         Some(old)
     }
 
-    /// Every portal, removed; no allocation when there is none.
-    pub fn take_all(&mut self) -> Vec<(String, Portal)> {
-        self.bytes = 0;
-        self.by_name.drain().collect()
+    /// Some portal, removed (the unnamed one first).
+    pub fn pop(&mut self) -> Option<Portal> {
+        let portal = match self.unnamed.take() {
+            Some(p) => p,
+            None => {
+                let name = self.by_name.keys().next()?.clone();
+                self.by_name.remove(&name)?
+            }
+        };
+        self.bytes -= portal.cost;
+        Some(portal)
     }
 
     pub fn clear(&mut self) {
+        self.unnamed = None;
         self.by_name.clear();
         self.bytes = 0;
     }
