@@ -17,7 +17,6 @@ pub mod refusal;
 pub mod reload;
 mod ticker;
 
-use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -91,8 +90,8 @@ pub struct Rollback {
 pub struct Router {
     topology: Arc<Topology>,
     allow_broadcast_writes: bool,
-    reference_tables: HashSet<String>,
-    tables: HashMap<String, Arc<TableRule>>,
+    reference_tables: foldhash::HashSet<String>,
+    tables: foldhash::HashMap<String, Arc<TableRule>>,
     pub policies: Vec<PolicySlot>,
     plugin_topology: ArcSwap<TopologySnapshot>,
     plugin_topology_version: AtomicU64,

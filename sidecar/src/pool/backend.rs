@@ -2,7 +2,7 @@
 //! startup and authentication with postgres-protocol, then frames read and
 //! written as bytes so that everything reaches the client unchanged.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,7 +45,7 @@ pub struct StatementText {
 /// names, oldest first so the set can be bounded.
 #[derive(Debug, Default)]
 pub struct PreparedSet {
-    by_name: HashMap<String, Arc<StatementText>>,
+    by_name: foldhash::HashMap<String, Arc<StatementText>>,
     order: VecDeque<String>,
 }
 

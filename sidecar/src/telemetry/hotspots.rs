@@ -113,7 +113,7 @@ pub struct View {
 pub struct Hotspots {
     shard_names: Vec<String>,
     tables: Vec<Table>,
-    by_name: HashMap<String, usize>,
+    by_name: foldhash::HashMap<String, usize>,
     show_keys: bool,
     top_keys: usize,
     hot_key_window_s: u64,

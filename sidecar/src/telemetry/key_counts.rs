@@ -23,6 +23,8 @@ pub struct KeyCounts<T> {
 }
 
 struct Inner<T> {
+    /// Counts of every slice closed so far: a slice is merged in when the
+    /// next one opens, so a key is counted once per statement, not twice.
     lifetime: FrequentItemsSketch<T>,
     /// (the slice's first second, its counts), oldest first.
     slices: VecDeque<(u64, FrequentItemsSketch<T>)>,
@@ -58,15 +60,17 @@ impl<T: Eq + Hash + Clone> KeyCounts<T> {
         let Ok(mut inner) = self.inner.lock() else { return };
         let start = now_s - now_s % SLICE_S;
         if inner.slices.back().is_none_or(|(s, _)| *s < start) {
-            inner.slices.push_back((start, sketch(self.capacity)));
+            let Inner { lifetime, slices } = &mut *inner;
+            if let Some((_, closed)) = slices.back() {
+                lifetime.merge(closed);
+            }
+            slices.push_back((start, sketch(self.capacity)));
+            self.expire(&mut inner, now_s);
         }
-        let Inner { lifetime, slices } = &mut *inner;
-        let Some((_, slice)) = slices.back_mut() else { return };
+        let Some((_, slice)) = inner.slices.back_mut() else { return };
         for item in items {
-            slice.update(item.clone());
-            lifetime.update(item);
+            slice.update(item);
         }
-        self.expire(&mut inner, now_s);
     }
 
     fn expire(&self, inner: &mut Inner<T>, now_s: u64) {
@@ -77,10 +81,12 @@ impl<T: Eq + Hash + Clone> KeyCounts<T> {
     }
 
     pub fn lifetime(&self) -> Counted<T> {
-        match self.inner.lock() {
-            Ok(inner) => counted(&inner.lifetime),
-            Err(_) => counted(&sketch(8)),
+        let Ok(inner) = self.inner.lock() else { return counted(&sketch(8)) };
+        let mut all = inner.lifetime.clone();
+        if let Some((_, open)) = inner.slices.back() {
+            all.merge(open);
         }
+        counted(&all)
     }
 
     /// The counts of the window that ends at `now_s`.
@@ -137,6 +143,7 @@ mod tests {
         assert_eq!(top(&window), Some((2, 50)));
         assert_eq!(window.total, 50, "shares are of the window's traffic");
         assert_eq!(top(&counts.lifetime()), Some((1, 6000)), "since start, key 1 still leads");
+        assert_eq!(counts.lifetime().total, 6050, "closed slices and the open one");
         // Nothing recorded for longer than the window: it is empty.
         assert!(counts.window(1100).rows.is_empty());
     }

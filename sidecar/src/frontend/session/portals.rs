@@ -2,8 +2,6 @@
 //! until their transaction ends, so a client could open them without end;
 //! they share `listen.max_prepared_bytes_per_client` with its statements.
 
-use std::collections::HashMap;
-
 use super::Portal;
 
 /// What a portal costs beyond its text: the entry, its name, its statement's handle.
@@ -14,7 +12,7 @@ pub(super) struct Portals {
     /// The unnamed portal: most drivers bind only it, once per statement,
     /// so it has its own slot rather than an entry hashed in and out.
     unnamed: Option<Portal>,
-    by_name: HashMap<String, Portal>,
+    by_name: foldhash::HashMap<String, Portal>,
     bytes: usize,
 }
 

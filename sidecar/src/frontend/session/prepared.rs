@@ -2,7 +2,6 @@
 //! session changes a message makes when it succeeds (or undoes when it
 //! fails or is skipped).
 
-use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -105,7 +104,7 @@ impl Prepared {
 /// keep as many as it likes, within `listen.max_prepared_bytes_per_client`.
 #[derive(Default)]
 pub struct Statements {
-    by_name: HashMap<String, Arc<Prepared>>,
+    by_name: foldhash::HashMap<String, Arc<Prepared>>,
     bytes: usize,
 }
 
