@@ -7,7 +7,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::CopyFail;
 use pgwire::messages::data::{DataRow, FieldDescription, NoData, ParameterDescription, RowDescription};
@@ -619,12 +619,12 @@ pub fn put_bind_renamed(out: &mut BytesMut, bind: &[u8], statement: &str) {
     let rest = &body[name_end..];
     let len = 4 + portal_end + statement.len() + 1 + rest.len();
     out.reserve(1 + len);
-    out.extend_from_slice(&[b'B']);
-    out.extend_from_slice(&(len as i32).to_be_bytes());
-    out.extend_from_slice(&body[..portal_end]);
-    out.extend_from_slice(statement.as_bytes());
-    out.extend_from_slice(&[0]);
-    out.extend_from_slice(rest);
+    out.put_u8(b'B');
+    out.put_i32(len as i32);
+    out.put_slice(&body[..portal_end]);
+    out.put_slice(statement.as_bytes());
+    out.put_u8(0);
+    out.put_slice(rest);
 }
 
 pub fn encode<M: Message>(buf: &mut BytesMut, msg: M) {
