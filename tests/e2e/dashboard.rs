@@ -96,6 +96,18 @@ async fn wait_for<T>(c: &Client, timeout: Duration, what: &str, mut check: impl 
     }
 }
 
+/// Clicks the element as a user would once it is on screen. The page keeps
+/// growing while data arrives, so an element scrolled into view can move under
+/// something else before the click lands; the click is tried again until it does.
+async fn click(c: &Client, css: &str) {
+    let script = format!("document.querySelector(\"{css}\").scrollIntoView({{block: 'center', behavior: 'instant'}})");
+    wait_for(c, Duration::from_secs(10), &format!("{css} to take a click"), async |c| {
+        c.execute(&script, vec![]).await.ok()?;
+        c.find(Locator::Css(css)).await.ok()?.click().await.ok()
+    })
+    .await
+}
+
 #[tokio::test]
 async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     let demo = Demo::start(&["--rate", "0"]).await;
@@ -147,10 +159,7 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     assert_ne!(first, second);
 
     // History: a line per shard in each chart, over the range chosen.
-    c.execute("document.getElementById('history').scrollIntoView({block: 'center', behavior: 'instant'})", vec![])
-        .await
-        .unwrap();
-    c.find(Locator::Css("#history .range[data-seconds='3600']")).await.unwrap().click().await.unwrap();
+    click(&c, "#history .range[data-seconds='3600']").await;
     let lines = wait_for(&c, Duration::from_secs(10), "history charts with a line per shard", async |c| {
         let charts = c.find_all(Locator::Css("#history .chart")).await.ok()?;
         let lines = c.find_all(Locator::Css("#history .chart path.line")).await.ok()?;
@@ -231,7 +240,7 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
         .unwrap();
     let input = c.find(Locator::Css("#explain-sql")).await.unwrap();
     input.send_keys(&sql).await.unwrap();
-    c.find(Locator::Css("#explain-go")).await.unwrap().click().await.unwrap();
+    click(&c, "#explain-go").await;
     let routed = wait_for(&c, Duration::from_secs(10), "an explain answer", async |c| {
         text(c, "#explain-target .shard-name").await
     })
