@@ -5,6 +5,8 @@
 # full speed (connections made, caches warm). Unlike time, the count does
 # not move with the machine's load: it compares two commits exactly.
 # Usage: tests/bench/instructions.sh [seconds counted per mode, default 5]
+# With SHARDCAR_CALLGRIND_DIR set, the dumps are kept there (one per mode)
+# for callgrind_annotate --inclusive=yes.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 seconds=${1:-5}
@@ -94,4 +96,9 @@ for mode in simple extended prepared; do
   total=$(callgrind_annotate "$dump" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",", "", $1); print $1}')
   n=$((after - before))
   printf '%-9s %7d instructions per statement (%d statements)\n' "$mode" $((total / (n > 0 ? n : 1))) "$n"
+  if [ -n "${SHARDCAR_CALLGRIND_DIR:-}" ]; then
+    mkdir -p "$SHARDCAR_CALLGRIND_DIR"
+    cp "$dump" "$SHARDCAR_CALLGRIND_DIR/$mode.callgrind"
+    echo "$n" >"$SHARDCAR_CALLGRIND_DIR/$mode.statements"
+  fi
 done

@@ -8,7 +8,6 @@
 //! dollar-quoted strings, exotic numbers, unterminated quotes) comes out as
 //! [`Token::Other`], and callers give up on the rewrite rather than guess.
 
-use std::fmt::Write as _;
 use std::ops::Range;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -46,8 +45,21 @@ pub fn tokens(sql: &str) -> impl Iterator<Item = (Token, Range<usize>)> + '_ {
 }
 
 fn is_word_byte(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80
+    WORD_BYTES[c as usize]
 }
+
+/// Bytes a name or keyword continues with; a table, as most of a text's
+/// bytes are tested against it.
+const WORD_BYTES: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        table[c] = b.is_ascii_alphanumeric() || b == b'_' || b == b'$' || b >= 0x80;
+        c += 1;
+    }
+    table
+};
 
 /// The token starting at `at` and where it ends.
 fn next(b: &[u8], at: usize) -> (Token, usize) {
@@ -157,19 +169,17 @@ fn number(b: &[u8], at: usize) -> (Token, usize) {
 
 /// A simple query's text with its literals replaced by `$1`, `$2`, ... and
 /// their values as text: queries that differ only in values share one
-/// template, parsed once. `None` when the text has something the lexer does
-/// not model, or `$n` already.
+/// template, parsed once. `None` when the text has no literal, something
+/// the lexer does not model, or `$n` already.
 ///
 /// A minus before a number is folded into the value where it can only be
 /// unary (after an operator or a parenthesis), so `id = -5` binds -5, as
 /// Postgres's grammar folds it; after a word (a keyword or a column name,
 /// which the lexer cannot tell apart) the number stays as written.
 pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
-    // BEGIN, COMMIT and the like: no literal to lift, no template to build.
-    if !sql.bytes().any(|b| b.is_ascii_digit() || b == b'\'') {
-        return None;
-    }
-    let mut template = String::with_capacity(sql.len());
+    // Filled only from the first literal on: BEGIN, COMMIT and the like
+    // allocate nothing.
+    let mut template = String::new();
     let mut values = Vec::new();
     // Text that stays as it is, is copied in runs: `sql[copied..]` is still
     // to be appended to `template`.
@@ -184,6 +194,7 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
         // Where this token begins in the template, once what is pending is copied.
         let at = template.len() + range.start - copied;
         if matches!(token, Token::String | Token::Number) {
+            template.reserve(sql.len() + 8);
             template.push_str(&sql[copied..range.start]);
             copied = range.start;
         }
@@ -228,7 +239,8 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
                     template.push(' ');
                 }
                 values.push(value);
-                let _ = write!(template, "${}", values.len());
+                template.push('$');
+                template.push_str(itoa::Buffer::new().format(values.len()));
                 copied = range.end;
             }
             None => {
@@ -253,6 +265,9 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
             before = last.map(|(t, _)| t);
             last = Some((token, at));
         }
+    }
+    if values.is_empty() {
+        return None;
     }
     template.push_str(&sql[copied..]);
     Some((template, values))
@@ -399,7 +414,7 @@ mod tests {
         lifted("SELECT (1)-2", "SELECT ($1)-$2", &["1", "2"]);
         // After a word: a column (binary) or a keyword (unary); left as written.
         lifted("UPDATE a SET b = b + 1234 WHERE id = 7", "UPDATE a SET b = b + 1234 WHERE id = $1", &["7"]);
-        lifted("SELECT -1", "SELECT -1", &[]);
+        assert_eq!(lift("SELECT -1"), None, "a folded sign after a keyword: nothing lifted");
     }
 
     #[test]

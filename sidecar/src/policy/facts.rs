@@ -57,12 +57,10 @@ impl FactsView {
         key_position: Option<usize>,
     ) -> Result<FactsView, String> {
         let mut view = FactsView { facts, index, params, rule, session, in_transaction, key_values: Vec::new() };
-        let shape = &view.statement().shape;
-        let operands: Vec<Operand> =
-            shape.operands_for(&view.rule.table, &view.rule.key, key_position).cloned().collect();
-        if !operands.contains(&Operand::Opaque) {
-            let mut values = Vec::with_capacity(operands.len());
-            for op in &operands {
+        let operands = || view.statement().shape.operands_for(&view.rule.table, &view.rule.key, key_position);
+        if !operands().any(|op| *op == Operand::Opaque) {
+            let mut values = Vec::new();
+            for op in operands() {
                 let value = view.bind(op)?.unwrap_or(Value::Null);
                 values.push(canonical(value, view.rule.key_type).map_err(|e| format!("key {}: {e}", view.rule.key))?);
             }

@@ -118,6 +118,22 @@ impl Conns {
         Some(held)
     }
 
+    /// Removes the connections `done` picks, handing each to `release`.
+    pub fn release_where(&mut self, mut done: impl FnMut(&Held) -> bool, mut release: impl FnMut(Held)) {
+        let mut i = 0;
+        while i < self.held.len() {
+            if done(&self.held[i]) {
+                let held = self.held.swap_remove(i);
+                if self.current == Some(held.shard()) {
+                    self.current = self.held.first().map(Held::shard);
+                }
+                release(held);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
     pub fn take_all(&mut self) -> Vec<Held> {
         self.current = None;
         std::mem::take(&mut self.held)

@@ -621,17 +621,11 @@ impl Session {
         if !matches!(self.txn, Txn::Idle) || matches!(self.mode, Mode::CopyIn(_)) {
             return;
         }
-        let idle: Vec<ShardId> = self
-            .conns
-            .iter()
-            .filter(|h| !self.outbox.owes(h.shard()) && !h.unsynced && h.conn.conn.status == b'I')
-            .map(Held::shard)
-            .collect();
-        for shard in idle {
-            if let Some(h) = self.conns.remove(shard) {
-                h.conn.release();
-            }
-        }
+        let outbox = &self.outbox;
+        self.conns.release_where(
+            |h| !outbox.owes(h.shard()) && !h.unsynced && h.conn.conn.status == b'I',
+            |h| h.conn.release(),
+        );
         self.point_cancel();
     }
 
