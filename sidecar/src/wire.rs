@@ -12,12 +12,11 @@ use pgwire::messages::cancel::CancelRequest;
 use pgwire::messages::copy::CopyFail;
 use pgwire::messages::data::{DataRow, FieldDescription, NoData, ParameterDescription, RowDescription};
 use pgwire::messages::extendedquery::{
-    Bind, BindComplete, Close, CloseComplete, Describe, Execute, Parse, ParseComplete, PortalSuspended,
+    Bind, BindComplete, Close, CloseComplete, Describe, Parse, ParseComplete, PortalSuspended,
 };
 use pgwire::messages::response::{
     CommandComplete, EmptyQueryResponse, ErrorResponse, NoticeResponse, ReadyForQuery, TransactionStatus,
 };
-use pgwire::messages::simplequery::Query;
 use pgwire::messages::startup::{
     Authentication, BackendKeyData, GssEncRequest, NegotiateProtocolVersion, ParameterStatus, PasswordMessageFamily,
     SecretKey, SslRequest, Startup,
@@ -153,13 +152,7 @@ impl ClientMsg {
     fn decode_content(frame: Frame) -> Result<ClientMsg, SqlError> {
         let raw = frame.raw;
         Ok(match frame.tag {
-            b'Q' => {
-                let q: Query = decode(&raw)?;
-                // The codec decodes lossily; refuse text that was not UTF-8
-                // rather than route one text and forward another.
-                check_utf8(&q.query, &raw)?;
-                ClientMsg::Query { sql: q.query, raw }
-            }
+            b'Q' => ClientMsg::Query { sql: query_text(&raw)?, raw },
             b'P' => {
                 let msg: Parse = decode(&raw)?;
                 check_utf8(&msg.query, &raw)?;
@@ -177,12 +170,8 @@ impl ClientMsg {
                 ClientMsg::Close { msg, raw }
             }
             b'E' => {
-                let e: Execute = decode(&raw)?;
-                ClientMsg::Execute {
-                    portal: e.name.unwrap_or_default(),
-                    max_rows: usize::try_from(e.max_rows).unwrap_or(0),
-                    raw,
-                }
+                let (portal, max_rows) = execute_fields(&raw)?;
+                ClientMsg::Execute { portal, max_rows, raw }
             }
             b'S' => ClientMsg::Sync { raw },
             b'H' => ClientMsg::Flush { raw },
@@ -222,17 +211,52 @@ fn printable(tag: u8) -> String {
     if tag.is_ascii_graphic() { format!("'{}'", tag as char) } else { format!("0x{tag:02x}") }
 }
 
+/// The codec decodes lossily; text that was not UTF-8 is refused rather
+/// than routed as one text and forwarded as another.
 fn check_utf8(decoded: &str, raw: &[u8]) -> Result<(), SqlError> {
     const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
     let lossy = decoded.contains('\u{FFFD}') && !raw.windows(3).any(|w| w == REPLACEMENT);
     if lossy {
-        return Err(SqlError::new(
-            code::CHARACTER_NOT_IN_REPERTOIRE,
-            "statement text is not valid UTF-8; shardcar reads SQL as UTF-8",
-        )
-        .hint("connect with client_encoding=UTF8"));
+        return Err(not_utf8("statement text"));
     }
     Ok(())
+}
+
+fn not_utf8(what: &str) -> SqlError {
+    SqlError::new(code::CHARACTER_NOT_IN_REPERTOIRE, format!("{what} is not valid UTF-8; shardcar reads SQL as UTF-8"))
+        .hint("connect with client_encoding=UTF8")
+}
+
+/// The NUL-terminated string `body` starts with, and the bytes after it.
+fn cstring<'a>(tag: u8, body: &'a [u8], what: &str) -> Result<(&'a str, &'a [u8]), SqlError> {
+    let end = memchr::memchr(0, body).ok_or_else(|| malformed(tag, "truncated"))?;
+    let text = std::str::from_utf8(&body[..end]).map_err(|_| not_utf8(what))?;
+    Ok((text, &body[end + 1..]))
+}
+
+/// Query and Execute start every statement of their protocol, so they are
+/// read here, in place: through the codec each cost a copy of the frame, a
+/// lossy decode and, for text, a second pass to find what it replaced.
+fn query_text(raw: &[u8]) -> Result<String, SqlError> {
+    match cstring(raw[0], &raw[5..], "statement text")? {
+        (text, []) => Ok(text.to_owned()),
+        (_, rest) => Err(malformed(raw[0], format!("{} bytes after its end", rest.len()))),
+    }
+}
+
+/// An Execute's portal and row limit (none when zero or negative).
+fn execute_fields(raw: &[u8]) -> Result<(String, usize), SqlError> {
+    let (portal, rest) = cstring(raw[0], &raw[5..], "portal name")?;
+    let limit: [u8; 4] = match rest.len() {
+        4 => rest.try_into().unwrap_or_default(),
+        n if n < 4 => return Err(malformed(raw[0], "truncated")),
+        n => return Err(malformed(raw[0], format!("{} bytes after its end", n - 4))),
+    };
+    Ok((portal.to_owned(), usize::try_from(i32::from_be_bytes(limit)).unwrap_or(0)))
+}
+
+fn malformed(tag: u8, why: impl std::fmt::Display) -> SqlError {
+    SqlError::new(code::PROTOCOL_VIOLATION, format!("invalid {} message: {why}", printable(tag)))
 }
 
 fn context() -> DecodeContext {
@@ -249,8 +273,7 @@ fn decode<M: Message>(raw: &Bytes) -> Result<M, SqlError> {
     let mut buf = BytesMut::from(&raw[..]);
     let ctx = context();
     let decoded = caught(|| M::decode(&mut buf, &ctx));
-    let malformed =
-        |why: String| SqlError::new(code::PROTOCOL_VIOLATION, format!("invalid {} message: {why}", printable(raw[0])));
+    let malformed = |why: String| malformed(raw[0], why);
     match decoded {
         Ok(Ok(Some(msg))) if buf.is_empty() => Ok(msg),
         Ok(Ok(Some(_))) => Err(malformed(format!("{} bytes after its end", buf.len()))),

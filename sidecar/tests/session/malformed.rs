@@ -23,14 +23,24 @@ async fn unreadable_content_is_an_error_for_that_message_alone() {
     let mut c = Client::connect(&s).await;
     // Simple query and FunctionCall: an ERROR, then ReadyForQuery.
     assert_eq!(tags(&c.message(b'Q', b"SELECT '\xe9'\0").run().await), "E:22021 Z:I", "Query, not UTF-8");
+    for (what, body) in [
+        ("Query with bytes after its text", &b"SELECT 1\0junk"[..]),
+        ("Query with two texts", b"SELECT 1\0SELECT 2\0"),
+        ("Query without its terminator", b"SELECT 1"),
+        ("Query with no body", b""),
+    ] {
+        assert_eq!(tags(&c.message(b'Q', body).run().await), "E:08P01 Z:I", "{what}");
+    }
     assert_eq!(tags(&c.message(b'F', b"\0\0\x04\x00\0\0\0\0\0\0").run().await), "E:0A000 Z:I", "FunctionCall");
     still_serves(&mut c).await;
     // Extended protocol: an ERROR, the rest skipped to Sync.
-    let cases: [(&str, u8, &[u8], &str); 6] = [
+    let cases: [(&str, u8, &[u8], &str); 8] = [
         ("Parse, not UTF-8", b'P', b"\0SELECT '\xe9'\0\0\0", "22021"),
         ("Parse whose parameter count lies", b'P', b"\0SELECT 1\0\x00\x09", "08P01"),
         ("Bind whose fields run past its end", b'B', b"\0s1\0\0", "08P01"),
         ("Execute with bytes after its end", b'E', b"\0\0\0\0\0junk", "08P01"),
+        ("Execute cut short", b'E', b"\0\0\0", "08P01"),
+        ("Execute of a portal named in bytes not UTF-8", b'E', b"\xe9\0\0\0\0\0", "22021"),
         ("Describe of neither statement nor portal", b'D', b"Xname\0", "08P01"),
         ("Close of neither statement nor portal", b'C', b"Xname\0", "08P01"),
     ];
