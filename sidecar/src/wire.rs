@@ -153,11 +153,7 @@ impl ClientMsg {
         let raw = frame.raw;
         Ok(match frame.tag {
             b'Q' => ClientMsg::Query { sql: query_text(&raw)?, raw },
-            b'P' => {
-                let msg: Parse = decode(&raw)?;
-                check_utf8(&msg.query, &raw)?;
-                ClientMsg::Parse { msg, raw }
-            }
+            b'P' => ClientMsg::Parse { msg: parse_fields(&raw)?, raw },
             b'B' => ClientMsg::Bind { msg: decode(&raw)?, raw },
             b'D' => {
                 let msg: Describe = decode(&raw)?;
@@ -211,17 +207,6 @@ fn printable(tag: u8) -> String {
     if tag.is_ascii_graphic() { format!("'{}'", tag as char) } else { format!("0x{tag:02x}") }
 }
 
-/// The codec decodes lossily; text that was not UTF-8 is refused rather
-/// than routed as one text and forwarded as another.
-fn check_utf8(decoded: &str, raw: &[u8]) -> Result<(), SqlError> {
-    const REPLACEMENT: &[u8] = "\u{FFFD}".as_bytes();
-    let lossy = decoded.contains('\u{FFFD}') && !raw.windows(3).any(|w| w == REPLACEMENT);
-    if lossy {
-        return Err(not_utf8("statement text"));
-    }
-    Ok(())
-}
-
 fn not_utf8(what: &str) -> SqlError {
     SqlError::new(code::CHARACTER_NOT_IN_REPERTOIRE, format!("{what} is not valid UTF-8; shardcar reads SQL as UTF-8"))
         .hint("connect with client_encoding=UTF8")
@@ -234,14 +219,34 @@ fn cstring<'a>(tag: u8, body: &'a [u8], what: &str) -> Result<(&'a str, &'a [u8]
     Ok((text, &body[end + 1..]))
 }
 
-/// Query and Execute start every statement of their protocol, so they are
-/// read here, in place: through the codec each cost a copy of the frame, a
-/// lossy decode and, for text, a second pass to find what it replaced.
+/// Query, and Parse and Execute, start every statement of their protocol,
+/// so they are read here, in place: through the codec each cost a copy of
+/// the frame, a lossy decode and, for text, a second pass to find what it
+/// replaced (text that is not UTF-8 must be refused, not routed as one text
+/// and forwarded as another).
 fn query_text(raw: &[u8]) -> Result<String, SqlError> {
     match cstring(raw[0], &raw[5..], "statement text")? {
         (text, []) => Ok(text.to_owned()),
         (_, rest) => Err(malformed(raw[0], format!("{} bytes after its end", rest.len()))),
     }
+}
+
+/// A Parse's statement name (`None` for the unnamed one), text and
+/// parameter types.
+fn parse_fields(raw: &[u8]) -> Result<Parse, SqlError> {
+    let tag = raw[0];
+    let (name, rest) = cstring(tag, &raw[5..], "statement name")?;
+    let (query, rest) = cstring(tag, rest, "statement text")?;
+    let (count, oids) = rest.split_first_chunk::<2>().ok_or_else(|| malformed(tag, "truncated"))?;
+    let expected = 4 * u16::from_be_bytes(*count) as usize;
+    if oids.len() != expected {
+        return Err(match oids.len() < expected {
+            true => malformed(tag, "truncated"),
+            false => malformed(tag, format!("{} bytes after its end", oids.len() - expected)),
+        });
+    }
+    let type_oids = oids.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
+    Ok(Parse::new((!name.is_empty()).then(|| name.to_owned()), query.to_owned(), type_oids))
 }
 
 /// An Execute's portal and row limit (none when zero or negative).

@@ -34,9 +34,11 @@ async fn unreadable_content_is_an_error_for_that_message_alone() {
     assert_eq!(tags(&c.message(b'F', b"\0\0\x04\x00\0\0\0\0\0\0").run().await), "E:0A000 Z:I", "FunctionCall");
     still_serves(&mut c).await;
     // Extended protocol: an ERROR, the rest skipped to Sync.
-    let cases: [(&str, u8, &[u8], &str); 8] = [
+    let cases: [(&str, u8, &[u8], &str); 10] = [
         ("Parse, not UTF-8", b'P', b"\0SELECT '\xe9'\0\0\0", "22021"),
         ("Parse whose parameter count lies", b'P', b"\0SELECT 1\0\x00\x09", "08P01"),
+        ("Parse with bytes after its types", b'P', b"\0SELECT $1\0\x00\x01\0\0\0\x17junk", "08P01"),
+        ("Parse of a name not in UTF-8", b'P', b"\xe9\0SELECT 1\0\0\0", "22021"),
         ("Bind whose fields run past its end", b'B', b"\0s1\0\0", "08P01"),
         ("Execute with bytes after its end", b'E', b"\0\0\0\0\0junk", "08P01"),
         ("Execute cut short", b'E', b"\0\0\0", "08P01"),
