@@ -152,9 +152,9 @@ impl ClientMsg {
     fn decode_content(frame: Frame) -> Result<ClientMsg, SqlError> {
         let raw = frame.raw;
         Ok(match frame.tag {
-            b'Q' => ClientMsg::Query { sql: query_text(&raw)?, raw },
-            b'P' => ClientMsg::Parse { msg: parse_fields(&raw)?, raw },
-            b'B' => ClientMsg::Bind { msg: decode(&raw)?, raw },
+            b'Q' => ClientMsg::Query { sql: fields::query(&raw)?, raw },
+            b'P' => ClientMsg::Parse { msg: fields::parse(&raw)?, raw },
+            b'B' => ClientMsg::Bind { msg: fields::bind(&raw)?, raw },
             b'D' => {
                 let msg: Describe = decode(&raw)?;
                 subtype("DESCRIBE", msg.target_type)?;
@@ -166,7 +166,7 @@ impl ClientMsg {
                 ClientMsg::Close { msg, raw }
             }
             b'E' => {
-                let (portal, max_rows) = execute_fields(&raw)?;
+                let (portal, max_rows) = fields::execute(&raw)?;
                 ClientMsg::Execute { portal, max_rows, raw }
             }
             b'S' => ClientMsg::Sync { raw },
@@ -207,63 +207,6 @@ fn printable(tag: u8) -> String {
     if tag.is_ascii_graphic() { format!("'{}'", tag as char) } else { format!("0x{tag:02x}") }
 }
 
-fn not_utf8(what: &str) -> SqlError {
-    SqlError::new(code::CHARACTER_NOT_IN_REPERTOIRE, format!("{what} is not valid UTF-8; shardcar reads SQL as UTF-8"))
-        .hint("connect with client_encoding=UTF8")
-}
-
-/// The NUL-terminated string `body` starts with, and the bytes after it.
-fn cstring<'a>(tag: u8, body: &'a [u8], what: &str) -> Result<(&'a str, &'a [u8]), SqlError> {
-    let end = memchr::memchr(0, body).ok_or_else(|| malformed(tag, "truncated"))?;
-    let text = std::str::from_utf8(&body[..end]).map_err(|_| not_utf8(what))?;
-    Ok((text, &body[end + 1..]))
-}
-
-/// Query, and Parse and Execute, start every statement of their protocol,
-/// so they are read here, in place: through the codec each cost a copy of
-/// the frame, a lossy decode and, for text, a second pass to find what it
-/// replaced (text that is not UTF-8 must be refused, not routed as one text
-/// and forwarded as another).
-fn query_text(raw: &[u8]) -> Result<String, SqlError> {
-    match cstring(raw[0], &raw[5..], "statement text")? {
-        (text, []) => Ok(text.to_owned()),
-        (_, rest) => Err(malformed(raw[0], format!("{} bytes after its end", rest.len()))),
-    }
-}
-
-/// A Parse's statement name (`None` for the unnamed one), text and
-/// parameter types.
-fn parse_fields(raw: &[u8]) -> Result<Parse, SqlError> {
-    let tag = raw[0];
-    let (name, rest) = cstring(tag, &raw[5..], "statement name")?;
-    let (query, rest) = cstring(tag, rest, "statement text")?;
-    let (count, oids) = rest.split_first_chunk::<2>().ok_or_else(|| malformed(tag, "truncated"))?;
-    let expected = 4 * u16::from_be_bytes(*count) as usize;
-    if oids.len() != expected {
-        return Err(match oids.len() < expected {
-            true => malformed(tag, "truncated"),
-            false => malformed(tag, format!("{} bytes after its end", oids.len() - expected)),
-        });
-    }
-    let type_oids = oids.chunks_exact(4).map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]])).collect();
-    Ok(Parse::new((!name.is_empty()).then(|| name.to_owned()), query.to_owned(), type_oids))
-}
-
-/// An Execute's portal and row limit (none when zero or negative).
-fn execute_fields(raw: &[u8]) -> Result<(String, usize), SqlError> {
-    let (portal, rest) = cstring(raw[0], &raw[5..], "portal name")?;
-    let limit: [u8; 4] = match rest.len() {
-        4 => rest.try_into().unwrap_or_default(),
-        n if n < 4 => return Err(malformed(raw[0], "truncated")),
-        n => return Err(malformed(raw[0], format!("{} bytes after its end", n - 4))),
-    };
-    Ok((portal.to_owned(), usize::try_from(i32::from_be_bytes(limit)).unwrap_or(0)))
-}
-
-fn malformed(tag: u8, why: impl std::fmt::Display) -> SqlError {
-    SqlError::new(code::PROTOCOL_VIOLATION, format!("invalid {} message: {why}", printable(tag)))
-}
-
 fn context() -> DecodeContext {
     let mut ctx = DecodeContext::new(ProtocolVersion::PROTOCOL3_0);
     ctx.awaiting_frontend_ssl = false;
@@ -278,7 +221,7 @@ fn decode<M: Message>(raw: &Bytes) -> Result<M, SqlError> {
     let mut buf = BytesMut::from(&raw[..]);
     let ctx = context();
     let decoded = caught(|| M::decode(&mut buf, &ctx));
-    let malformed = |why: String| malformed(raw[0], why);
+    let malformed = |why: String| fields::malformed(raw[0], why);
     match decoded {
         Ok(Ok(Some(msg))) if buf.is_empty() => Ok(msg),
         Ok(Ok(Some(_))) => Err(malformed(format!("{} bytes after its end", buf.len()))),
@@ -527,6 +470,8 @@ pub fn decode_startup(packet: &mut BytesMut) -> Result<StartupPacket, SqlError> 
 }
 
 /// Encoders for the backend messages shardcar writes itself.
+mod fields;
+
 pub mod reply {
     use super::*;
 
