@@ -194,7 +194,9 @@ pub fn lift_literals(sql: &str) -> Option<(String, Vec<String>)> {
         // Where this token begins in the template, once what is pending is copied.
         let at = template.len() + range.start - copied;
         if matches!(token, Token::String | Token::Number) {
-            template.reserve(sql.len() + 8);
+            if template.capacity() == 0 {
+                template.reserve(sql.len() + 8);
+            }
             template.push_str(&sql[copied..range.start]);
             copied = range.start;
         }

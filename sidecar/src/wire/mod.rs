@@ -1,8 +1,9 @@
-//! The client side of the wire: framing, decoding with pgwire's codec, and
-//! encoding the replies shardcar writes itself.
+//! The client side of the wire: framing, decoding (pgwire's codec, and
+//! `fields` for the messages that start every statement), and encoding the
+//! replies shardcar writes itself.
 //!
-//! Frames are split here by their length word and handed whole to pgwire, so
-//! a message with a lying inner length can never read into the next one; the
+//! Frames are split here by their length word and decoded whole, so a
+//! message with a lying inner length can never read into the next one; the
 //! raw frame is kept so that forwarding stays byte-exact.
 
 use std::sync::Arc;
