@@ -440,19 +440,23 @@ pub struct Endpoint {
     pub user: String,
     pub password: Option<String>,
     pub dbname: String,
-    pub url: String,
+    /// The URL without its TLS parameters, for the control plane.
+    pub control: tokio_postgres::Config,
+    pub tls: crate::pool::tls::ShardTls,
 }
 
 impl fmt::Debug for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Never print the password.
-        write!(f, "{}:{}/{} as {}", self.host, self.port, self.dbname, self.user)
+        write!(f, "{}:{}/{} as {} ({:?})", self.host, self.port, self.dbname, self.user, self.tls)
     }
 }
 
 impl Endpoint {
+    /// Parses a shard URL and reads the TLS files it names.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let cfg = tokio_postgres::Config::from_str(url).map_err(|e| e.to_string())?;
+        let (url, tls_params) = crate::pool::tls::TlsParams::split_url(url)?;
+        let cfg = tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?;
         let host = match cfg.get_hosts() {
             [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
             [] => return Err("no host in URL".into()),
@@ -467,7 +471,8 @@ impl Endpoint {
         let user = cfg.get_user().ok_or("no user in URL (postgres://USER@host/db)")?.to_string();
         let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
         let dbname = cfg.get_dbname().unwrap_or(&user).to_string();
-        Ok(Endpoint { host, port, user, password, dbname, url: url.to_string() })
+        let tls = crate::pool::tls::ShardTls::new(&host, &tls_params)?;
+        Ok(Endpoint { host, port, user, password, dbname, control: cfg, tls })
     }
 
     pub fn address(&self) -> String {

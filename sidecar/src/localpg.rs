@@ -287,6 +287,54 @@ impl Cluster {
         Ok(())
     }
 
+    /// Turns TLS on with this certificate and key (PEM); with `client_ca`,
+    /// client certificates signed by it are accepted (`cert` auth in
+    /// pg_hba). Reloads the running server.
+    pub fn enable_tls(&self, cert: &str, key: &str, client_ca: Option<&str>) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let file = |name: &str, text: &str| -> anyhow::Result<()> {
+            let path = self.data.join(name);
+            std::fs::write(&path, text)?;
+            // Postgres refuses a key others can read.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
+            self.bin.give(&path)
+        };
+        file("server.crt", cert)?;
+        file("server.key", key)?;
+        let mut conf = String::from("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n");
+        if let Some(ca) = client_ca {
+            file("client-ca.crt", ca)?;
+            conf.push_str("ssl_ca_file = 'client-ca.crt'\n");
+        }
+        let path = self.data.join("postgresql.conf");
+        let text = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, text + &conf)?;
+        self.reload()
+    }
+
+    /// Puts `rules` first in pg_hba.conf and reloads the server.
+    pub fn prepend_hba(&self, rules: &str) -> anyhow::Result<()> {
+        let path = self.data.join("pg_hba.conf");
+        let text = std::fs::read_to_string(&path)?;
+        std::fs::write(&path, format!("{rules}\n{text}"))?;
+        self.reload()
+    }
+
+    /// Reloads the configuration and waits until the server has read it.
+    fn reload(&self) -> anyhow::Result<()> {
+        const LOADED: &str = "SELECT pg_conf_load_time()";
+        let before = self.psql(LOADED)?;
+        let data = self.data.to_string_lossy().to_string();
+        self.bin.run("pg_ctl", &["-D", &data, "reload"])?;
+        for _ in 0..100 {
+            if self.psql(LOADED)? != before {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        bail!("{} did not reload its configuration", self.name)
+    }
+
     /// Runs SQL with psql against the `app` database; returns unaligned output.
     pub fn psql(&self, sql: &str) -> anyhow::Result<String> {
         let port = self.port.to_string();

@@ -28,6 +28,7 @@ mod pool;
 mod prepared;
 mod routing;
 mod scatter;
+mod shard_tls;
 mod startup;
 mod traces;
 mod transactions;

@@ -16,10 +16,10 @@ pub fn Pools(live: Live) -> impl IntoView {
                 None => view! { <Empty text="Waiting for the first snapshot…" /> }.into_any(),
                 Some(pools) => view! {
                     <table class="pools">
-                        <colgroup><col class="c-shard" /><col class="c-role" /><col /><col class="c-bar" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /></colgroup>
+                        <colgroup><col class="c-shard" /><col class="c-role" /><col /><col class="c-tls" /><col class="c-bar" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /></colgroup>
                         <thead>
                             <tr>
-                                <th>"shard"</th><th>"role"</th><th>"server"</th><th>"in use / idle of max"</th>
+                                <th>"shard"</th><th>"role"</th><th>"server"</th><th>"TLS"</th><th>"in use / idle of max"</th>
                                 <th class="num">"in use"</th><th class="num">"idle"</th><th class="num">"waiting"</th><th class="num">"longest wait"</th>
                                 <th class="num">"running"</th><th class="num">"oldest"</th><th class="num">"max"</th>
                                 <th class="num">"checkouts"</th><th class="num">"wait p99"</th>
@@ -41,6 +41,7 @@ fn row(p: &Pool) -> impl IntoView + use<> {
             <td>{p.shard.clone()}</td>
             <td class="role">{p.role.clone()}</td>
             <td class="mono">{p.address.clone()}</td>
+            <td class="tls" class:plain={p.size > p.encrypted && p.sslmode != "disable"} title=tls_detail(p)>{tls_summary(p)}</td>
             <td><div class="poolbar"><span class="in-use" style:width=of_max(p.in_use)></span><span class="idle" style:width=of_max(p.idle)></span></div></td>
             <td class="num">{p.in_use}</td>
             <td class="num">{p.idle}</td>
@@ -52,5 +53,25 @@ fn row(p: &Pool) -> impl IntoView + use<> {
             <td class="num">{format::count(p.checkouts_total)}</td>
             <td class="num">{format::ms(p.checkout_wait_p99_ms)}</td>
         </tr>
+    }
+}
+
+/// "TLSv1.3 4/4" when connections are encrypted, else whether TLS is off by
+/// configuration or the server did not offer it.
+fn tls_summary(p: &Pool) -> String {
+    match &p.tls {
+        Some(tls) if p.encrypted > 0 => {
+            format!("{} {}/{}", tls.split(' ').next().unwrap_or("TLS"), p.encrypted, p.size)
+        }
+        _ if p.sslmode == "disable" => "off".into(),
+        _ if p.size > 0 => "plain".into(),
+        _ => "—".into(),
+    }
+}
+
+fn tls_detail(p: &Pool) -> String {
+    match &p.tls {
+        Some(tls) => format!("sslmode={}; {tls}", p.sslmode),
+        None => format!("sslmode={}", p.sslmode),
     }
 }

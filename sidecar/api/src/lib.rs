@@ -210,6 +210,13 @@ pub struct Pool {
     pub shard: String,
     pub role: String,
     pub address: String,
+    /// The `sslmode` in effect for this server (libpq's names).
+    pub sslmode: String,
+    /// Open connections that are encrypted (of `size`).
+    pub encrypted: u64,
+    /// Protocol and cipher of the latest encrypted connection, e.g.
+    /// "TLSv1.3 TLS13_AES_256_GCM_SHA384".
+    pub tls: Option<String>,
     pub max_size: u64,
     /// Open connections.
     pub size: u64,

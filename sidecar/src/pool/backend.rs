@@ -16,6 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::oids::ShardOids;
+use super::tls::{Encrypted, ShardStream};
 use crate::config::Endpoint;
 use crate::settings::Settings;
 
@@ -32,6 +33,8 @@ pub enum ConnectError {
     Rejected { addr: String, message: String },
     #[error("{addr}: {message}")]
     Protocol { addr: String, message: String },
+    #[error("{addr}: {message}")]
+    Tls { addr: String, message: String },
 }
 
 /// The text of a prepared statement: the SQL and its declared parameter types.
@@ -94,7 +97,9 @@ impl PreparedSet {
 }
 
 pub struct BackendConn {
-    stream: TcpStream,
+    stream: ShardStream,
+    /// Counts this connection among its server's encrypted ones while open.
+    pub encrypted: Option<Encrypted>,
     rbuf: BytesMut,
     /// Bytes to send at the next flush.
     pub wbuf: BytesMut,
@@ -132,8 +137,10 @@ impl BackendConn {
 
     async fn connect_inner(endpoint: &Endpoint, addr: String) -> Result<BackendConn, ConnectError> {
         let io_err = |source| ConnectError::Io { addr: addr.clone(), source };
-        let stream = TcpStream::connect(&addr).await.map_err(io_err)?;
-        stream.set_nodelay(true).map_err(io_err)?;
+        let tcp = TcpStream::connect(&addr).await.map_err(io_err)?;
+        tcp.set_nodelay(true).map_err(io_err)?;
+        let stream =
+            endpoint.tls.negotiate(tcp).await.map_err(|message| ConnectError::Tls { addr: addr.clone(), message })?;
         let startup = [
             ("user", endpoint.user.as_str()),
             ("database", endpoint.dbname.as_str()),
@@ -142,6 +149,7 @@ impl BackendConn {
         ];
         let mut conn = BackendConn {
             stream,
+            encrypted: None,
             rbuf: BytesMut::with_capacity(16 * 1024),
             wbuf: BytesMut::with_capacity(8 * 1024),
             pid: 0,
@@ -287,7 +295,11 @@ impl BackendConn {
 
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
-            let r = self.stream.write_all(&self.wbuf).await;
+            // The flush matters for TLS only: rustls may hold the last record.
+            let r = match self.stream.write_all(&self.wbuf).await {
+                Ok(()) => self.stream.flush().await,
+                Err(e) => Err(e),
+            };
             self.wbuf.clear();
             if r.is_err() {
                 self.broken = true;
@@ -344,8 +356,12 @@ impl BackendConn {
         if self.broken || self.status != b'I' || !self.rbuf.is_empty() || !self.wbuf.is_empty() {
             return false;
         }
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+        self.stream.is_quiet()
+    }
+
+    /// "TLSv1.3 TLS13_AES_256_GCM_SHA384", or None for a plain connection.
+    pub fn encryption(&self) -> Option<String> {
+        self.stream.encryption()
     }
 }
 

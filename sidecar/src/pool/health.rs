@@ -11,20 +11,25 @@ use deadpool_postgres::Pool;
 use shardcar_api::Lag;
 use tokio_postgres::SimpleQueryMessage;
 
+use super::tls::SslMode;
 use super::{Node, Pools, Role};
 
-/// A primary's WAL position (NULL if it is in recovery after all).
-const PRIMARY_PROBE: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END";
-/// A replica's replayed position, and the age of its last replayed
-/// transaction while received WAL is still pending (else 0: caught up).
+/// A primary's WAL position (NULL if it is in recovery after all), and
+/// whether the probe's own connection is encrypted.
+const PRIMARY_PROBE: &str = "SELECT CASE WHEN pg_is_in_recovery() THEN NULL ELSE pg_current_wal_lsn()::text END, \
+     '0', (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())::text";
+/// A replica's replayed position, the age of its last replayed transaction
+/// while received WAL is still pending (else 0: caught up), and encryption.
 const REPLICA_PROBE: &str = "SELECT pg_last_wal_replay_lsn()::text, \
      (CASE WHEN pg_last_wal_receive_lsn() = pg_last_wal_replay_lsn() THEN 0 \
-      ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END)::float8::text";
+      ELSE COALESCE(EXTRACT(EPOCH FROM now() - pg_last_xact_replay_timestamp()), 0) END)::float8::text, \
+     (SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid())::text";
 
 /// The WAL position a server reported, and (replicas) its replay delay.
 struct Position {
     lsn: Option<u64>,
     seconds: f64,
+    encrypted: bool,
 }
 
 async fn probe(pool: &Pool, role: Role, timeout: Duration) -> Result<Position, String> {
@@ -41,6 +46,7 @@ async fn probe(pool: &Pool, role: Role, timeout: Duration) -> Result<Position, S
         Ok(Position {
             lsn: column(0).and_then(parse_lsn),
             seconds: column(1).and_then(|s| s.parse().ok()).unwrap_or(0.0),
+            encrypted: column(2) == Some("true"),
         })
     };
     tokio::time::timeout(timeout, attempt).await.unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
@@ -67,6 +73,11 @@ pub async fn run(pools: Arc<Pools>, interval: Duration, connect_timeout: Duratio
             match result {
                 Ok(position) => {
                     node.health.mark_up();
+                    // The first probe runs at start: a server under `prefer`
+                    // that answers in clear is reported then.
+                    if !position.encrypted && node.endpoint.tls.mode == SslMode::Prefer {
+                        node.tls.warn_plain_once(&node.label, &node.endpoint.address());
+                    }
                     if node.role == Role::Primary
                         && let Some(lsn) = position.lsn
                     {
@@ -78,7 +89,7 @@ pub async fn run(pools: Arc<Pools>, interval: Duration, connect_timeout: Duratio
         }
         for (node, result) in results.iter().filter(|(n, _)| n.role == Role::Replica) {
             let lag = match (result, primary_lsn.get(&node.shard)) {
-                (Ok(Position { lsn: Some(replayed), seconds }), Some(primary)) => {
+                (Ok(Position { lsn: Some(replayed), seconds, .. }), Some(primary)) => {
                     Some(Lag { bytes: primary.saturating_sub(*replayed), seconds: *seconds })
                 }
                 _ => None,

@@ -8,10 +8,10 @@ mod conn;
 pub mod health;
 pub mod in_flight;
 pub mod oids;
+pub mod tls;
 
 pub use conn::ShardConn;
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -102,6 +102,8 @@ pub struct Manager {
     server_params: Arc<RwLock<Vec<(String, String)>>>,
     health: Arc<Health>,
     oids: Option<Arc<oids::ShardOids>>,
+    label: String,
+    tls: Arc<tls::Usage>,
 }
 
 impl managed::Manager for Manager {
@@ -113,6 +115,10 @@ impl managed::Manager for Manager {
     async fn create(&self) -> Result<Box<BackendConn>, ConnectError> {
         let mut conn = BackendConn::connect(&self.endpoint, self.connect_timeout).await?;
         conn.oids = self.oids.clone();
+        conn.encrypted = self.tls.opened(conn.encryption());
+        if conn.encrypted.is_none() && self.endpoint.tls.mode == tls::SslMode::Prefer {
+            self.tls.warn_plain_once(&self.label, &self.endpoint.address());
+        }
         self.health.mark_up();
         if let Ok(mut params) = self.server_params.write()
             && params.is_empty()
@@ -144,6 +150,8 @@ pub struct Node {
     /// shardcar's own queries to this server (probes, catalog, directory).
     pub control: deadpool_postgres::Pool,
     pub health: Arc<Health>,
+    /// Which of its connections are encrypted, and with what.
+    pub tls: Arc<tls::Usage>,
     pub metrics: NodeMetrics,
     /// Statements running on this server now.
     pub running: Arc<in_flight::Tracker>,
@@ -201,12 +209,21 @@ impl Pools {
             let endpoint = Endpoint::parse(url).map_err(invalid)?;
             let control = control_pool(&endpoint, cfg.pool.connect_timeout()).map_err(invalid)?;
             let health = Arc::new(Health::default());
+            let tls = Arc::new(tls::Usage::default());
+            if endpoint.tls.mode == tls::SslMode::Disable && !tls::is_loopback(&endpoint.host) {
+                tracing::warn!(
+                    "{label} ({}) is not encrypted: sslmode=disable for a host that is not loopback",
+                    endpoint.address()
+                );
+            }
             let manager = Manager {
                 endpoint: endpoint.clone(),
                 connect_timeout: cfg.pool.connect_timeout(),
                 server_params: server_params.clone(),
                 health: health.clone(),
                 oids: oids.for_shard(shard),
+                label: label.clone(),
+                tls: tls.clone(),
             };
             let pool = managed::Pool::builder(manager)
                 .max_size(cfg.pool.size)
@@ -226,6 +243,7 @@ impl Pools {
                 pool,
                 control,
                 health,
+                tls,
                 metrics,
                 running: Arc::default(),
                 waiting: Arc::default(),
@@ -382,11 +400,16 @@ impl Pools {
 /// own queries, named so that they can be told apart in `pg_stat_activity`.
 fn control_pool(endpoint: &Endpoint, connect_timeout: Duration) -> Result<deadpool_postgres::Pool, String> {
     use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-    let mut cfg = tokio_postgres::Config::from_str(&endpoint.url).map_err(|e| e.to_string())?;
+    let mut cfg = endpoint.control.clone();
     cfg.connect_timeout(connect_timeout);
     cfg.application_name("shardcar-control");
-    let manager =
-        Manager::from_config(cfg, tokio_postgres::NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let (ssl_mode, connector) = endpoint.tls.control();
+    cfg.ssl_mode(ssl_mode);
+    let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
+    let manager = match connector {
+        Some(tls) => Manager::from_config(cfg, tls, recycling),
+        None => Manager::from_config(cfg, tokio_postgres::NoTls, recycling),
+    };
     Pool::builder(manager).max_size(4).build().map_err(|e| e.to_string())
 }
 
