@@ -70,6 +70,14 @@ pub struct Listen {
     pub max_prepared_bytes_per_client: usize,
     /// On SIGTERM/SIGINT: how long open transactions may take to finish.
     pub shutdown_grace_s: u64,
+    /// Certificate chain and private key (PEM) for clients' TLS; files
+    /// relative to the config file. Read again when they change.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Refuse clients that did not negotiate TLS (28000), except from
+    /// loopback while `plain_loopback` is true (the per-pod case).
+    pub require_tls: bool,
+    pub plain_loopback: bool,
     /// Threads serving clients; 0: half the CPUs available, at least one.
     /// On a box shared with its servers and clients, fewer threads mean
     /// fewer wakeups and context switches per statement (see the README's
@@ -99,6 +107,10 @@ impl Default for Listen {
             client_buffer_budget_bytes: 512 << 20,
             max_prepared_bytes_per_client: 16 << 20,
             shutdown_grace_s: 10,
+            tls_cert: None,
+            tls_key: None,
+            require_tls: false,
+            plain_loopback: true,
             threads: 0,
         }
     }
@@ -442,7 +454,7 @@ pub struct Endpoint {
     pub dbname: String,
     /// The URL without its TLS parameters, for the control plane.
     pub control: tokio_postgres::Config,
-    pub tls: crate::pool::tls::ShardTls,
+    pub tls: crate::tls::shard::ShardTls,
 }
 
 impl fmt::Debug for Endpoint {
@@ -455,7 +467,7 @@ impl fmt::Debug for Endpoint {
 impl Endpoint {
     /// Parses a shard URL and reads the TLS files it names.
     pub fn parse(url: &str) -> Result<Endpoint, String> {
-        let (url, tls_params) = crate::pool::tls::TlsParams::split_url(url)?;
+        let (url, tls_params) = crate::tls::shard::TlsParams::split_url(url)?;
         let cfg = tokio_postgres::Config::from_str(&url).map_err(|e| e.to_string())?;
         let host = match cfg.get_hosts() {
             [tokio_postgres::config::Host::Tcp(h)] => h.clone(),
@@ -471,7 +483,7 @@ impl Endpoint {
         let user = cfg.get_user().ok_or("no user in URL (postgres://USER@host/db)")?.to_string();
         let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
         let dbname = cfg.get_dbname().unwrap_or(&user).to_string();
-        let tls = crate::pool::tls::ShardTls::new(&host, &tls_params)?;
+        let tls = crate::tls::shard::ShardTls::new(&host, &tls_params)?;
         Ok(Endpoint { host, port, user, password, dbname, control: cfg, tls })
     }
 
@@ -606,6 +618,9 @@ impl Config {
         }
         if self.listen.client_buffer_budget_bytes < self.listen.max_message_bytes {
             bad("listen.client_buffer_budget_bytes".into(), "must be at least listen.max_message_bytes".into());
+        }
+        if let Err(e) = self.client_tls() {
+            bad("listen.tls_cert".into(), e);
         }
         if self.listen.max_prepared_bytes_per_client < 64 << 10 {
             bad("listen.max_prepared_bytes_per_client".into(), "must be at least 64 KiB".into());
@@ -823,6 +838,18 @@ impl Config {
         Ok(PluginSource::File(path))
     }
 
+    /// Clients' TLS from `[listen]`, its files read; None when not configured.
+    pub fn client_tls(&self) -> Result<Option<crate::tls::listener::Listener>, String> {
+        match (&self.listen.tls_cert, &self.listen.tls_key) {
+            (Some(cert), Some(key)) => {
+                crate::tls::listener::Listener::load(self.base_dir.join(cert), self.base_dir.join(key)).map(Some)
+            }
+            (None, None) if self.listen.require_tls => Err("require_tls needs tls_cert and tls_key".into()),
+            (None, None) => Ok(None),
+            _ => Err("tls_cert and tls_key go together: give both or neither".into()),
+        }
+    }
+
     /// Where the two-phase commit decisions are logged.
     pub fn decision_log(&self) -> PathBuf {
         self.base_dir.join(&self.routing.decision_log)
@@ -934,6 +961,15 @@ mod tests {
         );
         let cfg = Config::parse(GOOD).unwrap();
         assert!(cfg.telemetry.show_keys && cfg.telemetry.traces.endpoint.is_none());
+    }
+
+    #[test]
+    fn client_tls_needs_both_files_and_reads_them() {
+        let with = |listen: &str| Config::parse(&format!("[listen]\n{listen}\n{GOOD}")).unwrap_err().to_string();
+        assert!(with("tls_cert = \"c.pem\"").contains("go together"));
+        assert!(with("require_tls = true").contains("require_tls needs tls_cert"));
+        let missing = with("tls_cert = \"/nonexistent/c.pem\"\ntls_key = \"/nonexistent/k.pem\"");
+        assert!(missing.contains("listen.tls_cert") && missing.contains("/nonexistent/c.pem"), "{missing}");
     }
 
     #[test]

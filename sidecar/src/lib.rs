@@ -24,6 +24,7 @@ pub mod settings;
 pub mod shared;
 pub mod sqlerror;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;
 pub mod twophase;
 pub mod wire;

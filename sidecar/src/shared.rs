@@ -36,6 +36,8 @@ pub struct Shared {
     /// Commits transactions across shards (`routing.two_phase_commit`).
     pub coordinator: Option<Arc<Coordinator>>,
     pub shutdown: watch::Receiver<Stopping>,
+    /// Clients' TLS (`[listen] tls_cert`); None: SSLRequest is answered `N`.
+    pub client_tls: Option<crate::tls::listener::Listener>,
 }
 
 /// Bytes of SQL texts and their facts the parse cache keeps.
@@ -65,6 +67,7 @@ impl Shared {
         let limits = Arc::new(ClientLimits::new(&config.listen, &metrics));
         let facts = Arc::new(FactsCache::new(FACTS_CACHE_BYTES, &metrics));
         let (telemetry, flusher) = Telemetry::start(&config, metrics)?;
+        let client_tls = config.client_tls().map_err(|e| anyhow::anyhow!("listen.tls_cert: {e}"))?;
         let shared = Shared {
             planner: Planner::new(router.clone()),
             router,
@@ -76,6 +79,7 @@ impl Shared {
             limits,
             coordinator,
             shutdown,
+            client_tls,
             config,
         };
         Ok((Arc::new(shared), flusher))

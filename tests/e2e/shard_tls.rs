@@ -6,12 +6,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-
 use crate::harness::{Fleet, Sidecar, eventually, first_column, sqlstate};
+use crate::pki::{Ca, write};
 
 /// A CA, a second CA that signed nothing here, and a client certificate
-/// for role `tls_client`, as PEM files; the server's certificate and key.
+/// for role `tls_client`, as files; the server's certificate and key.
 struct Pki {
     _dir: tempfile::TempDir,
     ca: PathBuf,
@@ -19,41 +18,20 @@ struct Pki {
     client_cert: PathBuf,
     client_key: PathBuf,
     ca_pem: String,
-    server_cert: String,
-    server_key: String,
-}
-
-fn ca(name: &str) -> CertifiedIssuer<'static, KeyPair> {
-    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.distinguished_name.push(DnType::CommonName, name);
-    CertifiedIssuer::self_signed(params, KeyPair::generate().unwrap()).unwrap()
+    server: crate::pki::Issued,
 }
 
 fn pki() -> Pki {
     let dir = tempfile::tempdir().unwrap();
-    let write = |name: &str, text: &str| -> PathBuf {
-        let path = dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
-    };
-    let ca_issuer = ca("shardcar test CA");
-    let other = ca("some other CA");
-    let server_key = KeyPair::generate().unwrap();
-    let server =
-        CertificateParams::new(vec!["localhost".to_string()]).unwrap().signed_by(&server_key, &ca_issuer).unwrap();
-    let client_key = KeyPair::generate().unwrap();
-    let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-    client.distinguished_name.push(DnType::CommonName, "tls_client");
-    let client = client.signed_by(&client_key, &ca_issuer).unwrap();
+    let ca = Ca::new("shardcar test CA");
+    let client = ca.client("tls_client");
     Pki {
-        ca: write("ca.pem", &ca_issuer.pem()),
-        other_ca: write("other-ca.pem", &other.pem()),
-        client_cert: write("client.crt", &client.pem()),
-        client_key: write("client.key", &client_key.serialize_pem()),
-        ca_pem: ca_issuer.pem(),
-        server_cert: server.pem(),
-        server_key: server_key.serialize_pem(),
+        ca: write(dir.path(), "ca.pem", &ca.pem()),
+        other_ca: write(dir.path(), "other-ca.pem", &Ca::new("some other CA").pem()),
+        client_cert: write(dir.path(), "client.crt", &client.cert),
+        client_key: write(dir.path(), "client.key", &client.key),
+        ca_pem: ca.pem(),
+        server: ca.server(&["localhost"]),
         _dir: dir,
     }
 }
@@ -84,7 +62,7 @@ async fn on_shard(sc: &Sidecar, shard: &str, sql: &str) -> Result<String, (Strin
 async fn sslmodes_verify_what_libpq_verifies_and_fail_per_shard() {
     let fleet = Fleet::new();
     let pki = pki();
-    fleet.s0.enable_tls(&pki.server_cert, &pki.server_key, Some(&pki.ca_pem)).unwrap();
+    fleet.s0.enable_tls(&pki.server.cert, &pki.server.key, Some(&pki.ca_pem)).unwrap();
     fleet.s0.psql("CREATE ROLE tls_client LOGIN").unwrap();
     fleet
         .s0

@@ -92,14 +92,17 @@ impl Drop for Connected {
 /// Startup and authentication; `None` when the connection was a cancel
 /// request or closed early.
 async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option<LoggedIn>, SqlError> {
-    let (mut ssl_refused, mut gss_refused) = (false, false);
+    let (mut ssl_answered, mut gss_refused) = (false, false);
     let startup = loop {
         match client.read_startup().await? {
             None => return Ok(None),
-            // TLS is not offered yet: refuse, and the client continues in clear.
-            Some(StartupPacket::Ssl) if !ssl_refused => {
-                ssl_refused = true;
-                client.write_byte(b'N').await?;
+            // Without a certificate TLS is refused and the client goes on in clear.
+            Some(StartupPacket::Ssl) if !ssl_answered => {
+                ssl_answered = true;
+                match &shared.client_tls {
+                    Some(tls) => client.start_tls(tls.acceptor()).await?,
+                    None => client.write_byte(b'N').await?,
+                }
             }
             Some(StartupPacket::Gss) if !gss_refused => {
                 gss_refused = true;
@@ -117,6 +120,14 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
             Some(StartupPacket::Startup(s)) => break s,
         }
     };
+    let listen = &shared.config.listen;
+    if listen.require_tls && client.encryption().is_none() && !(listen.plain_loopback && client.peer_is_loopback()) {
+        return Err(SqlError::fatal(
+            code::INVALID_AUTHORIZATION,
+            format!("shardcar accepts only TLS connections from {}", client.peer()),
+        )
+        .hint("connect with sslmode=require (or verify-full)"));
+    }
     let database = startup.parameters.get("database").cloned();
     let (user, params) = startup_parameters(client, startup)?;
     let unknown;

@@ -16,9 +16,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::oids::ShardOids;
-use super::tls::{Encrypted, ShardStream};
 use crate::config::Endpoint;
 use crate::settings::Settings;
+use crate::tls::Stream;
+use crate::tls::shard::Encrypted;
 
 /// `application_name` of pooled connections until a client's own is applied.
 pub const APPLICATION_NAME: &str = "shardcar";
@@ -97,7 +98,7 @@ impl PreparedSet {
 }
 
 pub struct BackendConn {
-    stream: ShardStream,
+    stream: Stream,
     /// Counts this connection among its server's encrypted ones while open.
     pub encrypted: Option<Encrypted>,
     rbuf: BytesMut,

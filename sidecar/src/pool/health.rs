@@ -11,8 +11,8 @@ use deadpool_postgres::Pool;
 use shardcar_api::Lag;
 use tokio_postgres::SimpleQueryMessage;
 
-use super::tls::SslMode;
 use super::{Node, Pools, Role};
+use crate::tls::shard::SslMode;
 
 /// A primary's WAL position (NULL if it is in recovery after all), and
 /// whether the probe's own connection is encrypted.

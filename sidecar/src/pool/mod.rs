@@ -8,7 +8,6 @@ mod conn;
 pub mod health;
 pub mod in_flight;
 pub mod oids;
-pub mod tls;
 
 pub use conn::ShardConn;
 
@@ -103,7 +102,7 @@ pub struct Manager {
     health: Arc<Health>,
     oids: Option<Arc<oids::ShardOids>>,
     label: String,
-    tls: Arc<tls::Usage>,
+    tls: Arc<crate::tls::shard::Usage>,
 }
 
 impl managed::Manager for Manager {
@@ -116,7 +115,7 @@ impl managed::Manager for Manager {
         let mut conn = BackendConn::connect(&self.endpoint, self.connect_timeout).await?;
         conn.oids = self.oids.clone();
         conn.encrypted = self.tls.opened(conn.encryption());
-        if conn.encrypted.is_none() && self.endpoint.tls.mode == tls::SslMode::Prefer {
+        if conn.encrypted.is_none() && self.endpoint.tls.mode == crate::tls::shard::SslMode::Prefer {
             self.tls.warn_plain_once(&self.label, &self.endpoint.address());
         }
         self.health.mark_up();
@@ -151,7 +150,7 @@ pub struct Node {
     pub control: deadpool_postgres::Pool,
     pub health: Arc<Health>,
     /// Which of its connections are encrypted, and with what.
-    pub tls: Arc<tls::Usage>,
+    pub tls: Arc<crate::tls::shard::Usage>,
     pub metrics: NodeMetrics,
     /// Statements running on this server now.
     pub running: Arc<in_flight::Tracker>,
@@ -209,8 +208,10 @@ impl Pools {
             let endpoint = Endpoint::parse(url).map_err(invalid)?;
             let control = control_pool(&endpoint, cfg.pool.connect_timeout()).map_err(invalid)?;
             let health = Arc::new(Health::default());
-            let tls = Arc::new(tls::Usage::default());
-            if endpoint.tls.mode == tls::SslMode::Disable && !tls::is_loopback(&endpoint.host) {
+            let tls = Arc::new(crate::tls::shard::Usage::default());
+            if endpoint.tls.mode == crate::tls::shard::SslMode::Disable
+                && !crate::tls::shard::is_loopback(&endpoint.host)
+            {
                 tracing::warn!(
                     "{label} ({}) is not encrypted: sslmode=disable for a host that is not loopback",
                     endpoint.address()

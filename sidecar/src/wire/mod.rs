@@ -31,6 +31,7 @@ use tokio::net::TcpStream;
 use crate::limits::{ClientLimits, Reservation};
 use crate::panics::caught;
 use crate::sqlerror::{SqlError, code};
+use crate::tls::Stream;
 
 /// Postgres's own limits (pqcomm.h): a few message types may be large.
 const LARGE_MESSAGE_LIMIT: usize = 0x3fff_ffff - 1;
@@ -283,7 +284,9 @@ pub enum StartupPacket {
 
 /// A client's TCP stream with its read buffer and pending output.
 pub struct ClientConn {
-    stream: TcpStream,
+    stream: Stream,
+    /// The client's address, read once.
+    peer: Option<std::net::SocketAddr>,
     rbuf: BytesMut,
     /// Bytes to write to the client at the next flush.
     pub out: BytesMut,
@@ -302,7 +305,8 @@ impl ClientConn {
     /// `limits` bound the messages it may send.
     pub fn new(stream: TcpStream, received: IntCounter, sent: IntCounter, limits: Arc<ClientLimits>) -> ClientConn {
         ClientConn {
-            stream,
+            peer: stream.peer_addr().ok(),
+            stream: Stream::Plain(stream),
             rbuf: BytesMut::new(),
             out: BytesMut::new(),
             received,
@@ -377,13 +381,15 @@ impl ClientConn {
                         *buf = BytesMut::new();
                     }
                 }
-            } else {
+            } else if let Stream::Plain(tcp) = &self.stream {
                 // A client waiting between statements holds no buffers: a
                 // thousand idle clients cost a thousand small tasks, not 16 MiB.
                 // They go back to this thread's spares, not to the allocator.
+                // (Not under TLS: rustls may hold decrypted bytes while the
+                // socket is quiet.)
                 spare::give(std::mem::take(&mut self.rbuf));
                 spare::give(std::mem::take(&mut self.out));
-                self.stream.readable().await.map_err(io_error)?;
+                tcp.readable().await.map_err(io_error)?;
                 self.rbuf = spare::take();
                 self.out = spare::take();
             }
@@ -414,6 +420,8 @@ impl ClientConn {
     pub async fn flush(&mut self) -> Result<(), SqlError> {
         if !self.out.is_empty() {
             self.stream.write_all(&self.out).await.map_err(io_error)?;
+            // For TLS: rustls may hold the last record until flushed.
+            self.stream.flush().await.map_err(io_error)?;
             self.sent.inc_by(self.out.len() as u64);
             self.out.clear();
         }
@@ -427,15 +435,37 @@ impl ClientConn {
         Ok(())
     }
 
+    /// Answers an SSLRequest with `S` and performs the TLS handshake.
+    pub async fn start_tls(&mut self, acceptor: tokio_rustls::TlsAcceptor) -> Result<(), SqlError> {
+        if !self.rbuf.is_empty() {
+            // Bytes sent in clear after the request would be taken as if
+            // they had come encrypted (CVE-2021-23214).
+            return Err(SqlError::fatal(code::PROTOCOL_VIOLATION, "received unencrypted data after SSL request"));
+        }
+        self.write_byte(b'S').await?;
+        let Stream::Plain(tcp) = std::mem::replace(&mut self.stream, Stream::Detached) else {
+            return Err(SqlError::fatal(code::PROTOCOL_VIOLATION, "encryption requested twice"));
+        };
+        let tls = acceptor.accept(tcp).await.map_err(|e| {
+            SqlError::fatal(code::CONNECTION_FAILURE, format!("TLS handshake with the client failed: {e}"))
+        })?;
+        self.stream = Stream::Tls(Box::new(tls.into()));
+        Ok(())
+    }
+
+    /// Protocol and cipher when the client negotiated TLS.
+    pub fn encryption(&self) -> Option<String> {
+        self.stream.encryption()
+    }
     /// The client connects from this machine; on a dual-stack (`[::]`)
     /// listener an IPv4 client shows as `::ffff:127.0.0.1`, which counts.
     pub fn peer_is_loopback(&self) -> bool {
-        self.stream.peer_addr().is_ok_and(|a| a.ip().to_canonical().is_loopback())
+        self.peer.is_some_and(|a| a.ip().to_canonical().is_loopback())
     }
 
     /// The client's address, as `ip:port`.
     pub fn peer(&self) -> String {
-        self.stream.peer_addr().map_or_else(|_| "?".into(), |a| a.to_string())
+        self.peer.map_or_else(|| "?".into(), |a| a.to_string())
     }
 }
 

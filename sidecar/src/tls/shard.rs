@@ -2,25 +2,22 @@
 //! URL: the data path negotiates it on its raw connections here, and the
 //! control plane (tokio-postgres) gets the same rustls configuration.
 
-use std::io;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 
 use bytes::BytesMut;
 use postgres_protocol::message::frontend;
 use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tokio_rustls::client::TlsStream;
+
+use super::{Stream, read_certs, read_key};
 
 /// libpq's `sslmode`, without `allow` (plain first, TLS if refused), which
 /// protects nothing that `prefer` does not.
@@ -144,8 +141,8 @@ impl ShardTls {
 
     /// Asks the server for TLS on a fresh connection (SSLRequest) and
     /// performs the handshake, as the mode requires.
-    pub async fn negotiate(&self, mut tcp: TcpStream) -> Result<ShardStream, String> {
-        let Some(config) = &self.config else { return Ok(ShardStream::Plain(tcp)) };
+    pub async fn negotiate(&self, mut tcp: TcpStream) -> Result<Stream, String> {
+        let Some(config) = &self.config else { return Ok(Stream::Plain(tcp)) };
         let mut request = BytesMut::with_capacity(8);
         frontend::ssl_request(&mut request);
         tcp.write_all(&request).await.map_err(|e| e.to_string())?;
@@ -155,9 +152,9 @@ impl ShardTls {
             b'S' => TlsConnector::from(config.clone())
                 .connect(self.server_name.clone(), tcp)
                 .await
-                .map(|s| ShardStream::Tls(Box::new(s)))
+                .map(|s| Stream::Tls(Box::new(s.into())))
                 .map_err(|e| format!("TLS handshake failed ({}): {e}", self.described)),
-            b'N' if self.mode == SslMode::Prefer => Ok(ShardStream::Plain(tcp)),
+            b'N' if self.mode == SslMode::Prefer => Ok(Stream::Plain(tcp)),
             b'N' => Err(format!("the server does not accept TLS connections, and {} requires TLS", self.described)),
             other => Err(format!("unexpected answer {:?} to the TLS request", other as char)),
         }
@@ -212,7 +209,7 @@ fn client_config(mode: SslMode, params: &TlsParams) -> Result<ClientConfig, Stri
     let mut config = match (&params.sslcert, &params.sslkey) {
         (Some(cert), Some(key)) => {
             let chain = read_certs(cert, "sslcert")?;
-            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("sslkey {}: {e}", key.display()))?;
+            let key = read_key(key, "sslkey")?;
             builder.with_client_auth_cert(chain, key).map_err(|e| format!("sslcert/sslkey: {e}"))?
         }
         (None, None) => builder.with_no_client_auth(),
@@ -224,16 +221,6 @@ fn client_config(mode: SslMode, params: &TlsParams) -> Result<ClientConfig, Stri
         Some(other) => return Err(format!("sslsni must be 0 or 1, not `{other}`")),
     };
     Ok(config)
-}
-
-fn read_certs(path: &PathBuf, what: &str) -> Result<Vec<CertificateDer<'static>>, String> {
-    let certs = CertificateDer::pem_file_iter(path)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| format!("{what} {}: {e}", path.display()))?;
-    if certs.is_empty() {
-        return Err(format!("{what} {}: no certificate in the file", path.display()));
-    }
-    Ok(certs)
 }
 
 /// verify-ca: the chain must lead to the root certificate; the name in the
@@ -320,70 +307,6 @@ impl ServerCertVerifier for Unverified {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.supported_schemes()
-    }
-}
-
-/// A data-path connection to a server, encrypted or not.
-pub enum ShardStream {
-    Plain(TcpStream),
-    /// Boxed: the TLS state is large and most connections are plain.
-    Tls(Box<TlsStream<TcpStream>>),
-}
-
-impl ShardStream {
-    /// "TLSv1.3 TLS13_AES_256_GCM_SHA384", or None for a plain connection.
-    pub fn encryption(&self) -> Option<String> {
-        let ShardStream::Tls(s) = self else { return None };
-        let session = s.get_ref().1;
-        // Named as Postgres names them in pg_stat_ssl.
-        let version = match session.protocol_version() {
-            Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
-            Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
-            _ => "TLS",
-        };
-        let suite = session.negotiated_cipher_suite().and_then(|c| c.suite().as_str()).unwrap_or("?");
-        Some(format!("{version} {suite}"))
-    }
-
-    /// True when nothing can be read now without waiting: no bytes, no EOF
-    /// (for TLS, after processing whatever records arrived).
-    pub fn is_quiet(&mut self) -> bool {
-        let mut probe = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut probe);
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        matches!(Pin::new(self).poll_read(&mut cx, &mut buf), Poll::Pending)
-    }
-}
-
-impl AsyncRead for ShardStream {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShardStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ShardStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ShardStream {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ShardStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ShardStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShardStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            ShardStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ShardStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ShardStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 
