@@ -5,7 +5,9 @@
 //! one shard and across both, prepared and parameterised queries, errors
 //! that must surface cleanly, and COPY where the driver has it
 //! (tests/compat/). Here: shardcar started with no driver-specific setting,
-//! the script run, and the rows checked on the shards themselves.
+//! the script run, and the rows checked on the shards themselves. Each runs
+//! twice: in clear, and over TLS on both sides (drivers verify shardcar's
+//! certificate by name, shardcar the shards').
 //!
 //! The drivers come from PyPI and npm: tests/run.sh installs psycopg and
 //! SQLAlchemy in a virtualenv under target/compat (or `SHARDCAR_COMPAT_DIR`)
@@ -14,7 +16,15 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use crate::harness::{Fleet, Sidecar, direct, hashed_tables, table, two_phase};
+use crate::harness::{Fleet, FleetTls, Sidecar, direct, hashed_tables, table, two_phase};
+
+/// How the script reaches shardcar, and shardcar the shards.
+#[derive(Clone, Copy, PartialEq)]
+enum Transport {
+    Plain,
+    /// TLS on both sides, verified by name; plain clients are refused.
+    Tls,
+}
 
 fn compat_dir() -> PathBuf {
     match std::env::var_os("SHARDCAR_COMPAT_DIR") {
@@ -38,7 +48,12 @@ fn config(fleet: &Fleet, tables: &[String], log: &std::path::Path) -> String {
 /// the prefix its tables got, after checking the script passed. s1's OID
 /// counter is moved on first, so that what the script creates has other
 /// OIDs there than on s0, as in any real fleet.
-async fn run(program: PathBuf, args: &[&str], tables: &[&str]) -> (Sidecar, String, tempfile::TempDir) {
+async fn run(
+    program: PathBuf,
+    args: &[&str],
+    tables: &[&str],
+    transport: Transport,
+) -> (Sidecar, String, tempfile::TempDir) {
     let fleet = Fleet::shared();
     let prefix = table("compat");
     let shift = format!(
@@ -48,12 +63,25 @@ async fn run(program: PathBuf, args: &[&str], tables: &[&str]) -> (Sidecar, Stri
     direct(&fleet.s1).await.batch_execute(&shift).await.unwrap();
     let names: Vec<String> = tables.iter().map(|t| format!("{prefix}_{t}")).collect();
     let dir = tempfile::tempdir().unwrap();
-    let sc = Sidecar::start(&config(fleet, &names, &dir.path().join("decisions.log")));
-    let dsn = format!("postgresql://app:secret@127.0.0.1:{}/app", sc.port);
+    let config = config(fleet, &names, &dir.path().join("decisions.log"));
+    let (config, host, tls) = match transport {
+        Transport::Plain => (config, "127.0.0.1", None),
+        Transport::Tls => {
+            let tls = FleetTls::shared();
+            (tls.apply(&config), "localhost", Some(format!("sslmode=verify-full&sslrootcert={}", tls.ca.display())))
+        }
+    };
+    let sc = Sidecar::start(&config);
+    let mut dsn = format!("postgresql://app:secret@{host}:{}/app", sc.port);
+    let mut jdbc = format!("jdbc:postgresql://{host}:{}/app?user=app&password=secret", sc.port);
+    if let Some(tls) = tls {
+        dsn = format!("{dsn}?{tls}");
+        jdbc = format!("{jdbc}&{tls}");
+    }
     let out = Command::new(&program)
         .args(args)
         .env("SHARDCAR_DSN", dsn)
-        .env("SHARDCAR_JDBC", format!("jdbc:postgresql://127.0.0.1:{}/app?user=app&password=secret", sc.port))
+        .env("SHARDCAR_JDBC", jdbc)
         .env("COMPAT_PREFIX", &prefix)
         .output()
         .expect("run the compatibility script");
@@ -104,40 +132,57 @@ fn python() -> PathBuf {
     python
 }
 
-#[tokio::test]
-async fn psycopg_with_client_side_binding() {
+/// A driver's test, in clear and over TLS on both sides.
+macro_rules! plain_and_tls {
+    ($body:ident: $plain:ident, $tls:ident) => {
+        #[tokio::test]
+        async fn $plain() {
+            $body(Transport::Plain).await
+        }
+
+        #[tokio::test]
+        async fn $tls() {
+            $body(Transport::Tls).await
+        }
+    };
+}
+
+plain_and_tls!(psycopg_simple: psycopg_with_client_side_binding, psycopg_with_client_side_binding_over_tls);
+plain_and_tls!(psycopg_prepared: psycopg_with_prepared_statements, psycopg_with_prepared_statements_over_tls);
+plain_and_tls!(sqlalchemy: sqlalchemy_orm_session, sqlalchemy_orm_session_over_tls);
+plain_and_tls!(asyncpg: asyncpg_driver, asyncpg_driver_over_tls);
+plain_and_tls!(jdbc: pgjdbc, pgjdbc_over_tls);
+plain_and_tls!(node: node_postgres, node_postgres_over_tls);
+
+async fn psycopg_simple(transport: Transport) {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "simple"], &["simple"]).await;
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "simple"], &["simple"], transport).await;
     placed(&sc, &format!("{prefix}_simple"), 100).await;
 }
 
-#[tokio::test]
-async fn psycopg_with_prepared_statements() {
+async fn psycopg_prepared(transport: Transport) {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "prepared"], &["prepared"]).await;
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "prepared"], &["prepared"], transport).await;
     placed(&sc, &format!("{prefix}_prepared"), 100).await;
 }
 
-#[tokio::test]
-async fn sqlalchemy_orm_session() {
+async fn sqlalchemy(transport: Transport) {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "orm"], &["orm"]).await;
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "orm"], &["orm"], transport).await;
     // 30 added one by one, 8 in a bulk insert with RETURNING.
     placed(&sc, &format!("{prefix}_orm"), 38).await;
 }
 
-#[tokio::test]
-async fn asyncpg_driver() {
+async fn asyncpg(transport: Transport) {
     let script = sources().join("python/asyncpg_compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap()], &["asyncpg"]).await;
+    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap()], &["asyncpg"], transport).await;
     placed(&sc, &format!("{prefix}_asyncpg"), 50).await;
 }
 
 /// Debian's pgjdbc (libpostgresql-jdbc-java), installed by deploy/setup.sh.
 const PGJDBC: &str = "/usr/share/java/postgresql.jar";
 
-#[tokio::test]
-async fn pgjdbc() {
+async fn jdbc(transport: Transport) {
     assert!(std::path::Path::new(PGJDBC).exists(), "{PGJDBC} is missing: tests/run.sh installs it");
     let classes = tempfile::tempdir().unwrap();
     let source = sources().join("java/Compat.java");
@@ -147,15 +192,14 @@ async fn pgjdbc() {
         .expect("javac");
     assert!(javac.success());
     let classpath = format!("{}:{PGJDBC}", classes.path().display());
-    let (sc, prefix, _dir) = run(PathBuf::from("java"), &["-cp", &classpath, "Compat"], &["jdbc"]).await;
+    let (sc, prefix, _dir) = run(PathBuf::from("java"), &["-cp", &classpath, "Compat"], &["jdbc"], transport).await;
     placed(&sc, &format!("{prefix}_jdbc"), 40).await;
 }
 
-#[tokio::test]
-async fn node_postgres() {
+async fn node(transport: Transport) {
     let script = sources().join("node/compat.js");
     let installed = sources().join("node/node_modules/pg");
     assert!(installed.exists(), "{} is missing: tests/run.sh installs node-postgres there", installed.display());
-    let (sc, prefix, _dir) = run(PathBuf::from("node"), &[script.to_str().unwrap()], &["node"]).await;
+    let (sc, prefix, _dir) = run(PathBuf::from("node"), &[script.to_str().unwrap()], &["node"], transport).await;
     placed(&sc, &format!("{prefix}_node"), 40).await;
 }

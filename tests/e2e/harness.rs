@@ -565,3 +565,55 @@ pub fn fixture_plugin(name: &str) -> PathBuf {
         Err(e) => panic!("building the fixture plugins failed:\n{e}"),
     }
 }
+
+/// TLS on both sides for the shared fleet: its primaries serve a
+/// certificate for `localhost` from a CA made here (turned on once per test
+/// binary; plain clients of the fleet are unaffected), and shardcar gets a
+/// certificate of its own from the same CA.
+pub struct FleetTls {
+    dir: tempfile::TempDir,
+    pub ca: PathBuf,
+}
+
+impl FleetTls {
+    pub fn shared() -> &'static FleetTls {
+        static TLS: OnceLock<FleetTls> = OnceLock::new();
+        TLS.get_or_init(|| {
+            let fleet = Fleet::shared();
+            let dir = tempfile::tempdir().unwrap();
+            let ca = crate::pki::Ca::new("shardcar fleet CA");
+            for shard in [&fleet.s0, &fleet.s1] {
+                let issued = ca.server(&["localhost"]);
+                shard.enable_tls(&issued.cert, &issued.key, None).unwrap();
+            }
+            let issued = ca.server(&["localhost"]);
+            crate::pki::write(dir.path(), "shardcar.crt", &issued.cert);
+            crate::pki::write(dir.path(), "shardcar.key", &issued.key);
+            let ca = crate::pki::write(dir.path(), "ca.pem", &ca.pem());
+            FleetTls { dir, ca }
+        })
+    }
+
+    /// `config` (the shared fleet's) with every primary reached by name
+    /// with sslmode=verify-full, and TLS offered to clients (required of
+    /// all but loopback ones, so that tests can still look in clear).
+    pub fn apply(&self, config: &str) -> String {
+        let fleet = Fleet::shared();
+        let mut config = config.to_string();
+        for shard in [&fleet.s0, &fleet.s1] {
+            let url = format!(
+                "postgres://postgres@localhost:{}/app?sslmode=verify-full&sslrootcert={}",
+                shard.port,
+                self.ca.display()
+            );
+            config = config.replace(&format!("\"{}\"", shard.url()), &format!("\"{url}\""));
+        }
+        let admin = "admin = \"127.0.0.1:{ADMIN}\"\n";
+        let listen = format!(
+            "{admin}tls_cert = \"{}\"\ntls_key = \"{}\"\nrequire_tls = true\n",
+            self.dir.path().join("shardcar.crt").display(),
+            self.dir.path().join("shardcar.key").display()
+        );
+        config.replacen(admin, &listen, 1)
+    }
+}
