@@ -48,6 +48,10 @@ struct Args {
     /// on a two-core box, where Postgres and pgbench share the cores).
     #[arg(long, default_value_t = 0)]
     shardcar_threads: usize,
+    /// Also run "shardcar 1 shard TLS": TLS (sslmode=require) from shardcar
+    /// to the shard, which gets a self-signed certificate.
+    #[arg(long)]
+    shard_tls: bool,
     /// Only the bulk-load runs, not pgbench.
     #[arg(long)]
     copy_only: bool,
@@ -98,8 +102,15 @@ fn main() -> anyhow::Result<()> {
     let bin = targets::shardcar_binary()?;
     let mut all: Vec<Target> = vec![targets::direct(&shards[0]), targets::pgbouncer(&dir, &shards[0], args.pool)?];
     let threads = args.shardcar_threads;
-    all.push(targets::shardcar(&bin, &dir, "shardcar 1 shard", &[&shards[0]], args.pool, threads)?);
-    all.push(targets::shardcar(&bin, &dir, "shardcar 2 shards hash", &[&shards[0], &shards[1]], args.pool, threads)?);
+    all.push(targets::shardcar(&bin, &dir, "shardcar 1 shard", &[&shards[0]], "", args.pool, threads)?);
+    if args.shard_tls {
+        let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+        shards[0].enable_tls(&cert.cert.pem(), &cert.signing_key.serialize_pem(), None)?;
+        let name = "shardcar 1 shard TLS";
+        all.push(targets::shardcar(&bin, &dir, name, &[&shards[0]], "?sslmode=require", args.pool, threads)?);
+    }
+    let two = [&shards[0], &shards[1]];
+    all.push(targets::shardcar(&bin, &dir, "shardcar 2 shards hash", &two, "", args.pool, threads)?);
     // PgCat is not installable from the registries here: its binary comes
     // from PGCAT_BIN, else the workplace's anchor copy beside the repository.
     let anchor = PathBuf::from("../shared/anchors/pgcat");

@@ -58,6 +58,9 @@ pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::
         cmd.arg("-S");
     }
     cmd.arg(localpg::DATABASE);
+    // Clients in clear everywhere: with `--shard-tls` the shard offers TLS,
+    // and libpq's default (prefer) would take it when pgbench goes direct.
+    cmd.env("PGSSLMODE", "disable");
     if let Some(pw) = &target.password {
         cmd.env("PGPASSWORD", pw);
     }

@@ -92,6 +92,16 @@ pub fn ratios(medians: &[Median]) -> Vec<Ratio> {
                 ratio: m.tps / other.tps,
             });
         }
+        // TLS to the shard, against the same shardcar in clear.
+        let plain = m.target.strip_suffix(" TLS");
+        if let Some(other) = medians.iter().find(|o| o.workload == m.workload && Some(o.target.as_str()) == plain) {
+            out.push(Ratio {
+                workload: m.workload.clone(),
+                shardcar: m.target.clone(),
+                versus: other.target.clone(),
+                ratio: m.tps / other.tps,
+            });
+        }
     }
     out
 }

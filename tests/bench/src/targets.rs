@@ -73,7 +73,7 @@ pub fn pgbouncer(dir: &Path, cluster: &Cluster, pool: usize) -> anyhow::Result<T
         "[databases]\napp = host=127.0.0.1 port={} dbname={} user={}\n\n[pgbouncer]\nlisten_addr = 127.0.0.1\n\
          listen_port = {port}\nunix_socket_dir =\nauth_type = any\npool_mode = transaction\n\
          default_pool_size = {pool}\nmax_client_conn = 2000\nignore_startup_parameters = extra_float_digits,options\n\
-         logfile = {}\n",
+         server_tls_sslmode = disable\nlogfile = {}\n",
         cluster.port,
         localpg::DATABASE,
         localpg::SUPERUSER,
@@ -108,11 +108,14 @@ pub fn pgbouncer(dir: &Path, cluster: &Cluster, pool: usize) -> anyhow::Result<T
 /// shardcar with `threads` worker threads in front of `shards`, pgbench's
 /// tables routed by the hash plugin (accounts by aid, and so on): with one
 /// shard every statement still goes through parsing and the plugin.
+/// shardcar in front of `shards`; `url_query` is appended to every shard
+/// URL (`?sslmode=require` for the TLS runs).
 pub fn shardcar(
     bin: &Path,
     dir: &Path,
     name: &str,
     shards: &[&Cluster],
+    url_query: &str,
     pool: usize,
     threads: usize,
 ) -> anyhow::Result<Target> {
@@ -124,7 +127,7 @@ pub fn shardcar(
     );
     let names: Vec<String> = (0..shards.len()).map(|i| format!("s{i}")).collect();
     for (name, shard) in names.iter().zip(shards) {
-        config.push_str(&format!("[[shards]]\nname = \"{name}\"\nprimary = \"{}\"\n\n", shard.url()));
+        config.push_str(&format!("[[shards]]\nname = \"{name}\"\nprimary = \"{}{url_query}\"\n\n", shard.url()));
     }
     config.push_str("[routing]\ndefault_shard = \"s0\"\nread_replicas = false\n\n");
     let list = names.iter().map(|n| format!("\"{n}\"")).collect::<Vec<_>>().join(", ");
