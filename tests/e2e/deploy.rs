@@ -93,6 +93,10 @@ fn shardcar_runs_as_a_native_sidecar_with_probes_resources_and_scrape_annotation
     for mount in list(&sidecar["volumeMounts"], "volumeMounts") {
         assert!(mount["subPath"].is_badvalue(), "subPath mounts never see ConfigMap updates: {mount:?}");
     }
+    // Certificates come from a Secret, mounted read-only where the config looks.
+    assert_eq!(str_of(&named(volumes, "shardcar-tls")["secret"]["secretName"], "TLS volume"), "shardcar-tls");
+    let tls = named(list(&sidecar["volumeMounts"], "volumeMounts"), "shardcar-tls");
+    assert_eq!((str_of(&tls["mountPath"], "TLS mount"), tls["readOnly"].as_bool()), ("/etc/shardcar-tls", Some(true)));
 
     // The app reaches shardcar over the pod's loopback.
     let app = named(list(&pod["containers"], "containers"), "app");
@@ -102,8 +106,16 @@ fn shardcar_runs_as_a_native_sidecar_with_probes_resources_and_scrape_annotation
 
 #[test]
 fn the_shipped_config_is_valid_with_its_secrets_from_the_environment() {
-    let path = deploy().join("kubernetes/shardcar.toml");
-    let text = std::fs::read_to_string(&path).unwrap();
+    let text = std::fs::read_to_string(deploy().join("kubernetes/shardcar.toml")).unwrap();
+    // The shards are verified against the CA the Secret mounts; here, one made now.
+    assert!(text.contains("sslmode=verify-full&sslrootcert=/etc/shardcar-tls/ca.crt"));
+    let dir = tempfile::tempdir().unwrap();
+    let ca = crate::pki::write(dir.path(), "ca.crt", &crate::pki::Ca::new("shards CA").pem());
+    let path = crate::pki::write(
+        dir.path(),
+        "shardcar.toml",
+        &text.replace("/etc/shardcar-tls/ca.crt", &ca.display().to_string()),
+    );
     let check = |env: &[(&str, &str)]| {
         std::process::Command::new(env!("CARGO_BIN_EXE_shardcar"))
             .args(["check", "--config"])
