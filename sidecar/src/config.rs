@@ -5,6 +5,10 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::secret::Secret;
+use crate::watched::{Watched, read_secret};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -123,6 +127,9 @@ pub struct User {
     /// Cleartext, or a Postgres SCRAM verifier (`SCRAM-SHA-256$...`), or an
     /// md5 hash (`md5` + md5(password || user)).
     pub password: Option<String>,
+    /// The password (in any of those forms) from a file, read again when it
+    /// changes (a mounted Secret); relative to the config file.
+    pub password_file: Option<PathBuf>,
     /// How the client proves the password. Defaults to SCRAM-SHA-256.
     pub auth: Option<AuthMethod>,
     /// No password; only accepted from loopback clients.
@@ -196,6 +203,9 @@ pub struct Shard {
     pub primary: String,
     #[serde(default)]
     pub replicas: Vec<String>,
+    /// The password of the URLs' user, from a file read again when it
+    /// changes (a mounted Secret); the URLs then carry none.
+    pub password_file: Option<PathBuf>,
     /// Free-form labels plugins see in the topology (`region = "eu"`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
@@ -450,7 +460,9 @@ pub struct Endpoint {
     pub host: String,
     pub port: u16,
     pub user: String,
-    pub password: Option<String>,
+    /// From the URL, or from the shard's `password_file` (read again when
+    /// it changes).
+    pub password: Option<Arc<Watched<String>>>,
     pub dbname: String,
     /// The URL without its TLS parameters, for the control plane.
     pub control: tokio_postgres::Config,
@@ -481,7 +493,7 @@ impl Endpoint {
             _ => return Err("exactly one port per URL".into()),
         };
         let user = cfg.get_user().ok_or("no user in URL (postgres://USER@host/db)")?.to_string();
-        let password = cfg.get_password().map(|p| String::from_utf8_lossy(p).into_owned());
+        let password = cfg.get_password().map(|p| Arc::new(Watched::fixed(String::from_utf8_lossy(p).into_owned())));
         let dbname = cfg.get_dbname().unwrap_or(&user).to_string();
         let tls = crate::tls::shard::ShardTls::new(&host, &tls_params)?;
         Ok(Endpoint { host, port, user, password, dbname, control: cfg, tls })
@@ -489,6 +501,21 @@ impl Endpoint {
 
     pub fn address(&self) -> String {
         format!("{}:{}", self.host, self.port)
+    }
+
+    /// Takes the password from `file` instead of the URL (which must have none).
+    pub fn with_password_file(mut self, file: &Path) -> Result<Endpoint, String> {
+        if self.password.is_some() {
+            return Err("a password in the URL and a password_file: give one".into());
+        }
+        let watched = Watched::new(vec![file.to_path_buf()], |files| read_secret(&files[0], "password_file"))?;
+        self.password = Some(Arc::new(watched));
+        Ok(self)
+    }
+
+    /// The password as it is now.
+    pub fn password(&self) -> Option<Arc<String>> {
+        self.password.as_ref().map(|p| p.get())
     }
 }
 
@@ -637,18 +664,14 @@ impl Config {
             } else if !names.insert(u.name.as_str()) {
                 bad(format!("{at}.name"), format!("user `{}` is defined twice", u.name));
             }
-            match (&u.password, u.trust) {
-                (Some(_), true) => bad(at.clone(), "set either `password` or `trust = true`, not both".into()),
-                (None, false) => bad(at.clone(), "needs `password = \"...\"` or `trust = true`".into()),
-                (None, true) if u.auth.is_some() => {
-                    bad(format!("{at}.auth"), "a trust user has no password to check".into())
-                }
-                (Some(pw), false) => {
-                    if let Err(e) = crate::secret::Secret::parse(&u.name, pw, u.method()) {
-                        bad(format!("{at}.password"), e);
-                    }
-                }
-                (None, true) => {}
+            let given = [u.password.is_some(), u.password_file.is_some(), u.trust].iter().filter(|g| **g).count();
+            if given != 1 {
+                bad(at.clone(), "needs exactly one of `password`, `password_file` and `trust = true`".into());
+            } else if u.trust && u.auth.is_some() {
+                bad(format!("{at}.auth"), "a trust user has no password to check".into());
+            } else if let Err(e) = u.secret(&self.base_dir) {
+                let field = if u.password_file.is_some() { "password_file" } else { "password" };
+                bad(format!("{at}.{field}"), e);
             }
         }
 
@@ -679,11 +702,11 @@ impl Config {
             } else if !shard_names.insert(s.name.as_str()) {
                 bad(format!("{at}.name"), format!("shard `{}` is defined twice", s.name));
             }
-            if let Err(e) = Endpoint::parse(&s.primary) {
+            if let Err(e) = self.endpoint(s, &s.primary) {
                 bad(format!("{at}.primary"), e);
             }
             for (j, r) in s.replicas.iter().enumerate() {
-                if let Err(e) = Endpoint::parse(r) {
+                if let Err(e) = self.endpoint(s, r) {
                     bad(format!("{at}.replicas[{j}]"), e);
                 }
             }
@@ -838,6 +861,15 @@ impl Config {
         Ok(PluginSource::File(path))
     }
 
+    /// One of `shard`'s servers, with the shard's password file if it has one.
+    pub fn endpoint(&self, shard: &Shard, url: &str) -> Result<Endpoint, String> {
+        let endpoint = Endpoint::parse(url)?;
+        match &shard.password_file {
+            Some(file) => endpoint.with_password_file(&self.base_dir.join(file)),
+            None => Ok(endpoint),
+        }
+    }
+
     /// Clients' TLS from `[listen]`, its files read; None when not configured.
     pub fn client_tls(&self) -> Result<Option<crate::tls::listener::Listener>, String> {
         match (&self.listen.tls_cert, &self.listen.tls_key) {
@@ -869,11 +901,16 @@ impl User {
         self.auth.unwrap_or(AuthMethod::ScramSha256)
     }
 
-    /// What this user's password is checked against (`Trust` without one).
-    pub fn secret(&self) -> Result<crate::secret::Secret, String> {
-        match &self.password {
-            Some(pw) => crate::secret::Secret::parse(&self.name, pw, self.method()),
-            None => Ok(crate::secret::Secret::Trust),
+    /// What this user's password is checked against (`Trust` without
+    /// one); from `password_file`, prepared again when the file changes.
+    pub fn secret(&self, base_dir: &Path) -> Result<Watched<Secret>, String> {
+        let (name, method) = (self.name.clone(), self.method());
+        match (&self.password, &self.password_file) {
+            (Some(pw), _) => Secret::parse(&name, pw, method).map(Watched::fixed),
+            (None, Some(file)) => Watched::new(vec![base_dir.join(file)], move |files| {
+                Secret::parse(&name, &read_secret(&files[0], "password_file")?, method)
+            }),
+            (None, None) => Ok(Watched::fixed(Secret::Trust)),
         }
     }
 }

@@ -27,5 +27,6 @@ pub mod telemetry;
 pub mod tls;
 pub mod topology;
 pub mod twophase;
+pub mod watched;
 pub mod wire;
 pub mod workload;

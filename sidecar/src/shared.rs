@@ -19,6 +19,7 @@ use crate::telemetry::Telemetry;
 use crate::telemetry::traces::Flusher;
 use crate::topology::Topology;
 use crate::twophase::Coordinator;
+use crate::watched::Watched;
 
 /// What every session shares.
 pub struct Shared {
@@ -30,7 +31,7 @@ pub struct Shared {
     pub facts: Arc<FactsCache>,
     pub telemetry: Arc<Telemetry>,
     pub cancels: Arc<cancel::Registry>,
-    pub secrets: HashMap<String, Secret>,
+    pub secrets: HashMap<String, Watched<Secret>>,
     /// Client slots, login deadline, message sizes and buffer budget.
     pub limits: Arc<ClientLimits>,
     /// Commits transactions across shards (`routing.two_phase_commit`).
@@ -56,7 +57,7 @@ impl Shared {
         let pools = Arc::new(Pools::new(&config, topology, &metrics)?);
         let mut secrets = HashMap::new();
         for user in &config.users {
-            let secret = user.secret().map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
+            let secret = user.secret(&config.base_dir).map_err(|e| anyhow::anyhow!("users `{}`: {e}", user.name))?;
             secrets.insert(user.name.clone(), secret);
         }
         let router = Arc::new(Router::serving(&config, &pools, &metrics)?);

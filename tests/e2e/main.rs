@@ -30,6 +30,7 @@ mod pool;
 mod prepared;
 mod routing;
 mod scatter;
+mod secrets;
 mod shard_tls;
 mod startup;
 mod traces;

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::harness::{Fleet, Sidecar, eventually, metric};
 
 /// An OTLP/gRPC trace receiver on 127.0.0.1.
-struct Collector {
+pub struct Collector {
     addr: SocketAddr,
     rx: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
     stop: Option<oneshot::Sender<()>>,
@@ -40,7 +40,7 @@ impl TraceService for Receiver {
 }
 
 impl Collector {
-    async fn start() -> Collector {
+    pub async fn start() -> Collector {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, rx) = mpsc::unbounded_channel();
@@ -100,7 +100,7 @@ impl Collector {
         Collector { addr, rx, stop: Some(stop_tx), task, spans: Vec::new(), service_names: Vec::new() }
     }
 
-    fn endpoint(&self) -> String {
+    pub fn endpoint(&self) -> String {
         format!("http://{}", self.addr)
     }
 
@@ -112,7 +112,7 @@ impl Collector {
     }
 
     /// Collects spans until `done` holds for what arrived, or 20 s pass.
-    async fn until(&mut self, done: impl Fn(&[Span]) -> bool) -> &[Span] {
+    pub async fn until(&mut self, done: impl Fn(&[Span]) -> bool) -> &[Span] {
         let deadline = Instant::now() + Duration::from_secs(20);
         while !done(&self.spans) {
             let left = deadline.saturating_duration_since(Instant::now());

@@ -130,16 +130,14 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
     }
     let database = startup.parameters.get("database").cloned();
     let (user, params) = startup_parameters(client, startup)?;
-    let unknown;
     let secret = match shared.secrets.get(&user) {
-        Some(secret) => secret,
+        Some(secret) => secret.get(),
         None => {
             tracing::info!("login as \"{user}\", who is not in shardcar's [[users]]");
-            unknown = Secret::unknown_user(&user);
-            &unknown
+            Arc::new(Secret::unknown_user(&user))
         }
     };
-    auth::authenticate(client, &user, secret).await?;
+    auth::authenticate(client, &user, &secret).await?;
     let Ok(slot) = shared.limits.slots.clone().try_acquire_owned() else {
         shared.limits.hit("client_slots");
         return Err(SqlError::fatal(code::TOO_MANY_CONNECTIONS, "sorry, too many clients already")

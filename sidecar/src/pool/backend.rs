@@ -196,9 +196,9 @@ impl BackendConn {
         let addr = self.addr.to_string();
         let io_err = |source| ConnectError::Io { addr: addr.clone(), source };
         let password = || {
-            endpoint.password.as_deref().ok_or_else(|| ConnectError::Rejected {
+            endpoint.password().ok_or_else(|| ConnectError::Rejected {
                 addr: addr.clone(),
-                message: "the server asks for a password; put it in the shard URL".into(),
+                message: "the server asks for a password; put it in the shard URL or its password_file".into(),
             })
         };
         let mut scram: Option<sasl::ScramSha256> = None;

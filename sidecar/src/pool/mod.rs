@@ -203,9 +203,9 @@ impl Pools {
             create: Some(cfg.pool.connect_timeout()),
             recycle: Some(Duration::from_secs(1)),
         };
-        let node = |shard: ShardId, role: Role, label: String, url: &str| -> Result<Arc<Node>, config::Invalid> {
+        let node = |shard: ShardId, s: &config::Shard, role: Role, label: String, url: &str| {
             let invalid = |message: String| config::Invalid(vec![config::Problem { path: label.clone(), message }]);
-            let endpoint = Endpoint::parse(url).map_err(invalid)?;
+            let endpoint = cfg.endpoint(s, url).map_err(invalid)?;
             let control = control_pool(&endpoint, cfg.pool.connect_timeout()).map_err(invalid)?;
             let health = Arc::new(Health::default());
             let tls = Arc::new(crate::tls::shard::Usage::default());
@@ -252,12 +252,12 @@ impl Pools {
         };
         let mut shards = Vec::new();
         for (id, s) in topology.ids().zip(&cfg.shards) {
-            let primary = node(id, Role::Primary, format!("{} primary", s.name), &s.primary)?;
+            let primary = node(id, s, Role::Primary, format!("{} primary", s.name), &s.primary)?;
             let replicas = s
                 .replicas
                 .iter()
                 .enumerate()
-                .map(|(j, url)| node(id, Role::Replica, format!("{} replica {j}", s.name), url))
+                .map(|(j, url)| node(id, s, Role::Replica, format!("{} replica {j}", s.name), url))
                 .collect::<Result<Vec<_>, _>>()?;
             let next_replica = AtomicUsize::new(0);
             shards.push(Shard { id, primary, replicas, next_replica, text_in_c: OnceLock::new() });
@@ -404,14 +404,48 @@ fn control_pool(endpoint: &Endpoint, connect_timeout: Duration) -> Result<deadpo
     let mut cfg = endpoint.control.clone();
     cfg.connect_timeout(connect_timeout);
     cfg.application_name("shardcar-control");
-    let (ssl_mode, connector) = endpoint.tls.control();
+    let (ssl_mode, tls) = endpoint.tls.control();
     cfg.ssl_mode(ssl_mode);
     let recycling = ManagerConfig { recycling_method: RecyclingMethod::Fast };
-    let manager = match connector {
-        Some(tls) => Manager::from_config(cfg, tls, recycling),
-        None => Manager::from_config(cfg, tokio_postgres::NoTls, recycling),
-    };
+    let connect = ControlConnect { endpoint: endpoint.clone(), tls };
+    let manager = Manager::from_connect(cfg, connect, recycling);
     Pool::builder(manager).max_size(4).build().map_err(|e| e.to_string())
+}
+
+/// Opens control-plane connections with the endpoint's TLS and its
+/// password as it is now (a rotated password file applies to new ones).
+struct ControlConnect {
+    endpoint: Endpoint,
+    tls: Option<tokio_postgres_rustls::MakeRustlsConnect>,
+}
+
+impl deadpool_postgres::Connect for ControlConnect {
+    fn connect(
+        &self,
+        cfg: &tokio_postgres::Config,
+    ) -> futures_util::future::BoxFuture<
+        '_,
+        Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>), tokio_postgres::Error>,
+    > {
+        let mut cfg = cfg.clone();
+        if let Some(password) = self.endpoint.password() {
+            cfg.password(password.as_bytes());
+        }
+        let tls = self.tls.clone();
+        // The connection's task ends with it; its error is the client's next one.
+        Box::pin(async move {
+            Ok(match tls {
+                Some(tls) => {
+                    let (client, conn) = cfg.connect(tls).await?;
+                    (client, tokio::spawn(async move { drop(conn.await) }))
+                }
+                None => {
+                    let (client, conn) = cfg.connect(tokio_postgres::NoTls).await?;
+                    (client, tokio::spawn(async move { drop(conn.await) }))
+                }
+            })
+        })
+    }
 }
 
 #[cfg(test)]
