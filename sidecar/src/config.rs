@@ -41,6 +41,8 @@ pub struct Config {
     pub plugins: Plugins,
     #[serde(default)]
     pub telemetry: Telemetry,
+    #[serde(default)]
+    pub auth: Auth,
     /// Where relative paths in the config are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -310,6 +312,34 @@ impl Default for Plugins {
             moving_rows: MovingRows::Refuse,
             move_check_rows: 100_000,
         }
+    }
+}
+
+/// Users not listed in `[[users]]`, looked up on a shard (PgBouncer's
+/// `auth_query`), and logging in to the shards as themselves.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Auth {
+    /// Returns (user name, SCRAM verifier or md5 hash) for `$1`, the
+    /// client's user: `SELECT usename, passwd FROM pg_shadow WHERE usename = $1`
+    /// needs a superuser; a SECURITY DEFINER function does not.
+    pub query: Option<String>,
+    /// The shard whose primary answers it (default: `routing.default_shard`),
+    /// over shardcar's own connection as its URL user.
+    pub shard: Option<String>,
+    /// How long an answer is used before the query runs again.
+    pub cache_ttl_s: u64,
+    /// Users found by the query open their own connections to the shards,
+    /// proving themselves with what their login proved, so each user's
+    /// grants apply. Otherwise their statements run as the shard URL's user.
+    pub passthrough: bool,
+    /// Server connections per shard server and passthrough user.
+    pub user_pool_size: usize,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth { query: None, shard: None, cache_ttl_s: 60, passthrough: false, user_pool_size: 4 }
     }
 }
 
@@ -653,8 +683,8 @@ impl Config {
             bad("listen.max_prepared_bytes_per_client".into(), "must be at least 64 KiB".into());
         }
 
-        if self.users.is_empty() {
-            bad("users".into(), "at least one [[users]] entry is needed to connect".into());
+        if self.users.is_empty() && self.auth.query.is_none() {
+            bad("users".into(), "at least one [[users]] entry (or auth.query) is needed to connect".into());
         }
         let mut names = HashSet::new();
         for (i, u) in self.users.iter().enumerate() {
@@ -712,6 +742,17 @@ impl Config {
             }
         }
         self.routing_problems(&shard_names, &mut bad);
+        if let Some(shard) = &self.auth.shard
+            && !shard_names.contains(shard.as_str())
+        {
+            bad("auth.shard".into(), format!("`{shard}` is not a shard"));
+        }
+        if self.auth.passthrough && self.auth.query.is_none() {
+            bad("auth.passthrough".into(), "passthrough is for users found by auth.query: set query".into());
+        }
+        if self.auth.user_pool_size == 0 {
+            bad("auth.user_pool_size".into(), "must be at least 1".into());
+        }
         self.telemetry_problems(&mut bad);
         if !self.shards.is_empty() && !shard_names.contains(self.routing.default_shard.as_str()) {
             bad(

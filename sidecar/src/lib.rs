@@ -14,6 +14,7 @@ pub mod limits;
 pub mod localpg;
 pub mod metrics;
 pub mod panics;
+pub mod passthrough;
 pub mod policy;
 pub mod pool;
 pub mod route;

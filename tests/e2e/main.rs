@@ -5,6 +5,7 @@ mod harness;
 
 mod admin_api;
 mod auth;
+mod auth_query;
 mod backend_auth;
 mod cancel;
 mod cli;

@@ -230,6 +230,10 @@ pub struct Pool {
     pub running: u64,
     pub oldest_running_ms: Option<f64>,
     pub checkouts_total: u64,
+    /// Passthrough (`[auth] passthrough`): users with connections of their
+    /// own to this server, and those connections (not counted in `size`).
+    pub passthrough_users: u64,
+    pub passthrough_connections: u64,
     /// Time sessions waited for a connection (incl. bringing it to the
     /// session's settings), over the recent window.
     pub checkout_wait_p99_ms: Option<f64>,

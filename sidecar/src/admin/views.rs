@@ -111,6 +111,8 @@ pub fn pools(shared: &Shared) -> Vec<api::Pool> {
                 running: running.count as u64,
                 oldest_running_ms: running.oldest.map(as_ms),
                 checkouts_total: n.metrics.checkout_wait.get_sample_count(),
+                passthrough_users: n.passthrough().0,
+                passthrough_connections: n.passthrough().1,
                 checkout_wait_p99_ms: view.checkout_p99_ms.get(i).copied().flatten(),
             }
         })

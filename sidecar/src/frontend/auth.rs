@@ -5,6 +5,7 @@ use pgwire::api::auth::sasl::scram::{ScramSecret, ScramServerAuth};
 use pgwire::messages::startup::{Authentication, PasswordMessageFamily};
 
 use crate::panics::caught;
+use crate::passthrough::{Proof, ScramKeys, client_key};
 use crate::secret::Secret;
 use crate::sqlerror::{SqlError, code};
 use crate::wire::{ClientConn, reply};
@@ -33,8 +34,11 @@ async fn flush_and_read<T, E>(
     }
 }
 
-/// Runs the exchange for `secret`; on success AuthenticationOk has been queued.
-pub async fn authenticate(client: &mut ClientConn, user: &str, secret: &Secret) -> Result<(), SqlError> {
+/// Runs the exchange for `secret`; on success AuthenticationOk has been
+/// queued, and what the client proved is returned (for passthrough): the
+/// stored md5 hash, or the SCRAM keys with the ClientKey it proved.
+pub async fn authenticate(client: &mut ClientConn, user: &str, secret: &Secret) -> Result<Option<Proof>, SqlError> {
+    let mut proof = None;
     match secret {
         Secret::Trust => {
             if !client.peer_is_loopback() {
@@ -61,6 +65,7 @@ pub async fn authenticate(client: &mut ClientConn, user: &str, secret: &Secret) 
             if !constant_time_eq(given.password.as_bytes(), expected.as_bytes()) {
                 return Err(failed(user));
             }
+            proof = Some(Proof::Md5(stored.clone()));
         }
         Secret::Scram { salt, iterations, stored_key, server_key } => {
             reply::auth(&mut client.out, Authentication::SASL(vec![SCRAM_SHA_256.into()]));
@@ -84,17 +89,25 @@ pub async fn authenticate(client: &mut ClientConn, user: &str, secret: &Secret) 
                     .ok()
                     .and_then(Result::ok)
                     .ok_or_else(|| failed(user))?;
-            reply::auth(&mut client.out, Authentication::SASLContinue(server_first.into()));
+            reply::auth(&mut client.out, Authentication::SASLContinue(server_first.clone().into()));
             let last = flush_and_read(client, PasswordMessageFamily::into_sasl_response).await?;
             let server_final = caught(|| waiting.on_client_final_message(&last.data))
                 .ok()
                 .and_then(Result::ok)
                 .ok_or_else(|| failed(user))?;
             reply::auth(&mut client.out, Authentication::SASLFinal(server_final.into()));
+            proof = client_key(stored_key, &data, server_first.as_bytes(), &last.data).map(|client_key| {
+                Proof::Scram(ScramKeys {
+                    client_key,
+                    server_key: server_key.clone(),
+                    salt: salt.clone(),
+                    iterations: *iterations,
+                })
+            });
         }
     }
     reply::auth(&mut client.out, Authentication::Ok);
-    Ok(())
+    Ok(proof)
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

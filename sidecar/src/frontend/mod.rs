@@ -2,6 +2,7 @@
 //! authentication and session.
 
 pub mod auth;
+pub mod auth_query;
 pub mod console;
 pub mod session;
 
@@ -13,6 +14,7 @@ use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::cancel::{ClientInfo, Registration};
+use crate::passthrough::UserLogin;
 use crate::policy::facts::SessionInfo;
 use crate::secret::Secret;
 use crate::settings::Settings;
@@ -41,13 +43,13 @@ pub async fn serve(shared: Arc<Shared>, stream: TcpStream) {
     let started = tokio::time::timeout(limits.login_timeout, Box::pin(startup(&shared, &mut client))).await;
     drop(login);
     match started {
-        Ok(Ok(Some((slot, registration, settings, info)))) => {
+        Ok(Ok(Some(LoggedIn { slot, registration, settings, info, login }))) => {
             shared.telemetry.metrics.clients_accepted.inc();
             let _connected = Connected::count(&shared.telemetry.metrics.clients_connected);
             if info.database == console::DATABASE {
                 console::serve(&shared, client).await;
             } else {
-                Session::new(shared, client, registration, settings, info).run().await;
+                Session::new(shared, client, registration, settings, info, login).run().await;
             }
             drop(slot);
         }
@@ -130,14 +132,26 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
     }
     let database = startup.parameters.get("database").cloned();
     let (user, params) = startup_parameters(client, startup)?;
-    let secret = match shared.secrets.get(&user) {
-        Some(secret) => secret.get(),
-        None => {
-            tracing::info!("login as \"{user}\", who is not in shardcar's [[users]]");
-            Arc::new(Secret::unknown_user(&user))
-        }
+    let (secret, looked_up) = match (shared.secrets.get(&user), &shared.auth_query) {
+        (Some(secret), _) => (secret.get(), false),
+        (None, Some(query)) => match query.lookup(&shared.pools, &user).await? {
+            Some(secret) => (secret, true),
+            None => (unknown_user(&user), false),
+        },
+        (None, None) => (unknown_user(&user), false),
     };
-    auth::authenticate(client, &user, &secret).await?;
+    let proof = auth::authenticate(client, &user, &secret).await?;
+    // Passthrough: this user's statements run on connections of its own.
+    let login = match (looked_up && shared.config.auth.passthrough, proof) {
+        (true, Some(proof)) => Some(Arc::new(UserLogin { user: user.clone(), proof })),
+        (true, None) => {
+            return Err(SqlError::fatal(
+                code::INVALID_AUTHORIZATION,
+                format!("user \"{user}\" cannot be passed through to the shards: no SCRAM or md5 proof"),
+            ));
+        }
+        (false, _) => None,
+    };
     let Ok(slot) = shared.limits.slots.clone().try_acquire_owned() else {
         shared.limits.hit("client_slots");
         return Err(SqlError::fatal(code::TOO_MANY_CONNECTIONS, "sorry, too many clients already")
@@ -186,11 +200,24 @@ async fn startup(shared: &Arc<Shared>, client: &mut ClientConn) -> Result<Option
         startup_settings.insert("statement_timeout".into(), format!("{query_timeout}ms"));
     }
     let settings = Settings::from_startup(startup_settings.iter().map(|(k, v)| (k.as_str(), v.as_str())));
-    Ok(Some((slot, registration, settings, info)))
+    Ok(Some(LoggedIn { slot, registration, settings, info, login }))
 }
 
-/// A client past authentication: its slot, cancel key, settings and who it is.
-type LoggedIn = (OwnedSemaphorePermit, Registration, Settings, SessionInfo);
+/// What a user not in `[[users]]` nor found by `[auth] query` is checked against.
+fn unknown_user(user: &str) -> Arc<Secret> {
+    tracing::info!("login as \"{user}\", who is not in shardcar's [[users]]");
+    Arc::new(Secret::unknown_user(user))
+}
+
+/// A client past authentication: its slot, cancel key, settings, who it
+/// is, and (passthrough) how it logs in to the shards.
+struct LoggedIn {
+    slot: OwnedSemaphorePermit,
+    registration: Registration,
+    settings: Settings,
+    info: SessionInfo,
+    login: Option<Arc<UserLogin>>,
+}
 
 /// The user name and the settings a startup packet asks for.
 fn startup_parameters(

@@ -17,6 +17,7 @@ use tokio::net::TcpStream;
 
 use super::oids::ShardOids;
 use crate::config::Endpoint;
+use crate::passthrough::{Proof, ScramClient, UserLogin, md5_response};
 use crate::settings::Settings;
 use crate::tls::Stream;
 use crate::tls::shard::Encrypted;
@@ -128,22 +129,31 @@ pub struct BackendConn {
 }
 
 impl BackendConn {
-    pub async fn connect(endpoint: &Endpoint, timeout: Duration) -> Result<BackendConn, ConnectError> {
+    /// Connects and logs in as the URL's user, or as `login`'s (passthrough).
+    pub async fn connect(
+        endpoint: &Endpoint,
+        login: Option<&UserLogin>,
+        timeout: Duration,
+    ) -> Result<BackendConn, ConnectError> {
         let addr = endpoint.address();
-        match tokio::time::timeout(timeout, Self::connect_inner(endpoint, addr.clone())).await {
+        match tokio::time::timeout(timeout, Self::connect_inner(endpoint, login, addr.clone())).await {
             Ok(r) => r,
             Err(_) => Err(ConnectError::Timeout(timeout, addr)),
         }
     }
 
-    async fn connect_inner(endpoint: &Endpoint, addr: String) -> Result<BackendConn, ConnectError> {
+    async fn connect_inner(
+        endpoint: &Endpoint,
+        login: Option<&UserLogin>,
+        addr: String,
+    ) -> Result<BackendConn, ConnectError> {
         let io_err = |source| ConnectError::Io { addr: addr.clone(), source };
         let tcp = TcpStream::connect(&addr).await.map_err(io_err)?;
         tcp.set_nodelay(true).map_err(io_err)?;
         let stream =
             endpoint.tls.negotiate(tcp).await.map_err(|message| ConnectError::Tls { addr: addr.clone(), message })?;
         let startup = [
-            ("user", endpoint.user.as_str()),
+            ("user", login.map_or(endpoint.user.as_str(), |l| l.user.as_str())),
             ("database", endpoint.dbname.as_str()),
             ("application_name", APPLICATION_NAME),
             ("client_encoding", "UTF8"),
@@ -167,7 +177,10 @@ impl BackendConn {
         };
         frontend::startup_message(startup.iter().copied(), &mut conn.wbuf).map_err(io_err)?;
         conn.flush().await.map_err(io_err)?;
-        conn.authenticate(endpoint).await?;
+        match login {
+            None => conn.authenticate(endpoint).await?,
+            Some(login) => conn.authenticate_as(login).await?,
+        }
         loop {
             match conn.read_message().await.map_err(io_err)? {
                 Message::ParameterStatus(p) => {
@@ -235,6 +248,69 @@ impl BackendConn {
                 Message::ErrorResponse(e) => {
                     return Err(ConnectError::Rejected { addr, message: error_text(&e) });
                 }
+                _ => return Err(self.protocol("unsupported authentication request")),
+            }
+            self.flush().await.map_err(io_err)?;
+        }
+    }
+
+    /// Passthrough: answers the server's challenge with what the client's
+    /// own login proved (see passthrough.rs); a cleartext request cannot be
+    /// answered, since shardcar never learns the password.
+    async fn authenticate_as(&mut self, login: &UserLogin) -> Result<(), ConnectError> {
+        let addr = self.addr.to_string();
+        let io_err = |source| ConnectError::Io { addr: addr.clone(), source };
+        let refuse = |message: String| ConnectError::Rejected { addr: addr.clone(), message };
+        let mut scram: Option<ScramClient> = None;
+        loop {
+            match self.read_message().await.map_err(io_err)? {
+                Message::AuthenticationOk => return Ok(()),
+                Message::AuthenticationMd5Password(body) => match &login.proof {
+                    Proof::Md5(stored) => {
+                        let answer = md5_response(stored, body.salt());
+                        frontend::password_message(answer.as_bytes(), &mut self.wbuf).map_err(io_err)?;
+                    }
+                    Proof::Scram(_) => {
+                        return Err(refuse(format!(
+                            "the server asks \"{}\" for md5, but the user's verifier is SCRAM-SHA-256",
+                            login.user
+                        )));
+                    }
+                },
+                Message::AuthenticationSasl(body) => {
+                    let Proof::Scram(keys) = &login.proof else {
+                        return Err(refuse(format!(
+                            "the server asks \"{}\" for SCRAM-SHA-256, but the user's stored password is md5",
+                            login.user
+                        )));
+                    };
+                    let mechanisms: Vec<&str> = body.mechanisms().collect().map_err(io_err)?;
+                    if !mechanisms.contains(&sasl::SCRAM_SHA_256) {
+                        return Err(self.protocol(&format!("no supported SASL mechanism in {mechanisms:?}")));
+                    }
+                    let client = ScramClient::new(keys);
+                    frontend::sasl_initial_response(sasl::SCRAM_SHA_256, &client.first(), &mut self.wbuf)
+                        .map_err(io_err)?;
+                    scram = Some(client);
+                }
+                Message::AuthenticationSaslContinue(body) => {
+                    let s = scram.as_mut().ok_or_else(|| self.protocol("SASL continue before SASL start"))?;
+                    let answer = s.finish(body.data()).map_err(refuse)?;
+                    frontend::sasl_response(&answer, &mut self.wbuf).map_err(io_err)?;
+                }
+                Message::AuthenticationSaslFinal(body) => {
+                    let s = scram.as_ref().ok_or_else(|| self.protocol("SASL final before SASL start"))?;
+                    s.verify(body.data()).map_err(refuse)?;
+                    continue;
+                }
+                Message::AuthenticationCleartextPassword => {
+                    return Err(refuse(format!(
+                        "the server asks \"{}\" for a cleartext password, which shardcar does not know \
+                         (passthrough answers md5 and SCRAM-SHA-256)",
+                        login.user
+                    )));
+                }
+                Message::ErrorResponse(e) => return Err(refuse(error_text(&e))),
                 _ => return Err(self.protocol("unsupported authentication request")),
             }
             self.flush().await.map_err(io_err)?;

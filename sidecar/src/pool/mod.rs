@@ -11,6 +11,7 @@ pub mod oids;
 
 pub use conn::ShardConn;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
@@ -19,6 +20,7 @@ use deadpool::managed::{self, PoolError, RecycleError, RecycleResult, TimeoutTyp
 
 use crate::config::{self, Config, Endpoint};
 use crate::metrics::{Metrics, NodeMetrics};
+use crate::passthrough::UserLogin;
 use crate::sqlerror::{SqlError, code};
 use crate::topology::{ShardId, Topology};
 use backend::{BackendConn, ConnectError};
@@ -94,7 +96,9 @@ impl Health {
     }
 }
 
-/// Creates and recycles raw backend connections for one server.
+/// Creates and recycles raw backend connections for one server, as the
+/// URL's user or (passthrough) as a client's own.
+#[derive(Clone)]
 pub struct Manager {
     endpoint: Endpoint,
     connect_timeout: Duration,
@@ -103,6 +107,7 @@ pub struct Manager {
     oids: Option<Arc<oids::ShardOids>>,
     label: String,
     tls: Arc<crate::tls::shard::Usage>,
+    login: Option<Arc<UserLogin>>,
 }
 
 impl managed::Manager for Manager {
@@ -112,7 +117,7 @@ impl managed::Manager for Manager {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<Box<BackendConn>, ConnectError> {
-        let mut conn = BackendConn::connect(&self.endpoint, self.connect_timeout).await?;
+        let mut conn = BackendConn::connect(&self.endpoint, self.login.as_deref(), self.connect_timeout).await?;
         conn.oids = self.oids.clone();
         conn.encrypted = self.tls.opened(conn.encryption());
         if conn.encrypted.is_none() && self.endpoint.tls.mode == crate::tls::shard::SslMode::Prefer {
@@ -156,6 +161,56 @@ pub struct Node {
     pub running: Arc<in_flight::Tracker>,
     /// Sessions waiting for one of its connections now.
     pub waiting: Arc<in_flight::Tracker>,
+    /// What `pool`'s connections are made with, for the passthrough pools.
+    manager: Manager,
+    /// Passthrough users' own pools, by user name, each with the login it
+    /// makes its connections with.
+    users: Mutex<HashMap<String, UserPool>>,
+    user_pool_size: usize,
+}
+
+impl Node {
+    /// The pool for `login`'s user, made (or made again, when the user's
+    /// credentials changed) on first use.
+    fn user_pool(&self, login: &Arc<UserLogin>, timeouts: Timeouts) -> Result<managed::Pool<Manager>, String> {
+        let mut users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((known, pool)) = users.get(&login.user)
+            && known.same_as(login)
+        {
+            return Ok(pool.clone());
+        }
+        let manager = Manager { login: Some(login.clone()), ..self.manager.clone() };
+        let pool = build_pool(manager, self.user_pool_size, timeouts)?;
+        users.insert(login.user.clone(), (login.clone(), pool.clone()));
+        Ok(pool)
+    }
+
+    /// Passthrough users with a pool here, and their open connections.
+    pub fn passthrough(&self) -> (u64, u64) {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        (users.len() as u64, users.values().map(|(_, p)| p.status().size as u64).sum())
+    }
+
+    /// The URL user's pool and every passthrough user's.
+    fn all_pools(&self) -> Vec<managed::Pool<Manager>> {
+        let users = self.users.lock().unwrap_or_else(|p| p.into_inner());
+        std::iter::once(self.pool.clone()).chain(users.values().map(|(_, p)| p.clone())).collect()
+    }
+}
+
+/// A passthrough user's pool, with the login its connections are made with.
+type UserPool = (Arc<UserLogin>, managed::Pool<Manager>);
+
+fn build_pool(manager: Manager, size: usize, timeouts: Timeouts) -> Result<managed::Pool<Manager>, String> {
+    managed::Pool::builder(manager)
+        .max_size(size)
+        // Most recently used first, as PgBouncer does: the same few
+        // server processes stay hot and the rest can idle out.
+        .queue_mode(deadpool::managed::QueueMode::Lifo)
+        .timeouts(timeouts)
+        .runtime(deadpool::Runtime::Tokio1)
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 impl std::fmt::Debug for Node {
@@ -225,16 +280,9 @@ impl Pools {
                 oids: oids.for_shard(shard),
                 label: label.clone(),
                 tls: tls.clone(),
+                login: None,
             };
-            let pool = managed::Pool::builder(manager)
-                .max_size(cfg.pool.size)
-                // Most recently used first, as PgBouncer does: the same few
-                // server processes stay hot and the rest can idle out.
-                .queue_mode(deadpool::managed::QueueMode::Lifo)
-                .timeouts(timeouts)
-                .runtime(deadpool::Runtime::Tokio1)
-                .build()
-                .map_err(|e| invalid(e.to_string()))?;
+            let pool = build_pool(manager.clone(), cfg.pool.size, timeouts).map_err(invalid)?;
             let metrics = metrics.node(topology.name(shard), role.as_str(), &endpoint.address());
             Ok(Arc::new(Node {
                 shard,
@@ -248,6 +296,9 @@ impl Pools {
                 metrics,
                 running: Arc::default(),
                 waiting: Arc::default(),
+                manager,
+                users: Mutex::default(),
+                user_pool_size: cfg.auth.user_pool_size,
             }))
         };
         let mut shards = Vec::new();
@@ -297,8 +348,14 @@ impl Pools {
     }
 
     /// A connection to `shard`: a healthy replica when `read` allows one,
-    /// else (or when every replica fails) the primary.
-    pub async fn checkout(&self, shard: ShardId, role: Role) -> Result<ShardConn, SqlError> {
+    /// else (or when every replica fails) the primary; as `login`'s user
+    /// (passthrough), else as the URL's.
+    pub async fn checkout(
+        &self,
+        shard: ShardId,
+        role: Role,
+        login: Option<&Arc<UserLogin>>,
+    ) -> Result<ShardConn, SqlError> {
         let s = self.shard(shard);
         if role == Role::Replica && !s.replicas.is_empty() {
             let start = s.next_replica.fetch_add(1, Ordering::Relaxed);
@@ -307,7 +364,7 @@ impl Pools {
                 if !node.health.is_up() {
                     continue;
                 }
-                match self.get(node).await {
+                match self.get(node, login).await {
                     Ok(c) => return Ok(c),
                     Err(e) if e.code == code::TOO_MANY_CONNECTIONS => return Err(e),
                     Err(e) => {
@@ -317,12 +374,18 @@ impl Pools {
                 }
             }
         }
-        self.get(&s.primary).await
+        self.get(&s.primary, login).await
     }
 
-    async fn get(&self, node: &Arc<Node>) -> Result<ShardConn, SqlError> {
+    async fn get(&self, node: &Arc<Node>, login: Option<&Arc<UserLogin>>) -> Result<ShardConn, SqlError> {
         let _waiting = node.waiting.begin();
-        match node.pool.timeout_get(&self.timeouts).await {
+        let pool = match login {
+            None => &node.pool,
+            Some(login) => &node
+                .user_pool(login, self.timeouts)
+                .map_err(|e| SqlError::new(code::INTERNAL_ERROR, format!("pool for {}: {e}", node.label)))?,
+        };
+        match pool.timeout_get(&self.timeouts).await {
             Ok(conn) => Ok(ShardConn { conn, node: node.clone() }),
             Err(e) => Err(self.checkout_error(node, e).on(node.shard)),
         }
@@ -364,7 +427,7 @@ impl Pools {
         let order = std::iter::once(first).chain(self.topology.ids().filter(|&i| i != first));
         let mut last_error = None;
         for shard in order {
-            match self.get(&self.shard(shard).primary).await {
+            match self.get(&self.shard(shard).primary, None).await {
                 Ok(conn) => {
                     drop(conn);
                     break;
@@ -385,14 +448,14 @@ impl Pools {
 
     /// Closes connections idle for longer than `idle`.
     pub fn close_idle(&self, idle: Duration) {
-        for node in self.nodes() {
-            node.pool.retain(|_, m| m.last_used() < idle);
+        for pool in self.nodes().flat_map(|n| n.all_pools()) {
+            pool.retain(|_, m| m.last_used() < idle);
         }
     }
 
     pub fn close(&self) {
-        for node in self.nodes() {
-            node.pool.close();
+        for pool in self.nodes().flat_map(|n| n.all_pools()) {
+            pool.close();
         }
     }
 }

@@ -173,7 +173,7 @@ impl Coordinator {
             self.prefix()
         );
         for shard in &pools.shards {
-            let mut checkout = match pools.checkout(shard.primary.shard, Role::Primary).await {
+            let mut checkout = match pools.checkout(shard.primary.shard, Role::Primary, None).await {
                 Ok(c) => c,
                 Err(_) => {
                     reached_all = false;

@@ -287,7 +287,7 @@ impl Session {
     /// A connection to `shard`'s `role` server, with this session's settings.
     pub(super) async fn checkout(&mut self, shard: ShardId, role: Role) -> Result<Held, SqlError> {
         let at = Instant::now();
-        let mut conn = self.shared.pools.checkout(shard, role).await?;
+        let mut conn = self.shared.pools.checkout(shard, role, self.login.as_ref()).await?;
         conn.adopt(&self.settings).await?;
         let took = Stage::since(at);
         conn.node.metrics.checkout_wait.observe(took.took.as_secs_f64());

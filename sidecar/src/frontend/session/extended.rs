@@ -493,7 +493,7 @@ impl Session {
         let mut tries = 0;
         let (mut conn, out, failed) = loop {
             tries += 1;
-            let mut conn = match self.shared.pools.checkout(shard, role).await {
+            let mut conn = match self.shared.pools.checkout(shard, role, self.login.as_ref()).await {
                 Ok(c) => c,
                 Err(e) => {
                     for effect in pending.unwrap_or_default() {

@@ -43,6 +43,7 @@ use self::state::{Block, Mode, Txn, TxnStatus};
 use crate::cancel::{self, BackendKey, Registration};
 use crate::classify::shape::CursorOp;
 use crate::classify::{Facts, Kind, Statement};
+use crate::passthrough::UserLogin;
 use crate::policy::facts::SessionInfo;
 use crate::pool::Role;
 use crate::settings::Settings;
@@ -132,6 +133,8 @@ pub struct Session {
     settings: Settings,
     /// Who the client is and its `shardcar.*` variables, as plugins see them.
     info: Arc<SessionInfo>,
+    /// Passthrough: the shards are asked as this user, not the URLs'.
+    login: Option<Arc<UserLogin>>,
     statements: Statements,
     unnamed: Option<Arc<Prepared>>,
     parsed: Option<Parsed>,
@@ -190,6 +193,7 @@ impl Session {
         registration: Registration,
         startup: Settings,
         info: SessionInfo,
+        login: Option<Arc<UserLogin>>,
     ) -> Session {
         let shutdown = shared.shutdown.clone();
         let idle_transaction_timeout = match shared.config.pool.idle_transaction_timeout_ms {
@@ -204,6 +208,7 @@ impl Session {
             settings: startup.clone(),
             startup,
             info: Arc::new(info),
+            login,
             statements: Statements::default(),
             unnamed: None,
             parsed: None,
