@@ -158,6 +158,14 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     .await;
     assert_ne!(first, second);
 
+    // Each server's TLS is shown: the demo's shards are on loopback, where
+    // the default is no TLS.
+    let tls = wait_for(&c, Duration::from_secs(10), "the pools' TLS column", async |c| {
+        text(c, "#pools td.tls").await.filter(|t| !t.is_empty())
+    })
+    .await;
+    assert_eq!(tls, "off");
+
     // History: a line per shard in each chart, over the range chosen.
     click(&c, "#history .range[data-seconds='3600']").await;
     let lines = wait_for(&c, Duration::from_secs(10), "history charts with a line per shard", async |c| {
