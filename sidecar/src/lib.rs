@@ -4,6 +4,7 @@
 //! beside them, and telemetry watching all of it.
 
 pub mod admin;
+pub mod auth_query;
 pub mod builtin;
 pub mod cancel;
 pub mod classify;

@@ -38,7 +38,7 @@ pub struct Shared {
     pub coordinator: Option<Arc<Coordinator>>,
     pub shutdown: watch::Receiver<Stopping>,
     /// `[auth] query`: users not in `[[users]]` looked up on a shard.
-    pub auth_query: Option<crate::frontend::auth_query::AuthQuery>,
+    pub auth_query: Option<crate::auth_query::AuthQuery>,
     /// Clients' TLS (`[listen] tls_cert`); None: SSLRequest is answered `N`.
     pub client_tls: Option<crate::tls::listener::Listener>,
 }
@@ -56,7 +56,7 @@ impl Shared {
     ) -> anyhow::Result<(Arc<Shared>, Option<Flusher>)> {
         let metrics = Arc::new(Metrics::new());
         let topology = Arc::new(Topology::new(&config));
-        let auth_query = crate::frontend::auth_query::AuthQuery::new(&config, &topology);
+        let auth_query = crate::auth_query::AuthQuery::new(&config, &topology);
         let pools = Arc::new(Pools::new(&config, topology, &metrics)?);
         let mut secrets = HashMap::new();
         for user in &config.users {

@@ -2,7 +2,6 @@
 //! authentication and session.
 
 pub mod auth;
-pub mod auth_query;
 pub mod console;
 pub mod session;
 

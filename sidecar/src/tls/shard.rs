@@ -195,7 +195,11 @@ fn client_config(mode: SslMode, params: &TlsParams) -> Result<ClientConfig, Stri
             let webpki = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
                 .build()
                 .map_err(|e| format!("sslrootcert {}: {e}", path.display()))?;
-            if mode == SslMode::VerifyFull { webpki } else { Arc::new(ChainOnly(webpki)) }
+            if mode == SslMode::VerifyFull {
+                webpki
+            } else {
+                Arc::new(NameUnchecked { chain: Some(webpki), algorithms })
+            }
         }
         (None, SslMode::VerifyCa | SslMode::VerifyFull) => {
             return Err(format!(
@@ -203,7 +207,7 @@ fn client_config(mode: SslMode, params: &TlsParams) -> Result<ClientConfig, Stri
                 mode.as_str()
             ));
         }
-        (None, _) => Arc::new(Unverified(algorithms)),
+        (None, _) => Arc::new(NameUnchecked { chain: None, algorithms }),
     };
     let builder = builder.dangerous().with_custom_certificate_verifier(verifier);
     let mut config = match (&params.sslcert, &params.sslkey) {
@@ -223,12 +227,16 @@ fn client_config(mode: SslMode, params: &TlsParams) -> Result<ClientConfig, Stri
     Ok(config)
 }
 
-/// verify-ca: the chain must lead to the root certificate; the name in the
-/// certificate may be any.
+/// Every mode short of verify-full, as libpq checks it: with a root
+/// certificate the chain must lead to it (any name will do), without one
+/// the certificate is not checked. The handshake's signatures always are.
 #[derive(Debug)]
-struct ChainOnly(Arc<WebPkiServerVerifier>);
+struct NameUnchecked {
+    chain: Option<Arc<WebPkiServerVerifier>>,
+    algorithms: WebPkiSupportedAlgorithms,
+}
 
-impl ServerCertVerifier for ChainOnly {
+impl ServerCertVerifier for NameUnchecked {
     fn verify_server_cert(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -237,9 +245,10 @@ impl ServerCertVerifier for ChainOnly {
         ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
+        let Some(chain) = &self.chain else { return Ok(ServerCertVerified::assertion()) };
         // webpki checks the chain before the name, so a name error means
         // the chain is good.
-        match self.0.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+        match chain.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
             Err(rustls::Error::InvalidCertificate(
                 CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
             )) => Ok(ServerCertVerified::assertion()),
@@ -253,7 +262,7 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
     }
 
     fn verify_tls13_signature(
@@ -262,51 +271,11 @@ impl ServerCertVerifier for ChainOnly {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
-/// prefer/require without a root certificate: encrypted, but (as in libpq)
-/// the server's certificate is not checked. The handshake's signatures still are.
-#[derive(Debug)]
-struct Unverified(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _: &CertificateDer<'_>,
-        _: &[CertificateDer<'_>],
-        _: &ServerName<'_>,
-        _: &[u8],
-        _: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
+        self.algorithms.supported_schemes()
     }
 }
 
