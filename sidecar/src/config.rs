@@ -436,19 +436,16 @@ pub struct Routing {
     #[serde(default)]
     pub reference_tables: Vec<String>,
     /// A transaction may touch several shards: it commits with PREPARE
-    /// TRANSACTION / COMMIT PREPARED on each, the decision logged durably in
-    /// between. Off: a transaction stays on one shard (others are refused).
-    /// The shards need `max_prepared_transactions` > 0.
+    /// TRANSACTION / COMMIT PREPARED on all but one, whose own commit is the
+    /// decision (stored in its `shardcar.decisions`). Off: a transaction
+    /// stays on one shard (others are refused). The shards need
+    /// `max_prepared_transactions` > 0.
     #[serde(default)]
     pub two_phase_commit: bool,
-    /// The commit decision log (relative to the config file): whoever holds
-    /// it finishes the transactions it prepared. One per shardcar instance.
-    #[serde(default = "default_decision_log")]
-    pub decision_log: PathBuf,
-}
-
-fn default_decision_log() -> PathBuf {
-    PathBuf::from("shardcar-decisions.log")
+    /// No longer used (decisions are stored on the shards); accepted so that
+    /// a config written for an older shardcar still starts, with a warning.
+    #[serde(default)]
+    pub decision_log: Option<PathBuf>,
 }
 
 fn yes() -> bool {
@@ -921,11 +918,6 @@ impl Config {
             (None, None) => Ok(None),
             _ => Err("tls_cert and tls_key go together: give both or neither".into()),
         }
-    }
-
-    /// Where the two-phase commit decisions are logged.
-    pub fn decision_log(&self) -> PathBuf {
-        self.base_dir.join(&self.routing.decision_log)
     }
 
     pub fn shard_index(&self, name: &str) -> Option<usize> {

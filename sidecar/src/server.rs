@@ -73,7 +73,7 @@ pub async fn serve(
         }
     });
     if let Some(c) = coordinator {
-        background.spawn(c.run_recovery(pools.clone(), shared.telemetry.metrics.clone()));
+        background.spawn(c.run_recovery(shared.telemetry.metrics.clone()));
     }
     let oid_pools = pools.clone();
     background.spawn(async move {

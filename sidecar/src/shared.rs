@@ -64,8 +64,13 @@ impl Shared {
             secrets.insert(user.name.clone(), secret);
         }
         let router = Arc::new(Router::serving(&config, &pools, &metrics)?);
+        if config.routing.decision_log.is_some() {
+            tracing::warn!(
+                "routing.decision_log is no longer used: commit decisions are stored on the shards (shardcar.decisions); remove it from the config"
+            );
+        }
         let coordinator = match config.routing.two_phase_commit {
-            true => Some(Arc::new(Coordinator::open(&config.decision_log())?)),
+            true => Some(Arc::new(Coordinator::new(pools.clone()))),
             false => None,
         };
         let limits = Arc::new(ClientLimits::new(&config.listen, &metrics));

@@ -34,7 +34,8 @@ pub mod code {
     pub const OUT_OF_MEMORY: &str = "53200";
     pub const PROGRAM_LIMIT_EXCEEDED: &str = "54000";
     pub const BAD_COPY_FILE_FORMAT: &str = "22P04";
-    pub const IO_ERROR: &str = "58030";
+    pub const OBJECT_NOT_IN_PREREQUISITE_STATE: &str = "55000";
+    pub const TRANSACTION_RESOLUTION_UNKNOWN: &str = "08007";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -54,6 +54,12 @@ impl Topology {
         Topology { names, default_shard }
     }
 
+    #[cfg(test)]
+    pub fn from_names(names: &[&str], default_shard: &str) -> Topology {
+        let default_shard = ShardId::at(names.iter().position(|n| *n == default_shard).unwrap_or(0));
+        Topology { names: names.iter().map(|n| Arc::from(*n)).collect(), default_shard }
+    }
+
     pub fn len(&self) -> usize {
         self.names.len()
     }

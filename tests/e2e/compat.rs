@@ -39,21 +39,16 @@ fn sources() -> PathBuf {
 
 /// `tables` sharded by customer_id over s0 and s1, transactions across
 /// shards on; nothing else.
-fn config(fleet: &Fleet, tables: &[String], log: &std::path::Path) -> String {
+fn config(fleet: &Fleet, tables: &[String]) -> String {
     let tables: Vec<(&str, &str)> = tables.iter().map(|t| (t.as_str(), "customer_id")).collect();
-    two_phase(&fleet.config_with(8, &hashed_tables(&tables)), log)
+    two_phase(&fleet.config_with(8, &hashed_tables(&tables)))
 }
 
 /// Runs `program args` against a fresh shardcar; returns the sidecar and
 /// the prefix its tables got, after checking the script passed. s1's OID
 /// counter is moved on first, so that what the script creates has other
 /// OIDs there than on s0, as in any real fleet.
-async fn run(
-    program: PathBuf,
-    args: &[&str],
-    tables: &[&str],
-    transport: Transport,
-) -> (Sidecar, String, tempfile::TempDir) {
+async fn run(program: PathBuf, args: &[&str], tables: &[&str], transport: Transport) -> (Sidecar, String) {
     let fleet = Fleet::shared();
     let prefix = table("compat");
     let shift = format!(
@@ -62,8 +57,7 @@ async fn run(
     );
     direct(&fleet.s1).await.batch_execute(&shift).await.unwrap();
     let names: Vec<String> = tables.iter().map(|t| format!("{prefix}_{t}")).collect();
-    let dir = tempfile::tempdir().unwrap();
-    let config = config(fleet, &names, &dir.path().join("decisions.log"));
+    let config = config(fleet, &names);
     let (config, host, tls) = match transport {
         Transport::Plain => (config, "127.0.0.1", None),
         Transport::Tls => {
@@ -88,7 +82,7 @@ async fn run(
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     eprintln!("{text}");
     assert!(out.status.success() && text.contains("all passed"), "{} {args:?} failed:\n{text}", program.display());
-    (sc, prefix, dir)
+    (sc, prefix)
 }
 
 /// Rows of `t` on s0 and s1, read directly.
@@ -156,26 +150,26 @@ plain_and_tls!(node: node_postgres, node_postgres_over_tls);
 
 async fn psycopg_simple(transport: Transport) {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "simple"], &["simple"], transport).await;
+    let (sc, prefix) = run(python(), &[script.to_str().unwrap(), "simple"], &["simple"], transport).await;
     placed(&sc, &format!("{prefix}_simple"), 100).await;
 }
 
 async fn psycopg_prepared(transport: Transport) {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "prepared"], &["prepared"], transport).await;
+    let (sc, prefix) = run(python(), &[script.to_str().unwrap(), "prepared"], &["prepared"], transport).await;
     placed(&sc, &format!("{prefix}_prepared"), 100).await;
 }
 
 async fn sqlalchemy(transport: Transport) {
     let script = sources().join("python/compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap(), "orm"], &["orm"], transport).await;
+    let (sc, prefix) = run(python(), &[script.to_str().unwrap(), "orm"], &["orm"], transport).await;
     // 30 added one by one, 8 in a bulk insert with RETURNING.
     placed(&sc, &format!("{prefix}_orm"), 38).await;
 }
 
 async fn asyncpg(transport: Transport) {
     let script = sources().join("python/asyncpg_compat.py");
-    let (sc, prefix, _dir) = run(python(), &[script.to_str().unwrap()], &["asyncpg"], transport).await;
+    let (sc, prefix) = run(python(), &[script.to_str().unwrap()], &["asyncpg"], transport).await;
     placed(&sc, &format!("{prefix}_asyncpg"), 50).await;
 }
 
@@ -192,7 +186,7 @@ async fn jdbc(transport: Transport) {
         .expect("javac");
     assert!(javac.success());
     let classpath = format!("{}:{PGJDBC}", classes.path().display());
-    let (sc, prefix, _dir) = run(PathBuf::from("java"), &["-cp", &classpath, "Compat"], &["jdbc"], transport).await;
+    let (sc, prefix) = run(PathBuf::from("java"), &["-cp", &classpath, "Compat"], &["jdbc"], transport).await;
     placed(&sc, &format!("{prefix}_jdbc"), 40).await;
 }
 
@@ -200,6 +194,6 @@ async fn node(transport: Transport) {
     let script = sources().join("node/compat.js");
     let installed = sources().join("node/node_modules/pg");
     assert!(installed.exists(), "{} is missing: tests/run.sh installs node-postgres there", installed.display());
-    let (sc, prefix, _dir) = run(PathBuf::from("node"), &[script.to_str().unwrap()], &["node"], transport).await;
+    let (sc, prefix) = run(PathBuf::from("node"), &[script.to_str().unwrap()], &["node"], transport).await;
     placed(&sc, &format!("{prefix}_node"), 40).await;
 }

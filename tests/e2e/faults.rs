@@ -363,9 +363,7 @@ async fn torn(fleet: &Fleet, t: &str) -> (usize, Vec<String>) {
 async fn shardcar_stopped_and_killed_under_two_phase_load_leaves_no_torn_transaction() {
     let fleet = Fleet::shared();
     let t = fleet.hashed_table("torn").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("decisions.log");
-    let config = two_phase(&fleet.hashed_config(&t, ""), &log).replace("[listen]", "[listen]\nshutdown_grace_s = 2");
+    let config = two_phase(&fleet.hashed_config(&t, "")).replace("[listen]", "[listen]\nshutdown_grace_s = 2");
     let first = Sidecar::start(&config);
     let on_s1 = seeded(&first, fleet, &t).await;
     let k1 = *on_s1.iter().next().unwrap();

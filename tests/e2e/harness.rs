@@ -134,10 +134,9 @@ pub fn hashed_tables(tables: &[(&str, &str)]) -> String {
     toml
 }
 
-/// `config` with transactions across shards on, decisions logged at `log`.
-pub fn two_phase(config: &str, log: &std::path::Path) -> String {
-    let on = format!("read_replicas = false\ntwo_phase_commit = true\ndecision_log = \"{}\"", log.display());
-    config.replace("read_replicas = false", &on)
+/// `config` with transactions across shards on.
+pub fn two_phase(config: &str) -> String {
+    config.replace("read_replicas = false", "read_replicas = false\ntwo_phase_commit = true")
 }
 
 static SHARED: Mutex<Option<&'static Fleet>> = Mutex::new(None);

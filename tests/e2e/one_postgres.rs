@@ -19,8 +19,6 @@ struct Differential {
     one: String,
     plain: Client,
     sc: Sidecar,
-    /// Holds the decision log: keep it for as long as the sidecar runs.
-    log: tempfile::TempDir,
 }
 
 impl Differential {
@@ -30,11 +28,9 @@ impl Differential {
         let one = format!("{t}_one");
         let plain = direct(&fleet.s0).await;
         plain.batch_execute(&format!("CREATE TABLE {one} (customer_id bigint, note text)")).await.unwrap();
-        let log = tempfile::tempdir().unwrap();
-        let config = config(fleet, &t, &log.path().join("decisions.log"))
-            .replace("read_replicas = false", &format!("read_replicas = false\n{routing}"));
+        let config = config(fleet, &t).replace("read_replicas = false", &format!("read_replicas = false\n{routing}"));
         let sc = Sidecar::start(&config);
-        Differential { fleet, t, one, plain, sc, log }
+        Differential { fleet, t, one, plain, sc }
     }
 }
 
@@ -139,7 +135,7 @@ async fn portal_between_writes(c: &mut Client, t: &str) -> (Vec<(i64, String)>, 
 
 #[tokio::test]
 async fn a_portal_across_shards_waits_while_its_transaction_writes_on_them() {
-    let Differential { fleet, t, one, mut plain, sc, log } =
+    let Differential { fleet, t, one, mut plain, sc } =
         Differential::new("paged", "allow_broadcast_writes = true").await;
     let mut c = sc.connect().await;
     for (client, table) in [(&c, &t), (&plain, &one)] {
@@ -154,7 +150,7 @@ async fn a_portal_across_shards_waits_while_its_transaction_writes_on_them() {
     let expected = portal_between_writes(&mut plain, &one).await;
     assert_eq!(through.0.len(), 4000);
     assert_eq!(through, expected);
-    assert_eq!(prepared(fleet, &log.path().join("decisions.log")).await, 0, "every two-phase commit finished");
+    assert_eq!(prepared(fleet, &t).await, 0, "every two-phase commit finished");
 }
 
 /// What each step of a cursor script gives (rows, or the count of a MOVE
@@ -197,7 +193,7 @@ async fn cursor_script(c: &Client, t: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_cursor_across_shards_reads_as_on_one_postgres() {
-    let Differential { t, one, plain, sc, log: _log, .. } = Differential::new("cursors", "").await;
+    let Differential { t, one, plain, sc, .. } = Differential::new("cursors", "").await;
     let c = sc.connect().await;
     let values: Vec<String> = (1..=20).map(|id| format!("({id}, 'row {id}')")).collect();
     for (client, table) in [(&c, &t), (&plain, &one)] {
@@ -272,7 +268,7 @@ async fn unnest_script(c: &mut Client, t: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_bulk_insert_from_unnest_is_split_by_key_and_returns_rows_in_input_order() {
-    let Differential { fleet, t, one, mut plain, sc, log: _log } = Differential::new("unnest", "").await;
+    let Differential { fleet, t, one, mut plain, sc } = Differential::new("unnest", "").await;
     let mut c = sc.connect().await;
     let through = unnest_script(&mut c, &t).await;
     let expected = unnest_script(&mut plain, &one).await;
@@ -327,7 +323,7 @@ async fn values_script(c: &Client, t: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn bulk_inserts_of_values_return_rows_in_the_order_written() {
-    let Differential { fleet, t, one, plain, sc, log: _log } = Differential::new("values", "").await;
+    let Differential { fleet, t, one, plain, sc } = Differential::new("values", "").await;
     let c = sc.connect().await;
     let through = values_script(&c, &t).await;
     let expected = values_script(&plain, &one).await;

@@ -6,14 +6,14 @@
 use crate::harness::{Fleet, Sidecar, direct, first_column, hashed_tables, run_tool, two_phase};
 
 /// pgbench's tables, each sharded by its own id with the hash plugin.
-fn config(fleet: &Fleet, log: &std::path::Path) -> String {
+fn config(fleet: &Fleet) -> String {
     let tables = [
         ("pgbench_accounts", "aid"),
         ("pgbench_branches", "bid"),
         ("pgbench_tellers", "tid"),
         ("pgbench_history", "aid"),
     ];
-    two_phase(&fleet.config_with(16, &hashed_tables(&tables)), log)
+    two_phase(&fleet.config_with(16, &hashed_tables(&tables)))
 }
 
 /// One number from a simple query through shardcar (a fanned-out aggregate).
@@ -33,8 +33,7 @@ fn reported(out: &str, label: &str) -> f64 {
 #[tokio::test]
 async fn pgbench_init_and_tpcb_across_two_shards() {
     let fleet = Fleet::new();
-    let dir = tempfile::tempdir().unwrap();
-    let sc = Sidecar::start(&config(&fleet, &dir.path().join("decisions.log")));
+    let sc = Sidecar::start(&config(&fleet));
 
     let (ok, out) = run_tool(&sc, "pgbench", &["-i", "-s", "5", "-q"], None);
     assert!(ok, "pgbench -i through shardcar:\n{out}");

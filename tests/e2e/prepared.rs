@@ -66,8 +66,7 @@ async fn pgbench_prepared_with_more_clients_than_connections() {
     assert!(!ok && out.contains("two_phase_commit"), "refused, saying how:\n{out}");
     drop(sc);
     // ...and with it, the whole load works.
-    let log = tempfile::tempdir().unwrap();
-    let sc = Sidecar::start(&crate::harness::two_phase(&config, &log.path().join("decisions.log")));
+    let sc = Sidecar::start(&crate::harness::two_phase(&config));
     let (ok, out) = run_tool(&sc, "pgbench", &["-i", "-s", "1", "-q"], None);
     assert!(ok, "pgbench -i through shardcar failed:\n{out}");
     let (ok, out) = run_tool(&sc, "pgbench", &["-M", "prepared", "-c", "8", "-j", "2", "-T", "5"], None);

@@ -1,8 +1,8 @@
 //! Transactions across shards with `routing.two_phase_commit = true`: they
-//! commit everywhere or nowhere, including when shardcar is killed between
-//! PREPARE TRANSACTION and COMMIT PREPARED and started again.
+//! commit everywhere or nowhere, including when the sidecar committing is
+//! killed between PREPARE TRANSACTION and COMMIT PREPARED and another one
+//! finishes its work.
 
-use std::path::Path;
 use std::time::Duration;
 
 use tokio_postgres::Client;
@@ -10,9 +10,9 @@ use tokio_postgres::Client;
 use crate::harness::{Fleet, Sidecar, direct, eventually, sqlstate, two_phase};
 
 /// `t` sharded by customer_id over s0 and s1, transactions across shards
-/// allowed, decisions logged at `log`.
-pub(crate) fn config(fleet: &Fleet, t: &str, log: &Path) -> String {
-    two_phase(&fleet.hashed_config(t, ""), log)
+/// allowed.
+pub(crate) fn config(fleet: &Fleet, t: &str) -> String {
+    two_phase(&fleet.hashed_config(t, ""))
 }
 
 /// A count with the simple protocol (fanned out when it goes through shardcar).
@@ -32,15 +32,19 @@ pub(crate) async fn per_shard(fleet: &Fleet, t: &str) -> (i64, i64) {
     (count(&direct(&fleet.s0).await, t).await, count(&direct(&fleet.s1).await, t).await)
 }
 
-/// Prepared transactions of the shardcar whose decision log is `log`, on both shards.
-pub(crate) async fn prepared(fleet: &Fleet, log: &Path) -> i64 {
-    let header = std::fs::read_to_string(log).unwrap();
-    let id = header.lines().next().and_then(|l| l.rsplit(' ').next()).unwrap().to_string();
+/// Prepared transactions holding locks on table `t`, on both shards (other
+/// tests' transactions, prepared at the same time, hold none).
+pub(crate) async fn prepared(fleet: &Fleet, t: &str) -> i64 {
     let mut n = 0;
     for shard in [&fleet.s0, &fleet.s1] {
         let c = direct(shard).await;
-        let sql = "SELECT count(*) FROM pg_prepared_xacts WHERE starts_with(gid, $1)";
-        n += c.query_one(sql, &[&format!("shardcar_{id}_")]).await.unwrap().get::<_, i64>(0);
+        // A prepared transaction's locks keep the virtual transaction its
+        // transaction-id lock has.
+        let sql = "SELECT count(DISTINCT p.gid) FROM pg_prepared_xacts p \
+                   JOIN pg_locks x ON x.locktype = 'transactionid' AND x.transactionid = p.transaction \
+                   JOIN pg_locks l ON l.virtualtransaction = x.virtualtransaction AND l.pid IS NULL \
+                   WHERE l.relation = to_regclass($1)";
+        n += c.query_one(sql, &[&t]).await.unwrap().get::<_, i64>(0);
     }
     n
 }
@@ -58,9 +62,7 @@ async fn insert_each(c: &Client, t: &str, n: i64) {
 async fn commit_and_rollback_reach_every_shard() {
     let fleet = Fleet::shared();
     let t = fleet.hashed_table("tpc").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("decisions.log");
-    let sc = Sidecar::start(&config(fleet, &t, &log));
+    let sc = Sidecar::start(&config(fleet, &t));
     let c = sc.connect().await;
 
     insert_each(&c, &t, 20).await;
@@ -71,7 +73,7 @@ async fn commit_and_rollback_reach_every_shard() {
     c.batch_execute("COMMIT").await.unwrap();
     let (s0, s1) = per_shard(fleet, &t).await;
     assert!(s0 > 0 && s1 > 0 && s0 + s1 == 20, "rows on both shards: {s0} + {s1}");
-    assert_eq!(prepared(fleet, &log).await, 0);
+    assert_eq!(prepared(fleet, &t).await, 0);
 
     c.batch_execute(&format!("BEGIN; DELETE FROM {t} WHERE customer_id = 1")).await.unwrap();
     c.batch_execute(&format!("DELETE FROM {t} WHERE customer_id = 2")).await.unwrap();
@@ -103,9 +105,7 @@ async fn a_shard_that_cannot_prepare_rolls_back_all() {
             format!("CREATE TABLE {t} (customer_id bigint, note text, UNIQUE (note) DEFERRABLE INITIALLY DEFERRED)");
         direct(shard).await.batch_execute(&create).await.unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("decisions.log");
-    let sc = Sidecar::start(&config(fleet, &t, &log));
+    let sc = Sidecar::start(&config(fleet, &t));
     let c = sc.connect().await;
     insert_each(&c, &t, 10).await;
     // A second row with customer 1's note, on customer 1's shard: the
@@ -114,7 +114,7 @@ async fn a_shard_that_cannot_prepare_rolls_back_all() {
     let err = c.batch_execute("COMMIT").await.unwrap_err();
     assert_eq!(sqlstate(&err), "23505", "the shard's own error: {err:?}");
     assert_eq!(per_shard(fleet, &t).await, (0, 0), "nothing committed anywhere");
-    assert_eq!(prepared(fleet, &log).await, 0, "nothing left prepared");
+    assert_eq!(prepared(fleet, &t).await, 0, "nothing left prepared");
     assert_eq!(count(&c, &t).await, 0);
 }
 
@@ -122,9 +122,7 @@ async fn a_shard_that_cannot_prepare_rolls_back_all() {
 async fn ddl_and_reads_inside_a_transaction_across_shards() {
     let fleet = Fleet::shared();
     let t = fleet.hashed_table("tpcddl").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("decisions.log");
-    let sc = Sidecar::start(&config(fleet, &t, &log));
+    let sc = Sidecar::start(&config(fleet, &t));
     let c = sc.connect().await;
     // DDL in the transaction runs on every shard, and goes away with it.
     c.batch_execute("BEGIN").await.unwrap();
@@ -178,41 +176,68 @@ async fn without_two_phase_commit_a_second_shard_is_refused() {
     assert_eq!(per_shard(fleet, &t).await, (0, 0));
 }
 
-/// Kills shardcar (SIGKILL) at `failpoint` during a COMMIT across shards,
-/// starts it again, and returns the rows each shard holds afterwards.
-async fn crash_at(failpoint: &str) -> (i64, i64) {
-    let fleet = Fleet::shared();
+/// What a crash during a COMMIT across shards left, and what another
+/// sidecar made of it.
+struct Crash {
+    /// Rows of the transaction on each shard while the commit was stuck.
+    while_stuck: (i64, i64),
+    /// Rows on each shard once every prepared transaction was resolved.
+    after: (i64, i64),
+    /// The log and metrics of the sidecar that resolved them.
+    resolver_log: String,
+    resolver_metrics: String,
+}
+
+/// Sidecar A commits a transaction across both shards and stops for good
+/// at `failpoint`, where it is SIGKILLed; sidecar B — another process with
+/// a config file of its own and no state from A — then finishes it. On a
+/// fleet of its own, so that no other test's sidecar resolves it first.
+async fn crash_at(failpoint: &str) -> Crash {
+    let fleet = Fleet::new();
     let t = fleet.hashed_table("tpcrash").await;
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("decisions.log");
-    let cfg = config(fleet, &t, &log);
-    let sc = Sidecar::start_with_env(&cfg, &[("SHARDCAR_FAILPOINT", failpoint.to_string())]);
-    let c = sc.connect().await;
+    let a = Sidecar::start_with_env(&config(&fleet, &t), &[("SHARDCAR_FAILPOINT", failpoint.to_string())]);
+    let c = a.connect().await;
     insert_each(&c, &t, 10).await;
     let committing = tokio::spawn(async move { c.batch_execute("COMMIT").await });
-    let stopped = eventually(Duration::from_secs(20), async || sc.log_text().contains("failpoint")).await;
-    assert!(stopped, "the failpoint was reached:\n{}", sc.log_text());
-    assert_eq!(prepared(fleet, &log).await, 2, "prepared on both shards, not finished");
-    drop(sc); // SIGKILL: no cleanup of any kind
+    let stopped = eventually(Duration::from_secs(20), async || a.log_text().contains("failpoint")).await;
+    assert!(stopped, "the failpoint was reached:\n{}", a.log_text());
+    // The decider (customer 1's shard) commits in one phase: only the other is prepared.
+    assert_eq!(prepared(&fleet, &t).await, 1, "prepared on the shard that does not decide");
+    let while_stuck = per_shard(&fleet, &t).await;
+    drop(a); // SIGKILL: no cleanup of any kind
     assert!(committing.await.unwrap().is_err(), "the client saw its connection go");
-    assert_eq!(per_shard(fleet, &t).await, (0, 0), "nothing visible while prepared");
 
-    let _restarted = Sidecar::start(&cfg);
-    let resolved = eventually(Duration::from_secs(30), async || prepared(fleet, &log).await == 0).await;
-    assert!(resolved, "recovery resolved every prepared transaction");
-    per_shard(fleet, &t).await
+    let b = Sidecar::start(&config(&fleet, &t));
+    let resolved = eventually(Duration::from_secs(30), async || prepared(&fleet, &t).await == 0).await;
+    assert!(resolved, "B resolved every prepared transaction:\n{}", b.log_text());
+    Crash {
+        while_stuck,
+        after: per_shard(&fleet, &t).await,
+        resolver_log: b.log_text(),
+        resolver_metrics: b.admin_get("/metrics").1,
+    }
 }
 
 #[tokio::test]
-async fn killed_after_prepare_recovery_rolls_back() {
-    let (s0, s1) = crash_at("2pc-after-prepare").await;
-    assert_eq!((s0, s1), (0, 0), "no decision was logged: all rolled back");
+async fn killed_after_prepare_another_sidecar_rolls_back() {
+    let crash = crash_at("2pc-after-prepare").await;
+    assert_eq!(crash.while_stuck, (0, 0), "nothing visible before the decision");
+    assert_eq!(crash.after, (0, 0), "the decider never committed: all rolled back");
+    assert!(crash.resolver_log.contains("rolled back shardcar_"), "{}", crash.resolver_log);
+    let rolled_back = "shardcar_distributed_transactions_total{outcome=\"recovered_rollback\"} 1";
+    assert!(crash.resolver_metrics.contains(rolled_back), "{}", crash.resolver_metrics);
 }
 
 #[tokio::test]
-async fn killed_after_the_decision_recovery_commits() {
-    let (s0, s1) = crash_at("2pc-after-decision").await;
-    assert!(s0 > 0 && s1 > 0 && s0 + s1 == 10, "the logged decision commits every shard: {s0} + {s1}");
+async fn killed_after_the_decision_another_sidecar_commits() {
+    let crash = crash_at("2pc-after-decision").await;
+    let (s0, s1) = crash.while_stuck;
+    assert!((s0 == 0) != (s1 == 0), "the decider's rows are committed, the other's prepared: {s0} + {s1}");
+    let (s0, s1) = crash.after;
+    assert!(s0 > 0 && s1 > 0 && s0 + s1 == 10, "the decision commits every shard: {s0} + {s1}");
+    assert!(crash.resolver_log.contains("committed shardcar_"), "{}", crash.resolver_log);
+    let committed = "shardcar_distributed_transactions_total{outcome=\"recovered_commit\"} 1";
+    assert!(crash.resolver_metrics.contains(committed), "{}", crash.resolver_metrics);
 }
 
 #[tokio::test]
@@ -223,9 +248,7 @@ async fn reference_tables_are_written_on_every_shard_inside_the_transaction() {
     for shard in [&fleet.s0, &fleet.s1] {
         direct(shard).await.batch_execute(&format!("CREATE TABLE {r} (code text PRIMARY KEY)")).await.unwrap();
     }
-    let dir = tempfile::tempdir().unwrap();
-    let log = dir.path().join("decisions.log");
-    let cfg = config(fleet, &t, &log)
+    let cfg = config(fleet, &t)
         .replace("read_replicas = false", &format!("read_replicas = false\nreference_tables = [\"{r}\"]"));
     let sc = Sidecar::start(&cfg);
     let c = sc.connect().await;
@@ -242,15 +265,14 @@ async fn reference_tables_are_written_on_every_shard_inside_the_transaction() {
         let n = count(&direct(shard).await, &r).await;
         assert_eq!(n, 2, "both rows on every shard, once (the rolled-back ones nowhere)");
     }
-    assert_eq!(prepared(fleet, &log).await, 0);
+    assert_eq!(prepared(fleet, &t).await, 0);
 }
 
 #[tokio::test]
 async fn a_cursor_is_fetched_from_its_shard_after_the_transaction_widens() {
     let fleet = Fleet::shared();
     let t = fleet.hashed_table("cursor").await;
-    let log = tempfile::tempdir().unwrap();
-    let sc = Sidecar::start(&config(fleet, &t, &log.path().join("decisions.log")));
+    let sc = Sidecar::start(&config(fleet, &t));
     let c = sc.connect().await;
     for (id, note) in [(3, "a"), (3, "b"), (3, "c")] {
         c.batch_execute(&format!("INSERT INTO {t} VALUES ({id}, '{note}')")).await.unwrap();

@@ -154,16 +154,9 @@ fn world() -> &'static World {
         let dir = tempfile::tempdir().unwrap();
         let (shared, listener, shards, running) = runtime.block_on(async {
             let shards = [fake::Fake::start(&["a", "c"]).await, fake::Fake::start(&["b", "d"]).await];
-            let (cache, log) = (dir.path().join("plugins"), dir.path().join("decisions.log"));
-            let toml = fake::config(
-                &shards[0],
-                &shards[1],
-                &cache,
-                &log,
-                "login_timeout_ms = 5000",
-                "",
-                "two_phase_commit = true",
-            );
+            let cache = dir.path().join("plugins");
+            let toml =
+                fake::config(&shards[0], &shards[1], &cache, "login_timeout_ms = 5000", "", "two_phase_commit = true");
             let (running, shutdown) = tokio::sync::watch::channel(Stopping::No);
             let (shared, _) = Shared::build(Config::parse(&toml).unwrap(), shutdown).unwrap();
             let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

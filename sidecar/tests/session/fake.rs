@@ -22,7 +22,7 @@ use tokio::net::{TcpListener, TcpStream};
 /// shardcar's config in front of `s0` and `s1`: users `u` (trust) and `p`
 /// (password `pw`), table `t` sharded by `k` with the `hash` plugin;
 /// `listen`, `pool` and `routing` are added to those sections.
-pub fn config(s0: &Fake, s1: &Fake, cache: &Path, log: &Path, listen: &str, pool: &str, routing: &str) -> String {
+pub fn config(s0: &Fake, s1: &Fake, cache: &Path, listen: &str, pool: &str, routing: &str) -> String {
     format!(
         r#"
 [listen]
@@ -57,7 +57,6 @@ primary = "postgres://u@127.0.0.1:{p1}/db"
 [routing]
 default_shard = "s0"
 read_replicas = false
-decision_log = "{log}"
 {routing}
 
 [[policies]]
@@ -73,7 +72,6 @@ policy = "by-k"
         p0 = s0.port,
         p1 = s1.port,
         cache = cache.display(),
-        log = log.display(),
     )
 }
 
@@ -93,6 +91,9 @@ pub struct Fake {
     busy: Arc<Mutex<HashMap<i32, String>>>,
     /// Named statements each open connection holds, by backend pid.
     named: Arc<Mutex<HashMap<i32, Vec<String>>>>,
+    /// Transaction ids handed out (`pg_current_xact_id()`) and how each
+    /// ended: "in progress", "committed" or "aborted".
+    xids: Arc<Mutex<HashMap<u64, &'static str>>>,
 }
 
 impl Fake {
@@ -107,6 +108,7 @@ impl Fake {
             end_at_next_describe: Arc::default(),
             busy: Arc::default(),
             named: Arc::default(),
+            xids: Arc::default(),
         };
         let serving = fake.clone();
         tokio::spawn(async move {
@@ -162,6 +164,11 @@ impl Fake {
         self.prepared_xacts.lock().unwrap().push(gid.to_string());
     }
 
+    /// How the transaction with id `xid` ended here (`pg_xact_status`).
+    pub fn xact_status(&self, xid: u64) -> &'static str {
+        self.xids.lock().unwrap().get(&xid).copied().unwrap_or("aborted")
+    }
+
     fn record(&self, entry: String) {
         self.log.lock().unwrap().push(entry);
     }
@@ -200,6 +207,7 @@ impl Fake {
             portals: HashMap::new(),
             skipping: false,
             copying: None,
+            xid: None,
         };
         let (busy, named) = (conn.fake.busy.clone(), conn.fake.named.clone());
         let ended = async {
@@ -224,6 +232,8 @@ impl Fake {
             }
         };
         ended.await;
+        // A transaction open when its connection went is rolled back.
+        conn.end_xact("aborted");
         busy.lock().unwrap().remove(&pid);
         named.lock().unwrap().remove(&pid);
     }
@@ -245,6 +255,8 @@ struct Conn {
     skipping: bool,
     /// Rows received by a COPY in progress, and whether one was bad.
     copying: Option<(u64, bool)>,
+    /// The open transaction's id, once asked for.
+    xid: Option<u64>,
 }
 
 enum Answer {
@@ -515,6 +527,7 @@ impl Conn {
             "COMMIT" => {
                 let failed = self.status == b'E';
                 self.status = b'I';
+                self.end_xact(if failed { "aborted" } else { "committed" });
                 if failed { "ROLLBACK".into() } else { "COMMIT".into() }
             }
             "ROLLBACK" if u.starts_with("ROLLBACK TO") => {
@@ -526,6 +539,7 @@ impl Conn {
             }
             "ROLLBACK" => {
                 self.status = b'I';
+                self.end_xact("aborted");
                 "ROLLBACK".into()
             }
             "PREPARE" => {
@@ -539,9 +553,21 @@ impl Conn {
             "COPY" if u.contains("FROM STDIN") => return Answer::CopyIn,
             "COPY" if u.contains("TO STDOUT") => return Answer::CopyOut(self.fake.rows.lock().unwrap().clone()),
             "SELECT" if u.contains("PG_PREPARED_XACTS") => {
-                // `starts_with(gid, '<prefix>')`: only the asker's own.
-                let prefix = sql.split("starts_with(gid, '").nth(1).and_then(|r| r.split('\'').next()).unwrap_or("");
-                return Answer::Rows(self.fake.prepared().into_iter().filter(|g| g.starts_with(prefix)).collect());
+                // `gid LIKE 'shardcar\_%'`
+                return Answer::Rows(self.fake.prepared().into_iter().filter(|g| g.starts_with("shardcar_")).collect());
+            }
+            "SELECT" if u.contains("PG_CURRENT_XACT_ID()") => {
+                let mut xids = self.fake.xids.lock().unwrap();
+                let xid = *self.xid.get_or_insert(1000 + xids.len() as u64);
+                xids.insert(xid, "in progress");
+                return Answer::Rows(vec![xid.to_string()]);
+            }
+            "SELECT" if u.contains("PG_XACT_STATUS(") => {
+                let xid = sql.split("pg_xact_status('").nth(1).and_then(|r| r.split('\'').next()).unwrap_or("");
+                return Answer::Rows(vec![self.fake.xact_status(xid.parse().unwrap_or(0)).to_string()]);
+            }
+            "SELECT" if u.contains("TO_REGCLASS(") || u.contains("ADVISORY_LOCK(") => {
+                return Answer::Rows(vec!["t".into()]);
             }
             "SELECT" => {
                 if u.contains(" FROM ") {
@@ -556,6 +582,12 @@ impl Conn {
             other => other.to_string(),
         };
         Answer::Tag(tag)
+    }
+
+    fn end_xact(&mut self, how: &'static str) {
+        if let Some(xid) = self.xid.take() {
+            self.fake.xids.lock().unwrap().insert(xid, how);
+        }
     }
 
     fn finish_prepared(&mut self, sql: &str) {

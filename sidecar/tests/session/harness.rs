@@ -19,8 +19,6 @@ pub struct Setup {
     pub s1: Fake,
     pub port: u16,
     pub shared: Arc<Shared>,
-    /// Keeps the decision log of two-phase commit.
-    _dir: tempfile::TempDir,
     /// Sessions end when this is dropped.
     pub running: tokio::sync::watch::Sender<shardcar::shared::Stopping>,
 }
@@ -36,10 +34,9 @@ pub async fn setup(extra: &str) -> Setup {
 pub async fn setup_with(listen: &str, pool: &str, extra: &str) -> Setup {
     let s0 = Fake::start(&["a", "c"]).await;
     let s1 = Fake::start(&["b", "d"]).await;
-    let dir = tempfile::tempdir().unwrap();
     // Plugins compile once for every test.
     let cache = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("session-plugins");
-    let toml = crate::fake::config(&s0, &s1, &cache, &dir.path().join("decisions.log"), listen, pool, extra);
+    let toml = crate::fake::config(&s0, &s1, &cache, listen, pool, extra);
     let config = Config::parse(&toml).unwrap();
     let (running, shutdown) = tokio::sync::watch::channel(shardcar::shared::Stopping::No);
     // What `server::serve` shares with sessions, without its background tasks.
@@ -52,7 +49,27 @@ pub async fn setup_with(listen: &str, pool: &str, extra: &str) -> Setup {
             tokio::spawn(shardcar::frontend::serve(serving.clone(), stream));
         }
     });
-    Setup { s0, s1, port, shared, _dir: dir, running }
+    Setup { s0, s1, port, shared, running }
+}
+
+impl Setup {
+    /// Asserts that the last transaction committed in two phases: `decider`
+    /// committed one-phase with its decision row, every other shard
+    /// prepared and was then told to commit; nothing is left prepared.
+    pub fn committed_in_two_phases(&self, decider: &Fake) {
+        for f in [&self.s0, &self.s1] {
+            let q = f.statements();
+            let prepares = q.iter().filter(|s| s.starts_with("PREPARE TRANSACTION")).count();
+            if f.port == decider.port {
+                assert!(q.iter().any(|s| s.starts_with("INSERT INTO shardcar.decisions")), "{q:?}");
+                assert_eq!(prepares, 0, "the decider commits in one phase: {q:?}");
+            } else {
+                assert_eq!(prepares, 1, "{q:?}");
+                assert!(q.last().unwrap().starts_with("COMMIT PREPARED"), "{q:?}");
+            }
+            assert!(f.prepared().is_empty());
+        }
+    }
 }
 
 /// One backend message as the client received it.

@@ -96,13 +96,7 @@ async fn commit_across_shards_is_two_phase() {
     assert_eq!(tags(&c.simple(&format!("INSERT INTO t (k, v) VALUES ({k0}, 'a')")).await), "C Z:T");
     assert_eq!(tags(&c.simple(&format!("INSERT INTO t (k, v) VALUES ({k1}, 'b')")).await), "C Z:T");
     assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
-    for f in [&s.s0, &s.s1] {
-        let q = f.statements();
-        let n = q.len();
-        assert!(q[n - 2].starts_with("PREPARE TRANSACTION"), "{q:?}");
-        assert!(q[n - 1].starts_with("COMMIT PREPARED"), "{q:?}");
-        assert!(f.prepared().is_empty());
-    }
+    s.committed_in_two_phases(&s.s0);
 }
 
 #[tokio::test]
@@ -164,9 +158,7 @@ async fn a_read_of_every_shard_joins_them_to_the_transaction() {
     assert_eq!(values(&got), ["a", "b", "c", "d"]);
     assert_eq!(tags(&got[got.len() - 1..]), "Z:T");
     assert_eq!(tags(&c.simple("COMMIT").await), "C Z:I");
-    for f in [&s.s0, &s.s1] {
-        assert!(f.statements().last().unwrap().starts_with("COMMIT PREPARED"));
-    }
+    s.committed_in_two_phases(&s.s0);
 }
 
 #[tokio::test]
@@ -176,7 +168,7 @@ async fn commit_across_shards_with_a_row_limit_on_execute() {
     let (mut c, _, _) = across_both(&s).await;
     let got = c.parse("", "COMMIT").bind("", "", &[]).execute("", 1).sync().run().await;
     assert_eq!(tags(&got), "1 2 C Z:I");
-    assert!(s.s0.statements().last().unwrap().starts_with("COMMIT PREPARED"));
+    s.committed_in_two_phases(&s.s0);
 }
 
 #[tokio::test]
@@ -194,9 +186,9 @@ async fn settings_set_in_a_rolled_back_transaction_are_undone() {
 }
 
 /// Runs the coordinator's recovery once, as its background task does.
-async fn recover(s: &crate::harness::Setup) {
+async fn recover(s: &crate::harness::Setup) -> Result<(), String> {
     let coordinator = s.shared.coordinator.as_ref().unwrap();
-    coordinator.recover(&s.shared.pools, &s.shared.telemetry.metrics).await.unwrap();
+    coordinator.recover(&s.shared.telemetry.metrics).await
 }
 
 #[tokio::test]
@@ -208,25 +200,35 @@ async fn recovery_finishes_a_commit_a_shard_missed() {
     assert_eq!(tags(&got), "N C Z:I", "committed, with a warning naming the shard not told yet");
     assert_eq!(s.s1.prepared().len(), 1);
     s.s1.refuse_commit_prepared.store(false, std::sync::atomic::Ordering::Relaxed);
-    recover(&s).await;
-    assert!(s.s1.prepared().is_empty(), "the logged decision was carried out");
-    assert!(s.s1.statements().last().unwrap().starts_with("COMMIT PREPARED"));
+    recover(&s).await.unwrap();
+    assert!(s.s1.prepared().is_empty(), "the decision was carried out");
+    assert!(s.s1.statements().iter().any(|q| q.starts_with("COMMIT PREPARED 'shardcar_s0_")));
 }
 
 #[tokio::test]
-async fn recovery_rolls_back_what_has_no_decision() {
+async fn recovery_follows_the_decider_and_leaves_other_names_alone() {
     let s = setup(TWO_PHASE).await;
     let (mut c, _, _) = across_both(&s).await;
     c.simple("COMMIT").await;
-    // A transaction of this coordinator's, prepared but never decided (a crash between the two).
-    let prepare = s.s0.statements().into_iter().find(|q| q.starts_with("PREPARE TRANSACTION")).unwrap();
-    let gid = prepare.split('\'').nth(1).unwrap().to_string();
-    let orphan = format!("{}999", gid.trim_end_matches(char::is_numeric));
-    s.s0.leave_prepared(&orphan);
-    s.s0.leave_prepared("someone_elses");
-    recover(&s).await;
-    assert_eq!(s.s0.prepared(), ["someone_elses"], "only its own undecided transaction is rolled back");
-    assert!(s.s0.statements().contains(&format!("ROLLBACK PREPARED '{orphan}'")));
+    // Left by sidecars that died: one whose decider (s0) rolled back, one
+    // whose decider committed (a transaction id s0 saw commit), and names
+    // that are not this fleet's.
+    let xid: u64 =
+        s.s0.statements()
+            .iter()
+            .find_map(|q| q.split("'shardcar_s0_").nth(1).map(|r| r.chars().take_while(char::is_ascii_digit).collect()))
+            .and_then(|x: String| x.parse().ok())
+            .expect("s0 decided");
+    assert_eq!(s.s0.xact_status(xid), "committed");
+    let committed = format!("shardcar_s0_{xid}");
+    for gid in ["shardcar_s0_999999", committed.as_str(), "someone_elses", "shardcar_gone_5"] {
+        s.s1.leave_prepared(gid);
+    }
+    recover(&s).await.unwrap_err();
+    assert_eq!(s.s1.prepared(), ["someone_elses", "shardcar_gone_5"], "only this fleet's are resolved");
+    let ran = s.s1.statements();
+    assert!(ran.contains(&"ROLLBACK PREPARED 'shardcar_s0_999999'".to_string()), "{ran:?}");
+    assert!(ran.contains(&format!("COMMIT PREPARED '{committed}'")), "{ran:?}");
 }
 
 #[tokio::test]
@@ -240,11 +242,7 @@ async fn a_batch_writing_on_two_shards_commits_as_one_transaction() {
     c.parse("", &format!("INSERT INTO t (k, v) VALUES ({k0}, 'c')")).bind("", "", &[]).execute("", 0);
     let got = c.sync().run().await;
     assert_eq!(tags(&got), "1 2 C 1 2 C 1 2 C Z:I", "no transaction block for the client");
-    for f in [&s.s0, &s.s1] {
-        let q = f.statements();
-        assert!(q.iter().any(|s| s.starts_with("PREPARE TRANSACTION")), "{q:?}");
-        assert!(q.last().unwrap().starts_with("COMMIT PREPARED"), "{q:?}");
-    }
+    s.committed_in_two_phases(&s.s0);
     assert_eq!(tags(&c.simple("SELECT 1").await), "T D C Z:I", "the session is idle again");
 }
 
@@ -499,6 +497,7 @@ async fn statements_beside_a_suspended_portal_across_shards_run_in_its_transacti
     for shard in [&s.s0, &s.s1] {
         let log = shard.statements();
         let count = |what: &str| log.iter().filter(|q| q.starts_with(what)).count();
-        assert_eq!((count("BEGIN"), count("PREPARE TRANSACTION")), (1, 1), "one transaction per shard: {log:?}");
+        assert_eq!(count("BEGIN"), 1, "one transaction per shard: {log:?}");
     }
+    s.committed_in_two_phases(&s.s0);
 }

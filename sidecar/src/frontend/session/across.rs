@@ -3,7 +3,8 @@
 //! A transaction starts on one shard like any other; other shards join it
 //! when a statement needs them (`dispatch::attach`, `fan_out`), each with
 //! the same BEGIN. COMMIT then goes through the coordinator (PREPARE
-//! everywhere, decision logged, COMMIT PREPARED everywhere) — or, for a
+//! but on the decider, its commit as the decision, COMMIT PREPARED on
+//! the others) — or, for a
 //! READ ONLY transaction without two-phase commit, a COMMIT on each;
 //! ROLLBACK, an error or the client leaving rolls back every shard.
 //! SAVEPOINT, RELEASE and ROLLBACK TO run on every shard in the
@@ -44,8 +45,10 @@ impl Session {
         let mut out = BytesMut::new();
         let committed = match (&self.shared.coordinator, commit && !failed) {
             (Some(coordinator), true) => {
-                let mut participants: Vec<Participant<'_>> =
-                    parts.iter_mut().map(|p| Participant { conn: &mut p.conn, label: &p.node.label }).collect();
+                let mut participants: Vec<Participant<'_>> = parts
+                    .iter_mut()
+                    .map(|p| Participant { conn: &mut p.conn, label: &p.node.label, shard: p.node.shard })
+                    .collect();
                 match coordinator.commit(&mut participants).await {
                     Ok(Outcome::Committed { unfinished }) => {
                         if !unfinished.is_empty() {

@@ -148,8 +148,10 @@ impl Session {
     async fn commit_own(&self, legs: &mut [Leg]) -> Result<(), Failure> {
         if let Some(coordinator) = &self.shared.coordinator {
             let mut conns: Vec<&mut ShardConn> = legs.iter_mut().map(Leg::conn).collect();
-            let mut parts: Vec<Participant<'_>> =
-                conns.iter_mut().map(|c| Participant { conn: &mut c.conn, label: &c.node.label }).collect();
+            let mut parts: Vec<Participant<'_>> = conns
+                .iter_mut()
+                .map(|c| Participant { conn: &mut c.conn, label: &c.node.label, shard: c.node.shard })
+                .collect();
             return match coordinator.commit(&mut parts).await {
                 Ok(Outcome::Committed { .. }) => Ok(()),
                 Ok(Outcome::RolledBack { error }) => Err(Failure::Shard(error)),
