@@ -211,6 +211,11 @@ pub struct Shard {
     /// Free-form labels plugins see in the topology (`region = "eu"`).
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// Data connections the whole fleet of sidecars may open to each of this
+    /// shard's servers (primary, each replica); each sidecar's pool takes
+    /// its part (`pool::budget`), never more than `pool.size`. Unset: every
+    /// sidecar opens up to `pool.size`.
+    pub max_server_connections: Option<usize>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -728,6 +733,9 @@ impl Config {
                 bad(format!("{at}.name"), format!("`{}` must be letters, digits, `_` or `-`", s.name));
             } else if !shard_names.insert(s.name.as_str()) {
                 bad(format!("{at}.name"), format!("shard `{}` is defined twice", s.name));
+            }
+            if s.max_server_connections == Some(0) {
+                bad(format!("{at}.max_server_connections"), "must be at least 1".into());
             }
             if let Err(e) = self.endpoint(s, &s.primary) {
                 bad(format!("{at}.primary"), e);

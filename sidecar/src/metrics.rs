@@ -62,6 +62,9 @@ pub struct NodeMetrics {
     pub pool_idle: IntGauge,
     pub pool_in_use: IntGauge,
     pub pool_max: IntGauge,
+    /// The fleet's budget for the server, this sidecar's share of it, and
+    /// the sidecars sharing it (`shards[].max_server_connections`).
+    pub budget: (IntGauge, IntGauge, IntGauge),
     pub pool_waiting: IntGauge,
     pub pool_longest_wait: Gauge,
     pub running: IntGauge,
@@ -137,6 +140,7 @@ pub struct Metrics {
     checkout_wait: HistogramVec,
     pool_connections: IntGaugeVec,
     pool_max: IntGaugeVec,
+    budget: [IntGaugeVec; 3],
     pool_waiting: IntGaugeVec,
     pool_longest_wait: GaugeVec,
     running: IntGaugeVec,
@@ -252,6 +256,12 @@ impl Metrics {
                 gauge_vec("shardcar_pool_connections", "Open server connections by state", &labels(&["state"])),
             ),
             pool_max: register(&r, gauge_vec("shardcar_pool_max_connections", "Pool size limit", SERVER)),
+            budget: [
+                ("shardcar_pool_budget_connections", "The fleet's connection budget for the server (0: none)"),
+                ("shardcar_pool_budget_share_connections", "This sidecar's fair share of the budget"),
+                ("shardcar_pool_budget_sidecars", "Sidecars sharing the budget"),
+            ]
+            .map(|(name, help)| register(&r, gauge_vec(name, help, SERVER))),
             pool_waiting: register(
                 &r,
                 gauge_vec("shardcar_pool_waiting_sessions", "Sessions waiting for a connection", SERVER),
@@ -413,6 +423,11 @@ impl Metrics {
             pool_idle: state("idle"),
             pool_in_use: state("in_use"),
             pool_max: self.pool_max.with_label_values(&at),
+            budget: (
+                self.budget[0].with_label_values(&at),
+                self.budget[1].with_label_values(&at),
+                self.budget[2].with_label_values(&at),
+            ),
             pool_waiting: self.pool_waiting.with_label_values(&at),
             pool_longest_wait: self.pool_longest_wait.with_label_values(&at),
             running: self.running.with_label_values(&at),

@@ -72,6 +72,11 @@ pub async fn serve(
             reaper_pools.close_idle(idle);
         }
     });
+    for node in pools.nodes() {
+        if let Some(budget) = &node.budget {
+            background.spawn(crate::pool::budget::run(node.clone(), budget.clone(), shared.config.pool.size));
+        }
+    }
     if let Some(c) = coordinator {
         background.spawn(c.run_recovery(shared.telemetry.metrics.clone()));
     }

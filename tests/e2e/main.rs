@@ -7,6 +7,7 @@ mod admin_api;
 mod auth;
 mod auth_query;
 mod backend_auth;
+mod budget;
 mod cancel;
 mod cli;
 mod client_tls;

@@ -21,7 +21,7 @@ pub fn Pools(live: Live) -> impl IntoView {
                             <tr>
                                 <th>"shard"</th><th>"role"</th><th>"server"</th><th>"TLS"</th><th>"in use / idle of max"</th>
                                 <th class="num">"in use"</th><th class="num">"idle"</th><th class="num">"waiting"</th><th class="num">"longest wait"</th>
-                                <th class="num">"running"</th><th class="num">"oldest"</th><th class="num">"max"</th>
+                                <th class="num">"running"</th><th class="num">"oldest"</th><th class="num" title="pool.size, or the slots held of the fleet's budget">"max"</th>
                                 <th class="num">"checkouts"</th><th class="num">"wait p99"</th>
                             </tr>
                         </thead>
@@ -49,10 +49,28 @@ fn row(p: &Pool) -> impl IntoView + use<> {
             <td class="num longest-wait">{format::ms(p.longest_wait_ms)}</td>
             <td class="num running">{p.running}</td>
             <td class="num oldest-running">{format::ms(p.oldest_running_ms)}</td>
-            <td class="num">{p.max_size}</td>
+            <td class="num pool-max" title=budget_detail(p)>{max_summary(p)}</td>
             <td class="num">{format::count(p.checkouts_total)}</td>
             <td class="num">{format::ms(p.checkout_wait_p99_ms)}</td>
         </tr>
+    }
+}
+
+/// The pool's limit; with a fleet budget, the slots held of it ("5/20").
+fn max_summary(p: &Pool) -> String {
+    match &p.budget {
+        Some(b) => format!("{}/{}", b.held, b.limit),
+        None => p.max_size.to_string(),
+    }
+}
+
+fn budget_detail(p: &Pool) -> String {
+    match &p.budget {
+        Some(b) => format!(
+            "this sidecar holds {} of the {} connections that {} sidecars share (fair share {})",
+            b.held, b.limit, b.sidecars, b.share
+        ),
+        None => "pool.size (no max_server_connections for this shard)".into(),
     }
 }
 

@@ -237,6 +237,23 @@ pub struct Pool {
     /// Time sessions waited for a connection (incl. bringing it to the
     /// session's settings), over the recent window.
     pub checkout_wait_p99_ms: Option<f64>,
+    /// The fleet's connection budget for this server
+    /// (`shards[].max_server_connections`), when it has one.
+    #[serde(default)]
+    pub budget: Option<Budget>,
+}
+
+/// A server's connection budget shared by the sidecars of a fleet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Budget {
+    /// Data connections the fleet may open to the server.
+    pub limit: u64,
+    /// Sidecars sharing it now (this one included).
+    pub sidecars: u64,
+    /// limit / sidecars.
+    pub share: u64,
+    /// Slots this sidecar holds: `max_size`.
+    pub held: u64,
 }
 
 /// `GET /api/v1/hotkeys?table=...`: the hottest shard keys of one table.

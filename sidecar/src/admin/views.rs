@@ -114,6 +114,15 @@ pub fn pools(shared: &Shared) -> Vec<api::Pool> {
                 passthrough_users: n.passthrough().0,
                 passthrough_connections: n.passthrough().1,
                 checkout_wait_p99_ms: view.checkout_p99_ms.get(i).copied().flatten(),
+                budget: n.budget.as_ref().map(|b| {
+                    let v = b.view();
+                    api::Budget {
+                        limit: b.limit as u64,
+                        sidecars: v.sidecars as u64,
+                        share: v.share as u64,
+                        held: v.held as u64,
+                    }
+                }),
             }
         })
         .collect()

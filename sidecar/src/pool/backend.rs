@@ -102,6 +102,8 @@ pub struct BackendConn {
     stream: Stream,
     /// Counts this connection among its server's encrypted ones while open.
     pub encrypted: Option<Encrypted>,
+    /// Counts it among the connections of its server's budget while open.
+    pub counted: Option<super::budget::Counted>,
     rbuf: BytesMut,
     /// Bytes to send at the next flush.
     pub wbuf: BytesMut,
@@ -161,6 +163,7 @@ impl BackendConn {
         let mut conn = BackendConn {
             stream,
             encrypted: None,
+            counted: None,
             rbuf: BytesMut::with_capacity(16 * 1024),
             wbuf: BytesMut::with_capacity(8 * 1024),
             pid: 0,

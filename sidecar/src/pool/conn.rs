@@ -11,6 +11,8 @@ use crate::topology::ShardId;
 pub struct ShardConn {
     pub conn: Pooled,
     pub node: Arc<Node>,
+    /// The budget permit this checkout holds (`pool::budget`), if the server has one.
+    pub(super) _slot: Option<tokio::sync::OwnedSemaphorePermit>,
 }
 
 impl ShardConn {

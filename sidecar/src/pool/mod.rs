@@ -4,6 +4,7 @@
 //! the catalog and directory lookups share.
 
 pub mod backend;
+pub mod budget;
 mod conn;
 pub mod health;
 pub mod in_flight;
@@ -108,6 +109,8 @@ pub struct Manager {
     label: String,
     tls: Arc<crate::tls::shard::Usage>,
     login: Option<Arc<UserLogin>>,
+    /// The server's budget count of open connections (not for passthrough pools).
+    open: Option<Arc<std::sync::atomic::AtomicUsize>>,
 }
 
 impl managed::Manager for Manager {
@@ -117,7 +120,9 @@ impl managed::Manager for Manager {
     type Error = ConnectError;
 
     async fn create(&self) -> Result<Box<BackendConn>, ConnectError> {
+        let counted = self.open.as_ref().map(budget::Counted::new);
         let mut conn = BackendConn::connect(&self.endpoint, self.login.as_deref(), self.connect_timeout).await?;
+        conn.counted = counted;
         conn.oids = self.oids.clone();
         conn.encrypted = self.tls.opened(conn.encryption());
         if conn.encrypted.is_none() && self.endpoint.tls.mode == crate::tls::shard::SslMode::Prefer {
@@ -161,6 +166,9 @@ pub struct Node {
     pub running: Arc<in_flight::Tracker>,
     /// Sessions waiting for one of its connections now.
     pub waiting: Arc<in_flight::Tracker>,
+    /// The fleet's connection budget for this server, when it has one: the
+    /// pool's size then follows the slots this sidecar holds.
+    pub budget: Option<Arc<budget::Budget>>,
     /// What `pool`'s connections are made with, for the passthrough pools.
     manager: Manager,
     /// Passthrough users' own pools, by user name, each with the login it
@@ -179,7 +187,7 @@ impl Node {
         {
             return Ok(pool.clone());
         }
-        let manager = Manager { login: Some(login.clone()), ..self.manager.clone() };
+        let manager = Manager { login: Some(login.clone()), open: None, ..self.manager.clone() };
         let pool = build_pool(manager, self.user_pool_size, timeouts)?;
         users.insert(login.user.clone(), (login.clone(), pool.clone()));
         Ok(pool)
@@ -272,7 +280,9 @@ impl Pools {
                     endpoint.address()
                 );
             }
+            let budget = s.max_server_connections.map(|limit| Arc::new(budget::Budget::new(limit)));
             let manager = Manager {
+                open: budget.as_ref().map(|b| b.open.clone()),
                 endpoint: endpoint.clone(),
                 connect_timeout: cfg.pool.connect_timeout(),
                 server_params: server_params.clone(),
@@ -296,6 +306,7 @@ impl Pools {
                 metrics,
                 running: Arc::default(),
                 waiting: Arc::default(),
+                budget,
                 manager,
                 users: Mutex::default(),
                 user_pool_size: cfg.auth.user_pool_size,
@@ -385,9 +396,41 @@ impl Pools {
                 .user_pool(login, self.timeouts)
                 .map_err(|e| SqlError::new(code::INTERNAL_ERROR, format!("pool for {}: {e}", node.label)))?,
         };
+        // Within the fleet's budget: a slot's permit first, held with the connection.
+        let slot = match (&node.budget, login) {
+            (Some(budget), None) => Some(self.budget_permit(node, budget).await?),
+            _ => None,
+        };
         match pool.timeout_get(&self.timeouts).await {
-            Ok(conn) => Ok(ShardConn { conn, node: node.clone() }),
+            Ok(conn) => Ok(ShardConn { conn, node: node.clone(), _slot: slot }),
             Err(e) => Err(self.checkout_error(node, e).on(node.shard)),
+        }
+    }
+
+    async fn budget_permit(
+        &self,
+        node: &Node,
+        budget: &budget::Budget,
+    ) -> Result<tokio::sync::OwnedSemaphorePermit, SqlError> {
+        let wait = self.timeouts.wait.unwrap_or_default();
+        match tokio::time::timeout(wait, budget.gate.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(permit),
+            _ => {
+                let v = budget.view();
+                Err(SqlError::new(
+                    code::TOO_MANY_CONNECTIONS,
+                    format!(
+                        "no free connection to {} within {} ms: this sidecar holds {} of the {} connections {} sidecars share (max_server_connections)",
+                        node.label,
+                        wait.as_millis(),
+                        v.held,
+                        budget.limit,
+                        v.sidecars
+                    ),
+                )
+                .hint("raise shards[].max_server_connections (and the server's max_connections), or look for long transactions holding connections")
+                .on(node.shard))
+            }
         }
     }
 

@@ -114,6 +114,12 @@ impl Telemetry {
             let status = node.pool.status();
             let m = &node.metrics;
             m.pool_max.set(status.max_size as i64);
+            if let Some(b) = &node.budget {
+                let v = b.view();
+                m.budget.0.set(b.limit as i64);
+                m.budget.1.set(v.share as i64);
+                m.budget.2.set(v.sidecars as i64);
+            }
             m.pool_idle.set(status.available as i64);
             m.pool_in_use.set(status.size.saturating_sub(status.available) as i64);
             m.pool_waiting.set(status.waiting as i64);
