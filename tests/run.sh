@@ -11,6 +11,8 @@ cargo fmt --all -- --check
 (cd sidecar/fuzz && cargo fmt -- --check)
 cargo clippy --workspace --all-targets --locked -- -D warnings
 (cd dashboard && cargo clippy --locked --target wasm32-unknown-unknown --target-dir ../target/dashboard -- -D warnings)
+# The dashboard's own unit tests (chart scales) run natively.
+(cd dashboard && cargo test --locked --target-dir ../target/dashboard-native)
 # The plugin SDK's own tests (Postgres-compatible hashing and friends) run natively.
 (cd plugins && cargo clippy --workspace --all-targets --locked -- -D warnings && cargo test --workspace --locked)
 # The SDK's reference builds without a warning, and the crate packages and

@@ -4,6 +4,7 @@
 mod api;
 mod format;
 mod live;
+mod scale;
 mod views;
 
 use leptos::prelude::*;

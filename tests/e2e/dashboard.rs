@@ -240,6 +240,17 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     screenshot(&c, "dashboard.png").await;
 
+    // At common screen widths nothing spills out of its card or panel, and
+    // no figure is wider than its own box.
+    for width in [1280, 1920, 2560] {
+        c.set_window_size(width, 1000 + bars.as_u64().unwrap_or(0) as u32).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let overflow = c.execute(OVERFLOW, vec![]).await.unwrap();
+        assert_eq!(overflow, json!([]), "at {width} px");
+        screenshot(&c, &format!("dashboard-{width}.png")).await;
+    }
+    c.set_window_size(1280, 800 + bars.as_u64().unwrap_or(0) as u32).await.unwrap();
+
     // The explain box routes a statement to the shard that holds the row.
     let sql = format!("SELECT * FROM customers WHERE id = {top}");
     // Scroll it to the middle first: the sticky top bar would cover it at the edge.
@@ -380,6 +391,31 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     assert_eq!(c.find_all(Locator::Css(".shard-card")).await.unwrap().len(), 3);
     c.close().await.unwrap();
 }
+
+/// Elements drawn outside the card or panel that holds them, and figures
+/// wider than their own box (text spilling into the next column, or a
+/// number cut short; keys and addresses in tables may end in an ellipsis).
+const OVERFLOW: &str = r#"
+const found = [];
+const name = (el) => el.tagName.toLowerCase() + (el.className && el.className.baseVal === undefined ? '.' + el.className.split(' ').join('.') : '');
+for (const box of document.querySelectorAll('.card, .table-keys, .panel')) {
+  const b = box.getBoundingClientRect();
+  for (const el of box.querySelectorAll('*')) {
+    if (el.closest('svg') && el.tagName.toLowerCase() !== 'svg') continue;
+    const r = el.getBoundingClientRect();
+    if (r.width === 0 && r.height === 0) continue;
+    if (r.left < b.left - 1 || r.right > b.right + 1) {
+      found.push(`${name(box)} > ${name(el)} "${el.textContent.slice(0, 30)}": ${Math.round(r.left)}..${Math.round(r.right)} outside ${Math.round(b.left)}..${Math.round(b.right)}`);
+    }
+  }
+  for (const el of box.querySelectorAll('dd, .lag, .address, .big, td.num, th')) {
+    if (el.scrollWidth > el.clientWidth + 1) {
+      found.push(`${name(box)} > ${name(el)} "${el.textContent.slice(0, 30)}": ${el.scrollWidth} px of content in ${el.clientWidth}`);
+    }
+  }
+}
+return found.slice(0, 20);
+"#;
 
 /// Saves what the browser shows under `target/screenshots/`.
 async fn screenshot(c: &Client, name: &str) {

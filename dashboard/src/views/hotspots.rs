@@ -40,8 +40,11 @@ fn Heatmap(live: Live) -> impl IntoView {
     move || {
         let names = live.shard_names();
         let grid = live.series.with(|all| buckets(all));
-        let max = grid.iter().flatten().copied().fold(0.0, f64::max);
-        if names.is_empty() || max == 0.0 {
+        let peak = grid.iter().flatten().copied().fold(0.0, f64::max);
+        // Scaled to the recent load (the last two columns always fit): a
+        // past burst shows as the darkest cells, not as everything else pale.
+        let max = grid.iter().map(|cells| crate::scale::top(cells, 2)).fold(0.0, f64::max);
+        if names.is_empty() || peak == 0.0 {
             return view! { <div class="heatmap idle">"The heatmap fills as statements run."</div> }.into_any();
         }
         let seconds = (RECENT_SECONDS / COLUMNS) as u64;
@@ -49,7 +52,7 @@ fn Heatmap(live: Live) -> impl IntoView {
         let height = names.len() as f64 * ROW_H;
         let rows = names.iter().zip(&grid).enumerate().map(|(r, (name, cells))| {
             let cells = cells.iter().enumerate().map(|(c, rate)| {
-                let opacity = if *rate > 0.0 { 0.12 + 0.88 * rate / max } else { 0.0 };
+                let opacity = if *rate > 0.0 { 0.12 + 0.88 * (rate / max).min(1.0) } else { 0.0 };
                 let ago = (COLUMNS - c) as u64 * seconds;
                 view! {
                     <rect x=c as f64 * CELL_W + 0.5 y=r as f64 * ROW_H + 1.0 width=CELL_W - 1.0 height=ROW_H - 2.0 fill-opacity=format!("{opacity:.3}")>
@@ -65,7 +68,7 @@ fn Heatmap(live: Live) -> impl IntoView {
                 <svg viewBox=format!("0 0 {width} {height}") preserveAspectRatio="none" style:height=format!("{height}px")>
                     {rows.collect_view()}
                 </svg>
-                <div class="heatmap-axis"><span>"15 min ago"</span><span>{format!("max {}/s", format::rate(max))}</span><span>"now"</span></div>
+                <div class="heatmap-axis"><span>"15 min ago"</span><span>{if peak > max { format!("darkest at {}/s and over · peak {}/s", format::rate(max), format::rate(peak)) } else { format!("darkest at {}/s", format::rate(max)) }}</span><span>"now"</span></div>
             </div>
         }
         .into_any()
@@ -102,7 +105,11 @@ fn TableKeys(table: HotKeys) -> impl IntoView {
         skew.ratio,
         skew.busiest.as_ref().map_or_else(String::new, |b| format!(" · busiest {b}"))
     );
-    let keys_note = if table.show_keys { "keys as written" } else { "keys hashed (telemetry.show_keys = false)" };
+    let keys_note = if table.show_keys {
+        "keys shown as clients sent them"
+    } else {
+        "keys shown hashed (telemetry.show_keys = false)"
+    };
     let rows = window.keys.iter().enumerate().map(|(i, k)| {
         let share = k.count as f64 / total as f64;
         let since_start = table.lifetime.keys.iter().find(|l| l.key == k.key).map_or("–".into(), |l| format::count(l.count));
@@ -140,9 +147,12 @@ fn TableKeys(table: HotKeys) -> impl IntoView {
             </header>
             {body}
             <footer>{format!(
-                "{span}: {} statements (counts over by at most {}) · since start: {} · {keys_note}",
+                "{span}: {} statements · {} · since start: {} · {keys_note}",
                 format::count(window.statements),
-                window.max_error,
+                match window.max_error {
+                    0 => "counts exact".to_string(),
+                    e => format!("counts approximate: each at most {e} too high"),
+                },
                 format::count(table.lifetime.statements)
             )}</footer>
         </div>

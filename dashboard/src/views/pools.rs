@@ -16,7 +16,7 @@ pub fn Pools(live: Live) -> impl IntoView {
                 None => view! { <Empty text="Waiting for the first snapshot…" /> }.into_any(),
                 Some(pools) => view! {
                     <table class="pools">
-                        <colgroup><col class="c-shard" /><col class="c-role" /><col /><col class="c-tls" /><col class="c-bar" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /></colgroup>
+                        <colgroup><col class="c-shard" /><col class="c-role" /><col /><col class="c-tls" /><col class="c-bar" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-ms" /><col class="c-n" /><col class="c-ms" /><col class="c-ms" /></colgroup>
                         <thead>
                             <tr>
                                 <th>"shard"</th><th>"role"</th><th>"server"</th><th>"TLS"</th><th>"in use / idle of max"</th>

@@ -180,33 +180,43 @@ fn ReadWriteBar(shard: Memo<Option<Shard>>) -> impl IntoView {
 const SPARK_W: f64 = 300.0;
 const SPARK_H: f64 = 44.0;
 
-/// Statements per second over the last 15 minutes, right-aligned to now.
+/// The last minute always fits a sparkline's scale.
+const SPARK_RECENT: usize = 60;
+
+/// Statements per second over the last 15 minutes, right-aligned to now;
+/// scaled to the recent load, a past burst drawn clipped at the top.
 #[component]
 fn Sparkline(series: impl Fn() -> VecDeque<Point> + Send + Sync + Copy + 'static) -> impl IntoView {
-    let peak = move || series().iter().map(|p| p.statements).max().unwrap_or(0);
     move || {
         let points = series();
-        let max = peak();
-        if max == 0 {
+        let values: Vec<f64> = points.iter().map(|p| p.statements as f64).collect();
+        let peak = values.iter().copied().fold(0.0, f64::max);
+        if peak == 0.0 {
             return view! { <div class="sparkline idle">"no statements in the last 15 min"</div> }.into_any();
         }
+        let top = crate::scale::top(&values, SPARK_RECENT);
+        let label = if peak > top {
+            format!("scale {}/s · peak {}/s", format::rate(top), format::rate(peak))
+        } else {
+            format!("peak {}/s", format::rate(peak))
+        };
         view! {
             <div class="sparkline">
                 <svg viewBox=format!("0 0 {SPARK_W} {SPARK_H}") preserveAspectRatio="none">
-                    <path class="area" d=area_path(&points, max) />
+                    <path class="area" d=area_path(&points, top) />
                 </svg>
-                <span class="peak">{format!("peak {}/s", format::count(max))}</span>
+                <span class="peak">{label}</span>
             </div>
         }
         .into_any()
     }
 }
 
-fn area_path(points: &VecDeque<Point>, max: u64) -> String {
+fn area_path(points: &VecDeque<Point>, top: f64) -> String {
     let step = SPARK_W / (RECENT_SECONDS - 1) as f64;
     let start = RECENT_SECONDS.saturating_sub(points.len());
     let x = |i: usize| (start + i) as f64 * step;
-    let y = |v: u64| SPARK_H - v as f64 / max as f64 * (SPARK_H - 2.0);
+    let y = |v: u64| SPARK_H - (v as f64 / top).min(1.0) * (SPARK_H - 2.0);
     let mut d = format!("M{:.1},{SPARK_H}", x(0));
     for (i, p) in points.iter().enumerate() {
         d.push_str(&format!(" L{:.1},{:.1}", x(i), y(p.statements)));
