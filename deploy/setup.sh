@@ -26,6 +26,11 @@ if [ "${SHARDCAR_SETUP_BROWSER:-0}" = 1 ]; then
   command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 fi
 
+if [ "${SHARDCAR_SETUP_FLEET:-0}" = 1 ]; then
+  # The fleet view's test runs a real Prometheus scraping several sidecars.
+  command -v prometheus >/dev/null 2>&1 || need+=(prometheus)
+fi
+
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo=sudo

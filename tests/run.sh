@@ -3,7 +3,7 @@
 # end-to-end tests against Postgres clusters they start themselves.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-SHARDCAR_SETUP_BROWSER=1 SHARDCAR_SETUP_COMPAT=1 deploy/setup.sh
+SHARDCAR_SETUP_BROWSER=1 SHARDCAR_SETUP_COMPAT=1 SHARDCAR_SETUP_FLEET=1 deploy/setup.sh
 tests/compat/install.sh
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)

@@ -10,7 +10,7 @@ use futures::StreamExt;
 use gloo_net::eventsource::futures::EventSource;
 use leptos::prelude::*;
 use leptos::task::spawn_local;
-use shardcar_api::{HotTables, Plugins, Point, Shard, Shards, Snapshot};
+use shardcar_api::{Fleet, HotTables, Plugins, Point, Shard, Shards, Snapshot};
 
 /// As much history as the sidecar keeps.
 pub const SERIES_SECONDS: usize = 3600;
@@ -34,6 +34,9 @@ pub struct Live {
     pub series: RwSignal<Vec<VecDeque<Point>>>,
     pub hot: RwSignal<Result<Option<HotTables>, String>>,
     pub plugins: RwSignal<Result<Option<Plugins>, String>>,
+    /// The fleet from Prometheus; None while the sidecar has no fleet view
+    /// (`[fleet] prometheus_url` unset).
+    pub fleet: RwSignal<Option<Result<Fleet, String>>>,
     /// When the newest snapshot arrived (`Date.now()`, ms).
     last_seen: StoredValue<f64>,
 }
@@ -50,6 +53,7 @@ impl Live {
             series: RwSignal::new(Vec::new()),
             hot: RwSignal::new(Ok(None)),
             plugins: RwSignal::new(Ok(None)),
+            fleet: RwSignal::new(None),
             last_seen: StoredValue::new(js_sys::Date::now()),
         };
         spawn_local(live.stream());
@@ -58,6 +62,8 @@ impl Live {
         live.poll_plugins();
         set_interval(move || live.poll_hot_keys(), Duration::from_secs(2));
         set_interval(move || live.poll_plugins(), Duration::from_secs(5));
+        live.poll_fleet();
+        set_interval(move || live.poll_fleet(), Duration::from_secs(5));
         live
     }
 
@@ -152,6 +158,17 @@ impl Live {
         spawn_local(async move {
             let result = crate::api::get::<HotTables>("hotkeys", &[("limit", "10")]).await;
             keep_last_good(self.hot, result);
+        });
+    }
+
+    fn poll_fleet(self) {
+        spawn_local(async move {
+            match crate::api::get::<Fleet>("fleet", &[]).await {
+                Ok(f) => self.fleet.set(Some(Ok(f))),
+                // No fleet view configured: the page shows this sidecar only.
+                Err(e) if e.contains("HTTP 404") => self.fleet.set(None),
+                Err(e) => self.fleet.set(Some(Err(e))),
+            }
         });
     }
 

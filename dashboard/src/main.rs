@@ -23,6 +23,7 @@ fn App() -> impl IntoView {
         <views::header::Header live />
         <main>
             <views::header::Banner live />
+            <views::fleet::FleetView live />
             <views::shards::Shards live />
             <views::hotspots::Hotspots live />
             <views::history::History live />

@@ -43,6 +43,8 @@ pub struct Config {
     pub telemetry: Telemetry,
     #[serde(default)]
     pub auth: Auth,
+    #[serde(default)]
+    pub fleet: Fleet,
     /// Where relative paths in the config are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -340,6 +342,18 @@ pub struct Auth {
     pub passthrough: bool,
     /// Server connections per shard server and passthrough user.
     pub user_pool_size: usize,
+}
+
+/// The fleet view: every sidecar's metrics, read back from the Prometheus
+/// server that scrapes them.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fleet {
+    /// `http://host:port` of Prometheus's HTTP API. Unset: no fleet view.
+    pub prometheus_url: Option<String>,
+    /// Label matchers that pick this fleet's series out of everything the
+    /// server scrapes, e.g. `job="shardcar"`. Empty: every `shardcar_*` series.
+    pub selector: String,
 }
 
 impl Default for Auth {
@@ -757,6 +771,17 @@ impl Config {
         }
         if self.auth.user_pool_size == 0 {
             bad("auth.user_pool_size".into(), "must be at least 1".into());
+        }
+        if let Some(url) = &self.fleet.prometheus_url
+            && crate::fleet::Endpoint::parse(url).is_err()
+        {
+            bad(
+                "fleet.prometheus_url".into(),
+                format!("`{url}` is not http://host:port (TLS to Prometheus is not supported)"),
+            );
+        }
+        if self.fleet.selector.contains(['{', '}']) {
+            bad("fleet.selector".into(), "label matchers without braces, e.g. job=\"shardcar\"".into());
         }
         self.telemetry_problems(&mut bad);
         if !self.shards.is_empty() && !shard_names.contains(self.routing.default_shard.as_str()) {

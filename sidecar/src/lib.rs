@@ -10,6 +10,7 @@ pub mod cancel;
 pub mod classify;
 pub mod config;
 pub mod demo;
+pub mod fleet;
 pub mod frontend;
 pub mod limits;
 pub mod localpg;

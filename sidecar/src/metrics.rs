@@ -153,6 +153,10 @@ pub struct Metrics {
     plugin_duration: HistogramVec,
     table_statements: IntCounterVec,
     distributed: IntCounterVec,
+    /// For the fleet view: what this sidecar runs, and its hottest keys.
+    build_info: IntGaugeVec,
+    plugin_info: GaugeVec,
+    hot_keys: IntGaugeVec,
     pub skew_ratio: GaugeVec,
     pub hot: IntGaugeVec,
     pub parse_cache_hits: IntCounter,
@@ -305,6 +309,26 @@ impl Metrics {
             plugin_calls: register(
                 &r,
                 counter_vec("shardcar_plugin_calls_total", "Routing plugin calls", &["policy", "plugin", "version"]),
+            ),
+            build_info: register(
+                &r,
+                gauge_vec("shardcar_build_info", "1, labelled with shardcar's version", &["version"]),
+            ),
+            plugin_info: register(
+                &r,
+                float_gauge_vec(
+                    "shardcar_plugin_info",
+                    "The plugin version serving each policy; the value is when it was loaded (Unix seconds)",
+                    &["policy", "plugin"],
+                ),
+            ),
+            hot_keys: register(
+                &r,
+                gauge_vec(
+                    "shardcar_hot_key_statements",
+                    "Statements since start for each table's hottest keys (telemetry.top_keys per table; only with telemetry.show_keys)",
+                    &["table", "key", "shard"],
+                ),
             ),
             plugin_errors: register(
                 &r,
@@ -489,6 +513,24 @@ impl Metrics {
 
     pub fn rejected_total(&self) -> u64 {
         self.rejected.collect().iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
+    }
+
+    /// The plugin serving each policy: `(policy, "name@version (digest)", loaded at)`.
+    pub fn set_plugins<'a>(&self, plugins: impl IntoIterator<Item = (&'a str, String, f64)>) {
+        self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        self.plugin_info.reset();
+        for (policy, plugin, loaded_s) in plugins {
+            self.plugin_info.with_label_values(&[policy, plugin.as_str()]).set(loaded_s);
+        }
+    }
+
+    /// Each table's hottest keys now: `(table, key, shard, statements)`;
+    /// keys that left the top lists leave the metric.
+    pub fn set_hot_keys(&self, keys: impl IntoIterator<Item = (String, String, String, u64)>) {
+        self.hot_keys.reset();
+        for (table, key, shard, n) in keys {
+            self.hot_keys.with_label_values(&[table.as_str(), key.as_str(), shard.as_str()]).set(n as i64);
+        }
     }
 
     /// The Prometheus text exposition of everything.

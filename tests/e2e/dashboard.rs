@@ -12,13 +12,13 @@ use serde_json::json;
 use crate::harness::{Demo, admin_json, connect, sqlstate};
 
 /// chromedriver on a free port, killed on drop.
-struct Driver {
+pub(crate) struct Driver {
     child: Child,
     port: u16,
 }
 
 impl Driver {
-    fn start() -> Driver {
+    pub(crate) fn start() -> Driver {
         let port = shardcar::localpg::free_port().unwrap();
         let child = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -30,7 +30,7 @@ impl Driver {
     }
 
     /// A browser session at 1280×800 that keeps the console log.
-    async fn browser(&self) -> Client {
+    pub(crate) async fn browser(&self) -> Client {
         let caps = json!({
             "goog:chromeOptions": {
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -77,12 +77,12 @@ impl fantoccini::wd::WebDriverCompatibleCommand for BrowserLog {
     }
 }
 
-async fn text(c: &Client, css: &str) -> Option<String> {
+pub(crate) async fn text(c: &Client, css: &str) -> Option<String> {
     c.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
 
 /// Polls `check` (a page query) until it gives `Some`, or panics saying `what`.
-async fn wait_for<T>(c: &Client, timeout: Duration, what: &str, mut check: impl AsyncFnMut(&Client) -> Option<T>) -> T {
+pub(crate) async fn wait_for<T>(c: &Client, timeout: Duration, what: &str, mut check: impl AsyncFnMut(&Client) -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check(c).await {
@@ -395,7 +395,7 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
 /// Elements drawn outside the card or panel that holds them, and figures
 /// wider than their own box (text spilling into the next column, or a
 /// number cut short; keys and addresses in tables may end in an ellipsis).
-const OVERFLOW: &str = r#"
+pub(crate) const OVERFLOW: &str = r#"
 const found = [];
 const name = (el) => el.tagName.toLowerCase() + (el.className && el.className.baseVal === undefined ? '.' + el.className.split(' ').join('.') : '');
 for (const box of document.querySelectorAll('.card, .table-keys, .panel')) {
@@ -418,7 +418,7 @@ return found.slice(0, 20);
 "#;
 
 /// Saves what the browser shows under `target/screenshots/`.
-async fn screenshot(c: &Client, name: &str) {
+pub(crate) async fn screenshot(c: &Client, name: &str) {
     let png = c.screenshot().await.unwrap();
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/screenshots");
     std::fs::create_dir_all(&dir).unwrap();

@@ -20,6 +20,7 @@ mod deploy;
 mod dump;
 mod extended;
 mod faults;
+mod fleet;
 mod hotspots;
 mod limits;
 mod malformed;

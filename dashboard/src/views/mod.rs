@@ -3,6 +3,7 @@
 pub mod errors;
 pub mod events;
 pub mod explain;
+pub mod fleet;
 pub mod header;
 pub mod history;
 pub mod hotspots;

@@ -492,3 +492,57 @@ pub struct Refusal {
     pub message: String,
     pub hint: Option<String>,
 }
+
+/// `GET /api/v1/fleet`: every sidecar's metrics added up, read from the
+/// Prometheus server at `[fleet] prometheus_url` (404 without one).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Fleet {
+    /// The Prometheus server asked.
+    pub prometheus: String,
+    /// Sidecars it scrapes (`shardcar_build_info` series), this one included.
+    pub sidecars: Vec<FleetSidecar>,
+    /// Per shard, every sidecar's statements added up.
+    pub shards: Vec<FleetShard>,
+    /// Per sharded table, its hottest keys across the fleet.
+    pub tables: Vec<FleetTable>,
+}
+
+/// One sidecar as Prometheus sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetSidecar {
+    /// Prometheus's `instance` label (the admin address it scrapes).
+    pub instance: String,
+    pub version: String,
+    /// The plugin version serving each policy: `(policy, "name@version (digest)")`.
+    pub plugins: Vec<(String, String)>,
+    /// Policies on which it serves something other than the newest version
+    /// any sidecar loaded.
+    pub behind: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetShard {
+    pub shard: String,
+    /// Statements since each sidecar started, added up.
+    pub statements_total: f64,
+    /// Over the last minute.
+    pub statements_per_s: f64,
+    pub errors_per_s: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetTable {
+    pub table: String,
+    /// Hottest first: each sidecar's own top keys (since its start), added
+    /// up. A key below every sidecar's own top list is not seen.
+    pub keys: Vec<FleetKey>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FleetKey {
+    pub key: String,
+    pub shard: String,
+    pub statements: f64,
+    /// Sidecars that counted it among their top keys.
+    pub sidecars: u64,
+}

@@ -102,6 +102,18 @@ async fn route(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> 
             json(StatusCode::OK, &shardcar_api::Events { events: shared.telemetry.events.recent(usize::MAX) })
         }
         "/api/v1/explain" => explain(shared, query).await,
+        "/api/v1/fleet" => match &shared.config.fleet.prometheus_url {
+            None => error(
+                StatusCode::NOT_FOUND,
+                "no fleet view: [fleet] prometheus_url is not set, so this sidecar shows its own traffic only".into(),
+            ),
+            Some(url) => match crate::fleet::read(url, &shared.config.fleet.selector).await {
+                Ok(fleet) => json(StatusCode::OK, &fleet),
+                Err(e) => {
+                    error(StatusCode::BAD_GATEWAY, format!("cannot read the fleet from Prometheus at {url}: {e}"))
+                }
+            },
+        },
         "/api/v1/stream" => stream::snapshots(shared.clone()),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
@@ -159,6 +171,7 @@ fn readiness(shared: &Shared) -> Response<Body> {
 
 fn metrics(shared: &Shared) -> Response<Body> {
     shared.telemetry.refresh(&shared.pools, &shared.facts);
+    views::export_for_fleet(shared);
     let mut resp = Response::new(full(shared.telemetry.metrics.render()));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(prometheus::TEXT_FORMAT));
     resp

@@ -159,6 +159,28 @@ pub fn plugins(shared: &Shared) -> api::Plugins {
     api::Plugins { plugins }
 }
 
+/// What the fleet view reads from every sidecar's `/metrics`: the plugin
+/// serving each policy, and each table's hottest keys since start (only as
+/// clients sent them: hashed keys differ from one sidecar to the next).
+pub fn export_for_fleet(shared: &Shared) {
+    let metrics = &shared.telemetry.metrics;
+    let plugins = plugins(shared).plugins;
+    metrics.set_plugins(plugins.iter().map(|p| {
+        (p.policy.as_str(), format!("{}@{} ({})", p.plugin, p.version, p.digest), p.loaded_unix_ms as f64 / 1000.0)
+    }));
+    let hot = &shared.telemetry.hotspots;
+    metrics.set_hot_keys(
+        hot.table_names()
+            .filter_map(|t| hot.hot_keys(t, None))
+            .filter(|h| h.show_keys)
+            .flat_map(|h| {
+                let table = h.table;
+                h.lifetime.keys.into_iter().map(move |k| (table.clone(), k.key, k.shard, k.count))
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
 /// One second of the live stream.
 pub fn snapshot(shared: &Shared) -> api::Snapshot {
     let shards = shards(shared, 1);
