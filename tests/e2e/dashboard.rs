@@ -82,7 +82,12 @@ pub(crate) async fn text(c: &Client, css: &str) -> Option<String> {
 }
 
 /// Polls `check` (a page query) until it gives `Some`, or panics saying `what`.
-pub(crate) async fn wait_for<T>(c: &Client, timeout: Duration, what: &str, mut check: impl AsyncFnMut(&Client) -> Option<T>) -> T {
+pub(crate) async fn wait_for<T>(
+    c: &Client,
+    timeout: Duration,
+    what: &str,
+    mut check: impl AsyncFnMut(&Client) -> Option<T>,
+) -> T {
     let deadline = Instant::now() + timeout;
     loop {
         if let Some(v) = check(c).await {
