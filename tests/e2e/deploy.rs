@@ -178,6 +178,23 @@ async fn alert_rules_and_the_grafana_dashboard_name_metrics_shardcar_exports() {
     let exported: std::collections::BTreeSet<&str> =
         metrics.lines().filter(|l| !l.starts_with('#')).filter_map(|l| l.split(['{', ' ']).next()).collect();
 
+    // Prometheus's own checker reads the rules (Debian's `prometheus` ships promtool).
+    let checked = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(deploy().join("prometheus/shardcar-rules.yaml"))
+        .output()
+        .expect("promtool (Debian package prometheus; deploy/setup.sh installs it)");
+    assert!(checked.status.success(), "{}", String::from_utf8_lossy(&checked.stdout));
+    // The scrape config keeps shardcar's admin port under the job the fleet
+    // view selects, and loads the rules beside it. (Debian's promtool is built
+    // without Kubernetes discovery, so it cannot check this file itself.)
+    let scrape = &documents(&deploy().join("prometheus/prometheus.yaml"))[0];
+    assert_eq!(str_of(&scrape["rule_files"][0], "rule_files"), "shardcar-rules.yaml");
+    let job = &list(&scrape["scrape_configs"], "scrape_configs")[0];
+    assert_eq!(str_of(&job["job_name"], "job_name"), "shardcar");
+    let keep = &list(&job["relabel_configs"], "relabel_configs")[0];
+    assert_eq!(str_of(&keep["regex"], "regex"), "shardcar;admin");
+
     let rules = &documents(&deploy().join("prometheus/shardcar-rules.yaml"))[0];
     let mut alerts = 0;
     for group in list(&rules["groups"], "groups") {
