@@ -164,9 +164,9 @@ impl Live {
     fn poll_fleet(self) {
         spawn_local(async move {
             match crate::api::get::<Fleet>("fleet", &[]).await {
-                Ok(f) => self.fleet.set(Some(Ok(f))),
                 // No fleet view configured: the page shows this sidecar only.
-                Err(e) if e.contains("HTTP 404") => self.fleet.set(None),
+                Ok(f) if f.prometheus.is_none() => self.fleet.set(None),
+                Ok(f) => self.fleet.set(Some(Ok(f))),
                 Err(e) => self.fleet.set(Some(Err(e))),
             }
         });

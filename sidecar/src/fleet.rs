@@ -89,6 +89,11 @@ struct Series {
     value: (f64, String),
 }
 
+/// What `/api/v1/fleet` answers without `[fleet] prometheus_url`.
+pub fn none() -> api::Fleet {
+    api::Fleet { prometheus: None, sidecars: Vec::new(), shards: Vec::new(), tables: Vec::new() }
+}
+
 /// The fleet as the Prometheus at `url` sees it; `selector`: label matchers
 /// (`job="shardcar"`) that pick this fleet's series.
 pub async fn read(url: &str, selector: &str) -> Result<api::Fleet, String> {
@@ -107,7 +112,7 @@ pub async fn read(url: &str, selector: &str) -> Result<api::Fleet, String> {
         return Err("Prometheus answered fewer questions than it was asked".into());
     };
     Ok(api::Fleet {
-        prometheus: url.to_string(),
+        prometheus: Some(url.to_string()),
         sidecars: sidecars(info, plugins),
         shards: shards(totals, rates, errors),
         tables: tables(keys),

@@ -17,7 +17,9 @@ const KEYS: usize = 5;
 pub fn FleetView(live: Live) -> impl IntoView {
     let note = Signal::derive(move || {
         live.fleet.with(|f| match f {
-            Some(Ok(f)) => format!("{} sidecars · from Prometheus at {}", f.sidecars.len(), f.prometheus),
+            Some(Ok(f)) => {
+                format!("{} sidecars · from Prometheus at {}", f.sidecars.len(), f.prometheus.as_deref().unwrap_or(""))
+            }
             _ => String::new(),
         })
     });

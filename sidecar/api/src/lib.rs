@@ -494,11 +494,12 @@ pub struct Refusal {
 }
 
 /// `GET /api/v1/fleet`: every sidecar's metrics added up, read from the
-/// Prometheus server at `[fleet] prometheus_url` (404 without one).
+/// Prometheus server at `[fleet] prometheus_url`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Fleet {
-    /// The Prometheus server asked.
-    pub prometheus: String,
+    /// The Prometheus server asked; None (and nothing else) when the sidecar
+    /// has no fleet view.
+    pub prometheus: Option<String>,
     /// Sidecars it scrapes (`shardcar_build_info` series), this one included.
     pub sidecars: Vec<FleetSidecar>,
     /// Per shard, every sidecar's statements added up.

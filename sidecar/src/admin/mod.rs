@@ -103,10 +103,7 @@ async fn route(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> 
         }
         "/api/v1/explain" => explain(shared, query).await,
         "/api/v1/fleet" => match &shared.config.fleet.prometheus_url {
-            None => error(
-                StatusCode::NOT_FOUND,
-                "no fleet view: [fleet] prometheus_url is not set, so this sidecar shows its own traffic only".into(),
-            ),
+            None => json(StatusCode::OK, &crate::fleet::none()),
             Some(url) => match crate::fleet::read(url, &shared.config.fleet.selector).await {
                 Ok(fleet) => json(StatusCode::OK, &fleet),
                 Err(e) => {
