@@ -446,6 +446,15 @@ pub struct Routing {
     /// Plain reads outside a transaction may use a healthy replica.
     #[serde(default = "yes")]
     pub read_replicas: bool,
+    /// A replica further behind its primary than this (WAL bytes not yet
+    /// replayed, from the health probes' LSNs) gets no reads until it
+    /// catches up; nor does one whose lag is not known. Unset: no limit.
+    #[serde(default)]
+    pub max_replica_lag_bytes: Option<u64>,
+    /// The same in time: how old the last replayed transaction is while
+    /// WAL is waiting to be replayed.
+    #[serde(default)]
+    pub max_replica_lag_ms: Option<u64>,
     /// UPDATE/DELETE without a shard key run on every shard their policy
     /// names (counts summed); off: they are refused.
     #[serde(default)]

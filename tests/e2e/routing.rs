@@ -194,3 +194,47 @@ async fn simple_queries_share_a_parse_and_route_by_their_literals() {
     }
     assert_eq!(total, 41);
 }
+
+#[tokio::test]
+async fn a_replica_held_back_gets_no_reads_until_it_catches_up() {
+    let fleet = Fleet::new();
+    let t = crate::harness::table("lag");
+    direct(&fleet.s0).await.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
+    let config = fleet
+        .config_reading_replicas(4)
+        .replace("read_replicas = true", "read_replicas = true\nmax_replica_lag_ms = 1000");
+    let sc = Sidecar::start(&config);
+    let c = sc.connect().await;
+    // Rows seen, and whether the server that answered is a replica.
+    let sql = format!("SELECT count(*), pg_is_in_recovery() FROM {t}");
+    let read = async || {
+        let row = c.query_one(&sql, &[]).await.unwrap();
+        (row.get::<_, i64>(0), row.get::<_, bool>(1))
+    };
+    assert!(
+        eventually(Duration::from_secs(10), async || read().await == (0, true)).await,
+        "caught up: the replica reads"
+    );
+
+    // Held back: it receives the WAL but replays nothing for an hour.
+    let replica = direct(&fleet.s0_replica).await;
+    replica.batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1h'").await.unwrap();
+    replica.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    direct(&fleet.s0).await.batch_execute(&format!("INSERT INTO {t} VALUES (1)")).await.unwrap();
+    let skipped = eventually(Duration::from_secs(10), async || read().await == (1, false)).await;
+    assert!(skipped, "over max_replica_lag_ms the primary reads: {:?}", read().await);
+    for _ in 0..50 {
+        assert_eq!(read().await, (1, false), "no read reaches the replica while it lags");
+    }
+    let servers: shardcar_api::Shards = sc.admin_json("/api/v1/shards");
+    let lag = servers.shards[0].servers.iter().find_map(|s| s.lag).expect("the replica's lag is measured");
+    assert!(lag.bytes > 0 && lag.seconds > 1.0, "{lag:?}");
+
+    // Released, it catches up and reads go to it again.
+    replica.batch_execute("ALTER SYSTEM RESET recovery_min_apply_delay").await.unwrap();
+    replica.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let back = eventually(Duration::from_secs(20), async || read().await == (1, true)).await;
+    assert!(back, "caught up again, the replica reads: {:?}", read().await);
+    assert!(sc.log_text().contains("over routing.max_replica_lag_"), "the log says why it was skipped");
+}

@@ -95,6 +95,7 @@ pub async fn run(pools: Arc<Pools>, interval: Duration, connect_timeout: Duratio
                 _ => None,
             };
             node.health.set_lag(lag);
+            node.health.set_behind(pools.max_lag.exceeded_by(lag), &node.label, lag);
         }
     }
 }

@@ -13,7 +13,7 @@ pub mod oids;
 pub use conn::ShardConn;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
 use std::time::Duration;
 
@@ -50,6 +50,9 @@ pub struct Health {
     last_error: Mutex<Option<String>>,
     /// Replicas: how far behind the primary, from the latest probe.
     lag: Mutex<Option<Lag>>,
+    /// Replicas: further behind than `routing.max_replica_lag_*` (or not
+    /// known to be within it), so reads skip it.
+    behind: AtomicBool,
 }
 
 impl Health {
@@ -93,6 +96,26 @@ impl Health {
     pub fn set_lag(&self, lag: Option<Lag>) {
         if let Ok(mut l) = self.lag.lock() {
             *l = lag;
+        }
+    }
+
+    /// Whether reads skip this replica for its lag.
+    pub fn is_behind(&self) -> bool {
+        self.behind.load(Ordering::Relaxed)
+    }
+
+    /// Records whether the replica is within the lag limit; says so when that changes.
+    pub fn set_behind(&self, behind: bool, label: &str, lag: Option<Lag>) {
+        if self.behind.swap(behind, Ordering::Relaxed) != behind {
+            match (behind, lag) {
+                (true, Some(l)) => tracing::warn!(
+                    "{label}: {} bytes / {:.1} s behind its primary, over routing.max_replica_lag_*: reads go elsewhere",
+                    l.bytes,
+                    l.seconds
+                ),
+                (true, None) => tracing::warn!("{label}: lag unknown: reads go elsewhere until it is measured"),
+                (false, _) => tracing::info!("{label}: within routing.max_replica_lag_* again: reads may use it"),
+            }
         }
     }
 }
@@ -255,6 +278,30 @@ pub struct Pools {
     pool_size: usize,
     /// Descriptions from every shard in the default shard's OIDs.
     pub oids: Arc<oids::Oids>,
+    /// `routing.max_replica_lag_bytes` and `_ms`.
+    pub max_lag: MaxLag,
+}
+
+/// How far behind its primary a replica may be and still get reads.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MaxLag {
+    pub bytes: Option<u64>,
+    pub ms: Option<u64>,
+}
+
+impl MaxLag {
+    /// Whether a replica `lag` behind (None: not known) is too far behind.
+    pub fn exceeded_by(&self, lag: Option<Lag>) -> bool {
+        if self.bytes.is_none() && self.ms.is_none() {
+            return false;
+        }
+        match lag {
+            None => true,
+            Some(l) => {
+                self.bytes.is_some_and(|b| l.bytes > b) || self.ms.is_some_and(|ms| l.seconds * 1000.0 > ms as f64)
+            }
+        }
+    }
 }
 
 impl Pools {
@@ -324,7 +371,8 @@ impl Pools {
             let next_replica = AtomicUsize::new(0);
             shards.push(Shard { id, primary, replicas, next_replica, text_in_c: OnceLock::new() });
         }
-        Ok(Pools { topology, shards, server_params, timeouts, pool_size: cfg.pool.size, oids })
+        let max_lag = MaxLag { bytes: cfg.routing.max_replica_lag_bytes, ms: cfg.routing.max_replica_lag_ms };
+        Ok(Pools { topology, shards, server_params, timeouts, pool_size: cfg.pool.size, oids, max_lag })
     }
 
     /// `shard`'s user tables and types by name, from its primary.
@@ -372,7 +420,7 @@ impl Pools {
             let start = s.next_replica.fetch_add(1, Ordering::Relaxed);
             for k in 0..s.replicas.len() {
                 let node = &s.replicas[(start + k) % s.replicas.len()];
-                if !node.health.is_up() {
+                if !node.health.is_up() || node.health.is_behind() {
                     continue;
                 }
                 match self.get(node, login).await {
