@@ -121,6 +121,8 @@ async fn prometheus_adds_up_three_sidecars_load_and_hot_keys() {
         .await
         .unwrap();
     screenshot(&c, "dashboard-fleet.png").await;
+    // Ends the browser too: chromedriver's exit alone leaves it running.
+    c.close().await.unwrap();
 }
 
 #[tokio::test]
