@@ -252,7 +252,7 @@ pub struct Budget {
     pub sidecars: u64,
     /// limit / sidecars.
     pub share: u64,
-    /// Slots this sidecar holds: `max_size`.
+    /// Slots this sidecar holds: how many connections it may have open.
     pub held: u64,
 }
 

@@ -453,6 +453,13 @@ pub struct Answer {
     pub error: Option<BytesMut>,
 }
 
+impl Answer {
+    /// The first column of the first row, when it is not NULL.
+    pub fn first_value(&self) -> Option<&str> {
+        self.rows.first()?.first()?.as_deref()
+    }
+}
+
 /// "SEVERITY: message (SQLSTATE)" of a raw ErrorResponse frame.
 pub fn frame_error_text(mut frame: BytesMut) -> String {
     match Message::parse(&mut frame) {

@@ -255,8 +255,7 @@ impl Scatter {
                 None => {
                     let conn = leg.conn();
                     let answer = conn.conn.run_control("SHOW lc_collate").await.map_err(|e| conn.lost(e))?;
-                    let value = answer.rows.first().and_then(|r| r.first().cloned().flatten());
-                    let c = matches!(value.as_deref(), Some("C" | "POSIX"));
+                    let c = matches!(answer.first_value(), Some("C" | "POSIX"));
                     shard.set_text_in_c(c);
                     c
                 }

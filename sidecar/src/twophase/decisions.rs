@@ -89,11 +89,7 @@ impl Coordinator {
             self.pools.checkout(shard, Role::Primary, None).await.map_err(|e| format!("{name}: {}", e.message))?;
         let exists = "SELECT to_regclass('shardcar.decisions') IS NOT NULL";
         let made = match checkout.conn.run_control(exists).await {
-            Ok(Answer { rows, error: None })
-                if rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t") =>
-            {
-                Ok(())
-            }
+            Ok(answer @ Answer { error: None, .. }) if answer.first_value() == Some("t") => Ok(()),
             Ok(_) => match checkout.conn.run_hidden(&create_sql()).await {
                 Ok(r) => r,
                 Err(e) => Err(e.to_string()),

@@ -215,11 +215,9 @@ async fn begin(decider: &mut Participant<'_>) -> Result<u64, SqlError> {
         )
     };
     match decider.conn.run_control(&Gid::begin_sql()).await {
-        Ok(Answer { rows, error: None }) => rows
-            .first()
-            .and_then(|r| r.first().cloned().flatten())
-            .and_then(|x| x.parse().ok())
-            .ok_or_else(|| lost("no transaction id".into())),
+        Ok(answer @ Answer { error: None, .. }) => {
+            answer.first_value().and_then(|x| x.parse().ok()).ok_or_else(|| lost("no transaction id".into()))
+        }
         Ok(Answer { error: Some(frame), .. }) => Err(lost(crate::pool::backend::frame_error_text(frame))),
         Err(e) => Err(lost(e.to_string())),
     }

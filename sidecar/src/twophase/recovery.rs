@@ -141,8 +141,7 @@ impl Coordinator {
         };
         let try_lock = format!("SELECT pg_try_advisory_lock({})", gid.lock_args());
         match decider.conn.run_control(&try_lock).await {
-            Ok(Answer { rows, error: None })
-                if rows.first().and_then(|r| r.first().cloned().flatten()).as_deref() == Some("t") => {}
+            Ok(answer @ Answer { error: None, .. }) if answer.first_value() == Some("t") => {}
             // Its coordinator (or another sidecar's recovery) is on it.
             Ok(Answer { error: None, .. }) => return Ok(None),
             Ok(Answer { error: Some(frame), .. }) => {
