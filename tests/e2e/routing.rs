@@ -200,6 +200,10 @@ async fn a_replica_held_back_gets_no_reads_until_it_catches_up() {
     let fleet = Fleet::new();
     let t = crate::harness::table("lag");
     direct(&fleet.s0).await.batch_execute(&format!("CREATE TABLE {t} (id int)")).await.unwrap();
+    // The table is on the replica before any read can go there.
+    let replica = direct(&fleet.s0_replica).await;
+    let count = format!("SELECT count(*) FROM {t}");
+    assert!(eventually(Duration::from_secs(10), async || replica.query_one(&count, &[]).await.is_ok()).await);
     let config = fleet
         .config_reading_replicas(4)
         .replace("read_replicas = true", "read_replicas = true\nmax_replica_lag_ms = 1000");
@@ -217,7 +221,6 @@ async fn a_replica_held_back_gets_no_reads_until_it_catches_up() {
     );
 
     // Held back: it receives the WAL but replays nothing for an hour.
-    let replica = direct(&fleet.s0_replica).await;
     replica.batch_execute("ALTER SYSTEM SET recovery_min_apply_delay = '1h'").await.unwrap();
     replica.batch_execute("SELECT pg_reload_conf()").await.unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
