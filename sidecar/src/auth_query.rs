@@ -42,7 +42,7 @@ impl AuthQuery {
         {
             return Ok(Some(secret.clone()));
         }
-        let node = &pools.shard(self.shard).primary;
+        let node = &pools.shard(self.shard).primary();
         let failed = |e: String| {
             SqlError::fatal(code::CANNOT_CONNECT, format!("could not look user \"{user}\" up on {}: {e}", node.label))
                 .hint("auth.query runs on that shard's primary as the user of its URL")

@@ -45,6 +45,8 @@ pub struct Config {
     pub auth: Auth,
     #[serde(default)]
     pub fleet: Fleet,
+    #[serde(default)]
+    pub failover: Failover,
     /// Where relative paths in the config are resolved from.
     #[serde(skip)]
     pub base_dir: PathBuf,
@@ -204,6 +206,9 @@ impl Pool {
 #[serde(deny_unknown_fields)]
 pub struct Shard {
     pub name: String,
+    /// The server writes go to; libpq's multi-host form
+    /// (`postgres://u@h1:5432,h2:5432/db`) lists several, and whichever of
+    /// them is the primary (`pg_is_in_recovery()`) gets the writes.
     pub primary: String,
     #[serde(default)]
     pub replicas: Vec<String>,
@@ -218,6 +223,32 @@ pub struct Shard {
     /// its part (`pool::budget`), never more than `pool.size`. Unset: every
     /// sidecar opens up to `pool.size`.
     pub max_server_connections: Option<usize>,
+}
+
+/// What statements that need a shard's primary do while it has none.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Failover {
+    /// How long such a statement waits for a primary to appear (a
+    /// promotion, or the old one answering again) before it fails with
+    /// 57P03. 0: it fails at once.
+    pub buffer_ms: u64,
+    /// Statements waiting per shard at most; more fail at once (57P03).
+    pub max_buffered: usize,
+}
+
+impl Default for Failover {
+    fn default() -> Self {
+        // As vtgate's default buffer window: long enough for an operator's
+        // or Patroni's promotion, short enough for a client's own timeout.
+        Failover { buffer_ms: 10_000, max_buffered: 1000 }
+    }
+}
+
+impl Failover {
+    pub fn buffer(&self) -> Duration {
+        Duration::from_millis(self.buffer_ms)
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -574,6 +605,31 @@ impl Endpoint {
     }
 }
 
+/// One server of a shard, as configured.
+pub struct Server {
+    pub endpoint: Endpoint,
+    /// Listed under `primary` (else under `replicas`): until the first
+    /// health probe says otherwise, the first of these takes the writes.
+    pub configured_primary: bool,
+    pub label: String,
+}
+
+/// `postgres://u@h1:5432,h2:5433/db?x=y` → one URL per host, each with the
+/// rest of the URL (libpq's multi-host form); any other URL as it is.
+fn split_hosts(url: &str) -> Vec<String> {
+    let Some((scheme, rest)) = url.split_once("://") else { return vec![url.to_string()] };
+    let end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let (authority, tail) = rest.split_at(end);
+    let (userinfo, hosts) = match authority.rfind('@') {
+        Some(at) => (&authority[..=at], &authority[at + 1..]),
+        None => ("", authority),
+    };
+    if !hosts.contains(',') {
+        return vec![url.to_string()];
+    }
+    hosts.split(',').map(|host| format!("{scheme}://{userinfo}{host}{tail}")).collect()
+}
+
 /// `${NAME}` → the variable's value; `$$` → `$`; a lone `$` stays.
 fn expand_vars(text: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
@@ -760,13 +816,8 @@ impl Config {
             if s.max_server_connections == Some(0) {
                 bad(format!("{at}.max_server_connections"), "must be at least 1".into());
             }
-            if let Err(e) = self.endpoint(s, &s.primary) {
-                bad(format!("{at}.primary"), e);
-            }
-            for (j, r) in s.replicas.iter().enumerate() {
-                if let Err(e) = self.endpoint(s, r) {
-                    bad(format!("{at}.replicas[{j}]"), e);
-                }
+            if let Err(e) = self.servers(s) {
+                bad(e.0, e.1);
             }
         }
         self.routing_problems(&shard_names, &mut bad);
@@ -950,6 +1001,24 @@ impl Config {
         }
     }
 
+    /// Every server of `shard`, primary hosts first, each with the role it
+    /// was configured in and its label ("s0 primary", "s0 primary 1", "s0
+    /// replica 0"); on error, the field at fault and why.
+    pub fn servers(&self, shard: &Shard) -> Result<Vec<Server>, (String, String)> {
+        let at = |field: String| format!("shards[{}].{field}", self.shard_index(&shard.name).unwrap_or(0));
+        let mut out = Vec::new();
+        for (k, url) in split_hosts(&shard.primary).into_iter().enumerate() {
+            let endpoint = self.endpoint(shard, &url).map_err(|e| (at("primary".into()), e))?;
+            let label = if k == 0 { format!("{} primary", shard.name) } else { format!("{} primary {k}", shard.name) };
+            out.push(Server { endpoint, configured_primary: true, label });
+        }
+        for (j, url) in shard.replicas.iter().enumerate() {
+            let endpoint = self.endpoint(shard, url).map_err(|e| (at(format!("replicas[{j}]")), e))?;
+            out.push(Server { endpoint, configured_primary: false, label: format!("{} replica {j}", shard.name) });
+        }
+        Ok(out)
+    }
+
     /// Clients' TLS from `[listen]`, its files read; None when not configured.
     pub fn client_tls(&self) -> Result<Option<crate::tls::listener::Listener>, String> {
         match (&self.listen.tls_cert, &self.listen.tls_key) {
@@ -1021,6 +1090,34 @@ mod tests {
         [routing]
         default_shard = "s0"
     "#;
+
+    #[test]
+    fn a_multi_host_url_is_one_server_per_host() {
+        assert_eq!(
+            split_hosts("postgres://u:p@a:1,b:2,[::1]:3/db?sslmode=disable"),
+            [
+                "postgres://u:p@a:1/db?sslmode=disable",
+                "postgres://u:p@b:2/db?sslmode=disable",
+                "postgres://u:p@[::1]:3/db?sslmode=disable"
+            ]
+        );
+        assert_eq!(split_hosts("postgres://u@a/db"), ["postgres://u@a/db"]);
+        let cfg = Config::parse(&GOOD.replace("127.0.0.1:5433/app", "127.0.0.1:5433,127.0.0.1:5436/app")).unwrap();
+        let labels: Vec<_> = cfg
+            .servers(&cfg.shards[0])
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.label, s.endpoint.port, s.configured_primary))
+            .collect();
+        assert_eq!(
+            labels,
+            [
+                ("s0 primary".into(), 5433, true),
+                ("s0 primary 1".into(), 5436, true),
+                ("s0 replica 0".into(), 5434, false)
+            ]
+        );
+    }
 
     #[test]
     fn defaults_are_loopback_and_documented_values() {

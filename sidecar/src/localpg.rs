@@ -250,6 +250,21 @@ pub fn free_port() -> anyhow::Result<u16> {
     bail!("no free port found")
 }
 
+/// The processes whose parent is `pid`, from /proc.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|child| {
+            // `pid (comm) state ppid ...`: the comm may hold spaces, not `)`.
+            std::fs::read_to_string(format!("/proc/{child}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse::<i32>().ok())
+                == Some(pid)
+        })
+        .collect()
+}
+
 /// One running (or stopped) local server.
 pub struct Cluster {
     pub name: String,
@@ -284,6 +299,37 @@ impl Cluster {
             self.bin.run("pg_ctl", &["-D", &data, "-m", "immediate", "-w", "stop"])?;
             self.running = false;
         }
+        Ok(())
+    }
+
+    /// Kills the server and every process of it with SIGKILL, as a
+    /// crashed machine would leave it (its clients' connections drop).
+    pub fn kill(&mut self) -> anyhow::Result<()> {
+        let pid_file = std::fs::read_to_string(self.data.join("postmaster.pid"))?;
+        let pid: i32 = pid_file.lines().next().unwrap_or_default().trim().parse()?;
+        // Its children first: once it is gone they would be init's.
+        for p in std::iter::once(pid).chain(children_of(pid)) {
+            // SAFETY: sending a signal has no memory-safety preconditions.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+        for _ in 0..200 {
+            // Dead once gone, or a zombie its parent has not reaped yet.
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|stat| stat.rsplit_once(')')?.1.split_whitespace().next().map(str::to_string));
+            if state.is_none_or(|s| s == "Z") {
+                self.running = false;
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        bail!("{} (pid {pid}) did not die", self.name)
+    }
+
+    /// Promotes a replica to primary and waits until it is one.
+    pub fn promote(&self) -> anyhow::Result<()> {
+        let data = self.data.to_string_lossy().to_string();
+        self.bin.run("pg_ctl", &["-D", &data, "-w", "-t", "60", "promote"])?;
         Ok(())
     }
 

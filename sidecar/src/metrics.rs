@@ -51,14 +51,23 @@ impl KindLabel {
 }
 
 /// Handles for one server (a shard's primary or a replica).
+/// One shard's failover: statements waiting for a primary, their waits,
+/// and changes of primary.
+pub struct ShardMetrics {
+    pub buffered: IntGauge,
+    pub wait: Histogram,
+    pub failovers: IntCounter,
+}
+
 pub struct NodeMetrics {
     statements: Vec<IntCounter>,
     errors: Vec<IntCounter>,
     pub duration: Histogram,
     pub checkout_wait: Histogram,
     pub up: IntGauge,
-    /// Replicas only: bytes and seconds behind the primary.
-    pub lag: Option<(IntGauge, Gauge)>,
+    pub primary: IntGauge,
+    /// Bytes and seconds behind the primary (0 on the primary).
+    pub lag: (IntGauge, Gauge),
     pub pool_idle: IntGauge,
     pub pool_in_use: IntGauge,
     pub pool_max: IntGauge,
@@ -146,6 +155,10 @@ pub struct Metrics {
     running: IntGaugeVec,
     oldest_running: GaugeVec,
     server_up: IntGaugeVec,
+    server_primary: IntGaugeVec,
+    failover_buffered: IntGaugeVec,
+    failover_wait: HistogramVec,
+    failovers: IntCounterVec,
     replica_lag_seconds: GaugeVec,
     replica_lag_bytes: IntGaugeVec,
     plugin_calls: IntCounterVec,
@@ -294,6 +307,39 @@ impl Metrics {
                 &r,
                 gauge_vec("shardcar_server_up", "1 when the server answered its latest health probe", SERVER),
             ),
+            server_primary: register(
+                &r,
+                gauge_vec(
+                    "shardcar_server_primary",
+                    "1 when the server takes its shard's writes now (`role` is the role it was configured in)",
+                    SERVER,
+                ),
+            ),
+            failover_buffered: register(
+                &r,
+                gauge_vec(
+                    "shardcar_failover_buffered_statements",
+                    "Statements waiting now for their shard to have a primary",
+                    &["shard"],
+                ),
+            ),
+            failover_wait: register(
+                &r,
+                histogram_vec(
+                    "shardcar_failover_wait_seconds",
+                    "How long statements waited for their shard to have a primary (those that waited)",
+                    &["shard"],
+                    &latency_buckets(),
+                ),
+            ),
+            failovers: register(
+                &r,
+                counter_vec(
+                    "shardcar_failovers_total",
+                    "Changes of the server taking a shard's writes (to another, or to none)",
+                    &["shard"],
+                ),
+            ),
             replica_lag_seconds: register(
                 &r,
                 float_gauge_vec(
@@ -441,9 +487,8 @@ impl Metrics {
             duration: self.statement_duration.with_label_values(&at),
             checkout_wait: self.checkout_wait.with_label_values(&at),
             up: self.server_up.with_label_values(&at),
-            lag: (role == "replica").then(|| {
-                (self.replica_lag_bytes.with_label_values(&at), self.replica_lag_seconds.with_label_values(&at))
-            }),
+            primary: self.server_primary.with_label_values(&at),
+            lag: (self.replica_lag_bytes.with_label_values(&at), self.replica_lag_seconds.with_label_values(&at)),
             pool_idle: state("idle"),
             pool_in_use: state("in_use"),
             pool_max: self.pool_max.with_label_values(&at),
@@ -457,6 +502,15 @@ impl Metrics {
             running: self.running.with_label_values(&at),
             oldest_running: self.oldest_running.with_label_values(&at),
             slowest_us: AtomicU64::new(0),
+        }
+    }
+
+    /// Handles for one shard's failover.
+    pub fn shard(&self, shard: &str) -> ShardMetrics {
+        ShardMetrics {
+            buffered: self.failover_buffered.with_label_values(&[shard]),
+            wait: self.failover_wait.with_label_values(&[shard]),
+            failovers: self.failovers.with_label_values(&[shard]),
         }
     }
 

@@ -94,7 +94,7 @@ pub async fn serve(
         let mut tick = tokio::time::interval(topology_config.pool.health_check_interval());
         loop {
             tick.tick().await;
-            let healthy: Vec<bool> = topology_pools.shards.iter().map(|s| s.primary.health.is_up()).collect();
+            let healthy: Vec<bool> = topology_pools.shards.iter().map(|s| s.has_primary()).collect();
             topology_router.set_health(&topology_config, &healthy);
         }
     });

@@ -24,6 +24,7 @@ pub mod code {
     pub const NO_ACTIVE_TRANSACTION: &str = "25P01";
     pub const INVALID_SAVEPOINT: &str = "3B001";
     pub const ADMIN_SHUTDOWN: &str = "57P01";
+    pub const CANNOT_CONNECT_NOW: &str = "57P03";
     pub const IDLE_IN_TRANSACTION_TIMEOUT: &str = "25P03";
     pub const CHARACTER_NOT_IN_REPERTOIRE: &str = "22021";
     pub const INTERNAL_ERROR: &str = "XX000";

@@ -19,6 +19,7 @@ mod demo;
 mod deploy;
 mod dump;
 mod extended;
+mod failover;
 mod faults;
 mod fleet;
 mod hotspots;

@@ -65,13 +65,15 @@ async fn killed_server_connections_are_replaced() {
 #[tokio::test]
 async fn a_shard_that_is_down_fails_only_its_statements() {
     let mut fleet = Fleet::new();
-    let sc = Sidecar::start(&fleet.config(4));
+    // Its statements wait half a second for a new primary, then fail.
+    let sc = Sidecar::start(&fleet.config_with(4, "[failover]\nbuffer_ms = 500"));
     let c = sc.connect().await;
     c.batch_execute("/* shardcar: shard=s1 */ SELECT 1").await.unwrap();
     fleet.s1.stop().unwrap();
     let err = c.batch_execute("/* shardcar: shard=s1 */ SELECT 1").await.unwrap_err();
-    assert_eq!(sqlstate(&err), "08001", "{err:?}");
-    assert!(err.as_db_error().unwrap().message().contains("s1 primary"), "{err:?}");
+    assert_eq!(sqlstate(&err), "57P03", "{err:?}");
+    let message = err.as_db_error().unwrap().message();
+    assert!(message.contains("shard s1 has no primary") && message.contains("s1 primary"), "{err:?}");
     c.batch_execute("SELECT 1").await.expect("s0 keeps serving, on the same session");
     // One shard down leaves the sidecar ready (it serves the others), and says which is down.
     let (status, body) = sc.admin_get("/readyz");

@@ -66,8 +66,12 @@ async fn reads_use_the_replica_and_writes_the_primary() {
     })
     .await;
     assert!(replicated);
-    let row = c.query_one(&format!("SELECT count(*), pg_is_in_recovery() FROM {t}"), &[]).await.unwrap();
-    assert_eq!((row.get::<_, i64>(0), row.get::<_, bool>(1)), (1, true));
+    // The session's reads go to the replica once a probe has seen it replay its write.
+    let read = async || {
+        let row = c.query_one(&format!("SELECT count(*), pg_is_in_recovery() FROM {t}"), &[]).await.unwrap();
+        (row.get::<_, i64>(0), row.get::<_, bool>(1))
+    };
+    assert!(eventually(Duration::from_secs(10), async || read().await == (1, true)).await, "{:?}", read().await);
 }
 
 #[tokio::test]

@@ -96,6 +96,11 @@ fn Card(live: Live, name: String) -> impl IntoView {
                 <Show when=move || !healthy()>
                     <span class="badge down-badge">"DOWN"</span>
                 </Show>
+                <Show when=move || shard.with(|s| s.as_ref().is_some_and(|s| s.buffered > 0))>
+                    <span class="badge down-badge buffered-badge" title="statements waiting for the shard to have a primary (failover.buffer_ms)">
+                        {field(|s| format!("{} WAITING FOR PRIMARY", s.buffered))}
+                    </span>
+                </Show>
                 <Show when=stalled>
                     <span class="badge stall-badge" title="a session waited for a connection, or statements ran with none finishing, for telemetry.stall_after_ms">"STALLED"</span>
                 </Show>
@@ -127,6 +132,7 @@ fn Card(live: Live, name: String) -> impl IntoView {
             <ul class="servers">
                 {move || shard.with(|s| s.as_ref().map(|s| s.servers.iter().map(server_line).collect_view()))}
             </ul>
+            {move || shard.with(|s| s.as_ref().and_then(|s| s.failovers.last().cloned()).map(failover_line))}
         </article>
     }
 }
@@ -144,9 +150,14 @@ fn server_line(server: &shardcar_api::Server) -> impl IntoView + use<> {
         Some(lag) if server.up => format!("lag {} · {:.1}s", format::bytes(lag.bytes), lag.seconds),
         _ => String::new(),
     };
-    let title = server.last_error.clone().unwrap_or_default();
+    let timeline = server.timeline.map(|t| format!(" · tl {t}")).unwrap_or_default();
+    let title = match &server.last_error {
+        Some(e) => format!("{}: {e}", server.label),
+        None => format!("{}{timeline}", server.label),
+    };
+    let fenced = server.role == "fenced";
     view! {
-        <li class:down=!server.up title=title>
+        <li class:down=!server.up || fenced title=title>
             <span class="role">{server.role.clone()}</span>
             <span class="address">{server.address.clone()}</span>
             <span class="lag">{match (server.up, server.role.as_str()) {
@@ -155,6 +166,24 @@ fn server_line(server: &shardcar_api::Server) -> impl IntoView + use<> {
                 (false, _) => "down".into(),
             }}</span>
         </li>
+    }
+}
+
+/// The shard's latest change of primary.
+fn failover_line(event: shardcar_api::Failover) -> impl IntoView {
+    let what = match (&event.from, &event.to) {
+        (_, Some(to)) => format!(
+            "{to} took the writes{}{}",
+            event.from.as_ref().map(|f| format!(" from {f}")).unwrap_or_default(),
+            event.timeline.map(|t| format!(" (timeline {t})")).unwrap_or_default()
+        ),
+        (Some(from), None) => format!("{from} lost: no primary"),
+        (None, None) => "no primary".into(),
+    };
+    view! {
+        <p class="failover" title=format::clock(event.at_ms)>
+            "failover " {format::ago(event.at_ms)} ": " {what}
+        </p>
     }
 }
 

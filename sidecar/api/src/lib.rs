@@ -142,6 +142,12 @@ pub struct Shard {
     /// statements that never reached it.
     pub refused_per_s: f64,
     pub servers: Vec<Server>,
+    /// Changes of which server takes the shard's writes, newest last (up to 20).
+    #[serde(default)]
+    pub failovers: Vec<Failover>,
+    /// Statements waiting for the shard to have a primary now.
+    #[serde(default)]
+    pub buffered: u64,
     /// One point per second, oldest first (up to 15 minutes; `?series=N`
     /// asks for the last N seconds, and the live stream carries the last one).
     pub series: Vec<Point>,
@@ -166,13 +172,33 @@ pub struct InFlight {
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Server {
-    /// `primary` or `replica`.
+    /// What the latest probe found: `primary` (takes the writes), `replica`,
+    /// or `fenced` (claims to be a primary, but another one on a newer
+    /// timeline is: nothing is sent to it). Before the first probe, as configured.
     pub role: String,
+    /// "s0 primary", "s0 replica 0": as listed in the config.
+    #[serde(default)]
+    pub label: String,
+    /// The server's WAL timeline, from the latest probe.
+    #[serde(default)]
+    pub timeline: Option<u32>,
     pub address: String,
     pub up: bool,
     pub last_error: Option<String>,
     /// Replicas only, from the latest probe.
     pub lag: Option<Lag>,
+}
+
+/// The server taking a shard's writes changed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Failover {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    /// The label of the server that took the writes before, if one did.
+    pub from: Option<String>,
+    /// The one that takes them now; None while the shard has no primary.
+    pub to: Option<String>,
+    pub timeline: Option<u32>,
 }
 
 /// How far a replica is behind its primary.

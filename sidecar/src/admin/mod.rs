@@ -150,12 +150,12 @@ fn readiness(shared: &Shared) -> Response<Body> {
         .pools
         .shards
         .iter()
-        .filter(|s| !s.primary.health.is_confirmed_up())
+        .filter(|s| !s.has_primary())
         .map(|s| {
             serde_json::json!({
                 "shard": shared.pools.topology.name(s.id),
-                "primary": s.primary.endpoint.address(),
-                "error": s.primary.health.last_error(),
+                "primary": s.primary().endpoint.address(),
+                "error": s.primary().health.last_error(),
             })
         })
         .collect();

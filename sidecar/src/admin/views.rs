@@ -7,7 +7,7 @@ use shardcar_api as api;
 
 use crate::config::PluginSource;
 use crate::metrics::{buckets, quantile};
-use crate::pool::{Node, Role};
+use crate::pool::Node;
 use crate::shared::Shared;
 use crate::telemetry::hotspots::as_ms;
 
@@ -18,7 +18,7 @@ pub fn overview(shared: &Shared) -> api::Overview {
     api::Overview {
         version: env!("CARGO_PKG_VERSION").into(),
         uptime_s: shared.telemetry.started.elapsed().as_secs(),
-        ready: shared.pools.shards.iter().all(|s| s.primary.health.is_confirmed_up()),
+        ready: shared.pools.shards.iter().all(|s| s.has_primary()),
         shards: shared.pools.shards.len(),
         clients: api::Clients {
             connected: m.clients_connected.get().max(0) as u64,
@@ -63,12 +63,14 @@ pub fn shards(shared: &Shared, series: usize) -> api::Shards {
             let name = shared.pools.topology.name(s.id);
             api::Shard {
                 name: name.to_string(),
-                healthy: s.primary.health.is_confirmed_up(),
+                healthy: s.has_primary(),
                 hot: view.skew.hot && view.skew.busiest.as_deref() == Some(name),
                 load: view.shard_loads.get(i).cloned().unwrap_or_default(),
                 refused_per_s: view.refused_per_s.get(i).copied().unwrap_or_default(),
                 in_flight: view.in_flight.get(i).cloned().unwrap_or_default(),
-                servers: std::iter::once(&s.primary).chain(&s.replicas).map(|n| server(n)).collect(),
+                servers: s.servers.iter().map(|n| server(n)).collect(),
+                failovers: s.leader.events(),
+                buffered: s.leader.buffered() as u64,
                 series: points.map(|p| p.iter().skip(skip).copied().collect()).unwrap_or_default(),
             }
         })
@@ -78,11 +80,13 @@ pub fn shards(shared: &Shared, series: usize) -> api::Shards {
 
 fn server(node: &Node) -> api::Server {
     api::Server {
-        role: node.role.as_str().into(),
+        role: node.role_name().into(),
+        label: node.label.clone(),
+        timeline: node.state.timeline(),
         address: node.endpoint.address(),
         up: node.health.is_confirmed_up(),
         last_error: node.health.last_error(),
-        lag: if node.role == Role::Replica { node.health.lag() } else { None },
+        lag: node.health.lag(),
     }
 }
 
@@ -97,7 +101,7 @@ pub fn pools(shared: &Shared) -> Vec<api::Pool> {
             let (running, waiting) = (n.running.now(), n.waiting.now());
             api::Pool {
                 shard: shared.pools.topology.name(n.shard).to_string(),
-                role: n.role.as_str().into(),
+                role: n.role_name().into(),
                 address: n.endpoint.address(),
                 sslmode: n.endpoint.tls.mode.as_str().into(),
                 encrypted: n.tls.encrypted(),

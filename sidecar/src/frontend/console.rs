@@ -196,7 +196,7 @@ fn servers(shared: &Shared) -> Table {
             let lag = n.health.lag();
             vec![
                 text(shared.pools.topology.name(n.shard)),
-                text(n.role.as_str()),
+                text(n.role_name()),
                 text(n.endpoint.address()),
                 text(if n.health.is_confirmed_up() { "up" } else { "down" }),
                 lag.map(|l| l.bytes.to_string()),

@@ -4,16 +4,16 @@
 //! shard's primary (deadpool-postgres, the control plane).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use deadpool_postgres::Pool;
+use crate::pool::Shard;
 use tokio_postgres::types::Type;
 
 use crate::sqlerror::{SqlError, code};
 
 pub struct Catalog {
-    /// The default shard primary's control-plane pool.
-    pool: Pool,
+    /// The default shard: its primary's control-plane pool is asked.
+    shard: Arc<Shard>,
     /// (table, column) → the column.
     columns: Mutex<HashMap<(String, String), Column>>,
 }
@@ -28,8 +28,8 @@ pub struct Column {
 }
 
 impl Catalog {
-    pub fn new(pool: Pool) -> Catalog {
-        Catalog { pool, columns: Mutex::new(HashMap::new()) }
+    pub fn new(shard: Arc<Shard>) -> Catalog {
+        Catalog { shard, columns: Mutex::new(HashMap::new()) }
     }
 
     pub fn column(&self, table: &str, column: &str) -> Option<Column> {
@@ -49,7 +49,7 @@ impl Catalog {
             )
             .hint(format!("name the columns: INSERT INTO {table} (...) VALUES (...), COPY {table} (...)"))
         };
-        let client = self.pool.get().await.map_err(|e| failed(e.to_string()))?;
+        let client = self.shard.primary().control.get().await.map_err(|e| failed(e.to_string()))?;
         let row = client
             .query_typed(
                 "SELECT count(*) FILTER (WHERE a.attnum < k.attnum), bool_or(true), min(format_type(k.atttypid, NULL))

@@ -6,14 +6,13 @@
 //! recorded as a miss, fetched asynchronously, and the call is made again.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use deadpool_postgres::Pool;
 use tokio_postgres::types::Type;
 
 use crate::config::{self, Config};
-use crate::pool::Pools;
+use crate::pool::{Pools, Shard};
 use crate::sqlerror::{SqlError, code};
 
 /// Beyond this many cached entries, expired ones are dropped before adding more.
@@ -28,7 +27,8 @@ pub enum Cached {
 }
 
 struct Source {
-    pool: Pool,
+    /// Asked through its primary's control-plane pool, wherever that is now.
+    shard: Arc<Shard>,
     query: String,
     ttl: Duration,
 }
@@ -48,8 +48,11 @@ impl Directory {
                 |message: String| config::Invalid(vec![config::Problem { path: format!("directories[{i}]"), message }]);
             let shard =
                 pools.topology.find(&d.shard).ok_or_else(|| invalid(format!("`{}` is not a shard", d.shard)))?;
-            let pool = pools.shard(shard).primary.control.clone();
-            let source = Source { pool, query: d.query.clone(), ttl: Duration::from_millis(d.cache_ttl_ms) };
+            let source = Source {
+                shard: pools.shard(shard).clone(),
+                query: d.query.clone(),
+                ttl: Duration::from_millis(d.cache_ttl_ms),
+            };
             sources.insert(d.namespace.clone(), source);
         }
         Ok(Directory { sources, entries: Mutex::new(HashMap::new()) })
@@ -78,7 +81,7 @@ impl Directory {
                     format!("directory `{namespace}` lookup of `{key}` failed: {e}"),
                 )
             };
-            let client = source.pool.get().await.map_err(|e| failed(e.to_string()))?;
+            let client = source.shard.primary().control.get().await.map_err(|e| failed(e.to_string()))?;
             let row = client
                 .query_typed(&source.query, &[(key, Type::TEXT)])
                 .await

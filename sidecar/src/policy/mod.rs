@@ -104,7 +104,7 @@ pub struct Router {
     pub probation: std::time::Duration,
     pub rollback: Rollback,
     /// Every shard primary's control-plane pool: the keys-that-move check reads rows there.
-    controls: Vec<deadpool_postgres::Pool>,
+    shards: Vec<Arc<crate::pool::Shard>>,
     moving_rows_allowed: bool,
     move_check_rows: u64,
 }
@@ -203,7 +203,7 @@ impl Router {
             })
             .collect();
         let topology = pools.topology.clone();
-        let catalog = catalog::Catalog::new(pools.shard(topology.default_shard()).primary.control.clone());
+        let catalog = catalog::Catalog::new(pools.shard(topology.default_shard()).clone());
         Ok(Router {
             topology,
             allow_broadcast_writes: cfg.routing.allow_broadcast_writes,
@@ -221,7 +221,7 @@ impl Router {
                 failure_ratio: cfg.plugins.rollback_failure_ratio,
                 min_calls: cfg.plugins.rollback_min_calls,
             },
-            controls: pools.shards.iter().map(|s| s.primary.control.clone()).collect(),
+            shards: pools.shards.clone(),
             moving_rows_allowed: cfg.plugins.moving_rows == crate::config::MovingRows::Allow,
             move_check_rows: cfg.plugins.move_check_rows,
         })

@@ -166,7 +166,7 @@ async fn read(router: &Router, shard: ShardId, rule: &TableRule) -> Result<(Vec<
     );
     let on = router.topology().name(shard);
     let failed = |e: &dyn std::fmt::Display| format!("cannot read the keys of {} on {on}: {e}", rule.table);
-    let client = router.controls[shard.index()].get().await.map_err(|e| failed(&e))?;
+    let client = router.shards[shard.index()].primary().control.get().await.map_err(|e| failed(&e))?;
     let rows = match client.query(&sql, &[]).await {
         Ok(rows) => rows,
         Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => return Ok((Vec::new(), true)),

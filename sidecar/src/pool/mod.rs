@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod budget;
 mod conn;
+pub mod failover;
 pub mod health;
 pub mod in_flight;
 pub mod oids;
@@ -15,7 +16,7 @@ pub use conn::ShardConn;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use deadpool::managed::{self, PoolError, RecycleError, RecycleResult, TimeoutType, Timeouts};
 
@@ -53,6 +54,9 @@ pub struct Health {
     /// Replicas: further behind than `routing.max_replica_lag_*` (or not
     /// known to be within it), so reads skip it.
     behind: AtomicBool,
+    /// Its latest failure was an answer — a refused login, a TLS or
+    /// protocol error — not silence: nothing to wait out.
+    refusing: AtomicBool,
 }
 
 impl Health {
@@ -68,6 +72,7 @@ impl Health {
 
     /// Reached: an error from before the server came back is no longer its state.
     pub fn mark_up(&self) {
+        self.refusing.store(false, Ordering::Relaxed);
         if self.state.swap(1, Ordering::Relaxed) == 2 {
             tracing::info!("reachable again");
             if let Ok(mut e) = self.last_error.lock() {
@@ -97,6 +102,14 @@ impl Health {
         if let Ok(mut l) = self.lag.lock() {
             *l = lag;
         }
+    }
+
+    pub fn is_refusing(&self) -> bool {
+        self.refusing.load(Ordering::Relaxed)
+    }
+
+    pub fn set_refusing(&self, refusing: bool) {
+        self.refusing.store(refusing, Ordering::Relaxed);
     }
 
     /// Whether reads skip this replica for its lag.
@@ -171,11 +184,16 @@ impl managed::Manager for Manager {
 
 pub type Pooled = managed::Object<Manager>;
 
-/// One server: a shard's primary or one of its replicas.
+/// One server of a shard: its primary or one of its replicas, as the
+/// latest health probe found.
 pub struct Node {
     pub shard: ShardId,
-    pub role: Role,
-    /// "s0 primary", "s0 replica 1": used in every message about this server.
+    /// Listed under `primary` or `replicas` in the config.
+    pub configured: Role,
+    /// Its role, timeline and freshness from the latest probe.
+    pub state: failover::ServerState,
+    /// "s0 primary", "s0 replica 1" (as configured): used in every message
+    /// about this server.
     pub label: String,
     pub endpoint: Endpoint,
     pub pool: managed::Pool<Manager>,
@@ -201,6 +219,28 @@ pub struct Node {
 }
 
 impl Node {
+    /// Its role as the latest probe found, else as configured.
+    pub fn role(&self) -> Role {
+        self.state.learned().unwrap_or(self.configured)
+    }
+
+    /// Takes its shard's writes now.
+    pub fn is_primary(&self) -> bool {
+        self.state.is_leader()
+    }
+
+    /// `primary`, `replica` or `fenced`, for the API and the console.
+    pub fn role_name(&self) -> &'static str {
+        if self.state.is_fenced() { "fenced" } else { self.role().as_str() }
+    }
+
+    /// Drops its idle connections: it stopped being what they were opened for.
+    fn drain(&self) {
+        for pool in self.all_pools() {
+            pool.retain(|_, _| false);
+        }
+    }
+
     /// The pool for `login`'s user, made (or made again, when the user's
     /// credentials changed) on first use.
     fn user_pool(&self, login: &Arc<UserLogin>, timeouts: Timeouts) -> Result<managed::Pool<Manager>, String> {
@@ -252,14 +292,99 @@ impl std::fmt::Debug for Node {
 
 pub struct Shard {
     pub id: ShardId,
-    pub primary: Arc<Node>,
-    pub replicas: Vec<Arc<Node>>,
+    /// Every server, as configured: primary hosts first, then replicas.
+    pub servers: Vec<Arc<Node>>,
+    /// Which of them takes the writes now.
+    pub leader: failover::Leader,
+    pub metrics: crate::metrics::ShardMetrics,
     next_replica: AtomicUsize,
     /// The shard's text order is byte order (`lc_collate` is C), asked once.
     text_in_c: OnceLock<bool>,
 }
 
 impl Shard {
+    /// The server taking the writes, if one does now.
+    pub fn current_primary(&self) -> Option<&Arc<Node>> {
+        self.leader.current().and_then(|i| self.servers.get(i))
+    }
+
+    /// A primary takes the writes and answered its latest probe.
+    pub fn has_primary(&self) -> bool {
+        self.current_primary().is_some_and(|p| p.health.is_confirmed_up())
+    }
+
+    /// The server taking the writes, else (none does now) the last one
+    /// that did (at first, the first configured as primary): for shardcar's
+    /// own queries, which fail if it cannot take them.
+    pub fn primary(&self) -> &Arc<Node> {
+        self.current_primary().unwrap_or_else(|| self.last_primary())
+    }
+
+    /// The last server that took the writes (at first, the first configured as primary).
+    pub fn last_primary(&self) -> &Arc<Node> {
+        &self.servers[self.leader.last()]
+    }
+
+    /// Servers that are replicas now (in recovery, or configured as one until probed).
+    pub fn replicas(&self) -> impl Iterator<Item = &Arc<Node>> {
+        self.servers.iter().filter(|n| n.role() == Role::Replica && !n.is_primary())
+    }
+
+    /// Every probe round applies what it learned here: who leads, who is
+    /// fenced. Drains the pools of a server that stops leading.
+    pub fn elect(&self) {
+        let claims: Vec<(usize, u32)> = self
+            .servers
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| n.health.is_confirmed_up() && n.state.learned() == Some(Role::Primary))
+            .map(|(i, n)| (i, n.state.timeline().unwrap_or(0)))
+            .collect();
+        let election = failover::elect(&claims, self.leader.newest_timeline());
+        let before = self.current_primary().cloned();
+        for (i, node) in self.servers.iter().enumerate() {
+            let fenced = election.fenced.contains(&i);
+            if node.state.set_fenced(fenced) && fenced {
+                tracing::error!(
+                    "{} claims to be a primary on timeline {}, but {}: nothing is sent to it",
+                    node.label,
+                    node.state.timeline().unwrap_or(0),
+                    match election.leader {
+                        Some(l) => format!("{} leads on timeline {}", self.servers[l].label, election.newest),
+                        None if claims.len() > 1 => "another primary is on the same timeline (split brain)".into(),
+                        None => format!("the shard has been on timeline {} since", election.newest),
+                    }
+                );
+            }
+            node.state.set_leader(election.leader == Some(i));
+        }
+        let to = election.leader.map(|i| &self.servers[i]);
+        let changed = self.leader.set(election.leader, election.newest, || shardcar_api::Failover {
+            at_ms: failover::unix_ms(std::time::SystemTime::now()),
+            from: before.as_ref().map(|n| n.label.clone()),
+            to: to.map(|n| n.label.clone()),
+            timeline: to.and_then(|n| n.state.timeline()),
+        });
+        if changed {
+            self.metrics.failovers.inc();
+            match (before, to) {
+                (_, Some(to)) => tracing::warn!(
+                    "{} takes the writes of shard {} now (timeline {})",
+                    to.label,
+                    self.id,
+                    to.state.timeline().unwrap_or(0)
+                ),
+                (Some(from), None) => {
+                    tracing::warn!("{} no longer takes writes: statements that need a primary wait", from.label);
+                }
+                (None, None) => {}
+            }
+        }
+        for node in self.servers.iter().filter(|n| !n.is_primary() && n.state.learned() != Some(Role::Replica)) {
+            node.drain();
+        }
+    }
+
     /// Whether text sorts by its bytes on this shard, once known.
     pub fn text_in_c(&self) -> Option<bool> {
         self.text_in_c.get().copied()
@@ -272,7 +397,9 @@ impl Shard {
 
 pub struct Pools {
     pub topology: Arc<Topology>,
-    pub shards: Vec<Shard>,
+    /// Shared with what queries a shard's primary on its own (the catalog,
+    /// directories), so that they follow it too.
+    pub shards: Vec<Arc<Shard>>,
     server_params: Arc<RwLock<Vec<(String, String)>>>,
     timeouts: Timeouts,
     pool_size: usize,
@@ -280,6 +407,16 @@ pub struct Pools {
     pub oids: Arc<oids::Oids>,
     /// `routing.max_replica_lag_bytes` and `_ms`.
     pub max_lag: MaxLag,
+    /// `[failover]`: how long and how many statements wait for a primary.
+    failover: config::Failover,
+    /// Asks the health probes for a round now (a primary was lost).
+    pub probe_now: tokio::sync::Notify,
+}
+
+/// A checkout that failed; `lost`: the server did not answer at all.
+struct Failed {
+    error: SqlError,
+    lost: bool,
 }
 
 /// How far behind its primary a replica may be and still get reads.
@@ -313,9 +450,10 @@ impl Pools {
             create: Some(cfg.pool.connect_timeout()),
             recycle: Some(Duration::from_secs(1)),
         };
-        let node = |shard: ShardId, s: &config::Shard, role: Role, label: String, url: &str| {
+        let node = |shard: ShardId, s: &config::Shard, server: config::Server| {
+            let config::Server { endpoint, configured_primary, label } = server;
+            let role = if configured_primary { Role::Primary } else { Role::Replica };
             let invalid = |message: String| config::Invalid(vec![config::Problem { path: label.clone(), message }]);
-            let endpoint = cfg.endpoint(s, url).map_err(invalid)?;
             let control = control_pool(&endpoint, cfg.pool.connect_timeout()).map_err(invalid)?;
             let health = Arc::new(Health::default());
             let tls = Arc::new(crate::tls::shard::Usage::default());
@@ -343,7 +481,8 @@ impl Pools {
             let metrics = metrics.node(topology.name(shard), role.as_str(), &endpoint.address());
             Ok(Arc::new(Node {
                 shard,
-                role,
+                configured: role,
+                state: failover::ServerState::default(),
                 label,
                 endpoint,
                 pool,
@@ -361,23 +500,37 @@ impl Pools {
         };
         let mut shards = Vec::new();
         for (id, s) in topology.ids().zip(&cfg.shards) {
-            let primary = node(id, s, Role::Primary, format!("{} primary", s.name), &s.primary)?;
-            let replicas = s
-                .replicas
-                .iter()
-                .enumerate()
-                .map(|(j, url)| node(id, s, Role::Replica, format!("{} replica {j}", s.name), url))
-                .collect::<Result<Vec<_>, _>>()?;
+            let servers =
+                cfg.servers(s).map_err(|(path, message)| config::Invalid(vec![config::Problem { path, message }]))?;
+            let servers = servers.into_iter().map(|server| node(id, s, server)).collect::<Result<Vec<_>, _>>()?;
+            servers[0].state.set_leader(true);
             let next_replica = AtomicUsize::new(0);
-            shards.push(Shard { id, primary, replicas, next_replica, text_in_c: OnceLock::new() });
+            shards.push(Arc::new(Shard {
+                id,
+                servers,
+                leader: failover::Leader::new(0),
+                metrics: metrics.shard(&s.name),
+                next_replica,
+                text_in_c: OnceLock::new(),
+            }));
         }
         let max_lag = MaxLag { bytes: cfg.routing.max_replica_lag_bytes, ms: cfg.routing.max_replica_lag_ms };
-        Ok(Pools { topology, shards, server_params, timeouts, pool_size: cfg.pool.size, oids, max_lag })
+        Ok(Pools {
+            topology,
+            shards,
+            server_params,
+            timeouts,
+            pool_size: cfg.pool.size,
+            oids,
+            max_lag,
+            failover: cfg.failover.clone(),
+            probe_now: tokio::sync::Notify::new(),
+        })
     }
 
     /// `shard`'s user tables and types by name, from its primary.
     pub async fn catalog_names(&self, shard: ShardId) -> Result<oids::Names, String> {
-        let client = self.shard(shard).primary.control.get().await.map_err(|e| e.to_string())?;
+        let client = self.shard(shard).primary().control.get().await.map_err(|e| e.to_string())?;
         let rows = client.query(oids::NAMES_SQL, &[]).await.map_err(|e| e.to_string())?;
         let mut names = oids::Names::default();
         for row in rows {
@@ -398,29 +551,35 @@ impl Pools {
         self.oids.refresh(|shard| self.catalog_names(shard)).await;
     }
 
-    pub fn shard(&self, id: ShardId) -> &Shard {
+    pub fn shard(&self, id: ShardId) -> &Arc<Shard> {
         &self.shards[id.index()]
     }
 
     pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
-        self.shards.iter().flat_map(|s| std::iter::once(&s.primary).chain(&s.replicas))
+        self.shards.iter().flat_map(|s| &s.servers)
     }
 
-    /// A connection to `shard`: a healthy replica when `read` allows one,
-    /// else (or when every replica fails) the primary; as `login`'s user
-    /// (passthrough), else as the URL's.
+    /// A connection to `shard`: a healthy replica when `role` allows one
+    /// (one that has replayed the session's writes on the shard, when it
+    /// made some: acknowledged at `wrote_at`), else (or when every replica
+    /// fails) the primary; as `login`'s user (passthrough), else as the URL's.
     pub async fn checkout(
         &self,
         shard: ShardId,
         role: Role,
+        wrote_at: Option<Instant>,
         login: Option<&Arc<UserLogin>>,
     ) -> Result<ShardConn, SqlError> {
         let s = self.shard(shard);
-        if role == Role::Replica && !s.replicas.is_empty() {
+        if role == Role::Replica {
+            let replicas: Vec<&Arc<Node>> = s.replicas().collect();
             let start = s.next_replica.fetch_add(1, Ordering::Relaxed);
-            for k in 0..s.replicas.len() {
-                let node = &s.replicas[(start + k) % s.replicas.len()];
+            for k in 0..replicas.len() {
+                let node = replicas[(start + k) % replicas.len()];
                 if !node.health.is_up() || node.health.is_behind() {
+                    continue;
+                }
+                if wrote_at.is_some_and(|at| !node.state.has_replayed(at)) {
                     continue;
                 }
                 match self.get(node, login).await {
@@ -433,25 +592,125 @@ impl Pools {
                 }
             }
         }
-        self.get(&s.primary, login).await
+        self.primary_conn(s, login).await
+    }
+
+    /// A connection to `s`'s primary. While it has none because the one it
+    /// had is lost (it stopped answering; not a refused login or a shard
+    /// never reached), waits for one up to `failover.buffer_ms`.
+    async fn primary_conn(&self, s: &Shard, login: Option<&Arc<UserLogin>>) -> Result<ShardConn, SqlError> {
+        let started = Instant::now();
+        let mut slot = None;
+        let mut last_error: Option<SqlError> = None;
+        loop {
+            let target = s.current_primary().filter(|n| n.health.is_up());
+            if target.is_none() {
+                let last = s.last_primary();
+                if !s.leader.had_one() || last.health.is_refusing() {
+                    // Never reached, or refusing rather than gone: its own
+                    // error, at once, as for any server.
+                    return self.get(last, login).await;
+                }
+            }
+            if let Some(node) = target {
+                match self.try_get(node, login).await {
+                    Ok(conn) => {
+                        if slot.is_some() {
+                            s.metrics.wait.observe(started.elapsed().as_secs_f64());
+                        }
+                        return Ok(conn);
+                    }
+                    Err(Failed { error, lost: true }) => {
+                        // A probe round now says whether it is gone for good.
+                        self.probe_now.notify_one();
+                        last_error = Some(error);
+                    }
+                    Err(Failed { error, lost: false }) => return Err(error),
+                }
+            }
+            let left = self.failover.buffer().saturating_sub(started.elapsed());
+            if left.is_zero() {
+                if slot.is_some() {
+                    s.metrics.wait.observe(started.elapsed().as_secs_f64());
+                }
+                return Err(self.no_primary(s, last_error, self.failover.buffer_ms > 0));
+            }
+            if slot.is_none() {
+                let Some(taken) = s.leader.wait_slot(self.failover.max_buffered) else {
+                    return Err(self.no_primary(s, last_error, true));
+                };
+                slot = Some(taken);
+                // Watching from now on: look once more before the first wait.
+                continue;
+            }
+            if let Some(slot) = slot.as_mut() {
+                slot.changed(left).await;
+            }
+        }
+    }
+
+    /// The error of a statement that found no primary: `57P03` when it
+    /// waited for one (or found too many waiting), else the last error as it was.
+    fn no_primary(&self, s: &Shard, last_error: Option<SqlError>, waited: bool) -> SqlError {
+        let name = self.topology.name(s.id);
+        let why = last_error
+            .as_ref()
+            .map(|e| e.message.clone())
+            .or_else(|| s.primary().health.last_error())
+            .unwrap_or_else(|| "no server says it is the primary".into());
+        if !waited {
+            return last_error.unwrap_or_else(|| {
+                SqlError::new(code::CANNOT_CONNECT, format!("shard {name} has no primary: {why}")).on(s.id)
+            });
+        }
+        let message = if s.leader.buffered() >= self.failover.max_buffered {
+            format!(
+                "shard {name} has no primary and {} statements already wait for one (failover.max_buffered); last error: {why}",
+                self.failover.max_buffered
+            )
+        } else {
+            format!(
+                "shard {name} has no primary: none took the writes within {} ms; last error: {why}",
+                self.failover.buffer_ms
+            )
+        };
+        SqlError::new(code::CANNOT_CONNECT_NOW, message)
+            .hint("failover.buffer_ms is how long statements wait for a promotion")
+            .on(s.id)
     }
 
     async fn get(&self, node: &Arc<Node>, login: Option<&Arc<UserLogin>>) -> Result<ShardConn, SqlError> {
+        self.try_get(node, login).await.map_err(|f| f.error)
+    }
+
+    async fn try_get(&self, node: &Arc<Node>, login: Option<&Arc<UserLogin>>) -> Result<ShardConn, Failed> {
+        let failed = |error: SqlError| Failed { error, lost: false };
         let _waiting = node.waiting.begin();
         let pool = match login {
             None => &node.pool,
             Some(login) => &node
                 .user_pool(login, self.timeouts)
-                .map_err(|e| SqlError::new(code::INTERNAL_ERROR, format!("pool for {}: {e}", node.label)))?,
+                .map_err(|e| failed(SqlError::new(code::INTERNAL_ERROR, format!("pool for {}: {e}", node.label))))?,
         };
         // Within the fleet's budget: a slot's permit first, held with the connection.
         let slot = match (&node.budget, login) {
-            (Some(budget), None) => Some(self.budget_permit(node, budget).await?),
+            (Some(budget), None) => Some(self.budget_permit(node, budget).await.map_err(failed)?),
             _ => None,
         };
         match pool.timeout_get(&self.timeouts).await {
             Ok(conn) => Ok(ShardConn { conn, node: node.clone(), _slot: slot }),
-            Err(e) => Err(self.checkout_error(node, e).on(node.shard)),
+            Err(e) => {
+                // Not there (refused, unreachable, silent): a failover may be under way.
+                let lost = matches!(
+                    e,
+                    PoolError::Timeout(TimeoutType::Create)
+                        | PoolError::Backend(ConnectError::Io { .. } | ConnectError::Timeout(..))
+                );
+                if matches!(e, PoolError::Backend(_) | PoolError::Timeout(TimeoutType::Create)) {
+                    node.health.set_refusing(!lost);
+                }
+                Err(Failed { error: self.checkout_error(node, e).on(node.shard), lost })
+            }
         }
     }
 
@@ -518,7 +777,7 @@ impl Pools {
         let order = std::iter::once(first).chain(self.topology.ids().filter(|&i| i != first));
         let mut last_error = None;
         for shard in order {
-            match self.get(&self.shard(shard).primary, None).await {
+            match self.get(self.shard(shard).primary(), None).await {
                 Ok(conn) => {
                     drop(conn);
                     break;

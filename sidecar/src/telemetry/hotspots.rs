@@ -383,7 +383,7 @@ impl Hotspots {
             .enumerate()
             .map(|(i, s)| {
                 let finished = h.series.get(i).and_then(|p| p.back()).map_or(0, |p| p.statements);
-                in_flight(std::iter::once(&s.primary).chain(&s.replicas), finished, self.stall_after)
+                in_flight(s.servers.iter(), finished, self.stall_after)
             })
             .collect();
         // A shard down or stalled in the window carries less than its
@@ -391,7 +391,7 @@ impl Hotspots {
         // so that an outage or a stall elsewhere does not make a shard hot.
         h.impaired_at.resize(shards, None);
         for (i, s) in pools.shards.iter().enumerate() {
-            if !s.primary.health.is_up() || in_flight[i].stalled {
+            if s.current_primary().is_none_or(|p| !p.health.is_up()) || in_flight[i].stalled {
                 h.impaired_at[i] = Some(t);
             }
         }

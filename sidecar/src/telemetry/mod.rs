@@ -128,11 +128,13 @@ impl Telemetry {
             m.oldest_running.set(running.oldest.unwrap_or_default().as_secs_f64());
             m.pool_longest_wait.set(waiting.oldest.unwrap_or_default().as_secs_f64());
             m.up.set(i64::from(node.health.is_confirmed_up()));
-            if let Some((bytes, seconds)) = &m.lag {
-                let lag = node.health.lag();
-                bytes.set(lag.map_or(0, |l| l.bytes as i64));
-                seconds.set(lag.map_or(0.0, |l| l.seconds));
-            }
+            m.primary.set(i64::from(node.is_primary()));
+            let lag = node.health.lag();
+            m.lag.0.set(lag.map_or(0, |l| l.bytes as i64));
+            m.lag.1.set(lag.map_or(0.0, |l| l.seconds));
+        }
+        for shard in &pools.shards {
+            shard.metrics.buffered.set(shard.leader.buffered() as i64);
         }
         self.metrics.parse_cache_entries.set(facts.len() as i64);
         self.metrics.parse_cache_bytes.set(facts.weight() as i64);

@@ -371,7 +371,7 @@ impl Exporting {
                     KeyValue::new("server.address", node.endpoint.host.clone()),
                     KeyValue::new("server.port", i64::from(node.endpoint.port)),
                     KeyValue::new("shardcar.shard", self.shard(node.shard)),
-                    KeyValue::new("shardcar.role", node.role.as_str()),
+                    KeyValue::new("shardcar.role", node.role_name()),
                 ]);
                 attrs.extend(self.route_attributes(&f.stages));
                 let status = match &f.error {
@@ -389,7 +389,7 @@ impl Exporting {
                     KeyValue::new("server.address", node.endpoint.host.clone()),
                     KeyValue::new("server.port", i64::from(node.endpoint.port)),
                     KeyValue::new("shardcar.shard", self.shard(node.shard)),
-                    KeyValue::new("shardcar.role", node.role.as_str()),
+                    KeyValue::new("shardcar.role", node.role_name()),
                 ];
                 let name = format!("execute {}", node.label);
                 b.child(root, name.into(), SpanKind::Client, f.sent, ended, server);

@@ -85,8 +85,11 @@ impl Coordinator {
             return Ok(());
         }
         let name = self.pools.topology.name(shard).to_string();
-        let mut checkout =
-            self.pools.checkout(shard, Role::Primary, None).await.map_err(|e| format!("{name}: {}", e.message))?;
+        let mut checkout = self
+            .pools
+            .checkout(shard, Role::Primary, None, None)
+            .await
+            .map_err(|e| format!("{name}: {}", e.message))?;
         let exists = "SELECT to_regclass('shardcar.decisions') IS NOT NULL";
         let made = match checkout.conn.run_control(exists).await {
             Ok(answer @ Answer { error: None, .. }) if answer.first_value() == Some("t") => Ok(()),

@@ -51,7 +51,7 @@ impl Coordinator {
         let mut listed_all = true;
         for shard in topology.ids() {
             let name = topology.name(shard);
-            let mut checkout = match self.pools.checkout(shard, Role::Primary, None).await {
+            let mut checkout = match self.pools.checkout(shard, Role::Primary, None, None).await {
                 Ok(c) => c,
                 Err(e) => {
                     listed_all = false;
@@ -86,7 +86,7 @@ impl Coordinator {
                 };
                 let decider = match deciders.entry(gid.decider) {
                     Entry::Occupied(e) => e.into_mut(),
-                    Entry::Vacant(e) => match self.pools.checkout(gid.decider, Role::Primary, None).await {
+                    Entry::Vacant(e) => match self.pools.checkout(gid.decider, Role::Primary, None, None).await {
                         Ok(c) => e.insert(c),
                         Err(e) => {
                             problems.push(format!("{}: {} (deciding {gname})", topology.name(gid.decider), e.message));
@@ -114,7 +114,7 @@ impl Coordinator {
         if listed_all && self.cleanup_due() {
             let sql = cleanup_sql(&still_prepared);
             for shard in topology.ids().filter(|s| self.is_ready(*s)) {
-                if let Ok(mut c) = self.pools.checkout(shard, Role::Primary, None).await
+                if let Ok(mut c) = self.pools.checkout(shard, Role::Primary, None, None).await
                     && let Ok(Err(e)) = c.conn.run_hidden(&sql).await
                 {
                     problems.push(format!("{}: cannot delete old decisions: {e}", topology.name(shard)));

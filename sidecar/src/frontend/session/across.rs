@@ -121,6 +121,10 @@ impl Session {
             None => false,
         };
         for p in parts {
+            if commit {
+                // Committed, or (08007) perhaps: reads after it must see it either way.
+                self.conns.note_write(p.node.shard);
+            }
             if changed_settings {
                 p.close();
             } else {

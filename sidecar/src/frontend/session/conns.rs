@@ -2,9 +2,11 @@
 //! batch in flight or the transaction block, with what the session sent on
 //! each since its last Sync.
 
+use std::time::Instant;
+
 use bytes::BytesMut;
 
-use crate::pool::{Role, ShardConn};
+use crate::pool::ShardConn;
 use crate::topology::ShardId;
 
 pub struct Held {
@@ -19,6 +21,8 @@ pub struct Held {
     pub wrote: bool,
     /// A block of shardcar's own or the client's is open on it.
     pub in_block: bool,
+    /// Checked out from a replica (the server's role then, whatever it is now).
+    pub on_replica: bool,
     /// On a replica, outside a transaction: what this batch sent, while
     /// none of its answer has come — what can run again on the primary if
     /// the replica is lost. `None` once an answer came (or on a primary).
@@ -30,14 +34,15 @@ pub struct Held {
 
 impl Held {
     pub fn new(conn: ShardConn) -> Held {
-        let replay = (conn.node.role == Role::Replica).then(BytesMut::new);
+        let on_replica = !conn.node.is_primary();
         Held {
+            on_replica,
+            replay: on_replica.then(BytesMut::new),
             conn,
             unsynced: false,
             unflushed: false,
             wrote: false,
             in_block: false,
-            replay,
             held_back: BytesMut::new(),
         }
     }
@@ -77,9 +82,26 @@ pub struct Conns {
     held: Vec<Held>,
     /// The shard the session's last statement went to.
     current: Option<ShardId>,
+    /// When the session's last write on each shard was acknowledged: its
+    /// reads there go to a replica only once that replica has replayed
+    /// everything committed by then (read-your-writes).
+    wrote_at: Vec<(ShardId, Instant)>,
 }
 
 impl Conns {
+    /// A write of this session's on `shard` is committed, as of now.
+    pub fn note_write(&mut self, shard: ShardId) {
+        let now = Instant::now();
+        match self.wrote_at.iter_mut().find(|(s, _)| *s == shard) {
+            Some((_, at)) => *at = now,
+            None => self.wrote_at.push((shard, now)),
+        }
+    }
+
+    pub fn wrote_at(&self, shard: ShardId) -> Option<Instant> {
+        self.wrote_at.iter().find(|(s, _)| *s == shard).map(|&(_, at)| at)
+    }
+
     pub fn is_empty(&self) -> bool {
         self.held.is_empty()
     }

@@ -170,7 +170,7 @@ impl Session {
         if let Some(held) = self.conns.get(shard) {
             // A replica cannot take a write: outside a transaction the
             // batch moves to the primary once the replica is done.
-            let wrong_role = role == Role::Primary && held.conn.node.role != Role::Primary;
+            let wrong_role = role == Role::Primary && held.on_replica;
             if !wrong_role {
                 self.conns.set_current(shard);
                 self.point_cancel();
@@ -287,7 +287,8 @@ impl Session {
     /// A connection to `shard`'s `role` server, with this session's settings.
     pub(super) async fn checkout(&mut self, shard: ShardId, role: Role) -> Result<Held, SqlError> {
         let at = Instant::now();
-        let mut conn = self.shared.pools.checkout(shard, role, self.login.as_ref()).await?;
+        let wrote_at = self.conns.wrote_at(shard);
+        let mut conn = self.shared.pools.checkout(shard, role, wrote_at, self.login.as_ref()).await?;
         conn.adopt(&self.settings).await?;
         let took = Stage::since(at);
         conn.node.metrics.checkout_wait.observe(took.took.as_secs_f64());

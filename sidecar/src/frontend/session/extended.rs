@@ -493,15 +493,16 @@ impl Session {
         let mut tries = 0;
         let (mut conn, out, failed) = loop {
             tries += 1;
-            let mut conn = match self.shared.pools.checkout(shard, role, self.login.as_ref()).await {
-                Ok(c) => c,
-                Err(e) => {
-                    for effect in pending.unwrap_or_default() {
-                        self.apply(effect);
+            let mut conn =
+                match self.shared.pools.checkout(shard, role, self.conns.wrote_at(shard), self.login.as_ref()).await {
+                    Ok(c) => c,
+                    Err(e) => {
+                        for effect in pending.unwrap_or_default() {
+                            self.apply(effect);
+                        }
+                        return self.fail(e, true);
                     }
-                    return self.fail(e, true);
-                }
-            };
+                };
             match Self::ask_describe(&mut conn, p, pending.is_some()).await {
                 Ok((out, failed)) => break (conn, out, failed),
                 Err(e) => {

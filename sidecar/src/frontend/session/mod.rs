@@ -566,10 +566,14 @@ impl Session {
         // written: this ReadyForQuery may answer a Query that messages
         // written since (pipelined) came after.
         if status == TxnStatus::Idle {
+            let committed_write = held.wrote && !held.on_replica;
             held.wrote = false;
             held.in_block = false;
-            if held.conn.node.role == Role::Replica {
+            if held.on_replica {
                 held.replay = Some(BytesMut::new());
+            }
+            if committed_write {
+                self.conns.note_write(shard);
             }
         } else {
             held.in_block = true;

@@ -596,7 +596,7 @@ mod tests {
         let topology = Arc::new(crate::topology::Topology::new(&cfg));
         let pools = crate::pool::Pools::new(&cfg, topology, &crate::metrics::Metrics::new()).unwrap();
         let stages = crate::telemetry::stages::Stages::new(std::time::Instant::now());
-        InFlight::new(stages, Arc::new(Facts::default()), pools.shard(S0).primary.clone(), Arc::default())
+        InFlight::new(stages, Arc::new(Facts::default()), pools.shard(S0).primary().clone(), Arc::default())
     }
 
     fn finished(events: &[Event]) -> Vec<Option<String>> {
