@@ -104,6 +104,12 @@ async fn the_primary_dies_and_its_promoted_replica_takes_the_writes_losing_none(
             tokio::spawn(run_client(conninfo.clone(), stop.clone(), writer, count.clone()))
         })
         .collect();
+    // A transaction open at the kill, and a statement running then.
+    let open = connect(&conninfo).await.unwrap();
+    open.batch_execute(&format!("BEGIN; INSERT INTO {t} VALUES (-2)")).await.unwrap();
+    let running = connect(&conninfo).await.unwrap();
+    let slow = format!("INSERT INTO {t} SELECT -1 FROM pg_sleep(3)");
+    let running = tokio::spawn(async move { running.batch_execute(&slow).await });
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
     fleet.s0.kill().unwrap();
@@ -120,6 +126,12 @@ async fn the_primary_dies_and_its_promoted_replica_takes_the_writes_losing_none(
     .await;
     assert!(took_over, "{}", sc.admin_get("/api/v1/shards").1);
     let took_over_at = Instant::now();
+    // Both fail, clearly; neither is run again (either might have committed).
+    let e = running.await.unwrap().expect_err("the statement running at the kill fails");
+    println!("running at the kill: {}", sqlstate(&e));
+    assert!(sqlstate(&e).starts_with("08"), "{e:?}");
+    let e = open.batch_execute("COMMIT").await.expect_err("the transaction open at the kill fails");
+    println!("open at the kill, COMMIT: {}", sqlstate(&e));
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     // The old primary comes back as a primary, on the old timeline (its
@@ -152,6 +164,7 @@ async fn the_primary_dies_and_its_promoted_replica_takes_the_writes_losing_none(
     let rows: HashSet<i64> =
         new.query(&format!("SELECT id FROM {t}"), &[]).await.unwrap().iter().map(|r| r.get(0)).collect();
     let acked: Vec<(i64, Instant)> = seen.iter().flat_map(|s| s.acked.iter().copied()).collect();
+    assert!(!rows.contains(&-1) && !rows.contains(&-2), "what failed at the kill was not run again");
     let lost: Vec<i64> = acked.iter().map(|(id, _)| *id).filter(|id| !rows.contains(id)).collect();
     assert!(lost.is_empty(), "acknowledged but lost: {lost:?}");
     let after_restart = acked.iter().filter(|(_, at)| *at > restarted).count();
