@@ -326,7 +326,7 @@ impl Shard {
     }
 
     /// Servers that are replicas now (in recovery, or configured as one until probed).
-    pub fn replicas(&self) -> impl Iterator<Item = &Arc<Node>> {
+    pub fn replicas(&self) -> impl Iterator<Item = &Arc<Node>> + Clone {
         self.servers.iter().filter(|n| n.role() == Role::Replica && !n.is_primary())
     }
 
@@ -572,10 +572,10 @@ impl Pools {
     ) -> Result<ShardConn, SqlError> {
         let s = self.shard(shard);
         if role == Role::Replica {
-            let replicas: Vec<&Arc<Node>> = s.replicas().collect();
-            let start = s.next_replica.fetch_add(1, Ordering::Relaxed);
-            for k in 0..replicas.len() {
-                let node = replicas[(start + k) % replicas.len()];
+            // Round robin, starting one further each time (no allocation: this is every read).
+            let count = s.replicas().count();
+            let start = s.next_replica.fetch_add(1, Ordering::Relaxed) % count.max(1);
+            for node in s.replicas().cycle().skip(start).take(count) {
                 if !node.health.is_up() || node.health.is_behind() {
                     continue;
                 }
