@@ -328,6 +328,11 @@ pub struct Plugins {
     /// Rows of each table read from each shard to find the keys a new
     /// version would move.
     pub move_check_rows: u64,
+    /// Decisions each plugin version remembers, made from nothing but the
+    /// table, the statement's kind and its keys (and the topology): the
+    /// same statement for the same key is then routed without a call.
+    /// 0: every statement calls the plugin.
+    pub remembered_decisions: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -349,6 +354,7 @@ impl Default for Plugins {
             rollback_min_calls: 100,
             moving_rows: MovingRows::Refuse,
             move_check_rows: 100_000,
+            remembered_decisions: 10_000,
         }
     }
 }

@@ -120,6 +120,8 @@ impl NodeMetrics {
 #[derive(Clone)]
 pub struct PluginMetrics {
     pub calls: IntCounter,
+    /// Statements routed by a remembered decision, without a call.
+    pub remembered: IntCounter,
     pub errors: IntCounter,
     pub duration: Histogram,
 }
@@ -129,6 +131,7 @@ impl PluginMetrics {
     pub fn detached() -> PluginMetrics {
         PluginMetrics {
             calls: counter("detached", "-"),
+            remembered: counter("detached", "-"),
             errors: counter("detached", "-"),
             duration: Histogram::with_opts(HistogramOpts::new("detached", "-")).expect("static metric definition"),
         }
@@ -162,6 +165,7 @@ pub struct Metrics {
     replica_lag_seconds: GaugeVec,
     replica_lag_bytes: IntGaugeVec,
     plugin_calls: IntCounterVec,
+    plugin_remembered: IntCounterVec,
     plugin_errors: IntCounterVec,
     plugin_duration: HistogramVec,
     table_statements: IntCounterVec,
@@ -356,6 +360,14 @@ impl Metrics {
                 &r,
                 counter_vec("shardcar_plugin_calls_total", "Routing plugin calls", &["policy", "plugin", "version"]),
             ),
+            plugin_remembered: register(
+                &r,
+                counter_vec(
+                    "shardcar_plugin_remembered_total",
+                    "Statements routed by a decision the plugin made before for the same table, kind and keys (no call)",
+                    &["policy", "plugin", "version"],
+                ),
+            ),
             build_info: register(
                 &r,
                 gauge_vec("shardcar_build_info", "1, labelled with shardcar's version", &["version"]),
@@ -519,6 +531,7 @@ impl Metrics {
         let at = [policy, plugin, version];
         PluginMetrics {
             calls: self.plugin_calls.with_label_values(&at),
+            remembered: self.plugin_remembered.with_label_values(&at),
             errors: self.plugin_errors.with_label_values(&at),
             duration: self.plugin_duration.with_label_values(&at),
         }

@@ -94,7 +94,8 @@ pub async fn serve(
         let mut tick = tokio::time::interval(topology_config.pool.health_check_interval());
         loop {
             tick.tick().await;
-            let healthy: Vec<bool> = topology_pools.shards.iter().map(|s| s.has_primary()).collect();
+            let healthy: Vec<bool> =
+                topology_pools.shards.iter().map(|s| s.current_primary().is_some_and(|p| p.health.is_up())).collect();
             topology_router.set_health(&topology_config, &healthy);
         }
     });

@@ -65,6 +65,10 @@ name = "pgbench_accounts"
 key = "aid"
 policy = "hashed"
 EOF
+# SHARDCAR_REMEMBERED_DECISIONS=0 compares with every statement calling the plugin.
+if [ -n "${SHARDCAR_REMEMBERED_DECISIONS:-}" ]; then
+  printf '\n[plugins]\nremembered_decisions = %s\n' "$SHARDCAR_REMEMBERED_DECISIONS" >>"$work/shardcar.toml"
+fi
 SHARDCAR_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$work/callgrind.%p" \
   "$bin" run --config "$work/shardcar.toml" >"$work/valgrind.log" 2>&1 &
 sc_pid=$!
@@ -77,9 +81,16 @@ statements() {
   curl -s "http://127.0.0.1:$admin/metrics" | awk '/^shardcar_statements_total/ {n += $NF} END {print n + 0}'
 }
 
-echo "instructions per statement, pgbench -S, 8 clients, 1 shard + hash plugin (callgrind, $seconds s per mode)"
+# SHARDCAR_BENCH_KEYS=N: pgbench -S's statement with its key drawn from
+# 1..N rather than every account (keys that repeat, as hot keys do).
+workload=(-S)
+if [ -n "${SHARDCAR_BENCH_KEYS:-}" ]; then
+  printf '\\set aid random(1, %s)\nSELECT abalance FROM pgbench_accounts WHERE aid = :aid;\n' "$SHARDCAR_BENCH_KEYS" >"$work/keys.sql"
+  workload=(-f "$work/keys.sql")
+fi
+echo "instructions per statement, pgbench ${workload[*]}, 8 clients, 1 shard + hash plugin (callgrind, $seconds s per mode)"
 for mode in simple extended prepared; do
-  pgbench -h 127.0.0.1 -p "$port" -U app -S -M "$mode" -c 8 -T $((seconds + 20)) postgres >"$work/pgbench.log" 2>&1 &
+  pgbench -h 127.0.0.1 -p "$port" -U app "${workload[@]}" -M "$mode" -c 8 -T $((seconds + 20)) postgres >"$work/pgbench.log" 2>&1 &
   load=$!
   sleep 3
   # The scrapes stay outside the count; the statements that straddle the

@@ -384,9 +384,9 @@ async fn a_copy_routes_each_key_once() {
     let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
     let c = sc.connect().await;
     let data: String = (0..2000).map(|i| format!("{}\trow {i}\n", 1 + i % 4)).collect();
-    let before = crate::plugins::plugin_calls(&sc);
+    let before = crate::plugins::plugin_routings(&sc);
     assert_eq!(copy_in(&c, &format!("COPY {t} FROM STDIN"), data.as_bytes(), 4096).await.unwrap(), 2000);
-    let calls = crate::plugins::plugin_calls(&sc) - before;
+    let calls = crate::plugins::plugin_routings(&sc) - before;
     assert_eq!(calls, 4, "one call per distinct key");
     for key in 1..=4 {
         let n: i64 =

@@ -24,6 +24,7 @@ fn config(fleet: &Fleet, t: &str, plugin: &Path, own_cache: Option<&Path>) -> St
                 plugin.display()
             ),
         )
+        .replace("call_timeout_ms = 100\n", "")
         .replace("[plugins]\n", "[plugins]\ncall_timeout_ms = 50\nmemory_limit_mb = 16\nreload_interval_ms = 100\n")
         .replace(&shared_cache, &cache)
 }

@@ -333,14 +333,51 @@ fn check_loads_plugins_and_reports_their_config_errors() {
     assert!(text.contains("policies[0] (by-customer)") && text.contains("non-empty list of shard names"), "{text}");
 }
 
-/// Routing plugin calls so far, summed over policies and versions.
-pub fn plugin_calls(sc: &Sidecar) -> u64 {
+/// A counter summed over policies and plugin versions.
+fn plugin_counter(sc: &Sidecar, name: &str) -> u64 {
     let metrics = sc.admin_get("/metrics").1;
     metrics
         .lines()
-        .filter(|l| l.starts_with("shardcar_plugin_calls_total{"))
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with('{')))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+/// Statements a plugin routed so far: by a call, or by a decision it made
+/// before for the same table, kind and keys.
+pub fn plugin_routings(sc: &Sidecar) -> u64 {
+    plugin_counter(sc, "shardcar_plugin_calls_total") + plugin_counter(sc, "shardcar_plugin_remembered_total")
+}
+
+#[tokio::test]
+async fn a_decision_from_the_keys_alone_is_remembered() {
+    // (One that read more is not: `directory_follows_its_table_without_a_restart` re-routes a key
+    // whose directory entry moved.)
+    let fleet = Fleet::shared();
+    let t = fleet.hashed_table("remember").await;
+    let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
+    let c = sc.connect().await;
+    let calls = || plugin_counter(&sc, "shardcar_plugin_calls_total");
+    let remembered = || plugin_counter(&sc, "shardcar_plugin_remembered_total");
+    let select = format!("SELECT note FROM {t} WHERE customer_id = $1");
+    for _ in 0..20 {
+        c.query(&select, &[&7i64]).await.unwrap();
+    }
+    // Remembered from its second time on: the hash plugin read only the keys.
+    assert_eq!((calls(), remembered()), (2, 18), "key 7, twenty times");
+    c.query(&select, &[&8i64]).await.unwrap();
+    c.execute(&format!("INSERT INTO {t} VALUES ($1, 'x')"), &[&7i64]).await.unwrap();
+    assert_eq!((calls(), remembered()), (4, 18), "another key, and another kind of statement, are new decisions");
+    // Same answers as a plugin called every time: the rows are where a fresh sidecar routes them.
+    let fresh =
+        Sidecar::start(&fleet.hashed_config(&t, "").replace("[plugins]\n", "[plugins]\nremembered_decisions = 0\n"));
+    let f = fresh.connect().await;
+    for key in [7i64, 8] {
+        let there: Vec<String> = c.query(&select, &[&key]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        let called: Vec<String> = f.query(&select, &[&key]).await.unwrap().iter().map(|r| r.get(0)).collect();
+        assert_eq!(there, called, "key {key}");
+    }
+    assert_eq!(plugin_counter(&fresh, "shardcar_plugin_remembered_total"), 0, "remembered_decisions = 0 turns it off");
 }
 
 #[tokio::test]
@@ -349,7 +386,7 @@ async fn one_plugin_call_per_routed_statement() {
     let t = fleet.hashed_table("calls").await;
     let sc = Sidecar::start(&fleet.hashed_config(&t, ""));
     let c = sc.connect().await;
-    let before = plugin_calls(&sc);
+    let before = plugin_routings(&sc);
     // (statement, plugin calls it takes): one per statement, whether it runs
     // on one shard or fans out; a multi-row INSERT routes each row.
     let simple = [
@@ -364,19 +401,19 @@ async fn one_plugin_call_per_routed_statement() {
     for (sql, calls) in &simple {
         c.simple_query(sql).await.unwrap();
         expected += calls;
-        assert_eq!(plugin_calls(&sc) - before, expected, "after {sql}");
+        assert_eq!(plugin_routings(&sc) - before, expected, "after {sql}");
     }
     // The extended protocol: the Parse and Describe route nothing; the Bind routes once.
     let one: i64 =
         c.query_one(&format!("SELECT count(*) FROM {t} WHERE customer_id = $1"), &[&1i64]).await.unwrap().get(0);
     assert_eq!(one, 1);
     expected += 1;
-    assert_eq!(plugin_calls(&sc) - before, expected, "a bound statement on one shard");
+    assert_eq!(plugin_routings(&sc) - before, expected, "a bound statement on one shard");
     let rows = c
         .query(&format!("SELECT note FROM {t} WHERE customer_id IN ($1, $2) ORDER BY note"), &[&10i64, &11i64])
         .await
         .unwrap();
     assert_eq!(rows.len(), 2);
     expected += 1;
-    assert_eq!(plugin_calls(&sc) - before, expected, "a bound statement that fans out");
+    assert_eq!(plugin_routings(&sc) - before, expected, "a bound statement that fans out");
 }

@@ -84,7 +84,7 @@ pub struct CopyIn {
 }
 
 /// What a statement does, for plugins.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Verb {
     Select,
     Insert,

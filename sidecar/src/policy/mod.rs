@@ -144,6 +144,7 @@ impl Router {
         let limits = plugin::Limits {
             call_timeout: std::time::Duration::from_millis(cfg.plugins.call_timeout_ms),
             memory_bytes: (cfg.plugins.memory_limit_mb as usize) << 20,
+            remembered_decisions: cfg.plugins.remembered_decisions,
         };
         let runtime = Runtime::new(limits, cfg.plugins.cache_dir.clone(), directory.clone(), metrics.clone())?;
         let last_good = LastGood::new(cfg.plugins.cache_dir.as_deref());
@@ -334,7 +335,7 @@ impl Router {
             return Ok(StatementRoute { shards: vec![], role: facts.hints.role, via: Via::Unsharded });
         };
         check_key_unchanged(stmt, rule)?;
-        self.policy_route(facts, index, params, session, in_transaction, candidate, rule)
+        self.policy_route(facts, index, params, session, in_transaction, candidate, rule, true)
     }
 
     /// Where the shard key sits among the fields of a COPY's rows.
@@ -382,7 +383,8 @@ impl Router {
         shape.predicates.clear();
         shape.insert = Some(Insert { table: rule.table.clone(), columns, rows: vec![row], ..Insert::default() });
         let one = Arc::new(one);
-        let route = self.resolving(|| self.policy_route(&one, 0, params, session, in_transaction, None, rule)).await?;
+        let route =
+            self.resolving(|| self.policy_route(&one, 0, params, session, in_transaction, None, rule, true)).await?;
         match route.shards.as_slice() {
             [_] => Ok(route),
             shards => Err(ResolveError::Refused(Refusal::Spans {
@@ -424,8 +426,11 @@ impl Router {
         in_transaction: bool,
     ) -> Result<ShardId, ResolveError> {
         let params = Some(Arc::new(Params { values: vec![key.map(Into::into)], ..Params::default() }));
-        let route =
-            self.resolving(|| self.policy_route(template, 0, &params, session, in_transaction, None, rule)).await?;
+        // A COPY remembers its keys itself, for the COPY only: a load of new
+        // keys would push every statement's decisions out of the plugin's.
+        let route = self
+            .resolving(|| self.policy_route(template, 0, &params, session, in_transaction, None, rule, false))
+            .await?;
         match route.shards.as_slice() {
             [shard] => Ok(*shard),
             shards => Err(ResolveError::Refused(Refusal::Spans {
@@ -474,6 +479,7 @@ impl Router {
         in_transaction: bool,
         candidate: Option<&Plugin>,
         rule: &Arc<TableRule>,
+        remember: bool,
     ) -> Result<StatementRoute, RouteError> {
         let stmt = &facts.statements[index];
         let key_position = if stmt.shape.inserts_without_columns(&rule.table) {
@@ -504,7 +510,7 @@ impl Router {
             }
         };
         let refused = |error| Refusal::Plugin { policy: slot.name.clone(), version: plugin.version().clone(), error };
-        let (keys, decision) = plugin.route(view, &self.plugin_topology.load()).map_err(|e| match e {
+        let (keys, decision) = plugin.route(view, &self.plugin_topology.load(), remember).map_err(|e| match e {
             CallError::Lookups(misses) => RouteError::Lookups(misses),
             other => RouteError::Refused(refused(other)),
         })?;

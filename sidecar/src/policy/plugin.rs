@@ -15,6 +15,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use quick_cache::Equivalent;
+use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
 use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
@@ -51,6 +53,8 @@ const IDLE_AFTER: Duration = Duration::from_secs(1);
 pub struct Limits {
     pub call_timeout: Duration,
     pub memory_bytes: usize,
+    /// `plugins.remembered_decisions`.
+    pub remembered_decisions: usize,
 }
 
 /// Why a plugin call did not produce a decision.
@@ -143,6 +147,7 @@ impl Runtime {
             limits,
             directory: self.directory.clone(),
             misses: Vec::new(),
+            volatile: false,
             label,
             cpu_mark: None,
             panic: None,
@@ -222,6 +227,98 @@ pub struct Plugin {
     /// its probation after a reload is judged by.
     pub calls: AtomicU64,
     pub failures: AtomicU64,
+    /// Decisions made from the table, the kind and the keys alone (None:
+    /// `plugins.remembered_decisions = 0`, or a plugin with its own
+    /// `extract-key`, whose keys are known only by calling it).
+    remembered: Option<Remembered>,
+}
+
+/// A plugin version's remembered decisions, and the keys seen once.
+struct Remembered {
+    decisions: Cache<DecisionKey, Arc<Routed>>,
+    seen: SeenOnce,
+}
+
+/// Which inputs were routed once lately: a decision is remembered the second
+/// time its inputs come, so that a stream of keys that never repeat (a
+/// uniformly random key over a large table) costs a bit test per statement,
+/// not a copy and an insertion that nothing will read.
+struct SeenOnce {
+    bits: Box<[AtomicU64]>,
+    marked: AtomicU64,
+    hasher: foldhash::fast::RandomState,
+}
+
+impl SeenOnce {
+    /// 2^18 bits (32 KiB), cleared after 2^15 marks: at most 1/8 set, so a
+    /// key seen for the first time passes for a repeat at most 1 time in 8.
+    const BITS: usize = 1 << 18;
+    const CLEAR_AFTER: u64 = 1 << 15;
+
+    fn new() -> SeenOnce {
+        SeenOnce {
+            bits: (0..Self::BITS / 64).map(|_| AtomicU64::new(0)).collect(),
+            marked: AtomicU64::new(0),
+            hasher: foldhash::fast::RandomState::default(),
+        }
+    }
+
+    /// Marks `found` as seen; true when it had been.
+    fn again(&self, found: &DecisionRef<'_>) -> bool {
+        let bit = std::hash::BuildHasher::hash_one(&self.hasher, found) as usize % Self::BITS;
+        let mask = 1u64 << (bit % 64);
+        if self.bits[bit / 64].fetch_or(mask, Ordering::Relaxed) & mask != 0 {
+            return true;
+        }
+        if self.marked.fetch_add(1, Ordering::Relaxed) + 1 >= Self::CLEAR_AFTER {
+            self.marked.store(0, Ordering::Relaxed);
+            for word in self.bits.iter() {
+                word.store(0, Ordering::Relaxed);
+            }
+        }
+        false
+    }
+}
+
+/// A plugin's answer: the keys it routed by, and its decision.
+type Routed = (Vec<Value>, Decision);
+
+/// What a remembered decision is found by.
+#[derive(PartialEq, Eq, Hash)]
+struct DecisionKey {
+    /// The topology the plugin was given (health is part of it).
+    topology: u64,
+    verb: Verb,
+    table: String,
+    keys: Vec<SqlValue>,
+}
+
+/// The same, borrowed from the statement being routed, so that a lookup
+/// copies nothing. Its derived hash equals the owned key's: `&str` hashes
+/// as `String`, a slice as a `Vec`.
+#[derive(Hash)]
+struct DecisionRef<'a> {
+    topology: u64,
+    verb: Verb,
+    table: &'a str,
+    keys: &'a [SqlValue],
+}
+
+impl Equivalent<DecisionKey> for DecisionRef<'_> {
+    fn equivalent(&self, key: &DecisionKey) -> bool {
+        self.topology == key.topology && self.verb == key.verb && self.table == key.table && self.keys == key.keys
+    }
+}
+
+impl DecisionRef<'_> {
+    fn owned(&self) -> DecisionKey {
+        DecisionKey {
+            topology: self.topology,
+            verb: self.verb,
+            table: self.table.to_string(),
+            keys: self.keys.to_vec(),
+        }
+    }
 }
 
 struct Instance {
@@ -262,6 +359,7 @@ impl Plugin {
             metrics: PluginMetrics::detached(),
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
+            remembered: None,
         };
         let mut first = plugin.instance(topology).map_err(|e| describe(&e))?;
         let _ticking = runtime.arm(&mut first.store);
@@ -269,6 +367,9 @@ impl Plugin {
         plugin.version = Arc::from(format!("{}@{} ({})", info.name, info.version, plugin.digest));
         plugin.metrics = runtime.metrics.plugin(policy, &info.name, &info.version);
         plugin.info = info;
+        let remember = runtime.limits.remembered_decisions;
+        plugin.remembered = (remember > 0 && !plugin.info.custom_extract)
+            .then(|| Remembered { decisions: Cache::new(remember), seen: SeenOnce::new() });
         plugin.put_back(first);
         Ok(plugin)
     }
@@ -311,8 +412,31 @@ impl Plugin {
         }
     }
 
-    /// The statement's keys and where it goes.
-    pub fn route(&self, facts: FactsView, topology: &TopologySnapshot) -> Result<(Vec<Value>, Decision), CallError> {
+    /// The statement's keys and where it goes: remembered, or from a call
+    /// (remembered for next time when `remember`).
+    pub fn route(&self, facts: FactsView, topology: &TopologySnapshot, remember: bool) -> Result<Routed, CallError> {
+        let Some(remembered) = &self.remembered else { return self.call(facts, topology).map(|(routed, _)| routed) };
+        let found = DecisionRef {
+            topology: topology.version,
+            verb: facts.statement().shape.verb,
+            table: &facts.rule.table,
+            keys: &facts.key_values,
+        };
+        if let Some(hit) = remembered.decisions.get(&found) {
+            self.metrics.remembered.inc();
+            return Ok((hit.0.clone(), hit.1.clone()));
+        }
+        let key = (remember && remembered.seen.again(&found)).then(|| found.owned());
+        let (routed, volatile) = self.call(facts, topology)?;
+        if let Some(key) = key.filter(|_| !volatile) {
+            remembered.decisions.insert(key, Arc::new(routed.clone()));
+        }
+        Ok(routed)
+    }
+
+    /// One call into the plugin; with whether it read anything beyond the
+    /// table, the kind and the keys (then its decision is not remembered).
+    fn call(&self, facts: FactsView, topology: &TopologySnapshot) -> Result<(Routed, bool), CallError> {
         let started = Instant::now();
         let result = self.route_inner(facts, topology);
         self.metrics.duration.observe(started.elapsed().as_secs_f64());
@@ -334,9 +458,10 @@ impl Plugin {
         result
     }
 
-    fn route_inner(&self, facts: FactsView, topology: &TopologySnapshot) -> Result<(Vec<Value>, Decision), CallError> {
+    fn route_inner(&self, facts: FactsView, topology: &TopologySnapshot) -> Result<(Routed, bool), CallError> {
         let mut instance = self.take(topology)?;
         let _ticking = self.runtime.arm(&mut instance.store);
+        instance.store.data_mut().volatile = false;
         let handle =
             instance.store.data_mut().table.push(facts).map_err(|e| CallError::Crashed(format!("facts table: {e}")))?;
         let borrowed = || Resource::<FactsView>::new_borrow(handle.rep());
@@ -360,11 +485,12 @@ impl Plugin {
             Err(e) => Err(instance.store.data_mut().explained(e)),
             Ok(result) => {
                 let misses = std::mem::take(&mut instance.store.data_mut().misses);
+                let volatile = instance.store.data().volatile;
                 self.put_back(instance);
                 if !misses.is_empty() {
                     return Err(CallError::Lookups(misses));
                 }
-                result.map_err(CallError::Refused)
+                result.map(|routed| (routed, volatile)).map_err(CallError::Refused)
             }
         }
     }
@@ -414,6 +540,9 @@ pub struct State {
     limits: StoreLimits,
     directory: Arc<Directory>,
     misses: Vec<(String, String)>,
+    /// The current call read something besides the table, the kind and the
+    /// keys (its decision may change with it: not remembered).
+    volatile: bool,
     label: Arc<str>,
     /// This thread's CPU time when the call's deadline last passed.
     cpu_mark: Option<Duration>,
@@ -463,6 +592,7 @@ impl self::shardcar::policy::host::Host for State {
     }
 
     fn lookup(&mut self, namespace: String, key: String) -> wasmtime::Result<Option<String>> {
+        self.volatile = true;
         Ok(match self.directory.cached(&namespace, &key) {
             Cached::Hit(value) => value,
             Cached::Miss => {
@@ -473,6 +603,7 @@ impl self::shardcar::policy::host::Host for State {
     }
 
     fn now_ms(&mut self) -> wasmtime::Result<u64> {
+        self.volatile = true;
         Ok(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64))
     }
 }
@@ -508,6 +639,7 @@ impl self::shardcar::policy::host::HostFacts for State {
     }
 
     fn tables(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<String>> {
+        self.volatile = true;
         Ok(self.facts(&f)?.statement().shape.tables.clone())
     }
 
@@ -520,6 +652,7 @@ impl self::shardcar::policy::host::HostFacts for State {
     }
 
     fn predicates(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<Predicate>> {
+        self.volatile = true;
         let predicates = self.facts(&f)?.predicates();
         Ok(predicates
             .into_iter()
@@ -528,36 +661,59 @@ impl self::shardcar::policy::host::HostFacts for State {
     }
 
     fn rows(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<Vec<(String, Value)>>> {
+        self.volatile = true;
         let rows = self.facts(&f)?.rows();
         Ok(rows.into_iter().map(|row| row.into_iter().map(|(c, v)| (c, value(&v))).collect()).collect())
     }
 
     fn hints(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<(String, String)>> {
+        self.volatile = true;
         Ok(self.facts(&f)?.facts.hints.pairs.clone())
     }
 
     fn session(&mut self, f: Resource<FactsView>) -> wasmtime::Result<Vec<(String, String)>> {
+        self.volatile = true;
         Ok(self.facts(&f)?.session.vars.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
     }
 
     fn user(&mut self, f: Resource<FactsView>) -> wasmtime::Result<String> {
+        self.volatile = true;
         Ok(self.facts(&f)?.session.user.clone())
     }
 
     fn database(&mut self, f: Resource<FactsView>) -> wasmtime::Result<String> {
+        self.volatile = true;
         Ok(self.facts(&f)?.session.database.clone())
     }
 
     fn application_name(&mut self, f: Resource<FactsView>) -> wasmtime::Result<String> {
+        self.volatile = true;
         Ok(self.facts(&f)?.session.application_name.clone())
     }
 
     fn in_transaction(&mut self, f: Resource<FactsView>) -> wasmtime::Result<bool> {
+        self.volatile = true;
         Ok(self.facts(&f)?.in_transaction)
     }
 
     fn drop(&mut self, _: Resource<FactsView>) -> wasmtime::Result<()> {
         // Handles are borrowed; `route` removes the entry itself.
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inputs_are_seen_again_only_after_a_first_time() {
+        let seen = SeenOnce::new();
+        let keys = [SqlValue::Int(7)];
+        let found = DecisionRef { topology: 1, verb: Verb::Select, table: "t", keys: &keys };
+        assert!(!seen.again(&found));
+        assert!(seen.again(&found));
+        let other = DecisionRef { topology: 2, ..found };
+        assert!(!seen.again(&other), "a new topology is a new input");
     }
 }

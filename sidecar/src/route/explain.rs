@@ -112,8 +112,9 @@ async fn per_key(
         Some(Via::Policy { rule, keys: k, .. }) if k.len() > 1 => {
             let mut out = Vec::new();
             for (_, one) in router.each_key(facts, index, rule) {
-                let routed =
-                    router.resolving(|| router.policy_route(&one, index, params, session, false, None, rule)).await;
+                let routed = router
+                    .resolving(|| router.policy_route(&one, index, params, session, false, None, rule, true))
+                    .await;
                 out.push(match routed {
                     Ok(r) => KeyRoute { key: keys(&r), shards: names(&r.shards), error: None },
                     Err(e) => {

@@ -263,7 +263,9 @@ impl Planner {
             }
             return self.unnest_split(facts, text, insert, from, rule, params, session, in_transaction).await;
         }
-        let r = router.resolving(|| router.policy_route(facts, 0, params, session, in_transaction, None, rule)).await?;
+        let r = router
+            .resolving(|| router.policy_route(facts, 0, params, session, in_transaction, None, rule, true))
+            .await?;
         let target = match r.shards.as_slice() {
             [one] => Target::One(*one),
             [] => return Err(ResolveError::Refused(spans(router, stmt, &[]))),
