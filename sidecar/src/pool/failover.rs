@@ -9,6 +9,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
+use prometheus::Histogram;
 use shardcar_api::Failover;
 use tokio::sync::watch;
 
@@ -196,15 +197,16 @@ impl Leader {
         self.buffered.load(Ordering::Relaxed)
     }
 
-    /// A place among the statements waiting for a primary, if one is free.
-    pub fn wait_slot(&self, max: usize) -> Option<WaitSlot<'_>> {
+    /// A place among the statements waiting for a primary, if one is free;
+    /// when it is given up, the wait since `started` goes to `waits`.
+    pub fn wait_slot<'a>(&'a self, max: usize, started: Instant, waits: &'a Histogram) -> Option<WaitSlot<'a>> {
         let mut n = self.buffered.load(Ordering::Relaxed);
         loop {
             if n >= max {
                 return None;
             }
             match self.buffered.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
-                Ok(_) => return Some(WaitSlot { leader: self, rx: self.changed.subscribe() }),
+                Ok(_) => return Some(WaitSlot { leader: self, rx: self.changed.subscribe(), started, waits }),
                 Err(now) => n = now,
             }
         }
@@ -232,6 +234,8 @@ impl Leader {
 pub struct WaitSlot<'a> {
     leader: &'a Leader,
     rx: watch::Receiver<u64>,
+    started: Instant,
+    waits: &'a Histogram,
 }
 
 impl WaitSlot<'_> {
@@ -244,6 +248,7 @@ impl WaitSlot<'_> {
 
 impl Drop for WaitSlot<'_> {
     fn drop(&mut self) {
+        self.waits.observe(self.started.elapsed().as_secs_f64());
         self.leader.buffered.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -290,11 +295,13 @@ mod tests {
     #[test]
     fn waiting_statements_are_bounded() {
         let leader = Leader::new(0);
-        let a = leader.wait_slot(2).unwrap();
-        let _b = leader.wait_slot(2).unwrap();
-        assert!(leader.wait_slot(2).is_none());
+        let waits = Histogram::with_opts(prometheus::HistogramOpts::new("w", "w")).unwrap();
+        let a = leader.wait_slot(2, Instant::now(), &waits).unwrap();
+        let _b = leader.wait_slot(2, Instant::now(), &waits).unwrap();
+        assert!(leader.wait_slot(2, Instant::now(), &waits).is_none());
         drop(a);
         assert_eq!(leader.buffered(), 1);
-        assert!(leader.wait_slot(2).is_some());
+        assert!(leader.wait_slot(2, Instant::now(), &waits).is_some());
+        assert_eq!(waits.get_sample_count(), 2, "each slot given up counts its wait");
     }
 }

@@ -614,12 +614,7 @@ impl Pools {
             }
             if let Some(node) = target {
                 match self.try_get(node, login).await {
-                    Ok(conn) => {
-                        if slot.is_some() {
-                            s.metrics.wait.observe(started.elapsed().as_secs_f64());
-                        }
-                        return Ok(conn);
-                    }
+                    Ok(conn) => return Ok(conn),
                     Err(Failed { error, lost: true }) => {
                         // A probe round now says whether it is gone for good.
                         self.probe_now.notify_one();
@@ -630,13 +625,10 @@ impl Pools {
             }
             let left = self.failover.buffer().saturating_sub(started.elapsed());
             if left.is_zero() {
-                if slot.is_some() {
-                    s.metrics.wait.observe(started.elapsed().as_secs_f64());
-                }
                 return Err(self.no_primary(s, last_error, self.failover.buffer_ms > 0));
             }
             if slot.is_none() {
-                let Some(taken) = s.leader.wait_slot(self.failover.max_buffered) else {
+                let Some(taken) = s.leader.wait_slot(self.failover.max_buffered, started, &s.metrics.wait) else {
                     return Err(self.no_primary(s, last_error, true));
                 };
                 slot = Some(taken);
