@@ -524,6 +524,15 @@ pub enum PluginSource {
     File(PathBuf),
 }
 
+impl std::fmt::Display for PluginSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PluginSource::Builtin(name) => write!(f, "builtin:{name}"),
+            PluginSource::File(path) => write!(f, "{}", path.display()),
+        }
+    }
+}
+
 /// One thing wrong with a config, located by its field path (`shards[1].primary`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {

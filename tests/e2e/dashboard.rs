@@ -134,6 +134,10 @@ async fn dashboard_shows_live_shards_hot_keys_and_explains() {
     })
     .await;
     assert_eq!(shards, ["s0", "s1", "s2"].map(String::from).into());
+    // The demo's customers and orders are routed by one policy: colocated.
+    let colocated =
+        wait_for(&c, Duration::from_secs(10), "the colocated tables", async |c| text(c, ".colocation").await).await;
+    assert!(colocated.contains("customers.id = orders.customer_id"), "{colocated}");
 
     // Before any traffic, sections say so rather than draw nothing.
     let idle = wait_for(&c, Duration::from_secs(10), "the no-traffic states", async |c| {

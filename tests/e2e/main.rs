@@ -23,6 +23,7 @@ mod failover;
 mod faults;
 mod fleet;
 mod hotspots;
+mod joins;
 mod limits;
 mod malformed;
 mod one_postgres;

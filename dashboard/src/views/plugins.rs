@@ -30,6 +30,11 @@ pub fn Plugins(live: Live) -> impl IntoView {
                         </thead>
                         <tbody>{p.plugins.iter().map(row).collect_view()}</tbody>
                     </table>
+                    {p.colocated.iter().map(|group| view! {
+                        <p class="colocation" title="equal keys share a shard: joins on them run shard by shard">
+                            "Colocated: " <span class="mono">{group.join(" = ")}</span>
+                        </p>
+                    }).collect_view()}
                 }
                 .into_any(),
             }}

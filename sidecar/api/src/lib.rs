@@ -332,6 +332,11 @@ pub struct HotTables {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Plugins {
     pub plugins: Vec<Plugin>,
+    /// Groups of colocated tables (`table.key`): routed by one plugin with
+    /// one config, on keys of one type, so equal keys share a shard and
+    /// joins on those keys run shard by shard.
+    #[serde(default)]
+    pub colocated: Vec<Vec<String>>,
 }
 
 /// The plugin serving one policy.
@@ -489,6 +494,10 @@ pub struct StatementExplanation {
     /// rows of a multi-row INSERT).
     #[serde(default)]
     pub per_key: Vec<KeyRoute>,
+    /// For a statement reading several tables: the tables colocated with
+    /// the one it is routed by (equal keys on one shard), itself included.
+    #[serde(default)]
+    pub colocated: Vec<String>,
 }
 
 /// One key of a statement with several, and its shards (or the error).
@@ -510,6 +519,9 @@ pub struct FanOutPlan {
     pub shards: Vec<String>,
     /// How the shards' answers become one, in words.
     pub merge: String,
+    /// What each shard runs, when it is rewritten from the client's text.
+    #[serde(default)]
+    pub sql: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -5,7 +5,6 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use shardcar_api as api;
 
-use crate::config::PluginSource;
 use crate::metrics::{buckets, quantile};
 use crate::pool::Node;
 use crate::shared::Shared;
@@ -143,10 +142,7 @@ pub fn plugins(shared: &Shared) -> api::Plugins {
             let last_error = slot.last_error.lock().ok().and_then(|e| e.clone());
             api::Plugin {
                 policy: slot.name.clone(),
-                source: match &slot.source {
-                    PluginSource::Builtin(name) => format!("builtin:{name}"),
-                    PluginSource::File(path) => path.display().to_string(),
-                },
+                source: slot.source.to_string(),
                 plugin: plugin.info.name.clone(),
                 version: plugin.info.version.clone(),
                 digest: plugin.digest.clone(),
@@ -160,7 +156,7 @@ pub fn plugins(shared: &Shared) -> api::Plugins {
             }
         })
         .collect();
-    api::Plugins { plugins }
+    api::Plugins { plugins, colocated: shared.router.colocation_groups() }
 }
 
 /// What the fleet view reads from every sidecar's `/metrics`: the plugin

@@ -8,6 +8,7 @@
 
 pub mod comments;
 pub mod lexer;
+pub mod links;
 pub mod params;
 pub mod shape;
 

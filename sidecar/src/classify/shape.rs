@@ -116,6 +116,9 @@ pub struct Shape {
     pub cursor: Option<Declared>,
     /// `FETCH`, `MOVE` or `CLOSE` of a cursor: it goes where the cursor is.
     pub uses_cursor: Option<CursorUse>,
+    /// The tables a query reads together and how they are joined, when it
+    /// reads more than one or computes over sets below its top level.
+    pub links: Option<std::sync::Arc<super::links::Links>>,
 }
 
 /// A cursor being declared.
@@ -192,8 +195,22 @@ pub fn shape(node: &N) -> Shape {
             Declared { name: d.portalname.clone(), binary: d.options & 0x1 != 0, scroll: d.options & 0x2 != 0 };
         return Shape { cursor: Some(declared), ..shape(query) };
     }
-    let (tables, catalog) = tables(node);
-    let mut shape = Shape { verb: verb(node), tables, catalog, ..Shape::default() };
+    let (mut tables, mut catalog) = tables(node);
+    let query = match node {
+        N::CopyStmt(c) if !c.is_from => c.query.as_ref().and_then(|q| q.node.as_ref()),
+        other => Some(other),
+    };
+    let links = query.and_then(super::links::Links::of);
+    // The links' walk reaches tables the generic one does not (inside
+    // ARRAY[...], FILTER, window definitions).
+    for a in links.iter().flat_map(|l| &l.appearances) {
+        if !tables.contains(&a.table) {
+            catalog &= a.is_catalog();
+            tables.push(a.table.clone());
+        }
+    }
+    let links = links.map(std::sync::Arc::new);
+    let mut shape = Shape { verb: verb(node), tables, catalog, links, ..Shape::default() };
     match node {
         N::FetchStmt(f) => {
             let forward = (f.direction == pg_query::protobuf::FetchDirection::FetchForward as i32 && f.how_many > 0)
@@ -360,11 +377,7 @@ fn tables(node: &N) -> (Vec<String>, bool) {
     for (n, ..) in node.nodes() {
         if let pg_query::NodeRef::RangeVar(r) = n {
             add(&r.relname);
-            // pg_catalog comes first on every search_path unless placed later.
-            catalog &= match r.schemaname.as_str() {
-                "" => r.relname.starts_with("pg_"),
-                schema => schema == "pg_catalog" || schema == "information_schema",
-            };
+            catalog &= super::links::is_catalog(&r.schemaname, &r.relname);
         }
     }
     // The walker does not visit every statement's own target relation.
@@ -419,7 +432,8 @@ impl Scope {
     /// The table a column reference belongs to.
     fn resolve(&self, qualifier: Option<&str>) -> Option<String> {
         match qualifier {
-            Some(q) => self.by_name.get(q).cloned(),
+            // Not a table of this FROM (a subquery's alias): no table's column.
+            Some(q) => Some(self.by_name.get(q).cloned().unwrap_or_default()),
             None if self.tables.len() == 1 => self.tables.first().cloned(),
             None => None,
         }
@@ -484,7 +498,7 @@ fn column_ref(node: Option<&N>) -> Option<(Option<String>, String)> {
     }
 }
 
-fn operand(node: Option<&N>) -> Operand {
+pub(super) fn operand(node: Option<&N>) -> Operand {
     match node {
         Some(N::AConst(c)) if c.isnull => Operand::Const(Value::Null),
         Some(N::AConst(c)) => match &c.val {

@@ -26,6 +26,9 @@ pub struct TableRule {
     pub key: String,
     pub key_type: KeyType,
     pub policy: PolicyId,
+    /// Tables of one colocation group keep equal keys on one shard: the
+    /// same plugin with the same config, and keys of the same type.
+    pub colocation: usize,
 }
 
 /// One statement routed by one table's policy.
@@ -147,6 +150,7 @@ mod tests {
             key: "customer_id".into(),
             key_type,
             policy: crate::topology::PolicyId::at(0),
+            colocation: 0,
         };
         FactsView::new(
             Arc::new(classify(sql)),
@@ -202,6 +206,7 @@ mod tests {
             key: "customer_id".into(),
             key_type: KeyType::Auto,
             policy: crate::topology::PolicyId::at(0),
+            colocation: 0,
         });
         let seen = |facts: Arc<Facts>, params: Option<Arc<Params>>| {
             let v = FactsView::new(facts, 0, params, rule.clone(), Arc::new(SessionInfo::default()), false, None);

@@ -8,6 +8,7 @@
 
 pub mod cases;
 pub mod catalog;
+pub mod colocation;
 pub mod directory;
 pub mod facts;
 pub mod last_good;
@@ -194,12 +195,15 @@ impl Router {
                 last_moves: Mutex::new(None),
             });
         }
+        let groups = colocation::groups(cfg);
         let tables = cfg
             .tables
             .iter()
-            .filter_map(|t| {
+            .zip(groups)
+            .filter_map(|(t, colocation)| {
                 let policy = PolicyId::at(cfg.policies.iter().position(|p| p.name == t.policy)?);
-                let rule = TableRule { table: t.name.clone(), key: t.key.clone(), key_type: t.key_type, policy };
+                let rule =
+                    TableRule { table: t.name.clone(), key: t.key.clone(), key_type: t.key_type, policy, colocation };
                 Some((t.name.clone(), Arc::new(rule)))
             })
             .collect();
@@ -254,12 +258,21 @@ impl Router {
         self.tables.values()
     }
 
-    /// The sharded table a read or write is routed by: the first it names.
+    /// The sharded table a read or write is routed by: the first it names,
+    /// or, of tables read together, the first with a key condition.
     pub fn rule_of(&self, stmt: &Statement) -> Option<&Arc<TableRule>> {
-        match stmt.kind {
-            Kind::Read | Kind::Write => stmt.shape.tables.iter().find_map(|t| self.tables.get(t)),
-            _ => None,
+        if !matches!(stmt.kind, Kind::Read | Kind::Write) {
+            return None;
         }
+        let mut sharded = stmt.shape.tables.iter().filter_map(|t| self.tables.get(t));
+        let first = sharded.next()?;
+        if stmt.shape.links.is_none() {
+            return Some(first);
+        }
+        // Tables read together are colocated and joined on their keys (or
+        // the statement is refused): a key condition on any of them places all.
+        let keyed = |r: &&Arc<TableRule>| stmt.shape.operands_for(&r.table, &r.key, None).next().is_some();
+        std::iter::once(first).chain(sharded).find(keyed).or(Some(first))
     }
 
     pub fn allow_broadcast_writes(&self) -> bool {

@@ -32,6 +32,8 @@ pub enum Refusal {
     InsertSelect { table: String },
     /// A statement across shards whose answers cannot be merged exactly.
     NotMergeable(String),
+    /// A query reading tables whose rows are not shown to meet on one shard.
+    NotColocated { why: String, hint: String },
     /// A COPY into a sharded or reference table that cannot reach its shards.
     CopySplit { table: String, why: String },
     /// Statements of one query string that belong to different shards.
@@ -70,6 +72,7 @@ impl Refusal {
             | Refusal::Spans { .. }
             | Refusal::InsertSelect { .. }
             | Refusal::NotMergeable(_)
+            | Refusal::NotColocated { .. }
             | Refusal::CopySplit { .. }
             | Refusal::Together { .. }
             | Refusal::DdlWithOthers
@@ -122,6 +125,7 @@ impl From<Refusal> for SqlError {
                 format!("cannot run this statement across shards: {why}"),
                 Some(format!("{TARGET}, or add a condition on the shard key")),
             ),
+            Refusal::NotColocated { why, hint } => (format!("cannot run this query shard by shard: {why}"), Some(hint)),
             Refusal::CopySplit { table, why } => (
                 format!("this COPY into {table} needs every shard, and {why}"),
                 Some(format!(

@@ -51,7 +51,8 @@ pub async fn explain(
             }
             Target::Many { shards, plan } => {
                 let shards = shards.iter().map(|&s| topology.name(s).to_string()).collect();
-                fan_out = Some(FanOutPlan { shards, merge: plan.describe() });
+                fan_out =
+                    Some(FanOutPlan { shards, merge: plan.describe(), sql: plan.shard_sql().map(str::to_string) });
             }
             Target::CopySplit(split) => {
                 let merge = match &**split {
@@ -66,7 +67,7 @@ pub async fn explain(
                         "every row to every shard (a reference table); COPY n of one".into()
                     }
                 };
-                fan_out = Some(FanOutPlan { shards: topology.all_names(), merge });
+                fan_out = Some(FanOutPlan { shards: topology.all_names(), merge, sql: None });
             }
         },
         Err(e) => {
@@ -171,6 +172,7 @@ fn statement(
         shards: Vec::new(),
         role: None,
         per_key: Vec::new(),
+        colocated: Vec::new(),
     };
     if let Some(route) = route {
         out.shards = route.shards.iter().map(|&i| router.topology().name(i).to_string()).collect();
@@ -205,6 +207,9 @@ fn statement(
                 }
             }
             Via::Policy { policy, rule, keys, .. } => {
+                if s.shape.links.is_some() {
+                    out.colocated = router.colocated_with(&rule.table);
+                }
                 let slot = router.policy(*policy);
                 out.plugin = Some(slot.plugin.load().version().to_string());
                 out.table = Some(rule.table.clone());
@@ -280,6 +285,9 @@ pub fn render(e: &Explanation) -> String {
         if !s.shards.is_empty() {
             out.push_str(&format!("  shards:     {}\n", s.shards.join(", ")));
         }
+        if !s.colocated.is_empty() {
+            out.push_str(&format!("  colocated:  {} (equal keys on one shard)\n", s.colocated.join(", ")));
+        }
         for k in &s.per_key {
             match &k.error {
                 None => out.push_str(&format!("  key {}:{} {}\n", k.key, pad(&k.key), k.shards.join(", "))),
@@ -292,6 +300,9 @@ pub fn render(e: &Explanation) -> String {
         (None, None) if e.fan_out.is_some() => {
             let f = e.fan_out.as_ref().expect("checked");
             out.push_str(&format!("runs on:      {}\n", f.shards.join(", ")));
+            if let Some(sql) = &f.sql {
+                out.push_str(&format!("each shard:   {sql}\n"));
+            }
             out.push_str(&format!("merged:       {}\n", f.merge));
         }
         (_, Some(r)) => {

@@ -5,7 +5,9 @@
 
 use pg_query::protobuf::{self, a_const, node::Node as N};
 
+use super::aggregate::Keys;
 use crate::classify::lexer::renumber_params;
+use crate::classify::links::is_aggregate;
 use crate::policy::Refusal;
 
 /// One ORDER BY item, resolved against the shards' result columns.
@@ -79,15 +81,10 @@ pub enum FanOut {
         distinct: bool,
         window: Window,
     },
-    /// Rows of partial aggregates from every shard (one, or one per group),
-    /// combined by Postgres on one shard (so types, rounding and order are
-    /// Postgres's own) into the client's columns named `names` (empty: the
-    /// shards' own name for a GROUP BY column). Shard rows end with the
-    /// GROUP BY keys that are not output columns. `tail` is the combining
-    /// query's GROUP BY / ORDER BY / LIMIT / OFFSET over those columns.
-    /// `casts`: a type an aggregate output column is cast to (`count(*)::int`),
-    /// applied after combining.
-    Aggregate { sql: String, combine: Vec<Combine>, names: Vec<String>, casts: Vec<Option<String>>, tail: String },
+    /// Rows of partial aggregates from every shard (one, or one per group:
+    /// the group keys, then a partial value per aggregate call), combined
+    /// by Postgres on one shard (see `aggregate`).
+    Aggregate { sql: String, combining: super::aggregate::Combining },
 }
 
 /// Prefix of the sort-key columns shardcar adds.
@@ -95,8 +92,8 @@ const JUNK: &str = "shardcar_sort_";
 
 impl FanOut {
     /// The plan for a SELECT (or another statement, run everywhere) whose
-    /// rows live on several shards.
-    pub fn of(sql: &str) -> Result<FanOut, Refusal> {
+    /// rows live on several shards; `keys` gives a sharded table's key.
+    pub fn of(sql: &str, keys: Keys) -> Result<FanOut, Refusal> {
         let parsed = pg_query::parse(sql, pg_query::ParserOptions::DEFAULT)
             .map_err(|e| refuse(format!("the statement cannot be parsed: {e}")))?;
         let mut tree = parsed.protobuf;
@@ -107,16 +104,14 @@ impl FanOut {
             Some(N::CopyStmt(copy)) if !copy.is_from => return copy_to(copy),
             _ => return Ok(FanOut::Everywhere),
         };
-        let plan = plan_select(select)?;
+        let plan = plan_select(select, keys)?;
         let sql = pg_query::deparse(&tree, pg_query::DeparseOptions::default())
             .map_err(|e| Refusal::NotMergeable(format!("the statement cannot be rewritten for the shards: {e}")))?;
         Ok(match plan {
             Planned::Rows { order, limit, offset, junk, distinct, window } => {
                 FanOut::Rows { sql, order, limit, offset, junk, distinct, window }
             }
-            Planned::Aggregate { combine, names, casts, tail } => {
-                FanOut::Aggregate { sql, combine, names, casts, tail }
-            }
+            Planned::Aggregate(combining) => FanOut::Aggregate { sql, combining },
         })
     }
 }
@@ -150,6 +145,14 @@ impl FanOut {
         })
     }
 
+    /// The SQL every shard runs, when the plan rewrote it.
+    pub fn shard_sql(&self) -> Option<&str> {
+        match self {
+            FanOut::Rows { sql, .. } | FanOut::Aggregate { sql, .. } => Some(sql),
+            _ => None,
+        }
+    }
+
     /// The shards only read (the merges of a SELECT).
     pub fn is_read(&self) -> bool {
         matches!(self, FanOut::Rows { .. } | FanOut::Aggregate { .. })
@@ -181,9 +184,10 @@ impl FanOut {
                 };
                 format!("{how}{pushed}{}", window(limit, *offset))
             }
-            FanOut::Aggregate { combine, tail, .. } => {
-                let grouped = combine.contains(&Combine::Group) || tail.contains("GROUP BY");
-                let names: Vec<&str> = combine
+            FanOut::Aggregate { combining, .. } => {
+                let grouped = combining.partials.contains(&Combine::Group);
+                let names: Vec<&str> = combining
+                    .partials
                     .iter()
                     .filter(|c| **c != Combine::Group)
                     .map(|c| match c {
@@ -200,8 +204,7 @@ impl FanOut {
                 } else {
                     "one row of partial aggregates per shard"
                 };
-                let tail = if tail.is_empty() { String::new() } else { format!(", then{tail}") };
-                format!("{rows}, combined ({}){tail}", names.join("; "))
+                format!("{rows}, combined ({}), then: {}", names.join("; "), combining.select)
             }
         }
     }
@@ -249,10 +252,10 @@ fn values(tree: &mut protobuf::ParseResult) -> Option<&mut Vec<protobuf::Node>> 
 
 enum Planned {
     Rows { order: Vec<SortKey>, limit: Option<u64>, offset: u64, junk: usize, distinct: bool, window: Window },
-    Aggregate { combine: Vec<Combine>, names: Vec<String>, casts: Vec<Option<String>>, tail: String },
+    Aggregate(super::aggregate::Combining),
 }
 
-fn refuse(why: String) -> Refusal {
+pub(super) fn refuse(why: String) -> Refusal {
     Refusal::NotMergeable(why)
 }
 
@@ -262,7 +265,7 @@ fn copy_to(copy: &mut protobuf::CopyStmt) -> Result<FanOut, Refusal> {
     let Some(N::SelectStmt(select)) = copy.query.as_mut().and_then(|q| q.node.as_mut()) else {
         return Ok(FanOut::Broadcast);
     };
-    match plan_select(select)? {
+    match plan_select(select, &|_| None)? {
         Planned::Rows { order, limit: None, offset: 0, junk: 0, distinct: false, window }
             if order.is_empty() && !window.is_bound() =>
         {
@@ -278,12 +281,12 @@ fn copy_to(copy: &mut protobuf::CopyStmt) -> Result<FanOut, Refusal> {
 
 /// Checks the shape, rewrites `select` in place for the shards, and says
 /// how to merge.
-fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
+fn plan_select(select: &mut protobuf::SelectStmt, keys: Keys) -> Result<Planned, Refusal> {
+    // Which tables may be read together, and what below the top computes
+    // over sets, was checked against the config when the statement was
+    // routed (`policy::colocation`); what is left is merging the top.
     if select.op != protobuf::SetOperation::SetopNone as i32 {
-        return Err(refuse("UNION, INTERSECT and EXCEPT are not merged across shards yet".into()));
-    }
-    if select.with_clause.is_some() {
-        return Err(refuse("WITH queries are not merged across shards yet".into()));
+        return union_all(select);
     }
     if select.into_clause.is_some() {
         return Err(refuse("SELECT INTO creates a table: use CREATE TABLE, which runs on every shard".into()));
@@ -297,30 +300,10 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
         [only] if only.node.is_none() => true,
         _ => return Err(refuse("DISTINCT ON is not merged across shards yet".into())),
     };
-    if select.having_clause.is_some() {
-        return Err(refuse("HAVING is not merged across shards yet".into()));
-    }
     if select.group_clause.iter().any(|g| {
         !matches!(g.node, Some(N::ColumnRef(_) | N::AConst(_) | N::FuncCall(_) | N::TypeCast(_) | N::AExpr(_)))
     }) {
         return Err(refuse("GROUPING SETS, ROLLUP and CUBE are not merged across shards".into()));
-    }
-    if !select.window_clause.is_empty() {
-        return Err(refuse("window functions see only one shard's rows".into()));
-    }
-    match select.from_clause.as_slice() {
-        [one] if matches!(one.node, Some(N::RangeVar(_))) => {}
-        _ => {
-            return Err(refuse(
-                "it joins tables or reads a subquery, which is only correct when the rows it combines are on one shard"
-                    .into(),
-            ));
-        }
-    }
-    for node in select.target_list.iter().chain(select.where_clause.as_deref()).chain(&select.sort_clause) {
-        if let Some(why) = unmergeable(node) {
-            return Err(refuse(why));
-        }
     }
     let (limit, offset) = limits(select)?;
     let constant = |c: Count| match c {
@@ -328,14 +311,16 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
         Count::Param(_) => Err(refuse("LIMIT and OFFSET of aggregates across shards must be constants".into())),
     };
 
-    let casts = strip_aggregate_casts(select);
-    let aggregates: Vec<Option<Combine>> = select.target_list.iter().map(aggregate_of).collect::<Result<_, _>>()?;
-    if distinct && aggregates.iter().any(Option::is_some) {
-        return Err(refuse("DISTINCT over aggregates is not merged across shards".into()));
-    }
-    if aggregates.iter().any(Option::is_some) || !select.group_clause.is_empty() {
+    let aggregated = select.target_list.iter().chain(select.having_clause.as_deref()).any(contains_aggregate);
+    if aggregated || !select.group_clause.is_empty() {
+        if !select.window_clause.is_empty() || select.target_list.iter().chain(&select.sort_clause).any(has_window) {
+            return Err(refuse("window functions over aggregates are not merged across shards".into()));
+        }
         let limit = limit.map(constant).transpose()?;
-        return plan_aggregate(select, &aggregates, casts, limit, constant(offset)?);
+        return super::aggregate::plan(select, keys, limit, constant(offset)?, distinct).map(Planned::Aggregate);
+    }
+    if select.having_clause.is_some() {
+        return Err(refuse("HAVING without aggregates or GROUP BY is not merged across shards".into()));
     }
 
     let mut order = sort_keys(select)?;
@@ -374,191 +359,8 @@ fn plan_select(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
     Ok(Planned::Rows { order, limit: limit.map(value), offset: value(offset), junk, distinct, window })
 }
 
-/// Aggregates, with or without GROUP BY: shards send partial rows (no
-/// ORDER BY or LIMIT: every group is needed), which Postgres combines.
-fn plan_aggregate(
-    select: &mut protobuf::SelectStmt,
-    aggregates: &[Option<Combine>],
-    casts: Vec<Option<String>>,
-    limit: Option<u64>,
-    offset: u64,
-) -> Result<Planned, Refusal> {
-    if select.target_list.iter().any(is_star) {
-        return Err(refuse("SELECT * with GROUP BY is not merged across shards; name the columns".into()));
-    }
-    let targets: Vec<(Option<String>, protobuf::Node)> = select
-        .target_list
-        .iter()
-        .map(|t| match &t.node {
-            Some(N::ResTarget(r)) => (target_name(t), r.val.as_deref().cloned().unwrap_or_default()),
-            _ => (None, protobuf::Node::default()),
-        })
-        .collect();
-    // The target a GROUP BY or ORDER BY item stands for: by position, by
-    // output name, or the same expression.
-    let target_of = |item: &protobuf::Node| -> Option<usize> {
-        match &item.node {
-            Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. })) => {
-                usize::try_from(i.ival).ok().filter(|&k| k >= 1 && k <= targets.len()).map(|k| k - 1)
-            }
-            Some(N::ColumnRef(c)) if c.fields.len() == 1 => {
-                let name = column_name(c);
-                targets.iter().position(|(n, _)| n.is_some() && *n == name)
-            }
-            _ => targets.iter().position(|(_, e)| same_expr(e, item)),
-        }
-    };
-    let mut group_targets = vec![false; targets.len()];
-    let mut hidden = Vec::new();
-    for item in &mut select.group_clause {
-        match target_of(item) {
-            Some(i) => {
-                group_targets[i] = true;
-                // Positions shift when averages are split: name the expression instead.
-                *item = targets[i].1.clone();
-            }
-            None => hidden.push(item.clone()),
-        }
-    }
-    let mut combine = Vec::with_capacity(targets.len());
-    for (i, a) in aggregates.iter().enumerate() {
-        combine.push(match a {
-            Some(c) => *c,
-            None if group_targets[i] => Combine::Group,
-            None if select.group_clause.is_empty() => {
-                return Err(refuse("it mixes aggregates with plain columns without GROUP BY".into()));
-            }
-            None => return Err(refuse("an output column that is neither aggregated nor in GROUP BY".into())),
-        });
-    }
-    let names = select
-        .target_list
-        .iter()
-        .zip(&combine)
-        .map(|(t, c)| if *c == Combine::Group { String::new() } else { output_name(t, *c) })
-        .collect();
-
-    // The combining query's clauses, over its output columns by position.
-    let mut tail = String::new();
-    let partial_width: usize = combine.iter().map(|c| if *c == Combine::Avg { 2 } else { 1 }).sum();
-    if !select.group_clause.is_empty() {
-        let mut keys: Vec<String> = Vec::new();
-        let mut col = 0;
-        for c in &combine {
-            if *c == Combine::Group {
-                keys.push(format!("c{col}"));
-            }
-            col += if *c == Combine::Avg { 2 } else { 1 };
-        }
-        keys.extend((0..hidden.len()).map(|h| format!("c{}", partial_width + h)));
-        tail.push_str(&format!(" GROUP BY {}", keys.join(", ")));
-    }
-    let mut order = Vec::new();
-    for item in &select.sort_clause {
-        let Some(N::SortBy(sort)) = &item.node else { continue };
-        if !sort.use_op.is_empty() {
-            return Err(refuse("ORDER BY ... USING is not merged across shards".into()));
-        }
-        let expr = sort.node.as_deref();
-        let key = match expr.and_then(target_of) {
-            Some(position) => (position + 1).to_string(),
-            // A GROUP BY key that is not an output column: the combining query has it too.
-            None => match expr.and_then(|e| hidden.iter().position(|h| same_expr(h, e))) {
-                Some(h) => format!("c{}", partial_width + h),
-                None => {
-                    return Err(refuse(
-                        "with aggregates, ORDER BY must name output columns or GROUP BY keys to merge shards".into(),
-                    ));
-                }
-            },
-        };
-        let dir = if sort.sortby_dir == protobuf::SortByDir::SortbyDesc as i32 { " DESC" } else { "" };
-        let nulls = match protobuf::SortByNulls::try_from(sort.sortby_nulls) {
-            Ok(protobuf::SortByNulls::SortbyNullsFirst) => " NULLS FIRST",
-            Ok(protobuf::SortByNulls::SortbyNullsLast) => " NULLS LAST",
-            _ => "",
-        };
-        order.push(format!("{key}{dir}{nulls}"));
-    }
-    if !order.is_empty() {
-        tail.push_str(&format!(" ORDER BY {}", order.join(", ")));
-    }
-    if let Some(l) = limit {
-        tail.push_str(&format!(" LIMIT {l}"));
-    }
-    if offset > 0 {
-        tail.push_str(&format!(" OFFSET {offset}"));
-    }
-
-    split_averages(select, &combine);
-    for h in &hidden {
-        select.target_list.push(protobuf::Node {
-            node: Some(N::ResTarget(Box::new(protobuf::ResTarget {
-                val: Some(Box::new(h.clone())),
-                location: -1,
-                ..Default::default()
-            }))),
-        });
-    }
-    select.sort_clause.clear();
-    select.limit_count = None;
-    select.limit_offset = None;
-    Ok(Planned::Aggregate { combine, names, casts, tail })
-}
-
-/// `agg(...)::type` in the select list: shards return the plain aggregate
-/// (named as Postgres names the cast one), and the cast applies to the
-/// combined value. Returns each target's cast type, if any.
-fn strip_aggregate_casts(select: &mut protobuf::SelectStmt) -> Vec<Option<String>> {
-    select
-        .target_list
-        .iter_mut()
-        .map(|target| {
-            let Some(N::ResTarget(t)) = &mut target.node else { return None };
-            let Some(N::TypeCast(cast)) = t.val.as_deref().and_then(|v| v.node.as_ref()) else { return None };
-            let inner = cast.arg.as_deref()?.clone();
-            let Some(N::FuncCall(f)) = &inner.node else { return None };
-            let name = function_name(f).filter(|n| ["count", "sum", "min", "max", "avg"].contains(&n.as_str()))?;
-            let type_text = type_name_text(cast.type_name.as_ref()?)?;
-            if t.name.is_empty() {
-                t.name = name;
-            }
-            t.val = Some(Box::new(inner));
-            Some(type_text)
-        })
-        .collect()
-}
-
-/// A type name as SQL: `pg_catalog.int4`, `numeric(10,2)`, `text[]`.
-fn type_name_text(t: &protobuf::TypeName) -> Option<String> {
-    let names: Vec<String> = t
-        .names
-        .iter()
-        .map(|n| match &n.node {
-            Some(N::String(s)) => Some(format!("\"{}\"", s.sval.replace('"', "\"\""))),
-            _ => None,
-        })
-        .collect::<Option<_>>()?;
-    let mut text = names.join(".");
-    if !t.typmods.is_empty() {
-        let mods: Vec<String> = t
-            .typmods
-            .iter()
-            .map(|m| match &m.node {
-                Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. })) => Some(i.ival.to_string()),
-                _ => None,
-            })
-            .collect::<Option<_>>()?;
-        text.push_str(&format!("({})", mods.join(", ")));
-    }
-    for _ in &t.array_bounds {
-        text.push_str("[]");
-    }
-    Some(text)
-}
-
 /// Two expressions are the same, wherever they were written.
-fn same_expr(a: &protobuf::Node, b: &protobuf::Node) -> bool {
+pub(super) fn same_expr(a: &protobuf::Node, b: &protobuf::Node) -> bool {
     fn without_locations(n: &protobuf::Node) -> String {
         let text = format!("{n:?}");
         let mut out = String::with_capacity(text.len());
@@ -601,22 +403,63 @@ fn distinct_order(select: &mut protobuf::SelectStmt, order: &mut Vec<SortKey>) -
 }
 
 /// `*` or `t.*` in a select list.
-fn is_star(target: &protobuf::Node) -> bool {
+pub(super) fn is_star(target: &protobuf::Node) -> bool {
     matches!(&target.node, Some(N::ResTarget(r)) if matches!(r.val.as_deref().and_then(|v| v.node.as_ref()), Some(N::ColumnRef(c)) if c.fields.iter().any(|f| matches!(f.node, Some(N::AStar(_))))))
 }
 
-/// What makes a node unmergeable, if anything in it does.
-fn unmergeable(node: &protobuf::Node) -> Option<String> {
-    for n in walk(node) {
-        match n {
-            pg_query::NodeRef::SubLink(_) => return Some("subqueries run on each shard alone".into()),
-            pg_query::NodeRef::FuncCall(f) if f.over.is_some() => {
-                return Some("window functions see only one shard's rows".into());
-            }
-            _ => {}
+/// A window function outside subqueries.
+fn has_window(node: &protobuf::Node) -> bool {
+    outside_subqueries(node).iter().any(|f| f.over.is_some())
+}
+
+/// The function calls in a node that are not inside a subquery (whose
+/// aggregates and windows are the subquery's own).
+pub(super) fn outside_subqueries(node: &protobuf::Node) -> Vec<&protobuf::FuncCall> {
+    let all = walk(node);
+    let inner: std::collections::HashSet<*const protobuf::FuncCall> = all
+        .iter()
+        .filter_map(|n| match n {
+            pg_query::NodeRef::SubLink(l) => l.subselect.as_deref(),
+            _ => None,
+        })
+        .flat_map(walk)
+        .filter_map(|n| match n {
+            pg_query::NodeRef::FuncCall(f) => Some(f as *const _),
+            _ => None,
+        })
+        .collect();
+    all.into_iter()
+        .filter_map(|n| match n {
+            pg_query::NodeRef::FuncCall(f) if !inner.contains(&(f as *const _)) => Some(f),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A top-level UNION ALL: each shard answers every query of it, and the
+/// rows are concatenated (the route checked that each query reads a
+/// sharded table and merges nothing of its own).
+fn union_all(select: &protobuf::SelectStmt) -> Result<Planned, Refusal> {
+    let union = protobuf::SetOperation::SetopUnion as i32;
+    let all_unions = |s: &protobuf::SelectStmt| -> bool {
+        fn check(s: &protobuf::SelectStmt, union: i32) -> bool {
+            s.op == protobuf::SetOperation::SetopNone as i32
+                || (s.op == union
+                    && s.all
+                    && [&s.larg, &s.rarg].into_iter().all(|a| a.as_deref().is_some_and(|a| check(a, union))))
         }
+        check(s, union)
+    };
+    if !all_unions(select) {
+        return Err(refuse("UNION, INTERSECT and EXCEPT are merged across shards only as UNION ALL".into()));
     }
-    None
+    if !select.sort_clause.is_empty() || select.limit_count.is_some() || select.limit_offset.is_some() {
+        return Err(refuse(
+            "ORDER BY, LIMIT and OFFSET over a UNION ALL are not merged across shards yet; sort in a query around it"
+                .into(),
+        ));
+    }
+    Ok(Planned::Rows { order: Vec::new(), limit: None, offset: 0, junk: 0, distinct: false, window: Window::default() })
 }
 
 /// A node and everything below it.
@@ -703,151 +546,10 @@ fn int_const(n: u64) -> protobuf::Node {
     }
 }
 
-/// An aggregate call that can be combined, for a target; `None` for a
-/// plain expression; an error for an aggregate that cannot be combined.
-fn aggregate_of(target: &protobuf::Node) -> Result<Option<Combine>, Refusal> {
-    let Some(N::ResTarget(t)) = &target.node else { return Ok(None) };
-    let Some(val) = t.val.as_deref() else { return Ok(None) };
-    if let Some(N::FuncCall(f)) = &val.node
-        && let Some(name) = function_name(f)
-    {
-        let combine = match name.as_str() {
-            "count" => Some(Combine::Count),
-            "sum" => Some(Combine::Sum),
-            "min" => Some(Combine::Min),
-            "max" => Some(Combine::Max),
-            "avg" => Some(Combine::Avg),
-            _ => None,
-        };
-        if let Some(c) = combine {
-            if f.agg_distinct {
-                return Err(refuse(format!("{name}(DISTINCT ...) counts values that may repeat on several shards")));
-            }
-            if f.agg_filter.is_some() || !f.agg_order.is_empty() || f.agg_within_group {
-                return Err(refuse(format!("{name}(...) with FILTER or ORDER BY is not merged across shards yet")));
-            }
-            if f.args.iter().any(contains_aggregate) {
-                return Err(refuse("nested aggregates are not merged across shards".into()));
-            }
-            return Ok(Some(c));
-        }
-    }
-    if contains_aggregate(val) {
-        return Err(refuse(
-            "only count, sum, min, max and avg, each a whole output column, are merged across shards \
-             (not inside expressions, and not percentile_*, string_agg, array_agg and the like)"
-                .into(),
-        ));
-    }
-    Ok(None)
-}
-
-/// Aggregate functions by name: the ones Postgres ships that a SELECT list
-/// may hold. A user-defined aggregate is not recognised and would be run per
-/// shard and concatenated: name it in the hint of the README.
+/// An aggregate call outside subqueries. A user-defined aggregate is not
+/// recognised and would be run per shard and concatenated (the README says so).
 fn contains_aggregate(node: &protobuf::Node) -> bool {
-    const AGGREGATES: &[&str] = &[
-        "count",
-        "sum",
-        "min",
-        "max",
-        "avg",
-        "array_agg",
-        "string_agg",
-        "json_agg",
-        "jsonb_agg",
-        "json_object_agg",
-        "jsonb_object_agg",
-        "bool_and",
-        "bool_or",
-        "every",
-        "bit_and",
-        "bit_or",
-        "bit_xor",
-        "stddev",
-        "stddev_pop",
-        "stddev_samp",
-        "variance",
-        "var_pop",
-        "var_samp",
-        "corr",
-        "covar_pop",
-        "covar_samp",
-        "regr_avgx",
-        "regr_avgy",
-        "regr_count",
-        "regr_intercept",
-        "regr_r2",
-        "regr_slope",
-        "regr_sxx",
-        "regr_sxy",
-        "regr_syy",
-        "percentile_cont",
-        "percentile_disc",
-        "mode",
-        "rank",
-        "dense_rank",
-        "percent_rank",
-        "cume_dist",
-        "xmlagg",
-        "range_agg",
-        "range_intersect_agg",
-        "any_value",
-    ];
-    walk(node).iter().any(|n| match n {
-        pg_query::NodeRef::FuncCall(f) => function_name(f).is_some_and(|n| AGGREGATES.contains(&n.as_str())),
-        _ => false,
-    })
-}
-
-fn function_name(f: &protobuf::FuncCall) -> Option<String> {
-    match f.funcname.last().and_then(|n| n.node.as_ref()) {
-        Some(N::String(s)) => Some(s.sval.to_lowercase()),
-        _ => None,
-    }
-}
-
-/// The name Postgres gives an output column: its alias, else the function's.
-fn output_name(target: &protobuf::Node, combine: Combine) -> String {
-    if let Some(N::ResTarget(t)) = &target.node
-        && !t.name.is_empty()
-    {
-        return t.name.clone();
-    }
-    match combine {
-        Combine::Group => "?column?",
-        Combine::Count => "count",
-        Combine::Sum => "sum",
-        Combine::Min => "min",
-        Combine::Max => "max",
-        Combine::Avg => "avg",
-    }
-    .into()
-}
-
-/// `avg(x)` → `sum(x), count(x)`: shards send both, shardcar divides.
-fn split_averages(select: &mut protobuf::SelectStmt, combine: &[Combine]) {
-    let mut out = Vec::with_capacity(select.target_list.len() + 1);
-    for (target, c) in std::mem::take(&mut select.target_list).into_iter().zip(combine) {
-        if *c != Combine::Avg {
-            out.push(target);
-            continue;
-        }
-        let renamed = |name: &str| {
-            let mut t = target.clone();
-            if let Some(N::ResTarget(r)) = &mut t.node {
-                r.name = String::new();
-                if let Some(N::FuncCall(f)) = r.val.as_deref_mut().and_then(|v| v.node.as_mut()) {
-                    f.funcname =
-                        vec![protobuf::Node { node: Some(N::String(protobuf::String { sval: name.to_string() })) }];
-                }
-            }
-            t
-        };
-        out.push(renamed("sum"));
-        out.push(renamed("count"));
-    }
-    select.target_list = out;
+    outside_subqueries(node).iter().any(|f| is_aggregate(f))
 }
 
 /// ORDER BY items as sort keys; expressions that are not output columns
@@ -883,12 +585,25 @@ fn sort_keys(select: &mut protobuf::SelectStmt) -> Result<Vec<SortKey>, Refusal>
                 }
                 Column::At(k as usize - 1)
             }
-            Some(N::ColumnRef(c)) if column_name(c).is_some() => {
+            // A name alone is an output column's first; a qualified one
+            // (`c.id`) is a table's column, whatever the outputs are named.
+            Some(N::ColumnRef(c)) if c.fields.len() == 1 && column_name(c).is_some() => {
                 let name = column_name(c).unwrap_or_default();
                 match names.iter().position(|n| n.as_deref() == Some(name.as_str())) {
                     Some(i) => Column::At(i),
                     None if star => Column::Named(name),
                     None => junk_column(&mut junk, sort.node.as_deref().cloned()),
+                }
+            }
+            Some(N::ColumnRef(_)) => {
+                let expr = sort.node.as_deref();
+                let same = select.target_list.iter().position(|t| match &t.node {
+                    Some(N::ResTarget(r)) => r.val.as_deref().zip(expr).is_some_and(|(a, b)| same_expr(a, b)),
+                    _ => false,
+                });
+                match same {
+                    Some(i) if i < visible => Column::At(i),
+                    _ => junk_column(&mut junk, expr.cloned()),
                 }
             }
             _ => junk_column(&mut junk, sort.node.as_deref().cloned()),
@@ -938,19 +653,23 @@ mod tests {
     use super::*;
 
     fn rows(sql: &str) -> (String, Vec<SortKey>, Option<u64>, u64, usize) {
-        match FanOut::of(sql).unwrap() {
+        match of(sql).unwrap() {
             FanOut::Rows { sql, order, limit, offset, junk, .. } => (sql, order, limit, offset, junk),
             other => panic!("{other:?}"),
         }
     }
 
+    fn of(sql: &str) -> Result<FanOut, Refusal> {
+        FanOut::of(sql, &|_| None)
+    }
+
     fn refused(sql: &str) -> String {
-        crate::sqlerror::SqlError::from(FanOut::of(sql).unwrap_err()).message
+        crate::sqlerror::SqlError::from(of(sql).unwrap_err()).message
     }
 
     #[test]
     fn parameter_limits_are_bound_per_execution() {
-        let plan = FanOut::of("SELECT id FROM t ORDER BY id LIMIT $1 OFFSET $2").unwrap();
+        let plan = of("SELECT id FROM t ORDER BY id LIMIT $1 OFFSET $2").unwrap();
         let FanOut::Rows { sql, window, .. } = &plan else { panic!("{plan:?}") };
         assert_eq!(sql, "SELECT id FROM t ORDER BY id LIMIT $1 + $2");
         assert_eq!(*window, Window { limit: Some(0), offset: Some(1) });
@@ -1008,69 +727,98 @@ mod tests {
         assert!(refused("SELECT DISTINCT * FROM t").contains("name the columns"));
     }
 
-    #[test]
-    fn averages_are_split_into_sums_and_counts() {
-        let FanOut::Aggregate { sql, combine, names, tail, .. } =
-            FanOut::of("SELECT count(*), avg(amount) AS mean, max(id) FROM orders WHERE x > 1 LIMIT 1").unwrap()
-        else {
-            panic!()
-        };
-        assert_eq!(sql, "SELECT count(*), sum(amount), count(amount), max(id) FROM orders WHERE x > 1");
-        assert_eq!(combine, [Combine::Count, Combine::Avg, Combine::Max]);
-        assert_eq!(names, ["count", "mean", "max"]);
-        assert_eq!(tail, " LIMIT 1");
+    fn aggregate(sql: &str) -> (String, crate::route::aggregate::Combining) {
+        match of(sql).unwrap() {
+            FanOut::Aggregate { sql, combining } => (sql, combining),
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]
-    fn groups_are_combined_by_their_keys_and_ordered_by_output_columns() {
-        let FanOut::Aggregate { sql, combine, names, tail, .. } = FanOut::of(
+    fn averages_are_split_into_sums_and_counts() {
+        let (sql, c) = aggregate("SELECT count(*), avg(amount) AS mean, max(id) FROM orders WHERE x > 1 LIMIT 1");
+        assert_eq!(sql, "SELECT count(*), sum(amount), count(amount), max(id) FROM orders WHERE x > 1");
+        assert_eq!(c.partials, [Combine::Count, Combine::Avg, Combine::Max]);
+        assert_eq!(c.select, "SELECT q0 AS count, q1 AS mean, q2 AS max");
+        assert_eq!(c.tail, " LIMIT 1");
+    }
+
+    #[test]
+    fn groups_are_combined_by_their_keys_then_the_clients_clauses_apply() {
+        let (sql, c) = aggregate(
             "SELECT region, avg(amount), count(*) AS n FROM orders GROUP BY 1, day ORDER BY n DESC, region LIMIT 5 OFFSET 2",
-        )
-        .unwrap() else {
-            panic!()
-        };
-        assert_eq!(
-            sql, "SELECT region, sum(amount), count(amount), count(*) AS n, day FROM orders GROUP BY region, day",
-            "positions become expressions (averages shift them); hidden keys go last"
         );
-        assert_eq!(combine, [Combine::Group, Combine::Avg, Combine::Count]);
-        assert_eq!(names, ["", "avg", "n"]);
-        assert_eq!(tail, " GROUP BY c0, c4 ORDER BY 3 DESC, 1 LIMIT 5 OFFSET 2");
-        let FanOut::Aggregate { sql, casts, .. } =
-            FanOut::of("SELECT count(*)::int, sum(x)::numeric(10, 2) AS s, max(y) FROM t").unwrap()
+        assert_eq!(
+            sql, "SELECT region, day, sum(amount), count(amount), count(*) FROM orders GROUP BY region, day",
+            "group keys first, positions as expressions, then one partial per aggregate call"
+        );
+        assert_eq!(c.partials, [Combine::Group, Combine::Group, Combine::Avg, Combine::Count]);
+        assert_eq!(c.select, "SELECT q0 AS region, q2 AS avg, q3 AS n");
+        assert_eq!(c.tail, " ORDER BY n DESC, region LIMIT 5 OFFSET 2");
+        // Casts, expressions over aggregates, FILTER and HAVING: Postgres evaluates them on the combined columns.
+        let (sql, c) = aggregate(
+            "SELECT c, count(*)::int, round(avg(x)::numeric, 2), sum(x) FILTER (WHERE y > 0) AS pos, max(y) - min(y) \
+             FROM t GROUP BY c HAVING count(*) > 1 ORDER BY lower(c), 2",
+        );
+        assert_eq!(
+            sql,
+            "SELECT c, count(*), sum(x), count(x), sum(x) FILTER (WHERE y > 0), max(y), min(y) FROM t GROUP BY c"
+        );
+        assert_eq!(
+            c.select,
+            "SELECT q0 AS c, q1::int AS count, round(q2::numeric, 2) AS round, q3 AS pos, q4 - q5 AS \"?column?\""
+        );
+        assert_eq!(c.tail, " WHERE q1 > 1 ORDER BY lower(q0), 2");
+        // DISTINCT over the shard key is exact: a key's value is on one shard only.
+        let keyed = |t: &str| (t == "orders").then(|| "customer_id".to_string());
+        let FanOut::Aggregate { sql, .. } =
+            FanOut::of("SELECT count(DISTINCT o.customer_id) FROM orders o", &keyed).unwrap()
         else {
             panic!()
         };
-        assert_eq!(sql, "SELECT count(*) AS count, sum(x) AS s, max(y) FROM t", "casts apply after combining");
-        assert_eq!(
-            casts,
-            [Some("\"pg_catalog\".\"int4\"".to_string()), Some("\"pg_catalog\".\"numeric\"(10, 2)".into()), None]
-        );
-        assert!(refused("SELECT c, count(*) FROM t GROUP BY c HAVING count(*) > 1").contains("HAVING"));
+        assert_eq!(sql, "SELECT count(DISTINCT o.customer_id) FROM orders o");
+        assert!(refused("SELECT count(DISTINCT c) FROM t").contains("only over the shard key"));
         assert!(refused("SELECT c, d, count(*) FROM t GROUP BY c").contains("neither aggregated nor in GROUP BY"));
-        assert!(refused("SELECT c, count(*) FROM t GROUP BY c ORDER BY lower(c)").contains("ORDER BY must name"));
         assert!(refused("SELECT c, count(*) FROM t GROUP BY ROLLUP (c)").contains("ROLLUP"));
+        assert!(refused("SELECT string_agg(c, ',') FROM t").contains("string_agg"));
     }
 
     #[test]
     fn shapes_that_cannot_be_merged_are_refused_with_the_reason() {
-        assert!(refused("SELECT count(DISTINCT c) FROM t").contains("count(DISTINCT"));
         assert!(refused("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM t").contains("percentile"));
-        assert!(refused("SELECT x, rank() OVER (ORDER BY x) FROM t").contains("window"));
-        assert!(refused("SELECT * FROM a JOIN b USING (id)").contains("joins"));
-        assert!(refused("SELECT * FROM t WHERE id IN (SELECT id FROM u)").contains("subqueries"));
-        assert!(refused("SELECT sum(x) + 1 FROM t").contains("inside expressions"));
+        assert!(refused("SELECT x, count(*), rank() OVER (ORDER BY x) FROM t GROUP BY x").contains("window"));
+        assert!(refused("SELECT a FROM t UNION SELECT a FROM u").contains("UNION ALL"));
+        assert!(refused("SELECT a FROM t UNION ALL SELECT a FROM u ORDER BY 1").contains("UNION ALL"));
         assert!(refused("SELECT * FROM t LIMIT random()::int").contains("LIMIT"));
         assert!(refused("SELECT count(*) FROM t LIMIT $1").contains("constants"));
-        let e = crate::sqlerror::SqlError::from(FanOut::of("SELECT DISTINCT ON (c) c FROM t").unwrap_err());
+        let e = crate::sqlerror::SqlError::from(of("SELECT DISTINCT ON (c) c FROM t").unwrap_err());
         assert_eq!(e.code, crate::sqlerror::code::FEATURE_NOT_SUPPORTED);
         assert!(e.hint.unwrap().contains("shard="));
     }
 
+    /// Which tables may be read together is the route's to check; the plan
+    /// merges the top: a qualified sort key is the table's column, not an
+    /// output column of the same name, and aggregates in subqueries are theirs.
+    #[test]
+    fn queries_reading_several_tables_merge_their_top() {
+        let (sql, order, ..) = rows("SELECT o.id, c.name FROM o JOIN c ON c.id = o.cid ORDER BY c.id");
+        assert_eq!(sql, "SELECT o.id, c.name, c.id AS shardcar_sort_0 FROM o JOIN c ON c.id = o.cid ORDER BY c.id");
+        assert_eq!(order[0].column, Column::Named("shardcar_sort_0".into()));
+        let (_, order, ..) = rows("SELECT o.id, c.name FROM o JOIN c ON c.id = o.cid ORDER BY o.id DESC");
+        assert_eq!(order[0].column, Column::At(0));
+        let (_, order, ..) = rows("SELECT c.id, (SELECT max(x) FROM o WHERE o.cid = c.id) FROM c ORDER BY 2");
+        assert_eq!(order[0].column, Column::At(1));
+        assert!(matches!(of("SELECT a FROM t UNION ALL SELECT b FROM u").unwrap(), FanOut::Rows { .. }));
+        assert!(matches!(
+            of("SELECT c.region, count(*) FROM c JOIN o ON o.cid = c.id GROUP BY c.region").unwrap(),
+            FanOut::Aggregate { .. }
+        ));
+    }
+
     #[test]
     fn other_statements_run_everywhere() {
-        assert_eq!(FanOut::of("CREATE INDEX ON t (c)").unwrap(), FanOut::Everywhere);
-        assert_eq!(FanOut::of("DELETE FROM t WHERE x > 1").unwrap(), FanOut::Broadcast);
+        assert_eq!(of("CREATE INDEX ON t (c)").unwrap(), FanOut::Everywhere);
+        assert_eq!(of("DELETE FROM t WHERE x > 1").unwrap(), FanOut::Broadcast);
         let split = FanOut::split_insert(
             "INSERT INTO t (k, v) VALUES (1, 'a'), (2, 'b'), (3, DEFAULT) RETURNING k",
             &[vec![0, 2], vec![1]],

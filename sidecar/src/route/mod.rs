@@ -4,6 +4,7 @@
 //! answers (or places a COPY's rows). The session, explain, the dashboard
 //! and telemetry all read this one value.
 
+pub mod aggregate;
 pub mod copy_format;
 pub mod explain;
 pub mod merge;
@@ -161,6 +162,9 @@ impl Planner {
                     let r = router
                         .resolving(|| router.route_statement(facts, i, &params, session, in_transaction, None))
                         .await?;
+                    if matches!(r.via, crate::policy::Via::Policy { .. }) {
+                        router.check_links(stmt, r.shards.len() > 1).map_err(ResolveError::Refused)?;
+                    }
                     match r.shards.as_slice() {
                         [] => {}
                         [one] => match shard {
@@ -266,6 +270,7 @@ impl Planner {
         let r = router
             .resolving(|| router.policy_route(facts, 0, params, session, in_transaction, None, rule, true))
             .await?;
+        router.check_links(stmt, r.shards.len() > 1).map_err(ResolveError::Refused)?;
         let target = match r.shards.as_slice() {
             [one] => Target::One(*one),
             [] => return Err(ResolveError::Refused(spans(router, stmt, &[]))),
@@ -407,7 +412,8 @@ impl Planner {
         if let Some(plan) = self.plans.get(text) {
             return plan;
         }
-        let plan = FanOut::of(text).map(Arc::new);
+        let keys = |table: &str| self.router.rule(table).map(|r| r.key.clone());
+        let plan = FanOut::of(text, &keys).map(Arc::new);
         if text.len() <= UNCACHED_TEXT {
             self.plans.insert(text.to_string(), plan.clone());
         }

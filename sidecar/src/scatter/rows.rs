@@ -11,6 +11,7 @@ use pgwire::messages::data::{FieldDescription, RowDescription};
 use super::compare::Order;
 use super::frames::{columns, fields, without_junk};
 use super::{Failure, Leg, Statement, extended, internal};
+use crate::route::aggregate::Combining;
 use crate::route::merge::{Column, Combine, FanOut, SortKey};
 use crate::sqlerror::{SqlError, code};
 use crate::wire::encode;
@@ -265,23 +266,18 @@ fn compare(keys: &[(usize, Order, SortKey)], a: &[u8], b: &[u8]) -> Ordering {
 /// connection — an extended-protocol query over the partials as typed
 /// parameters — so results have Postgres's types, rounding and scale.
 pub struct Combiner {
-    combine: Vec<Combine>,
-    names: Vec<String>,
-    casts: Vec<Option<String>>,
-    tail: String,
+    combining: Option<Combining>,
     description: Option<Bytes>,
     sent: u64,
 }
 
 impl Combiner {
     pub fn new(plan: &FanOut) -> Combiner {
-        let (combine, names, casts, tail) = match plan {
-            FanOut::Aggregate { combine, names, casts, tail, .. } => {
-                (combine.clone(), names.clone(), casts.clone(), tail.clone())
-            }
-            _ => Default::default(),
+        let combining = match plan {
+            FanOut::Aggregate { combining, .. } => Some(combining.clone()),
+            _ => None,
         };
-        Combiner { combine, names, casts, tail, description: None, sent: 0 }
+        Combiner { combining, description: None, sent: 0 }
     }
 
     pub fn sent(&self) -> u64 {
@@ -324,20 +320,13 @@ impl Combiner {
             leg.drain().await;
         }
         let rows = params.len() / width;
-        let mut names = self.names.clone();
-        let mut col = 0;
-        for (c, name) in self.combine.iter().zip(names.iter_mut()) {
-            if *c == Combine::Group {
-                *name = described.get(col).map(|f| f.name.clone()).unwrap_or_default();
-            }
-            col += if *c == Combine::Avg { 2 } else { 1 };
-        }
         let empty = rows == 0;
         if empty {
             // VALUES needs a row: one of NULLs, filtered out.
             params = vec![None; width];
         }
-        let sql = combine_sql(&self.combine, &names, &self.casts, &self.tail, &types, rows.max(1), empty);
+        let combining = self.combining.as_ref().ok_or_else(|| Failure::Own(internal("not an aggregate plan")))?;
+        let sql = combine_sql(combining, &types, rows.max(1), empty);
         let param_types: Vec<u32> = std::iter::repeat_n(types.iter().copied(), rows.max(1)).flatten().collect();
         let leg = &mut legs[0];
         leg.reopen();
@@ -368,24 +357,22 @@ impl Combiner {
     }
 }
 
-/// `SELECT sum(c0)::int8 AS "count", ... FROM (VALUES ($1, $2), ...) AS p(c0, c1)`.
-fn combine_sql(
-    combine: &[Combine],
-    names: &[String],
-    casts: &[Option<String>],
-    tail: &str,
-    types: &[u32],
-    rows: usize,
-    empty: bool,
-) -> String {
+/// The client's select list over the combined partial rows:
+/// `SELECT ... FROM (SELECT c0 AS q0, sum(c1)::int8 AS q1 FROM (VALUES ($1, $2), ...)
+/// AS p(c0, c1) GROUP BY c0) AS q WHERE ... ORDER BY ...`.
+fn combine_sql(combining: &Combining, types: &[u32], rows: usize, empty: bool) -> String {
     const INT8: u32 = 20;
     let width = types.len();
-    let mut exprs = Vec::with_capacity(combine.len());
+    let mut exprs = Vec::with_capacity(combining.partials.len());
+    let mut groups = Vec::new();
     let mut col = 0;
-    for (c, name) in combine.iter().zip(names) {
+    for (i, c) in combining.partials.iter().enumerate() {
         let int8 = types.get(col) == Some(&INT8);
         let expr = match c {
-            Combine::Group => format!("c{col}"),
+            Combine::Group => {
+                groups.push(format!("c{col}"));
+                format!("c{col}")
+            }
             Combine::Count => format!("sum(c{col})::int8"),
             Combine::Sum if int8 => format!("sum(c{col})::int8"),
             Combine::Sum => format!("sum(c{col})"),
@@ -395,11 +382,7 @@ fn combine_sql(
             Combine::Avg => format!("sum(c{col}) / nullif(sum(c{}), 0)", col + 1),
         };
         col += if *c == Combine::Avg { 2 } else { 1 };
-        let expr = match casts.get(exprs.len()).cloned().flatten() {
-            Some(t) => format!("({expr})::{t}"),
-            None => expr,
-        };
-        exprs.push(format!("{expr} AS \"{}\"", name.replace('"', "\"\"")));
+        exprs.push(format!("{expr} AS q{i}"));
     }
     let rows: Vec<String> = (0..rows)
         .map(|s| {
@@ -409,7 +392,15 @@ fn combine_sql(
         .collect();
     let cols: Vec<String> = (0..width).map(|c| format!("c{c}")).collect();
     let filter = if empty { " WHERE false" } else { "" };
-    format!("SELECT {} FROM (VALUES {}) AS p({}){filter}{tail}", exprs.join(", "), rows.join(", "), cols.join(", "))
+    let group_by = if groups.is_empty() { String::new() } else { format!(" GROUP BY {}", groups.join(", ")) };
+    format!(
+        "{} FROM (SELECT {} FROM (VALUES {}) AS p({}){filter}{group_by}) AS q{}",
+        combining.select,
+        exprs.join(", "),
+        rows.join(", "),
+        cols.join(", "),
+        combining.tail
+    )
 }
 
 #[cfg(test)]
@@ -417,21 +408,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn partials_are_combined_by_postgres_with_the_original_names() {
-        let names = ["count".to_string(), "mean \"x\"".into(), "max".into()];
-        let sql = combine_sql(
-            &[Combine::Count, Combine::Avg, Combine::Max],
-            &names,
-            &[None, None, Some("\"int4\"".into())],
-            " LIMIT 1",
-            &[20, 1700, 20, 23],
-            2,
-            false,
-        );
+    fn partials_are_combined_by_postgres_under_the_clients_select_list() {
+        let combining = Combining {
+            partials: vec![Combine::Group, Combine::Count, Combine::Avg, Combine::Max],
+            select: "SELECT q0 AS region, q1 AS count, round(q2, 2) AS round, q3::int4 AS max".into(),
+            tail: " WHERE q1 > 1 LIMIT 1".into(),
+        };
+        let sql = combine_sql(&combining, &[25, 20, 1700, 20, 23], 2, false);
         assert_eq!(
             sql,
-            "SELECT sum(c0)::int8 AS \"count\", sum(c1) / nullif(sum(c2), 0) AS \"mean \"\"x\"\"\", (max(c3))::\"int4\" AS \"max\" \
-             FROM (VALUES ($1, $2, $3, $4), ($5, $6, $7, $8)) AS p(c0, c1, c2, c3) LIMIT 1"
+            "SELECT q0 AS region, q1 AS count, round(q2, 2) AS round, q3::int4 AS max FROM (SELECT c0 AS q0, \
+             sum(c1)::int8 AS q1, sum(c2) / nullif(sum(c3), 0) AS q2, max(c4) AS q3 FROM (VALUES ($1, $2, $3, $4, $5), \
+             ($6, $7, $8, $9, $10)) AS p(c0, c1, c2, c3, c4) GROUP BY c0) AS q WHERE q1 > 1 LIMIT 1"
         );
     }
 

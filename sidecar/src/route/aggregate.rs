@@ -1,0 +1,397 @@
+//! Aggregates across shards. Each shard runs the query grouped as the
+//! client wrote it, sending its group keys and a partial value per
+//! aggregate call (`avg` as a sum and a count). Postgres itself combines
+//! them on one shard's connection, in two steps: an inner query that merges
+//! the partial rows of each group, and the client's own select list, HAVING,
+//! DISTINCT, ORDER BY, LIMIT and OFFSET over it, every aggregate call and
+//! group key in them replaced by its combined column. So expressions over
+//! aggregates, casts, FILTER and HAVING are Postgres's, with its types,
+//! rounding and order.
+
+use pg_query::protobuf::{self, a_const, node::Node as N};
+
+use super::merge::{Combine, refuse, same_expr};
+use crate::classify::links::{function_name, is_aggregate};
+use crate::policy::Refusal;
+
+/// The combining step of an aggregate plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Combining {
+    /// Per partial column group (group keys first, then one per aggregate
+    /// call; `Avg` spans two columns): how its partial values merge.
+    pub partials: Vec<Combine>,
+    /// `SELECT <the client's select list over q0, q1, ...>`.
+    pub select: String,
+    /// ` WHERE <HAVING> ORDER BY ... LIMIT ... OFFSET ...` over the same.
+    pub tail: String,
+}
+
+/// Table name → its shard key column, for the sharded tables of a query.
+pub type Keys<'k> = &'k dyn Fn(&str) -> Option<String>;
+
+/// Rewrites `select` into the shards' partial query and says how to combine.
+pub fn plan(
+    select: &mut protobuf::SelectStmt,
+    keys: Keys,
+    limit: Option<u64>,
+    offset: u64,
+    distinct: bool,
+) -> Result<Combining, Refusal> {
+    if select.target_list.iter().any(super::merge::is_star) {
+        return Err(refuse("SELECT * with GROUP BY is not merged across shards; name the columns".into()));
+    }
+    let targets: Vec<(String, protobuf::Node)> = select
+        .target_list
+        .iter()
+        .map(|t| match &t.node {
+            Some(N::ResTarget(r)) => {
+                let val = r.val.as_deref().cloned().unwrap_or_default();
+                let name = if r.name.is_empty() { column_name(&val) } else { r.name.clone() };
+                (name, val)
+            }
+            _ => (String::new(), protobuf::Node::default()),
+        })
+        .collect();
+    // GROUP BY items by position or output name stand for that output's expression.
+    let groups: Vec<protobuf::Node> = select
+        .group_clause
+        .iter()
+        .map(|item| match &item.node {
+            Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. })) => usize::try_from(i.ival)
+                .ok()
+                .filter(|&k| k >= 1 && k <= targets.len())
+                .map(|k| targets[k - 1].1.clone())
+                .ok_or_else(|| refuse(format!("GROUP BY position {} is not in the select list", i.ival))),
+            Some(N::ColumnRef(c)) if c.fields.len() == 1 => {
+                let name = target_name_of(c);
+                Ok(targets
+                    .iter()
+                    .find(|(n, _)| Some(n) == name.as_ref())
+                    .map_or_else(|| item.clone(), |(_, e)| e.clone()))
+            }
+            _ => Ok(item.clone()),
+        })
+        .collect::<Result<_, _>>()?;
+
+    // Every aggregate call of the select list, HAVING and ORDER BY, once.
+    let mut calls: Vec<protobuf::FuncCall> = Vec::new();
+    let sorted = select.sort_clause.iter().filter_map(|s| match &s.node {
+        Some(N::SortBy(b)) => b.node.as_deref(),
+        _ => None,
+    });
+    for expr in targets.iter().map(|(_, e)| e).chain(select.having_clause.as_deref()).chain(sorted) {
+        for f in super::merge::outside_subqueries(expr) {
+            if is_aggregate(f) && !calls.iter().any(|c| same_call(c, f)) {
+                calls.push(f.clone());
+            }
+        }
+    }
+    let mut partials: Vec<Combine> = vec![Combine::Group; groups.len()];
+    let mut shard_targets: Vec<protobuf::Node> = groups.iter().map(|g| res_target(g.clone(), "")).collect();
+    for call in &calls {
+        let combine = combine_of(call, select, keys)?;
+        partials.push(combine);
+        match combine {
+            Combine::Avg => {
+                shard_targets.push(res_target(call_named(call, "sum"), ""));
+                shard_targets.push(res_target(call_named(call, "count"), ""));
+            }
+            _ => shard_targets.push(res_target(func(call.clone()), "")),
+        }
+    }
+
+    // The client's select list, HAVING and ORDER BY over the combined columns.
+    let rewrite = |node: &protobuf::Node| -> Result<protobuf::Node, Refusal> {
+        let mut node = node.clone();
+        replace(&mut node, &groups, &calls);
+        leftover(&node)?;
+        Ok(node)
+    };
+    // Enums left at 0 (undefined) make the deparser abort the process.
+    let mut outer = protobuf::SelectStmt {
+        op: protobuf::SetOperation::SetopNone as i32,
+        limit_option: protobuf::LimitOption::Default as i32,
+        ..Default::default()
+    };
+    for (name, expr) in &targets {
+        outer.target_list.push(res_target(rewrite(expr)?, name));
+    }
+    if distinct {
+        outer.distinct_clause = vec![protobuf::Node { node: None }];
+    }
+    let mut tail = protobuf::SelectStmt {
+        target_list: vec![res_target(int_node(1), "")],
+        where_clause: select.having_clause.as_deref().map(&rewrite).transpose()?.map(Box::new),
+        limit_count: limit.map(|l| Box::new(int_node(l))),
+        limit_offset: (offset > 0).then(|| Box::new(int_node(offset))),
+        op: protobuf::SetOperation::SetopNone as i32,
+        limit_option: if limit.is_some() { protobuf::LimitOption::Count } else { protobuf::LimitOption::Default }
+            as i32,
+        ..Default::default()
+    };
+    for item in &select.sort_clause {
+        let Some(N::SortBy(sort)) = &item.node else { continue };
+        let mut sort = (**sort).clone();
+        if !sort.use_op.is_empty() {
+            return Err(refuse("ORDER BY ... USING is not merged across shards".into()));
+        }
+        // A position, or a name of an output column, means the same over the combined rows.
+        let output = match sort.node.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(N::AConst(_)) => true,
+            Some(N::ColumnRef(c)) if c.fields.len() == 1 => {
+                let name = target_name_of(c);
+                targets.iter().any(|(n, _)| Some(n) == name.as_ref())
+            }
+            _ => false,
+        };
+        if !output && let Some(expr) = sort.node.as_deref() {
+            sort.node = Some(Box::new(rewrite(expr)?));
+        }
+        tail.sort_clause.push(protobuf::Node { node: Some(N::SortBy(Box::new(sort))) });
+    }
+    let select_sql = deparse(outer)?;
+    let tail_sql = deparse(tail)?;
+    let tail_sql = tail_sql.strip_prefix("SELECT 1").unwrap_or(&tail_sql).to_string();
+
+    select.target_list = shard_targets;
+    select.group_clause = groups;
+    select.having_clause = None;
+    select.sort_clause.clear();
+    select.distinct_clause.clear();
+    select.limit_count = None;
+    select.limit_offset = None;
+    Ok(Combining { partials, select: select_sql, tail: tail_sql })
+}
+
+/// How an aggregate call's partial values merge; an error for one that
+/// cannot be merged exactly.
+fn combine_of(call: &protobuf::FuncCall, select: &protobuf::SelectStmt, keys: Keys) -> Result<Combine, Refusal> {
+    let name = function_name(call).unwrap_or_default();
+    let combine = match name.as_str() {
+        "count" => Combine::Count,
+        "sum" => Combine::Sum,
+        "min" => Combine::Min,
+        "max" => Combine::Max,
+        "avg" => Combine::Avg,
+        _ => {
+            return Err(refuse(format!(
+                "{name}(...) is not merged across shards: count, sum, min, max and avg are (also inside expressions, \
+                 with FILTER and DISTINCT on the shard key)"
+            )));
+        }
+    };
+    if call.agg_within_group {
+        return Err(refuse(format!("{name}(...) WITHIN GROUP is not merged across shards")));
+    }
+    if call
+        .args
+        .iter()
+        .chain(call.agg_filter.as_deref())
+        .any(|a| super::merge::outside_subqueries(a).iter().any(|f| is_aggregate(f)))
+    {
+        return Err(refuse("nested aggregates are not merged across shards".into()));
+    }
+    // A value of the shard key lives on one shard only: its distinct values
+    // per shard never meet another shard's.
+    if call.agg_distinct && !matches!(combine, Combine::Min | Combine::Max) {
+        let on_key = matches!(call.args.as_slice(), [arg] if is_key(arg, select, keys));
+        if !on_key {
+            return Err(refuse(format!(
+                "{name}(DISTINCT ...) is merged across shards only over the shard key (each value on one shard); \
+                 this one may count a value once per shard"
+            )));
+        }
+    }
+    Ok(combine)
+}
+
+/// Whether `node` is the shard key column of a sharded table this query
+/// reads at its top level.
+fn is_key(node: &protobuf::Node, select: &protobuf::SelectStmt, keys: Keys) -> bool {
+    let Some(N::ColumnRef(c)) = &node.node else { return false };
+    let names: Vec<&str> = c
+        .fields
+        .iter()
+        .filter_map(|f| match &f.node {
+            Some(N::String(s)) => Some(s.sval.as_str()),
+            _ => None,
+        })
+        .collect();
+    let mut tables: Vec<(String, String)> = Vec::new();
+    fn gather(node: &protobuf::Node, out: &mut Vec<(String, String)>) {
+        match &node.node {
+            Some(N::RangeVar(r)) => {
+                let refname = r.alias.as_ref().map_or(r.relname.clone(), |a| a.aliasname.clone());
+                out.push((refname, r.relname.clone()));
+            }
+            Some(N::JoinExpr(j)) => {
+                for side in [&j.larg, &j.rarg].into_iter().flatten() {
+                    gather(side, out);
+                }
+            }
+            _ => {}
+        }
+    }
+    for item in &select.from_clause {
+        gather(item, &mut tables);
+    }
+    match names.as_slice() {
+        [column] => tables.iter().any(|(_, t)| keys(t).as_deref() == Some(column)),
+        [.., q, column] => tables.iter().any(|(r, t)| r == q && keys(t).as_deref() == Some(column)),
+        [] => false,
+    }
+}
+
+/// Replaces group keys and aggregate calls (outside subqueries) with the
+/// combined columns `q<i>`: group keys are the first columns, then the calls.
+fn replace(node: &mut protobuf::Node, groups: &[protobuf::Node], calls: &[protobuf::FuncCall]) {
+    if let Some(i) = groups.iter().position(|g| same_expr(g, node)) {
+        *node = column_ref(&format!("q{i}"));
+        return;
+    }
+    if let Some(N::FuncCall(f)) = &node.node
+        && let Some(i) = calls.iter().position(|c| same_call(c, f))
+    {
+        *node = column_ref(&format!("q{}", groups.len() + i));
+        return;
+    }
+    let each = |n: &mut protobuf::Node| replace(n, groups, calls);
+    let Some(n) = node.node.as_mut() else { return };
+    match n {
+        N::AExpr(e) => [&mut e.lexpr, &mut e.rexpr].into_iter().flatten().for_each(|b| each(b)),
+        N::BoolExpr(b) => b.args.iter_mut().for_each(each),
+        N::FuncCall(f) => f.args.iter_mut().for_each(each),
+        N::TypeCast(t) => t.arg.iter_mut().for_each(|b| each(b)),
+        N::CaseExpr(c) => {
+            c.arg.iter_mut().chain(c.defresult.iter_mut()).for_each(|b| each(b));
+            c.args.iter_mut().for_each(each);
+        }
+        N::CaseWhen(w) => w.expr.iter_mut().chain(w.result.iter_mut()).for_each(|b| each(b)),
+        N::CoalesceExpr(c) => c.args.iter_mut().for_each(each),
+        N::MinMaxExpr(m) => m.args.iter_mut().for_each(each),
+        N::RowExpr(r) => r.args.iter_mut().for_each(each),
+        N::AArrayExpr(a) => a.elements.iter_mut().for_each(each),
+        N::List(l) => l.items.iter_mut().for_each(each),
+        N::NullTest(t) => t.arg.iter_mut().for_each(|b| each(b)),
+        N::BooleanTest(t) => t.arg.iter_mut().for_each(|b| each(b)),
+        N::CollateClause(c) => c.arg.iter_mut().for_each(|b| each(b)),
+        N::NamedArgExpr(a) => a.arg.iter_mut().for_each(|b| each(b)),
+        _ => {}
+    }
+}
+
+/// What the combining query cannot evaluate: a column that is neither a
+/// group key nor aggregated, or a subquery (it would read the combining
+/// shard's tables only).
+fn leftover(node: &protobuf::Node) -> Result<(), Refusal> {
+    for n in node.node.as_ref().map(|n| n.nodes()).unwrap_or_default() {
+        match n.0 {
+            pg_query::NodeRef::SubLink(_) => {
+                return Err(refuse(
+                    "a subquery in the select list, HAVING or ORDER BY of aggregates across shards".into(),
+                ));
+            }
+            pg_query::NodeRef::ColumnRef(c) if !is_combined(c) => {
+                return Err(refuse(
+                    "an output column, HAVING or ORDER BY uses a column that is neither aggregated nor in GROUP BY"
+                        .into(),
+                ));
+            }
+            pg_query::NodeRef::FuncCall(f) if is_aggregate(f) => {
+                return Err(refuse("an aggregate shardcar cannot place in the combining query".into()));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+fn is_combined(c: &protobuf::ColumnRef) -> bool {
+    matches!(c.fields.as_slice(), [f] if matches!(&f.node, Some(N::String(s)) if s.sval.starts_with('q') && s.sval[1..].parse::<usize>().is_ok()))
+}
+
+/// Two aggregate calls are the same, wherever they were written.
+fn same_call(a: &protobuf::FuncCall, b: &protobuf::FuncCall) -> bool {
+    same_expr(&func(a.clone()), &func(b.clone()))
+}
+
+fn func(f: protobuf::FuncCall) -> protobuf::Node {
+    protobuf::Node { node: Some(N::FuncCall(Box::new(f))) }
+}
+
+/// `avg(x)` as `sum(x)` or `count(x)`, FILTER and DISTINCT kept.
+fn call_named(call: &protobuf::FuncCall, name: &str) -> protobuf::Node {
+    let mut f = call.clone();
+    f.funcname = vec![protobuf::Node { node: Some(N::String(protobuf::String { sval: name.to_string() })) }];
+    func(f)
+}
+
+fn res_target(val: protobuf::Node, name: &str) -> protobuf::Node {
+    protobuf::Node {
+        node: Some(N::ResTarget(Box::new(protobuf::ResTarget {
+            name: name.to_string(),
+            indirection: vec![],
+            val: Some(Box::new(val)),
+            location: -1,
+        }))),
+    }
+}
+
+fn column_ref(name: &str) -> protobuf::Node {
+    protobuf::Node {
+        node: Some(N::ColumnRef(protobuf::ColumnRef {
+            fields: vec![protobuf::Node { node: Some(N::String(protobuf::String { sval: name.to_string() })) }],
+            location: -1,
+        })),
+    }
+}
+
+fn int_node(n: u64) -> protobuf::Node {
+    protobuf::Node {
+        node: Some(N::AConst(protobuf::AConst {
+            isnull: false,
+            location: -1,
+            val: Some(a_const::Val::Ival(protobuf::Integer { ival: n.min(i32::MAX as u64) as i32 })),
+        })),
+    }
+}
+
+fn deparse(select: protobuf::SelectStmt) -> Result<String, Refusal> {
+    N::SelectStmt(Box::new(select))
+        .deparse(pg_query::DeparseOptions::default())
+        .map_err(|e| refuse(format!("the combining query cannot be written: {e}")))
+}
+
+fn target_name_of(c: &protobuf::ColumnRef) -> Option<String> {
+    match c.fields.last().and_then(|f| f.node.as_ref()) {
+        Some(N::String(s)) => Some(s.sval.clone()),
+        _ => None,
+    }
+}
+
+/// The name Postgres gives an unnamed output column (its FigureColname).
+pub fn column_name(node: &protobuf::Node) -> String {
+    let name = match &node.node {
+        Some(N::ColumnRef(c)) => target_name_of(c),
+        Some(N::FuncCall(f)) => function_name(f),
+        Some(N::TypeCast(t)) => {
+            let inner = t.arg.as_deref().map(column_name).filter(|n| n != "?column?");
+            inner.or_else(|| {
+                t.type_name.as_ref().and_then(|t| t.names.last()).and_then(|n| match &n.node {
+                    Some(N::String(s)) => Some(s.sval.clone()),
+                    _ => None,
+                })
+            })
+        }
+        Some(N::CaseExpr(_)) => Some("case".into()),
+        Some(N::CoalesceExpr(_)) => Some("coalesce".into()),
+        Some(N::AArrayExpr(_)) => Some("array".into()),
+        Some(N::RowExpr(_)) => Some("row".into()),
+        Some(N::MinMaxExpr(m)) => {
+            Some(if m.op == protobuf::MinMaxOp::IsGreatest as i32 { "greatest" } else { "least" }.into())
+        }
+        Some(N::AExpr(e)) if e.kind == protobuf::AExprKind::AexprNullif as i32 => Some("nullif".into()),
+        _ => None,
+    };
+    name.unwrap_or_else(|| "?column?".into())
+}
