@@ -261,15 +261,16 @@ fn query(rng: &mut StdRng, s: &Schema) -> (String, bool) {
         ),
         15 => (
             format!(
-                "SELECT o.status, max(o.total) - min(o.total) AS spread, count(*)::int AS n FROM {o} o \
+                "SELECT o.status, max(o.total) - min(o.total) AS spread, count(*)::int AS n, \
+                 count(DISTINCT o.created) AS days, avg(DISTINCT o.total) AS mean FROM {o} o \
                  GROUP BY o.status HAVING sum(o.total) > {x} ORDER BY spread DESC, 1"
             ),
             true,
         ),
         16 => (
             format!(
-                "SELECT count(DISTINCT customer_id) AS customers, count(*), sum(total) / count(*) AS mean \
-                 FROM {o} WHERE total > {x}"
+                "SELECT count(DISTINCT customer_id) AS customers, count(*), sum(total) / count(*) AS mean, \
+                 count(DISTINCT status) AS statuses, sum(DISTINCT total) FROM {o} WHERE total > {x}"
             ),
             true,
         ),

@@ -10,20 +10,139 @@
 
 use pg_query::protobuf::{self, a_const, node::Node as N};
 
-use super::merge::{Combine, refuse, same_expr};
+use super::merge::{refuse, same_expr};
 use crate::classify::links::{function_name, is_aggregate};
 use crate::policy::Refusal;
+
+/// How one partial column (or column group) of the shards' rows merges.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Combine {
+    /// A GROUP BY column: the same on every shard's row of a group.
+    Group,
+    /// A value an aggregate is DISTINCT over (not a shard key): the shards
+    /// group by it too, so each sends its distinct values once per group.
+    Values,
+    Count,
+    Sum,
+    Min,
+    Max,
+    /// Spread over two partial columns: the sum, then the count.
+    Avg,
+    /// `count`, `sum` or `avg` (DISTINCT) over the values of the partial
+    /// column group `of` (a `Values`); no column of its own.
+    Distinct {
+        of: usize,
+        agg: DistinctAgg,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DistinctAgg {
+    Count,
+    Sum,
+    Avg,
+}
+
+impl Combine {
+    /// Columns of the shards' rows it takes.
+    fn width(self) -> usize {
+        match self {
+            Combine::Avg => 2,
+            Combine::Distinct { .. } => 0,
+            _ => 1,
+        }
+    }
+
+    /// How it merges, in words (explain); `None` for group keys.
+    pub fn describe(&self) -> Option<&'static str> {
+        Some(match self {
+            Combine::Group | Combine::Values => return None,
+            Combine::Count => "count: sum of counts",
+            Combine::Sum => "sum: sum of sums",
+            Combine::Min => "min: least",
+            Combine::Max => "max: greatest",
+            Combine::Avg => "avg: sum of sums / sum of counts",
+            Combine::Distinct { .. } => "DISTINCT: over every shard's distinct values of each group",
+        })
+    }
+}
 
 /// The combining step of an aggregate plan.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Combining {
-    /// Per partial column group (group keys first, then one per aggregate
-    /// call; `Avg` spans two columns): how its partial values merge.
+    /// Per partial column group (group keys first, then the values of
+    /// DISTINCT aggregates, then one per aggregate call): how it merges.
     pub partials: Vec<Combine>,
     /// `SELECT <the client's select list over q0, q1, ...>`.
     pub select: String,
     /// ` WHERE <HAVING> ORDER BY ... LIMIT ... OFFSET ...` over the same.
     pub tail: String,
+}
+
+impl Combining {
+    /// The combining query over `rows` partial rows of `types` (one row of
+    /// NULLs filtered out when `empty`, as VALUES needs a row):
+    /// `SELECT <client's list> FROM (SELECT c0 AS q0, sum(c1)::int8 AS q1
+    /// FROM (VALUES ($1, $2), ...) AS p(c0, c1) GROUP BY c0) AS q <tail>`.
+    pub fn sql(&self, types: &[u32], rows: usize, empty: bool) -> String {
+        const INT8: u32 = 20;
+        let width = types.len();
+        let starts: Vec<usize> = self
+            .partials
+            .iter()
+            .scan(0, |col, c| {
+                let at = *col;
+                *col += c.width();
+                Some(at)
+            })
+            .collect();
+        let mut exprs = Vec::with_capacity(self.partials.len());
+        let mut groups = Vec::new();
+        for (i, (c, &col)) in self.partials.iter().zip(&starts).enumerate() {
+            let int8 = types.get(col) == Some(&INT8);
+            let expr = match c {
+                Combine::Group => {
+                    groups.push(format!("c{col}"));
+                    format!("c{col}")
+                }
+                Combine::Values => continue,
+                // No rows at all (a DISTINCT's values grouped away): a count of 0.
+                Combine::Count => format!("coalesce(sum(c{col}), 0)::int8"),
+                Combine::Sum if int8 => format!("sum(c{col})::int8"),
+                Combine::Sum => format!("sum(c{col})"),
+                Combine::Min => format!("min(c{col})"),
+                Combine::Max => format!("max(c{col})"),
+                Combine::Avg if int8 => format!("sum(c{col})::numeric / nullif(sum(c{}), 0)", col + 1),
+                Combine::Avg => format!("sum(c{col}) / nullif(sum(c{}), 0)", col + 1),
+                Combine::Distinct { of, agg } => {
+                    let values = starts.get(*of).copied().unwrap_or_default();
+                    match agg {
+                        DistinctAgg::Count => format!("count(DISTINCT c{values})"),
+                        DistinctAgg::Sum => format!("sum(DISTINCT c{values})"),
+                        DistinctAgg::Avg => format!("avg(DISTINCT c{values})"),
+                    }
+                }
+            };
+            exprs.push(format!("{expr} AS q{i}"));
+        }
+        let rows: Vec<String> = (0..rows)
+            .map(|s| {
+                let params: Vec<String> = (0..width).map(|c| format!("${}", s * width + c + 1)).collect();
+                format!("({})", params.join(", "))
+            })
+            .collect();
+        let cols: Vec<String> = (0..width).map(|c| format!("c{c}")).collect();
+        let filter = if empty { " WHERE false" } else { "" };
+        let group_by = if groups.is_empty() { String::new() } else { format!(" GROUP BY {}", groups.join(", ")) };
+        format!(
+            "{} FROM (SELECT {} FROM (VALUES {}) AS p({}){filter}{group_by}) AS q{}",
+            self.select,
+            exprs.join(", "),
+            rows.join(", "),
+            cols.join(", "),
+            self.tail
+        )
+    }
 }
 
 /// Table name → its shard key column, for the sharded tables of a query.
@@ -86,24 +205,58 @@ pub fn plan(
             }
         }
     }
+    // DISTINCT over a column that is not a shard key: its values become
+    // group keys of the shards' query (after the client's).
+    let mut values: Vec<protobuf::Node> = Vec::new();
+    let mut combines: Vec<Result<Combine, DistinctAgg>> =
+        calls.iter().map(|call| combine_of(call, select, keys)).collect::<Result<_, _>>()?;
+    // Grouped by those values too, the shards' groups split a key's rows:
+    // a DISTINCT over a key is then merged from values as well.
+    if combines.iter().any(Result::is_err) {
+        for (call, c) in calls.iter().zip(combines.iter_mut()) {
+            if call.agg_distinct
+                && let Ok(combine) = *c
+            {
+                *c = distinct_values(combine).map_or(Ok(combine), Err);
+            }
+        }
+    }
+    let combines: Vec<Combine> = calls
+        .iter()
+        .zip(combines)
+        .map(|(call, c)| match c {
+            Ok(c) => c,
+            Err(agg) => {
+                let arg = &call.args[0];
+                let at = values.iter().position(|v| same_expr(v, arg)).unwrap_or_else(|| {
+                    values.push(arg.clone());
+                    values.len() - 1
+                });
+                Combine::Distinct { of: groups.len() + at, agg }
+            }
+        })
+        .collect();
     let mut partials: Vec<Combine> = vec![Combine::Group; groups.len()];
-    let mut shard_targets: Vec<protobuf::Node> = groups.iter().map(|g| res_target(g.clone(), "")).collect();
-    for call in &calls {
-        let combine = combine_of(call, select, keys)?;
+    partials.extend(values.iter().map(|_| Combine::Values));
+    let mut shard_targets: Vec<protobuf::Node> =
+        groups.iter().chain(&values).map(|g| res_target(g.clone(), "")).collect();
+    for (call, combine) in calls.iter().zip(combines) {
         partials.push(combine);
         match combine {
             Combine::Avg => {
                 shard_targets.push(res_target(call_named(call, "sum"), ""));
                 shard_targets.push(res_target(call_named(call, "count"), ""));
             }
+            Combine::Distinct { .. } => {}
             _ => shard_targets.push(res_target(func(call.clone()), "")),
         }
     }
+    let first_call = groups.len() + values.len();
 
     // The client's select list, HAVING and ORDER BY over the combined columns.
     let rewrite = |node: &protobuf::Node| -> Result<protobuf::Node, Refusal> {
         let mut node = node.clone();
-        replace(&mut node, &groups, &calls);
+        replace(&mut node, &groups, &calls, first_call);
         leftover(&node)?;
         Ok(node)
     };
@@ -154,7 +307,7 @@ pub fn plan(
     let tail_sql = tail_sql.strip_prefix("SELECT 1").unwrap_or(&tail_sql).to_string();
 
     select.target_list = shard_targets;
-    select.group_clause = groups;
+    select.group_clause = groups.into_iter().chain(values).collect();
     select.having_clause = None;
     select.sort_clause.clear();
     select.distinct_clause.clear();
@@ -163,9 +316,14 @@ pub fn plan(
     Ok(Combining { partials, select: select_sql, tail: tail_sql })
 }
 
-/// How an aggregate call's partial values merge; an error for one that
-/// cannot be merged exactly.
-fn combine_of(call: &protobuf::FuncCall, select: &protobuf::SelectStmt, keys: Keys) -> Result<Combine, Refusal> {
+/// How an aggregate call's partial values merge (`Err`: DISTINCT over a
+/// column that is not a shard key, merged from the shards' distinct
+/// values); a refusal for one that cannot be merged exactly.
+fn combine_of(
+    call: &protobuf::FuncCall,
+    select: &protobuf::SelectStmt,
+    keys: Keys,
+) -> Result<Result<Combine, DistinctAgg>, Refusal> {
     let name = function_name(call).unwrap_or_default();
     let combine = match name.as_str() {
         "count" => Combine::Count,
@@ -192,17 +350,30 @@ fn combine_of(call: &protobuf::FuncCall, select: &protobuf::SelectStmt, keys: Ke
         return Err(refuse("nested aggregates are not merged across shards".into()));
     }
     // A value of the shard key lives on one shard only: its distinct values
-    // per shard never meet another shard's.
-    if call.agg_distinct && !matches!(combine, Combine::Min | Combine::Max) {
-        let on_key = matches!(call.args.as_slice(), [arg] if is_key(arg, select, keys));
-        if !on_key {
-            return Err(refuse(format!(
-                "{name}(DISTINCT ...) is merged across shards only over the shard key (each value on one shard); \
-                 this one may count a value once per shard"
-            )));
-        }
+    // per shard never meet another shard's, and each shard's DISTINCT
+    // aggregate is combined as a plain one.
+    if !call.agg_distinct
+        || matches!(combine, Combine::Min | Combine::Max)
+        || matches!(call.args.as_slice(), [arg] if is_key(arg, select, keys))
+    {
+        return Ok(Ok(combine));
     }
-    Ok(combine)
+    if call.args.len() != 1 || call.agg_filter.is_some() {
+        return Err(refuse(format!(
+            "{name}(DISTINCT ...) over several arguments or with FILTER is merged across shards only over the shard key"
+        )));
+    }
+    Ok(distinct_values(combine).map_or(Ok(combine), Err))
+}
+
+/// The DISTINCT aggregate merged from the shards' distinct values.
+fn distinct_values(combine: Combine) -> Option<DistinctAgg> {
+    match combine {
+        Combine::Count => Some(DistinctAgg::Count),
+        Combine::Sum => Some(DistinctAgg::Sum),
+        Combine::Avg => Some(DistinctAgg::Avg),
+        _ => None,
+    }
 }
 
 /// Whether `node` is the shard key column of a sharded table this query
@@ -243,8 +414,9 @@ fn is_key(node: &protobuf::Node, select: &protobuf::SelectStmt, keys: Keys) -> b
 }
 
 /// Replaces group keys and aggregate calls (outside subqueries) with the
-/// combined columns `q<i>`: group keys are the first columns, then the calls.
-fn replace(node: &mut protobuf::Node, groups: &[protobuf::Node], calls: &[protobuf::FuncCall]) {
+/// combined columns `q<i>`: group keys are the first columns, the calls
+/// from `first_call` on.
+fn replace(node: &mut protobuf::Node, groups: &[protobuf::Node], calls: &[protobuf::FuncCall], first_call: usize) {
     if let Some(i) = groups.iter().position(|g| same_expr(g, node)) {
         *node = column_ref(&format!("q{i}"));
         return;
@@ -252,10 +424,10 @@ fn replace(node: &mut protobuf::Node, groups: &[protobuf::Node], calls: &[protob
     if let Some(N::FuncCall(f)) = &node.node
         && let Some(i) = calls.iter().position(|c| same_call(c, f))
     {
-        *node = column_ref(&format!("q{}", groups.len() + i));
+        *node = column_ref(&format!("q{}", first_call + i));
         return;
     }
-    let each = |n: &mut protobuf::Node| replace(n, groups, calls);
+    let each = |n: &mut protobuf::Node| replace(n, groups, calls, first_call);
     let Some(n) = node.node.as_mut() else { return };
     match n {
         N::AExpr(e) => [&mut e.lexpr, &mut e.rexpr].into_iter().flatten().for_each(|b| each(b)),
@@ -394,4 +566,40 @@ pub fn column_name(node: &protobuf::Node) -> String {
         _ => None,
     };
     name.unwrap_or_else(|| "?column?".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partials_are_combined_by_postgres_under_the_clients_select_list() {
+        let combining = Combining {
+            partials: vec![Combine::Group, Combine::Count, Combine::Avg, Combine::Max],
+            select: "SELECT q0 AS region, q1 AS count, round(q2, 2) AS round, q3::int4 AS max".into(),
+            tail: " WHERE q1 > 1 LIMIT 1".into(),
+        };
+        assert_eq!(
+            combining.sql(&[25, 20, 1700, 20, 23], 2, false),
+            "SELECT q0 AS region, q1 AS count, round(q2, 2) AS round, q3::int4 AS max FROM (SELECT c0 AS q0, \
+             coalesce(sum(c1), 0)::int8 AS q1, sum(c2) / nullif(sum(c3), 0) AS q2, max(c4) AS q3 FROM (VALUES \
+             ($1, $2, $3, $4, $5), ($6, $7, $8, $9, $10)) AS p(c0, c1, c2, c3, c4) GROUP BY c0) AS q WHERE q1 > 1 LIMIT 1"
+        );
+        // A DISTINCT over another column: its values grouped by on the shards, counted here.
+        let combining = Combining {
+            partials: vec![
+                Combine::Values,
+                Combine::Count,
+                Combine::Distinct { of: 0, agg: DistinctAgg::Count },
+                Combine::Distinct { of: 0, agg: DistinctAgg::Avg },
+            ],
+            select: "SELECT q1 AS count, q2 AS count, q3 AS avg".into(),
+            tail: String::new(),
+        };
+        assert_eq!(
+            combining.sql(&[25, 20], 1, false),
+            "SELECT q1 AS count, q2 AS count, q3 AS avg FROM (SELECT coalesce(sum(c1), 0)::int8 AS q1, \
+             count(DISTINCT c0) AS q2, avg(DISTINCT c0) AS q3 FROM (VALUES ($1, $2)) AS p(c0, c1)) AS q"
+        );
+    }
 }

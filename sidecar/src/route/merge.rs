@@ -5,7 +5,7 @@
 
 use pg_query::protobuf::{self, a_const, node::Node as N};
 
-use super::aggregate::Keys;
+use super::aggregate::{Combine, Keys};
 use crate::classify::lexer::renumber_params;
 use crate::classify::links::is_aggregate;
 use crate::policy::Refusal;
@@ -25,19 +25,6 @@ pub enum Column {
     /// An output column's name, found in the shards' RowDescription (for
     /// `SELECT *`, whose columns are known only then).
     Named(String),
-}
-
-/// How one output column of an aggregate query is combined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Combine {
-    /// A GROUP BY column: the same on every shard's row of a group.
-    Group,
-    Count,
-    Sum,
-    Min,
-    Max,
-    /// Spread over two partial columns: the sum, then the count.
-    Avg,
 }
 
 /// One shard's INSERT of a split multi-row INSERT.
@@ -186,19 +173,7 @@ impl FanOut {
             }
             FanOut::Aggregate { combining, .. } => {
                 let grouped = combining.partials.contains(&Combine::Group);
-                let names: Vec<&str> = combining
-                    .partials
-                    .iter()
-                    .filter(|c| **c != Combine::Group)
-                    .map(|c| match c {
-                        Combine::Group => "",
-                        Combine::Count => "count: sum of counts",
-                        Combine::Sum => "sum: sum of sums",
-                        Combine::Min => "min: least",
-                        Combine::Max => "max: greatest",
-                        Combine::Avg => "avg: sum of sums / sum of counts",
-                    })
-                    .collect();
+                let names: Vec<&str> = combining.partials.iter().filter_map(Combine::describe).collect();
                 let rows = if grouped {
                     "one row of partial aggregates per group and shard"
                 } else {
@@ -777,7 +752,28 @@ mod tests {
             panic!()
         };
         assert_eq!(sql, "SELECT count(DISTINCT o.customer_id) FROM orders o");
-        assert!(refused("SELECT count(DISTINCT c) FROM t").contains("only over the shard key"));
+        // Next to a DISTINCT over another column, the shards' groups split a
+        // key's rows: then the key's values are merged too.
+        let FanOut::Aggregate { sql, .. } =
+            FanOut::of("SELECT count(DISTINCT o.customer_id), count(DISTINCT o.status) FROM orders o", &keyed).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(sql, "SELECT o.customer_id, o.status FROM orders o GROUP BY o.customer_id, o.status");
+        // DISTINCT over another column: the shards group by its values too.
+        let (sql, c) = aggregate("SELECT g, count(DISTINCT c), count(*) FROM t GROUP BY g");
+        assert_eq!(sql, "SELECT g, c, count(*) FROM t GROUP BY g, c");
+        assert_eq!(
+            c.partials,
+            [
+                Combine::Group,
+                Combine::Values,
+                Combine::Distinct { of: 1, agg: crate::route::aggregate::DistinctAgg::Count },
+                Combine::Count
+            ]
+        );
+        assert_eq!(c.select, "SELECT q0 AS g, q2 AS count, q3 AS count");
+        assert!(refused("SELECT count(DISTINCT c) FILTER (WHERE x) FROM t").contains("with FILTER"));
         assert!(refused("SELECT c, d, count(*) FROM t GROUP BY c").contains("neither aggregated nor in GROUP BY"));
         assert!(refused("SELECT c, count(*) FROM t GROUP BY ROLLUP (c)").contains("ROLLUP"));
         assert!(refused("SELECT string_agg(c, ',') FROM t").contains("string_agg"));

@@ -12,7 +12,7 @@ use super::compare::Order;
 use super::frames::{columns, fields, without_junk};
 use super::{Failure, Leg, Statement, extended, internal};
 use crate::route::aggregate::Combining;
-use crate::route::merge::{Column, Combine, FanOut, SortKey};
+use crate::route::merge::{Column, FanOut, SortKey};
 use crate::sqlerror::{SqlError, code};
 use crate::wire::encode;
 
@@ -309,7 +309,7 @@ impl Combiner {
                         SqlError::new(
                             code::PROGRAM_LIMIT_EXCEEDED,
                             format!(
-                                "too many groups to merge across shards (more than {} partial rows)",
+                                "too many groups (or distinct values) to merge across shards (more than {} partial rows)",
                                 MAX_PARAMS / width
                             ),
                         )
@@ -326,7 +326,7 @@ impl Combiner {
             params = vec![None; width];
         }
         let combining = self.combining.as_ref().ok_or_else(|| Failure::Own(internal("not an aggregate plan")))?;
-        let sql = combine_sql(combining, &types, rows.max(1), empty);
+        let sql = combining.sql(&types, rows.max(1), empty);
         let param_types: Vec<u32> = std::iter::repeat_n(types.iter().copied(), rows.max(1)).flatten().collect();
         let leg = &mut legs[0];
         leg.reopen();
@@ -357,71 +357,9 @@ impl Combiner {
     }
 }
 
-/// The client's select list over the combined partial rows:
-/// `SELECT ... FROM (SELECT c0 AS q0, sum(c1)::int8 AS q1 FROM (VALUES ($1, $2), ...)
-/// AS p(c0, c1) GROUP BY c0) AS q WHERE ... ORDER BY ...`.
-fn combine_sql(combining: &Combining, types: &[u32], rows: usize, empty: bool) -> String {
-    const INT8: u32 = 20;
-    let width = types.len();
-    let mut exprs = Vec::with_capacity(combining.partials.len());
-    let mut groups = Vec::new();
-    let mut col = 0;
-    for (i, c) in combining.partials.iter().enumerate() {
-        let int8 = types.get(col) == Some(&INT8);
-        let expr = match c {
-            Combine::Group => {
-                groups.push(format!("c{col}"));
-                format!("c{col}")
-            }
-            Combine::Count => format!("sum(c{col})::int8"),
-            Combine::Sum if int8 => format!("sum(c{col})::int8"),
-            Combine::Sum => format!("sum(c{col})"),
-            Combine::Min => format!("min(c{col})"),
-            Combine::Max => format!("max(c{col})"),
-            Combine::Avg if int8 => format!("sum(c{col})::numeric / nullif(sum(c{}), 0)", col + 1),
-            Combine::Avg => format!("sum(c{col}) / nullif(sum(c{}), 0)", col + 1),
-        };
-        col += if *c == Combine::Avg { 2 } else { 1 };
-        exprs.push(format!("{expr} AS q{i}"));
-    }
-    let rows: Vec<String> = (0..rows)
-        .map(|s| {
-            let params: Vec<String> = (0..width).map(|c| format!("${}", s * width + c + 1)).collect();
-            format!("({})", params.join(", "))
-        })
-        .collect();
-    let cols: Vec<String> = (0..width).map(|c| format!("c{c}")).collect();
-    let filter = if empty { " WHERE false" } else { "" };
-    let group_by = if groups.is_empty() { String::new() } else { format!(" GROUP BY {}", groups.join(", ")) };
-    format!(
-        "{} FROM (SELECT {} FROM (VALUES {}) AS p({}){filter}{group_by}) AS q{}",
-        combining.select,
-        exprs.join(", "),
-        rows.join(", "),
-        cols.join(", "),
-        combining.tail
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn partials_are_combined_by_postgres_under_the_clients_select_list() {
-        let combining = Combining {
-            partials: vec![Combine::Group, Combine::Count, Combine::Avg, Combine::Max],
-            select: "SELECT q0 AS region, q1 AS count, round(q2, 2) AS round, q3::int4 AS max".into(),
-            tail: " WHERE q1 > 1 LIMIT 1".into(),
-        };
-        let sql = combine_sql(&combining, &[25, 20, 1700, 20, 23], 2, false);
-        assert_eq!(
-            sql,
-            "SELECT q0 AS region, q1 AS count, round(q2, 2) AS round, q3::int4 AS max FROM (SELECT c0 AS q0, \
-             sum(c1)::int8 AS q1, sum(c2) / nullif(sum(c3), 0) AS q2, max(c4) AS q3 FROM (VALUES ($1, $2, $3, $4, $5), \
-             ($6, $7, $8, $9, $10)) AS p(c0, c1, c2, c3, c4) GROUP BY c0) AS q WHERE q1 > 1 LIMIT 1"
-        );
-    }
 
     #[test]
     fn the_window_skips_the_offset_and_stops_at_the_limit() {
