@@ -221,13 +221,20 @@ fn query(rng: &mut StdRng, s: &Schema) -> (String, bool) {
                 true,
             )
         }
-        8 => (
-            format!(
-                "SELECT id, 'customer' AS what FROM {c} WHERE score > {score} UNION ALL \
-                 SELECT customer_id, status FROM {o} WHERE total < {x}"
-            ),
-            false,
-        ),
+        8 => {
+            let (order, total) = match rng.random_range(0..3) {
+                0 => (String::new(), false),
+                1 => (" ORDER BY 1 DESC, 2".to_string(), true),
+                _ => (format!(" ORDER BY what NULLS FIRST, id LIMIT {}", rng.random_range(1..30)), true),
+            };
+            (
+                format!(
+                    "SELECT id, 'customer' AS what FROM {c} WHERE score > {score} UNION ALL \
+                     SELECT customer_id, status FROM {o} WHERE total < {x}{order}"
+                ),
+                total,
+            )
+        }
         9 => (
             format!(
                 "SELECT customer_id, id, rank() OVER (PARTITION BY customer_id ORDER BY total DESC, id) AS r, \

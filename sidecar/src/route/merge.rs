@@ -304,9 +304,21 @@ fn plan_select(select: &mut protobuf::SelectStmt, keys: Keys) -> Result<Planned,
     }
     // Junk columns sit after the visible ones, found by name in the shards' RowDescription.
     let junk = order.iter().filter(|k| matches!(&k.column, Column::Named(n) if n.starts_with(JUNK))).count();
+    Ok(rows(select, order, limit, offset, junk, distinct))
+}
+
+/// Rows merged in `order`: each shard sends LIMIT + OFFSET rows — a
+/// constant, or the sum of the parameters (and constants) as an
+/// expression bound like the rest — and the merge applies both.
+fn rows(
+    select: &mut protobuf::SelectStmt,
+    order: Vec<SortKey>,
+    limit: Option<Count>,
+    offset: Count,
+    junk: usize,
+    distinct: bool,
+) -> Planned {
     select.limit_offset = None;
-    // Each shard sends LIMIT + OFFSET rows: a constant, or the sum of the
-    // parameters (and constants) as an expression bound like the rest.
     let window = Window {
         limit: match limit {
             Some(Count::Param(i)) => Some(i),
@@ -331,7 +343,7 @@ fn plan_select(select: &mut protobuf::SelectStmt, keys: Keys) -> Result<Planned,
         Count::Value(v) => v,
         Count::Param(_) => 0,
     };
-    Ok(Planned::Rows { order, limit: limit.map(value), offset: value(offset), junk, distinct, window })
+    Planned::Rows { order, limit: limit.map(value), offset: value(offset), junk, distinct, window }
 }
 
 /// Two expressions are the same, wherever they were written.
@@ -412,29 +424,60 @@ pub(super) fn outside_subqueries(node: &protobuf::Node) -> Vec<&protobuf::FuncCa
 }
 
 /// A top-level UNION ALL: each shard answers every query of it, and the
-/// rows are concatenated (the route checked that each query reads a
-/// sharded table and merges nothing of its own).
-fn union_all(select: &protobuf::SelectStmt) -> Result<Planned, Refusal> {
-    let union = protobuf::SetOperation::SetopUnion as i32;
-    let all_unions = |s: &protobuf::SelectStmt| -> bool {
-        fn check(s: &protobuf::SelectStmt, union: i32) -> bool {
-            s.op == protobuf::SetOperation::SetopNone as i32
-                || (s.op == union
-                    && s.all
-                    && [&s.larg, &s.rarg].into_iter().all(|a| a.as_deref().is_some_and(|a| check(a, union))))
-        }
-        check(s, union)
-    };
+/// rows are concatenated, or merged by its ORDER BY (output columns by
+/// position or name, as Postgres allows there), LIMIT and OFFSET applied
+/// after the merge (the route checked that each query reads a sharded
+/// table and merges nothing of its own).
+fn union_all(select: &mut protobuf::SelectStmt) -> Result<Planned, Refusal> {
+    fn all_unions(s: &protobuf::SelectStmt) -> bool {
+        s.op == protobuf::SetOperation::SetopNone as i32
+            || (s.op == protobuf::SetOperation::SetopUnion as i32
+                && s.all
+                && [&s.larg, &s.rarg].into_iter().all(|a| a.as_deref().is_some_and(all_unions)))
+    }
     if !all_unions(select) {
         return Err(refuse("UNION, INTERSECT and EXCEPT are merged across shards only as UNION ALL".into()));
     }
-    if !select.sort_clause.is_empty() || select.limit_count.is_some() || select.limit_offset.is_some() {
-        return Err(refuse(
-            "ORDER BY, LIMIT and OFFSET over a UNION ALL are not merged across shards yet; sort in a query around it"
-                .into(),
-        ));
+    // The output columns are named by the first query.
+    let mut first = &*select;
+    while let Some(l) = first.larg.as_deref() {
+        first = l;
     }
-    Ok(Planned::Rows { order: Vec::new(), limit: None, offset: 0, junk: 0, distinct: false, window: Window::default() })
+    let names: Vec<Option<String>> = first.target_list.iter().map(target_name).collect();
+    let star = first.target_list.iter().any(is_star);
+    let mut order = Vec::new();
+    for item in &select.sort_clause {
+        let Some(N::SortBy(sort)) = &item.node else { continue };
+        let descending = sort.sortby_dir == protobuf::SortByDir::SortbyDesc as i32;
+        let nulls_first = match protobuf::SortByNulls::try_from(sort.sortby_nulls) {
+            Ok(protobuf::SortByNulls::SortbyNullsFirst) => true,
+            Ok(protobuf::SortByNulls::SortbyNullsLast) => false,
+            _ => descending,
+        };
+        let column = match sort.node.as_deref().and_then(|n| n.node.as_ref()) {
+            Some(N::AConst(protobuf::AConst { val: Some(a_const::Val::Ival(i)), .. }))
+                if i.ival >= 1 && (i.ival as usize) <= names.len() && !star =>
+            {
+                Column::At(i.ival as usize - 1)
+            }
+            Some(N::ColumnRef(c)) if c.fields.len() == 1 && sort.use_op.is_empty() => {
+                let name = column_name(c).unwrap_or_default();
+                match names.iter().position(|n| n.as_deref() == Some(name.as_str())) {
+                    Some(i) => Column::At(i),
+                    None if star => Column::Named(name),
+                    None => return Err(refuse(format!("ORDER BY {name} is not an output column of the UNION ALL"))),
+                }
+            }
+            _ => {
+                return Err(refuse(
+                    "ORDER BY over a UNION ALL is merged across shards by output column names or positions".into(),
+                ));
+            }
+        };
+        order.push(SortKey { column, descending, nulls_first });
+    }
+    let (limit, offset) = limits(select)?;
+    Ok(rows(select, order, limit, offset, 0, false))
 }
 
 /// A node and everything below it.
@@ -784,7 +827,7 @@ mod tests {
         assert!(refused("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY x) FROM t").contains("percentile"));
         assert!(refused("SELECT x, count(*), rank() OVER (ORDER BY x) FROM t GROUP BY x").contains("window"));
         assert!(refused("SELECT a FROM t UNION SELECT a FROM u").contains("UNION ALL"));
-        assert!(refused("SELECT a FROM t UNION ALL SELECT a FROM u ORDER BY 1").contains("UNION ALL"));
+        assert!(refused("SELECT a FROM t UNION ALL SELECT a FROM u ORDER BY lower(a)").contains("UNION ALL"));
         assert!(refused("SELECT * FROM t LIMIT random()::int").contains("LIMIT"));
         assert!(refused("SELECT count(*) FROM t LIMIT $1").contains("constants"));
         let e = crate::sqlerror::SqlError::from(of("SELECT DISTINCT ON (c) c FROM t").unwrap_err());
@@ -805,6 +848,12 @@ mod tests {
         let (_, order, ..) = rows("SELECT c.id, (SELECT max(x) FROM o WHERE o.cid = c.id) FROM c ORDER BY 2");
         assert_eq!(order[0].column, Column::At(1));
         assert!(matches!(of("SELECT a FROM t UNION ALL SELECT b FROM u").unwrap(), FanOut::Rows { .. }));
+        // UNION ALL sorted by its output columns: each shard sorts and cuts, the merge too.
+        let (sql, order, limit, offset, _) =
+            rows("SELECT a, b FROM t UNION ALL SELECT c, d FROM u ORDER BY b DESC, 1 LIMIT 5 OFFSET 2");
+        assert_eq!(sql, "SELECT a, b FROM t UNION ALL SELECT c, d FROM u ORDER BY b DESC, 1 LIMIT 7");
+        assert_eq!(order.iter().map(|k| k.column.clone()).collect::<Vec<_>>(), [Column::At(1), Column::At(0)]);
+        assert_eq!((limit, offset), (Some(5), 2));
         assert!(matches!(
             of("SELECT c.region, count(*) FROM c JOIN o ON o.cid = c.id GROUP BY c.region").unwrap(),
             FanOut::Aggregate { .. }
