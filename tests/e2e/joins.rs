@@ -156,7 +156,7 @@ fn query(rng: &mut StdRng, s: &Schema) -> (String, bool) {
         1 => format!(" LIMIT {}", rng.random_range(1..40)),
         _ => format!(" LIMIT {} OFFSET {}", rng.random_range(1..20), rng.random_range(0..30)),
     };
-    match rng.random_range(0..17) {
+    match rng.random_range(0..18) {
         0 => {
             let lim = limit(rng);
             (
@@ -278,6 +278,15 @@ fn query(rng: &mut StdRng, s: &Schema) -> (String, bool) {
             format!(
                 "SELECT count(DISTINCT customer_id) AS customers, count(*), sum(total) / count(*) AS mean, \
                  count(DISTINCT status) AS statuses, sum(DISTINCT total) FROM {o} WHERE total > {x}"
+            ),
+            true,
+        ),
+        17 => (
+            format!(
+                "SELECT c.region, bool_and(o.total > {x}) AS all_big, bool_or(o.status = 'paid') AS any_paid, \
+                 bit_or(c.score) AS bits, bit_xor(o.id::int) AS x, every(o.created > '2024-02-01') AS recent, \
+                 length(string_agg(o.status, ', ')) AS len FROM {c} c JOIN {o} o ON o.customer_id = c.id \
+                 GROUP BY c.region ORDER BY 1"
             ),
             true,
         ),

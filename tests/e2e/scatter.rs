@@ -204,8 +204,8 @@ async fn shapes_that_cannot_be_merged_are_refused_and_the_session_carries_on() {
     let sidecar = Sidecar::start(&fleet.hashed_config(&t, ""));
     let c = sidecar.connect().await;
     for (sql, why) in [
-        (format!("SELECT count(DISTINCT note) FILTER (WHERE note > 'a') FROM {t}"), "with FILTER"),
-        (format!("SELECT note, string_agg(note, ',') FROM {t} GROUP BY note"), "string_agg"),
+        (format!("SELECT count(DISTINCT note) FILTER (WHERE note > 'a') FROM {t}"), "without FILTER"),
+        (format!("SELECT note, array_agg(note) FROM {t} GROUP BY note"), "array_agg"),
         (format!("SELECT customer_id, rank() OVER (ORDER BY customer_id) FROM {t}"), "window"),
         (format!("SELECT * FROM {t} a JOIN {t} b USING (note)"), "equal shard keys"),
         (format!("SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY customer_id) FROM {t}"), "percentile"),
@@ -534,8 +534,7 @@ async fn the_extended_protocol_fans_out_too() {
     assert_eq!(groups[0], ("n0".to_string(), 8));
 
     // A broadcast statement's count, and a shape that cannot be merged.
-    let err =
-        c.query(&format!("SELECT string_agg(note, ',') FROM {t} WHERE customer_id > $1"), &[&0i64]).await.unwrap_err();
+    let err = c.query(&format!("SELECT array_agg(note) FROM {t} WHERE customer_id > $1"), &[&0i64]).await.unwrap_err();
     assert_eq!(sqlstate(&err), "0A000");
     // The connection is in step afterwards.
     let one: i64 =

@@ -28,6 +28,13 @@ pub enum Combine {
     Max,
     /// Spread over two partial columns: the sum, then the count.
     Avg,
+    /// An aggregate that combines its own partial values: `bool_and`,
+    /// `bool_or`, `bit_and`, `bit_or`, `bit_xor`.
+    Same(&'static str),
+    /// `string_agg` without an order of its own: the shards' strings joined
+    /// (in no particular order, as one server's would be), over two partial
+    /// columns: the string, then the delimiter.
+    StringAgg,
     /// `count`, `sum` or `avg` (DISTINCT) over the values of the partial
     /// column group `of` (a `Values`); no column of its own.
     Distinct {
@@ -47,7 +54,7 @@ impl Combine {
     /// Columns of the shards' rows it takes.
     fn width(self) -> usize {
         match self {
-            Combine::Avg => 2,
+            Combine::Avg | Combine::StringAgg => 2,
             Combine::Distinct { .. } => 0,
             _ => 1,
         }
@@ -62,6 +69,8 @@ impl Combine {
             Combine::Min => "min: least",
             Combine::Max => "max: greatest",
             Combine::Avg => "avg: sum of sums / sum of counts",
+            Combine::Same(_) => "bool_*/bit_*: of the shards' values",
+            Combine::StringAgg => "string_agg: the shards' strings joined",
             Combine::Distinct { .. } => "DISTINCT: over every shard's distinct values of each group",
         })
     }
@@ -114,6 +123,8 @@ impl Combining {
                 Combine::Max => format!("max(c{col})"),
                 Combine::Avg if int8 => format!("sum(c{col})::numeric / nullif(sum(c{}), 0)", col + 1),
                 Combine::Avg => format!("sum(c{col}) / nullif(sum(c{}), 0)", col + 1),
+                Combine::Same(name) => format!("{name}(c{col})"),
+                Combine::StringAgg => format!("string_agg(c{col}, c{})", col + 1),
                 Combine::Distinct { of, agg } => {
                     let values = starts.get(*of).copied().unwrap_or_default();
                     match agg {
@@ -247,6 +258,10 @@ pub fn plan(
                 shard_targets.push(res_target(call_named(call, "sum"), ""));
                 shard_targets.push(res_target(call_named(call, "count"), ""));
             }
+            Combine::StringAgg => {
+                shard_targets.push(res_target(func(call.clone()), ""));
+                shard_targets.push(res_target(call.args[1].clone(), ""));
+            }
             Combine::Distinct { .. } => {}
             _ => shard_targets.push(res_target(func(call.clone()), "")),
         }
@@ -331,10 +346,26 @@ fn combine_of(
         "min" => Combine::Min,
         "max" => Combine::Max,
         "avg" => Combine::Avg,
+        "bool_and" | "every" => Combine::Same("bool_and"),
+        "bool_or" => Combine::Same("bool_or"),
+        "bit_and" => Combine::Same("bit_and"),
+        "bit_or" => Combine::Same("bit_or"),
+        "bit_xor" => Combine::Same("bit_xor"),
+        // Its delimiter is a constant or a parameter: the shards send it with the string.
+        "string_agg" if call.agg_order.is_empty() && matches!(call.args.get(1), Some(d) if is_constant(d)) => {
+            Combine::StringAgg
+        }
+        "string_agg" => {
+            return Err(refuse(
+                "string_agg(...) is merged across shards only without ORDER BY (the shards' order would be lost) \
+                 and with a constant delimiter"
+                    .into(),
+            ));
+        }
         _ => {
             return Err(refuse(format!(
-                "{name}(...) is not merged across shards: count, sum, min, max and avg are (also inside expressions, \
-                 with FILTER and DISTINCT on the shard key)"
+                "{name}(...) is not merged across shards: count, sum, min, max, avg, bool_and, bool_or, every, \
+                 bit_and, bit_or, bit_xor and string_agg are (also inside expressions, with FILTER and DISTINCT)"
             )));
         }
     };
@@ -352,18 +383,30 @@ fn combine_of(
     // A value of the shard key lives on one shard only: its distinct values
     // per shard never meet another shard's, and each shard's DISTINCT
     // aggregate is combined as a plain one.
-    if !call.agg_distinct
-        || matches!(combine, Combine::Min | Combine::Max)
-        || matches!(call.args.as_slice(), [arg] if is_key(arg, select, keys))
-    {
+    if !call.agg_distinct || idempotent(combine) || matches!(call.args.as_slice(), [arg] if is_key(arg, select, keys)) {
         return Ok(Ok(combine));
     }
-    if call.args.len() != 1 || call.agg_filter.is_some() {
-        return Err(refuse(format!(
-            "{name}(DISTINCT ...) over several arguments or with FILTER is merged across shards only over the shard key"
-        )));
+    match distinct_values(combine) {
+        Some(agg) if call.args.len() == 1 && call.agg_filter.is_none() => Ok(Err(agg)),
+        _ => Err(refuse(format!(
+            "{name}(DISTINCT ...) is merged across shards over the shard key, or as count, sum or avg of one \
+             column without FILTER"
+        ))),
     }
-    Ok(distinct_values(combine).map_or(Ok(combine), Err))
+}
+
+/// An aggregate that gives the same over repeated values (DISTINCT changes nothing).
+fn idempotent(combine: Combine) -> bool {
+    matches!(combine, Combine::Min | Combine::Max | Combine::Same("bool_and" | "bool_or" | "bit_and" | "bit_or"))
+}
+
+/// A constant or a parameter (a cast of one included).
+fn is_constant(node: &protobuf::Node) -> bool {
+    match &node.node {
+        Some(N::AConst(_) | N::ParamRef(_)) => true,
+        Some(N::TypeCast(t)) => t.arg.as_deref().is_some_and(is_constant),
+        _ => false,
+    }
 }
 
 /// The DISTINCT aggregate merged from the shards' distinct values.

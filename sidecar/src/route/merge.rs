@@ -816,10 +816,15 @@ mod tests {
             ]
         );
         assert_eq!(c.select, "SELECT q0 AS g, q2 AS count, q3 AS count");
-        assert!(refused("SELECT count(DISTINCT c) FILTER (WHERE x) FROM t").contains("with FILTER"));
+        assert!(refused("SELECT count(DISTINCT c) FILTER (WHERE x) FROM t").contains("without FILTER"));
         assert!(refused("SELECT c, d, count(*) FROM t GROUP BY c").contains("neither aggregated nor in GROUP BY"));
         assert!(refused("SELECT c, count(*) FROM t GROUP BY ROLLUP (c)").contains("ROLLUP"));
-        assert!(refused("SELECT string_agg(c, ',') FROM t").contains("string_agg"));
+        let (sql, c) = aggregate("SELECT g, string_agg(c, '; '), bool_and(b) FROM t GROUP BY g");
+        assert_eq!(sql, "SELECT g, string_agg(c, '; '), '; ', bool_and(b) FROM t GROUP BY g");
+        assert_eq!(c.partials, [Combine::Group, Combine::StringAgg, Combine::Same("bool_and")]);
+        assert!(refused("SELECT string_agg(c, ',' ORDER BY c) FROM t").contains("without ORDER BY"));
+        assert!(refused("SELECT string_agg(c, d) FROM t").contains("constant delimiter"));
+        assert!(refused("SELECT array_agg(c) FROM t").contains("array_agg"));
     }
 
     #[test]
