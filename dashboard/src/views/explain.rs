@@ -79,6 +79,7 @@ fn Decision(x: Explanation) -> impl IntoView {
                     <span class="label">"runs on"</span>
                     <span class="shard-name">{f.shards.join(", ")}</span>
                     <span class="role">{format!("merged: {}", f.merge)}</span>
+                    {f.sql.clone().map(|sql| view! { <span class="hint mono">{format!("each shard runs: {sql}")}</span> })}
                 </div>
             }
             .into_any(),
@@ -87,6 +88,9 @@ fn Decision(x: Explanation) -> impl IntoView {
             }
         },
     };
+    let colocated = x.statements.iter().find(|s| !s.colocated.is_empty()).map(|s| {
+        view! { <p class="sub">{format!("colocated (equal keys on one shard): {}", s.colocated.join(", "))}</p> }
+    });
     let hints = (!x.hints.is_empty()).then(|| {
         let text = x.hints.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(", ");
         view! { <p class="sub">{format!("hints: {text}")}</p> }
@@ -113,6 +117,7 @@ fn Decision(x: Explanation) -> impl IntoView {
         <div class="explain-result">
             {target}
             {parse_error}
+            {colocated}
             {hints}
             {statements}
         </div>
