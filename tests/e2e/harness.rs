@@ -620,3 +620,66 @@ impl FleetTls {
         config.replacen(admin, &listen, 1)
     }
 }
+
+/// A simple query's rows as text (`None` for NULL).
+pub async fn text_rows(c: &Client, sql: &str) -> Result<Vec<Vec<Option<String>>>, tokio_postgres::Error> {
+    Ok(c.simple_query(sql)
+        .await?
+        .into_iter()
+        .filter_map(|m| match m {
+            tokio_postgres::SimpleQueryMessage::Row(r) => {
+                Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect())
+            }
+            _ => None,
+        })
+        .collect())
+}
+
+/// Asserts that shardcar (`via`) answers `sql` as one plain Postgres does:
+/// the same rows, in the same order when `ordered` (a total ORDER BY).
+pub async fn assert_same_rows(via: &Client, one: &Client, sql: &str, ordered: bool) {
+    let mut got = text_rows(via, sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
+    let mut want = text_rows(one, sql).await.unwrap_or_else(|e| panic!("plain Postgres: {sql}: {e}"));
+    if !ordered {
+        got.sort();
+        want.sort();
+    }
+    assert_eq!(got, want, "{sql}");
+}
+
+/// What a client that reads a result as it comes (keeping none of it) saw,
+/// and the sidecar's RSS before and at most while it streamed.
+pub struct Streamed {
+    pub rows: u64,
+    pub bytes: u64,
+    pub before_kib: u64,
+    pub peak_kib: u64,
+}
+
+/// Sends `sql` as a simple query on a raw connection and reads its rows,
+/// sampling the sidecar's RSS every 20 ms meanwhile.
+pub async fn stream_measuring_rss(sidecar: &Sidecar, sql: &str) -> Streamed {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let pid = sidecar.pid();
+    let (mut socket, _) = logged_in(sidecar.port).await;
+    let before_kib = rss_kib(pid);
+    let mut query = bytes::BytesMut::new();
+    postgres_protocol::message::frontend::query(sql, &mut query).unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut socket, &query).await.unwrap();
+    // Sampled while the client reads (the test's runtime runs the sampler between reads).
+    let peak = Arc::new(AtomicU64::new(before_kib));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    let (rows, bytes) = count_rows(&mut socket).await;
+    sampler.abort();
+    let peak_kib = peak.load(Ordering::Relaxed).max(rss_kib(pid));
+    Streamed { rows, bytes, before_kib, peak_kib }
+}

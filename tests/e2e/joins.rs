@@ -6,22 +6,9 @@
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use shardcar::localpg::{Cluster, Workspace};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::Client;
 
-use crate::harness::{Fleet, Sidecar, direct, sqlstate, table};
-
-type Rows = Vec<Vec<Option<String>>>;
-
-async fn rows(c: &Client, sql: &str) -> Result<Rows, tokio_postgres::Error> {
-    Ok(c.simple_query(sql)
-        .await?
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
-            _ => None,
-        })
-        .collect())
-}
+use crate::harness::{Fleet, Sidecar, direct, sqlstate, table, text_rows as rows};
 
 /// Table names of one test: customers, orders and lines sharded by
 /// customer (colocated), products a reference table, events sharded by a
@@ -334,13 +321,7 @@ async fn queries_across_colocated_and_reference_tables_answer_like_one_postgres(
     let mut shapes = std::collections::BTreeMap::new();
     for _ in 0..420 {
         let (sql, total) = query(&mut rng, &schema);
-        let mut got = rows(&c, &sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let mut want = rows(&one, &sql).await.unwrap();
-        if !total {
-            got.sort();
-            want.sort();
-        }
-        assert_eq!(got, want, "{sql}");
+        crate::harness::assert_same_rows(&c, &one, &sql, total).await;
         *shapes.entry(sql.split_whitespace().take(4).collect::<Vec<_>>().join(" ")).or_insert(0) += 1;
     }
     println!("compared 420 queries: {shapes:?}");
@@ -431,8 +412,6 @@ async fn combinations_that_could_span_shards_are_refused_with_a_hint() {
 
 #[tokio::test]
 async fn a_large_join_across_shards_streams_in_flat_memory() {
-    use std::sync::Arc;
-    use std::sync::atomic::{AtomicU64, Ordering};
     const KEYS: i64 = 333_334;
     let fleet = Fleet::shared();
     let ws = Workspace::new().unwrap();
@@ -454,27 +433,10 @@ async fn a_large_join_across_shards_streams_in_flat_memory() {
             .unwrap();
     }
     let sidecar = Sidecar::start(&schema.config(fleet, &s2));
-    let pid = sidecar.pid();
-    let (mut socket, _) = crate::harness::logged_in(sidecar.port).await;
-    let before = crate::harness::rss_kib(pid);
-    let mut query = bytes::BytesMut::new();
     let sql =
         format!("SELECT c.id, c.name, o.id, o.total FROM {c} c JOIN {o} o ON o.customer_id = c.id ORDER BY c.id, o.id");
-    postgres_protocol::message::frontend::query(&sql, &mut query).unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut socket, &query).await.unwrap();
-    let peak = Arc::new(AtomicU64::new(before));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(crate::harness::rss_kib(pid), Ordering::Relaxed);
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let (rows, bytes) = crate::harness::count_rows(&mut socket).await;
-    sampler.abort();
-    let peak = peak.load(Ordering::Relaxed).max(crate::harness::rss_kib(pid));
+    let crate::harness::Streamed { rows, bytes, before_kib: before, peak_kib: peak } =
+        crate::harness::stream_measuring_rss(&sidecar, &sql).await;
     for shard in [&fleet.s0, &fleet.s1] {
         direct(shard).await.batch_execute(&format!("DROP TABLE {c}, {o}")).await.unwrap();
     }

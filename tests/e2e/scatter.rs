@@ -3,29 +3,14 @@
 //! shard, clear refusals, and rows that stream without the sidecar's memory
 //! growing with the result.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 use shardcar::localpg::{Cluster, Workspace};
-use tokio_postgres::{Client, SimpleQueryMessage};
+use tokio_postgres::SimpleQueryMessage;
 
-use crate::harness::{Fleet, Sidecar, direct, rss_kib, sqlstate, table};
-
-type Rows = Vec<Vec<Option<String>>>;
-
-async fn rows(c: &Client, sql: &str) -> Result<Rows, tokio_postgres::Error> {
-    Ok(c.simple_query(sql)
-        .await?
-        .into_iter()
-        .filter_map(|m| match m {
-            SimpleQueryMessage::Row(r) => Some((0..r.len()).map(|i| r.get(i).map(str::to_string)).collect()),
-            _ => None,
-        })
-        .collect())
-}
+use crate::harness::{Fleet, Sidecar, direct, sqlstate, table, text_rows as rows};
 
 /// A count answered by one shard directly.
 async fn count_on(shard: &Cluster, sql: &str) -> i64 {
@@ -183,13 +168,7 @@ async fn fanned_out_reads_answer_like_one_postgres() {
     let mut compared = 0;
     for _ in 0..300 {
         let (sql, total) = query(&mut rng, &t);
-        let mut got = rows(&c, &sql).await.unwrap_or_else(|e| panic!("{sql}: {e}"));
-        let mut want = rows(&one, &sql).await.unwrap();
-        if !total {
-            got.sort();
-            want.sort();
-        }
-        assert_eq!(got, want, "{sql}");
+        crate::harness::assert_same_rows(&c, &one, &sql, total).await;
         compared += 1;
     }
     assert_eq!(compared, 300);
@@ -260,28 +239,9 @@ async fn a_large_fanned_out_result_streams_in_flat_memory() {
             .unwrap();
     }
     let sidecar = Sidecar::start(&fleet.hashed_config(&t, ""));
-    let pid = sidecar.pid();
     // A client that reads rows as they come and keeps none.
-    let (mut socket, _) = crate::harness::logged_in(sidecar.port).await;
-    let before = rss_kib(pid);
-    let mut query = bytes::BytesMut::new();
-    postgres_protocol::message::frontend::query(&format!("SELECT * FROM {t} ORDER BY customer_id"), &mut query)
-        .unwrap();
-    tokio::io::AsyncWriteExt::write_all(&mut socket, &query).await.unwrap();
-    // Sampled while the client reads (the test's runtime runs the sampler between reads).
-    let peak = Arc::new(AtomicU64::new(before));
-    let sampler = {
-        let peak = peak.clone();
-        tokio::spawn(async move {
-            loop {
-                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        })
-    };
-    let (rows, bytes) = crate::harness::count_rows(&mut socket).await;
-    sampler.abort();
-    let peak = peak.load(Ordering::Relaxed).max(rss_kib(pid));
+    let crate::harness::Streamed { rows, bytes, before_kib: before, peak_kib: peak } =
+        crate::harness::stream_measuring_rss(&sidecar, &format!("SELECT * FROM {t} ORDER BY customer_id")).await;
     for shard in [&fleet.s0, &fleet.s1] {
         direct(shard).await.batch_execute(&format!("DROP TABLE {t}")).await.unwrap();
     }

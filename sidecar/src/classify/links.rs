@@ -602,14 +602,7 @@ impl<'a> Analyzer<'a> {
     /// that has any; several there is ambiguous to shardcar, which does not
     /// know their columns: unknown.
     fn column(&mut self, c: &protobuf::ColumnRef) -> Term {
-        let names: Vec<&str> = c
-            .fields
-            .iter()
-            .filter_map(|f| match &f.node {
-                Some(N::String(s)) => Some(s.sval.as_str()),
-                _ => None,
-            })
-            .collect();
+        let names = super::shape::column_names(c);
         let rel = match names.as_slice() {
             [_] => self.frames.iter().rev().find(|f| !f.rels.is_empty()).and_then(|f| match f.rels.as_slice() {
                 [(_, rel)] => Some(*rel),

@@ -480,17 +480,21 @@ fn comparison(e: &protobuf::AExpr, scope: &Scope) -> Option<Predicate> {
     Some(Predicate { table: scope.resolve(qualifier.as_deref()), column, operands })
 }
 
-/// `(qualifier, column)` of a column reference.
-fn column_ref(node: Option<&N>) -> Option<(Option<String>, String)> {
-    let Some(N::ColumnRef(c)) = node else { return None };
-    let names: Vec<&str> = c
-        .fields
+/// The names of a column reference (`s.t.c` → `["s", "t", "c"]`; a `*` left out).
+pub fn column_names(c: &protobuf::ColumnRef) -> Vec<&str> {
+    c.fields
         .iter()
         .filter_map(|f| match &f.node {
             Some(N::String(s)) => Some(s.sval.as_str()),
             _ => None,
         })
-        .collect();
+        .collect()
+}
+
+/// `(qualifier, column)` of a column reference.
+fn column_ref(node: Option<&N>) -> Option<(Option<String>, String)> {
+    let Some(N::ColumnRef(c)) = node else { return None };
+    let names = column_names(c);
     match names.as_slice() {
         [column] => Some((None, column.to_string())),
         [.., table, column] => Some((Some(table.to_string()), column.to_string())),

@@ -10,7 +10,7 @@
 
 use pg_query::protobuf::{self, a_const, node::Node as N};
 
-use super::merge::{refuse, same_expr};
+use super::merge::{int_const, refuse, same_expr};
 use crate::classify::links::{function_name, is_aggregate};
 use crate::policy::Refusal;
 
@@ -288,10 +288,10 @@ pub fn plan(
         outer.distinct_clause = vec![protobuf::Node { node: None }];
     }
     let mut tail = protobuf::SelectStmt {
-        target_list: vec![res_target(int_node(1), "")],
+        target_list: vec![res_target(int_const(1), "")],
         where_clause: select.having_clause.as_deref().map(&rewrite).transpose()?.map(Box::new),
-        limit_count: limit.map(|l| Box::new(int_node(l))),
-        limit_offset: (offset > 0).then(|| Box::new(int_node(offset))),
+        limit_count: limit.map(|l| Box::new(int_const(l))),
+        limit_offset: (offset > 0).then(|| Box::new(int_const(offset))),
         op: protobuf::SetOperation::SetopNone as i32,
         limit_option: if limit.is_some() { protobuf::LimitOption::Count } else { protobuf::LimitOption::Default }
             as i32,
@@ -423,14 +423,7 @@ fn distinct_values(combine: Combine) -> Option<DistinctAgg> {
 /// reads at its top level.
 fn is_key(node: &protobuf::Node, select: &protobuf::SelectStmt, keys: Keys) -> bool {
     let Some(N::ColumnRef(c)) = &node.node else { return false };
-    let names: Vec<&str> = c
-        .fields
-        .iter()
-        .filter_map(|f| match &f.node {
-            Some(N::String(s)) => Some(s.sval.as_str()),
-            _ => None,
-        })
-        .collect();
+    let names = crate::classify::shape::column_names(c);
     let mut tables: Vec<(String, String)> = Vec::new();
     fn gather(node: &protobuf::Node, out: &mut Vec<(String, String)>) {
         match &node.node {
@@ -557,16 +550,6 @@ fn column_ref(name: &str) -> protobuf::Node {
         node: Some(N::ColumnRef(protobuf::ColumnRef {
             fields: vec![protobuf::Node { node: Some(N::String(protobuf::String { sval: name.to_string() })) }],
             location: -1,
-        })),
-    }
-}
-
-fn int_node(n: u64) -> protobuf::Node {
-    protobuf::Node {
-        node: Some(N::AConst(protobuf::AConst {
-            isnull: false,
-            location: -1,
-            val: Some(a_const::Val::Ival(protobuf::Integer { ival: n.min(i32::MAX as u64) as i32 })),
         })),
     }
 }

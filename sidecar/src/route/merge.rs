@@ -554,7 +554,7 @@ fn plus(left: protobuf::Node, right: protobuf::Node) -> protobuf::Node {
     }
 }
 
-fn int_const(n: u64) -> protobuf::Node {
+pub(super) fn int_const(n: u64) -> protobuf::Node {
     protobuf::Node {
         node: Some(N::AConst(protobuf::AConst {
             isnull: false,
