@@ -260,6 +260,27 @@ pub struct PolicyConfig {
     /// The plugin's own config, handed to it as JSON.
     #[serde(default)]
     pub config: toml::Table,
+    /// Another plugin (or version, or config) routing the same statements
+    /// beside the live one, its answers only compared.
+    #[serde(default)]
+    pub shadow: Option<ShadowConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowConfig {
+    /// A built-in plugin name, or a path to a `.wasm` component.
+    pub plugin: String,
+    /// Its config; the live plugin's when left out.
+    #[serde(default)]
+    pub config: Option<toml::Table>,
+    /// The share of statements it also routes (0 to 1).
+    #[serde(default = "default_shadow_sample")]
+    pub sample: f64,
+}
+
+fn default_shadow_sample() -> f64 {
+    1.0
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -883,6 +904,14 @@ impl Config {
             }
             if let Err(e) = self.plugin_source(&p.plugin) {
                 bad(format!("{at}.plugin"), e);
+            }
+            if let Some(shadow) = &p.shadow {
+                if let Err(e) = self.plugin_source(&shadow.plugin) {
+                    bad(format!("{at}.shadow.plugin"), e);
+                }
+                if !(0.0..=1.0).contains(&shadow.sample) {
+                    bad(format!("{at}.shadow.sample"), "must be between 0 and 1".into());
+                }
             }
         }
         let mut tables = HashSet::new();

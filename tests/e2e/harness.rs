@@ -126,6 +126,11 @@ read_replicas = false
     }
 }
 
+/// TOML for a third shard `s2` on `cluster` (a test's own).
+pub fn third_shard(cluster: &Cluster) -> String {
+    format!("[[shards]]\nname = \"s2\"\nprimary = \"{}\"\n", cluster.url())
+}
+
 /// TOML for policy `by-customer` (the `hash` plugin over s0 and s1) and
 /// `tables` (name, key column) routed by it.
 pub fn hashed_tables(tables: &[(&str, &str)]) -> String {

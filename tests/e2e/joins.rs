@@ -48,10 +48,7 @@ impl Schema {
                 4,
                 &format!(
                     r#"
-[[shards]]
-name = "s2"
-primary = "{}"
-
+{}
 [[policies]]
 name = "by-customer"
 plugin = "hash"
@@ -82,7 +79,7 @@ name = "{e}"
 key = "customer_id"
 policy = "by-event"
 "#,
-                    s2.url()
+                    crate::harness::third_shard(s2)
                 ),
             )
             .replace("reference_tables = []", "")

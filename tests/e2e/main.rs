@@ -36,6 +36,7 @@ mod prepared;
 mod routing;
 mod scatter;
 mod secrets;
+mod shadow;
 mod shard_tls;
 mod startup;
 mod traces;

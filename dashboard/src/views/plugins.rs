@@ -28,7 +28,7 @@ pub fn Plugins(live: Live) -> impl IntoView {
                                 <th>"loaded"</th><th>"last error"</th>
                             </tr>
                         </thead>
-                        <tbody>{p.plugins.iter().map(row).collect_view()}</tbody>
+                        <tbody>{p.plugins.iter().map(|p| view! { {row(p)} {shadow_row(p)} }).collect_view()}</tbody>
                     </table>
                     {p.colocated.iter().map(|group| view! {
                         <p class="colocation" title="equal keys share a shard: joins on them run shard by shard">
@@ -57,4 +57,53 @@ fn row(p: &Plugin) -> impl IntoView + use<> {
             <td class="last-error" title=p.last_error.clone().unwrap_or_default()>{p.last_error.clone().unwrap_or_else(|| "–".into())}</td>
         </tr>
     }
+}
+
+/// The shadow plugin beside a live one: how often they agree, the keys
+/// whose rows would move, the latest disagreements.
+fn shadow_row(p: &Plugin) -> impl IntoView + use<> {
+    let text = match (&p.shadow, &p.shadow_error, &p.promoted) {
+        (Some(s), _, _) => {
+            let compared = s.agreed + s.disagreed;
+            let agreement = if compared == 0 {
+                "–".to_string()
+            } else {
+                format!("{:.1}%", 100.0 * s.agreed as f64 / compared as f64)
+            };
+            let keys: u64 = s.tables.iter().map(|t| t.keys_moving).sum();
+            let capped = if s.tables.iter().any(|t| t.keys_moving_capped) { "≥ " } else { "" };
+            let examples: Vec<String> =
+                s.tables
+                    .iter()
+                    .flat_map(|t| {
+                        t.examples.iter().take(3).map(move |e| {
+                            format!("{} {}: {} → {}", t.table, e.key, e.live.join(","), e.shadow.join(","))
+                        })
+                    })
+                    .take(3)
+                    .collect();
+            let lost = if s.dropped + s.failed > 0 {
+                format!(" · {} not compared, {} failed", s.dropped, s.failed)
+            } else {
+                String::new()
+            };
+            format!(
+                "shadow {} · sample {:.0}% · {agreement} agree over {} statements · {} disagree · {capped}{keys} keys would move{lost}{}",
+                s.plugin,
+                100.0 * s.sample,
+                format::count(compared),
+                format::count(s.disagreed),
+                if examples.is_empty() { String::new() } else { format!(" · e.g. {}", examples.join("; ")) }
+            )
+        }
+        (None, Some(e), _) => format!("shadow not running: {e}"),
+        (None, None, Some(promoted)) => format!("promoted: {promoted}"),
+        _ => return None,
+    };
+    Some(view! {
+        <tr class="shadow-row">
+            <td></td>
+            <td colspan="8" class="sub shadow" title="POST /api/v1/plugins/<policy>/promote?digest=<the shadow's digest> makes it live">{text}</td>
+        </tr>
+    })
 }

@@ -359,6 +359,55 @@ pub struct Plugin {
     pub last_error: Option<String>,
     /// The latest check of which keys a new version would move.
     pub last_moves: Option<MoveReport>,
+    /// The shadow plugin routing beside this one, and what it found.
+    #[serde(default)]
+    pub shadow: Option<ShadowReport>,
+    /// Why the configured shadow plugin is not running.
+    #[serde(default)]
+    pub shadow_error: Option<String>,
+    /// What was promoted from the shadow to serve, while it holds.
+    #[serde(default)]
+    pub promoted: Option<String>,
+}
+
+/// A shadow plugin's answers compared with the live plugin's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowReport {
+    /// `builtin:<name>` or the file's path.
+    pub source: String,
+    /// `name@version (digest)`.
+    pub plugin: String,
+    /// What `POST /api/v1/plugins/<policy>/promote?digest=` names.
+    pub digest: String,
+    /// The share of statements it also routes.
+    pub sample: f64,
+    pub agreed: u64,
+    pub disagreed: u64,
+    /// Sampled statements not compared: the shadow's queue was full.
+    pub dropped: u64,
+    /// Calls of the shadow plugin that failed.
+    pub failed: u64,
+    pub tables: Vec<ShadowTable>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowTable {
+    pub table: String,
+    pub agreed: u64,
+    pub disagreed: u64,
+    /// Distinct keys the shadow places elsewhere: their rows would move.
+    pub keys_moving: u64,
+    /// The count stopped there (at least this many).
+    pub keys_moving_capped: bool,
+    /// The latest disagreements, newest first.
+    pub examples: Vec<ShadowExample>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ShadowExample {
+    pub key: String,
+    pub live: Vec<String>,
+    pub shadow: Vec<String>,
 }
 
 /// What a new version would do to the rows already on the shards: it and

@@ -81,6 +81,17 @@ async fn route(shared: &Arc<Shared>, req: &Request<Incoming>) -> Response<Body> 
     {
         return allow_moves(shared, policy, query);
     }
+    if req.method() == Method::POST
+        && let Some(policy) = path.strip_prefix("/api/v1/plugins/").and_then(|p| p.strip_suffix("/promote"))
+    {
+        let Some(digest) = param(query, "digest").filter(|d| !d.is_empty()) else {
+            return error(StatusCode::BAD_REQUEST, "name the shadow version promoted: ?digest=<its digest>".into());
+        };
+        return match crate::policy::reload::promote(&shared.router, policy, &digest).await {
+            Ok(serving) => json(StatusCode::OK, &serde_json::json!({"policy": policy, "serving": serving})),
+            Err(e) => error(StatusCode::CONFLICT, e),
+        };
+    }
     if req.method() != Method::GET {
         return error(StatusCode::METHOD_NOT_ALLOWED, format!("{path} answers GET only"));
     }

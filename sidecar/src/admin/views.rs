@@ -153,6 +153,9 @@ pub fn plugins(shared: &Shared) -> api::Plugins {
                 loaded_unix_ms: unix_ms(plugin.loaded_at),
                 last_error,
                 last_moves: slot.last_moves.lock().ok().and_then(|m| m.clone()),
+                shadow: slot.shadow.load().as_ref().map(|s| s.report()),
+                shadow_error: slot.shadow_error.lock().ok().and_then(|e| e.clone()),
+                promoted: slot.promoted.lock().ok().and_then(|p| p.clone()),
             }
         })
         .collect();

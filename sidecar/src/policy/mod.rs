@@ -16,6 +16,7 @@ pub mod moves;
 pub mod plugin;
 pub mod refusal;
 pub mod reload;
+pub mod shadow;
 mod ticker;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +79,13 @@ pub struct PolicySlot {
     pub recheck: std::sync::atomic::AtomicBool,
     /// The latest check of the rows a new version would move.
     pub last_moves: Mutex<Option<shardcar_api::MoveReport>>,
+    /// The shadow plugin routing a sample of statements beside this one.
+    pub shadow: arc_swap::ArcSwapOption<shadow::Shadow>,
+    /// Why the configured shadow is not running.
+    pub shadow_error: Mutex<Option<String>>,
+    /// Set once the shadow was promoted: what serves, and that the file
+    /// the config names is no longer watched.
+    pub promoted: Mutex<Option<String>>,
 }
 
 /// When a version on probation is rolled back: more than `failure_ratio`
@@ -108,6 +116,8 @@ pub struct Router {
     shards: Vec<Arc<crate::pool::Shard>>,
     moving_rows_allowed: bool,
     move_check_rows: u64,
+    /// Routes sampled statements with shadow plugins (when any is configured).
+    shadow_worker: Option<shadow::Worker>,
 }
 
 /// Routing could not finish: a refusal, or something to fetch first.
@@ -182,6 +192,25 @@ impl Router {
                 }
             };
             tracing::info!("policy {} uses plugin {}", p.name, plugin.version());
+            let (shadow, shadow_error) = match &p.shadow {
+                None => (None, None),
+                Some(s) => match load_shadow(cfg, &runtime, p, s, &snapshot) {
+                    Ok(shadow) => {
+                        tracing::info!(
+                            "policy {}: shadow plugin {} routes {} of statements",
+                            p.name,
+                            shadow.plugin.version(),
+                            s.sample
+                        );
+                        (Some(Arc::new(shadow)), None)
+                    }
+                    // A shadow only compares: the live plugin serves without it.
+                    Err(e) => {
+                        tracing::error!("policy {}: the shadow plugin does not run: {e}", p.name);
+                        (None, Some(e))
+                    }
+                },
+            };
             policies.push(PolicySlot {
                 name: p.name.clone(),
                 source,
@@ -193,6 +222,9 @@ impl Router {
                 moves_allowed: Mutex::new(None),
                 recheck: Default::default(),
                 last_moves: Mutex::new(None),
+                shadow: arc_swap::ArcSwapOption::new(shadow),
+                shadow_error: Mutex::new(shadow_error),
+                promoted: Mutex::new(None),
             });
         }
         let groups = colocation::groups(cfg);
@@ -229,6 +261,10 @@ impl Router {
             shards: pools.shards.clone(),
             moving_rows_allowed: cfg.plugins.moving_rows == crate::config::MovingRows::Allow,
             move_check_rows: cfg.plugins.move_check_rows,
+            shadow_worker: match cfg.policies.iter().any(|p| p.shadow.is_some()) {
+                true => Some(shadow::Worker::start()?),
+                false => None,
+            },
         })
     }
 
@@ -398,6 +434,7 @@ impl Router {
         let one = Arc::new(one);
         let route =
             self.resolving(|| self.policy_route(&one, 0, params, session, in_transaction, None, rule, true)).await?;
+        self.shadow(&one, 0, params, session, in_transaction, rule, &route);
         match route.shards.as_slice() {
             [_] => Ok(route),
             shards => Err(ResolveError::Refused(Refusal::Spans {
@@ -480,6 +517,36 @@ impl Router {
             .collect()
     }
 
+    /// What a plugin sees of statement `index` routed by `rule`.
+    fn view(
+        &self,
+        facts: &Arc<Facts>,
+        index: usize,
+        params: &Option<Arc<Params>>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+        rule: &Arc<TableRule>,
+    ) -> Result<FactsView, RouteError> {
+        let key_position = if facts.statements[index].shape.inserts_without_columns(&rule.table) {
+            match self.catalog.position(&rule.table, &rule.key) {
+                Some(p) => Some(p),
+                None => return Err(RouteError::KeyPosition(rule.clone())),
+            }
+        } else {
+            None
+        };
+        FactsView::new(
+            facts.clone(),
+            index,
+            params.clone(),
+            rule.clone(),
+            session.clone(),
+            in_transaction,
+            key_position,
+        )
+        .map_err(|why| RouteError::Refused(Refusal::KeyValue { table: rule.table.clone(), why }))
+    }
+
     /// What a table's policy says about one statement: one shard or several.
     /// One plugin call.
     #[allow(clippy::too_many_arguments)]
@@ -494,25 +561,7 @@ impl Router {
         rule: &Arc<TableRule>,
         remember: bool,
     ) -> Result<StatementRoute, RouteError> {
-        let stmt = &facts.statements[index];
-        let key_position = if stmt.shape.inserts_without_columns(&rule.table) {
-            match self.catalog.position(&rule.table, &rule.key) {
-                Some(p) => Some(p),
-                None => return Err(RouteError::KeyPosition(rule.clone())),
-            }
-        } else {
-            None
-        };
-        let view = FactsView::new(
-            facts.clone(),
-            index,
-            params.clone(),
-            rule.clone(),
-            session.clone(),
-            in_transaction,
-            key_position,
-        )
-        .map_err(|why| Refusal::KeyValue { table: rule.table.clone(), why })?;
+        let view = self.view(facts, index, params, session, in_transaction, rule)?;
         let slot = self.policy(rule.policy);
         let current;
         let plugin: &Plugin = match candidate {
@@ -550,6 +599,36 @@ impl Router {
     }
 }
 
+impl Router {
+    /// Hands a statement the live plugin routed (`live`) to the policy's
+    /// shadow plugin, when it has one and the statement is in its sample.
+    #[allow(clippy::too_many_arguments)]
+    pub fn shadow(
+        &self,
+        facts: &Arc<Facts>,
+        index: usize,
+        params: &Option<Arc<Params>>,
+        session: &Arc<SessionInfo>,
+        in_transaction: bool,
+        rule: &Arc<TableRule>,
+        live: &StatementRoute,
+    ) {
+        let Some(worker) = &self.shadow_worker else { return };
+        let Some(shadow) = self.policy(rule.policy).shadow.load_full() else { return };
+        if !matches!(live.via, Via::Policy { .. }) || !shadow.wants() {
+            return;
+        }
+        let Ok(view) = self.view(facts, index, params, session, in_transaction, rule) else { return };
+        worker.offer(shadow::Job {
+            shadow,
+            view,
+            topology: self.plugin_topology.load_full(),
+            names: self.topology.clone(),
+            live: live.shards.clone(),
+        });
+    }
+}
+
 /// Routing that needed the network and could not finish.
 #[derive(Debug)]
 pub enum ResolveError {
@@ -582,6 +661,21 @@ pub fn check_key_unchanged(stmt: &Statement, rule: &TableRule) -> Result<(), Ref
 }
 
 /// The bytes of a plugin.
+/// A policy's shadow plugin, loaded under its own label (`<policy>/shadow`)
+/// so that its calls are not counted as the live plugin's.
+fn load_shadow(
+    cfg: &Config,
+    runtime: &Arc<Runtime>,
+    policy: &crate::config::PolicyConfig,
+    s: &crate::config::ShadowConfig,
+    snapshot: &TopologySnapshot,
+) -> Result<shadow::Shadow, String> {
+    let source = cfg.plugin_source(&s.plugin)?;
+    let config = serde_json::to_string(s.config.as_ref().unwrap_or(&policy.config)).map_err(|e| e.to_string())?;
+    let plugin = Plugin::load(runtime, &format!("{}/shadow", policy.name), &read(&source)?, config.clone(), snapshot)?;
+    Ok(shadow::Shadow::new(source, config, plugin, s.sample))
+}
+
 pub fn read(source: &PluginSource) -> Result<Vec<u8>, String> {
     match source {
         PluginSource::Builtin(name) => {

@@ -150,11 +150,61 @@ async fn gate_moves(
 
 /// Compiles and starts `wasm` for `slot`, off the async threads.
 async fn load(router: &Router, slot: &PolicySlot, wasm: Vec<u8>) -> Result<Plugin, String> {
+    load_with(router, slot, wasm, slot.config.clone()).await
+}
+
+/// The same with another config (a shadow's).
+async fn load_with(router: &Router, slot: &PolicySlot, wasm: Vec<u8>, config: String) -> Result<Plugin, String> {
     let runtime = router.runtime.clone();
-    let (policy, config, topology) = (slot.name.clone(), slot.config.clone(), router.plugin_topology());
+    let (policy, topology) = (slot.name.clone(), router.plugin_topology());
     tokio::task::spawn_blocking(move || Plugin::load(&runtime, &policy, &wasm, config, &topology))
         .await
         .map_err(|e| format!("loading was interrupted: {e}"))?
+}
+
+/// `POST /api/v1/plugins/<policy>/promote?digest=<the shadow's digest>`:
+/// the policy's shadow plugin (with its config) becomes the live one,
+/// through the gates a reloaded file passes — its test cases (a file's
+/// `*.tests.toml`), the keys-that-move check, then probation. The file the
+/// config names for the policy is no longer watched: a restart serves
+/// what the config says, so the config must say the same to keep it.
+pub async fn promote(router: &Router, policy: &str, digest: &str) -> Result<String, String> {
+    let (index, slot) = router
+        .policies
+        .iter()
+        .enumerate()
+        .find(|(_, s)| s.name == policy)
+        .ok_or_else(|| format!("no policy named {policy}"))?;
+    let shadow = slot.shadow.load_full().ok_or_else(|| format!("policy {policy} has no shadow plugin"))?;
+    if shadow.plugin.digest != digest {
+        return Err(format!("the shadow is {}: name its digest, {}", shadow.plugin.version(), shadow.plugin.digest));
+    }
+    let (wasm, tests, origin) = match &shadow.source {
+        PluginSource::File(path) => {
+            let disk = Version::on_disk(path)?;
+            (disk.wasm, disk.tests, disk.origin)
+        }
+        PluginSource::Builtin(_) => (super::read(&shadow.source)?, None, shadow.source.to_string()),
+    };
+    let candidate = load_with(router, slot, wasm, shadow.config.clone()).await?;
+    if candidate.digest != digest {
+        return Err(format!("{} changed since it was loaded as the shadow; restart to shadow it first", origin));
+    }
+    let passed = verify(router, index, &candidate, tests.as_deref(), &origin)
+        .await
+        .map_err(|e| format!("{}: {e}", candidate.version()))?;
+    gate_moves(router, index, slot, &slot.plugin.load_full(), &candidate, &HotKeys::default()).await?;
+    let version = format!("{} ({passed} test case(s) passed)", candidate.version());
+    install(router, slot, candidate, None);
+    slot.shadow.store(None);
+    let note = format!(
+        "{version}, config {}, promoted from the shadow; {} is no longer watched, and a restart serves what the config says",
+        shadow.config, slot.source
+    );
+    tracing::warn!("policy {policy}: now serving {note}");
+    *slot.promoted.lock().unwrap_or_else(|p| p.into_inner()) = Some(note);
+    *slot.last_error.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    Ok(version)
 }
 
 /// A version swapped in lately, and what to go back to.
@@ -178,6 +228,10 @@ pub async fn run(router: Arc<Router>, interval: Duration, hot_keys: impl Fn() ->
         }
         for (i, slot) in router.policies.iter().enumerate() {
             let PluginSource::File(path) = &slot.source else { continue };
+            // Promoted from its shadow: the file no longer says what serves.
+            if slot.promoted.lock().unwrap_or_else(|p| p.into_inner()).is_some() {
+                continue;
+            }
             let now = stamp(path);
             let recheck = slot.recheck.swap(false, Ordering::Relaxed);
             if now.is_none() || (now == seen[i] && !recheck) {
@@ -224,15 +278,25 @@ async fn reload(
         return Err(format!("{} was rolled back before; it is not tried again", candidate.version()));
     }
     gate_moves(router, index, slot, &slot.plugin.load_full(), &candidate, hot_keys).await?;
-    // Probation judges the calls of traffic, not those of the checks above.
+    let version = format!("{} ({passed} test case(s) passed)", candidate.version());
+    install(router, slot, candidate, Some(&disk));
+    Ok(Some(version))
+}
+
+/// Swaps `candidate` in to serve, on probation (when configured) with the
+/// version it replaces to go back to; `copy` is kept as the last good
+/// version (what a restart serves when the file fails).
+fn install(router: &Router, slot: &PolicySlot, candidate: Plugin, copy: Option<&Version>) {
+    // Probation judges the calls of traffic, not those of the checks before.
     candidate.calls.store(0, Ordering::Relaxed);
     candidate.failures.store(0, Ordering::Relaxed);
-    let version = format!("{} ({passed} test case(s) passed)", candidate.version());
     let mut on_probation = slot.probation.lock().unwrap_or_else(|p| p.into_inner());
     // What served last is what a restart serves (a routing change must not
     // flip back by itself), unless it is rolled back.
     let previous_copy = router.last_good.load(&slot.name);
-    router.last_good.save(&slot.name, &disk);
+    if let Some(disk) = copy {
+        router.last_good.save(&slot.name, disk);
+    }
     let swapped_out = slot.plugin.swap(Arc::new(candidate));
     if !router.probation.is_zero() {
         // A version replacing one still on probation falls back to the one before.
@@ -243,7 +307,6 @@ async fn reload(
         let until = Instant::now() + router.probation;
         *on_probation = Some(Probation { previous, previous_copy, until });
     }
-    Ok(Some(version))
 }
 
 /// Ends `slot`'s probation: the version swapped in goes back to the

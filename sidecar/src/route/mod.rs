@@ -271,6 +271,7 @@ impl Planner {
             .resolving(|| router.policy_route(facts, 0, params, session, in_transaction, None, rule, true))
             .await?;
         router.check_links(stmt, r.shards.len() > 1).map_err(ResolveError::Refused)?;
+        router.shadow(facts, 0, params, session, in_transaction, rule, &r);
         let target = match r.shards.as_slice() {
             [one] => Target::One(*one),
             [] => return Err(ResolveError::Refused(spans(router, stmt, &[]))),
