@@ -174,6 +174,10 @@ pub struct Metrics {
     build_info: IntGaugeVec,
     plugin_info: GaugeVec,
     hot_keys: IntGaugeVec,
+    /// The label sets last exported of each: replaced, never emptied, so a
+    /// scrape that renders meanwhile sees all of them (a series missing
+    /// from one scrape is stale to Prometheus).
+    exported: Mutex<(LabelSets, LabelSets)>,
     pub skew_ratio: GaugeVec,
     pub hot: IntGaugeVec,
     pub parse_cache_hits: IntCounter,
@@ -388,6 +392,7 @@ impl Metrics {
                     &["table", "key", "shard"],
                 ),
             ),
+            exported: Mutex::default(),
             plugin_errors: register(
                 &r,
                 counter_vec(
@@ -585,19 +590,17 @@ impl Metrics {
     /// The plugin serving each policy: `(policy, "name@version (digest)", loaded at)`.
     pub fn set_plugins<'a>(&self, plugins: impl IntoIterator<Item = (&'a str, String, f64)>) {
         self.build_info.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        self.plugin_info.reset();
-        for (policy, plugin, loaded_s) in plugins {
-            self.plugin_info.with_label_values(&[policy, plugin.as_str()]).set(loaded_s);
-        }
+        let mut exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
+        let series = plugins.into_iter().map(|(policy, plugin, loaded_s)| (vec![policy.to_string(), plugin], loaded_s));
+        exported.0 = replace_series(&self.plugin_info, &exported.0, series);
     }
 
     /// Each table's hottest keys now: `(table, key, shard, statements)`;
     /// keys that left the top lists leave the metric.
     pub fn set_hot_keys(&self, keys: impl IntoIterator<Item = (String, String, String, u64)>) {
-        self.hot_keys.reset();
-        for (table, key, shard, n) in keys {
-            self.hot_keys.with_label_values(&[table.as_str(), key.as_str(), shard.as_str()]).set(n as i64);
-        }
+        let mut exported = self.exported.lock().unwrap_or_else(|p| p.into_inner());
+        let series = keys.into_iter().map(|(table, key, shard, n)| (vec![table, key, shard], n as i64));
+        exported.1 = replace_series(&self.hot_keys, &exported.1, series);
     }
 
     /// The Prometheus text exposition of everything.
@@ -612,6 +615,29 @@ impl Default for Metrics {
     fn default() -> Self {
         Metrics::new()
     }
+}
+
+/// The label values of a metric vector's series.
+type LabelSets = HashSet<Vec<String>>;
+
+/// Sets `series` on `vec`, then removes the label sets of `before` that
+/// are not among them; returns the label sets now exported.
+fn replace_series<P: prometheus::core::Atomic>(
+    vec: &prometheus::core::GenericGaugeVec<P>,
+    before: &LabelSets,
+    series: impl Iterator<Item = (Vec<String>, P::T)>,
+) -> LabelSets {
+    let mut now = HashSet::new();
+    for (labels, value) in series {
+        let refs: Vec<&str> = labels.iter().map(String::as_str).collect();
+        vec.with_label_values(&refs).set(value);
+        now.insert(labels);
+    }
+    for gone in before.difference(&now) {
+        let refs: Vec<&str> = gone.iter().map(String::as_str).collect();
+        let _ = vec.remove_label_values(&refs);
+    }
+    now
 }
 
 /// A histogram's cumulative bucket counts (upper bound, count), ending with +Inf.

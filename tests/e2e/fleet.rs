@@ -98,8 +98,18 @@ async fn prometheus_adds_up_three_sidecars_load_and_hot_keys() {
     .await;
     assert!(added_up, "per-shard totals equal the three sidecars' sum {expected:?}; last answer: {last:?}");
 
-    let (_, body) = sidecars[0].admin_get("/api/v1/fleet");
-    let f: shardcar_api::Fleet = serde_json::from_str(&body).unwrap();
+    // Hot keys come from another series than the totals: scraped at the same
+    // time, but answered by the fleet view once each sidecar's is in.
+    let mut f: Option<shardcar_api::Fleet> = None;
+    eventually(Duration::from_secs(30), async || {
+        let (_, body) = sidecars[0].admin_get("/api/v1/fleet");
+        let Ok(fleet) = serde_json::from_str::<shardcar_api::Fleet>(&body) else { return false };
+        let done = fleet.tables.iter().any(|x| x.table == t && x.keys.first().is_some_and(|k| k.sidecars == 3));
+        f = Some(fleet);
+        done
+    })
+    .await;
+    let f = f.expect("a fleet answer");
     assert_eq!(f.sidecars.len(), 3, "{f:?}");
     assert!(f.sidecars.iter().all(|s| !s.version.is_empty() && s.behind.is_empty() && !s.plugins.is_empty()), "{f:?}");
     let keys = &f.tables.iter().find(|x| x.table == t).expect("the table's fleet hot keys").keys;
