@@ -33,6 +33,7 @@ mod plugin_safety;
 mod plugins;
 mod pool;
 mod prepared;
+mod python_plugin;
 mod routing;
 mod scatter;
 mod secrets;
