@@ -122,6 +122,8 @@ pub struct PluginMetrics {
     pub calls: IntCounter,
     /// Statements routed by a remembered decision, without a call.
     pub remembered: IntCounter,
+    /// Instances dropped for having grown past half their memory cap.
+    pub retired: IntCounter,
     pub errors: IntCounter,
     pub duration: Histogram,
 }
@@ -132,6 +134,7 @@ impl PluginMetrics {
         PluginMetrics {
             calls: counter("detached", "-"),
             remembered: counter("detached", "-"),
+            retired: counter("detached", "-"),
             errors: counter("detached", "-"),
             duration: Histogram::with_opts(HistogramOpts::new("detached", "-")).expect("static metric definition"),
         }
@@ -166,6 +169,7 @@ pub struct Metrics {
     replica_lag_bytes: IntGaugeVec,
     plugin_calls: IntCounterVec,
     plugin_remembered: IntCounterVec,
+    plugin_retired: IntCounterVec,
     plugin_errors: IntCounterVec,
     plugin_duration: HistogramVec,
     table_statements: IntCounterVec,
@@ -372,6 +376,14 @@ impl Metrics {
                     &["policy", "plugin", "version"],
                 ),
             ),
+            plugin_retired: register(
+                &r,
+                counter_vec(
+                    "shardcar_plugin_instances_retired_total",
+                    "Plugin instances dropped after a call for having grown past half of plugins.memory_limit_mb (replaced on demand)",
+                    &["policy", "plugin", "version"],
+                ),
+            ),
             build_info: register(
                 &r,
                 gauge_vec("shardcar_build_info", "1, labelled with shardcar's version", &["version"]),
@@ -537,6 +549,7 @@ impl Metrics {
         PluginMetrics {
             calls: self.plugin_calls.with_label_values(&at),
             remembered: self.plugin_remembered.with_label_values(&at),
+            retired: self.plugin_retired.with_label_values(&at),
             errors: self.plugin_errors.with_label_values(&at),
             duration: self.plugin_duration.with_label_values(&at),
         }

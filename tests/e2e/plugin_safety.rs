@@ -82,6 +82,31 @@ async fn trapping_looping_and_hungry_plugins_fail_one_statement() {
     }
 }
 
+#[tokio::test]
+async fn a_plugin_that_leaks_is_replaced_before_it_fails_a_statement() {
+    // 1 MiB leaked per call under a 16 MiB cap: an instance kept for good
+    // would fail about the 16th statement.
+    let fleet = Fleet::shared();
+    let t = table("leaky");
+    create(fleet, &t).await;
+    let sc = Sidecar::start(
+        &config(fleet, &t, &fixture_plugin("leak"), None)
+            .replace("[plugins]\n", "[plugins]\nremembered_decisions = 0\n"),
+    );
+    let c = sc.connect().await;
+    for k in 0..100 {
+        c.batch_execute(&format!("INSERT INTO {t} (k) VALUES ({k})")).await.unwrap();
+    }
+    let metrics = sc.admin_get("/metrics").1;
+    let retired = metrics
+        .lines()
+        .find(|l| l.starts_with("shardcar_plugin_instances_retired_total{") && l.contains("policy=\"guarded\""))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok());
+    // Retired once past 8 MiB: not so late that a call failed (every 16
+    // calls at least), nor after every few calls.
+    assert!(retired.is_some_and(|n| (100 / 16..=100 / 4).contains(&n)), "{retired:?}");
+}
+
 #[test]
 fn a_plugin_that_cannot_start_stops_shardcar_with_the_reason() {
     let fleet = Fleet::shared();

@@ -20,11 +20,12 @@ pub fn Plugins(live: Live) -> impl IntoView {
                 .into_any(),
                 Ok(Some(p)) => view! {
                     <table class="plugins">
-                        <colgroup><col class="c-policy" /><col /><col class="c-version" /><col class="c-status" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-loaded" /><col class="c-error" /></colgroup>
+                        <colgroup><col class="c-policy" /><col /><col class="c-version" /><col class="c-status" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-n" /><col class="c-loaded" /><col class="c-error" /></colgroup>
                         <thead>
                             <tr>
                                 <th>"policy"</th><th>"plugin"</th><th>"version"</th><th>"status"</th>
                                 <th class="num">"calls"</th><th class="num">"errors"</th><th class="num">"p99"</th>
+                                <th class="num" title="memory of one instance once started; each concurrent call has one">"memory"</th>
                                 <th>"loaded"</th><th>"last error"</th>
                             </tr>
                         </thead>
@@ -53,6 +54,7 @@ fn row(p: &Plugin) -> impl IntoView + use<> {
             <td class="num">{format::count(p.calls_total)}</td>
             <td class="num" class:errors={p.errors_total > 0}>{format::count(p.errors_total)}</td>
             <td class="num">{format::us(p.p99_us)}</td>
+            <td class="num">{format::bytes(p.instance_memory_bytes)}</td>
             <td>{format::ago(p.loaded_unix_ms)}</td>
             <td class="last-error" title=p.last_error.clone().unwrap_or_default()>{p.last_error.clone().unwrap_or_else(|| "–".into())}</td>
         </tr>
@@ -103,7 +105,7 @@ fn shadow_row(p: &Plugin) -> impl IntoView + use<> {
     Some(view! {
         <tr class="shadow-row">
             <td></td>
-            <td colspan="8" class="sub shadow" title="POST /api/v1/plugins/<policy>/promote?digest=<the shadow's digest> makes it live">{text}</td>
+            <td colspan="9" class="sub shadow" title="POST /api/v1/plugins/<policy>/promote?digest=<the shadow's digest> makes it live">{text}</td>
         </tr>
     })
 }

@@ -354,6 +354,10 @@ pub struct Plugin {
     pub calls_total: u64,
     pub errors_total: u64,
     pub p99_us: Option<f64>,
+    /// Linear memory of one instance once started; each concurrent call
+    /// has an instance of its own.
+    #[serde(default)]
+    pub instance_memory_bytes: u64,
     /// When the serving version was loaded (start or last hot reload).
     pub loaded_unix_ms: u64,
     pub last_error: Option<String>,

@@ -150,6 +150,7 @@ pub fn plugins(shared: &Shared) -> api::Plugins {
                 calls_total: plugin.metrics.calls.get(),
                 errors_total: plugin.metrics.errors.get(),
                 p99_us: quantile(&buckets(&plugin.metrics.duration), &[], 0.99).map(|s| s * 1e6),
+                instance_memory_bytes: plugin.instance_memory as u64,
                 loaded_unix_ms: unix_ms(plugin.loaded_at),
                 last_error,
                 last_moves: slot.last_moves.lock().ok().and_then(|m| m.clone()),

@@ -19,7 +19,7 @@ use quick_cache::Equivalent;
 use quick_cache::sync::Cache;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker, Resource, ResourceTable};
-use wasmtime::{Config, Engine, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
+use wasmtime::{Config, Engine, ResourceLimiter, Store, StoreLimits, StoreLimitsBuilder, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::directory::{Cached, Directory};
@@ -138,7 +138,10 @@ impl Runtime {
     }
 
     fn store(&self, label: Arc<str>) -> Store<State> {
-        let limits = StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build();
+        let limits = Grown {
+            limits: StoreLimitsBuilder::new().memory_size(self.limits.memory_bytes).trap_on_grow_failure(true).build(),
+            largest: 0,
+        };
         let mut wasi = WasiCtx::builder();
         wasi.allow_tcp(false).allow_udp(false).allow_ip_name_lookup(false);
         let state = State {
@@ -222,6 +225,8 @@ pub struct Plugin {
     /// `name@version (digest)`, as messages and spans name the plugin.
     version: Arc<str>,
     pub metrics: PluginMetrics,
+    /// Linear memory of its first instance once started.
+    pub instance_memory: usize,
     /// This version's calls, and those that trapped, timed out or ran out
     /// of memory (a plugin's own refusals are answers, not failures): what
     /// its probation after a reload is judged by.
@@ -325,6 +330,8 @@ struct Instance {
     store: Store<State>,
     bindings: Policy,
     topology_version: u64,
+    /// Its largest memory once started: what its calls grow from.
+    fresh: usize,
 }
 
 impl Plugin {
@@ -357,6 +364,7 @@ impl Plugin {
             label,
             version: Arc::from(""),
             metrics: PluginMetrics::detached(),
+            instance_memory: 0,
             calls: AtomicU64::new(0),
             failures: AtomicU64::new(0),
             remembered: None,
@@ -367,6 +375,7 @@ impl Plugin {
         plugin.version = Arc::from(format!("{}@{} ({})", info.name, info.version, plugin.digest));
         plugin.metrics = runtime.metrics.plugin(policy, &info.name, &info.version);
         plugin.info = info;
+        plugin.instance_memory = first.fresh;
         let remember = runtime.limits.remembered_decisions;
         plugin.remembered = (remember > 0 && !plugin.info.custom_extract)
             .then(|| Remembered { decisions: Cache::new(remember), seen: SeenOnce::new() });
@@ -389,7 +398,8 @@ impl Plugin {
         }
         guarded(|| bindings.call_set_topology(&mut store, &topology.topology))
             .map_err(|e| store.data_mut().explained(e))?;
-        Ok(Instance { store, bindings, topology_version: topology.version })
+        let fresh = store.data().limits.largest;
+        Ok(Instance { store, bindings, topology_version: topology.version, fresh })
     }
 
     fn take(&self, topology: &TopologySnapshot) -> Result<Instance, CallError> {
@@ -406,7 +416,18 @@ impl Plugin {
         Ok(instance)
     }
 
+    /// Returns an instance to the pool, unless its calls have used up half
+    /// the room its memory cap left it when fresh: then it is dropped and
+    /// the next call gets a fresh one. Runtimes with a garbage collector
+    /// grow between collections, and some leak per call (componentize-js
+    /// 0.23 does): retired in time, such a plugin never fails a statement,
+    /// and a single call still has the other half of the room.
     fn put_back(&self, instance: Instance) {
+        let room = self.runtime.limits.memory_bytes.saturating_sub(instance.fresh);
+        if instance.store.data().limits.largest - instance.fresh > room / 2 {
+            self.metrics.retired.inc();
+            return;
+        }
         if let Ok(mut idle) = self.idle.lock() {
             idle.push(instance);
         }
@@ -537,7 +558,7 @@ pub fn describe(e: &CallError) -> String {
 pub struct State {
     table: ResourceTable,
     wasi: WasiCtx,
-    limits: StoreLimits,
+    limits: Grown,
     directory: Arc<Directory>,
     misses: Vec<(String, String)>,
     /// The current call read something besides the table, the kind and the
@@ -549,6 +570,46 @@ pub struct State {
     /// What the plugin said as it panicked (the SDK's panic hook logs it
     /// just before the trap): the trap's message to the client.
     panic: Option<String>,
+}
+
+/// The store's limits, and the size its largest memory has grown to.
+struct Grown {
+    limits: StoreLimits,
+    largest: usize,
+}
+
+impl ResourceLimiter for Grown {
+    fn memory_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        let allowed = self.limits.memory_growing(current, desired, maximum)?;
+        if allowed {
+            self.largest = self.largest.max(desired);
+        }
+        Ok(allowed)
+    }
+
+    fn memory_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.memory_grow_failed(error)
+    }
+
+    fn table_growing(&mut self, current: usize, desired: usize, maximum: Option<usize>) -> wasmtime::Result<bool> {
+        self.limits.table_growing(current, desired, maximum)
+    }
+
+    fn table_grow_failed(&mut self, error: wasmtime::Error) -> wasmtime::Result<()> {
+        self.limits.table_grow_failed(error)
+    }
+
+    fn instances(&self) -> usize {
+        self.limits.instances()
+    }
+
+    fn tables(&self) -> usize {
+        self.limits.tables()
+    }
+
+    fn memories(&self) -> usize {
+        self.limits.memories()
+    }
 }
 
 impl State {
