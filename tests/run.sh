@@ -5,8 +5,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 SHARDCAR_SETUP_BROWSER=1 SHARDCAR_SETUP_COMPAT=1 SHARDCAR_SETUP_FLEET=1 deploy/setup.sh
 tests/compat/install.sh
-# componentize-py, to build the Python example policy (tests/e2e/python_plugin.rs).
+# componentize-py and componentize-js, to build the Python and JavaScript
+# example policies (tests/e2e/plugin_languages.rs).
 plugins/python/install.sh
+plugins/js/install.sh
 cargo fmt --all -- --check
 (cd plugins && cargo fmt --all -- --check)
 (cd dashboard && cargo fmt --all -- --check)
@@ -15,8 +17,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 (cd dashboard && cargo clippy --locked --target wasm32-unknown-unknown --target-dir ../target/dashboard -- -D warnings)
 # The dashboard's own unit tests (chart scales) run natively.
 (cd dashboard && cargo test --locked --target-dir ../target/dashboard-native)
-# The Python SDK's Postgres-compatible hashing, on the host.
+# The Python and JavaScript SDKs' Postgres-compatible hashing, on the host.
 python3 -m unittest plugins/python/test_shardcar_policy.py
+node --test plugins/js/test_shardcar_policy.mjs
 # The plugin SDK's own tests (Postgres-compatible hashing and friends) run natively.
 (cd plugins && cargo clippy --workspace --all-targets --locked -- -D warnings && cargo test --workspace --locked)
 # The SDK's reference builds without a warning, and the crate packages and

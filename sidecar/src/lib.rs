@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod auth_query;
+pub mod authoring;
 pub mod builtin;
 pub mod cancel;
 pub mod classify;

@@ -52,6 +52,12 @@ enum Command {
         #[arg(long, default_value_t = 200.0)]
         rate: f64,
     },
+    /// Write, build and test a routing policy of your own (Rust, Python or
+    /// JavaScript), offline.
+    Plugin {
+        #[command(subcommand)]
+        action: PluginCommand,
+    },
     /// Run a Zipf-skewed mix of reads, writes and transactions against the
     /// demo schema through a running shardcar; print what ran and the keys
     /// used most (exact counts).
@@ -84,6 +90,39 @@ enum Command {
         /// Print the report as JSON.
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Write a ready project: the built-in `hash` policy in that language,
+    /// its SDK and the contract, test cases, and a README.
+    New {
+        #[arg(long)]
+        lang: shardcar::authoring::Language,
+        name: String,
+        /// Where the project's directory goes.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+    },
+    /// Build the project's component (`<name>.wasm`, beside its cases) with
+    /// its language's tool; installs nothing.
+    Build {
+        #[arg(default_value = ".")]
+        project: PathBuf,
+    },
+    /// Run the project's test cases against its component, offline; with
+    /// `--same-as`, also route generated keys through it and a built-in and
+    /// fail on any difference.
+    Test {
+        #[arg(default_value = ".")]
+        project: PathBuf,
+        /// A built-in plugin that must route every key the same way.
+        #[arg(long)]
+        same_as: Option<String>,
+        /// How many keys `--same-as` tries (a quarter of them text).
+        #[arg(long, default_value_t = 100_000)]
+        keys: usize,
     },
 }
 
@@ -135,6 +174,7 @@ fn main() -> ExitCode {
             let demo = shardcar::demo::Demo { port, admin_port, rate };
             report(runtime().and_then(|rt| rt.block_on(shardcar::demo::run(demo))))
         }
+        Command::Plugin { action } => report(plugin(action)),
         Command::BenchLoad { host, port, user, password, dbname, clients, rate, seconds, customers, zipf, json } => {
             let duration = match seconds.map(std::time::Duration::try_from_secs_f64) {
                 Some(Err(_)) => {
@@ -159,6 +199,39 @@ fn main() -> ExitCode {
             report(runtime().and_then(|rt| rt.block_on(bench_load(opts, json))))
         }
     }
+}
+
+fn plugin(action: PluginCommand) -> anyhow::Result<()> {
+    use shardcar::authoring::{Project, scaffold, toolchain, trial};
+    match action {
+        PluginCommand::New { lang, name, dir } => {
+            let at = scaffold::create(&dir, &name, lang)?;
+            println!("wrote {} (see its README.md)", at.display());
+        }
+        PluginCommand::Build { project } => {
+            let built = toolchain::build(&Project::open(&project)?)?;
+            let size = std::fs::metadata(&built).map(|m| m.len()).unwrap_or(0);
+            println!("built {} ({:.2} MB)", built.display(), size as f64 / 1e6);
+        }
+        PluginCommand::Test { project, same_as, keys } => {
+            let project = Project::open(&project)?;
+            let tested = runtime()?.block_on(trial::test(&project, same_as.as_deref(), keys))?;
+            println!("{}: {} test case(s) passed", project.name, tested.cases);
+            if let Some(c) = tested.compared {
+                println!(
+                    "{}: routes {} keys ({} integers, {} texts) as `{}` does; a statement routed by it in {:.0?} (median), {:.0?} (p99)",
+                    project.name,
+                    c.integers + c.texts,
+                    c.integers,
+                    c.texts,
+                    c.reference,
+                    c.p50,
+                    c.p99
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The router as the sidecar builds it, for commands that route without

@@ -27,7 +27,7 @@ use super::facts::{SessionInfo, TableRule};
 use super::plugin::Plugin;
 use super::{RouteError, Router, StatementRoute};
 use crate::classify::params::Params;
-use crate::classify::{RoleHint, classify};
+use crate::classify::{Facts, RoleHint, classify};
 use crate::sqlerror::SqlError;
 
 #[derive(Deserialize)]
@@ -162,12 +162,7 @@ async fn run(
         values: case.params.iter().map(|p| p.clone().map(Into::into)).collect(),
         ..Params::default()
     }));
-    let routed: Result<StatementRoute, SqlError> = router
-        .resolving(|| -> Result<_, RouteError> {
-            router.route_statement(&facts, 0, &params, &session, case.in_transaction, Some(plugin))
-        })
-        .await
-        .map_err(SqlError::from);
+    let routed = route(router, &facts, &params, &session, case.in_transaction, Some(plugin)).await;
     let names = |route: &StatementRoute| -> Vec<String> {
         route.shards.iter().map(|&s| router.topology().name(s).to_string()).collect()
     };
@@ -197,6 +192,24 @@ async fn run(
         }
         (Err(e), Expect::Shards(want)) => Err(format!("failed with `{}`, expected {}", e.message, shown(want))),
     }
+}
+
+/// Where the first statement of `facts` goes, lookups resolved, as a
+/// client would meet it; with `plugin` in its policy's place when given.
+pub async fn route(
+    router: &Router,
+    facts: &Arc<Facts>,
+    params: &Option<Arc<Params>>,
+    session: &Arc<SessionInfo>,
+    in_transaction: bool,
+    plugin: Option<&Plugin>,
+) -> Result<StatementRoute, SqlError> {
+    router
+        .resolving(|| -> Result<_, RouteError> {
+            router.route_statement(facts, 0, params, session, in_transaction, plugin)
+        })
+        .await
+        .map_err(SqlError::from)
 }
 
 fn shown(shards: &[String]) -> String {

@@ -1,24 +1,30 @@
-//! A routing policy written in Python (plugins/python/hash, built with
-//! componentize-py): it loads in the sidecar, passes its test cases, and
-//! places every pgbench account where Postgres's hash partitioning — and
-//! the built-in `hash` — does; its call time is measured next to the
-//! built-in's on the same statements.
+//! Routing policies written in Python (plugins/python/hash, built with
+//! componentize-py) and JavaScript (plugins/js/hash, componentize-js): each
+//! loads in the sidecar, passes its test cases, and places every pgbench
+//! account where Postgres's hash partitioning — and the built-in `hash` —
+//! does; its call time is measured next to the built-in's on the same
+//! statements.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::harness::{Fleet, Sidecar, direct, hashed_tables, run_tool, two_phase};
 
-/// Builds the Python example policy; its test cases are copied beside it.
-fn build() -> PathBuf {
+/// Builds a language's example policy with its build tool; its test cases
+/// are copied beside it.
+fn build(language: &str) -> PathBuf {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let out = std::env::temp_dir().join(format!("shardcar-python-{}", std::process::id())).join("hash.wasm");
-    let built = Command::new(repo.join("plugins/python/build.sh"))
-        .arg(repo.join("plugins/python/hash"))
-        .arg(&out)
-        .output()
-        .expect("run plugins/python/build.sh");
-    assert!(built.status.success(), "building the Python plugin: {}", String::from_utf8_lossy(&built.stderr));
+    let out = std::env::temp_dir().join(format!("shardcar-{language}-{}", std::process::id())).join("hash.wasm");
+    let mut tool = match language {
+        "python" => Command::new(repo.join("plugins/python/build.sh")),
+        _ => {
+            let mut node = Command::new("node");
+            node.arg(repo.join("plugins/js/build.mjs"));
+            node
+        }
+    };
+    let built = tool.arg(repo.join("plugins").join(language).join("hash")).arg(&out).output().expect("run the build");
+    assert!(built.status.success(), "building the {language} plugin: {}", String::from_utf8_lossy(&built.stderr));
     out
 }
 
@@ -54,15 +60,24 @@ fn call_quantiles(metrics: &str) -> (f64, f64) {
 
 #[tokio::test]
 async fn a_python_policy_routes_pgbench_like_the_built_in_hash() {
-    let wasm = build();
+    routes_pgbench_like_the_built_in_hash("python", "hash-py").await;
+}
+
+#[tokio::test]
+async fn a_javascript_policy_routes_pgbench_like_the_built_in_hash() {
+    routes_pgbench_like_the_built_in_hash("js", "hash-js").await;
+}
+
+async fn routes_pgbench_like_the_built_in_hash(language: &str, name: &str) {
+    let wasm = build(language);
     let fleet = Fleet::new();
     // At start the plugin file's test cases gate it: a failing case stops the sidecar.
-    let python = Sidecar::start(&config(&fleet, &wasm.display().to_string()));
-    let plugins: shardcar_api::Plugins = python.admin_json("/api/v1/plugins");
-    assert!(plugins.plugins[0].plugin == "hash-py" && plugins.plugins[0].status == "ok", "{plugins:?}");
+    let sidecar = Sidecar::start(&config(&fleet, &wasm.display().to_string()));
+    let plugins: shardcar_api::Plugins = sidecar.admin_json("/api/v1/plugins");
+    assert!(plugins.plugins[0].plugin == name && plugins.plugins[0].status == "ok", "{plugins:?}");
 
-    let (ok, out) = run_tool(&python, "pgbench", &["-i", "-s", "1", "-q"], None);
-    assert!(ok, "pgbench -i through the Python policy:\n{out}");
+    let (ok, out) = run_tool(&sidecar, "pgbench", &["-i", "-s", "1", "-q"], None);
+    assert!(ok, "pgbench -i through the {language} policy:\n{out}");
     // Each shard holds exactly the accounts Postgres's own hash partitioning
     // (MODULUS 2) gives its remainder, all of them between the two.
     let mut total = 0;
@@ -79,14 +94,22 @@ async fn a_python_policy_routes_pgbench_like_the_built_in_hash() {
     }
     assert_eq!(total, 100_000);
 
-    // The same select-only load through the Python policy and the built-in.
+    // The same select-only load through this policy and the built-in.
     let mut measured = Vec::new();
-    for (name, sidecar) in [("python", python), ("built-in", Sidecar::start(&config(&fleet, "hash")))] {
+    for (name, sidecar) in [(language, sidecar), ("built-in", Sidecar::start(&config(&fleet, "hash")))] {
         let (ok, out) = run_tool(&sidecar, "pgbench", &["-S", "-n", "-c", "4", "-T", "5", "-M", "prepared"], None);
         assert!(ok && out.contains("number of failed transactions: 0"), "{name}:\n{out}");
-        let (p50, p99) = call_quantiles(&sidecar.admin_get("/metrics").1);
+        let metrics = sidecar.admin_get("/metrics").1;
+        let (p50, p99) = call_quantiles(&metrics);
+        let retired: f64 = metrics
+            .lines()
+            .filter(|l| l.starts_with("shardcar_plugin_instances_retired_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum();
+        let plugins: shardcar_api::Plugins = sidecar.admin_json("/api/v1/plugins");
         measured.push(format!(
-            "{name}: plugin call p50 ≤ {p50:.0} µs, p99 ≤ {p99:.0} µs, sidecar RSS {} MiB",
+            "{name}: plugin call p50 ≤ {p50:.0} µs, p99 ≤ {p99:.0} µs, {:.1} MiB per instance, sidecar RSS {} MiB, {retired} instances retired",
+            plugins.plugins[0].instance_memory_bytes as f64 / (1 << 20) as f64,
             sidecar.rss_kib() / 1024
         ));
     }

@@ -1,0 +1,1 @@
+../shardcar_policy.js
