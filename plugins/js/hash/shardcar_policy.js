@@ -1,1 +1,0 @@
-../shardcar_policy.js
