@@ -34,6 +34,7 @@ fuzz_target!(|data: &[u8]| {
             key: "customer_id".into(),
             key_type,
             policy: PolicyId::at(0),
+            colocation: 0,
         });
         assert_eq!(seen(&template, Some(&params), &rule), seen(&written, None, &rule), "{sql:?}");
     }
