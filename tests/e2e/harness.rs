@@ -458,6 +458,14 @@ pub fn metric(text: &str, name: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// A metric summed over all its label sets in a `/metrics` text (0 when absent).
+pub fn metric_total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(['{', ' '])))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
 /// The first column of every row a simple query returned.
 pub fn first_column(messages: &[tokio_postgres::SimpleQueryMessage]) -> Vec<String> {
     messages

@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::harness::{Fleet, Sidecar, direct, hashed_tables, run_tool, two_phase};
+use crate::harness::{Fleet, Sidecar, direct, hashed_tables, metric_total, run_tool, two_phase};
 
 /// Builds a language's example policy with its build tool; its test cases
 /// are copied beside it.
@@ -101,11 +101,7 @@ async fn routes_pgbench_like_the_built_in_hash(language: &str, name: &str) {
         assert!(ok && out.contains("number of failed transactions: 0"), "{name}:\n{out}");
         let metrics = sidecar.admin_get("/metrics").1;
         let (p50, p99) = call_quantiles(&metrics);
-        let retired: f64 = metrics
-            .lines()
-            .filter(|l| l.starts_with("shardcar_plugin_instances_retired_total{"))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum();
+        let retired = metric_total(&metrics, "shardcar_plugin_instances_retired_total");
         let plugins: shardcar_api::Plugins = sidecar.admin_json("/api/v1/plugins");
         measured.push(format!(
             "{name}: plugin call p50 ≤ {p50:.0} µs, p99 ≤ {p99:.0} µs, {:.1} MiB per instance, sidecar RSS {} MiB, {retired} instances retired",
