@@ -613,7 +613,7 @@ impl Pools {
                 }
             }
             if let Some(node) = target {
-                match self.try_get(node, login).await {
+                match self.try_get(node, login, started).await {
                     Ok(conn) => return Ok(conn),
                     Err(Failed { error, lost: true }) => {
                         // A probe round now says whether it is gone for good.
@@ -672,12 +672,18 @@ impl Pools {
     }
 
     async fn get(&self, node: &Arc<Node>, login: Option<&Arc<UserLogin>>) -> Result<ShardConn, SqlError> {
-        self.try_get(node, login).await.map_err(|f| f.error)
+        self.try_get(node, login, Instant::now()).await.map_err(|f| f.error)
     }
 
-    async fn try_get(&self, node: &Arc<Node>, login: Option<&Arc<UserLogin>>) -> Result<ShardConn, Failed> {
+    /// A connection from `node`'s pool for a statement waiting since `asked`.
+    async fn try_get(
+        &self,
+        node: &Arc<Node>,
+        login: Option<&Arc<UserLogin>>,
+        asked: Instant,
+    ) -> Result<ShardConn, Failed> {
         let failed = |error: SqlError| Failed { error, lost: false };
-        let _waiting = node.waiting.begin();
+        let _waiting = node.waiting.begin(asked);
         let pool = match login {
             None => &node.pool,
             Some(login) => &node

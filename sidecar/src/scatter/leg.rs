@@ -93,7 +93,7 @@ impl Leg {
             errored: None,
             buffered: VecDeque::new(),
             paged: None,
-            _running: conn.node.running.begin(),
+            _running: conn.node.running.begin(std::time::Instant::now()),
         };
         Leg { conn, reading }
     }

@@ -104,8 +104,9 @@ pub struct InFlight {
 
 impl InFlight {
     pub fn new(stages: Stages, facts: Arc<Facts>, node: Arc<Node>, session: Arc<SessionInfo>) -> Box<InFlight> {
-        let _running = node.running.begin();
-        Box::new(InFlight { stages, facts, node, session, sent: Instant::now(), error: None, _running })
+        let sent = Instant::now();
+        let _running = node.running.begin(sent);
+        Box::new(InFlight { stages, facts, node, session, sent, error: None, _running })
     }
 
     /// Spans this statement becomes: itself, its stages, the server's part.

@@ -43,8 +43,66 @@ pub struct Run {
     pub latency_p99_ms: f64,
     pub transactions: u64,
     pub failed: u64,
-    /// CPU seconds the target's process used during the run (poolers only).
-    pub cpu_seconds: Option<f64>,
+    /// What the target's process used during the run (poolers only).
+    pub usage: Option<Usage>,
+}
+
+/// A process's use of the machine, from `/proc`: CPU seconds in user and
+/// kernel mode, read- and write-class system calls (`/proc/PID/io`:
+/// read/recv/readv and write/send/writev; epoll and futex are not
+/// counted), and context switches summed over its threads.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct Usage {
+    pub user_s: f64,
+    pub system_s: f64,
+    pub read_calls: u64,
+    pub write_calls: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+}
+
+impl Usage {
+    pub fn of(pid: u32) -> Option<Usage> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // SAFETY: sysconf has no preconditions.
+        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).map(|t| t / hz);
+        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+        let field = |text: &str, name: &str| -> u64 {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim_start_matches([':', ' ', '\t']).parse().ok())
+                .unwrap_or(0)
+        };
+        let mut usage = Usage {
+            user_s: ticks(11)?,
+            system_s: ticks(12)?,
+            read_calls: field(&io, "syscr"),
+            write_calls: field(&io, "syscw"),
+            ..Usage::default()
+        };
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
+            let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
+            usage.voluntary_switches += field(&status, "voluntary_ctxt_switches");
+            usage.involuntary_switches += field(&status, "nonvoluntary_ctxt_switches");
+        }
+        Some(usage)
+    }
+
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            user_s: self.user_s - before.user_s,
+            system_s: self.system_s - before.system_s,
+            read_calls: self.read_calls.saturating_sub(before.read_calls),
+            write_calls: self.write_calls.saturating_sub(before.write_calls),
+            // Threads that ended during the run take their counts with them.
+            voluntary_switches: self.voluntary_switches.saturating_sub(before.voluntary_switches),
+            involuntary_switches: self.involuntary_switches.saturating_sub(before.involuntary_switches),
+        }
+    }
 }
 
 pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::Result<Run> {
@@ -64,9 +122,9 @@ pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::
     if let Some(pw) = &target.password {
         cmd.env("PGPASSWORD", pw);
     }
-    let cpu_before = target.pid().and_then(cpu_seconds);
+    let before = target.pid().and_then(Usage::of);
     let out = cmd.output().context("run pgbench")?;
-    let cpu_after = target.pid().and_then(cpu_seconds);
+    let after = target.pid().and_then(Usage::of);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         let why = text.lines().find(|l| l.contains("error")).unwrap_or("pgbench failed");
@@ -84,7 +142,7 @@ pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::
         latency_p99_ms: p99,
         transactions: value("number of transactions actually processed")? as u64,
         failed: value("number of failed transactions").unwrap_or(0.0) as u64,
-        cpu_seconds: cpu_before.zip(cpu_after).map(|(a, b)| b - a),
+        usage: before.zip(after).map(|(b, a)| a.since(b)),
     })
 }
 
@@ -112,18 +170,6 @@ fn p99_from_logs(dir: &Path, prefix: &Path) -> anyhow::Result<f64> {
     latencies.sort_unstable();
     let at = ((latencies.len() as f64) * 0.99).ceil() as usize;
     Ok(latencies[at.clamp(1, latencies.len()) - 1] as f64 / 1000.0)
-}
-
-/// User + system CPU time of a process so far, in seconds.
-pub fn cpu_seconds(pid: u32) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: f64 = fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some(ticks / hz)
 }
 
 /// Resident memory of a process, in MiB.

@@ -7,7 +7,7 @@ use std::path::Path;
 use plotters::prelude::*;
 use serde::Serialize;
 
-use crate::pgbench::Run;
+use crate::pgbench::{Run, Usage};
 
 /// One pgbench run of one target in one round.
 #[derive(Debug, Clone, Serialize)]
@@ -30,6 +30,36 @@ pub struct Median {
     pub failed: u64,
     /// Target CPU per 10,000 transactions, in ms (processes of ours only).
     pub cpu_ms_per_10k: Option<f64>,
+    /// The pooler's cost per transaction (not for direct Postgres).
+    pub per_transaction: Option<Budget>,
+}
+
+/// Medians over rounds of what one transaction cost the pooler's process.
+#[derive(Debug, Clone, Serialize)]
+pub struct Budget {
+    pub user_us: f64,
+    pub system_us: f64,
+    pub read_calls: f64,
+    pub write_calls: f64,
+    pub context_switches: f64,
+}
+
+impl Budget {
+    fn of(runs: &[&Run]) -> Option<Budget> {
+        let per: Vec<(Usage, f64)> =
+            runs.iter().filter_map(|r| Some((r.usage?, r.transactions.max(1) as f64))).collect();
+        if per.is_empty() {
+            return None;
+        }
+        let pick = |f: &dyn Fn(&Usage) -> f64| median(&mut per.iter().map(|(u, n)| f(u) / n).collect::<Vec<_>>());
+        Some(Budget {
+            user_us: pick(&|u| u.user_s * 1e6),
+            system_us: pick(&|u| u.system_s * 1e6),
+            read_calls: pick(&|u| u.read_calls as f64),
+            write_calls: pick(&|u| u.write_calls as f64),
+            context_switches: pick(&|u| (u.voluntary_switches + u.involuntary_switches) as f64),
+        })
+    }
 }
 
 pub fn median(values: &mut [f64]) -> f64 {
@@ -56,7 +86,9 @@ pub fn medians(samples: &[Sample]) -> Vec<Median> {
             let pick = |f: &dyn Fn(&Run) -> f64| median(&mut runs.iter().map(|r| f(r)).collect::<Vec<_>>());
             let cpu: Vec<f64> = runs
                 .iter()
-                .filter_map(|r| r.cpu_seconds.map(|c| c * 1000.0 * 10_000.0 / r.transactions.max(1) as f64))
+                .filter_map(|r| {
+                    r.usage.map(|u| (u.user_s + u.system_s) * 1000.0 * 10_000.0 / r.transactions.max(1) as f64)
+                })
                 .collect();
             Median {
                 workload,
@@ -67,6 +99,7 @@ pub fn medians(samples: &[Sample]) -> Vec<Median> {
                 latency_p99_ms: pick(&|r| r.latency_p99_ms),
                 failed: runs.iter().map(|r| r.failed).sum(),
                 cpu_ms_per_10k: (!cpu.is_empty()).then(|| median(&mut cpu.clone())),
+                per_transaction: Budget::of(&runs),
             }
         })
         .collect()
@@ -118,6 +151,21 @@ pub fn print(medians: &[Median], ratios: &[Ratio], errors: &[&Sample]) {
             "{:<28} {:<22} {:>10.0} {:>9.3} {:>9.3} {:>7} {:>12}",
             m.workload, m.target, m.tps, m.latency_avg_ms, m.latency_p99_ms, m.failed, cpu
         );
+    }
+    println!(
+        "\nper transaction, the pooler's process (medians): CPU µs in user / kernel mode, read and write system calls, context switches:"
+    );
+    println!(
+        "{:<28} {:<22} {:>8} {:>8} {:>7} {:>7} {:>9}",
+        "workload", "target", "user µs", "sys µs", "reads", "writes", "switches"
+    );
+    for m in medians {
+        if let Some(b) = &m.per_transaction {
+            println!(
+                "{:<28} {:<22} {:>8.1} {:>8.1} {:>7.2} {:>7.2} {:>9.2}",
+                m.workload, m.target, b.user_us, b.system_us, b.read_calls, b.write_calls, b.context_switches
+            );
+        }
     }
     println!("\nratios (median tps):");
     for r in ratios {

@@ -30,6 +30,7 @@ mod state;
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use pgwire::messages::extendedquery::Describe;
@@ -164,7 +165,7 @@ pub struct Session {
     /// A lost replica's batch, to run again on the primary.
     rerun: Option<(ShardId, BytesMut)>,
     /// `pool.idle_transaction_timeout_ms`, when set.
-    idle_transaction_timeout: Option<std::time::Duration>,
+    idle_transaction_timeout: Option<Duration>,
     /// DDL was sent: the OID maps are read again once its transaction ends,
     /// before the client hears the outcome.
     schema_changed: bool,
@@ -174,6 +175,16 @@ pub struct Session {
 }
 
 /// The shutdown state once it is other than `now` (never, if nothing can change it).
+/// Sleeps for `d`, if any. `select!` builds every branch's future on every
+/// turn, disabled or not: a timer made here is made only when polled (a
+/// `tokio::time::sleep` per turn read the clock and the runtime's handle
+/// twice per statement).
+async fn sleep_for(d: Option<Duration>) {
+    if let Some(d) = d {
+        tokio::time::sleep(d).await;
+    }
+}
+
 async fn next_stop(mut shutdown: watch::Receiver<Stopping>, now: Stopping) -> Stopping {
     loop {
         let state = *shutdown.borrow_and_update();
@@ -198,7 +209,7 @@ impl Session {
         let shutdown = shared.shutdown.clone();
         let idle_transaction_timeout = match shared.config.pool.idle_transaction_timeout_ms {
             0 => None,
-            ms => Some(std::time::Duration::from_millis(ms)),
+            ms => Some(Duration::from_millis(ms)),
         };
         Session {
             shared,
@@ -301,7 +312,7 @@ impl Session {
                 .idle_transaction_timeout
                 .filter(|_| !matches!(self.txn, Txn::Idle) && !want_backend && self.inbox.is_empty() && want_client);
             tokio::select! {
-                _ = tokio::time::sleep(idle_in_transaction.unwrap_or_default()), if idle_in_transaction.is_some() => {
+                _ = sleep_for(idle_in_transaction), if idle_in_transaction.is_some() => {
                     return Err(SqlError::fatal(
                         code::IDLE_IN_TRANSACTION_TIMEOUT,
                         "terminating connection due to idle-in-transaction timeout",
