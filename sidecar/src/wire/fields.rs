@@ -1,11 +1,11 @@
-//! The messages that start every statement (Query; Parse, Bind and
-//! Execute), read in place. Through the codec each cost a copy of the
+//! The messages that start every statement (Query; Parse, Bind, Describe
+//! and Execute; and Close), read in place. Through the codec each cost a copy of the
 //! frame and a lossy UTF-8 decode that then had to be checked again (text
 //! that is not UTF-8 is refused, never routed as one text and forwarded as
 //! another); here a Bind's parameters are slices of the frame itself.
 
 use bytes::Bytes;
-use pgwire::messages::extendedquery::{Bind, Parse};
+use pgwire::messages::extendedquery::{Bind, Close, Describe, Parse};
 
 use super::printable;
 use crate::sqlerror::{SqlError, code};
@@ -113,6 +113,27 @@ pub(super) fn bind(raw: &Bytes) -> Result<Bind, SqlError> {
     Ok(Bind::new(portal, statement, formats, values, result_formats))
 }
 
+/// A Describe: what it names (`S` statement, `P` portal; checked by the
+/// caller) and its name. libpq sends one with every prepared execution.
+pub(super) fn describe(raw: &Bytes) -> Result<Describe, SqlError> {
+    let (target, name) = target(raw)?;
+    Ok(Describe::new(target, name))
+}
+
+/// A Close: what it names and its name, as a Describe.
+pub(super) fn close(raw: &Bytes) -> Result<Close, SqlError> {
+    let (target, name) = target(raw)?;
+    Ok(Close::new(target, name))
+}
+
+fn target(raw: &Bytes) -> Result<(u8, Option<String>), SqlError> {
+    let mut f = Fields::new(raw);
+    let target = f.take(1)?[0];
+    let name = f.name(if target == b'P' { "portal name" } else { "statement name" })?;
+    f.end()?;
+    Ok((target, name))
+}
+
 /// An Execute's portal and row limit (none when zero or negative).
 pub(super) fn execute(raw: &Bytes) -> Result<(String, usize), SqlError> {
     let mut f = Fields::new(raw);
@@ -158,6 +179,12 @@ mod tests {
         let limited = Execute::new(Some("p".into()), 10);
         assert_eq!(execute(&encoded(&limited)).unwrap(), ("p".to_string(), 10));
         assert_eq!(execute(&encoded(&Execute::new(None, -1))).unwrap(), (String::new(), 0));
+        let portal = Describe::new(b'P', Some("p".into()));
+        assert_eq!(describe(&encoded(&portal)).unwrap(), portal);
+        let statement = Describe::new(b'S', None);
+        assert_eq!(describe(&encoded(&statement)).unwrap(), statement);
+        let closed = Close::new(b'S', Some("s1".into()));
+        assert_eq!(close(&encoded(&closed)).unwrap(), closed);
     }
 
     #[test]

@@ -158,12 +158,12 @@ impl ClientMsg {
             b'P' => ClientMsg::Parse { msg: fields::parse(&raw)?, raw },
             b'B' => ClientMsg::Bind { msg: fields::bind(&raw)?, raw },
             b'D' => {
-                let msg: Describe = decode(&raw)?;
+                let msg = fields::describe(&raw)?;
                 subtype("DESCRIBE", msg.target_type)?;
                 ClientMsg::Describe { msg, raw }
             }
             b'C' => {
-                let msg: Close = decode(&raw)?;
+                let msg = fields::close(&raw)?;
                 subtype("CLOSE", msg.target_type)?;
                 ClientMsg::Close { msg, raw }
             }

@@ -34,7 +34,7 @@ async fn unreadable_content_is_an_error_for_that_message_alone() {
     assert_eq!(tags(&c.message(b'F', b"\0\0\x04\x00\0\0\0\0\0\0").run().await), "E:0A000 Z:I", "FunctionCall");
     still_serves(&mut c).await;
     // Extended protocol: an ERROR, the rest skipped to Sync.
-    let cases: [(&str, u8, &[u8], &str); 10] = [
+    let cases: [(&str, u8, &[u8], &str); 14] = [
         ("Parse, not UTF-8", b'P', b"\0SELECT '\xe9'\0\0\0", "22021"),
         ("Parse whose parameter count lies", b'P', b"\0SELECT 1\0\x00\x09", "08P01"),
         ("Parse with bytes after its types", b'P', b"\0SELECT $1\0\x00\x01\0\0\0\x17junk", "08P01"),
@@ -45,6 +45,10 @@ async fn unreadable_content_is_an_error_for_that_message_alone() {
         ("Execute of a portal named in bytes not UTF-8", b'E', b"\xe9\0\0\0\0\0", "22021"),
         ("Describe of neither statement nor portal", b'D', b"Xname\0", "08P01"),
         ("Close of neither statement nor portal", b'C', b"Xname\0", "08P01"),
+        ("Describe without its name's terminator", b'D', b"Pname", "08P01"),
+        ("Describe with bytes after its name", b'D', b"Sname\0junk", "08P01"),
+        ("Describe of a portal named in bytes not UTF-8", b'D', b"P\xe9\0", "22021"),
+        ("Close with no body", b'C', b"", "08P01"),
     ];
     for (what, tag, body, code) in cases {
         c.message(tag, body).parse("", "SELECT 1").bind("", "", &[]).execute("", 0).sync();
