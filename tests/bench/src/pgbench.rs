@@ -47,18 +47,17 @@ pub struct Run {
     pub usage: Option<Usage>,
 }
 
-/// A process's use of the machine, from `/proc`: CPU seconds in user and
-/// kernel mode, read- and write-class system calls (`/proc/PID/io`:
-/// read/recv/readv and write/send/writev; epoll and futex are not
-/// counted), and context switches summed over its threads.
+/// A process's use of the machine: CPU seconds in user and kernel mode and
+/// context switches summed over its threads (from `/proc`), and system
+/// calls of every kind (counted by `perf stat` on the `raw_syscalls`
+/// tracepoint; `None` where perf or the tracepoint is not available).
 #[derive(Debug, Clone, Copy, Default, Serialize)]
 pub struct Usage {
     pub user_s: f64,
     pub system_s: f64,
-    pub read_calls: u64,
-    pub write_calls: u64,
     pub voluntary_switches: u64,
     pub involuntary_switches: u64,
+    pub syscalls: Option<u64>,
 }
 
 impl Usage {
@@ -70,20 +69,13 @@ impl Usage {
         // SAFETY: sysconf has no preconditions.
         let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
         let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).map(|t| t / hz);
-        let io = std::fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
         let field = |text: &str, name: &str| -> u64 {
             text.lines()
                 .find_map(|l| l.strip_prefix(name))
                 .and_then(|v| v.trim_start_matches([':', ' ', '\t']).parse().ok())
                 .unwrap_or(0)
         };
-        let mut usage = Usage {
-            user_s: ticks(11)?,
-            system_s: ticks(12)?,
-            read_calls: field(&io, "syscr"),
-            write_calls: field(&io, "syscw"),
-            ..Usage::default()
-        };
+        let mut usage = Usage { user_s: ticks(11)?, system_s: ticks(12)?, ..Usage::default() };
         for task in std::fs::read_dir(format!("/proc/{pid}/task")).ok()?.flatten() {
             let status = std::fs::read_to_string(task.path().join("status")).unwrap_or_default();
             usage.voluntary_switches += field(&status, "voluntary_ctxt_switches");
@@ -96,12 +88,40 @@ impl Usage {
         Usage {
             user_s: self.user_s - before.user_s,
             system_s: self.system_s - before.system_s,
-            read_calls: self.read_calls.saturating_sub(before.read_calls),
-            write_calls: self.write_calls.saturating_sub(before.write_calls),
             // Threads that ended during the run take their counts with them.
             voluntary_switches: self.voluntary_switches.saturating_sub(before.voluntary_switches),
             involuntary_switches: self.involuntary_switches.saturating_sub(before.involuntary_switches),
+            syscalls: None,
         }
+    }
+}
+
+/// `perf stat` counting a process's system calls until stopped.
+struct SyscallCount {
+    perf: std::process::Child,
+    out: std::path::PathBuf,
+}
+
+impl SyscallCount {
+    fn start(pid: u32, out: std::path::PathBuf) -> Option<SyscallCount> {
+        let perf = Command::new("perf")
+            .args(["stat", "-x,", "-e", "raw_syscalls:sys_enter", "-p", &pid.to_string(), "-o"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .ok()?;
+        Some(SyscallCount { perf, out })
+    }
+
+    /// Stops perf (SIGINT makes it write its count) and reads the count.
+    fn stop(mut self) -> Option<u64> {
+        // SAFETY: kill has no memory-safety preconditions.
+        unsafe { libc::kill(i32::try_from(self.perf.id()).ok()?, libc::SIGINT) };
+        self.perf.wait().ok()?.success().then_some(())?;
+        let text = std::fs::read_to_string(&self.out).ok()?;
+        let _ = std::fs::remove_file(&self.out);
+        text.lines().find(|l| l.contains("raw_syscalls:sys_enter"))?.split(',').next()?.parse().ok()
     }
 }
 
@@ -123,7 +143,9 @@ pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::
         cmd.env("PGPASSWORD", pw);
     }
     let before = target.pid().and_then(Usage::of);
+    let syscalls = target.pid().and_then(|pid| SyscallCount::start(pid, prefix.with_extension("perf")));
     let out = cmd.output().context("run pgbench")?;
+    let syscalls = syscalls.and_then(SyscallCount::stop);
     let after = target.pid().and_then(Usage::of);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
@@ -142,7 +164,7 @@ pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::
         latency_p99_ms: p99,
         transactions: value("number of transactions actually processed")? as u64,
         failed: value("number of failed transactions").unwrap_or(0.0) as u64,
-        usage: before.zip(after).map(|(b, a)| a.since(b)),
+        usage: before.zip(after).map(|(b, a)| Usage { syscalls, ..a.since(b) }),
     })
 }
 

@@ -39,8 +39,8 @@ pub struct Median {
 pub struct Budget {
     pub user_us: f64,
     pub system_us: f64,
-    pub read_calls: f64,
-    pub write_calls: f64,
+    /// `None` without perf.
+    pub syscalls: Option<f64>,
     pub context_switches: f64,
 }
 
@@ -55,8 +55,7 @@ impl Budget {
         Some(Budget {
             user_us: pick(&|u| u.user_s * 1e6),
             system_us: pick(&|u| u.system_s * 1e6),
-            read_calls: pick(&|u| u.read_calls as f64),
-            write_calls: pick(&|u| u.write_calls as f64),
+            syscalls: per.iter().all(|(u, _)| u.syscalls.is_some()).then(|| pick(&|u| u.syscalls.unwrap_or(0) as f64)),
             context_switches: pick(&|u| (u.voluntary_switches + u.involuntary_switches) as f64),
         })
     }
@@ -153,17 +152,18 @@ pub fn print(medians: &[Median], ratios: &[Ratio], errors: &[&Sample]) {
         );
     }
     println!(
-        "\nper transaction, the pooler's process (medians): CPU µs in user / kernel mode, read and write system calls, context switches:"
+        "\nper transaction, the pooler's process (medians): CPU µs in user / kernel mode, system calls (perf), context switches:"
     );
     println!(
-        "{:<28} {:<22} {:>8} {:>8} {:>7} {:>7} {:>9}",
-        "workload", "target", "user µs", "sys µs", "reads", "writes", "switches"
+        "{:<28} {:<22} {:>8} {:>8} {:>9} {:>9}",
+        "workload", "target", "user µs", "sys µs", "syscalls", "switches"
     );
     for m in medians {
         if let Some(b) = &m.per_transaction {
+            let syscalls = b.syscalls.map_or("-".to_string(), |n| format!("{n:.2}"));
             println!(
-                "{:<28} {:<22} {:>8.1} {:>8.1} {:>7.2} {:>7.2} {:>9.2}",
-                m.workload, m.target, b.user_us, b.system_us, b.read_calls, b.write_calls, b.context_switches
+                "{:<28} {:<22} {:>8.1} {:>8.1} {:>9} {:>9.2}",
+                m.workload, m.target, b.user_us, b.system_us, syscalls, b.context_switches
             );
         }
     }
