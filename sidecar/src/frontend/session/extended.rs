@@ -33,9 +33,9 @@ use crate::topology::ShardId;
 use crate::wire::{encode, put_bind_renamed, reply};
 
 impl Session {
-    pub(super) async fn parse(&mut self, raw: Bytes, msg: Parse) -> Result<(), SqlError> {
+    pub(super) async fn parse(&mut self, raw: Bytes, mut msg: Parse) -> Result<(), SqlError> {
         let started = Instant::now();
-        let name = msg.name.clone().unwrap_or_default();
+        let name = msg.name.take().unwrap_or_default();
         if !name.is_empty() && self.statements.contains(&name) {
             let e = SqlError::new(
                 code::DUPLICATE_PREPARED_STATEMENT,
@@ -46,7 +46,7 @@ impl Session {
         let (facts, cached) = self.shared.facts.lookup(&msg.query);
         let mut stages = Stages::new(started);
         stages.classify = Some(Classified::new(cached, Stage::since(started)));
-        let prepared = Arc::new(Prepared::new(&name, &msg, &raw, facts.clone()));
+        let prepared = Arc::new(Prepared::new(name.clone(), msg, &raw, facts.clone()));
         let limit = self.shared.config.listen.max_prepared_bytes_per_client;
         if !name.is_empty() && self.statements.bytes_with(&prepared) > limit {
             self.shared.limits.hit("prepared_bytes");

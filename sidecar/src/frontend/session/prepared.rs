@@ -38,11 +38,13 @@ pub struct Prepared {
 }
 
 impl Prepared {
-    /// `raw` is the client's own Parse, reused as is for the unnamed statement.
-    pub fn new(client_name: &str, msg: &Parse, raw: &Bytes, facts: Arc<Facts>) -> Prepared {
-        let text = Arc::new(StatementText { sql: msg.query.clone(), param_types: msg.type_oids.clone() });
+    /// `raw` is the client's own Parse, reused as is for the unnamed
+    /// statement; its text and types move here rather than being copied.
+    pub fn new(client_name: String, msg: Parse, raw: &Bytes, facts: Arc<Facts>) -> Prepared {
+        let text = Arc::new(StatementText { sql: msg.query, param_types: msg.type_oids });
+        let unnamed = client_name.is_empty();
         let prepared = |backend_name: String, parse: Bytes| Prepared {
-            client_name: client_name.to_string(),
+            client_name,
             backend_name,
             text: text.clone(),
             facts,
@@ -50,7 +52,7 @@ impl Prepared {
             validated: AtomicBool::new(false),
             described_types: OnceLock::new(),
         };
-        if client_name.is_empty() {
+        if unnamed {
             return prepared(String::new(), raw.clone());
         }
         let mut h = DefaultHasher::new();
