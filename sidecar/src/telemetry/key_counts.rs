@@ -76,7 +76,12 @@ impl<T: Eq + Hash + Clone> KeyCounts<T> {
     fn expire(&self, inner: &mut Inner<T>, now_s: u64) {
         let oldest_kept = (now_s - now_s % SLICE_S).saturating_sub((self.slices_kept as u64 - 1) * SLICE_S);
         while inner.slices.front().is_some_and(|(s, _)| *s < oldest_kept) {
-            inner.slices.pop_front();
+            let Some((_, slice)) = inner.slices.pop_front() else { break };
+            if inner.slices.is_empty() {
+                // The slice being filled is merged when the next one opens:
+                // dropped from the window first, it is merged now.
+                inner.lifetime.merge(&slice);
+            }
         }
     }
 
@@ -144,8 +149,12 @@ mod tests {
         assert_eq!(window.total, 50, "shares are of the window's traffic");
         assert_eq!(top(&counts.lifetime()), Some((1, 6000)), "since start, key 1 still leads");
         assert_eq!(counts.lifetime().total, 6050, "closed slices and the open one");
-        // Nothing recorded for longer than the window: it is empty.
+        // Nothing recorded for longer than the window: it is empty, and
+        // the slice it dropped (the one being filled) stays counted since start.
         assert!(counts.window(1100).rows.is_empty());
+        assert_eq!(counts.lifetime().total, 6050, "a quiet spell loses nothing since start");
+        counts.record([3], 1200);
+        assert_eq!(counts.lifetime().total, 6051);
     }
 
     #[test]
