@@ -43,6 +43,16 @@ pub struct Bound {
 }
 
 impl Bound {
+    /// A Bind's parameters, kept to run its statement on each shard.
+    pub fn new(params: &crate::classify::params::Params, result_formats: Vec<i16>) -> Bound {
+        Bound {
+            params: params.values.clone(),
+            param_formats: params.formats.clone(),
+            param_types: params.types.clone(),
+            result_formats,
+        }
+    }
+
     /// The parameters `picked` (0-based, in that order), with their types
     /// and formats, and the values `replaced` (by the same index) instead of
     /// the client's.

@@ -209,9 +209,10 @@ impl Session {
         }
     }
 
-    pub(super) async fn bind(&mut self, raw: Bytes, msg: Bind) -> Result<(), SqlError> {
-        let stmt_name = msg.statement_name.clone().unwrap_or_default();
-        let portal = msg.portal_name.clone().unwrap_or_default();
+    pub(super) async fn bind(&mut self, raw: Bytes, mut msg: Bind) -> Result<(), SqlError> {
+        // The message's parts move out (the frame itself is what is forwarded).
+        let stmt_name = msg.statement_name.take().unwrap_or_default();
+        let portal = msg.portal_name.take().unwrap_or_default();
         let p = match self.resolve(&stmt_name) {
             Ok(p) => p,
             Err(e) => return self.fail(e, true),
@@ -222,7 +223,7 @@ impl Session {
         // portal shardcar runs itself would otherwise run short of them); a
         // named portal (or SQL cursor) stays until closed, so its name cannot
         // be bound again; open portals share the session's byte budget.
-        let cost = super::portals::cost(&msg);
+        let cost = super::portals::cost(&portal, &msg.parameters);
         let limit = self.shared.config.listen.max_prepared_bytes_per_client;
         let held = self.statements.bytes() + self.portals.bytes() + cost;
         let refusal = match p.param_count() {
@@ -258,7 +259,7 @@ impl Session {
         if let Some(old) = self.portals.remove(&portal) {
             self.drop_portal(old).await?;
         }
-        let params = bind_params(&p, &msg);
+        let params = bind_params(&p, &mut msg);
         let action = match self.plan(&p.facts, Some(&params), &mut stages, None).await {
             Ok(a) => a,
             Err(e) => {
@@ -297,13 +298,8 @@ impl Session {
             Action::EndBlock(commit) => PortalKind::EndBlock(commit),
             Action::Savepoint => PortalKind::Savepoint,
             Action::Declare(spread) => {
-                let bound = Bound {
-                    params: msg.parameters.clone(),
-                    param_formats: msg.parameter_format_codes.clone(),
-                    param_types: p.param_types(),
-                    // The DECLARE's own result formats are not its rows': those are text.
-                    result_formats: vec![],
-                };
+                // The DECLARE's own result formats are not its rows': those are text.
+                let bound = Bound::new(&params, vec![]);
                 PortalKind::Declare(Box::new((spread, bound)))
             }
             Action::Cursor(used) => {
@@ -323,12 +319,7 @@ impl Session {
                 PortalKind::Cursor(used)
             }
             Action::Scatter(spread) => {
-                let bound = Bound {
-                    params: msg.parameters.clone(),
-                    param_formats: msg.parameter_format_codes.clone(),
-                    param_types: p.param_types(),
-                    result_formats: msg.result_column_format_codes.clone(),
-                };
+                let bound = Bound::new(&params, std::mem::take(&mut msg.result_column_format_codes));
                 PortalKind::Scatter(Box::new(ScatterPortal::new(p.text.sql.clone(), Some(bound), spread)))
             }
         };
@@ -746,10 +737,11 @@ impl Session {
     }
 }
 
-pub(super) fn bind_params(p: &Prepared, bind: &Bind) -> Arc<Params> {
+/// The Bind's parameters, moved out of it.
+pub(super) fn bind_params(p: &Prepared, bind: &mut Bind) -> Arc<Params> {
     Arc::new(Params {
-        values: bind.parameters.clone(),
-        formats: bind.parameter_format_codes.clone(),
+        values: std::mem::take(&mut bind.parameters),
+        formats: std::mem::take(&mut bind.parameter_format_codes),
         types: p.param_types(),
     })
 }

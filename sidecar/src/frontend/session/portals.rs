@@ -19,9 +19,8 @@ pub(super) struct Portals {
 /// What a portal bound by `bind` costs: its entry and name, and its
 /// parameters (kept here for a portal across shards, on the server for one
 /// on a single shard — counted either way).
-pub(super) fn cost(bind: &pgwire::messages::extendedquery::Bind) -> usize {
-    let name = bind.portal_name.as_deref().map_or(0, str::len);
-    PER_PORTAL + name + bind.parameters.iter().flatten().map(|p| p.len()).sum::<usize>()
+pub(super) fn cost(name: &str, params: &[Option<bytes::Bytes>]) -> usize {
+    PER_PORTAL + name.len() + params.iter().flatten().map(|p| p.len()).sum::<usize>()
 }
 
 impl Portals {
