@@ -45,6 +45,23 @@ pub struct Run {
     pub failed: u64,
     /// What the target's process used during the run (poolers only).
     pub usage: Option<Usage>,
+    /// CPU seconds the whole machine was busy during the run (every process:
+    /// pgbench, Postgres, the pooler), from `/proc/stat`.
+    pub machine_busy_s: Option<f64>,
+}
+
+/// Seconds every CPU of the machine has been busy since boot: all time in
+/// `/proc/stat`'s `cpu` line but idle and iowait.
+fn machine_busy_s() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks: Vec<u64> =
+        stat.lines().next()?.split_whitespace().skip(1).map(|v| v.parse().ok()).collect::<Option<_>>()?;
+    let (idle, iowait) = (*ticks.get(3)?, *ticks.get(4)?);
+    // guest and guest_nice (9th, 10th) are already counted in user and nice.
+    let total: u64 = ticks.iter().take(8).sum();
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    Some((total - idle - iowait) as f64 / hz)
 }
 
 /// A process's use of the machine: CPU seconds in user and kernel mode and
@@ -144,10 +161,12 @@ pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::
         cmd.env("PGPASSWORD", pw);
     }
     let before = target.pid().and_then(Usage::of);
+    let busy_before = machine_busy_s();
     let syscalls = target.pid().and_then(|pid| SyscallCount::start(pid, prefix.with_extension("perf")));
     let out = cmd.output().context("run pgbench")?;
     let syscalls = syscalls.and_then(SyscallCount::stop);
     let after = target.pid().and_then(Usage::of);
+    let busy = busy_before.zip(machine_busy_s()).map(|(b, a)| a - b);
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     if !out.status.success() {
         let why = text.lines().find(|l| l.contains("error")).unwrap_or("pgbench failed");
@@ -166,6 +185,7 @@ pub fn run(target: &Target, w: &Workload, seconds: u64, logs: &Path) -> anyhow::
         transactions: value("number of transactions actually processed")? as u64,
         failed: value("number of failed transactions").unwrap_or(0.0) as u64,
         usage: before.zip(after).map(|(b, a)| Usage { syscalls, ..a.since(b) }),
+        machine_busy_s: busy,
     })
 }
 

@@ -32,6 +32,8 @@ pub struct Median {
     pub cpu_ms_per_10k: Option<f64>,
     /// The pooler's cost per transaction (not for direct Postgres).
     pub per_transaction: Option<Budget>,
+    /// The whole machine's CPU per transaction, in µs (every process).
+    pub machine_us: Option<f64>,
 }
 
 /// Medians over rounds of what one transaction cost the pooler's process.
@@ -99,6 +101,13 @@ pub fn medians(samples: &[Sample]) -> Vec<Median> {
                 failed: runs.iter().map(|r| r.failed).sum(),
                 cpu_ms_per_10k: (!cpu.is_empty()).then(|| median(&mut cpu.clone())),
                 per_transaction: Budget::of(&runs),
+                machine_us: {
+                    let mut per: Vec<f64> = runs
+                        .iter()
+                        .filter_map(|r| Some(r.machine_busy_s? * 1e6 / r.transactions.max(1) as f64))
+                        .collect();
+                    (!per.is_empty()).then(|| median(&mut per))
+                },
             }
         })
         .collect()
@@ -166,6 +175,20 @@ pub fn print(medians: &[Median], ratios: &[Ratio], errors: &[&Sample]) {
                 m.workload, m.target, b.user_us, b.system_us, syscalls, b.context_switches
             );
         }
+    }
+    // On a box that pgbench and Postgres keep busy, tps is the cores over
+    // this figure: what a pooler adds to it is what it costs in throughput,
+    // its own CPU and the extra work its hop causes the others.
+    println!(
+        "\nthe whole machine's CPU per transaction (every process, medians), and what going through the target adds to direct:"
+    );
+    println!("{:<28} {:<22} {:>11} {:>9}", "workload", "target", "machine µs", "added µs");
+    for m in medians {
+        let Some(us) = m.machine_us else { continue };
+        let direct =
+            medians.iter().find(|d| d.workload == m.workload && d.target == "direct").and_then(|d| d.machine_us);
+        let added = direct.filter(|_| m.target != "direct").map_or("-".to_string(), |d| format!("{:.1}", us - d));
+        println!("{:<28} {:<22} {:>11.1} {:>9}", m.workload, m.target, us, added);
     }
     println!("\nratios (median tps):");
     for r in ratios {
