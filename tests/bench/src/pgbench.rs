@@ -59,9 +59,13 @@ fn machine_busy_s() -> Option<f64> {
     let (idle, iowait) = (*ticks.get(3)?, *ticks.get(4)?);
     // guest and guest_nice (9th, 10th) are already counted in user and nice.
     let total: u64 = ticks.iter().take(8).sum();
+    Some((total - idle - iowait) as f64 / ticks_per_s())
+}
+
+/// The unit of `/proc`'s CPU times.
+fn ticks_per_s() -> f64 {
     // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Some((total - idle - iowait) as f64 / hz)
+    unsafe { libc::sysconf(libc::_SC_CLK_TCK) as f64 }
 }
 
 /// A process's use of the machine: CPU seconds in user and kernel mode and
@@ -83,8 +87,7 @@ impl Usage {
         // Fields after the command name (which may hold spaces): utime is the 12th, stime the 13th.
         let rest = &stat[stat.rfind(')')? + 2..];
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        // SAFETY: sysconf has no preconditions.
-        let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+        let hz = ticks_per_s();
         let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).map(|t| t / hz);
         let field = |text: &str, name: &str| -> u64 {
             text.lines()
