@@ -162,6 +162,12 @@ pub struct Pool {
     pub health_check_interval_ms: u64,
     /// Prepared statements kept per backend connection before the oldest are closed.
     pub max_prepared_per_connection: usize,
+    /// A client's unnamed statement whose text the server connection's
+    /// unnamed statement already holds is not parsed again (PgCat's cache
+    /// does the same). Postgres then plans it as it plans a named one:
+    /// after five runs it may keep a generic plan. Off: every unnamed Parse
+    /// reaches the server, as it does without a pooler.
+    pub reuse_unnamed_statements: bool,
     /// A client idle this long inside a transaction is disconnected (25P03)
     /// and its transaction rolled back, freeing the server connections it
     /// holds (PgBouncer's `idle_transaction_timeout`). 0: never.
@@ -181,6 +187,7 @@ impl Default for Pool {
             connect_timeout_ms: 5000,
             health_check_interval_ms: 2000,
             max_prepared_per_connection: 1000,
+            reuse_unnamed_statements: false,
             idle_transaction_timeout_ms: 0,
             query_timeout_ms: 0,
         }

@@ -46,6 +46,7 @@ password = "bench"
 
 [pool]
 size = 16
+reuse_unnamed_statements = true
 
 [[shards]]
 name = "s0"

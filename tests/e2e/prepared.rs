@@ -1,6 +1,6 @@
 //! Prepared statements under transaction pooling.
 
-use crate::harness::{Fleet, Sidecar, run_tool, sqlstate, table};
+use crate::harness::{Fleet, Sidecar, direct, run_tool, sqlstate, table};
 
 #[tokio::test]
 async fn a_prepared_statement_survives_a_change_of_server_connection() {
@@ -92,4 +92,39 @@ async fn pgbench_prepared_with_more_clients_than_connections() {
         .unwrap()
         .get(0);
     assert!(consistent);
+}
+
+#[tokio::test]
+async fn statements_the_server_holds_are_parsed_again_after_their_result_type_changes() {
+    let fleet = Fleet::shared();
+    let t = table("reshaped");
+    let ddl = direct(&fleet.s0).await;
+    ddl.batch_execute(&format!("CREATE TABLE {t} (id int); INSERT INTO {t} VALUES (1)")).await.unwrap();
+    // One server connection, so that every statement finds it holding the
+    // same text from before the change.
+    let config = fleet
+        .config(1)
+        .replace("health_check_interval_ms = 200", "health_check_interval_ms = 200\nreuse_unnamed_statements = true");
+    let sc = Sidecar::start(&config);
+    let c = sc.connect().await;
+    let sql = format!("SELECT * FROM {t}");
+    let own = c.prepare(&sql).await.unwrap();
+    for columns in 1..=3 {
+        // The unnamed statement, parsed by the client every time.
+        for _ in 0..3 {
+            let rows = c.query_typed(&sql, &[]).await.unwrap();
+            assert_eq!(rows[0].len(), columns);
+        }
+        // A named one of the same text, another client's.
+        let other = sc.connect().await;
+        let rows = other.query(&sql, &[]).await.unwrap();
+        assert_eq!(rows[0].len(), columns);
+        ddl.batch_execute(&format!("ALTER TABLE {t} ADD COLUMN c{columns} int")).await.unwrap();
+    }
+    // The client's own statement from before the changes fails as it does
+    // without shardcar: the client holds the result type it was told.
+    let err = c.query(&own, &[]).await.unwrap_err();
+    assert_eq!(sqlstate(&err), "0A000", "{err}");
+    let rows = c.query_typed(&sql, &[]).await.unwrap();
+    assert_eq!(rows[0].len(), 4);
 }

@@ -46,38 +46,80 @@ pub struct StatementText {
     pub param_types: Vec<u32>,
 }
 
+/// The server's unnamed statement still holds `text` after `sent`.
+fn unnamed_survives(sent: &[u8], text: &StatementText) -> bool {
+    let mut rest = sent;
+    while rest.len() >= 5 {
+        let len = 1 + u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
+        let Some(msg) = rest.get(..len) else { break };
+        let kept = match msg[0] {
+            b'Q' => false,
+            b'P' => msg.get(5) != Some(&0) || parses(msg, text),
+            _ => true,
+        };
+        if !kept {
+            return false;
+        }
+        rest = &rest[len..];
+    }
+    true
+}
+
+/// An unnamed Parse message (`P`, length, empty name) creates `text`.
+fn parses(msg: &[u8], text: &StatementText) -> bool {
+    let Some(body) = msg.get(6..) else { return false };
+    let Some(end) = body.iter().position(|&b| b == 0) else { return false };
+    if body[..end] != *text.sql.as_bytes() {
+        return false;
+    }
+    let types = &body[end + 1..];
+    let count = types.get(..2).map(|b| usize::from(u16::from_be_bytes([b[0], b[1]])));
+    count == Some(text.param_types.len())
+        && types[2..]
+            .chunks_exact(4)
+            .map(|c| u32::from_be_bytes([c[0], c[1], c[2], c[3]]))
+            .eq(text.param_types.iter().copied())
+}
+
 /// Statements prepared on one connection under shardcar's content-addressed
-/// names, oldest first so the set can be bounded.
+/// names, oldest first so the set can be bounded. A name whose text is
+/// unknown may or may not be held by the server.
 #[derive(Debug, Default)]
 pub struct PreparedSet {
-    by_name: foldhash::HashMap<String, Arc<StatementText>>,
+    by_name: foldhash::HashMap<String, Option<Arc<StatementText>>>,
     order: VecDeque<String>,
 }
 
 impl PreparedSet {
     /// True when `name` is prepared here with exactly this text.
     pub fn has(&self, name: &str, text: &Arc<StatementText>) -> bool {
-        self.by_name.get(name).is_some_and(|t| Arc::ptr_eq(t, text) || **t == **text)
+        self.by_name.get(name).is_some_and(|t| t.as_ref().is_some_and(|t| Arc::ptr_eq(t, text) || **t == **text))
     }
 
-    /// The names prepared here, oldest first.
-    pub fn names(&self) -> impl Iterator<Item = &str> {
-        self.order.iter().map(String::as_str)
+    /// Every name the server may hold, oldest first, and whether its text
+    /// is known (the server holds it) or not (it may hold it).
+    pub fn names(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.order.iter().map(|n| (n.as_str(), self.by_name.get(n).is_some_and(Option::is_some)))
     }
 
+    /// The server may hold `name`: it must be closed before it is prepared again.
     pub fn contains_name(&self, name: &str) -> bool {
         self.by_name.contains_key(name)
     }
 
     pub fn insert(&mut self, name: String, text: Arc<StatementText>) {
-        if self.by_name.insert(name.clone(), text).is_none() {
+        if self.by_name.insert(name.clone(), Some(text)).is_none() {
             self.order.push_back(name);
         }
     }
 
-    pub fn remove(&mut self, name: &str) {
-        if self.by_name.remove(name).is_some() {
-            self.order.retain(|n| n != name);
+    /// A Parse of `name` failed, or was skipped after an earlier error
+    /// together with the Close before it: the server may hold the old
+    /// statement or none. Closing a statement that does not exist is no
+    /// error, so the next Parse of it closes it first.
+    pub fn unsure(&mut self, name: &str) {
+        if let Some(text) = self.by_name.get_mut(name) {
+            *text = None;
         }
     }
 
@@ -90,11 +132,6 @@ impl PreparedSet {
             out.push(name);
         }
         out
-    }
-
-    pub fn clear(&mut self) {
-        self.by_name.clear();
-        self.order.clear();
     }
 }
 
@@ -356,6 +393,16 @@ impl BackendConn {
         }
     }
 
+    /// Keeps `unnamed` true to what the server will hold once `wbuf` is
+    /// sent, whoever wrote it (a session, a leg across shards, shardcar's
+    /// own SQL): a simple query destroys the unnamed statement, an unnamed
+    /// Parse of another text replaces it.
+    fn track_unnamed(&mut self) {
+        if self.unnamed.as_ref().is_some_and(|text| !unnamed_survives(&self.wbuf, text)) {
+            self.unnamed = None;
+        }
+    }
+
     /// A frame that is already fully buffered, without waiting.
     pub fn buffered_frame(&mut self) -> io::Result<Option<BytesMut>> {
         let Some(header) = Header::parse(&self.rbuf)? else { return Ok(None) };
@@ -375,6 +422,7 @@ impl BackendConn {
 
     pub async fn flush(&mut self) -> io::Result<()> {
         if !self.wbuf.is_empty() {
+            self.track_unnamed();
             // The flush matters for TLS only: rustls may hold the last record.
             let r = match self.stream.write_all(&self.wbuf).await {
                 Ok(()) => self.stream.flush().await,
@@ -487,6 +535,25 @@ pub fn error_text(e: &ErrorResponseBody) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_unnamed_statement_survives_only_what_keeps_it() {
+        let text = StatementText { sql: "SELECT $1".into(), param_types: vec![23] };
+        let parse = |name: &str, sql: &str, types: &[u32]| {
+            let mut b = BytesMut::new();
+            frontend::parse(name, sql, types.iter().copied(), &mut b).unwrap();
+            b
+        };
+        let mut sync = BytesMut::new();
+        frontend::sync(&mut sync);
+        let mut query = BytesMut::new();
+        frontend::query("SET x = 1", &mut query).unwrap();
+        assert!(unnamed_survives(&[parse("", "SELECT $1", &[23]), sync.clone()].concat(), &text));
+        assert!(unnamed_survives(&parse("s1", "SELECT 2", &[]), &text), "a named one leaves it");
+        assert!(!unnamed_survives(&parse("", "SELECT $1", &[25]), &text), "other types");
+        assert!(!unnamed_survives(&parse("", "SELECT 2", &[]), &text));
+        assert!(!unnamed_survives(&[sync, query].concat(), &text), "a simple query drops it");
+    }
 
     #[test]
     fn prepared_set_evicts_oldest_first() {

@@ -13,7 +13,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use bytes::{Buf, BytesMut};
+use bytes::{Buf, BufMut, BytesMut};
 use shardcar::sqlerror::SqlError;
 use shardcar::wire::reply;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -86,6 +86,10 @@ pub struct Fake {
     /// The next Describe ends its connection, as a server terminated
     /// (`pg_terminate_backend`) while the connection sat idle does.
     pub end_at_next_describe: Arc<std::sync::atomic::AtomicBool>,
+    /// Schema changes so far: a `SELECT *` statement parsed before the last
+    /// one fails at Bind or Describe with 0A000, as Postgres's plan cache
+    /// refuses a statement whose result type would change.
+    pub schema_changes: Arc<std::sync::atomic::AtomicU64>,
     /// Open connections that are not idle (replies owed, in a transaction,
     /// a COPY or skipping to Sync), by backend pid: what they are in.
     busy: Arc<Mutex<HashMap<i32, String>>>,
@@ -106,6 +110,7 @@ impl Fake {
             prepared_xacts: Arc::default(),
             refuse_commit_prepared: Arc::default(),
             end_at_next_describe: Arc::default(),
+            schema_changes: Arc::default(),
             busy: Arc::default(),
             named: Arc::default(),
             xids: Arc::default(),
@@ -204,6 +209,7 @@ impl Fake {
             fake,
             status: b'I',
             statements: HashMap::new(),
+            parsed_at: HashMap::new(),
             portals: HashMap::new(),
             skipping: false,
             copying: None,
@@ -250,6 +256,8 @@ struct Conn {
     fake: Fake,
     status: u8,
     statements: HashMap<String, String>,
+    /// The schema change each statement was parsed after.
+    parsed_at: HashMap<String, u64>,
     /// Portal → (statement text, rows sent so far).
     portals: HashMap<String, (String, usize)>,
     skipping: bool,
@@ -307,6 +315,8 @@ impl Conn {
             b'Q' => {
                 let sql = cstr(&mut body);
                 fake.record(format!("Q {sql}"));
+                // A simple query destroys the unnamed statement.
+                self.statements.remove("");
                 self.simple(&sql, out);
                 return Next::Flush;
             }
@@ -365,7 +375,10 @@ impl Conn {
                 fake.record(format!("P {sql}"));
                 if sql.contains("syntax error") {
                     self.error(out, "42601", "syntax error at or near \"syntax\"");
+                } else if !name.is_empty() && self.statements.contains_key(&name) {
+                    self.error(out, "42P05", &format!("prepared statement \"{name}\" already exists"));
                 } else {
+                    self.parsed_at.insert(name.clone(), fake.schema_changes.load(std::sync::atomic::Ordering::SeqCst));
                     self.statements.insert(name, sql);
                     out.extend_from_slice(&[b'1', 0, 0, 0, 4]);
                 }
@@ -374,6 +387,10 @@ impl Conn {
                 let portal = cstr(&mut body);
                 let stmt = cstr(&mut body);
                 fake.record(format!("B {stmt}"));
+                if self.stale(&stmt) {
+                    self.stale_plan(out);
+                    return Next::Hold;
+                }
                 match self.statements.get(&stmt) {
                     Some(sql) => {
                         self.portals.insert(portal, (sql.clone(), 0));
@@ -389,6 +406,10 @@ impl Conn {
                 if fake.end_at_next_describe.swap(false, std::sync::atomic::Ordering::SeqCst) {
                     reply::error(out, &SqlError::fatal("57P01", "terminating connection due to administrator command"));
                     return Next::Close;
+                }
+                if kind == b'S' && self.stale(&name) {
+                    self.stale_plan(out);
+                    return Next::Hold;
                 }
                 let sql = match kind {
                     b'S' => self.statements.get(&name).cloned(),
@@ -593,6 +614,25 @@ impl Conn {
     fn finish_prepared(&mut self, sql: &str) {
         let gid = sql.split('\'').nth(1).unwrap_or_default().to_string();
         self.fake.prepared_xacts.lock().unwrap().retain(|g| *g != gid);
+    }
+
+    /// A `SELECT *` parsed before the last schema change.
+    fn stale(&self, name: &str) -> bool {
+        let changes = self.fake.schema_changes.load(std::sync::atomic::Ordering::SeqCst);
+        self.statements.get(name).is_some_and(|sql| sql.contains("SELECT *"))
+            && self.parsed_at.get(name).is_some_and(|&at| at < changes)
+    }
+
+    /// Postgres's error for it, with the routine that raises it.
+    fn stale_plan(&mut self, out: &mut BytesMut) {
+        let fields = "SERROR\0VERROR\0C0A000\0Mcached plan must not change result type\0Fplancache.c\0RRevalidateCachedQuery\0\0";
+        out.put_u8(b'E');
+        out.put_i32(4 + fields.len() as i32);
+        out.extend_from_slice(fields.as_bytes());
+        self.skipping = true;
+        if self.status == b'T' {
+            self.status = b'E';
+        }
     }
 
     fn error(&mut self, out: &mut BytesMut, code: &'static str, message: &str) {

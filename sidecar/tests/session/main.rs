@@ -2,6 +2,7 @@
 //! driver may send, checked message by message in milliseconds, without
 //! Postgres. What only a real server can show stays in `tests/e2e`.
 
+mod cached_statements;
 mod extended;
 mod fake;
 mod harness;

@@ -108,8 +108,8 @@ pub fn pgbouncer(dir: &Path, cluster: &Cluster, pool: usize) -> anyhow::Result<T
 /// shardcar with `threads` worker threads in front of `shards`, pgbench's
 /// tables routed by the hash plugin (accounts by aid, and so on): with one
 /// shard every statement still goes through parsing and the plugin.
-/// shardcar in front of `shards`; `url_query` is appended to every shard
-/// URL (`?sslmode=require` for the TLS runs).
+/// `url_query` is appended to every shard URL (`?sslmode=require` for the
+/// TLS runs).
 pub fn shardcar(
     bin: &Path,
     dir: &Path,
@@ -125,6 +125,9 @@ pub fn shardcar(
         "[listen]\naddr = \"127.0.0.1:{port}\"\nadmin = \"127.0.0.1:{admin}\"\nmax_client_connections = 2000\nthreads = {threads}\n\n\
          [[users]]\nname = \"app\"\npassword = \"bench\"\n\n[pool]\nsize = {pool}\n\n"
     );
+    // Like PgCat's prepared-statement cache (on in its target below), the
+    // unnamed statement is not parsed again on a server that holds it.
+    config.push_str("reuse_unnamed_statements = true\n\n");
     let names: Vec<String> = (0..shards.len()).map(|i| format!("s{i}")).collect();
     for (name, shard) in names.iter().zip(shards) {
         config.push_str(&format!("[[shards]]\nname = \"{name}\"\nprimary = \"{}{url_query}\"\n\n", shard.url()));

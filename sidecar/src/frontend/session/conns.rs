@@ -6,6 +6,7 @@ use std::time::Instant;
 
 use bytes::BytesMut;
 
+use super::revalidate::Revalidate;
 use crate::pool::ShardConn;
 use crate::topology::ShardId;
 
@@ -30,6 +31,9 @@ pub struct Held {
     /// The start of a replica's answer, kept from the client while the
     /// batch can still run again (`replay`).
     pub held_back: BytesMut,
+    /// A Parse skipped because the server held the statement, until its
+    /// first reply shows the server's plan still stands.
+    pub revalidate: Option<Revalidate>,
 }
 
 impl Held {
@@ -44,6 +48,7 @@ impl Held {
             wrote: false,
             in_block: false,
             held_back: BytesMut::new(),
+            revalidate: None,
         }
     }
 

@@ -20,6 +20,7 @@ use super::fan_out::{Ran, ScatterPortal};
 use super::local::local_capable;
 use super::outbox::{Entry, Reply};
 use super::prepared::{Effect, Prepared};
+use super::revalidate::Revalidate;
 use super::state::{Mode, Txn};
 use super::{Parsed, Portal, PortalKind, Session};
 use crate::classify::params::Params;
@@ -117,22 +118,28 @@ impl Session {
         }
     }
 
-    /// Sends a Parse for `p` to `shard`'s server unless it holds it already.
+    /// Sends a Parse for `p` to `shard`'s server unless it holds it already
+    /// and the skip can be undone (see `revalidate`).
     /// `hidden`: shardcar's own re-prepare, whose reply the client never sees.
     fn send_parse(&mut self, shard: ShardId, p: &Arc<Prepared>, mut undo: Vec<Effect>, hidden: bool) {
         let max = self.shared.config.pool.max_prepared_per_connection;
+        let reuse_unnamed = self.shared.config.pool.reuse_unnamed_statements;
+        let undoable = !hidden && self.batch_starts_on(shard);
         let Some(held) = self.conns.get_mut(shard) else { return };
         let conn = &mut held.conn.conn;
         held.unsynced = true;
         held.unflushed = true;
-        let already = !p.backend_name.is_empty() && conn.prepared.has(&p.backend_name, &p.text);
-        if already {
-            if !hidden {
-                let mut out = BytesMut::new();
-                reply::parse_complete(&mut out);
-                let entry = Entry::synthetic(out).undo(undo).on_success(Effect::Validated(p.clone()));
-                self.outbox.push(entry, &mut self.events);
-            }
+        let held_there = if p.backend_name.is_empty() {
+            reuse_unnamed && conn.unnamed.as_ref().is_some_and(|t| Arc::ptr_eq(t, &p.text) || **t == *p.text)
+        } else {
+            conn.prepared.has(&p.backend_name, &p.text)
+        };
+        if held_there && undoable {
+            held.revalidate = Some(Revalidate::watch(p.clone(), conn));
+            let mut out = BytesMut::new();
+            reply::parse_complete(&mut out);
+            let entry = Entry::synthetic(out).undo(undo).on_success(Effect::Validated(p.clone()));
+            self.outbox.push(entry, &mut self.events);
             self.apply_events();
             return;
         }
@@ -142,7 +149,8 @@ impl Session {
         } else {
             let mut stale = conn.prepared.evict_for_one_more(max);
             if conn.prepared.contains_name(&p.backend_name) {
-                // Same name, other text: a hash collision; replace it.
+                // The same name: another text (a hash collision), or this
+                // one where its plan could not be checked; prepared afresh.
                 stale.push(p.backend_name.clone());
             }
             for old in stale {
@@ -165,6 +173,14 @@ impl Session {
         self.apply_events();
     }
 
+    /// What is next sent to `shard`'s server starts a batch outside any
+    /// transaction: nothing has run in it, so it can be sent again.
+    fn batch_starts_on(&self, shard: ShardId) -> bool {
+        matches!(self.txn, Txn::Idle)
+            && !self.outbox.owes(shard)
+            && self.conns.get(shard).is_some_and(|h| !h.unsynced && !h.in_block && h.conn.conn.status == b'I')
+    }
+
     /// Makes sure `shard`'s server holds `p` before it is used there; the
     /// client's Parse, if still held back, goes there now.
     fn prepare_on(&mut self, shard: ShardId, p: &Arc<Prepared>, pending: Option<Vec<Effect>>) {
@@ -178,6 +194,9 @@ impl Session {
         } else {
             conn.prepared.has(&p.backend_name, &p.text)
         };
+        // Parsed by the client in an earlier batch: a stale plan fails as
+        // the client's own would, since the client may keep the result
+        // type it was told (see `revalidate`).
         if !present {
             self.send_parse(shard, p, vec![], true);
         }
@@ -545,9 +564,13 @@ impl Session {
         parse_owed: bool,
     ) -> Result<(BytesMut, bool), std::io::Error> {
         let c = &mut conn.conn;
-        if p.backend_name.is_empty() || !c.prepared.has(&p.backend_name, &p.text) {
-            c.write_parse(&p.parse);
+        if c.prepared.contains_name(&p.backend_name) {
+            // Parsed afresh: a plan prepared before a schema change cannot
+            // be described (and nothing here could send the batch again).
+            encode(&mut c.wbuf, Close::new(b'S', Some(p.backend_name.clone())));
+            c.prepared.unsure(&p.backend_name);
         }
+        c.write_parse(&p.parse);
         postgres_protocol::message::frontend::describe(b'S', &p.backend_name, &mut c.wbuf)?;
         postgres_protocol::message::frontend::sync(&mut c.wbuf);
         let mut out = BytesMut::new();
@@ -563,7 +586,7 @@ impl Session {
                     c.status = frame.get(5).copied().unwrap_or(b'I');
                     return Ok((out, failed));
                 }
-                b'1' => {}
+                b'1' | b'3' => {}
                 b'E' if super::outbox::is_fatal(&frame) => {
                     let e = super::outbox::server_error(&frame);
                     return Err(std::io::Error::other(format!("{} {}", e.code, e.message)));

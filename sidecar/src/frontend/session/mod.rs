@@ -24,6 +24,7 @@ mod local;
 mod outbox;
 mod portals;
 mod prepared;
+mod revalidate;
 mod simple;
 mod state;
 
@@ -40,6 +41,7 @@ use self::conns::{Conns, Held};
 use self::fan_out::ScatterPortal;
 use self::outbox::{Entry, Event, Outbox, Reply};
 use self::prepared::{Effect, Prepared, Statements};
+use self::revalidate::Revalidate;
 use self::state::{Block, Mode, Txn, TxnStatus};
 use crate::cancel::{self, BackendKey, Registration};
 use crate::classify::shape::CursorOp;
@@ -365,6 +367,9 @@ impl Session {
             if let Some(replay) = held.replay.as_mut() {
                 replay.extend_from_slice(&held.conn.conn.wbuf);
             }
+            if let Some(r) = held.revalidate.as_mut() {
+                r.record(&held.conn.conn.wbuf);
+            }
             if let Err(e) = held.conn.conn.flush().await {
                 lost = Some((held.shard(), e.to_string()));
                 break;
@@ -383,6 +388,44 @@ impl Session {
         let mut frame = Some(first);
         while let Some(f) = frame {
             let Some(held) = self.conns.get_mut(shard) else { break };
+            let swallowed = match (held.revalidate.take(), f[0]) {
+                // Asynchronous messages say nothing of the statement.
+                (r @ Some(_), b'N' | b'S' | b'A') => {
+                    held.revalidate = r;
+                    false
+                }
+                // The end of the batch that failed, which was sent again.
+                (Some(Revalidate::Resent), b'Z') => true,
+                (r, b'E') if revalidate::is_stale_plan(&f) => {
+                    match r.and_then(|r| r.resend(shard, &mut held.conn.conn)) {
+                        Some(entries) => {
+                            tracing::debug!(
+                                client = self.registration.pid,
+                                "{}: stale plan, prepared again",
+                                held.conn.label()
+                            );
+                            held.revalidate = Some(Revalidate::Resent);
+                            // What was sent is no longer one batch to run elsewhere.
+                            held.replay = None;
+                            self.outbox.push_front(entries);
+                            true
+                        }
+                        // The error reaches the client. Other plans on that
+                        // server may be stale too: it is not lent again.
+                        None => {
+                            held.conn.conn.broken = true;
+                            false
+                        }
+                    }
+                }
+                _ => false,
+            };
+            if swallowed {
+                frame = held.conn.conn.buffered_frame().map_err(|e| {
+                    SqlError::fatal(code::CONNECTION_FAILURE, format!("lost {}: {e}", held.conn.label()))
+                })?;
+                continue;
+            }
             if held.replay.is_some() && f[0] == b'E' && outbox::is_fatal(&f) {
                 // The replica ends the connection (shut down, crashed)
                 // before answering: its batch can run on the primary.
@@ -488,7 +531,7 @@ impl Session {
             Effect::ForgetUnvalidated(_) => {}
             Effect::Unprepare(shard, name) => {
                 if let Some(h) = self.conns.get_mut(shard) {
-                    h.conn.conn.prepared.remove(&name);
+                    h.conn.conn.prepared.unsure(&name);
                 }
             }
             Effect::UnnamedLost(shard) => {

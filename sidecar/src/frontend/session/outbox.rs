@@ -231,6 +231,14 @@ impl Outbox {
         self.entries.push_back(entry);
     }
 
+    /// Puts `entries` at the head, in order: replies a server owes before
+    /// anything queued (shardcar's own messages sent ahead of the rest).
+    pub fn push_front(&mut self, entries: Vec<Entry>) {
+        for entry in entries.into_iter().rev() {
+            self.entries.push_front(entry);
+        }
+    }
+
     /// Forgets what `shard` owes (its connection is gone), reporting what to
     /// undo; statements in flight finish with a connection error. Returns
     /// whether a client ReadyForQuery was among what it owed.

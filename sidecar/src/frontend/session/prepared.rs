@@ -156,7 +156,7 @@ pub enum Effect {
     /// A server rejected the first Parse of a statement the client was told
     /// was prepared: the client's statement is dropped.
     ForgetUnvalidated(Arc<Prepared>),
-    /// The shard's connection does not hold this prepared statement after all.
+    /// The shard's connection may not hold this prepared statement after all.
     Unprepare(ShardId, String),
     /// The shard's connection's unnamed statement is gone.
     UnnamedLost(ShardId),
