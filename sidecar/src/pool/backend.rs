@@ -48,21 +48,11 @@ pub struct StatementText {
 
 /// The server's unnamed statement still holds `text` after `sent`.
 fn unnamed_survives(sent: &[u8], text: &StatementText) -> bool {
-    let mut rest = sent;
-    while rest.len() >= 5 {
-        let len = 1 + u32::from_be_bytes([rest[1], rest[2], rest[3], rest[4]]) as usize;
-        let Some(msg) = rest.get(..len) else { break };
-        let kept = match msg[0] {
-            b'Q' => false,
-            b'P' => msg.get(5) != Some(&0) || parses(msg, text),
-            _ => true,
-        };
-        if !kept {
-            return false;
-        }
-        rest = &rest[len..];
-    }
-    true
+    crate::wire::messages(sent).all(|msg| match msg[0] {
+        b'Q' => false,
+        b'P' => msg.get(5) != Some(&0) || parses(msg, text),
+        _ => true,
+    })
 }
 
 /// An unnamed Parse message (`P`, length, empty name) creates `text`.

@@ -612,7 +612,19 @@ pub mod reply {
     }
 }
 
-/// Encodes a message shardcar writes itself (its fields were checked when built).
+/// The whole messages at the front of `buf`, each with its type byte and
+/// length, in order: what shardcar wrote to a server, read back. A partial
+/// message at the end (or an impossible length) ends them.
+pub fn messages(buf: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = buf;
+    std::iter::from_fn(move || {
+        let len = 1 + u32::from_be_bytes(rest.get(1..5)?.try_into().ok()?) as usize;
+        let msg = rest.get(..len).filter(|m| m.len() >= 5)?;
+        rest = &rest[len..];
+        Some(msg)
+    })
+}
+
 /// Appends `bind` (a whole Bind frame, already decoded once) to `out` with
 /// its statement name replaced by `statement`: the rest of the frame is
 /// copied as it came, not decoded and encoded again.
@@ -631,6 +643,7 @@ pub fn put_bind_renamed(out: &mut BytesMut, bind: &[u8], statement: &str) {
     out.put_slice(rest);
 }
 
+/// Encodes a message shardcar writes itself (its fields were checked when built).
 pub fn encode<M: Message>(buf: &mut BytesMut, msg: M) {
     if let Err(e) = msg.encode(buf) {
         tracing::error!("cannot encode a message: {e}");
@@ -640,6 +653,16 @@ pub fn encode<M: Message>(buf: &mut BytesMut, msg: M) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_the_whole_frames_at_the_front() {
+        let sync = [b'S', 0, 0, 0, 4];
+        let execute = [b'E', 0, 0, 0, 9, 0, 0, 0, 0, 0];
+        let buf = [&sync[..], &execute, &sync[..3]].concat();
+        assert_eq!(messages(&buf).collect::<Vec<_>>(), [&sync[..], &execute[..]], "a partial one is left");
+        let impossible = [b'S', 0, 0, 0, 2, b'S', 0, 0, 0, 4];
+        assert_eq!(messages(&impossible).count(), 0, "a length below its own four bytes ends them");
+    }
 
     fn frame(tag: u8, body: &[u8]) -> Frame {
         let mut raw = vec![tag];

@@ -58,11 +58,10 @@ impl Held {
     /// connection only, its Parse never sent).
     pub fn replayable(&self) -> Option<&BytesMut> {
         let bytes = self.replay.as_ref().filter(|b| !b.is_empty())?;
-        let mut at = 0;
-        while at + 5 <= bytes.len() {
-            let len = u32::from_be_bytes([bytes[at + 1], bytes[at + 2], bytes[at + 3], bytes[at + 4]]) as usize;
-            let body = bytes.get(at + 5..at + 1 + len)?;
-            let unnamed = match bytes[at] {
+        let mut whole = 0;
+        for msg in crate::wire::messages(bytes) {
+            let body = &msg[5..];
+            let unnamed = match msg[0] {
                 b'P' => body.first() == Some(&0),
                 // Bind: portal name, then the statement's.
                 b'B' => body.iter().position(|&b| b == 0).is_some_and(|end| body.get(end + 1) == Some(&0)),
@@ -72,9 +71,9 @@ impl Held {
             if !unnamed {
                 return None;
             }
-            at += 1 + len;
+            whole += msg.len();
         }
-        (at == bytes.len()).then_some(bytes)
+        (whole == bytes.len()).then_some(bytes)
     }
 
     pub fn shard(&self) -> ShardId {

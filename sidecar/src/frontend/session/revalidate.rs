@@ -20,7 +20,7 @@
 
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use fallible_iterator::FallibleIterator;
 use pgwire::messages::extendedquery::Close;
 use postgres_protocol::message::backend::Message;
@@ -90,14 +90,11 @@ impl Revalidate {
 /// Where the first Sync among `sent`'s messages ends.
 fn sync_end(sent: &[u8]) -> Option<usize> {
     let mut at = 0;
-    let mut rest = sent;
-    while rest.len() >= 5 {
-        let len = 1 + (&rest[1..5]).get_u32() as usize;
-        at += len;
-        if rest[0] == b'S' {
+    for msg in crate::wire::messages(sent) {
+        at += msg.len();
+        if msg[0] == b'S' {
             return Some(at);
         }
-        rest = rest.get(len..)?;
     }
     None
 }
