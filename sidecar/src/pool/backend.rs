@@ -383,6 +383,15 @@ impl BackendConn {
         }
     }
 
+    /// The server holds `text` under `name` (empty: its unnamed statement).
+    pub fn holds(&self, name: &str, text: &Arc<StatementText>) -> bool {
+        if name.is_empty() {
+            self.unnamed.as_ref().is_some_and(|t| Arc::ptr_eq(t, text) || **t == **text)
+        } else {
+            self.prepared.has(name, text)
+        }
+    }
+
     /// Keeps `unnamed` true to what the server will hold once `wbuf` is
     /// sent, whoever wrote it (a session, a leg across shards, shardcar's
     /// own SQL): a simple query destroys the unnamed statement, an unnamed

@@ -129,11 +129,7 @@ impl Session {
         let conn = &mut held.conn.conn;
         held.unsynced = true;
         held.unflushed = true;
-        let held_there = if p.backend_name.is_empty() {
-            reuse_unnamed && conn.unnamed.as_ref().is_some_and(|t| Arc::ptr_eq(t, &p.text) || **t == *p.text)
-        } else {
-            conn.prepared.has(&p.backend_name, &p.text)
-        };
+        let held_there = (reuse_unnamed || !p.backend_name.is_empty()) && conn.holds(&p.backend_name, &p.text);
         if held_there && undoable {
             held.revalidate = Some(Revalidate::watch(p.clone(), conn));
             let mut out = BytesMut::new();
@@ -189,11 +185,7 @@ impl Session {
         }
         let Some(held) = self.conns.get(shard) else { return };
         let conn = &held.conn.conn;
-        let present = if p.backend_name.is_empty() {
-            conn.unnamed.as_ref().is_some_and(|t| Arc::ptr_eq(t, &p.text) || **t == *p.text)
-        } else {
-            conn.prepared.has(&p.backend_name, &p.text)
-        };
+        let present = conn.holds(&p.backend_name, &p.text);
         // Parsed by the client in an earlier batch: a stale plan fails as
         // the client's own would, since the client may keep the result
         // type it was told (see `revalidate`).
